@@ -1,0 +1,123 @@
+"""The `adaptkit` command line: subcommands from adaptkit/commands/ and from plugins.
+
+Start-up imports only typer, rich, pluggy and pydantic; torch, transformers and the
+optional extras are imported inside commands when they run. Errors become one line on
+stderr and an exit code (2 bad input, 1 runtime failure); `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions
+
+from adaptkit import __version__
+from adaptkit.errors import AdaptkitError
+
+# name -> module; a module exposes `command` (a function) or `app` (a Typer group)
+BUILTIN_COMMANDS = {
+    "calibrate": "adaptkit.commands.calibrate",
+    "score": "adaptkit.commands.score",
+    "mask": "adaptkit.commands.mask",
+    "train": "adaptkit.commands.train",
+    "merge": "adaptkit.commands.merge",
+    "instruct-vector": "adaptkit.commands.instruct_vector",
+    "evaluate": "adaptkit.commands.evaluate",
+    "generate": "adaptkit.commands.generate",
+    "codemix": "adaptkit.commands.codemix",
+    "plugins": "adaptkit.commands.plugins",
+    "quickstart": "adaptkit.commands.quickstart",
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adaptkit {__version__}")
+        raise typer.Exit()
+
+
+def _add(app: typer.Typer, name: str, target: object, help_text: str | None = None) -> None:
+    if isinstance(target, typer.Typer):
+        app.add_typer(target, name=name, help=help_text)
+    else:
+        app.command(name=name, help=help_text)(target)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="adaptkit",
+        help="Language adaptation of LLMs: calibrate -> score -> mask -> train -> merge / instruct-vector -> evaluate -> codemix.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, is_flag=True, help="Print the version."),
+    ) -> None:
+        """adaptkit: adapt language models to new languages without forgetting."""
+
+    for name, module_name in BUILTIN_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        _add(app, name, getattr(module, "app", None) or module.command)
+
+    from adaptkit.registry import get_registry
+
+    for spec in get_registry().specs.get("command", {}).values():
+        if spec.name in BUILTIN_COMMANDS:
+            continue
+        try:
+            _add(app, spec.name, spec.load(), spec.summary or None)
+        except AdaptkitError as exc:
+            print(f"warning: plugin command '{spec.name}' is unavailable: {exc}", file=sys.stderr)
+    return app
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `adaptkit` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0")
+    try:
+        command = typer.main.get_command(build_app())
+        command.main(args=args, prog_name="adaptkit", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("adaptkit: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click_exceptions.ClickException as exc:
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+            sys.exit(0)
+        print(f"adaptkit: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(2)
+    except AdaptkitError as exc:
+        if debug:
+            raise
+        print(f"adaptkit: error: {_one_line(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("adaptkit: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure: one line unless --debug
+        if debug:
+            raise
+        print(
+            f"adaptkit: error: {type(exc).__name__}: {_one_line(str(exc))} (run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

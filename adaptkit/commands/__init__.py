@@ -1,0 +1,1 @@
+"""One module per subcommand. Each exposes either `command` (a function) or `app` (a Typer group)."""

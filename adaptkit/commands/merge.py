@@ -1,0 +1,10 @@
+"""`adaptkit merge` (being built)."""
+
+from adaptkit.commands.common import DebugOpt
+
+
+def command(debug: DebugOpt = False) -> None:
+    """Not available yet."""
+    from adaptkit.errors import AdaptkitError
+
+    raise AdaptkitError("adaptkit merge is not available in this build yet")

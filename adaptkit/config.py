@@ -1,0 +1,102 @@
+"""Configs: pydantic models, YAML files and `--set a.b=value` overrides.
+
+Precedence, lowest first: the model's defaults, the YAML file given with `--config`,
+the command's explicit flags, then `--set` overrides. Every key is validated by the
+pydantic model (`extra="forbid"`), so a misspelled key or a wrong type is an input
+error naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from adaptkit.errors import InputError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml_mapping(path: Path, flag: str = "--config") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{flag}: '{path}' is not a readable file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{flag}: '{path}' is not valid YAML ({first})") from None
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot read '{path}' ({exc.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{flag}: '{path}' must hold a mapping of keys to values, not a {type(data).__name__}")
+    return data
+
+
+def parse_set_overrides(items: list[str] | None) -> list[tuple[list[str], Any]]:
+    """Parse `a.b=value` strings; values are read as YAML scalars (numbers, booleans, lists)."""
+    parsed = []
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set: expected KEY=VALUE (e.g. optimizer.lr=1e-4), got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append(([p for p in key.strip().split(".")], value))
+    return parsed
+
+
+def set_nested(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise InputError(f"--set: '{'.'.join(path)}': '{part}' is not a section")
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def check_key(model: type[BaseModel], path: list[str], flag: str = "--set") -> bool:
+    """True if `path` names a field of `model` (descending into nested models)."""
+    current: Any = model
+    for i, part in enumerate(path):
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            # a free-form dict field accepts any sub-key
+            return True
+        if part not in fields:
+            return False
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if current is None and i < len(path) - 1:
+            return True
+    return True
+
+
+def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate `data` with `model`; the first error becomes a one-line InputError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            from adaptkit.registry import did_you_mean
+
+            known = list(model.model_fields)
+            raise InputError(f"{source}: unknown key '{loc}'{did_you_mean(loc.split('.')[-1], known)}") from None
+        raise InputError(f"{source}: '{loc}': {err['msg']}") from None
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

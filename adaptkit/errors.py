@@ -1,0 +1,48 @@
+"""Errors that the CLI turns into one-line messages and exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input. Raise `InputError`
+for anything the user can fix by changing a flag or a file; name the flag or file
+in the message and say what was expected.
+"""
+
+from __future__ import annotations
+
+
+class AdaptkitError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code = 1
+
+
+class InputError(AdaptkitError):
+    """Bad usage or bad input (a flag, a file, a config value): exit code 2."""
+
+    exit_code = 2
+
+
+class MissingExtraError(InputError):
+    """An optional dependency is not installed; the message says how to install it."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the optional package '{package}': "
+            f"install it with `pip install 'adaptkit[{extra}]'`"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class PluginError(AdaptkitError):
+    """A plugin is broken or two plugins clash."""
+
+    exit_code = 2
+
+
+def require(package: str, extra: str, purpose: str):
+    """Import an optional package or raise a MissingExtraError that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingExtraError(package.split(".")[0], extra, purpose) from exc

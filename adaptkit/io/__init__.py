@@ -1,0 +1,1 @@
+"""Input/output: atomic writes, model and tokenizer loading, safetensors helpers, run cards."""

@@ -1,0 +1,93 @@
+"""Atomic outputs: write into a temporary sibling, rename on success.
+
+An interrupted command leaves either the previous output or nothing that looks
+complete (temporary siblings start with '.' and end with '.partial').
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from adaptkit.errors import InputError
+
+
+def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path:
+    """Refuse an existing non-empty output unless `overwrite`; refuse a file where a dir is expected."""
+    path = Path(path)
+    if path.exists():
+        if path.is_dir():
+            if any(path.iterdir()) and not overwrite:
+                raise InputError(f"{flag}: '{path}' exists and is not empty; pass --overwrite or choose another path")
+        elif not overwrite:
+            raise InputError(f"{flag}: '{path}' exists; pass --overwrite or choose another path")
+    parent = path.resolve().parent
+    if not parent.exists():
+        raise InputError(f"{flag}: parent directory '{parent}' does not exist")
+    return path
+
+
+def _partial_sibling(path: Path, is_dir: bool) -> Path:
+    path = Path(path)
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(tmp: Path, final: Path) -> None:
+    """Move `tmp` to `final`, replacing what is there (a dir is swapped in as whole)."""
+    final = Path(final)
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes `path` when the block succeeds."""
+    path = check_output(Path(path), overwrite, flag)
+    tmp = _partial_sibling(path, is_dir=True)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    replace_path(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
+    """Yield a temporary sibling file path that becomes `path` when the block succeeds."""
+    path = check_output(Path(path), overwrite, flag)
+    tmp = _partial_sibling(path, is_dir=False)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small text file atomically (no overwrite check: for files inside our own outputs)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

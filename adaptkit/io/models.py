@@ -1,0 +1,157 @@
+"""Loading causal LMs and tokenizers: a local HF directory, a GGUF file, or a Hub id.
+
+`trust_remote_code` is off unless asked. A Hub id goes through the Hugging Face cache
+and honours HF_HUB_OFFLINE. A GGUF file is dequantized by transformers into a plain
+model (rebuilt without its quantization config, so it can be trained and saved).
+Every failure the user can fix is an InputError naming the flag and the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: kind is 'dir', 'gguf' or 'hub'."""
+
+    kind: str
+    location: str  # directory, GGUF file or Hub id
+    flag: str = "--model"
+
+    @property
+    def load_args(self) -> tuple[str, dict[str, Any]]:
+        """(pretrained_model_name_or_path, extra kwargs) for transformers' from_pretrained."""
+        if self.kind == "gguf":
+            path = Path(self.location)
+            return str(path.parent), {"gguf_file": path.name}
+        return self.location, {}
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith((".gguf", ".safetensors"))
+
+
+def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSource:
+    """Classify `location` and check that a local one is a loadable model directory or GGUF file."""
+    text = str(location)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix == ".gguf":
+                return ModelSource("gguf", str(path), flag)
+            raise InputError(f"{flag}: '{text}' is a file; expected a model directory (with config.json) or a .gguf file")
+        if not (path / "config.json").is_file():
+            raise InputError(f"{flag}: '{text}' has no config.json; expected a Hugging Face model directory")
+        check_safetensors_files(path, flag)
+        return ModelSource("dir", str(path), flag)
+    if _looks_like_path(text):
+        raise InputError(f"{flag}: '{text}' does not exist (expected a model directory, a .gguf file or a Hub id)")
+    return ModelSource("hub", text, flag)
+
+
+def check_safetensors_files(directory: Path, flag: str) -> None:
+    """Fail early, with the file name, on truncated or corrupt safetensors files."""
+    from adaptkit.io.tensors import check_safetensors
+
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(file, flag)
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> InputError:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(
+        f"{source.flag}: could not load '{source.location}' ({first}); "
+        "give a local model directory or .gguf file, or a Hub id reachable from here"
+    )
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    name, kwargs = source.load_args
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _hub_error(source, exc) from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def default_attn_implementation(device: "torch.device | str") -> str:
+    """flash_attention_2 on CUDA/ROCm when flash-attn is installed, otherwise PyTorch SDPA."""
+    import importlib.util
+
+    if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_causal_lm(
+    source: ModelSource,
+    dtype: "torch.dtype | None" = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> "PreTrainedModel":
+    """Load a causal LM in `dtype` (float32 by default: training keeps fp32 master weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    name, kwargs = source.load_args
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as exc:
+        raise _hub_error(source, exc) from None
+    if source.kind == "gguf":
+        model = _dequantized_copy(model, dtype)
+    model.config.use_cache = False
+    return model
+
+
+def _dequantized_copy(model: "PreTrainedModel", dtype: "torch.dtype") -> "PreTrainedModel":
+    """A GGUF-loaded model is flagged as quantized and cannot be saved: rebuild it as a plain model."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    fresh.load_state_dict(model.state_dict(), strict=False)
+    fresh.tie_weights()
+    return fresh
+
+
+def model_fingerprint(model: "torch.nn.Module") -> str:
+    """A short hash of the architecture: parameter names, shapes and dtypes (not values)."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(str(getattr(config, "model_type", "")).encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path) -> None:
+    """Save as a normal HF model directory (safetensors, config, tokenizer, generation config)."""
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / "config.json").read_text())

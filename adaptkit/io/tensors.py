@@ -1,0 +1,79 @@
+"""safetensors helpers: validation, metadata, streaming reads of sharded model directories."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from adaptkit.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def check_safetensors(path: Path, flag: str) -> dict:
+    """Validate a safetensors header and size without loading tensors; returns the header."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            raw = handle.read(8)
+            if len(raw) < 8:
+                raise ValueError("file too short")
+            (header_len,) = struct.unpack("<Q", raw)
+            if header_len <= 0 or header_len > size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(header_len))
+    except PermissionError:
+        raise InputError(f"{flag}: cannot read '{path}' (permission denied)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{flag}: '{path}' is not a valid safetensors file ({exc})") from None
+    end = 8 + header_len
+    data_len = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+    if end + data_len > size:
+        raise InputError(f"{flag}: '{path}' is truncated ({size} bytes, header promises {end + data_len})")
+    return header
+
+
+def read_metadata(path: Path, flag: str) -> dict[str, str]:
+    return dict(check_safetensors(path, flag).get("__metadata__", {}) or {})
+
+
+def load_tensors(path: Path, flag: str) -> dict[str, "torch.Tensor"]:
+    """Load every tensor of a safetensors file after validating it."""
+    from safetensors.torch import load_file
+
+    check_safetensors(path, flag)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(f"{flag}: '{path}' could not be read as safetensors ({exc})") from None
+
+
+def save_tensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {})
+
+
+def model_weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a model directory (sharded via index.json or single)."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    return sorted(directory.glob("*.safetensors"))
+
+
+def iter_model_tensors(directory: Path, flag: str = "--model") -> Iterator[tuple[str, "torch.Tensor"]]:
+    """Stream (name, tensor) pairs of a model directory one tensor at a time."""
+    from safetensors import safe_open
+
+    for file in model_weight_files(directory):
+        check_safetensors(file, flag)
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)

@@ -1,0 +1,11 @@
+"""Built-in scorers: one module each; this entry point registers their specs."""
+
+from adaptkit.hookspecs import hookimpl
+
+MODULES: tuple = ()
+
+
+@hookimpl
+def register_scorers(register):
+    for module in MODULES:
+        register(module.SPEC)

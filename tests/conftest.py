@@ -1,0 +1,100 @@
+"""Shared fixtures: a tokenizer trained on UDHR text, tiny model directories, small corpora.
+
+Everything is built offline in the test session; models have a few hundred thousand
+parameters so that the whole suite runs on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ADAPTKIT_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"adaptkit-test-cache-{os.getpid()}"))
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    """English (source) and Hausa (target) UDHR text files, train and held-out."""
+    from adaptkit import demo
+
+    root = tmp_path_factory.mktemp("corpora")
+    files = {}
+    for lang in ("en", "ha"):
+        train, test = demo.split_corpus(lang)
+        files[lang] = demo.write_lines(train, root / f"{lang}.txt")
+        files[f"{lang}-test"] = demo.write_lines(test, root / f"{lang}-test.txt")
+    return files
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpora):
+    from adaptkit import demo
+
+    texts = corpora["en"].read_text().splitlines() + corpora["ha"].read_text().splitlines()
+    return demo.train_tokenizer(texts, vocab_size=384)
+
+
+@pytest.fixture(scope="session")
+def make_model_dir(tmp_path_factory, tokenizer):
+    """make_model_dir(arch="llama", seed=0, **config) -> Path of a saved tiny model + tokenizer (cached)."""
+    from adaptkit import demo
+
+    cache: dict[tuple, Path] = {}
+
+    def make(arch: str = "llama", seed: int = 0, **config) -> Path:
+        key = (arch, seed, tuple(sorted(config.items())))
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(f"model-{arch}-{seed}")
+            model = demo.tiny_model(arch, len(tokenizer), seed=seed, **config)
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+            cache[key] = directory
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+def llama_dir(make_model_dir) -> Path:
+    return make_model_dir("llama")
+
+
+@pytest.fixture
+def olmo2_dir(make_model_dir) -> Path:
+    return make_model_dir("olmo2")
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m adaptkit ARGS` in a subprocess (a real process: exit codes, stderr, imports)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "adaptkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def assert_input_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, one line on stderr mentioning each fragment, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
