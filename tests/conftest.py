@@ -98,3 +98,31 @@ def assert_input_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+class Invocation:
+    def __init__(self, exit_code: int, stdout: str, stderr: str):
+        self.returncode = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __repr__(self) -> str:
+        return f"Invocation(rc={self.returncode}, stdout={self.stdout[-500:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+@pytest.fixture
+def invoke(capfd):
+    """invoke(*args) runs the CLI in this process (fast: no torch re-import); returns rc, stdout, stderr."""
+    from adaptkit.cli import main
+
+    def run(*args: str) -> Invocation:
+        capfd.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capfd.readouterr()
+        return Invocation(code, out, err)
+
+    return run
