@@ -26,13 +26,14 @@ def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path
         elif not overwrite:
             raise InputError(f"{flag}: '{path}' exists; pass --overwrite or choose another path")
     parent = path.resolve().parent
-    if not parent.exists():
-        raise InputError(f"{flag}: parent directory '{parent}' does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{flag}: '{parent}' is not a directory")
     return path
 
 
 def _partial_sibling(path: Path, is_dir: bool) -> Path:
     path = Path(path)
+    path.resolve().parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
