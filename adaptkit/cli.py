@@ -62,7 +62,7 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, is_flag=True, help="Print the version."),
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     ) -> None:
         """adaptkit: adapt language models to new languages without forgetting."""
 
