@@ -161,7 +161,7 @@ def train(
     from accelerate import Accelerator
 
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_source
     from adaptkit.registry import get_spec
 
     run_dir = Path(run_dir)
@@ -207,6 +207,7 @@ def train(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_trainable, n_total = plan.counts()
+    fingerprint = f"{model_fingerprint(model)}:{n_trainable}"
 
     # --- Optimizer and schedule -----------------------------------------------------
     optimizer = build_optimizer(trainable, config.optimizer, device)
@@ -223,6 +224,8 @@ def train(
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is not None:
             state = ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, plan.callbacks)
+            if state.get("fingerprint") != fingerprint:
+                raise InputError(f"--resume: '{latest}' was saved from a model with another architecture or training plan")
             start_step = resumed_from = state["step"]
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
             log(f"resumed from {latest.name}")
@@ -293,7 +296,7 @@ def train(
         elif progress:
             progress.update(task, completed=done)
         if config.save_steps and done % config.save_steps == 0 and done < steps and accelerator.is_main_process:
-            ckpt.save_checkpoint(run_dir, done, trainable, optimizer, scheduler, plan.callbacks, {"loss": last_loss}, config.save_total_limit)
+            ckpt.save_checkpoint(run_dir, done, trainable, optimizer, scheduler, plan.callbacks, {"loss": last_loss, "fingerprint": fingerprint}, config.save_total_limit)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
 
