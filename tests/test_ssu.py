@@ -121,3 +121,45 @@ def test_ssu_bad_input(tmp_path, llama_dir, olmo2_dir, calib_dir, corpora, invok
     for extra, fragments in cases:
         assert_input_error(invoke(*base, *extra), *fragments)
         assert not out.exists(), extra
+
+
+@pytest.mark.parametrize("granularity", ["column", "row"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compact_linear_backward_equals_the_full_gradient_restricted(granularity, autocast):
+    """engine/masked_linear: dX, db and the trainable part of dW as plain autograd gives them (also under bf16 autocast)."""
+    from adaptkit.engine import masked_linear
+    from adaptkit.engine.masks import UpdateMask
+    from adaptkit.engine.optim import CompactParameter
+
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(16, 8)
+    switched = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    switched[0].load_state_dict(reference.state_dict())
+    keep = torch.rand(16 if granularity == "column" else 8) > 0.5
+    compact = CompactParameter("0.weight", switched[0].weight, UpdateMask(granularity, keep))
+    assert masked_linear.install(switched, {"0.weight": compact}) == ["0.weight"]
+    x = torch.randn(3, 5, 16)
+    grads = []
+    for module in (reference, switched):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(xi)
+        (out.float() ** 2).sum().backward()
+        grads.append(xi.grad)
+    atol = 5e-2 if autocast else 1e-5
+    assert switched[0].weight.grad is None
+    assert torch.allclose(grads[0], grads[1], atol=atol, rtol=1e-2)
+    assert torch.allclose(reference.bias.grad, switched[0].bias.grad, atol=atol, rtol=1e-2)
+    assert torch.allclose(compact.take(reference.weight.grad), compact.compact.grad, atol=atol, rtol=1e-2)
+
+
+def test_fast_and_plain_backward_train_the_same(tmp_path, llama_dir, calib_dir, corpora, invoke):
+    finals = []
+    for fast in ("true", "false"):
+        run = tmp_path / fast
+        result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "--calib", calib_dir,
+                        "--set", f"fast_backward={fast}", "--micro-batch-size", "2", "-o", run, *TRAIN)
+        assert result.returncode == 0, result
+        _check_frozen_bit_identical(llama_dir, run)
+        finals.append(_weights(run / "final"))
+    assert all(torch.allclose(finals[0][k], finals[1][k], atol=1e-6) for k in finals[0])

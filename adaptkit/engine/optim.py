@@ -39,10 +39,15 @@ class CompactParameter:
         return tensor.index_select(self.dim, self.selector)
 
     def pull_grad(self) -> None:
-        """Move the trainable part of the model gradient onto the compact copy."""
+        """Move the trainable part of the model gradient onto the compact copy.
+
+        A layer switched by engine.masked_linear writes the compact gradient itself and leaves
+        the model gradient empty; then there is nothing to move.
+        """
         grad = self.param.grad
-        self.compact.grad = None if grad is None else self.take(grad).float()
-        self.param.grad = None
+        if grad is not None:
+            self.compact.grad = self.take(grad).float()
+            self.param.grad = None
 
     @torch.no_grad()
     def push(self) -> None:
@@ -107,6 +112,10 @@ def apply_plan(plan: TrainingPlan) -> TrainableSet:
         else:
             mask.check_fits(name, tuple(param.shape), "training plan")
             trainable.compact[name] = CompactParameter(name, param, mask)
+    if plan.compact_linear_grads:
+        from adaptkit.engine import masked_linear
+
+        masked_linear.install(plan.model, trainable.compact)
     return trainable
 
 

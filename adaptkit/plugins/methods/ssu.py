@@ -38,6 +38,7 @@ class SSUParams(Params):
     include_embeddings: bool = Field(False, description="Also score and mask the embeddings and LM head (the paper trains them in full).")
     calib_batch_size: int = Field(1, gt=0, description="Calibration blocks per forward pass while scoring on the fly.")
     scorer_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the scorer (e.g. damp for sparsegpt).")
+    fast_backward: bool = Field(True, description="Compute weight gradients of masked linear layers only for trainable columns (engine/masked_linear.py).")
 
     @field_validator("freeze_ratio")
     @classmethod
@@ -64,6 +65,7 @@ class SourceShieldedUpdates(TrainingMethod):
             raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
         masks = self._saved_masks(model, ctx) if config.mask else self._masks_on_the_fly(model, ctx)
         plan = TrainingPlan.from_masks(model, masks)
+        plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:
             raise InputError("--freeze-ratio: freezing every scored unit of every parameter leaves nothing to train")
         trained, total = plan.counts()
