@@ -32,7 +32,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
 from adaptkit.errors import InputError
 
@@ -124,47 +124,6 @@ def _is_hub_id(text: str) -> bool:
     return not text.startswith((".", "/", "~")) and text.count("/") == 1 and not text.endswith((".jsonl", ".json", ".txt"))
 
 
-def iter_records(source: str | Path, text_field: str = "text", split: str = "train", flag: str = "--data") -> Iterator[Record]:
-    """Raw examples of a local .txt / .jsonl file or saved dataset directory: dicts, or str for text lines."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        yield from _iter_dataset_dir(path, split, flag)
-        return
-    if not path.is_file():
-        raise InputError(f"{flag}: '{source}' does not exist (expected a .jsonl/.txt file, a dataset directory or a Hub dataset id)")
-    is_jsonl = path.suffix in (".jsonl", ".json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                if not is_jsonl:
-                    yield line.rstrip("\n")
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{flag}: '{path}' line {number} is not valid JSON ({exc.msg})") from None
-                yield record if isinstance(record, dict) else {"_invalid": record}
-    except UnicodeDecodeError:
-        raise InputError(f"{flag}: '{path}' is not UTF-8 text") from None
-    except PermissionError:
-        raise InputError(f"{flag}: cannot read '{path}' (permission denied)") from None
-
-
-def _iter_dataset_dir(path: Path, split: str, flag: str) -> Iterator[dict]:
-    from adaptkit.errors import require
-
-    datasets = require("datasets", "datasets", f"{flag} with a dataset directory")
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(f"{flag}: '{path}' is not a dataset saved with save_to_disk ({exc})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        dataset = dataset[split] if split in dataset else dataset[next(iter(dataset))]
-    yield from dataset
-
-
 def _hub_pool(source: str, split: str, pool: int, seed: int, flag: str) -> list[Record]:
     from adaptkit.errors import require
 
@@ -201,6 +160,8 @@ def record_kind(record: Record, fmt: str, text_field: str) -> str | None:
     """'chat', 'alpaca' or 'text' when the record is usable in format `fmt`, else None."""
     if isinstance(record, str):
         return "text" if fmt in ("auto", "text") and record.strip() else None
+    if not isinstance(record, dict):
+        return None
     messages = record.get("messages")
     if fmt in ("auto", "chat") and isinstance(messages, list) and messages and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
@@ -296,7 +257,7 @@ def build_calibration(
     """
     import torch
 
-    from adaptkit.data.corpus import file_hash, pack_blocks, tokenizer_fingerprint
+    from adaptkit.data.corpus import file_hash, iter_records, pack_blocks, tokenizer_fingerprint
 
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -320,7 +281,7 @@ def build_calibration(
             raise InputError(f"{flag}: '{missing[0]}' does not exist (expected a .jsonl/.txt file, a dataset directory or a Hub dataset id)")
         source = ",".join(sources)
         source_hash = hashlib.sha256("".join(file_hash(Path(s).expanduser()) for s in sources).encode()).hexdigest()
-        records = (record for s in sources for record in iter_records(s, text_field, split, flag))
+        records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
         sampled, seen = reservoir_sample(records, pool, seed)
 
     # 3-4. render and tokenize

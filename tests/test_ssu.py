@@ -163,3 +163,15 @@ def test_fast_and_plain_backward_train_the_same(tmp_path, llama_dir, calib_dir, 
         _check_frozen_bit_identical(llama_dir, run)
         finals.append(_weights(run / "final"))
     assert all(torch.allclose(finals[0][k], finals[1][k], atol=1e-6) for k in finals[0])
+
+
+def test_tied_weights_keep_the_plain_backward():
+    from adaptkit.engine import masked_linear
+    from adaptkit.engine.masks import UpdateMask
+    from adaptkit.engine.optim import CompactParameter
+
+    model = torch.nn.Module()
+    model.head, model.embed = torch.nn.Linear(4, 6, bias=False), torch.nn.Embedding(6, 4)
+    model.head.weight = model.embed.weight
+    compact = CompactParameter("head.weight", model.head.weight, UpdateMask("column", torch.tensor([True, False, True, False])))
+    assert masked_linear.install(model, {"head.weight": compact}) == [] and model.head.weight.requires_grad

@@ -10,7 +10,8 @@ backward shrinks by r/2) and no full-size gradient buffer for the layer.
 
 Used when a TrainingPlan sets `compact_linear_grads` and the run is a single process
 (DDP reduces module parameters' gradients, and these weights then have none). Only
-exact `nn.Linear` modules (not subclasses with their own forward) are switched.
+exact `nn.Linear` modules (not subclasses with their own forward) whose weight no other
+module shares (tied embeddings keep the plain path) are switched.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ def install(model: torch.nn.Module, compact: dict[str, "CompactParameter"]) -> l
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         return []
     modules = dict(model.named_modules())
+    users: dict[int, int] = {}  # a weight shared by several modules (tied embeddings) keeps the plain path
+    for module in modules.values():
+        for param in module.parameters(recurse=False):
+            users[id(param)] = users.get(id(param), 0) + 1
     switched = []
     for name, entry in compact.items():
         module_name, _, attribute = name.rpartition(".")
         module = modules.get(module_name)
         if attribute != "weight" or entry.granularity not in ("column", "row") or type(module) is not torch.nn.Linear:
+            continue
+        if users.get(id(module.weight), 0) != 1:
             continue
         module.forward = types.MethodType(_compact_forward(entry), module)
         module.weight.requires_grad_(False)
