@@ -33,7 +33,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from adaptkit.errors import AdaptkitError, InputError
 
@@ -203,6 +203,7 @@ def collect_input_statistics(
     batch_size: int,
     device: "torch.device",
     gram: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> InputStatistics:
     """One no-grad forward pass over every calibration block, with hooks on the scored modules."""
     import torch
@@ -214,6 +215,8 @@ def collect_input_statistics(
         for batch in calibration_batches(blocks, batch_size):
             target(input_ids=batch.to(device), use_cache=False)
             collector.end_batch()
+            if progress:
+                progress(batch.shape[0])
     return collector
 
 
@@ -248,6 +251,7 @@ class ScoringRun:
     batch_size: int = 1
     seed: int = 42
     device: Any = "cpu"
+    progress: Optional[Callable[[int], None]] = None  # called with the number of blocks just processed
 
 
 class Scorer(ABC):
@@ -342,6 +346,7 @@ def compute_scores(
     seed: int = 42,
     device: Any = None,
     tokenizer: Any = None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> ScoreSet:
     """Score `model` with the registered scorer `scorer` (see `adaptkit plugins --kind scorer`)."""
     import torch
@@ -365,7 +370,7 @@ def compute_scores(
     device = device if device is not None else next(model.parameters()).device
     scored = scored_parameters(model, include_embeddings)
     implementation = spec.load()(params)
-    run = ScoringRun(calibration if spec.needs_calibration else None, batch_size, seed, torch.device(device))
+    run = ScoringRun(calibration if spec.needs_calibration else None, batch_size, seed, torch.device(device), progress)
     was_training = model.training
     model.eval()
     try:

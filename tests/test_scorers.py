@@ -41,8 +41,10 @@ def test_scored_parameters_are_found_structurally(make_model_dir):
 
 
 def test_wanda_equals_explicit_products(llama, calibration):
-    scores = compute_scores(llama, "wanda", calibration, granularities=("column", "row", "element"), batch_size=5)
+    seen = []
+    scores = compute_scores(llama, "wanda", calibration, granularities=("column", "row", "element"), batch_size=5, progress=seen.append)
     blocks = calibration.blocks
+    assert seen == [5, 5, 2]  # one forward pass over every block
     modules = _linear_names(llama) + ["model.layers.0.input_layernorm", "model.norm"]
     inputs = capture_inputs(llama, blocks, modules)
     # fully explicit for layer 0's q_proj: RMSNorm of the token embeddings
@@ -124,7 +126,9 @@ def test_sparsegpt_equals_obs_saliency(llama, calibration):
 
 def test_fisher_equals_mean_squared_gradient(make_model_dir, calibration):
     model = load_model(make_model_dir("olmo2"))
-    scores = compute_scores(model, "fisher", calibration, granularities=("column",), batch_size=3)
+    seen = []
+    scores = compute_scores(model, "fisher", calibration, granularities=("column",), batch_size=3, progress=seen.append)
+    assert seen == [3, 3, 3, 3]
     assert all(p.grad is None and p.requires_grad for p in model.parameters())  # model left as it was
     batches = calibration.blocks.split(3)
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters()}

@@ -35,14 +35,16 @@ def _check_frozen_bit_identical(source_dir, run_dir) -> int:
     return frozen_total
 
 
-def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, llama_dir, corpora, invoke):
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, make_model_dir, corpora, invoke, arch):
+    model_dir = make_model_dir(arch)
     calib, scores, mask = tmp_path / "calib", tmp_path / "scores", tmp_path / "mask"
     steps = [
-        ["calibrate", "--model", llama_dir, "--data", corpora["en"], "--format", "text", "--pool", "500", "--num-samples", "8", "--block-size", "32", "-o", calib],
-        ["score", "--model", llama_dir, "--calib", calib, "--scorer", "wanda", "-o", scores],
+        ["calibrate", "--model", model_dir, "--data", corpora["en"], "--format", "text", "--pool", "500", "--num-samples", "8", "--block-size", "32", "-o", calib],
+        ["score", "--model", model_dir, "--calib", calib, "--scorer", "wanda", "-o", scores],
         ["mask", "--scores", scores, "--freeze-ratio", "0.5", "-o", mask],
-        ["train", "--model", llama_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "--mask", mask, "-o", tmp_path / "with-mask", *TRAIN],
-        ["train", "--model", llama_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "--calib", calib, "--freeze-ratio", "0.5", "-o", tmp_path / "on-the-fly", *TRAIN],
+        ["train", "--model", model_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "--mask", mask, "-o", tmp_path / "with-mask", *TRAIN],
+        ["train", "--model", model_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "--calib", calib, "--freeze-ratio", "0.5", "-o", tmp_path / "on-the-fly", *TRAIN],
     ]
     for args in steps:
         result = invoke(*args)
@@ -54,7 +56,7 @@ def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, l
                        load_file(str(scores / "scores.safetensors"))["model.layers.0.mlp.up_proj.weight@column"])
     saved = load_mask_set(on_the_fly / "mask")
     assert all(torch.equal(m.trainable, load_mask_set(mask).masks[n].trainable) for n, m in saved.masks.items())
-    assert _check_frozen_bit_identical(llama_dir, on_the_fly) > 0
+    assert _check_frozen_bit_identical(model_dir, on_the_fly) > 0
     card = (on_the_fly / "run_card.md").read_text()
     assert "AdamW state" in card and "saves" in card
 

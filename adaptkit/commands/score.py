@@ -30,8 +30,10 @@ def command(
 ) -> None:
     """Score every parameter's columns (and rows) by importance to the source model."""
     import time
+    from contextlib import nullcontext
 
     import torch
+    from rich.progress import Progress
 
     from adaptkit.calibration import load_calibration
     from adaptkit.config import parse_set_overrides
@@ -60,7 +62,13 @@ def command(
     loaded = load_causal_lm(source, dtypes[dtype], trust_remote_code).to(target)
     granularities = ("column", "row", "element") if element_scores else ("column", "row")
     started = time.perf_counter()
-    scores = compute_scores(loaded, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, target, tokenizer)
+    show = console.show_progress and calibration is not None and spec.needs_calibration
+    with (Progress(console=console.rich, transient=True) if show else nullcontext()) as bar:
+        advance = None
+        if bar is not None:
+            task = bar.add_task(f"scoring ({scorer})", total=calibration.blocks.shape[0])
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+        scores = compute_scores(loaded, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, target, tokenizer, advance)
     seconds = time.perf_counter() - started
     with atomic_dir(output, overwrite) as tmp:
         scores.save(tmp)

@@ -38,6 +38,8 @@ class FisherScorer(Scorer):
                         if sp.param.grad is not None:
                             self.fisher[sp.name].add_(sp.param.grad.float().square())
                             sp.param.grad = None
+                    if run.progress:
+                        run.progress(batch.shape[0])
         finally:
             for name, param in model.named_parameters():
                 param.grad = None

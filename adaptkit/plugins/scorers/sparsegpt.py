@@ -36,7 +36,7 @@ class SparseGPTParams(Params):
 
 class SparseGPTScorer(Scorer):
     def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
-        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, gram=True)
+        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, gram=True, progress=run.progress)
         self._inverse_diagonals: dict[int, object] = {}
 
     def _inverse_diagonal(self, stats):

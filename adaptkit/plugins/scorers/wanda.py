@@ -25,7 +25,7 @@ class WandaParams(Params):
 
 class WandaScorer(Scorer):
     def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
-        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device)
+        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, progress=run.progress)
 
     def element_scores(self, sp: ScoredParam):
         stats = self.stats.get(sp.module_name)
