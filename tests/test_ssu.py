@@ -61,19 +61,13 @@ def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, m
     assert "AdamW state" in card and "saves" in card
 
 
-@pytest.mark.parametrize(
-    "method,granularity,arch",
-    [
-        ("ssu-wanda", "column", "olmo2"),
-        ("ssu-wanda", "row", "llama"),
-        ("ssu-wanda", "element", "llama"),
-        ("ssu-mag", "column", "llama"),
-        ("ssu-rand", "column", "olmo2"),
-        ("ssu-sparsegpt", "column", "llama"),
-        ("ssu-fisher", "column", "olmo2"),
-    ],
-)
-def test_frozen_entries_stay_bit_identical(tmp_path, make_model_dir, calib_dir, corpora, invoke, method, granularity, arch):
+METHODS = ["ssu-wanda", "ssu-mag", "ssu-rand", "ssu-sparsegpt", "ssu-fisher"]
+
+
+@pytest.mark.parametrize("granularity", ["column", "row", "element"])
+@pytest.mark.parametrize("method", METHODS)
+def test_frozen_entries_stay_bit_identical(tmp_path, make_model_dir, calib_dir, corpora, invoke, method, granularity):
+    arch = "olmo2" if (METHODS.index(method) + ["column", "row", "element"].index(granularity)) % 3 == 0 else "llama"
     model_dir = make_model_dir(arch)
     run = tmp_path / "run"
     result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", method, "--calib", calib_dir,
