@@ -1,0 +1,65 @@
+"""`ppl`: per-token perplexity and bits per byte on text or JSONL files (sliding window).
+
+Task spec: `ppl:NAME=FILE` or `ppl:FILE` (name = file stem). A .jsonl file is read
+record by record (`field`, default "text"); any other file line by line. The exact
+definition is in `adaptkit.evals.perplexity`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
+from adaptkit.specs import EvalBackendSpec, Params
+
+
+class PplParams(Params):
+    block_size: int | None = Field(None, ge=2, description="window of model inputs (default: the model's max positions, at most 2048)")
+    stride: int | None = Field(None, ge=1, description="new tokens predicted per later window (default: block_size)")
+    batch_size: int = Field(8, ge=1)
+    prefix: Literal["bos", "none"] = "bos"
+    field: str = "text"
+    max_documents: int | None = Field(None, ge=1)
+
+
+class PplBackend(EvalBackend):
+    name = "ppl"
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+        from adaptkit.evals.data import read_documents
+
+        name, path = named_file(spec)
+        documents = read_documents(Path(path), f"{flag} ppl:{spec}", self.params.field)
+        if self.params.max_documents:
+            documents = documents[: self.params.max_documents]
+        info = {"file": str(path), "documents": len(documents), "bytes": sum(len(d.encode("utf-8")) for d in documents)}
+        return [EvalTask(name or Path(path).stem, "ppl", spec, documents, info)]
+
+    def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
+        from adaptkit.evals.perplexity import perplexity
+
+        outputs = {}
+        for task in tasks:
+            result = perplexity(
+                model,
+                tokenizer,
+                task.payload,
+                block_size=self.params.block_size,
+                stride=self.params.stride,
+                batch_size=self.params.batch_size,
+                prefix=self.params.prefix,
+            )
+            outputs[task.name] = TaskOutput(result.metrics(), primary="ppl", higher_is_better=False)
+        return outputs
+
+
+SPEC = EvalBackendSpec(
+    name="ppl",
+    factory="adaptkit.plugins.evals.ppl:PplBackend",
+    summary="Perplexity and bits per byte on text/JSONL files (sliding window, exact token accounting)",
+    reference="lm-eval loglikelihood_rolling (word/byte perplexity); Press et al. 2021 sliding-window evaluation",
+    params=PplParams,
+)
