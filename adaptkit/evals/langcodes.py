@@ -97,6 +97,8 @@ def name_of(code: str) -> str:
 def resolve_language(code: str, flag: str, available: list[str] | None = None) -> str:
     """Canonical code for a user's language flag; unknown codes get suggestions (InputError)."""
     found = canonical(code)
+    if found is None and available is not None and code.strip().lower() in available:
+        found = code.strip().lower()  # a language only the backend knows (e.g. one of GlotLID's 2000)
     if found is None or (available is not None and found not in available):
         from adaptkit.registry import did_you_mean
 
