@@ -69,9 +69,8 @@ def command(
     from adaptkit.commands.common import Console
     from adaptkit.errors import InputError
     from adaptkit.evals.report import check_task_roles
-    from adaptkit.evals.runner import model_names, prepare_tasks
+    from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
-    from adaptkit.io.models import resolve_model_source
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)
@@ -79,7 +78,7 @@ def command(
         raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
     refs = model_names(model)
     for ref in refs:
-        resolve_model_source(ref.location, "--model")
+        check_model_config(ref.location)
     baseline_name = resolve_baseline(baseline, refs)
     prompts = None
     if generate is not None:

@@ -32,9 +32,8 @@ def command(
     from adaptkit.commands.common import Console
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import generate_records, read_prompts
-    from adaptkit.evals.runner import load_model_ref, model_names
+    from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
     from adaptkit.io.atomic import atomic_file, check_output
-    from adaptkit.io.models import resolve_model_source
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)
@@ -43,7 +42,7 @@ def command(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
     ref = model_names([model])[0]
-    resolve_model_source(ref.location, "--model")
+    check_model_config(ref.location)
     rows = read_prompts(prompts)
     loaded, tokenizer = load_model_ref(ref, dtype, device)
     records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)

@@ -119,6 +119,22 @@ def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None
     return PreparedTasks(tasks, backends, used)
 
 
+def check_model_config(location: str, flag: str = "--model") -> None:
+    """Resolve a model location and, for local directories, check that its config loads."""
+    from adaptkit.io.models import resolve_model_source
+
+    source = resolve_model_source(location, flag)
+    if source.kind != "dir":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source.location)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first})") from None
+
+
 def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     import torch
 
@@ -150,11 +166,9 @@ def run_evaluation(
 
     `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
     """
-    from adaptkit.io.models import resolve_model_source
-
-    for ref in models:  # fail on a bad path before spending time on the others
+    for ref in models:  # fail on a bad path or config before spending time on the others
         if ref.model is None:
-            resolve_model_source(ref.location, "--model")
+            check_model_config(ref.location)
     by_backend: dict[str, list[EvalTask]] = {}
     for task in prepared.tasks:
         by_backend.setdefault(task.backend, []).append(task)

@@ -2,8 +2,9 @@
 
 CLD2 reports the share of the text's bytes in each of its top three languages rather
 than a probability; that share, renormalized over the candidates, is the confidence
-here. A text CLD2 cannot read (unreliable or no language found) gets all its mass on
-'und' (undetermined), so it counts as not being in the expected language.
+here. A text where CLD2 finds none of the candidates (short texts, single words) is
+'und' (undetermined), with confidence 0 for the expected language. CLD2 is unreliable on
+single words, so its per-word breakdown is mostly 'und'.
 """
 
 from __future__ import annotations
@@ -44,11 +45,9 @@ class Pycld2Backend(LIDBackend):
             lang = canonical(CLD2_ALIASES.get(code, code))
             if lang and percent > 0:
                 scores[lang] = scores.get(lang, 0.0) + percent / 100.0
-        if not scores:
-            scores["und"] = 1.0
-        ranked = normalize(scores, candidates)
-        if candidates is not None and not any(p > 0 for _, p in ranked):
-            return [(c, 0.0) for c in candidates]
+        ranked = normalize(scores, candidates) if scores else []
+        if not any(p > 0 for _, p in ranked):  # nothing (or no candidate) detected: undetermined
+            return [("und", 1.0)] + [(c, 0.0) for c in candidates or ()]
         return ranked
 
 
