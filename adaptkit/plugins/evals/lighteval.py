@@ -28,15 +28,14 @@ def _import_lighteval():
     from adaptkit.errors import InputError, MissingExtraError
 
     try:
-        import lighteval  # noqa: F401
         from lighteval.logging.evaluation_tracker import EvaluationTracker
         from lighteval.models.transformers.transformers_model import TransformersModel, TransformersModelConfig
         from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
-    except ImportError as exc:
-        if getattr(exc, "name", "") and str(exc.name).split(".")[0] == "lighteval" and "lighteval." not in str(exc.name):
+    except ModuleNotFoundError as exc:
+        if exc.name == "lighteval":
             raise MissingExtraError("lighteval", "lighteval", "the lighteval eval backend") from None
-        raise InputError(f"lighteval is installed but does not import here ({exc}); install it with `pip install 'adaptkit[lighteval]'`") from None
-    except Exception as exc:  # e.g. a Hub call at import while offline
+        raise InputError(f"lighteval does not import here (missing '{exc.name}'); reinstall it with `pip install 'adaptkit[lighteval]'`") from None
+    except Exception as exc:  # e.g. a Hub call at import while offline, or an incompatible version
         raise InputError(f"lighteval failed to import ({type(exc).__name__}: {exc}); it may need network access at import") from None
     return EvaluationTracker, TransformersModel, TransformersModelConfig, ParallelismManager, Pipeline, PipelineParameters
 
