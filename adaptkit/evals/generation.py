@@ -177,3 +177,28 @@ def generate_records(
         stop=(), batch_size=batch_size, chat_template=chat_template, seed=seed,
     )
     return [{**row, "model": model_name, "response": response} for row, response in zip(rows, responses)]
+
+
+def record_languages(rows: list[dict[str, Any]], keys: tuple[str, ...], params: Params, where: str, backend: str) -> list[tuple[str, ...]]:
+    """Canonical language codes of each record for `keys`: the record's value, else the backend setting."""
+    from adaptkit.errors import InputError
+    from adaptkit.evals.langcodes import resolve_language
+
+    result = []
+    for number, row in enumerate(rows, start=1):
+        codes = []
+        for key in keys:
+            code = row.get(key) or getattr(params, key)
+            if not code:
+                raise InputError(f"{where}: record {number} has no '{key}'; add it to the records or pass --set {backend}.{key}=CODE")
+            codes.append(resolve_language(str(code), f"{where} record {number} {key}"))
+        result.append(tuple(codes))
+    return result
+
+
+def pick_shots(languages: list[tuple[str, ...]], item: int, shots: int, seed: int = 0) -> list[int]:
+    """`shots` other records with the same languages as `item`, fixed for (item, seed)."""
+    import random
+
+    others = [i for i, langs in enumerate(languages) if langs == languages[item] and i != item]
+    return random.Random(seed * 1_000_003 + item).sample(others, min(shots, len(others)))

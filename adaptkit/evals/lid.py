@@ -9,7 +9,7 @@ is what the SSU paper does with GlotLID (softmax over English + the target langu
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 
 class LIDBackend:
@@ -25,8 +25,11 @@ class LIDBackend:
         raise NotImplementedError
 
 
-def normalize(scores: dict[str, float], candidates: Sequence[str] | None) -> list[tuple[str, float]]:
-    """Keep `candidates` (all when None), rescale to sum 1, sort best first."""
+def normalize(pairs: Iterable[tuple[str, float]], candidates: Sequence[str] | None) -> list[tuple[str, float]]:
+    """Sum (code, score) pairs per code, keep `candidates` (all when None), rescale to sum 1, best first."""
+    scores: dict[str, float] = {}
+    for code, score in pairs:
+        scores[code] = scores.get(code, 0.0) + float(score)
     if candidates is not None:
         scores = {c: scores.get(c, 0.0) for c in candidates}
     total = sum(scores.values())

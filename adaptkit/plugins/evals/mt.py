@@ -8,7 +8,6 @@ records of the same file and direction, drawn with a fixed seed per item.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from pydantic import Field
@@ -24,37 +23,21 @@ class MTParams(GenerationParams):
     shots: int = Field(3, ge=0, description="in-context examples per prompt (paper: 3)")
 
 
-def pick_shots(pool: list[int], item: int, shots: int, seed: int) -> list[int]:
-    """`shots` indices from `pool`, never `item` itself, fixed for (item, seed)."""
-    others = [i for i in pool if i != item]
-    return random.Random(seed * 1_000_003 + item).sample(others, min(shots, len(others)))
-
-
 class MTBackend(EvalBackend):
     name = "mt"
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
         from adaptkit.evals.data import read_jsonl
-        from adaptkit.errors import InputError
-        from adaptkit.evals.langcodes import resolve_language
+        from adaptkit.evals.generation import pick_shots, record_languages
         from adaptkit.evals.templates import mt_prompt
 
         name, path = named_file(spec)
         where = f"{flag} mt:{spec}"
         rows = read_jsonl(Path(path), where, ("src", "tgt"))
-        pairs = []
-        for number, row in enumerate(rows, start=1):
-            langs = []
-            for key in ("src_lang", "tgt_lang"):
-                code = row.get(key) or getattr(self.params, key)
-                if not code:
-                    raise InputError(f"{where}: record {number} has no '{key}'; add it to the records or pass --set mt.{key}=CODE")
-                langs.append(resolve_language(str(code), f"{where} record {number} {key}"))
-            pairs.append(tuple(langs))
+        pairs = record_languages(rows, ("src_lang", "tgt_lang"), self.params, where, "mt")
         items = []
         for i, row in enumerate(rows):
-            same = [j for j, p in enumerate(pairs) if p == pairs[i]]
-            shots = [(rows[j]["src"], rows[j]["tgt"]) for j in pick_shots(same, i, self.params.shots, 0)]
+            shots = [(rows[j]["src"], rows[j]["tgt"]) for j in pick_shots(pairs, i, self.params.shots)]
             items.append({"id": row.get("id", i), "src_lang": pairs[i][0], "tgt_lang": pairs[i][1],
                           "prompt": mt_prompt(pairs[i][0], pairs[i][1], row["src"], shots), "reference": row["tgt"]})
         if self.params.limit:

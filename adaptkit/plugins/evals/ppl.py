@@ -8,12 +8,15 @@ definition is in `adaptkit.evals.perplexity`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
 from adaptkit.specs import EvalBackendSpec, Params
+
+if TYPE_CHECKING:
+    from adaptkit.evals.runner import PreparedTasks
 
 
 class PplParams(Params):
@@ -63,3 +66,23 @@ SPEC = EvalBackendSpec(
     reference="lm-eval loglikelihood_rolling (word/byte perplexity); Press et al. 2021 sliding-window evaluation",
     params=PplParams,
 )
+
+
+def perplexity_tasks(texts: dict[str, list[str]], **params) -> "PreparedTasks":
+    """Perplexity tasks over in-memory documents (for the quickstart and notebooks), ready for `run_evaluation`.
+
+        tasks = perplexity_tasks({"eng": en_docs, "hau": ha_docs}, block_size=128)
+        run = run_evaluation([ModelRef("base", model=m, tokenizer=t), ...], tasks)
+    """
+    from adaptkit.errors import InputError
+    from adaptkit.evals.runner import PreparedTasks
+
+    validated = SPEC.validate_params(params, where="ppl")
+    tasks = []
+    for name, documents in texts.items():
+        documents = [d for d in documents if d.strip()][: validated.max_documents]
+        if not documents:
+            raise InputError(f"ppl: task '{name}' has no documents")
+        info = {"documents": len(documents), "bytes": sum(len(d.encode("utf-8")) for d in documents)}
+        tasks.append(EvalTask(name, "ppl", f"{name}=<in memory>", documents, info))
+    return PreparedTasks(tasks, {"ppl": PplBackend(validated)}, {"ppl": validated.model_dump()})

@@ -24,30 +24,23 @@ class SumBackend(EvalBackend):
     name = "sum"
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
-        from adaptkit.errors import InputError
         from adaptkit.evals.data import read_jsonl
-        from adaptkit.evals.langcodes import resolve_language
+        from adaptkit.evals.generation import pick_shots, record_languages
         from adaptkit.evals.templates import sum_prompt
-        from adaptkit.plugins.evals.mt import pick_shots
 
         name, path = named_file(spec)
         where = f"{flag} sum:{spec}"
         rows = read_jsonl(Path(path), where, ("text", "summary"))
-        langs = []
-        for number, row in enumerate(rows, start=1):
-            code = row.get("lang") or self.params.lang
-            if not code:
-                raise InputError(f"{where}: record {number} has no 'lang'; add it to the records or pass --set sum.lang=CODE")
-            langs.append(resolve_language(str(code), f"{where} record {number} lang"))
+        langs = record_languages(rows, ("lang",), self.params, where, "sum")
         items = []
         for i, row in enumerate(rows):
-            same = [j for j, lang in enumerate(langs) if lang == langs[i]]
-            shots = [(rows[j]["text"], rows[j]["summary"]) for j in pick_shots(same, i, self.params.shots, 0)]
-            items.append({"id": row.get("id", i), "lang": langs[i], "prompt": sum_prompt(langs[i], row["text"], shots),
+            shots = [(rows[j]["text"], rows[j]["summary"]) for j in pick_shots(langs, i, self.params.shots)]
+            items.append({"id": row.get("id", i), "lang": langs[i][0], "prompt": sum_prompt(langs[i][0], row["text"], shots),
                           "reference": row["summary"]})
         if self.params.limit:
             items = items[: self.params.limit]
-        return [EvalTask(name or Path(path).stem, "sum", spec, items, {"file": path, "items": len(items), "languages": sorted(set(langs))})]
+        return [EvalTask(name or Path(path).stem, "sum", spec, items,
+                         {"file": path, "items": len(items), "languages": sorted({l[0] for l in langs})})]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         from adaptkit.evals.generation import run_generation_task

@@ -56,19 +56,14 @@ class FasttextBackend(LIDBackend):
         line = " ".join(text.split())
         wanted = set(candidates) if candidates is not None else None
         rows = [i for i, c in enumerate(self._codes) if wanted is None or c in wanted]
-        scores: dict[str, float] = {}
         if self._output is not None and rows:
             logits = self._output[rows] @ self._model.get_sentence_vector(line)
             probs = np.exp(logits - logits.max())
-            probs /= probs.sum()
-            for i, p in zip(rows, probs):
-                scores[self._codes[i]] = scores.get(self._codes[i], 0.0) + float(p)
+            pairs = zip((self._codes[i] for i in rows), probs / probs.sum())
         else:
             labels, probs = self._model.predict(line, k=-1)
-            for label, p in zip(labels, probs):
-                code = self._codes[self._labels.index(label)]
-                scores[code] = scores.get(code, 0.0) + float(p)
-        return normalize(scores, candidates)
+            pairs = zip((self._codes[self._labels.index(label)] for label in labels), probs)
+        return normalize(pairs, candidates)
 
 
 SPEC = LIDBackendSpec(

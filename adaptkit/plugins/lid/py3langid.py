@@ -42,11 +42,7 @@ class Py3LangidBackend(LIDBackend):
         if wanted != self._current:
             self._identifier.set_languages(self._labels_for(wanted) if wanted is not None else None)
             self._current = wanted
-        scores: dict[str, float] = {}
-        for label, prob in self._identifier.rank(text):
-            code = canonical(label) or label
-            scores[code] = scores.get(code, 0.0) + float(prob)
-        return normalize(scores, candidates)
+        return normalize(((canonical(label) or label, prob) for label, prob in self._identifier.rank(text)), candidates)
 
 
 SPEC = LIDBackendSpec(

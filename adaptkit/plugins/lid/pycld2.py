@@ -36,16 +36,13 @@ class Pycld2Backend(LIDBackend):
         from adaptkit.evals.langcodes import canonical
         from adaptkit.evals.lid import normalize
 
-        scores: dict[str, float] = {}
         try:
             _, _, details = self._cld2.detect(text)
         except self._cld2.error:
             details = ()
-        for _, code, percent, _ in details:
-            lang = canonical(CLD2_ALIASES.get(code, code))
-            if lang and percent > 0:
-                scores[lang] = scores.get(lang, 0.0) + percent / 100.0
-        ranked = normalize(scores, candidates) if scores else []
+        pairs = [(canonical(CLD2_ALIASES.get(code, code)), percent / 100.0) for _, code, percent, _ in details]
+        pairs = [(lang, share) for lang, share in pairs if lang and share > 0]
+        ranked = normalize(pairs, candidates) if pairs else []
         if not any(p > 0 for _, p in ranked):  # nothing (or no candidate) detected: undetermined
             return [("und", 1.0)] + [(c, 0.0) for c in candidates or ()]
         return ranked
