@@ -18,8 +18,9 @@ Definition (the one lm-eval's `loglikelihood_rolling` uses when `stride == block
   `ppl = exp(nll_sum / tokens)`, `bits_per_byte = nll_sum / (ln 2 * bytes)` where `bytes`
   is the UTF-8 size of the scored text.
 
-Windows of all documents are sorted by length and run in padded batches (right padding,
-so real positions are unaffected); log-probabilities are accumulated in float64.
+Windows of all documents are sorted by length and run in right-padded batches (causal
+attention: real positions never attend to the pads, so no attention mask is passed, as in
+lm-eval); log-probabilities are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -157,17 +158,16 @@ def perplexity(
             width = max(len(w.ids) for w in batch) - 1  # at most block_size model inputs
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             targets = torch.zeros((len(batch), width), dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
             score_mask = torch.zeros((len(batch), width), dtype=torch.bool)
             for row, w in enumerate(batch):
                 length = len(w.ids) - 1
                 input_ids[row, :length] = torch.tensor(w.ids[:-1])
                 targets[row, :length] = torch.tensor(w.ids[1:])
-                attention[row, :length] = 1
                 score_mask[row, length - w.scored : length] = True
-            input_ids, attention = input_ids.to(device), attention.to(device)
-            targets, score_mask = targets.to(device), score_mask.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+            input_ids, targets, score_mask = input_ids.to(device), targets.to(device), score_mask.to(device)
+            # right padding + causal attention: real positions never see the pads, so no mask is
+            # needed (and without one the attention kernels take their faster causal path)
+            logits = model(input_ids=input_ids).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             target_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             nll -= target_lp[score_mask].double().sum().item()
