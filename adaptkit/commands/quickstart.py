@@ -1,10 +1,182 @@
-"""`adaptkit quickstart` (being built)."""
+"""`adaptkit quickstart`: the forgetting/learning trade-off, end to end, offline, on a CPU.
 
-from adaptkit.commands.common import DebugOpt
+With no `--model`, it builds the embedded default: a byte-level BPE tokenizer and a tiny
+Llama pre-trained on the English UDHR (the "source" model, which knows an English-like
+source language). It then continues pre-training that model on the target language's
+UDHR with each method in `--methods` (default: FFT and SSU-Wanda), and reports source
+and target perplexity on held-out paragraphs before and after. With `--model` (a Hub
+id, a local directory or a GGUF file) the same comparison runs on a real model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+@contextlib.contextmanager
+def _inside(directory: Path):
+    """Run with `directory` as working directory, so every path the runs record is relative to it."""
+    previous = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
-    raise AdaptkitError("adaptkit quickstart is not available in this build yet")
+
+def command(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Demo directory (data, models, runs, eval report).")] = Path("demo"),
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A real model instead of the embedded default: Hub id, local dir or .gguf file.")] = None,
+    target_lang: Annotated[str, typer.Option("--target-lang", help="Target language of the UDHR text (e.g. ha, ig, am, ky, ne, sw, yo).")] = "ha",
+    source_lang: Annotated[str, typer.Option("--source-lang", help="Source language the model already knows.")] = "en",
+    methods: Annotated[str, typer.Option("--methods", help="Comma list of training methods to compare (see `adaptkit plugins --kind method`).")] = "fft,ssu-wanda",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Adaptation steps per method.")] = 100,
+    source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 400,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
+    freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
+    from adaptkit import demo
+    from adaptkit.errors import InputError
+    from adaptkit.io.atomic import atomic_dir
+    from adaptkit.registry import get_spec
+
+    console = Console(json_out, quiet)
+    method_names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not method_names:
+        raise InputError("--methods: give at least one method name")
+    specs = {name: get_spec("method", name, "--methods") for name in method_names}
+    texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
+    if source_lang == target_lang:
+        raise InputError("--target-lang: must differ from --source-lang")
+    started = time.perf_counter()
+    with atomic_dir(output, overwrite) as work, _inside(work):
+        data = Path("data")
+        data.mkdir()
+        files = {}
+        for role, lang in (("source", source_lang), ("target", target_lang)):
+            train, test = texts[lang]
+            files[role] = demo.write_lines(train, data / f"{lang}-train.txt")
+            files[f"{role}-test"] = demo.write_lines(test, data / f"{lang}-test.txt")
+        source_dir = _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console)
+        calib_dir = _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
+        rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
+        for name, spec in specs.items():
+            console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
+            run = _adapt(name, spec, source_dir, files["target"], calib_dir, steps, seq_len, batch_size,
+                         lr if lr is not None else (5e-5 if model else 1e-3), freeze_ratio, seed, console)
+            rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
+        report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
+    summary = {"output": str(output), "models": report, "seconds": round(time.perf_counter() - started, 1)}
+    console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/")
+
+
+def _train(config_values: dict[str, Any], run_dir: Path, console: Console):
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+
+    return train(TrainConfig.model_validate(config_values), run_dir, log=lambda m: console.print(m))
+
+
+def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console) -> Path:
+    """The model that knows the source language: given with --model, or built and pre-trained here."""
+    from adaptkit import demo
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source, save_model
+
+    if model:
+        source = resolve_model_source(model, "--model")
+        if source.kind == "dir":
+            return Path(source.location).resolve()
+        console.print(f"loading {model}")
+        target = Path("source")
+        save_model(load_causal_lm(source), load_tokenizer(source), target)
+        return target
+    console.print("building the embedded source model (tiny Llama pre-trained on the English UDHR)")
+    all_text = [p for train, test in texts.values() for p in train]
+    tokenizer = demo.train_tokenizer(all_text, vocab_size=512)
+    init = Path("init")
+    save_model(demo.tiny_model("llama", len(tokenizer), seed=seed, hidden=128, layers=4), tokenizer, init)
+    run = _train(
+        {
+            "model": str(init),
+            "data": {"paths": [str(files["source"])], "seq_len": seq_len},
+            "max_steps": source_steps,
+            "batch_size": batch_size,
+            "optimizer": {"lr": 3e-3, "weight_decay": 0.01},
+            "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+            "seed": seed,
+            "log_steps": 50,
+        },
+        Path("runs/source"),
+        console,
+    )
+    return run.final_dir
+
+
+def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console) -> Optional[Path]:
+    """A calibration set from source-side text, for methods that need one."""
+    if not any(spec.needs & {"mask", "calibration"} for spec in specs.values()):
+        return None
+    from adaptkit.calibration import build_calibration
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    console.print(f"building a calibration set ({samples} blocks of {seq_len} source tokens)")
+    tokenizer = load_tokenizer(resolve_model_source(str(source_dir)))
+    calibration = build_calibration(
+        tokenizer, [str(source_text)], fmt="text", pool=10_000, num_samples=samples, block_size=seq_len, seed=seed
+    )
+    path = Path("calib")
+    calibration.save(path)
+    return path
+
+
+def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch_size, lr, freeze_ratio, seed, console):
+    params = {"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}
+    values = {
+        "model": str(source_dir),
+        "data": {"paths": [str(target_text)], "seq_len": seq_len},
+        "method": name,
+        "method_params": params,
+        "max_steps": steps,
+        "batch_size": batch_size,
+        "optimizer": {"lr": lr, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+        "seed": seed,
+        "log_steps": 25,
+    }
+    if calib_dir is not None and spec.needs & {"mask", "calibration"}:
+        values["calib"] = str(calib_dir)
+    return _train(values, Path("runs") / name, console)
+
+
+def _evaluate(rows, files, source_lang, target_lang, seq_len, console) -> dict[str, Any]:
+    """Source and target perplexity of every model on held-out text, and the report files."""
+    from adaptkit.evals.quick import perplexity_report
+
+    return perplexity_report(
+        {name: Path(row["dir"]) for name, row in rows.items()},
+        {f"{source_lang} (source)": files["source-test"], f"{target_lang} (target)": files["target-test"]},
+        source_task=f"{source_lang} (source)",
+        target_task=f"{target_lang} (target)",
+        baseline="source",
+        block_size=seq_len,
+        output=Path("eval"),
+        extra={name: {k: v for k, v in row.items() if k != "dir"} for name, row in rows.items()},
+        console=console,
+    )

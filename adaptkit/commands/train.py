@@ -1,10 +1,132 @@
-"""`adaptkit train` (being built)."""
+"""`adaptkit train`: continual pre-training with any registered method on the one engine."""
 
-from adaptkit.commands.common import DebugOpt
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from adaptkit.commands.common import ConfigOpt, Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+
+# CLI flag -> dotted TrainConfig key
+FLAG_KEYS = {
+    "model": "model",
+    "data": "data.paths",
+    "method": "method",
+    "mask": "mask",
+    "calib": "calib",
+    "max_steps": "max_steps",
+    "epochs": "epochs",
+    "seq_len": "data.seq_len",
+    "text_field": "data.text_field",
+    "batch_size": "batch_size",
+    "micro_batch_size": "micro_batch_size",
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "schedule": "schedule.name",
+    "warmup_ratio": "schedule.warmup_ratio",
+    "max_grad_norm": "max_grad_norm",
+    "save_steps": "save_steps",
+    "precision": "precision",
+    "device": "device",
+    "seed": "seed",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "compile": "compile",
+    "trust_remote_code": "trust_remote_code",
+}
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], extra_method_params: Optional[dict[str, Any]] = None):
+    """Defaults < YAML file < explicit flags < --set; method parameters validated by the method's model."""
+    from adaptkit.config import check_key, fields_at, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.errors import InputError
+    from adaptkit.registry import did_you_mean, get_spec
 
-    raise AdaptkitError("adaptkit train is not available in this build yet")
+    data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
+    for flag, value in flags.items():
+        if value is not None and value != []:
+            if isinstance(value, list):
+                value = [str(v) for v in value]
+            set_nested(data, FLAG_KEYS[flag].split("."), value)
+    if extra_method_params:
+        data.setdefault("method_params", {}).update(extra_method_params)
+    flag_names = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None}
+    config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings", flag_names)
+    spec = get_spec("method", config.method, "--method")
+    for path, value in parse_set_overrides(overrides):
+        key = ".".join(path)
+        if check_key(TrainConfig, path):
+            set_nested(data, path, value)
+        elif len(path) == 1 and path[0] in spec.params.model_fields:
+            data.setdefault("method_params", {})[path[0]] = value
+        elif len(path) > 1:
+            known = fields_at(TrainConfig, path)
+            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (keys there: {', '.join(known)})")
+        else:
+            known = list(TrainConfig.model_fields) + list(spec.params.model_fields)
+            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(spec.params.model_fields) or 'none'}; settings: {', '.join(TrainConfig.model_fields)})")
+    config = validate_config(TrainConfig, data, "--set")
+    spec.validate_params(config.method_params, "--set")
+    if not config.model:
+        raise InputError("--model: required (a model directory, .gguf file or Hub id)")
+    if not config.data.paths:
+        raise InputError("--data: required (text, JSONL or HF dataset directory)")
+    return config
+
+
+def command(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask` (ssu-* methods).")] = None,
+    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`.")] = None,
+    freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (default: one epoch).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="Sequences per forward pass and process (gradient accumulation makes up the rest).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
+    flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
+    extra = {"freeze_ratio": freeze_ratio} if freeze_ratio is not None else None
+    train_config = build_config(config, flags, set_, extra)
+    console = Console(json_out, quiet)
+    result = run_training(train_config, output, resume, overwrite, console)
+    console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def run_training(config, output: Path, resume: bool, overwrite: bool, console: Console):
+    """Run the engine with a progress bar when on a terminal."""
+    from adaptkit.engine.loop import train
+
+    if not console.show_progress:
+        return train(config, output, resume, overwrite, log=lambda m: console.print(m))
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn()]
+    with Progress(*columns, console=console.rich, transient=False) as progress:
+        return train(config, output, resume, overwrite, log=lambda m: progress.console.print(m), progress=progress)

@@ -26,13 +26,14 @@ def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path
         elif not overwrite:
             raise InputError(f"{flag}: '{path}' exists; pass --overwrite or choose another path")
     parent = path.resolve().parent
-    if not parent.exists():
-        raise InputError(f"{flag}: parent directory '{parent}' does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{flag}: '{parent}' is not a directory")
     return path
 
 
 def _partial_sibling(path: Path, is_dir: bool) -> Path:
     path = Path(path)
+    path.resolve().parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
@@ -60,10 +61,9 @@ def replace_path(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
-    """Yield a temporary sibling directory that becomes `path` when the block succeeds."""
+def _atomic(path: Path, overwrite: bool, flag: str, is_dir: bool) -> Iterator[Path]:
     path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir=True)
+    tmp = _partial_sibling(path, is_dir)
     try:
         yield tmp
     except BaseException:
@@ -72,17 +72,14 @@ def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -
     replace_path(tmp, path)
 
 
-@contextlib.contextmanager
-def atomic_file(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
-    """Yield a temporary sibling file path that becomes `path` when the block succeeds."""
-    path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir=False)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    os.replace(tmp, path)
+def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> contextlib.AbstractContextManager[Path]:
+    """A temporary sibling directory that becomes `path` when the block succeeds."""
+    return _atomic(path, overwrite, flag, is_dir=True)
+
+
+def atomic_file(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> contextlib.AbstractContextManager[Path]:
+    """A temporary sibling file path that becomes `path` when the block succeeds."""
+    return _atomic(path, overwrite, flag, is_dir=False)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

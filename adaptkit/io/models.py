@@ -76,6 +76,14 @@ def _hub_error(source: ModelSource, exc: Exception) -> InputError:
     )
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers / the Hub: adaptkit shows its own progress."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
@@ -108,6 +116,7 @@ def load_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     dtype = dtype or torch.float32
     name, kwargs = source.load_args
     if attn_implementation:
@@ -148,6 +157,7 @@ def model_fingerprint(model: "torch.nn.Module") -> str:
 
 def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path) -> None:
     """Save as a normal HF model directory (safetensors, config, tokenizer, generation config)."""
+    quiet_transformers()
     model.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

@@ -55,6 +55,11 @@ def load_tensors(path: Path, flag: str) -> dict[str, "torch.Tensor"]:
 def save_tensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
+    if not tensors:  # safetensors 0.8 writes an invalid header for an empty dict
+        header = json.dumps({"__metadata__": metadata or {}}).encode()
+        header += b" " * (-len(header) % 8)
+        Path(path).write_bytes(struct.pack("<Q", len(header)) + header)
+        return
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {})
 
 

@@ -2,7 +2,9 @@
 
 from adaptkit.hookspecs import hookimpl
 
-MODULES: tuple = ()
+from adaptkit.plugins.methods import fft
+
+MODULES: tuple = (fft,)
 
 
 @hookimpl

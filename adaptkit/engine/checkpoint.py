@@ -1,0 +1,152 @@
+"""Checkpoints: everything a run needs to continue exactly, in safetensors + JSON (no pickle).
+
+A checkpoint directory `checkpoint-<step>/` holds the trained tensors (whole trainable
+parameters and compact copies), the optimizer state, the scheduler state, RNG states
+and callback state. It is written into a hidden `.checkpoint-<step>.partial` sibling and
+renamed when complete, so a half-written checkpoint is never picked up on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptkit.engine.optim import TrainableSet
+from adaptkit.engine.plan import TrainingCallback
+from adaptkit.io.tensors import load_tensors, save_tensors
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for child in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = meta["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    py_state = random.getstate()
+    return tensors, {"python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    trainable: TrainableSet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    callbacks: list[TrainingCallback],
+    extra: dict[str, Any],
+    keep: int | None,
+) -> Path:
+    final = Path(run_dir) / f"checkpoint-{step}"
+    tmp = Path(run_dir) / f".checkpoint-{step}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_tensors({k: v.cpu() for k, v in trainable.state_tensors().items()}, tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    rng_tensors, rng_meta = _rng_state()
+    save_tensors(rng_tensors, tmp / "rng.safetensors")
+    callback_tensors = {f"{i}.{k}": v.detach().cpu() for i, cb in enumerate(callbacks) for k, v in cb.state_dict().items()}
+    save_tensors(callback_tensors, tmp / "callbacks.safetensors")
+    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **extra}
+    (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _prune(run_dir, keep)
+    return final
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if torch.is_tensor(value):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _prune(run_dir: Path, keep: int | None) -> None:
+    if not keep:
+        return
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: Path,
+    trainable: TrainableSet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    callbacks: list[TrainingCallback],
+) -> dict[str, Any]:
+    """Restore a checkpoint in place; returns its state.json (step and extras)."""
+    flag = "--resume"
+    state = json.loads((path / "state.json").read_text())
+    trainable.load_state_tensors(load_tensors(path / "trainable.safetensors", flag))
+    optimizer.load_state_dict(_unflatten_optimizer(load_tensors(path / "optimizer.safetensors", flag), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    callback_tensors = load_tensors(path / "callbacks.safetensors", flag)
+    for i, cb in enumerate(callbacks):
+        prefix = f"{i}."
+        mine = {k[len(prefix):]: v for k, v in callback_tensors.items() if k.startswith(prefix)}
+        if mine:
+            cb.load_state_dict(mine)
+    _set_rng_state(load_tensors(path / "rng.safetensors", flag), state["rng"])
+    return state

@@ -1,0 +1,70 @@
+"""The training configuration: defaults from the SSU paper, validated by pydantic.
+
+Paper defaults (SSU, continual pre-training): AdamW, lr 5e-5 with cosine decay, 5%
+warmup, weight decay 0.01, 512-token blocks, batch 32. `batch_size` is the global
+number of sequences per optimizer step, whatever the number of processes: the engine
+derives gradient accumulation from it and `micro_batch_size`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    paths: list[str] = Field(default_factory=list, description="Text/JSONL files or HF dataset directories.")
+    text_field: str = "text"
+    seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
+    format: Literal["auto", "text", "jsonl", "hf"] = "auto"
+    cache: bool = True
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class OptimizerConfig(Section):
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    fused: Optional[bool] = Field(None, description="Fused AdamW kernel; default: on where torch supports it.")
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    model: str = Field("", description="Local HF directory, .gguf file or Hub id.")
+    trust_remote_code: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: str = "fft"
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    mask: Optional[str] = Field(None, description="Mask directory from `adaptkit mask` (ssu-* methods).")
+    calib: Optional[str] = Field(None, description="Calibration directory from `adaptkit calibrate`.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")
+    micro_batch_size: Optional[int] = Field(None, gt=0, description="Sequences per forward pass per process.")
+    max_steps: Optional[int] = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps.")
+    save_total_limit: Optional[int] = Field(2, gt=0)
+    log_steps: int = Field(10, gt=0)
+    seed: int = 42
+    device: str = "auto"
+    attn_implementation: Optional[str] = None
+    gradient_checkpointing: bool = False
+    compile: bool = False

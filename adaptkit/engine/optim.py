@@ -1,0 +1,153 @@
+"""Optimizer, learning-rate schedule and masked (compact) parameters.
+
+A parameter that trains only partly (an UpdateMask) is optimized through a compact
+float32 copy of its trainable entries: the optimizer holds state only for those
+entries, weight decay touches only them, and after each step they are written back
+into the model. Frozen entries are never written, so they stay bit-identical to the
+source weights, weight decay included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from adaptkit.engine.config import OptimizerConfig, ScheduleConfig
+from adaptkit.engine.masks import UpdateMask
+from adaptkit.engine.plan import TrainingPlan
+
+
+class CompactParameter:
+    """The trainable entries of one model parameter, as an fp32 nn.Parameter the optimizer updates."""
+
+    def __init__(self, name: str, param: torch.nn.Parameter, mask: UpdateMask):
+        self.name = name
+        self.param = param
+        self.granularity = mask.granularity
+        if mask.granularity == "element":
+            self.selector = mask.trainable.to(param.device)
+        else:
+            self.selector = mask.trainable.nonzero().squeeze(1).to(param.device)
+        self.dim = 1 if mask.granularity == "column" else 0
+        self.compact = torch.nn.Parameter(self.take(param.detach()).float().clone())
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "element":
+            return tensor[self.selector]
+        return tensor.index_select(self.dim, self.selector)
+
+    def pull_grad(self) -> None:
+        """Move the trainable part of the model gradient onto the compact copy."""
+        grad = self.param.grad
+        self.compact.grad = None if grad is None else self.take(grad).float()
+        self.param.grad = None
+
+    @torch.no_grad()
+    def push(self) -> None:
+        """Write the updated trainable entries back into the model parameter."""
+        values = self.compact.detach().to(self.param.dtype)
+        if self.granularity == "element":
+            self.param.masked_scatter_(self.selector, values)
+        else:
+            self.param.index_copy_(self.dim, self.selector, values)
+
+
+@dataclass
+class TrainableSet:
+    """What the optimizer updates: whole parameters and compact copies of masked ones."""
+
+    whole: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    compact: dict[str, CompactParameter] = field(default_factory=dict)
+
+    def optimizer_tensors(self) -> dict[str, torch.nn.Parameter]:
+        tensors = dict(self.whole)
+        tensors.update({f"{name}#compact": c.compact for name, c in self.compact.items()})
+        return tensors
+
+    def pull_grads(self) -> None:
+        for c in self.compact.values():
+            c.pull_grad()
+
+    def push(self) -> None:
+        for c in self.compact.values():
+            c.push()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything training changes, for checkpoints."""
+        tensors = {name: p.detach() for name, p in self.whole.items()}
+        tensors.update({f"{name}#compact": c.compact.detach() for name, c in self.compact.items()})
+        return tensors
+
+    @torch.no_grad()
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, p in self.whole.items():
+            p.copy_(tensors[name])
+        for name, c in self.compact.items():
+            c.compact.copy_(tensors[f"{name}#compact"])
+            c.push()
+
+
+def apply_plan(plan: TrainingPlan) -> TrainableSet:
+    """Set requires_grad from the plan and build compact copies for masked parameters."""
+    trainable = TrainableSet()
+    params = dict(plan.model.named_parameters())
+    unknown = [name for name in plan.trainable if name not in params]
+    if unknown:
+        raise ValueError(f"training plan names parameters the model does not have: {unknown[:3]}")
+    for name, param in params.items():
+        if name not in plan.trainable:
+            param.requires_grad_(False)
+            continue
+        param.requires_grad_(True)
+        mask = plan.trainable[name]
+        if mask is None:
+            trainable.whole[name] = param
+        else:
+            mask.check_fits(name, tuple(param.shape), "training plan")
+            trainable.compact[name] = CompactParameter(name, param, mask)
+    return trainable
+
+
+def _decays(name: str, trainable: TrainableSet) -> bool:
+    """Weight decay on matrices only; biases and norm weights (1-D) get none, as in HF Trainer."""
+    base = name.removesuffix("#compact")
+    param = trainable.whole.get(base)
+    if param is None:
+        param = trainable.compact[base].param
+    return param.ndim >= 2
+
+
+def fused_available(device: torch.device) -> bool:
+    return device.type in ("cuda", "cpu")
+
+
+def build_optimizer(trainable: TrainableSet, config: OptimizerConfig, device: torch.device) -> torch.optim.AdamW:
+    tensors = trainable.optimizer_tensors()
+    decay = [p for n, p in tensors.items() if _decays(n, trainable)]
+    no_decay = [p for n, p in tensors.items() if not _decays(n, trainable)]
+    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if not groups:
+        raise ValueError("the training plan leaves nothing to train")
+    fused = fused_available(device) if config.fused is None else config.fused
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
+
+
+def lr_factor(step: int, total: int, config: ScheduleConfig) -> float:
+    """Multiplier of the peak lr at `step` (linear warmup, then cosine/linear decay or constant)."""
+    warmup = math.ceil(total * config.warmup_ratio)
+    if step < warmup:
+        return step / max(1, warmup)
+    if config.name == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if config.name == "linear":
+        shape = max(0.0, 1.0 - progress)
+    else:
+        shape = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))

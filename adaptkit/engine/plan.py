@@ -1,0 +1,135 @@
+"""The method contract: a method turns (model, context) into a TrainingPlan.
+
+The engine owns the loop; a method only says what trains and plugs in callbacks:
+
+- `TrainingPlan.trainable`: parameter name -> None (the whole tensor trains) or an
+  UpdateMask (only its True entries train). Parameters not listed stay frozen.
+- `TrainingPlan.model`: the model to train (the loaded one, or a wrapped one such as a
+  peft model).
+- `TrainingPlan.callbacks`: objects whose hooks the engine calls at fixed points.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from adaptkit.engine.masks import MaskSet, UpdateMask
+
+if TYPE_CHECKING:
+    import torch
+
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.specs import Params
+
+
+class TrainingCallback:
+    """Method-specific behaviour at fixed points of the loop. Every hook is a no-op by default."""
+
+    def extra_loss(self, model: "torch.nn.Module") -> "Optional[torch.Tensor]":
+        """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
+        return None
+
+    def transform_gradients(self, model: "torch.nn.Module", step: int) -> None:
+        """Change accumulated gradients in place, before masking and clipping (e.g. GMT)."""
+
+    def on_step_end(self, model: "torch.nn.Module", step: int) -> None:
+        """After the optimizer step, gradients still present (e.g. AdaLoRA's rank allocator)."""
+
+    def export(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """The model to save as final/: a plain dense HF model (e.g. LoRA merged into weights)."""
+        return model
+
+    def save_extra(self, model: "torch.nn.Module", directory: Path) -> None:
+        """Write extra artefacts beside the final model (e.g. a PEFT adapter)."""
+
+    def state_dict(self) -> dict[str, "torch.Tensor"]:
+        """Tensors to checkpoint so that a resumed run continues identically."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, "torch.Tensor"]) -> None:
+        """Restore what state_dict() returned."""
+
+
+@dataclass
+class TrainingPlan:
+    model: "torch.nn.Module"
+    trainable: dict[str, Optional[UpdateMask]]
+    callbacks: list[TrainingCallback] = field(default_factory=list)
+    summary: str = ""
+
+    @classmethod
+    def full(cls, model: "torch.nn.Module", summary: str = "all parameters") -> "TrainingPlan":
+        return cls(model, {name: None for name, _ in model.named_parameters()}, summary=summary)
+
+    @classmethod
+    def only(cls, model: "torch.nn.Module", keep: Callable[[str, "torch.nn.Parameter"], bool], summary: str = "") -> "TrainingPlan":
+        """Train exactly the parameters for which keep(name, param) is true."""
+        return cls(model, {n: None for n, p in model.named_parameters() if keep(n, p)}, summary=summary)
+
+    @classmethod
+    def from_masks(cls, model: "torch.nn.Module", masks: MaskSet, summary: str = "") -> "TrainingPlan":
+        """Train everything, restricted by the masks where a parameter has one."""
+        trainable: dict[str, Optional[UpdateMask]] = {}
+        for name, _ in model.named_parameters():
+            mask = masks.masks.get(name)
+            if mask is not None and mask.all_frozen:
+                continue
+            trainable[name] = None if mask is None or mask.all_trainable else mask
+        return cls(model, trainable, summary=summary)
+
+    def counts(self) -> tuple[int, int]:
+        """(trainable entries, all entries) of the planned model."""
+        total = trainable = 0
+        for name, param in self.model.named_parameters():
+            total += param.numel()
+            if name in self.trainable:
+                mask = self.trainable[name]
+                trainable += param.numel() if mask is None else mask.trainable_count(tuple(param.shape))
+        return trainable, total
+
+
+@dataclass
+class MethodContext:
+    """What a method may use to make its plan. Heavy pieces are loaded on first access."""
+
+    params: "Params"
+    config: "TrainConfig"
+    tokenizer: Any
+    output_dir: Path
+    total_steps: int
+    device: "torch.device"
+    train_blocks: "torch.Tensor"  # (N, seq_len) token ids of the training data
+    log: Callable[[str], None] = print
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def mask_set(self) -> MaskSet:
+        """The mask set given with --mask."""
+        if "mask" not in self._cache:
+            from adaptkit.engine.masks import load_mask_set
+
+            self._cache["mask"] = load_mask_set(Path(self.config.mask or ""), "--mask")
+        return self._cache["mask"]
+
+    def source_state(self, model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+        """A frozen copy of the starting weights of the trainable parameters (soft regularization)."""
+        if "source" not in self._cache:
+            self._cache["source"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return self._cache["source"]
+
+
+class TrainingMethod(ABC):
+    """Base class of training methods: validated params in, a TrainingPlan out."""
+
+    def __init__(self, params: "Params"):
+        self.params = params
+
+    @abstractmethod
+    def plan(self, model: "torch.nn.Module", ctx: MethodContext) -> TrainingPlan:
+        """Decide what trains (and how) for this model."""

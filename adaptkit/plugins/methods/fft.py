@@ -1,0 +1,24 @@
+"""Full fine-tuning (FFT): every parameter trains. The reference baseline of every comparison."""
+
+from __future__ import annotations
+
+from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
+from adaptkit.specs import MethodSpec, Params
+
+
+class FullFineTuningParams(Params):
+    """Full fine-tuning has no parameters of its own (optimizer settings are the engine's)."""
+
+
+class FullFineTuning(TrainingMethod):
+    def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        return TrainingPlan.full(model, summary="full fine-tuning: all parameters")
+
+
+SPEC = MethodSpec(
+    name="fft",
+    factory="adaptkit.plugins.methods.fft:FullFineTuning",
+    summary="Full fine-tuning: every parameter trains",
+    reference="Standard continual pre-training baseline, as in the SSU paper (github.com/gucci-j/ssu)",
+    params=FullFineTuningParams,
+)

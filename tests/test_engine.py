@@ -1,0 +1,194 @@
+"""The one training engine: masked updates, optimizer state, resume, batches, schedules, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptkit.engine.masks import MaskSet, UpdateMask
+from adaptkit.engine.plan import TrainingMethod, TrainingPlan
+from adaptkit.hookspecs import hookimpl
+from adaptkit.registry import register_plugin, reset_registry
+from adaptkit.specs import MethodSpec
+
+COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
+
+
+def _weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _masks_for(model) -> dict[str, UpdateMask]:
+    """Column, row and element masks on a few parameters (True = trainable)."""
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    down = "model.layers.1.mlp.down_proj.weight"
+    norm = "model.layers.0.input_layernorm.weight"
+    up = "model.layers.0.mlp.up_proj.weight"
+    return {
+        q: UpdateMask("column", torch.rand(params[q].shape[1], generator=generator) > 0.5),
+        down: UpdateMask("row", torch.rand(params[down].shape[0], generator=generator) > 0.5),
+        norm: UpdateMask("element", torch.rand(params[norm].shape, generator=generator) > 0.5),
+        up: UpdateMask("element", torch.rand(params[up].shape, generator=generator) > 0.5),
+    }
+
+
+class MaskedTestMethod(TrainingMethod):
+    """Trains everything except layer 1's attention, with masks on four parameters."""
+
+    def plan(self, model, ctx):
+        plan = TrainingPlan.from_masks(model, MaskSet(_masks_for(model)), summary="test masks")
+        for name in list(plan.trainable):
+            if "layers.1.self_attn" in name:
+                del plan.trainable[name]
+        return plan
+
+
+@pytest.fixture
+def masked_method():
+    module = types.ModuleType("masked_test_plugin")
+
+    @hookimpl
+    def register_methods(register):
+        register(MethodSpec(name="masked-test", factory=MaskedTestMethod, summary="test"))
+
+    module.register_methods = register_methods
+    reset_registry()
+    register_plugin(module, name="masked-test-plugin")
+    yield "masked-test"
+    reset_registry()
+
+
+def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora, invoke, masked_method):
+    out = tmp_path / "run"
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", masked_method, "-o", out,
+                    "--max-steps", "4", "--lr", "5e-2", "--weight-decay", "0.5", "--warmup-ratio", "0", *COMMON)
+    assert result.returncode == 0, result
+    before, after = _weights(llama_dir), _weights(out / "final")
+    from transformers import AutoModelForCausalLM
+
+    masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
+    for name, tensor in before.items():
+        if "layers.1.self_attn" in name:
+            assert torch.equal(tensor, after[name]), name
+        elif name in masks:
+            trainable = masks[name].expand(tuple(tensor.shape))
+            assert torch.equal(tensor[~trainable], after[name][~trainable]), name
+            assert not torch.equal(tensor[trainable], after[name][trainable]), name
+        else:
+            assert not torch.equal(tensor, after[name]), name
+
+
+def test_optimizer_keeps_state_only_for_trainable_entries(make_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine.config import OptimizerConfig
+    from adaptkit.engine.optim import apply_plan, build_optimizer
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama"))
+    masks = _masks_for(model)
+    plan = TrainingPlan.from_masks(model, MaskSet(masks))
+    trainable = apply_plan(plan)
+    optimizer = build_optimizer(trainable, OptimizerConfig(), torch.device("cpu"))
+    ids = torch.randint(0, 100, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    trainable.pull_grads()
+    optimizer.step()
+    state_entries = sum(s["exp_avg"].numel() for s in optimizer.state.values())
+    expected, total = plan.counts()
+    assert state_entries == expected < total
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert trainable.compact[q].compact.shape == (model.config.hidden_size, int(masks[q].trainable.sum()))
+
+
+def test_stop_and_resume_gives_identical_weights(tmp_path, llama_dir, corpora, invoke):
+    args = ["--model", llama_dir, "--data", corpora["ha"], "--max-steps", "9", "--lr", "1e-2",
+            "--micro-batch-size", "2", "--save-steps", "4", *COMMON]
+    assert invoke("train", *args, "-o", tmp_path / "straight").returncode == 0
+    assert invoke("train", *args, "-o", tmp_path / "stopped").returncode == 0
+    stopped = tmp_path / "stopped"
+    # simulate a run killed after the checkpoint at step 4: later state removed, a partial save left behind
+    shutil.rmtree(stopped / "final")
+    shutil.rmtree(stopped / "checkpoint-8")
+    (stopped / ".checkpoint-8.partial").mkdir()
+    resumed = invoke("train", *args, "-o", stopped, "--resume", "--json")
+    assert resumed.returncode == 0, resumed
+    assert json.loads(resumed.stdout)["resumed_from"] == 4
+    a, b = _weights(tmp_path / "straight" / "final"), _weights(stopped / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_batches_are_the_same_for_any_number_of_processes():
+    from adaptkit.engine.loop import Batches
+
+    blocks = torch.arange(7 * 3).reshape(7, 3)
+    single = Batches(blocks, batch_size=4, micro_batch_size=2, seed=1)
+    for step in range(5):
+        one = torch.cat([single.get(step, m) for m in range(single.accumulation)])
+        two = [Batches(blocks, 4, 1, 1, rank=r, world_size=2) for r in range(2)]
+        many = torch.cat([two[r].get(step, m) for m in range(two[0].accumulation) for r in range(2)])
+        assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_schedule_matches_transformers(name):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    from adaptkit.engine.config import ScheduleConfig
+    from adaptkit.engine.optim import build_schedule
+
+    total = 40
+    reference = {"cosine": get_cosine_schedule_with_warmup, "linear": get_linear_schedule_with_warmup}[name]
+    mine = build_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), ScheduleConfig(name=name, warmup_ratio=0.05), total)
+    theirs = reference(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), math.ceil(total * 0.05), total)
+    for _ in range(total):
+        assert mine.get_last_lr()[0] == pytest.approx(theirs.get_last_lr()[0], abs=1e-12)
+        mine.optimizer.step(), mine.step()
+        theirs.optimizer.step(), theirs.step()
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2", "qwen2"])
+def test_trains_and_saves_loadable_model(tmp_path, make_model_dir, corpora, invoke, arch):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / arch
+    result = invoke("train", "--model", make_model_dir(arch), "--data", corpora["ha"], "-o", out, "--max-steps", "2",
+                    "--set", "log_steps=1", "--json", *COMMON)
+    assert result.returncode == 0, result
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["trainable_fraction"] == 1.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(rows[0])
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.model_type == {"llama": "llama", "olmo2": "olmo2", "qwen2": "qwen2"}[arch]
+    assert (out / "run_card.md").read_text().startswith("# Run card")
+    assert "seq_len: 32" in (out / "config.yaml").read_text()
+
+
+def test_config_file_flags_and_set_precedence(tmp_path, llama_dir, corpora):
+    from adaptkit.commands.train import build_config
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"model: {llama_dir}\ndata: {{paths: [{corpora['ha']}], seq_len: 64}}\noptimizer: {{lr: 0.1}}\nbatch_size: 8\n")
+    config = build_config(config_file, {"batch_size": 4}, ["optimizer.lr=1e-4", "schedule.name=linear"])
+    assert config.data.seq_len == 64 and config.batch_size == 4
+    assert config.optimizer.lr == 1e-4 and config.schedule.name == "linear"
+
+
+def test_loss_goes_down_and_target_ppl_improves(tmp_path, llama_dir, corpora, invoke):
+    out = tmp_path / "run"
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "30",
+                    "--lr", "3e-3", "--set", "log_steps=5", *COMMON)
+    assert result.returncode == 0, result
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.5
