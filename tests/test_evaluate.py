@@ -162,7 +162,7 @@ def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str]
         "backend": (["--task", "ppx:a.txt"], ["--task", "unknown eval backend 'ppx'", "did you mean: ppl"]),
         "syntax": (["--task", "ppl"], ["--task", "BACKEND:SPEC"]),
         "empty": (["--task", f"ppl:{empty}"], ["--task", "empty.txt", "is empty"]),
-        "field": (["--task", f"ppl:{rows}"], ["--task", "rows.jsonl line 2", "'text'"]),
+        "field": (["--task", f"ppl:{rows}"], ["--task", "rows.jsonl' line 2", "'text'"]),
         "lang": (["--task", f"mt:{_mt_file(tmp_path, 'xx')}"], ["record 1 tgt_lang", "unknown language code 'xx'"]),
         "lm-eval-task": (["--task", "lm-eval:xnli_sww"], ["unknown lm-eval task 'xnli_sww'", "did you mean: xnli_sw"]),
         "lighteval": (["--task", "lighteval:lighteval|belebele_hau_Latn_mcf|0"], ["lighteval", "pip install 'adaptkit[lighteval]'"]),

@@ -1,4 +1,4 @@
-"""Reading evaluation inputs: text files (one document per line) and JSONL records.
+"""Reading evaluation inputs: documents (via `adaptkit.data.corpus`) and JSONL records with several fields.
 
 Every problem is an InputError naming the flag, the file and, for JSONL, the line.
 """
@@ -38,19 +38,13 @@ def read_jsonl(path: Path, flag: str, required: tuple[str, ...] = ()) -> list[di
     return rows
 
 
-def read_documents(path: Path, flag: str, field: str = "text") -> list[str]:
-    """Documents of a .jsonl file (the `field` of each record) or a text file (one per non-empty line)."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return [row[field] for row in read_jsonl(path, flag, (field,))]
-    _check_file(path, flag)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{flag}: {path} is not UTF-8 text") from None
-    documents = [line for line in lines if line.strip()]
+def read_documents(path: Path, flag: str, text_field: str = "text") -> list[str]:
+    """Documents of a text file (one per line), a JSONL file or a saved HF dataset; refuses an empty one."""
+    from adaptkit.data.corpus import iter_documents
+
+    documents = list(iter_documents(Path(path), text_field, flag=flag))
     if not documents:
-        raise InputError(f"{flag}: {path} is empty; expected text, one document per line")
+        raise InputError(f"{flag}: '{path}' is empty; expected text, one document per line (or JSONL records)")
     return documents
 
 

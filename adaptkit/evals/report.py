@@ -103,6 +103,7 @@ def build_results(
     baseline: str | None = None,
     source_tasks: list[str] | None = None,
     target_tasks: list[str] | None = None,
+    model_info: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     source_tasks, target_tasks = list(source_tasks or []), list(target_tasks or [])
     check_roles(run, baseline, source_tasks, target_tasks)
@@ -111,7 +112,7 @@ def build_results(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "config": run.config,
-        "models": run.models,
+        "models": [{**m, **({"info": model_info[m["name"]]} if model_info and m["name"] in model_info else {})} for m in run.models],
         "tasks": [
             {
                 "name": t.name,
@@ -176,6 +177,12 @@ def markdown(results: dict[str, Any]) -> str:
             summary = results["summary"].get(model, {})
             cells += [_signed(summary.get("source_gain_pct", float("nan")), "%"), _signed(summary.get("target_gain_pct", float("nan")), "%")]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    infos = {m["name"]: m["info"] for m in results["models"] if m.get("info")}
+    if infos:
+        keys = sorted({k for info in infos.values() for k in info})
+        lines += ["", "## Models", "", "| model | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for name, info in infos.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(info[k]) if isinstance(info.get(k), float) else str(info.get(k, "")) for k in keys) + " |")
     lines += ["", "## All metrics", ""]
     for t in tasks:
         metric_names = [k for k, v in results["results"][models[0]][t["name"]].items() if isinstance(v, (int, float))]
@@ -273,11 +280,16 @@ def write_report(
     source_tasks: list[str] | None = None,
     target_tasks: list[str] | None = None,
     plots: bool = True,
+    model_info: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write results.json, results.md, tasks.png (and forgetting_learning.png) into `directory`."""
+    """Write results.json, results.md, tasks.png (and forgetting_learning.png) into `directory`.
+
+    `model_info` adds facts about each model (method, training seconds, trainable share...)
+    to results.json and to a table in results.md.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    results = build_results(run, baseline, source_tasks, target_tasks)
+    results = build_results(run, baseline, source_tasks, target_tasks, model_info)
     files = ["results.json", "results.md"]
     if plots:
         plot_tasks(results, directory / "tasks.png")

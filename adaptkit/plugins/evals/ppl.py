@@ -1,7 +1,8 @@
 """`ppl`: per-token perplexity and bits per byte on text or JSONL files (sliding window).
 
 Task spec: `ppl:NAME=FILE` or `ppl:FILE` (name = file stem). A .jsonl file is read
-record by record (`field`, default "text"); any other file line by line. The exact
+record by record (`text_field`, default "text"), a saved HF dataset directory by column,
+any other file line by line. The exact
 definition is in `adaptkit.evals.perplexity`.
 """
 
@@ -24,7 +25,7 @@ class PplParams(Params):
     stride: int | None = Field(None, ge=1, description="new tokens predicted per later window (default: block_size)")
     batch_size: int = Field(8, ge=1)
     prefix: Literal["bos", "none"] = "bos"
-    field: str = "text"
+    text_field: str = "text"
     max_documents: int | None = Field(None, ge=1)
 
 
@@ -35,7 +36,7 @@ class PplBackend(EvalBackend):
         from adaptkit.evals.data import read_documents
 
         name, path = named_file(spec)
-        documents = read_documents(Path(path), f"{flag} ppl:{spec}", self.params.field)
+        documents = read_documents(Path(path), f"{flag} ppl:{spec}", self.params.text_field)
         if self.params.max_documents:
             documents = documents[: self.params.max_documents]
         info = {"file": str(path), "documents": len(documents), "bytes": sum(len(d.encode("utf-8")) for d in documents)}
