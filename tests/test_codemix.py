@@ -106,7 +106,7 @@ def _tiny_fasttext_model(fasttext, tmp_path: Path) -> Path:
     lines = [f"__label__{label} {p}" for lang, label in (("en", "eng_Latn"), ("ha", "hau_Latn")) for p in demo.udhr_paragraphs(lang)]
     train = tmp_path / "lid-train.txt"
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    model = fasttext.train_supervised(str(train), dim=16, epoch=25, lr=0.5, minn=2, maxn=4, bucket=20000, thread=1, seed=0, verbose=0)
+    model = fasttext.train_supervised(str(train), dim=16, epoch=60, lr=0.2, minn=2, maxn=4, bucket=20000, thread=1, seed=0, verbose=0)
     path = tmp_path / "lid.bin"
     model.save_model(str(path))
     return path
