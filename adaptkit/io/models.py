@@ -155,10 +155,13 @@ def model_fingerprint(model: "torch.nn.Module") -> str:
     return digest.hexdigest()[:16]
 
 
-def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path) -> None:
-    """Save as a normal HF model directory (safetensors, config, tokenizer, generation config)."""
+def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path, state_dict: "dict[str, torch.Tensor] | None" = None) -> None:
+    """Save as a normal HF model directory (safetensors, config, tokenizer, generation config).
+
+    `state_dict` replaces the model's own tensors (e.g. the gathered weights of a sharded model).
+    """
     quiet_transformers()
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
