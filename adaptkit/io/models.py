@@ -42,6 +42,17 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith((".gguf", ".safetensors"))
 
 
+def _check_gguf(path: Path, flag: str) -> None:
+    """A readable GGUF file: the header and tensor table parse (tensor data is only memory-mapped)."""
+    from adaptkit.errors import require
+
+    gguf = require("gguf", "gguf", f"{flag} with a .gguf file")
+    try:
+        gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on damaged files
+        raise InputError(f"{flag}: '{path}' is not a readable GGUF file ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
 def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSource:
     """Classify `location` and check that a local one is a loadable model directory or GGUF file."""
     text = str(location)
@@ -49,6 +60,7 @@ def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSo
     if path.exists():
         if path.is_file():
             if path.suffix == ".gguf":
+                _check_gguf(path, flag)
                 return ModelSource("gguf", str(path), flag)
             raise InputError(f"{flag}: '{text}' is a file; expected a model directory (with config.json) or a .gguf file")
         if not (path / "config.json").is_file():
