@@ -84,12 +84,15 @@ def env_with(site: Path | None = None, **extra: str) -> dict:
 
 
 def launch(launcher: str, nproc: int, args: list, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `adaptkit ARGS` under torchrun or accelerate launch with `nproc` CPU processes (gloo)."""
+    """Run `adaptkit ARGS` in a plain process ("python") or under torchrun / accelerate launch with `nproc` CPU processes (gloo)."""
     bindir = Path(sys.executable).parent
-    if launcher == "torchrun":
+    if launcher == "python":
+        cmd = [sys.executable, "-m", "adaptkit"]
+    elif launcher == "torchrun":
         cmd = [str(bindir / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", "adaptkit"]
     else:
-        cmd = [str(bindir / "accelerate"), "launch", "--cpu", f"--num_processes={nproc}", "--num_machines=1",
+        # accelerate's --cpu starts a single process; --multi_gpu starts N (gloo when there is no GPU)
+        cmd = [str(bindir / "accelerate"), "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
                "--mixed_precision=no", "--dynamo_backend=no", "-m", "adaptkit"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
 

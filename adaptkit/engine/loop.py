@@ -225,8 +225,8 @@ def train(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     model = plan.model
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     n_trainable, n_total = plan.counts()
     fingerprint = f"{model_fingerprint(model)}:{n_trainable}"
 
