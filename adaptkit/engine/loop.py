@@ -47,6 +47,7 @@ class TrainResult:
     main_process: bool = True  # False on the other processes of a multi-process run (they print nothing)
     processes: int = 1
     distributed: str = "none"
+    state_bytes: int = 0  # this process: model parameters it holds + optimizer state
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class TrainResult:
             "resumed_from": self.resumed_from,
             "processes": self.processes,
             "distributed": self.distributed,
+            "state_bytes_per_process": self.state_bytes,
         }
 
 
@@ -334,6 +336,7 @@ def train(
     # --- Export and save ---------------------------------------------------------------
     final_dir = run_dir / "final"
     result = TrainResult(run_dir, final_dir, steps, tokens_per_step * (steps - start_step), seconds, last_loss, n_trainable, n_total, resumed_from, history, main, world, mode)
+    result.state_bytes = _state_bytes(model, optimizer)
     full_state = distributed.full_state_dict(model) if mode == "fsdp" else None  # a collective: every process
     if main:
         export = accelerator.unwrap_model(train_model)
@@ -343,6 +346,15 @@ def train(
         _write_run_card(run_dir, config, plan, result, source.location)
     accelerator.wait_for_everyone()
     return result
+
+
+def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the parameters this process holds (its shards under FSDP) and of its optimizer state."""
+    from adaptkit.engine.distributed import local_shard
+
+    params = sum(local_shard(p)[0].nbytes for p in model.parameters())
+    state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return params + state
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
