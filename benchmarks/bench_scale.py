@@ -8,7 +8,7 @@ adaptkit train`, and `torchrun --nproc_per_node 2 -m adaptkit train` with --dist
 and fsdp (gloo; one thread per process). Prints, per configuration, training tokens/s
 (loop time only, from the run's own summary), the bytes of parameters + AdamW state held by
 one process (the engine's `state_bytes_per_process`), and the peak RSS of the processes
-(ru_maxrss of the launcher's children). Ratios are against the 1-process run of the same
+(ru_maxrss of the largest process). Ratios are against the 1-process run of the same
 invocation. On a shared 2-core machine the throughput figures are noisy; run it twice.
 """
 
@@ -17,25 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import make_setup  # noqa: E402  (the same model and data as the engine benchmark)
 
 
-def make_setup(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
-    from adaptkit import demo
-    from adaptkit.io.models import save_model
-
-    train, _ = demo.split_corpus("ha")
-    text = demo.write_lines(train * 4, root / "ha.txt")
-    tokenizer = demo.train_tokenizer(train + demo.split_corpus("en")[0], vocab_size=2048)
-    model = demo.tiny_model("llama", len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=max(4, hidden // 64))
-    save_model(model, tokenizer, root / "base")
-    return root / "base", text
+MEASURE = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
+)
 
 
 def run(kind: str, model: Path, text: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -47,12 +43,13 @@ def run(kind: str, model: Path, text: Path, out: Path, args: argparse.Namespace)
     else:
         mode = kind.split()[-1]
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "adaptkit", *train, "--distributed", mode]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
+    # a fresh wrapper per configuration: its children's ru_maxrss is this configuration's own high-water mark
+    done = subprocess.run([sys.executable, "-c", MEASURE, *map(str, cmd)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    peak = int(lines[-1])
+    summary = json.loads(lines[-2])
     return {
         "tokens_per_s": summary["tokens"] / summary["seconds"],
         "state_mb_per_process": summary["state_bytes_per_process"] / 2**20,
@@ -72,8 +69,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     root = Path(tempfile.mkdtemp(prefix="adaptkit-bench-scale-"))
     model, text = make_setup(root, args.hidden, args.layers)
-    # peak RSS is a high-water mark over all children so far: measure the smallest footprint first
-    kinds = ["2 processes fsdp", "2 processes ddp", "1 process"]
+    kinds = ["1 process", "2 processes ddp", "2 processes fsdp"]
     results = {kind: run(kind, model, text, root / kind.replace(" ", "-"), args) for kind in kinds}
     base = results["1 process"]
     from safetensors.torch import load_file
@@ -82,12 +78,12 @@ def main() -> None:
     print(f"model: llama hidden {args.hidden}, {args.layers} layers, {params / 1e6:.2f}M parameters; "
           f"{args.steps} steps, global batch {args.batch_size} x {args.seq_len} tokens; torch threads per process: 1")
     print(f"{'configuration':<20}{'tokens/s':>10}{'vs 1 proc':>11}{'params+AdamW MB/proc':>22}{'vs 1 proc':>11}{'peak RSS MB':>13}{'final loss':>12}")
-    for kind in reversed(kinds):
+    for kind in kinds:
         r = results[kind]
         print(f"{kind:<20}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x"
               f"{r['state_mb_per_process']:>22.2f}{r['state_mb_per_process'] / base['state_mb_per_process']:>10.2f}x"
               f"{r['peak_rss_mb_max_process']:>13.0f}{r['final_loss']:>12.4f}")
-    print("peak RSS: ru_maxrss high-water mark over the launched processes, measured in the order fsdp, ddp, 1 process.")
+    print("peak RSS: the largest single process of the configuration (ru_maxrss; includes ~400 MB of torch/transformers).")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,14 @@ def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float |
     return float(norm)
 
 
-def full_state_dict(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
-    """Every process calls this; each gets the full (unsharded) tensors of a sharded model."""
+def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:
+    """The full (unsharded) tensors of a sharded model. Every process must call this (each
+    tensor is an all-gather); only where `keep` is true (the main process) are they kept."""
     from torch.distributed.tensor import DTensor
 
-    return {name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu() for name, t in model.state_dict().items()}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        full = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()
+        if keep:
+            state[name] = full
+    return state

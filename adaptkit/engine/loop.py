@@ -166,10 +166,9 @@ def train(
 ) -> TrainResult:
     """Run one training job described by `config`, writing the run directory `run_dir`."""
     from adaptkit.data.corpus import load_blocks
+    from adaptkit.engine import distributed
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_source
     from adaptkit.registry import get_spec
-
-    from adaptkit.engine import distributed
 
     # --- Set up: processes, devices, precision --------------------------------------
     accelerator = distributed.make_accelerator(config.device)
@@ -337,7 +336,7 @@ def train(
     final_dir = run_dir / "final"
     result = TrainResult(run_dir, final_dir, steps, tokens_per_step * (steps - start_step), seconds, last_loss, n_trainable, n_total, resumed_from, history, main, world, mode)
     result.state_bytes = _state_bytes(model, optimizer)
-    full_state = distributed.full_state_dict(model) if mode == "fsdp" else None  # a collective: every process
+    full_state = distributed.full_state_dict(model, main) if mode == "fsdp" else None  # a collective: every process
     if main:
         export = accelerator.unwrap_model(train_model)
         for callback in plan.callbacks:
