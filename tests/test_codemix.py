@@ -101,14 +101,26 @@ def test_codemix_bad_input(invoke, tmp_path, args, fragments):
 
 
 def _tiny_fasttext_model(fasttext, tmp_path: Path) -> Path:
+    """Train a tiny GlotLID-style fastText classifier on UDHR English and Hausa.
+
+    Trained in a fresh interpreter: fastText's trainer can hit NaN in a process whose
+    floating-point state other libraries (torch) have already changed.
+    """
+    import subprocess
+    import sys
+
     from adaptkit import demo
 
     lines = [f"__label__{label} {p}" for lang, label in (("en", "eng_Latn"), ("ha", "hau_Latn")) for p in demo.udhr_paragraphs(lang)]
     train = tmp_path / "lid-train.txt"
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    model = fasttext.train_supervised(str(train), dim=16, epoch=60, lr=0.2, minn=2, maxn=4, bucket=20000, thread=1, seed=0, verbose=0)
     path = tmp_path / "lid.bin"
-    model.save_model(str(path))
+    code = (
+        "import fasttext, sys\n"
+        "model = fasttext.train_supervised(sys.argv[1], dim=16, epoch=60, lr=0.2, minn=2, maxn=4, bucket=20000, thread=1, seed=0, verbose=0)\n"
+        "model.save_model(sys.argv[2])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(train), str(path)], check=True, timeout=120)
     return path
 
 
