@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "save_steps": "save_steps",
     "precision": "precision",
     "device": "device",
+    "distributed": "distributed",
     "seed": "seed",
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
@@ -98,6 +99,7 @@ def command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
+    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
@@ -116,6 +118,8 @@ def command(
     train_config = build_config(config, flags, set_, extra)
     console = Console(json_out, quiet)
     result = run_training(train_config, output, resume, overwrite, console)
+    if not result.main_process:  # the other processes of a multi-process run stay silent
+        return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
 
 

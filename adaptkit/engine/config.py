@@ -66,5 +66,8 @@ class TrainConfig(Section):
     seed: int = 42
     device: str = "auto"
     attn_implementation: Optional[str] = None
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="With several processes: ddp (replicated) or fsdp (FSDP2 sharding); auto = ddp."
+    )
     gradient_checkpointing: bool = False
     compile: bool = False
