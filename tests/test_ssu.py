@@ -171,3 +171,16 @@ def test_tied_weights_keep_the_plain_backward():
     model.head.weight = model.embed.weight
     compact = CompactParameter("head.weight", model.head.weight, UpdateMask("column", torch.tensor([True, False, True, False])))
     assert masked_linear.install(model, {"head.weight": compact}) == [] and model.head.weight.requires_grad
+
+
+def test_multi_process_runs_keep_the_plain_backward(monkeypatch):
+    """Under DDP/FSDP the module weights must keep their gradients for the collective reductions."""
+    from adaptkit.engine import masked_linear
+    from adaptkit.engine.masks import UpdateMask
+    from adaptkit.engine.optim import CompactParameter
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    compact = CompactParameter("0.weight", model[0].weight, UpdateMask("column", torch.tensor([True, False, True, False])))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    assert masked_linear.install(model, {"0.weight": compact}) == [] and model[0].weight.requires_grad
