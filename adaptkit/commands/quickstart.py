@@ -39,7 +39,7 @@ def command(
     source_lang: Annotated[str, typer.Option("--source-lang", help="Source language the model already knows.")] = "en",
     methods: Annotated[str, typer.Option("--methods", help="Comma list of training methods to compare (see `adaptkit plugins --kind method`).")] = "fft,ssu-wanda",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Adaptation steps per method.")] = 100,
-    source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 400,
+    source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 150,
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
@@ -83,8 +83,27 @@ def command(
                          lr if lr is not None else (5e-5 if model else 1e-3), freeze_ratio, seed, console)
             rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
         report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
+    _print_table(report, source_lang, target_lang, console)
     summary = {"output": str(output), "models": report, "seconds": round(time.perf_counter() - started, 1)}
     console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/")
+
+
+def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
+    """The forgetting/learning trade-off at a glance."""
+    source, target = f"{source_lang} (source)", f"{target_lang} (target)"
+    rows = []
+    for name, row in report.items():
+        gain = lambda key: f"{row[key]:+.1f}%" if key in row else "-"  # noqa: E731
+        fraction = row.get("trainable_fraction")
+        rows.append([
+            name, f"{row[source]['ppl']:.1f}", gain("source_gain_pct"), f"{row[target]['ppl']:.1f}", gain("target_gain_pct"),
+            f"{100 * fraction:.0f}%" if fraction is not None else "-", f"{row.get('seconds', 0):.1f}",
+        ])
+    console.table(
+        f"held-out perplexity: {source_lang} (source, forgetting) and {target_lang} (target, learning); gain = change vs source model, positive = better",
+        ["model", f"{source_lang} ppl", "source gain", f"{target_lang} ppl", "target gain", "trainable", "train s"],
+        rows,
+    )
 
 
 def _train(config_values: dict[str, Any], run_dir: Path, console: Console):
