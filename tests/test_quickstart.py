@@ -31,3 +31,19 @@ def test_quickstart_bad_input_writes_nothing(tmp_path, invoke):
     assert_input_error(invoke("quickstart", "-o", out, "--methods", "fft,sssu-wanda"), "--methods", "did you mean: ssu-wanda")
     assert_input_error(invoke("quickstart", "-o", out, "--target-lang", "xx"), "--target-lang")
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_chat_rendered_source_text_for_instruct_models(tmp_path, llama_dir, tokenizer):
+    import shutil
+
+    from adaptkit.commands.quickstart import _chat_rendered
+
+    assert _chat_rendered(llama_dir, ["Everyone has rights."], tmp_path / "none.jsonl") is None
+    chat_dir = tmp_path / "chat-model"
+    shutil.copytree(llama_dir, chat_dir)
+    templated = tokenizer.__class__.from_pretrained(chat_dir)
+    templated.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}"
+    templated.save_pretrained(chat_dir)
+    path = _chat_rendered(chat_dir, ["Everyone has rights."], tmp_path / "chat.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"text": "<|user|>Quote a passage of the Universal Declaration of Human Rights.</s><|assistant|>Everyone has rights.</s>"}]

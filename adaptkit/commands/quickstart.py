@@ -75,6 +75,9 @@ def command(
             files[role] = demo.write_lines(train, data / f"{lang}-train.txt")
             files[f"{role}-test"] = demo.write_lines(test, data / f"{lang}-test.txt")
         source_dir = _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console)
+        chat_file = _chat_rendered(source_dir, texts[source_lang][1], data / f"{source_lang}-chat-test.jsonl")
+        if chat_file is not None:
+            files["chat-test"] = chat_file
         calib_dir = _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
         rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
         for name, spec in specs.items():
@@ -90,18 +93,18 @@ def command(
 
 def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
     """The forgetting/learning trade-off at a glance."""
-    source, target = f"{source_lang} (source)", f"{target_lang} (target)"
+    tasks = [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
     rows = []
     for name, row in report.items():
         gain = lambda key: f"{row[key]:+.1f}%" if key in row else "-"  # noqa: E731
         fraction = row.get("trainable_fraction")
         rows.append([
-            name, f"{row[source]['ppl']:.1f}", gain("source_gain_pct"), f"{row[target]['ppl']:.1f}", gain("target_gain_pct"),
+            name, *[f"{row[task]['ppl']:.1f}" for task in tasks], gain("source_gain_pct"), gain("target_gain_pct"),
             f"{100 * fraction:.0f}%" if fraction is not None else "-", f"{row.get('seconds', 0):.1f}",
         ])
     console.table(
-        f"held-out perplexity: {source_lang} (source, forgetting) and {target_lang} (target, learning); gain = change vs source model, positive = better",
-        ["model", f"{source_lang} ppl", "source gain", f"{target_lang} ppl", "target gain", "trainable", "train s"],
+        f"held-out perplexity; gain = change vs the source model ({source_lang}: forgetting, {target_lang}: learning), positive = better",
+        ["model", *[f"{task} ppl" for task in tasks], "source gain", "target gain", "trainable", "train s"],
         rows,
     )
 
@@ -148,6 +151,28 @@ def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, 
     return run.final_dir
 
 
+def _chat_rendered(model_dir: Path, paragraphs: list[str], path: Path) -> Optional[Path]:
+    """Held-out source paragraphs as assistant turns in the model's chat template (instruct models only).
+
+    Perplexity on this text measures whether adaptation damaged the chat format as well as the
+    source language.
+    """
+    import json
+
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    tokenizer = load_tokenizer(resolve_model_source(str(model_dir)))
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    question = "Quote a passage of the Universal Declaration of Human Rights."
+    rows = [
+        tokenizer.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": p}], tokenize=False)
+        for p in paragraphs
+    ]
+    path.write_text("".join(json.dumps({"text": row}, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console) -> Optional[Path]:
     """A calibration set from source-side text, for methods that need one."""
     if not any(spec.needs & {"mask", "calibration"} for spec in specs.values()):
@@ -188,10 +213,13 @@ def _evaluate(rows, files, source_lang, target_lang, seq_len, console) -> dict[s
     """Source and target perplexity of every model on held-out text, and the report files."""
     from adaptkit.evals.quick import perplexity_report
 
+    tasks = {f"{source_lang} (source)": files["source-test"], f"{target_lang} (target)": files["target-test"]}
+    if "chat-test" in files:
+        tasks[f"{source_lang} chat (source)"] = files["chat-test"]
     return perplexity_report(
         {name: Path(row["dir"]) for name, row in rows.items()},
-        {f"{source_lang} (source)": files["source-test"], f"{target_lang} (target)": files["target-test"]},
-        source_task=f"{source_lang} (source)",
+        tasks,
+        source_task=[task for task in tasks if task.endswith("(source)")],
         target_task=f"{target_lang} (target)",
         baseline="source",
         block_size=seq_len,

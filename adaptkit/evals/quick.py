@@ -19,8 +19,8 @@ from typing import Any
 def perplexity_report(
     models: dict[str, Path],
     files: dict[str, Path],
-    source_task: str,
-    target_task: str,
+    source_task: str | list[str],
+    target_task: str | list[str],
     baseline: str,
     block_size: int | None = None,
     output: Path = Path("eval"),
@@ -36,7 +36,8 @@ def perplexity_report(
     prepared = prepare_tasks([f"ppl:{name}={path}" for name, path in files.items()], {"ppl": settings})
     say = (lambda message: console.print(f"[dim]{message}[/dim]")) if console is not None else None
     run = run_evaluation([ModelRef(name, str(path)) for name, path in models.items()], prepared, device=device, progress=say)
-    results = write_report(run, Path(output), baseline, [source_task], [target_task], model_info=extra)
+    as_list = lambda task: [task] if isinstance(task, str) else list(task)  # noqa: E731
+    results = write_report(run, Path(output), baseline, as_list(source_task), as_list(target_task), model_info=extra)
     summary: dict[str, dict[str, Any]] = {}
     for name in models:
         row: dict[str, Any] = {task: {k: results["results"][name][task][k] for k in ("ppl", "bits_per_byte")} for task in files}
