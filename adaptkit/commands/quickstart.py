@@ -65,6 +65,11 @@ def command(
     texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
     if source_lang == target_lang:
         raise InputError("--target-lang: must differ from --source-lang")
+    if model:  # checked, and made absolute, before anything is written or the directory changes
+        from adaptkit.io.models import resolve_model_source
+
+        source = resolve_model_source(model, "--model")
+        model = source.location if source.kind == "hub" else str(Path(source.location).resolve())
     started = time.perf_counter()
     with atomic_dir(output, overwrite) as work, _inside(work):
         data = Path("data")
