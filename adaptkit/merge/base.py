@@ -5,7 +5,9 @@ whether it needs a base model, how many models it takes, and implements
 
     merge_tensor(tensors, base, params, ctx) -> Tensor
 
-over the aligned float32 tensors of one parameter name. The executor
+over the aligned float32 tensors of one parameter name. `tensors` are fresh copies owned
+by the call, so a method may overwrite them (saving memory); `base` and `ctx.aux` are
+shared and must not be modified. The executor
 (`adaptkit.merge.executor`) does everything else identically for all methods: loading,
 validation, dtype, sharding, writing, the merge card. This module is light at import
 (pydantic and the standard library), so plugin modules can build their specs from it.

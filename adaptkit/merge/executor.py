@@ -28,6 +28,7 @@ import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -249,25 +250,38 @@ def run_merge(
         dtype = OUTPUT_DTYPES[options.dtype] if (options.dtype and floating) else info.dtype
         plan.append(PlannedTensor(name, dtype, info.shape))
 
-    hashers = {id(source): _Hasher() for source in sources + ([base_source] if base_source else []) + aux_sources}
+    everything = sources + ([base_source] if base_source else []) + aux_sources
+    hashers = {id(source): _Hasher() for source in everything}
     with atomic_dir(output, options.overwrite) as tmp:
         writer = ShardedWriter(tmp, plan, options.shard_size, prefix=options.prefix)
+        # Inputs are hashed on two threads and each output is written on a third while the
+        # next tensor is merged (hashlib, file writes and torch release the GIL); at most
+        # one written tensor is in flight.
+        hash_pool, write_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+        pending = None
         try:
             with _progress(options.progress, len(plan)) as advance:
                 for item in plan:
                     out = _merge_one(
                         method, params_for(item.name), item, sources, base_source, aux_sources,
-                        shared_rows.get(item.name), num_layers, options.seed, hashers,
+                        shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool,
                     )
-                    writer.write(item.name, out)
+                    if pending is not None:
+                        pending.result()
+                    pending = write_pool.submit(writer.write, item.name, out)
                     del out
                     advance()
+            if pending is not None:
+                pending.result()
             files = writer.finish()
         except BaseException:
+            write_pool.shutdown(wait=True, cancel_futures=True)
             writer.abort()
             raise
         finally:
-            for source in sources + ([base_source] if base_source else []) + aux_sources:
+            hash_pool.shutdown()
+            write_pool.shutdown()
+            for source in everything:
                 source.tensors.close()
         seconds = time.perf_counter() - started
         summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
@@ -298,21 +312,17 @@ def _param_table(method, params, tensor_params, names, num_layers, n_models, has
     return table.__getitem__
 
 
-def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers) -> torch.Tensor:
+def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool) -> torch.Tensor:
+    """Read one tensor from every input, hash it, merge it in the compute dtype, cast it for output."""
     name = item.name
     tensors = [source.tensors.read(name) for source in sources]
     base = base_source.tensors.read(name) if base_source else None
-    aux: dict[str, Any] = {}
-    aux_meta: dict[str, dict[str, str]] = {}
-    for source in aux_sources:
-        present = name in source.tensors.tensors
-        aux[source.input.role] = source.tensors.read(name) if present else None
-        aux_meta[source.input.role] = source.tensors.metadata
-    for source, tensor in zip(sources + ([base_source] if base_source else []), tensors + ([base] if base is not None else [])):
-        hashers[id(source)].update(name, tensor)
-    for source in aux_sources:
-        if aux[source.input.role] is not None:
-            hashers[id(source)].update(name, aux[source.input.role])
+    aux = {s.input.role: s.tensors.read(name) if name in s.tensors.tensors else None for s in aux_sources}
+    aux_meta = {s.input.role: s.tensors.metadata for s in aux_sources}
+    read = list(zip(sources, tensors)) + ([(base_source, base)] if base is not None else [])
+    read += [(s, aux[s.input.role]) for s in aux_sources if aux[s.input.role] is not None]
+    for done in [hash_pool.submit(hashers[id(source)].update, name, tensor) for source, tensor in read]:
+        done.result()  # before merging: methods may overwrite their inputs
 
     out_dtype = DTYPES[item.dtype]
     if not tensors[0].is_floating_point():
@@ -321,23 +331,23 @@ def _merge_one(method, params, item, sources, base_source, aux_sources, rows, nu
     full_rows = tensors[0].shape[0] if tensors[0].dim() else 0
     cut = rows is not None and rows < full_rows
 
-    def prepare(tensor: torch.Tensor | None, aligned: bool) -> torch.Tensor | None:
+    def prepare(tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or not tensor.is_floating_point():
             return tensor
-        if cut and aligned and tensor.shape[0] == full_rows:
+        if cut and tensor.shape[0] == full_rows:
             tensor = tensor[:rows]
         return tensor.to(compute)
 
-    inputs = [prepare(t, True) for t in tensors]
-    aux_inputs = {
-        source.input.role: prepare(aux[source.input.role], True) for source in aux_sources
-    }
-    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux=aux_inputs, aux_meta=aux_meta)
-    merged = method.merge_tensor(inputs, prepare(base, True), params, context)
-    if tuple(merged.shape) != tuple(inputs[0].shape):
-        raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{name}', expected {tuple(inputs[0].shape)}")
-    if cut:
-        merged = torch.cat([merged, tensors[0][rows:].to(merged.dtype)])
+    tail = tensors[0][rows:].to(compute) if cut else None
+    inputs = [prepare(t) for t in tensors]
+    del tensors, read
+    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux={k: prepare(v) for k, v in aux.items()}, aux_meta=aux_meta)
+    shape = tuple(inputs[0].shape)
+    merged = method.merge_tensor(inputs, prepare(base), params, context)
+    if tuple(merged.shape) != shape:
+        raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{name}', expected {shape}")
+    if tail is not None:
+        merged = torch.cat([merged, tail])
     return merged.to(out_dtype)
 
 

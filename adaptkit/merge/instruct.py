@@ -51,7 +51,7 @@ class Extract(MergeMethod):
     max_models = 1
 
     def merge_tensor(self, tensors, base, params, ctx):
-        return tensors[0] - base
+        return tensors[0].sub_(base)
 
 
 class ApplyVector(MergeMethod):
@@ -62,7 +62,7 @@ class ApplyVector(MergeMethod):
     max_models = 1
 
     def merge_tensor(self, tensors, base, params: AlphaParams, ctx):
-        return tensors[0] + params.alpha * ctx.aux["vector"]
+        return tensors[0].add_(ctx.aux["vector"], alpha=params.alpha)
 
 
 class ApplyOneStep(MergeMethod):

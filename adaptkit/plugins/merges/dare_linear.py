@@ -26,13 +26,13 @@ class DareParams(Params):
 
 def dropped_task_vectors(tensors, base, params: DareParams, ctx) -> tuple[list, list[float]]:
     """The DARE-dropped task vectors of every model (seeded per tensor) and their weights."""
-    from adaptkit.merge.ops import dare_drop
+    from adaptkit.merge.ops import dare_drop_
 
     n = len(tensors)
     densities = per_model(params.density, n, "--density", 1.0, broadcast=True)
     weights = per_model(params.weight, n, "--weight", 1.0)
     generator = ctx.generator()
-    deltas = [dare_drop(tensor - base, density, generator, params.rescale) for tensor, density in zip(tensors, densities)]
+    deltas = [dare_drop_(tensor.sub_(base), density, generator, params.rescale) for tensor, density in zip(tensors, densities)]
     return deltas, weights
 
 
@@ -44,14 +44,10 @@ class DareLinear(MergeMethod):
     base = "required"
 
     def merge_tensor(self, tensors, base, params: DareParams, ctx):
-        from adaptkit.merge.ops import weighted_sum
+        from adaptkit.merge.ops import apply_task_vectors_
 
         deltas, weights = dropped_task_vectors(tensors, base, params, ctx)
-        mixed = weighted_sum(deltas, weights)
-        if params.normalize:
-            total = sum(weights)
-            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
-        return base + params.lambda_ * mixed
+        return apply_task_vectors_(deltas, base, weights, params.lambda_, params.normalize)
 
 
 SPEC = merge_spec(DareLinear)

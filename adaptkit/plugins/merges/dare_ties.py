@@ -21,7 +21,7 @@ class DareTies(MergeMethod):
         from adaptkit.merge.ops import sign_consensus
 
         deltas, weights = dropped_task_vectors(tensors, base, params, ctx)
-        return base + params.lambda_ * sign_consensus(deltas, weights, params.normalize)
+        return sign_consensus(deltas, weights, params.normalize).mul_(params.lambda_).add_(base)
 
 
 SPEC = merge_spec(DareTies)

@@ -39,12 +39,12 @@ class LayraMerge(MergeMethod):
     base = "required"
 
     def merge_tensor(self, tensors, base, params: LayraMergeParams, ctx):
-        from adaptkit.merge.ops import task_vectors, weighted_sum
+        from adaptkit.merge.ops import apply_task_vectors_, task_vectors_
 
         if not select(ctx.name, ctx.layer, params.layers, None):
             return base
         weights = per_model(params.weight, len(tensors), "--weight", 1.0)
-        return base + params.lambda_ * weighted_sum(task_vectors(tensors, base), weights)
+        return apply_task_vectors_(task_vectors_(tensors, base), base, weights, params.lambda_)
 
 
 SPEC = merge_spec(LayraMerge)

@@ -32,8 +32,8 @@ class LayraSeriesParams(Params):
 
 
 def instruct_plus_language(instruct, adapted, base, scale: float):
-    """theta_instruct + scale * (theta_adapted - theta_base)."""
-    return instruct + scale * (adapted - base)
+    """theta_instruct + scale * (theta_adapted - theta_base), in the memory of `adapted`."""
+    return adapted.sub_(base).mul_(scale).add_(instruct)
 
 
 class LayraSeries(MergeMethod):

@@ -33,10 +33,10 @@ class Linear(MergeMethod):
             raise InputError("--weight: the weights sum to 0, so they cannot be normalized; pass --no-normalize")
 
     def merge_tensor(self, tensors, base, params: LinearParams, ctx):
-        from adaptkit.merge.ops import weighted_sum
+        from adaptkit.merge.ops import weighted_sum_
 
         weights = per_model(params.weight, len(tensors), "--weight", 1.0)
-        merged = weighted_sum(tensors, weights)
+        merged = weighted_sum_(tensors, weights)
         return merged.div_(sum(weights)) if params.normalize else merged
 
 

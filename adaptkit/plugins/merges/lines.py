@@ -42,11 +42,11 @@ class Lines(MergeMethod):
     base = "required"
 
     def merge_tensor(self, tensors, base, params: LinesParams, ctx):
-        from adaptkit.merge.ops import task_vectors, weighted_sum
+        from adaptkit.merge.ops import apply_task_vectors_, task_vectors_
 
         weights = per_model(params.weight, len(tensors), "--weight", 1.0)
         scale = params.alpha + (params.beta - params.alpha) * depth(ctx)
-        return base + scale * weighted_sum(task_vectors(tensors, base), weights)
+        return apply_task_vectors_(task_vectors_(tensors, base), base, weights, scale)
 
 
 SPEC = merge_spec(Lines)

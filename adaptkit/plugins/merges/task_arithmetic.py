@@ -30,14 +30,10 @@ class TaskArithmetic(MergeMethod):
     base = "required"
 
     def merge_tensor(self, tensors, base, params: TaskArithmeticParams, ctx):
-        from adaptkit.merge.ops import task_vectors, weighted_sum
+        from adaptkit.merge.ops import apply_task_vectors_, task_vectors_
 
         weights = per_model(params.weight, len(tensors), "--weight", 1.0)
-        mixed = weighted_sum(task_vectors(tensors, base), weights)
-        if params.normalize:
-            total = sum(weights)
-            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
-        return base + params.lambda_ * mixed
+        return apply_task_vectors_(task_vectors_(tensors, base), base, weights, params.lambda_, params.normalize)
 
 
 SPEC = merge_spec(TaskArithmetic)

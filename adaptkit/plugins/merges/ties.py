@@ -33,13 +33,13 @@ class Ties(MergeMethod):
     base = "required"
 
     def merge_tensor(self, tensors, base, params: TiesParams, ctx):
-        from adaptkit.merge.ops import magnitude_trim, sign_consensus
+        from adaptkit.merge.ops import magnitude_trim_, sign_consensus, task_vectors_
 
         n = len(tensors)
         densities = per_model(params.density, n, "--density", 1.0, broadcast=True)
         weights = per_model(params.weight, n, "--weight", 1.0)
-        trimmed = [magnitude_trim(tensor - base, density) for tensor, density in zip(tensors, densities)]
-        return base + params.lambda_ * sign_consensus(trimmed, weights, params.normalize)
+        trimmed = [magnitude_trim_(delta, density) for delta, density in zip(task_vectors_(tensors, base), densities)]
+        return sign_consensus(trimmed, weights, params.normalize).mul_(params.lambda_).add_(base)
 
 
 SPEC = merge_spec(Ties)
