@@ -48,5 +48,12 @@ def disjoint_merge(deltas: list[torch.Tensor], weights: list[float], normalize: 
     return numerator / denominator if normalize else numerator
 
 
+def run_ok(invoke, *args):
+    """Run the CLI in-process and require success."""
+    result = invoke(*args)
+    assert result.returncode == 0, result
+    return result
+
+
 def no_partial_outputs(parent: Path) -> bool:
     return not any(p.name.endswith(".partial") for p in Path(parent).iterdir())

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from _merge_helpers import close, weights
+from _merge_helpers import close, run_ok, weights
 
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
 
@@ -21,12 +21,6 @@ def family(make_model_dir, tmp_path_factory):
     shutil.copytree(make_model_dir("olmo2", 1), instruct)
     (instruct / "chat_template.jinja").write_text(TEMPLATE)
     return make_model_dir("olmo2", 0), instruct, make_model_dir("olmo2", 2)
-
-
-def run_ok(invoke, *args):
-    result = invoke(*args)
-    assert result.returncode == 0, result
-    return result
 
 
 def test_extract_apply_and_one_step(invoke, family, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from _merge_helpers import close, disjoint_merge, trim, weights
+from _merge_helpers import close, disjoint_merge, run_ok, trim, weights
 
 from adaptkit.hookspecs import hookimpl
 from adaptkit.merge.base import MergeMethod
@@ -20,12 +20,6 @@ from adaptkit.specs import MergeMethodSpec
 def trio(make_model_dir):
     """A base and two 'adapted' Llama models (different random seeds stand in for training)."""
     return make_model_dir("llama", 0), make_model_dir("llama", 1), make_model_dir("llama", 2)
-
-
-def run_ok(invoke, *args):
-    result = invoke(*args)
-    assert result.returncode == 0, result
-    return result
 
 
 def test_linear_sharded_output_loads_in_transformers(invoke, trio, tmp_path):
