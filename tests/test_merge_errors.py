@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from _merge_helpers import no_partial_outputs
 from conftest import assert_input_error
@@ -40,16 +42,19 @@ def test_parameters_out_of_range_or_inconsistent(invoke, models, tmp_path):
     out = tmp_path / "out"
     base, a, b = models["base"], models["a"], models["b"]
     refused(invoke, out, "merge", "linear", "-m", a, "-m", b, "--weight", "0.5", ("--weight", "1 values for 2 models"))
-    refused(invoke, out, "merge", "task-arithmetic", "--base", base, "-m", a, "--lambda", "20", ("lambda", "less than or equal to 10"))
+    refused(invoke, out, "merge", "task-arithmetic", "--base", base, "-m", a, "--lambda", "20", ("--lambda:", "less than or equal to 10"))
     refused(invoke, out, "merge", "task-arithmetic", "--base", base, "-m", a, "--lambda", "nan", ("lambda", "finite"))
     refused(invoke, out, "merge", "ties", "--base", base, "-m", a, "-m", b, "--density", "0", ("density", "greater than 0"))
     refused(invoke, out, "merge", "dare-ties", "--base", base, "-m", a, "-m", b, "--density", "nan", ("density", "finite"))
-    refused(invoke, out, "merge", "slerp", "-m", a, "-m", b, "--t", "1.5", ("'t'", "less than or equal to 1"))
+    refused(invoke, out, "merge", "slerp", "-m", a, "-m", b, "--t", "1.5", ("--t:", "less than or equal to 1", "got 1.5"))
     refused(invoke, out, "merge", "slerp", "-m", a, ("slerp needs at least 2",))
     refused(invoke, out, "merge", "ties", "-m", a, "-m", b, ("--base", "needs a base model"))
     refused(invoke, out, "merge", "revert", "--base", base, "-m", a, "--layers", "0-9", ("--layers", "layer 2 does not exist"))
     refused(invoke, out, "merge", "revert", "--base", base, "-m", a, "--mask", tmp_path, "--fraction", "0.5", ("--mask", "cannot be combined"))
     refused(invoke, out, "merge", "revert", "--base", base, "-m", a, "--mask", tmp_path, ("--mask", "masks.safetensors"))
+    save_file({"model.layers.7.mlp.up_proj.weight": torch.ones(3, dtype=torch.uint8)}, str(tmp_path / "masks.safetensors"))
+    refused(invoke, out, "merge", "revert", "--base", base, "-m", a, "--mask", tmp_path, ("--mask", "'model.layers.7.mlp.up_proj.weight'", "another model"))
+    refused(invoke, out, "merge", "layer-swap", "-m", a, "-m", b, ("--layers: Field required",))
     refused(invoke, out, "instruct-vector", "apply", "-m", a, "--base", base, "--instruct", b, "--alpha", "nan", ("--alpha", "finite"))
     refused(invoke, out, "instruct-vector", "apply", "-m", a, "--base", base, ("--instruct", "required"))
 
@@ -85,3 +90,8 @@ def test_yaml_configs(invoke, models, tmp_path):
     refused(invoke, out, "merge", "--config", config, ("'slices'", "not supported"))
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {models['a']}\n    parameters: {{wieght: 1}}\n")
     refused(invoke, out, "merge", "--config", config, ("no parameter 'wieght'", "did you mean: weight"))
+    config.write_text(f"merge_method: task_arithmetic\nbase_model: {models['base']}\nmodels:\n  - model: {models['a']}\n")
+    refused(invoke, out, "merge", "--config", config, "--set", "parameters.lambda=nan", ("merge.yaml: parameter 'lambda'", "finite"))
+    assert_input_error(invoke("merge", "--config", config), "-o/--output", "required with --config")
+    result = invoke("merge")
+    assert result.returncode == 0 and "--config" in result.stdout and "task-arithmetic" in result.stdout

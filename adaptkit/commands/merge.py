@@ -108,10 +108,11 @@ def _from_config(
         tensor_params=plan.tensor_params,
         command=f"adaptkit merge --config {config}",
         config_text=Path(config).read_text(encoding="utf-8"),
+        where=str(config),
     )
 
 
-def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, overwrite, json_out, quiet, tensor_params=None, command: str = "", config_text: str = "") -> None:
+def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, overwrite, json_out, quiet, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
     from adaptkit.merge.api import merge
     from adaptkit.merge.executor import MergeOptions
     from adaptkit.merge.stream import parse_size
@@ -127,7 +128,7 @@ def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dty
         config=config_text,
         progress=console.show_progress,
     )
-    summary = merge(method, list(models or []), output, base=base, params=params, options=options, tensor_params=tensor_params, where=f"adaptkit merge {method}")
+    summary = merge(method, list(models or []), output, base=base, params=params, options=options, tensor_params=tensor_params, where=where)
     console.result(summary, f"[green]merged[/green] {summary['tensors']} tensors with {method} -> {output} ({summary['shards']} shard(s), {summary['seconds']:.1f} s)")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adaptkit.errors import InputError
-from adaptkit.merge.base import option_name
+from adaptkit.merge.base import option_name, validate_params
 from adaptkit.merge.executor import Input, MergeOptions, run_merge
 from adaptkit.registry import get_spec
 from adaptkit.specs import Params
@@ -24,12 +24,13 @@ def merge(
 ) -> dict[str, Any]:
     """Merge `models` (and `base`) with the merge method called `method` into `output`.
 
-    `params` are validated by the method's parameter model; parameters naming extra model
+    `params` are validated by the method's parameter model (errors name the CLI option,
+    or the parameter of the config file `where`); parameters naming extra model
     directories or mask/score files become aligned inputs. Returns the merge summary.
     """
     spec = get_spec("merge method", method, flag="merge method")
     implementation = spec.load()()
-    validated = spec.validate_params(params, where or f"merge {method}")
+    validated = validate_params(spec, dict(params or {}), where)
     if not models:
         raise InputError(f"--model: {method} needs at least one --model")
     if base is not None and implementation.base == "none":

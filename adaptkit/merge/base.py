@@ -15,6 +15,7 @@ validation, dtype, sharding, writing, the merge card. This module is light at im
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -100,6 +101,11 @@ class LayerSelection:
         return self.embed if where == "embed" else self.head
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_layers(text: str) -> LayerSelection:
+    return LayerSelection.parse(text)
+
+
 def select(name: str, layer: int | None, layers: Optional[str], modules: Optional[Sequence[str]]) -> bool:
     """Whether a tensor is selected by a layer list and/or module-name fragments.
 
@@ -107,7 +113,7 @@ def select(name: str, layer: int | None, layers: Optional[str], modules: Optiona
     tensors of those layers; only modules: every tensor whose name contains a fragment;
     neither: every tensor.
     """
-    in_layers = layers is None or LayerSelection.parse(layers).contains(name, layer)
+    in_layers = layers is None or _parse_layers(layers).contains(name, layer)
     in_modules = not modules or any(fragment in name for fragment in modules)
     return in_layers and in_modules
 
@@ -205,6 +211,23 @@ def option_name(field: str) -> str:
 def public_params(params: Params) -> dict[str, Any]:
     """Parameters as users write them (CLI / YAML names), for cards and JSON output."""
     return {option_name(key): value for key, value in params.model_dump(mode="json").items()}
+
+
+def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | None = None) -> Params:
+    """Validate merge parameters; errors name the option (`--lambda: ...`) or, with `where`
+    (a config file), the parameter (`merge.yaml: parameter 'lambda': ...`)."""
+    from pydantic import ValidationError
+
+    if any(key not in spec.params.model_fields for key in values):
+        return spec.validate_params(values, where or f"merge {spec.name}")  # unknown key: did-you-mean error
+    try:
+        return spec.params(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = option_name(str(error["loc"][0])) if error["loc"] else ""
+        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+        label = f"{where}: parameter '{field}'" if where else f"--{field}"
+        raise InputError(f"{label}: {error['msg']}{got}") from None
 
 
 def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:

@@ -242,6 +242,10 @@ def run_merge(
     for other in ([base_source] if base_source else []) + [s for s in aux_sources if s.input.kind != "tensors"]:
         for name, rows in _check_alignment(reference, other, strict=not options.vocab_rule).items():
             shared_rows[name] = min(rows, shared_rows.get(name, rows))
+    for other in [s for s in aux_sources if s.input.kind == "tensors"]:
+        stray = [name for name in other.tensors.tensors if name not in reference.tensors.tensors]
+        if stray:
+            raise InputError(f"{other.input.flag}: '{stray[0]}' in '{other.tensors.path}' is not a parameter of {reference.describe()}; made for another model?")
 
     plan = []
     for name in names:

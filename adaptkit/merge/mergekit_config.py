@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, get_args, get_origin
 
 from adaptkit.errors import InputError
+from adaptkit.merge.base import validate_params
 from adaptkit.registry import did_you_mean, get_registry
 from adaptkit.specs import Params, Spec
 
@@ -228,7 +229,7 @@ class _Resolver:
             values[field] = per_model
         key = json.dumps(values, sort_keys=True, default=str)
         if key not in self.cache:
-            self.cache[key] = self.spec.validate_params(values, self.source)
+            self.cache[key] = validate_params(self.spec, values, self.source)
         return self.cache[key]
 
 
