@@ -87,7 +87,7 @@ def test_yaml_configs(invoke, models, tmp_path):
     config.write_text(f"merge_method: ties\nmodels:\n  - model: {models['a']}\n")
     refused(invoke, out, "merge", "--config", config, ("needs a base_model",))
     config.write_text(f"merge_method: linear\nslices: []\nmodels:\n  - model: {models['a']}\n")
-    refused(invoke, out, "merge", "--config", config, ("'slices'", "not supported"))
+    refused(invoke, out, "merge", "--config", config, ("'slices'", "only one slice"))
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {models['a']}\n    parameters: {{wieght: 1}}\n")
     refused(invoke, out, "merge", "--config", config, ("no parameter 'wieght'", "did you mean: weight"))
     config.write_text(f"merge_method: task_arithmetic\nbase_model: {models['base']}\nmodels:\n  - model: {models['a']}\n")

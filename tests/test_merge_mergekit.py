@@ -1,5 +1,8 @@
 """Parity with mergekit (the optional extra) on tiny models: the same YAML, outputs within 1e-6.
 
+linear, task_arithmetic and ties are the required parity; conditional / gradient
+parameters and SLERP written as one slice of whole models are checked too.
+
 mergekit runs once per config, in-process, in a module-scoped fixture (its import costs
 seconds); adaptkit reads the very same YAML files with `merge --config`.
 """
@@ -50,6 +53,13 @@ def configs(base, a, b, olmo_base, olmo_a, olmo_b) -> dict[str, dict]:
             "parameters": {"lambda": [{"filter": "lm_head", "value": 0.5}, {"value": 1.0}]},
             "dtype": "float32",
         },
+        "slerp": {  # the usual SLERP config: one slice of whole models, t by module and depth
+            "slices": [{"sources": [{"model": str(a), "layer_range": [0, 2]}, {"model": str(b), "layer_range": [0, 2]}]}],
+            "merge_method": "slerp",
+            "base_model": str(a),
+            "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
+            "dtype": "float32",
+        },
     }
 
 
@@ -72,7 +82,7 @@ def mergekit_outputs(make_model_dir, tmp_path_factory):
     return outputs
 
 
-@pytest.mark.parametrize("name", ["linear", "task_arithmetic", "ties", "gradients"])
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic", "ties", "gradients", "slerp"])
 def test_same_yaml_same_weights(invoke, mergekit_outputs, tmp_path, name):
     config, reference = mergekit_outputs[name]
     result = invoke("merge", "--config", config, "-o", tmp_path / "out", "-q")

@@ -1,7 +1,9 @@
 """`adaptkit merge --config merge.yaml`: mergekit's YAML format for the methods both tools share.
 
 Accepted keys: `merge_method`, `base_model`, `models: [{model, parameters}]`,
-`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base` or a model path). Shared
+`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base` or a model path); also
+`slices:` when it is one slice whose sources each span all layers of their model (the
+common way SLERP configs are written), read as `models:`. Shared
 methods, with mergekit's names and defaults: linear, task_arithmetic, ties, dare_ties,
 dare_linear, slerp; adaptkit's own methods are accepted by their names too (with `-` or
 `_`). Parameter values follow mergekit: a scalar; a list of numbers, a gradient
@@ -13,7 +15,8 @@ effect here. Paths are relative to the working directory, or else to the YAML fi
 
 Differences, by design: computation is always float32 (float64 for float64 inputs) and
 `dtype` / `out_dtype` set the output dtype; DARE rescales by 1/density (the paper), not
-to the L1 norm; `slices`, `modules`, `tokenizer` and `chat_template` are refused.
+to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
+`chat_template` are refused.
 """
 
 from __future__ import annotations
@@ -40,9 +43,8 @@ MERGEKIT_METHODS = {
 MERGEKIT_DEFAULTS = {"ties": {"density": 1.0}, "dare_ties": {"density": 1.0}, "dare_linear": {"density": 1.0}}
 PER_MODEL = ("weight", "density")
 IGNORED = ("int8_mask",)
-KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
+KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "slices")
 REFUSED = {
-    "slices": "layer slices are not supported; list whole models under 'models:'",
     "modules": "per-module definitions are not supported; list whole models under 'models:'",
     "tokenizer": "tokenizer merging is not supported; use tokenizer_source: base or a model path",
     "chat_template": "chat_template is not supported; the tokenizer files are copied from tokenizer_source",
@@ -69,6 +71,7 @@ def supported_methods() -> str:
 
 def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPlan:
     """Validate a mergekit-style mapping and resolve it into a merge plan (nothing is read yet)."""
+    data = _slices_as_models(data, source, config_dir)
     for key in data:
         if key in REFUSED:
             raise InputError(f"{source}: '{key}': {REFUSED[key]}")
@@ -231,6 +234,41 @@ class _Resolver:
         if key not in self.cache:
             self.cache[key] = validate_params(self.spec, values, self.source)
         return self.cache[key]
+
+
+def _slices_as_models(data: dict[str, Any], source: str, config_dir: Path) -> dict[str, Any]:
+    """One slice of whole models -> `models:` (source parameters per model, slice parameters global)."""
+    if "slices" not in data:
+        return data
+    slices = data["slices"]
+    refusal = f"{source}: 'slices': only one slice whose sources span all layers of their models is supported; list whole models under 'models:'"
+    if "models" in data or not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], dict):
+        raise InputError(refusal)
+    piece = slices[0]
+    if set(piece) - {"sources", "parameters", "base_model"} or not isinstance(piece.get("sources"), list):
+        raise InputError(refusal)
+    models = []
+    for i, item in enumerate(piece["sources"]):
+        if not isinstance(item, dict) or "model" not in item or set(item) - {"model", "layer_range", "parameters"}:
+            raise InputError(f"{source}: slices[0].sources[{i}]: expected {{model, layer_range, parameters}}")
+        path = _path(item["model"], f"{source}: slices[0].sources[{i}].model", config_dir)
+        layers = _num_hidden_layers(path)
+        if "layer_range" in item and (layers is None or list(item["layer_range"]) != [0, layers]):
+            raise InputError(f"{refusal} (sources[{i}] has layer_range {item['layer_range']}, the model has {layers} layers)")
+        models.append({"model": item["model"], **({"parameters": item["parameters"]} if "parameters" in item else {})})
+    converted = {key: value for key, value in data.items() if key != "slices"}
+    converted["models"] = models
+    converted["parameters"] = {**(piece.get("parameters") or {}), **(data.get("parameters") or {})}
+    if piece.get("base_model") and not data.get("base_model"):
+        converted["base_model"] = piece["base_model"]
+    return converted
+
+
+def _num_hidden_layers(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _is_conditional(value: Any) -> bool:
