@@ -226,6 +226,8 @@ def run_merge(
     check_output(output, options.overwrite)
     if options.dtype is not None and options.dtype not in OUTPUT_DTYPES:
         raise InputError(f"--dtype: '{options.dtype}' is not supported (choose from {', '.join(OUTPUT_DTYPES)})")
+    if options.tokenizer_from is not None and not Path(options.tokenizer_from).is_dir():
+        raise InputError(f"--tokenizer-from: '{options.tokenizer_from}' is not a directory")
 
     sources = [_open(item) for item in models]
     reference = sources[0]

@@ -5,8 +5,8 @@ Huang et al. 2024, "Chat Vector" (arXiv 2310.04799); LayRA-instruct in Owodunni 
 
 - two steps: `extract` writes v = theta_instruct - theta_base once (an instruction-vector
   directory: sharded `vector*.safetensors` + `instruct_vector.json` with the architecture
-  and input hashes); `apply` computes theta_model + alpha * v for any model of the same
-  architecture;
+  and input hashes; base and instruct must have identical shapes); `apply` computes
+  theta_model + alpha * v for any model of the same architecture;
 - one step: theta_instruct + alpha (theta_adapted - theta_base). Both are the same model
   at alpha = 1; otherwise alpha scales the instruction residual (two steps) or the
   language vector (one step).
