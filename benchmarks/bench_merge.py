@@ -83,7 +83,10 @@ def max_difference(left: Path, right: Path) -> float:
 
     a, b = load(left), load(right)
     assert a.keys() == b.keys(), "the tools wrote different tensor names"
-    return max((a[n].double() - b[n].double()).abs().max().item() for n in a)
+    differing = sum(int((a[n] != b[n]).sum()) for n in a)
+    total = sum(a[n].numel() for n in a)
+    largest = max((a[n].double() - b[n].double()).abs().max().item() for n in a)
+    return f"{largest:.1e} {differing} {total}"
 
 
 def time_api(tool: str, config: Path, out: Path) -> float:
@@ -199,9 +202,10 @@ def main() -> None:
         print()
         for method in configs:
             (wa, ra, aa), (wm, rm, am) = results[(method, "adaptkit")], results[(method, "mergekit")]
-            diff = float(helper("compare", str(root / f"adaptkit-{method}"), str(root / f"mergekit-{method}")))
+            largest, differing, total = helper("compare", str(root / f"adaptkit-{method}"), str(root / f"mergekit-{method}")).split()
             print(f"{method}: adaptkit/mergekit CLI wall {wa / wm:.2f}x, peak RSS {ra / rm:.2f}x, "
-                  f"API merge time {aa / am:.2f}x; max |weight difference| {diff:.1e}")
+                  f"API merge time {aa / am:.2f}x; weights: {differing} of {total} entries differ, by at most {largest}")
+        print("(TIES entries may differ where equal magnitudes tie at the trim threshold: either choice is TIES)")
         print()
         for method in configs:
             rss = results[(method, "adaptkit")][1]  # the largest over the repeats

@@ -187,14 +187,27 @@ def _num_layers(reference: _Source) -> int:
     return max((i for i in indices if i is not None), default=-1) + 1
 
 
+def _tensor_hash_algorithm() -> tuple[str, Callable[[], Any]]:
+    """xxh3-128 (about 10x faster than sha256) when the xxhash package is installed, else sha256."""
+    try:
+        import xxhash
+
+        return "xxh3_128", xxhash.xxh3_128
+    except ImportError:
+        return "sha256", hashlib.sha256
+
+
 class _Hasher:
-    """A content hash of a model's weights, independent of sharding: sha256 over sorted (name, sha256)."""
+    """A content hash of a model's weights, independent of sharding and tensor order:
+    sha256 over the sorted (name, per-tensor hash of dtype, shape and bytes)."""
+
+    algorithm, _new = _tensor_hash_algorithm()
 
     def __init__(self) -> None:
         self.digests: dict[str, str] = {}
 
     def update(self, name: str, tensor: torch.Tensor) -> None:
-        digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest = self._new(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(raw_bytes(tensor))
         self.digests[name] = digest.hexdigest()
 
@@ -202,7 +215,7 @@ class _Hasher:
         total = hashlib.sha256()
         for name in sorted(self.digests):
             total.update(f"{name}:{self.digests[name]}\n".encode())
-        return total.hexdigest()
+        return f"{self.algorithm}:{total.hexdigest()}"
 
 
 def run_merge(
@@ -387,7 +400,7 @@ def _summary(method, params, per_tensor, sources, base_source, aux_sources, hash
             {
                 "role": source.input.role,
                 "path": str(Path(source.input.path).resolve()),
-                "weights_sha256": hashers[id(source)].hexdigest(),
+                "weights_hash": hashers[id(source)].hexdigest(),
                 "model_type": source.model_type,
             }
         )
@@ -438,9 +451,10 @@ def _card(summary: dict[str, Any], options: MergeOptions) -> str:
             "- vocabulary rule: rows that only the first --model has (tokens added by adaptation) were copied "
             f"unchanged in: {', '.join(summary['extra_vocab_rows'])}"
         )
-    lines += ["", "## Inputs", "", "| role | path | weights sha256 | model type |", "| --- | --- | --- | --- |"]
+    lines += ["", "## Inputs", "", "| role | path | weights hash | model type |", "| --- | --- | --- | --- |"]
     for item in summary["inputs"]:
-        lines.append(f"| {item['role']} | {item['path']} | `{item['weights_sha256']}` | {item['model_type']} |")
+        lines.append(f"| {item['role']} | {item['path']} | `{item['weights_hash']}` | {item['model_type']} |")
+    lines += ["", "Weights hash: sha256 over the sorted tensor names and per-tensor hashes (the named algorithm) of dtype, shape and bytes; independent of sharding."]
     lines += ["", "## Parameters", "", "```json", json.dumps(summary["params"], indent=2), "```", ""]
     if options.config:
         lines += ["## Config", "", "```yaml", options.config.rstrip(), "```", ""]
