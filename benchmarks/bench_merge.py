@@ -202,9 +202,9 @@ def main() -> None:
         print()
         for method in configs:
             (wa, ra, aa), (wm, rm, am) = results[(method, "adaptkit")], results[(method, "mergekit")]
-            largest, differing, total = helper("compare", str(root / f"adaptkit-{method}"), str(root / f"mergekit-{method}")).split()
+            gap, differing, total = helper("compare", str(root / f"adaptkit-{method}"), str(root / f"mergekit-{method}")).split()
             print(f"{method}: adaptkit/mergekit CLI wall {wa / wm:.2f}x, peak RSS {ra / rm:.2f}x, "
-                  f"API merge time {aa / am:.2f}x; weights: {differing} of {total} entries differ, by at most {largest}")
+                  f"API merge time {aa / am:.2f}x; weights: {differing} of {total} entries differ, by at most {gap}")
         print("(TIES entries may differ where equal magnitudes tie at the trim threshold: either choice is TIES)")
         print()
         for method in configs:

@@ -274,9 +274,13 @@ def run_merge(
     with atomic_dir(output, options.overwrite) as tmp:
         writer = ShardedWriter(tmp, plan, options.shard_size, prefix=options.prefix)
         # Inputs are hashed on two threads and each output is written on a third while the
-        # next tensor is merged (hashlib, file writes and torch release the GIL); at most
-        # one written tensor is in flight.
+        # next tensor is merged (hashing, file writes and torch release the GIL); at most
+        # one written tensor is in flight. Torch computes on one thread: the work is
+        # elementwise and memory-bound, and an OpenMP team stalls at every operation when
+        # a core is busy (our I/O threads, or other processes on a shared machine).
         hash_pool, write_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         pending = None
         try:
             with _progress(options.progress, len(plan)) as advance:
@@ -298,6 +302,7 @@ def run_merge(
             writer.abort()
             raise
         finally:
+            torch.set_num_threads(torch_threads)
             hash_pool.shutdown()
             write_pool.shutdown()
             for source in everything:

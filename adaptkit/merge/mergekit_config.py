@@ -14,7 +14,8 @@ global `parameters`, then to the default. `int8_mask` (a memory option of mergek
 effect here. Paths are relative to the working directory, or else to the YAML file.
 
 Differences, by design: computation is always float32 (float64 for float64 inputs) and
-`dtype` / `out_dtype` set the output dtype; DARE rescales by 1/density (the paper), not
+`dtype` / `out_dtype` set the output dtype; without `tokenizer_source` the tokenizer comes
+from the first model (mergekit: the base), which is right for adapted vocabularies; DARE rescales by 1/density (the paper), not
 to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
 `chat_template` are refused.
 """
