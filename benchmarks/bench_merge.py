@@ -168,10 +168,10 @@ def main() -> None:
         print(f"model: Llama hidden={args.hidden} layers={args.layers} vocab={args.vocab}: {model_bytes / 1e6:.0f} MB float32 per model, "
               f"largest tensor {largest / 1e6:.1f} MB, shards of {args.shard}")
 
-        imports = {
-            "adaptkit": measure([python, "-c", "import adaptkit.merge.api, adaptkit.cli"], root / "imp-a.log"),
-            "mergekit": measure([python, "-c", "import mergekit.merge, mergekit.config"], root / "imp-m.log"),
-        }
+        imports = {}
+        for tool, code in (("adaptkit", "import adaptkit.merge.api, adaptkit.cli"), ("mergekit", "import mergekit.merge, mergekit.config")):
+            runs = [measure([python, "-c", code], root / f"import-{tool}.log") for _ in range(args.repeats)]
+            imports[tool] = (min(wall for wall, _ in runs), max(rss for _, rss in runs))
         print(f"import only: adaptkit {imports['adaptkit'][0]:.2f} s / {imports['adaptkit'][1] / 1e6:.0f} MB, "
               f"mergekit {imports['mergekit'][0]:.2f} s / {imports['mergekit'][1] / 1e6:.0f} MB")
         print()
