@@ -142,31 +142,36 @@ def test_revert_layers_modules_and_fractions_on_olmo2(invoke, make_model_dir, tm
 
 
 def test_revert_by_ssu_mask_and_scores(invoke, trio, tmp_path):
+    """Mask and score files in the formats `adaptkit mask` / `adaptkit score` write."""
     base, adapted, _ = trio
     w0, w1 = weights(base), weights(adapted)
     q, down = "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"
     gen = torch.Generator().manual_seed(0)
-    masks = {q: (torch.rand(w0[q].shape[1], generator=gen) < 0.5).to(torch.uint8),
-             down: (torch.rand(w0[down].shape[1], generator=gen) < 0.5).to(torch.uint8)}
+    masks = {q: (torch.rand(w0[q].shape[1], generator=gen) < 0.5).to(torch.uint8),  # column mask of a square matrix
+             down: (torch.rand(w0[down].shape[0], generator=gen) < 0.5).to(torch.uint8)}  # row mask
     (tmp_path / "mask").mkdir()
-    save_file(masks, str(tmp_path / "mask" / "masks.safetensors"), metadata={"granularity": "column"})
+    save_file(masks, str(tmp_path / "mask" / "masks.safetensors"),
+              metadata={"granularity": "mixed", "granularity_by_param": f"{q}=column;{down}=row"})
     scores = {q: torch.rand(w0[q].shape[1], generator=gen), down: torch.rand(w0[down].shape[1], generator=gen)}
-    save_file(scores, str(tmp_path / "scores.safetensors"), metadata={"granularity": "column"})
+    stored = {f"{n}@column": s for n, s in scores.items()} | {f"{q}@element": torch.rand(w0[q].shape, generator=gen)}
+    save_file(stored, str(tmp_path / "scores.safetensors"), metadata={"scorer": "test", "shapes": "{}"})
     run_ok(invoke, "merge", "revert", "--base", base, "--model", adapted, "--mask", tmp_path / "mask", "-o", tmp_path / "m", "-q")
     run_ok(invoke, "merge", "revert", "--base", base, "--model", adapted, "--scores", tmp_path / "scores.safetensors", "--fraction", "0.25", "-o", tmp_path / "s", "-q")
     by_mask, by_scores = weights(tmp_path / "m"), weights(tmp_path / "s")
     for n in w0:
-        if n in masks:
-            frozen = masks[n] == 0  # columns SSU would have frozen go back to the base
-            expected = w1[n].clone()
-            expected[:, frozen] = w0[n][:, frozen]
-            assert torch.equal(by_mask[n], expected), n
-            top = scores[n].argsort(descending=True)[: int(0.25 * scores[n].numel())]
-            expected = w1[n].clone()
-            expected[:, top] = w0[n][:, top]
-            assert torch.equal(by_scores[n], expected), n
-        else:  # no mask or score entry: kept as adapted
+        if n not in masks:  # no mask or score entry: kept as adapted
             assert torch.equal(by_mask[n], w1[n]) and torch.equal(by_scores[n], w1[n]), n
+            continue
+        expected = w1[n].clone()  # units SSU would have frozen (0) go back to the base
+        if n == q:
+            expected[:, masks[n] == 0] = w0[n][:, masks[n] == 0]
+        else:
+            expected[masks[n] == 0, :] = w0[n][masks[n] == 0, :]
+        assert torch.equal(by_mask[n], expected), n
+        top = scores[n].argsort(descending=True)[: int(0.25 * scores[n].numel())]  # column scores preferred
+        expected = w1[n].clone()
+        expected[:, top] = w0[n][:, top]
+        assert torch.equal(by_scores[n], expected), n
 
 
 def test_lines_scales_updates_by_depth(invoke, make_model_dir, tmp_path):

@@ -126,7 +126,7 @@ class TensorContext:
     num_layers: int
     seed: int = 0
     aux: dict[str, Any] = field(default_factory=dict)  # extra aligned tensors (instruct model, mask, scores)
-    aux_meta: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors metadata of tensor files
+    aux_meta: dict[str, dict[str, str]] = field(default_factory=dict)  # per aux entry: {"granularity": ...} of masks / scores
 
     @property
     def layer(self) -> int | None:
@@ -159,7 +159,8 @@ class MergeMethod:
     `model_params` name extra model directories streamed alongside the inputs (aligned
     like a base); those in `tensor_params` name safetensors files, or directories holding
     the file named in the mapping (masks, scores), whose tensor of the same name, when
-    present, is passed in `ctx.aux` (and the file's metadata in `ctx.aux_meta`).
+    present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
+    `adaptkit.merge.units` for the file formats).
     """
 
     name: ClassVar[str]

@@ -39,7 +39,8 @@ from adaptkit import __version__
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import atomic_dir, check_output
 from adaptkit.merge.base import MergeMethod, TensorContext, layer_index, public_params
-from adaptkit.merge.stream import DTYPE_NAMES, DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
+from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
+from adaptkit.merge.units import UnitFile
 from adaptkit.specs import Params
 
 OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
@@ -98,6 +99,7 @@ class _Source:
     input: Input
     tensors: TensorSource
     config: dict[str, Any]
+    units: UnitFile | None = None  # for 'tensors' inputs: entries by parameter name
 
     @property
     def model_type(self) -> str:
@@ -119,7 +121,8 @@ def _open(item: Input) -> _Source:
         if not file.is_file():
             expected = f"a safetensors file or a directory holding {item.filename}" if item.filename else "a safetensors file"
             raise InputError(f"{item.flag}: '{file}' not found; expected {expected}")
-        return _Source(item, TensorSource(file, item.flag), {})
+        tensors = TensorSource(file, item.flag)
+        return _Source(item, tensors, {}, UnitFile(tensors))
     if item.kind == "vector":
         info_file = path / VECTOR_INFO
         if not info_file.is_file():
@@ -258,7 +261,7 @@ def run_merge(
         for name, rows in _check_alignment(reference, other, strict=not options.vocab_rule).items():
             shared_rows[name] = min(rows, shared_rows.get(name, rows))
     for other in [s for s in aux_sources if s.input.kind == "tensors"]:
-        stray = [name for name in other.tensors.tensors if name not in reference.tensors.tensors]
+        stray = [name for name in other.units.entries if name not in reference.tensors.tensors]
         if stray:
             raise InputError(f"{other.input.flag}: '{stray[0]}' in '{other.tensors.path}' is not a parameter of {reference.describe()}; made for another model?")
 
@@ -341,8 +344,15 @@ def _merge_one(method, params, item, sources, base_source, aux_sources, rows, nu
     name = item.name
     tensors = [source.tensors.read(name) for source in sources]
     base = base_source.tensors.read(name) if base_source else None
-    aux = {s.input.role: s.tensors.read(name) if name in s.tensors.tensors else None for s in aux_sources}
-    aux_meta = {s.input.role: s.tensors.metadata for s in aux_sources}
+    aux: dict[str, torch.Tensor | None] = {}
+    aux_meta: dict[str, dict[str, str]] = {}
+    for source in aux_sources:
+        if source.units is None:
+            aux[source.input.role] = source.tensors.read(name)
+        else:
+            found = source.units.read(name)
+            aux[source.input.role] = found[0] if found else None
+            aux_meta[source.input.role] = {"granularity": found[1]} if found and found[1] else {}
     read = list(zip(sources, tensors)) + ([(base_source, base)] if base is not None else [])
     read += [(s, aux[s.input.role]) for s in aux_sources if aux[s.input.role] is not None]
     for done in [hash_pool.submit(hashers[id(source)].update, name, tensor) for source, tensor in read]:
