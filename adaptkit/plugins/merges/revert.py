@@ -14,12 +14,16 @@ abilities (arXiv 2606.00284, post-hoc weight reversion). What is reverted:
     highest scores, i.e. the ones Source-Shielded Updates would have frozen;
   - with `mask` (a masks file from `adaptkit mask`, 1 = trainable, 0 = frozen): the
     frozen (0) units, i.e. the update is kept only where SSU would have trained.
-  Tensors without an entry in the scores or masks file are kept as adapted. A fraction
-  selects max(1, int(fraction * n)) units of each tensor.
+  Tensors without an entry in the scores or masks file are kept as adapted (SSU trains
+  them in full). A fraction selects k = floor(fraction * n + 1/2) units of each tensor,
+  ties going to the lower index: the rule of `adaptkit mask`, so `--scores S --fraction r`
+  reverts exactly what a mask of ratio r made from S freezes. File formats:
+  `adaptkit.merge.units`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -36,6 +40,11 @@ class RevertParams(Params):
     select: Literal["smallest", "largest"] = Field("smallest", description="With --fraction: revert the entries of smallest or largest change.")
     scores: Optional[str] = Field(None, description="Scores dir/file: revert the --fraction of units with the highest scores.")
     mask: Optional[str] = Field(None, description="Masks dir/file: revert the units the mask freezes (0).")
+
+
+def share(fraction: float, n: int) -> int:
+    """How many of n units a fraction selects: round half up, as `adaptkit mask` does."""
+    return min(n, math.floor(fraction * n + 0.5))
 
 
 class Revert(MergeMethod):
@@ -72,15 +81,14 @@ class Revert(MergeMethod):
             if role == "mask":
                 chosen = units == 0
             else:
-                chosen = topk_mask(units.float(), max(1, int(params.fraction * units.numel())))
+                chosen = topk_mask(units.float(), share(params.fraction, units.numel()))
             where = f"--{role}: tensor '{ctx.name}'"
             chosen = expand_units(chosen, tuple(adapted.shape), ctx.aux_meta.get(role, {}).get("granularity"), where)
             return torch.where(chosen, base, adapted)
         if params.fraction is None:
             return base.clone()
         change = (adapted - base).abs()
-        k = max(1, int(params.fraction * change.numel()))
-        chosen = topk_mask(change if params.select == "largest" else -change, k)
+        chosen = topk_mask(change if params.select == "largest" else -change, share(params.fraction, change.numel()))
         return torch.where(chosen, base, adapted)
 
 
