@@ -1,0 +1,243 @@
+"""The merge-method contract: a small self-describing class with a per-tensor function.
+
+A method declares its name, summary, reference, parameter model (pydantic, validated),
+whether it needs a base model, how many models it takes, and implements
+
+    merge_tensor(tensors, base, params, ctx) -> Tensor
+
+over the aligned float32 tensors of one parameter name. `tensors` are fresh copies owned
+by the call, so a method may overwrite them (saving memory); `base` and `ctx.aux` are
+shared and must not be modified. The executor
+(`adaptkit.merge.executor`) does everything else identically for all methods: loading,
+validation, dtype, sharding, writing, the merge card. This module is light at import
+(pydantic and the standard library), so plugin modules can build their specs from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Sequence
+
+from pydantic import Field
+
+from adaptkit.errors import InputError
+from adaptkit.specs import MergeMethodSpec, NoParams, Params
+
+if TYPE_CHECKING:
+    import torch
+
+# Parameter types shared by the methods: finite numbers in documented ranges.
+Coefficient = Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]
+Density = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Interpolation = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer-block index in a parameter name (`model.layers.3.mlp...` -> 3), or None."""
+    match = _LAYER_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+def position(name: str, layer: int | None) -> str:
+    """'layer' inside a block; 'embed' for embeddings; 'head' for what follows the blocks
+    (final norm, LM head)."""
+    if layer is not None:
+        return "layer"
+    return "embed" if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) else "head"
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which tensors a layer-aware method touches: `embed`, block indices and/or `head`.
+
+    Syntax: comma-separated items, each `N`, `A-B` (inclusive), `embed` (embedding
+    tensors) or `head` (final norm and LM head); e.g. `embed,0-3,22-23`.
+    """
+
+    layers: frozenset[int] = frozenset()
+    embed: bool = False
+    head: bool = False
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--layers") -> "LayerSelection":
+        layers: set[int] = set()
+        embed = head = False
+        items = [item.strip() for item in str(text).split(",") if item.strip()]
+        if not items:
+            raise InputError(f"{flag}: empty layer list; expected e.g. '0-3,22-23' (also 'embed', 'head')")
+        for item in items:
+            if item == "embed":
+                embed = True
+            elif item == "head":
+                head = True
+            else:
+                match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+                if not match:
+                    raise InputError(f"{flag}: '{item}' is not a layer, a range A-B, 'embed' or 'head' (e.g. '0-3,22-23')")
+                first = int(match.group(1))
+                last = int(match.group(2)) if match.group(2) is not None else first
+                if last < first:
+                    raise InputError(f"{flag}: range '{item}' ends before it starts")
+                layers.update(range(first, last + 1))
+        return cls(frozenset(layers), embed, head, ",".join(items))
+
+    def check(self, num_layers: int, flag: str = "--layers") -> None:
+        too_big = sorted(i for i in self.layers if i >= num_layers)
+        if too_big:
+            raise InputError(f"{flag}: layer {too_big[0]} does not exist (the model has layers 0-{num_layers - 1})")
+
+    def contains(self, name: str, layer: int | None) -> bool:
+        where = position(name, layer)
+        if where == "layer":
+            return layer in self.layers
+        return self.embed if where == "embed" else self.head
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_layers(text: str) -> LayerSelection:
+    return LayerSelection.parse(text)
+
+
+def select(name: str, layer: int | None, layers: Optional[str], modules: Optional[Sequence[str]]) -> bool:
+    """Whether a tensor is selected by a layer list and/or module-name fragments.
+
+    Both given: tensors in the layers whose name contains a fragment; only layers: all
+    tensors of those layers; only modules: every tensor whose name contains a fragment;
+    neither: every tensor.
+    """
+    in_layers = layers is None or _parse_layers(layers).contains(name, layer)
+    in_modules = not modules or any(fragment in name for fragment in modules)
+    return in_layers and in_modules
+
+
+@dataclass
+class TensorContext:
+    """What a method may know about the tensor it merges besides the tensors themselves."""
+
+    name: str
+    num_layers: int
+    seed: int = 0
+    aux: dict[str, Any] = field(default_factory=dict)  # extra aligned tensors (instruct model, mask, scores)
+    aux_meta: dict[str, dict[str, str]] = field(default_factory=dict)  # per aux entry: {"granularity": ...} of masks / scores
+
+    @property
+    def layer(self) -> int | None:
+        return layer_index(self.name)
+
+    @property
+    def position(self) -> str:
+        return position(self.name, self.layer)
+
+    @property
+    def t(self) -> float:
+        """Depth in [0, 1]: layer / (num_layers - 1) inside blocks, 0 elsewhere (mergekit's gradients)."""
+        layer = self.layer
+        if layer is None:
+            return 0.0
+        return layer / (self.num_layers - 1) if self.num_layers > 1 else 1.0
+
+    def generator(self) -> "torch.Generator":
+        """A generator seeded by (seed, tensor name): reproducible whatever the tensor order."""
+        import torch
+
+        digest = hashlib.sha256(f"{self.seed}:{self.name}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class MergeMethod:
+    """Base class of merge methods; subclasses set the class attributes and `merge_tensor`.
+
+    base: "required" (task-vector methods), "optional" or "none". Parameters listed in
+    `model_params` name extra model directories streamed alongside the inputs (aligned
+    like a base); those in `tensor_params` name safetensors files, or directories holding
+    the file named in the mapping (masks, scores), whose tensor of the same name, when
+    present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
+    `adaptkit.merge.units` for the file formats).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = NoParams
+    base: ClassVar[str] = "none"
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+    model_params: ClassVar[tuple[str, ...]] = ()
+    tensor_params: ClassVar[dict[str, str]] = {}
+
+    def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
+        """Refuse inputs the method cannot use (counts, missing base); subclasses add their rules."""
+        if n_models < self.min_models:
+            raise InputError(f"--model: {self.name} needs at least {self.min_models} model(s), got {n_models}")
+        if self.max_models is not None and n_models > self.max_models:
+            raise InputError(f"--model: {self.name} takes at most {self.max_models} model(s), got {n_models}")
+        if self.base == "required" and not has_base:
+            raise InputError(f"--base: {self.name} needs a base model (the weights the task vectors are taken from)")
+        for key in ("weight", "density"):
+            if key in type(params).model_fields:
+                per_model(getattr(params, key), n_models, f"--{key}", 1.0, broadcast=(key == "density"))
+        layers = getattr(params, "layers", None)
+        if layers is not None:
+            LayerSelection.parse(layers).check(num_layers)
+
+    def merge_tensor(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext) -> "torch.Tensor":
+        raise NotImplementedError
+
+
+def per_model(values: Optional[Sequence[float]], n_models: int, flag: str, default: float, broadcast: bool = False) -> list[float]:
+    """One value per model: the default for all, one value for all (if `broadcast`), or one each."""
+    if values is None or len(values) == 0:
+        return [default] * n_models
+    if broadcast and len(values) == 1:
+        return [values[0]] * n_models
+    if len(values) != n_models:
+        one = " (or one for all)" if broadcast else ""
+        raise InputError(f"{flag}: {len(values)} values for {n_models} models; give one per --model{one}")
+    return list(values)
+
+
+def option_name(field: str) -> str:
+    """The public name of a parameter: `lambda_` -> `lambda`, `lambda_prime` -> `lambda-prime`."""
+    return field.rstrip("_").replace("_", "-")
+
+
+def public_params(params: Params) -> dict[str, Any]:
+    """Parameters as users write them (CLI / YAML names), for cards and JSON output."""
+    return {option_name(key): value for key, value in params.model_dump(mode="json").items()}
+
+
+def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | None = None) -> Params:
+    """Validate merge parameters; errors name the option (`--lambda: ...`) or, with `where`
+    (a config file), the parameter (`merge.yaml: parameter 'lambda': ...`)."""
+    from pydantic import ValidationError
+
+    if any(key not in spec.params.model_fields for key in values):
+        return spec.validate_params(values, where or f"merge {spec.name}")  # unknown key: did-you-mean error
+    try:
+        return spec.params(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = option_name(str(error["loc"][0])) if error["loc"] else ""
+        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+        label = f"{where}: parameter '{field}'" if where else f"--{field}"
+        raise InputError(f"{label}: {error['msg']}{got}") from None
+
+
+def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:
+    """The registry spec of a method class (its factory is the class itself, imported lazily)."""
+    return MergeMethodSpec(
+        name=method.name,
+        factory=f"{method.__module__}:{method.__name__}",
+        summary=method.summary,
+        reference=method.reference,
+        params=method.Params,
+        needs_base=method.base == "required",
+    )

@@ -1,0 +1,477 @@
+"""The streaming merge executor: one implementation of loading, checking, dtype and writing.
+
+For every parameter name of the first `--model` (in file order), the executor reads that
+tensor from every input, converts floating tensors to float32 (float64 if an input is
+float64), calls the method's `merge_tensor`, casts the result to the output dtype and
+appends it to the output shard. Peak memory is about the largest tensor times the number
+of inputs (plus the method's temporaries), not the model size.
+
+Before anything is written, it checks that the inputs are local model directories of one
+architecture with the same tensor names and shapes (naming the first tensor that
+differs), that safetensors files are whole, and that the method accepts the inputs and
+every per-tensor parameter set.
+
+Vocabulary rule: a base or auxiliary model (instruct model, instruction vector) may have
+fewer rows than the `--model`s in the tensors whose first dimension is the vocabulary
+(embeddings, LM head) when the models' vocabularies were extended by adaptation. The
+method then runs on the shared rows, and the rows only the `--model`s have (tokens added
+by adaptation) are copied unchanged from the first `--model`. Token ids are assumed to be
+kept by the extension (new tokens appended), as tokenizer extension does.
+
+Non-floating tensors (integer buffers) are copied from the first `--model`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from adaptkit import __version__
+from adaptkit.errors import InputError
+from adaptkit.io.atomic import atomic_dir, check_output
+from adaptkit.merge.base import MergeMethod, TensorContext, layer_index, public_params
+from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
+from adaptkit.merge.units import UnitFile
+from adaptkit.specs import Params
+
+OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+VECTOR_INFO = "instruct_vector.json"
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input: its role ('model', 'base' or a method parameter), path, flag and kind.
+
+    kind: 'model' (HF model directory), 'vector' (instruction-vector directory) or
+    'tensors' (a safetensors file of per-parameter masks or scores, or its directory,
+    where `filename` is looked up).
+    """
+
+    role: str
+    path: Path
+    flag: str
+    kind: str = "model"
+    filename: str = ""
+
+
+@dataclass
+class MergeOptions:
+    overwrite: bool = False
+    dtype: str | None = None  # output dtype of floating tensors; default: as in the first --model
+    seed: int = 0
+    shard_size: int = 5 * 10**9
+    tokenizer_from: Path | None = None  # default: the first --model
+    prefix: str = "model"  # output shard names: <prefix>.safetensors / <prefix>-0000i-of-0000n.safetensors
+    write_config: bool = True  # False for outputs that are not models (instruction vectors)
+    copy_tokenizer: bool = True
+    vocab_rule: bool = True  # allow base/aux inputs with fewer vocabulary rows (see the module doc)
+    finalize: Callable[[Path, dict[str, Any]], list[str]] | None = None  # adds files; returns notes for the card
+    command: str = ""  # for the card
+    config: str = ""  # the YAML config text, for the card
+    title: str = "Merge card"
+    progress: bool = False
+
+
+@dataclass
+class _Source:
+    input: Input
+    tensors: TensorSource
+    config: dict[str, Any]
+    units: UnitFile | None = None  # for 'tensors' inputs: entries by parameter name
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    @property
+    def vocab_size(self) -> int | None:
+        size = self.config.get("vocab_size", (self.config.get("text_config") or {}).get("vocab_size"))
+        return int(size) if size is not None else None
+
+    def describe(self) -> str:
+        return f"{self.input.flag} '{self.input.path}'"
+
+
+def _open(item: Input) -> _Source:
+    path = Path(item.path)
+    if item.kind == "tensors":
+        file = path / item.filename if path.is_dir() else path
+        if not file.is_file():
+            expected = f"a safetensors file or a directory holding {item.filename}" if item.filename else "a safetensors file"
+            raise InputError(f"{item.flag}: '{file}' not found; expected {expected}")
+        tensors = TensorSource(file, item.flag)
+        return _Source(item, tensors, {}, UnitFile(tensors))
+    if item.kind == "vector":
+        info_file = path / VECTOR_INFO
+        if not info_file.is_file():
+            raise InputError(f"{item.flag}: '{path}' is not an instruction vector (no {VECTOR_INFO}); make one with `adaptkit instruct-vector extract`")
+        try:
+            info = json.loads(info_file.read_text())
+        except ValueError:
+            raise InputError(f"{item.flag}: '{info_file}' is not valid JSON") from None
+        return _Source(item, TensorSource(path, item.flag, prefix="vector"), info)
+    if path.is_file() and path.suffix == ".gguf":
+        raise InputError(f"{item.flag}: '{path}' is a GGUF file; merging needs a model directory with safetensors weights")
+    if not path.is_dir():
+        raise InputError(f"{item.flag}: '{path}' is not a local model directory (with config.json and *.safetensors)")
+    from adaptkit.io.models import read_config, resolve_model_source
+
+    resolve_model_source(path, item.flag)
+    try:
+        config = read_config(path)
+    except ValueError:
+        raise InputError(f"{item.flag}: '{path}/config.json' is not valid JSON") from None
+    return _Source(item, TensorSource(path, item.flag), config)
+
+
+def _check_alignment(reference: _Source, other: _Source, strict: bool) -> dict[str, int]:
+    """Same architecture, names and shapes; returns {tensor: shared rows} where the vocabulary rule applies."""
+    if other.model_type and reference.model_type and other.model_type != reference.model_type:
+        raise InputError(
+            f"{other.input.flag}: '{other.input.path}' is a '{other.model_type}' model but {reference.describe()} "
+            f"is '{reference.model_type}'; inputs must share one architecture"
+        )
+    names, other_names = reference.tensors.tensors, other.tensors.tensors
+    missing = [name for name in names if name not in other_names]
+    if missing:
+        raise InputError(f"{other.input.flag}: '{other.input.path}' has no tensor '{missing[0]}' that {reference.describe()} has; architectures differ")
+    extra = [name for name in other_names if name not in names]
+    if extra:
+        raise InputError(f"{other.input.flag}: '{other.input.path}' has a tensor '{extra[0]}' that {reference.describe()} lacks; architectures differ")
+    shared_rows: dict[str, int] = {}
+    for name, info in names.items():
+        theirs = other_names[name].shape
+        if theirs == info.shape:
+            continue
+        vocab_rows = (
+            not strict
+            and len(theirs) == len(info.shape) >= 1
+            and theirs[1:] == info.shape[1:]
+            and theirs[0] < info.shape[0]
+            and theirs[0] == other.vocab_size
+            and info.shape[0] == reference.vocab_size
+        )
+        if not vocab_rows:
+            raise InputError(
+                f"{other.input.flag}: tensor '{name}' has shape {tuple(theirs)} in '{other.input.path}' "
+                f"but {tuple(info.shape)} in {reference.describe()}; shapes must match"
+            )
+        shared_rows[name] = theirs[0]
+    return shared_rows
+
+
+def _num_layers(reference: _Source) -> int:
+    configured = reference.config.get("num_hidden_layers", (reference.config.get("text_config") or {}).get("num_hidden_layers"))
+    if configured:
+        return int(configured)
+    indices = [layer_index(name) for name in reference.tensors.tensors]
+    return max((i for i in indices if i is not None), default=-1) + 1
+
+
+def _tensor_hash_algorithm() -> tuple[str, Callable[[], Any]]:
+    """xxh3-128 (about 10x faster than sha256) when the xxhash package is installed, else sha256."""
+    try:
+        import xxhash
+
+        return "xxh3_128", xxhash.xxh3_128
+    except ImportError:
+        return "sha256", hashlib.sha256
+
+
+class _Hasher:
+    """A content hash of a model's weights, independent of sharding and tensor order:
+    sha256 over the sorted (name, per-tensor hash of dtype, shape and bytes)."""
+
+    algorithm, _new = _tensor_hash_algorithm()
+
+    def __init__(self) -> None:
+        self.digests: dict[str, str] = {}
+
+    def update(self, name: str, tensor: torch.Tensor) -> None:
+        digest = self._new(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(raw_bytes(tensor))
+        self.digests[name] = digest.hexdigest()
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for name in sorted(self.digests):
+            total.update(f"{name}:{self.digests[name]}\n".encode())
+        return f"{self.algorithm}:{total.hexdigest()}"
+
+
+def run_merge(
+    method: MergeMethod,
+    params: Params,
+    models: list[Input],
+    output: Path,
+    base: Input | None = None,
+    aux: list[Input] | None = None,
+    options: MergeOptions | None = None,
+    tensor_params: Callable[[str, float], Params] | None = None,
+) -> dict[str, Any]:
+    """Merge `models` (and `base`, `aux`) with `method` into the model directory `output`.
+
+    `tensor_params(name, t)` gives per-tensor parameters (mergekit filters and gradients);
+    otherwise `params` applies to every tensor. Returns the summary recorded in the card.
+    """
+    options = options or MergeOptions()
+    aux = aux or []
+    started = time.perf_counter()
+    check_output(output, options.overwrite)
+    if options.dtype is not None and options.dtype not in OUTPUT_DTYPES:
+        raise InputError(f"--dtype: '{options.dtype}' is not supported (choose from {', '.join(OUTPUT_DTYPES)})")
+    if options.tokenizer_from is not None and not Path(options.tokenizer_from).is_dir():
+        raise InputError(f"--tokenizer-from: '{options.tokenizer_from}' is not a directory")
+
+    sources = [_open(item) for item in models]
+    reference = sources[0]
+    if not reference.tensors.tensors:
+        raise InputError(f"{reference.input.flag}: '{reference.input.path}' holds no tensors")
+    num_layers = _num_layers(reference)
+    names = list(reference.tensors.tensors)
+    params_for = _param_table(method, params, tensor_params, names, num_layers, len(sources), base is not None)
+    base_source = _open(base) if base is not None else None
+    aux_sources = [_open(item) for item in aux]
+    shared_rows: dict[str, int] = {}
+    for other in sources[1:]:
+        _check_alignment(reference, other, strict=True)
+    for other in ([base_source] if base_source else []) + [s for s in aux_sources if s.input.kind != "tensors"]:
+        for name, rows in _check_alignment(reference, other, strict=not options.vocab_rule).items():
+            shared_rows[name] = min(rows, shared_rows.get(name, rows))
+    for other in [s for s in aux_sources if s.input.kind == "tensors"]:
+        stray = [name for name in other.units.entries if name not in reference.tensors.tensors]
+        if stray:
+            raise InputError(f"{other.input.flag}: '{stray[0]}' in '{other.tensors.path}' is not a parameter of {reference.describe()}; made for another model?")
+
+    plan = []
+    for name in names:
+        info = reference.tensors.tensors[name]
+        floating = DTYPES[info.dtype].is_floating_point
+        dtype = OUTPUT_DTYPES[options.dtype] if (options.dtype and floating) else info.dtype
+        plan.append(PlannedTensor(name, dtype, info.shape))
+
+    everything = sources + ([base_source] if base_source else []) + aux_sources
+    hashers = {id(source): _Hasher() for source in everything}
+    with atomic_dir(output, options.overwrite) as tmp:
+        writer = ShardedWriter(tmp, plan, options.shard_size, prefix=options.prefix)
+        # Inputs are hashed on two threads and each output is written on a third while the
+        # next tensor is merged (hashing, file writes and torch release the GIL); at most
+        # one written tensor is in flight. Torch computes on one thread: the work is
+        # elementwise and memory-bound, and an OpenMP team stalls at every operation when
+        # a core is busy (our I/O threads, or other processes on a shared machine).
+        hash_pool, write_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        pending = None
+        try:
+            with _progress(options.progress, len(plan)) as advance:
+                for item in plan:
+                    out = _merge_one(
+                        method, params_for(item.name), item, sources, base_source, aux_sources,
+                        shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool,
+                    )
+                    if pending is not None:
+                        pending.result()
+                    pending = write_pool.submit(writer.write, item.name, out)
+                    del out
+                    advance()
+            if pending is not None:
+                pending.result()
+            files = writer.finish()
+        except BaseException:
+            write_pool.shutdown(wait=True, cancel_futures=True)
+            writer.abort()
+            raise
+        finally:
+            torch.set_num_threads(torch_threads)
+            hash_pool.shutdown()
+            write_pool.shutdown()
+            for source in everything:
+                source.tensors.close()
+        seconds = time.perf_counter() - started
+        summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
+        if options.write_config:
+            _write_config(reference, tmp, options.dtype)
+        if options.copy_tokenizer:
+            _copy_tokenizer(Path(options.tokenizer_from or reference.input.path), tmp)
+        if options.finalize is not None:
+            summary["notes"] = options.finalize(tmp, summary)
+        (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
+    return summary
+
+
+def _param_table(method, params, tensor_params, names, num_layers, n_models, has_base) -> Callable[[str], Params]:
+    """Per-tensor parameters, all resolved and checked before anything is written."""
+    if tensor_params is None:
+        method.check(params, n_models, has_base, num_layers)
+        return lambda name: params
+    table: dict[str, Params] = {}
+    checked: set[int] = set()
+    for name in names:
+        context = TensorContext(name=name, num_layers=num_layers)
+        resolved = tensor_params(name, context.t)
+        if id(resolved) not in checked:
+            method.check(resolved, n_models, has_base, num_layers)
+            checked.add(id(resolved))
+        table[name] = resolved
+    return table.__getitem__
+
+
+def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool) -> torch.Tensor:
+    """Read one tensor from every input, hash it, merge it in the compute dtype, cast it for output."""
+    name = item.name
+    tensors = [source.tensors.read(name) for source in sources]
+    base = base_source.tensors.read(name) if base_source else None
+    aux: dict[str, torch.Tensor | None] = {}
+    aux_meta: dict[str, dict[str, str]] = {}
+    for source in aux_sources:
+        if source.units is None:
+            aux[source.input.role] = source.tensors.read(name)
+        else:
+            found = source.units.read(name)
+            aux[source.input.role] = found[0] if found else None
+            aux_meta[source.input.role] = {"granularity": found[1]} if found and found[1] else {}
+    read = list(zip(sources, tensors)) + ([(base_source, base)] if base is not None else [])
+    read += [(s, aux[s.input.role]) for s in aux_sources if aux[s.input.role] is not None]
+    for done in [hash_pool.submit(hashers[id(source)].update, name, tensor) for source, tensor in read]:
+        done.result()  # before merging: methods may overwrite their inputs
+
+    out_dtype = DTYPES[item.dtype]
+    if not tensors[0].is_floating_point():
+        return tensors[0].to(out_dtype)
+    compute = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    full_rows = tensors[0].shape[0] if tensors[0].dim() else 0
+    cut = rows is not None and rows < full_rows
+
+    def prepare(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None or not tensor.is_floating_point():
+            return tensor
+        if cut and tensor.shape[0] == full_rows:
+            tensor = tensor[:rows]
+        return tensor.to(compute)
+
+    tail = tensors[0][rows:].to(compute) if cut else None
+    inputs = [prepare(t) for t in tensors]
+    del tensors, read
+    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux={k: prepare(v) for k, v in aux.items()}, aux_meta=aux_meta)
+    shape = tuple(inputs[0].shape)
+    merged = method.merge_tensor(inputs, prepare(base), params, context)
+    if tuple(merged.shape) != shape:
+        raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{name}', expected {shape}")
+    if tail is not None:
+        merged = torch.cat([merged, tail])
+    return merged.to(out_dtype)
+
+
+class _progress:
+    """A Rich progress bar over tensors (only on a terminal); yields an `advance()` callable."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled
+        self.total = total
+        self.bar = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        task = self.bar.add_task("merging tensors", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary(method, params, per_tensor, sources, base_source, aux_sources, hashers, options, files, count, shared_rows, seconds, output) -> dict[str, Any]:
+    inputs = []
+    for source in sources + ([base_source] if base_source else []) + aux_sources:
+        inputs.append(
+            {
+                "role": source.input.role,
+                "path": str(Path(source.input.path).resolve()),
+                "weights_hash": hashers[id(source)].hexdigest(),
+                "model_type": source.model_type,
+            }
+        )
+    return {
+        "output": str(output),
+        "method": method.name,
+        "reference": method.reference,
+        "params": public_params(params),
+        "per_tensor_params": per_tensor,
+        "inputs": inputs,
+        "dtype": options.dtype or "as input",
+        "seed": options.seed,
+        "tensors": count,
+        "shards": len(files),
+        "extra_vocab_rows": sorted(shared_rows),
+        "seconds": round(seconds, 3),
+        "adaptkit": __version__,
+    }
+
+
+def _write_config(reference: _Source, directory: Path, dtype: str | None) -> None:
+    config = dict(reference.config)
+    if dtype:
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+        config["dtype"] = dtype
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _copy_tokenizer(source: Path, directory: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, directory / name)
+
+
+def _card(summary: dict[str, Any], options: MergeOptions) -> str:
+    lines = [f"# {options.title}", ""]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append(f"Made by adaptkit {summary['adaptkit']} on {when}" + (f": `{options.command}`" if options.command else "") + ".")
+    lines += ["", f"- method: `{summary['method']}` ({summary['reference']})"]
+    lines.append(f"- output dtype: {summary['dtype']}; tensors: {summary['tensors']}; shards: {summary['shards']}; seed: {summary['seed']}")
+    if summary["per_tensor_params"]:
+        lines.append("- parameters vary by tensor (filters or gradients of the config); the values below are the defaults")
+    for note in summary.get("notes") or []:
+        lines.append(f"- {note}")
+    if summary["extra_vocab_rows"]:
+        lines.append(
+            "- vocabulary rule: rows that only the first --model has (tokens added by adaptation) were copied "
+            f"unchanged in: {', '.join(summary['extra_vocab_rows'])}"
+        )
+    lines += ["", "## Inputs", "", "| role | path | weights hash | model type |", "| --- | --- | --- | --- |"]
+    for item in summary["inputs"]:
+        lines.append(f"| {item['role']} | {item['path']} | `{item['weights_hash']}` | {item['model_type']} |")
+    lines += ["", "Weights hash: sha256 over the sorted tensor names and per-tensor hashes (the named algorithm) of dtype, shape and bytes; independent of sharding."]
+    lines += ["", "## Parameters", "", "```json", json.dumps(summary["params"], indent=2), "```", ""]
+    if options.config:
+        lines += ["## Config", "", "```yaml", options.config.rstrip(), "```", ""]
+    lines += ["## Record", "", "```json", json.dumps(summary, indent=2), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Instruction residuals: extract once, apply with any alpha, one-step form, added vocabulary rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from _merge_helpers import close, run_ok, weights
+
+TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def family(make_model_dir, tmp_path_factory):
+    """OLMo-2 base, an 'instruct' model with a chat template, and an 'adapted' base."""
+    root = tmp_path_factory.mktemp("family")
+    instruct = root / "instruct"
+    shutil.copytree(make_model_dir("olmo2", 1), instruct)
+    (instruct / "chat_template.jinja").write_text(TEMPLATE)
+    return make_model_dir("olmo2", 0), instruct, make_model_dir("olmo2", 2)
+
+
+def test_extract_apply_and_one_step(invoke, family, tmp_path):
+    base, instruct, adapted = family
+    result = run_ok(invoke, "instruct-vector", "extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv", "--json")
+    assert json.loads(result.stdout)["output"] == str(tmp_path / "iv")
+    info = json.loads((tmp_path / "iv" / "instruct_vector.json").read_text())
+    assert info["model_type"] == "olmo2" and set(info["inputs"]) == {"instruct", "base"}
+    assert (tmp_path / "iv" / "chat_template.jinja").read_text() == TEMPLATE
+    w0, wi, wa = weights(base), weights(instruct), weights(adapted)
+    vector = weights(tmp_path / "iv", prefix="vector")
+    close(vector, {n: wi[n] - w0[n] for n in w0}, atol=0)
+
+    run_ok(invoke, "instruct-vector", "apply", "--model", adapted, "--vector", tmp_path / "iv", "--alpha", "0.5", "-o", tmp_path / "two", "-q")
+    close(weights(tmp_path / "two"), {n: wa[n] + 0.5 * (wi[n] - w0[n]) for n in w0})
+    assert (tmp_path / "two" / "chat_template.jinja").read_text() == TEMPLATE  # the adapted base had none
+
+    run_ok(invoke, "instruct-vector", "apply", "--model", adapted, "--base", base, "--instruct", instruct, "--alpha", "0.5", "-o", tmp_path / "one", "-q")
+    close(weights(tmp_path / "one"), {n: wi[n] + 0.5 * (wa[n] - w0[n]) for n in w0})
+
+    run_ok(invoke, "instruct-vector", "apply", "--model", adapted, "--vector", tmp_path / "iv", "-o", tmp_path / "two1", "-q")
+    run_ok(invoke, "instruct-vector", "apply", "--model", adapted, "--base", base, "--instruct", instruct, "-o", tmp_path / "one1", "-q")
+    close(weights(tmp_path / "two1"), weights(tmp_path / "one1"))  # both forms agree at alpha = 1
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "two")
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<s>user: hi</s>"
+
+
+def test_rows_of_tokens_added_by_adaptation_are_kept(invoke, family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base, instruct, adapted = family
+    model = AutoModelForCausalLM.from_pretrained(adapted)
+    old = model.config.vocab_size
+    model.resize_token_embeddings(old + 8)
+    model.save_pretrained(tmp_path / "extended")
+    run_ok(invoke, "instruct-vector", "extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv", "-q")
+    run_ok(invoke, "instruct-vector", "apply", "--model", tmp_path / "extended", "--vector", tmp_path / "iv", "--alpha", "0.8", "-o", tmp_path / "two", "-q")
+    run_ok(invoke, "instruct-vector", "apply", "--model", tmp_path / "extended", "--base", base, "--instruct", instruct, "--alpha", "0.8", "-o", tmp_path / "one", "-q")
+    w0, wi, we = weights(base), weights(instruct), weights(tmp_path / "extended")
+    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert two[n].shape[0] == old + 8
+        assert torch.allclose(two[n][:old], we[n][:old] + 0.8 * (wi[n] - w0[n]), atol=1e-6)
+        assert torch.allclose(one[n][:old], wi[n] + 0.8 * (we[n][:old] - w0[n]), atol=1e-6)
+        assert torch.equal(two[n][old:], we[n][old:]) and torch.equal(one[n][old:], we[n][old:])
+    assert "tokens added by adaptation" in (tmp_path / "two" / "merge_card.md").read_text()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config.vocab_size == old + 8

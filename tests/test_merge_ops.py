@@ -1,0 +1,77 @@
+"""The tensor operations and the safetensors streaming under the merge executor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _merge_helpers import disjoint_merge
+from safetensors.torch import load_file, save_file
+
+from adaptkit.merge import ops
+from adaptkit.merge.stream import PlannedTensor, ShardedWriter, TensorSource
+
+
+@pytest.fixture(params=[ops.CHUNK, 7], ids=["one-chunk", "many-chunks"])
+def chunk(request, monkeypatch):
+    monkeypatch.setattr(ops, "CHUNK", request.param)
+    return request.param
+
+
+def test_trim_keeps_exactly_k_largest_even_with_ties(chunk):
+    delta = torch.tensor([0.5, -0.5, 0.1, 0.5, -0.9, 0.0, 0.5, 0.2, -0.5, 0.3] * 5)
+    for density in (0.1, 0.3, 0.55, 0.9):
+        k = max(1, int(density * delta.numel()))
+        kept = ops.magnitude_trim_(delta.clone(), density)
+        assert int((kept != 0).sum()) == k
+        assert torch.equal(kept[kept != 0], delta[kept != 0])  # survivors unchanged
+        assert kept.abs().max() == delta.abs().max()
+        if (kept == 0).any() and (kept != 0).any():
+            assert delta[kept == 0].abs().max() <= delta[kept != 0].abs().min()
+    assert torch.equal(ops.topk_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1), torch.tensor([True, False, False, False]))
+
+
+def test_sign_consensus_matches_the_elementwise_definition(chunk):
+    gen = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(6, 9, generator=gen) * (torch.rand(6, 9, generator=gen) > 0.3) for _ in range(3)]
+    for weights in ([1.0, 1.0, 1.0], [0.5, -1.0, 2.0], [1.0, 0.0, 0.3]):
+        for normalize in (True, False):
+            expected = disjoint_merge(deltas, weights, normalize)
+            actual = ops.sign_consensus([d.clone() for d in deltas], weights, normalize)
+            assert torch.allclose(actual, expected, atol=1e-6), (weights, normalize)
+
+
+def test_dare_drop_is_reproducible_and_rescales(chunk):
+    delta = torch.randn(50, 40)
+    first = ops.dare_drop_(delta.clone(), 0.3, torch.Generator().manual_seed(1))
+    again = ops.dare_drop_(delta.clone(), 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again)
+    kept = first != 0
+    assert torch.allclose(first[kept], delta[kept] / 0.3)
+    assert abs(kept.float().mean().item() - 0.3) < 0.05
+
+
+def test_sharded_writer_and_source_round_trip(tmp_path):
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).to(torch.bfloat16),
+        "flag": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "empty": torch.zeros(0, 4),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+    }
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.bool: "BOOL", torch.float64: "F64", torch.int64: "I64"}
+    plan = [PlannedTensor(n, names[t.dtype], tuple(t.shape)) for n, t in tensors.items()]
+    writer = ShardedWriter(tmp_path, plan, max_shard_bytes=40)
+    for name, tensor in tensors.items():
+        writer.write(name, tensor)
+    files = writer.finish()
+    assert len(files) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
+    loaded = {}
+    for file in files:
+        loaded.update(load_file(str(tmp_path / file)))  # the reference reader accepts our files
+    source = TensorSource(tmp_path, "--model")
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor) and torch.equal(source.read(name), tensor), name
+    source.close()
+    save_file({"x": torch.ones(4)}, str(tmp_path / "single.safetensors"))
+    assert torch.equal(TensorSource(tmp_path / "single.safetensors", "--mask").read("x"), torch.ones(4))
