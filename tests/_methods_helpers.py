@@ -13,6 +13,10 @@ from adaptkit.hookspecs import hookimpl
 from adaptkit.registry import register_plugin, reset_registry
 from adaptkit.specs import MethodSpec
 
+# One intra-op thread: these models are tiny, and on a shared 2-core machine OpenMP threads that spin
+# while other processes hold the cores make a step up to 100x slower.
+torch.set_num_threads(1)
+
 # tiny runs: 3 optimizer steps of 4 x 32 tokens; a large lr and weight decay so that every trainable
 # entry moves and a frozen entry touched by weight decay would show
 TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-2", "--weight-decay", "0.1", "--warmup-ratio", "0", "--quiet"]

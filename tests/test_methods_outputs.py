@@ -28,6 +28,7 @@ def capture():
     ("adalora", ADALORA_FAST),
     ("layra", ["--set", "first=1", "--set", "last=0"]),
 ])
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft checks AdaLoRA rank patterns like LoRA ones
 def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corpora, invoke, capture, method, args):
     from transformers import AutoModelForCausalLM
 

@@ -99,11 +99,18 @@ class LotteryTicketAdaptation(TrainingMethod):
             del base
             full = {name: UpdateMask("element", torch.ones(tuple(p.shape), dtype=torch.bool)) for name, p in model.named_parameters() if id(p) in skip}
             masks = MaskSet({**element, **full}, {"method": "lota", "sparsity": str(params.sparsity), "calibration_steps": str(params.calibration_steps), "seed": str(ctx.seed)})
-            _save_atomically(masks, mask_dir)
+            if _is_main_process():  # every process computed the same mask; one writes it
+                _save_atomically(masks, mask_dir)
         plan = TrainingPlan.from_masks(model, masks)
         trainable, total = plan.counts()
         plan.summary = f"lottery ticket adaptation: {trainable:,} of {total:,} entries train ({trainable / max(1, total):.1%}), mask in {MASK_DIR}/"
         return plan
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _save_atomically(masks, directory) -> None:
