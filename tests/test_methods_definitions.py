@@ -116,18 +116,22 @@ def test_gmt_mask_smallest_counts_and_ties():
     from adaptkit.plugins.methods.gmt import mask_smallest
 
     grad = torch.tensor([[0.5, -0.1, 0.0], [0.0, 2.0, -0.3]])
-    assert mask_smallest(grad, 0.5) == 3
+    mask_smallest(grad, 0.5)  # k = 3: the three smallest magnitudes, the two zeros tied at the threshold among them
     assert torch.equal(grad, torch.tensor([[0.5, 0.0, 0.0], [0.0, 2.0, -0.3]]))
 
 
-def test_kth_largest_matches_topk():
-    from adaptkit.plugins.methods.lota import kth_largest
+def test_kth_order_statistics_span_tensors_exactly():
+    from adaptkit.engine.select import kth_largest, kth_smallest
 
     generator = torch.Generator().manual_seed(0)
     tensors = [torch.randn(shape, generator=generator).abs() for shape in ((17, 5), (300,), (4, 4, 4))]
-    flat = torch.cat([t.flatten() for t in tensors])
-    for k in (1, 7, 100, flat.numel()):
-        assert kth_largest(tensors, k) == flat.topk(k).values.min().item()
+    tensors.append(torch.tensor([0.0, 0.0, 1.5, 1.5, float("inf")]))  # ties, zeros, inf
+    ordered = torch.cat([t.flatten() for t in tensors]).sort().values
+    for k in (1, 2, 3, 7, 100, 250, ordered.numel() - 1, ordered.numel()):
+        assert kth_smallest(tensors, k) == ordered[k - 1].item()
+        assert kth_largest(tensors, k) == ordered[-k].item()
+    with pytest.raises(ValueError):
+        kth_smallest(tensors, 0)
 
 
 def test_lota_mask_is_the_top_delta_of_the_calibration_finetune(tmp_path, llama_dir, corpora, invoke):
@@ -145,6 +149,16 @@ def test_lota_mask_is_the_top_delta_of_the_calibration_finetune(tmp_path, llama_
     assert set(masks) == set(delta)
     for name, d in delta.items():
         assert torch.equal(masks[name].bool(), d >= threshold), name
+
+
+def test_lota_selection_is_reproducible_by_seed(tmp_path, llama_dir, corpora, invoke):
+    settings = ["--model", llama_dir, "--data", corpora["ha"], "--method", "lota", "--set", "calibration_steps=2", *TRAIN]
+    masks = {}
+    for label, seed in (("a", "42"), ("b", "42"), ("c", "7")):
+        assert invoke("train", *settings, "--seed", seed, "-o", tmp_path / label).returncode == 0
+        masks[label] = load_file(str(tmp_path / label / "lota" / "masks.safetensors"))
+    assert all(torch.equal(masks["a"][n], masks["b"][n]) for n in masks["a"])
+    assert any(not torch.equal(masks["a"][n], masks["c"][n]) for n in masks["a"])
 
 
 def test_lota_resume_reuses_the_saved_mask(tmp_path, llama_dir, corpora, invoke, monkeypatch):

@@ -27,12 +27,14 @@ def capture():
     ("lora", ["--set", "target_modules=q_proj,v_proj,down_proj"]),
     ("adalora", ADALORA_FAST),
     ("layra", ["--set", "first=1", "--set", "last=0"]),
+    ("layra-tied", ["--set", "first=0", "--set", "last=1"]),
 ])
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft checks AdaLoRA rank patterns like LoRA ones
 def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corpora, invoke, capture, method, args):
     from transformers import AutoModelForCausalLM
 
-    model_dir = make_model_dir("olmo2" if method in ("adalora", "layra") else "llama")
+    model_dir = make_model_dir("olmo2" if method in ("adalora", "layra") else "llama", tie_word_embeddings=method == "layra-tied")
+    method = method.removesuffix("-tied")
     out = tmp_path / method
     result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", f"{method}-capture", "-o", out, *args, *TRAIN)
     assert result.returncode == 0, result

@@ -20,7 +20,7 @@ def command(
     pretrain_steps: Annotated[int, typer.Option("--pretrain-steps", min=1, help="Source-language steps that make the base model.")] = 150,
     seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Tokens per block.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (tiny models like it high).")] = 3e-3,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (tiny models like it high).")] = 3e-3,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16 (repeatable).")] = None,
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
@@ -37,6 +37,8 @@ def command(
     from adaptkit.io.atomic import check_output
     from adaptkit.quickstart import QuickstartOptions, resolve_methods, run_quickstart, table_rows
 
+    if not lr > 0:
+        raise InputError(f"--lr: must be positive, got {lr}")
     options = QuickstartOptions(arch=arch, source_lang=source_lang, target_lang=target_lang, steps=steps, pretrain_steps=pretrain_steps,
                                 seq_len=seq_len, batch_size=batch_size, lr=lr, seed=42 if seed is None else seed)
     overrides: dict[str, dict] = {}

@@ -4,7 +4,8 @@
 It uses the run's own settings: AdamW with the run's optimizer config, the run's schedule
 stretched over the pilot steps, the run's batch size, micro-batches, clipping and precision, and
 the run's deterministic batches (steps 0..N-1). Every process computes it in full on the global
-batches, so the decision it informs is the same in every process. The RNG state is restored
+batches (in micro-batches of the size the main loop uses per process), so the decision it informs
+is the same in every process. The RNG state is restored
 afterwards, so the main run does not depend on whether a pilot ran.
 """
 
@@ -23,13 +24,19 @@ if TYPE_CHECKING:
     from adaptkit.engine.plan import MethodContext
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def pilot_finetune(model: torch.nn.Module, ctx: "MethodContext", steps: int) -> list[float]:
     """Fully fine-tune `model` in place for `steps` optimizer steps; returns the loss of each step."""
     config = ctx.config
     trainable = apply_plan(TrainingPlan.full(model))
     optimizer = build_optimizer(trainable, config.optimizer, ctx.device)
     scheduler = build_schedule(optimizer, config.schedule, steps)
-    batches = Batches(ctx.train_blocks, config.batch_size, config.micro_batch_size or config.batch_size, config.seed)
+    batches = Batches(ctx.train_blocks, config.batch_size, config.micro_batch_size or max(1, config.batch_size // _world_size()), config.seed)
     bf16 = _precision(config, ctx.device) == "bf16"
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     losses: list[float] = []

@@ -39,16 +39,14 @@ class GradientMaskParams(Params):
     skip_embeddings_and_head: bool = Field(False, description="Leave the gradients of the embeddings and LM head unmasked (the SSU repository's GMT run).")
 
 
-def mask_smallest(grad, ratio: float) -> int:
+def mask_smallest(grad, ratio: float) -> None:
     """Zero, in place, the entries of `grad` whose magnitude is at or below its k-th smallest, k = floor(ratio * numel)."""
+    from adaptkit.engine.select import kth_smallest
+
     k = int(grad.numel() * ratio)
-    if k == 0:
-        return 0
-    magnitude = grad.detach().abs()
-    threshold = magnitude.flatten().kthvalue(k).values
-    drop = magnitude <= threshold
-    grad.masked_fill_(drop, 0)
-    return int(drop.sum())
+    if k:
+        magnitude = grad.detach().abs()
+        grad.masked_fill_(magnitude <= kth_smallest([magnitude], k), 0)
 
 
 class GradientMask(TrainingCallback):
@@ -57,15 +55,11 @@ class GradientMask(TrainingCallback):
     def __init__(self, names: list[str], ratio: float):
         self.names = set(names)
         self.ratio = ratio
-        self.masked_fraction = 0.0
 
     def transform_gradients(self, model, step: int) -> None:
-        masked = total = 0
         for name, param in model.named_parameters():
             if name in self.names and param.grad is not None:
-                masked += mask_smallest(param.grad, self.ratio)
-                total += param.grad.numel()
-        self.masked_fraction = masked / max(1, total)
+                mask_smallest(param.grad, self.ratio)
 
 
 class GradientMaskTuning(TrainingMethod):

@@ -35,7 +35,9 @@ class LoRA(TrainingMethod):
         p = self.params
         settings = dict(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=resolve_targets(model, p.target_modules))
         if p.train_embeddings_and_head:
-            settings.update(modules_to_save=embedding_module_names(model), ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False)))
+            settings["modules_to_save"] = embedding_module_names(model)
+            if getattr(model.config, "tie_word_embeddings", False):
+                settings["ensure_weight_tying"] = True  # the trained copies stay tied (peft >= 0.18)
         return settings
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:

@@ -37,30 +37,12 @@ class LotteryTicketParams(Params):
     skip_embeddings_and_head: bool = Field(False, description="Train embeddings and LM head in full, outside the sparse mask (the SSU repository's LoTA run).")
 
 
-def kth_largest(tensors: list, k: int) -> float:
-    """The k-th largest value over several non-negative float tensors, without concatenating them.
-
-    Bisection over the bit patterns of float32 (ordered like the values for non-negative
-    floats): 31 counting passes, no copy of the data.
-    """
-    import torch
-
-    low, high = 0, 0x7F800000  # +0.0 and +inf as int32 bit patterns
-    while low < high:  # largest t with count(v >= t) >= k
-        mid = (low + high + 1) // 2
-        threshold = torch.tensor(mid, dtype=torch.int32).view(torch.float32).item()
-        if sum(int((t >= threshold).sum()) for t in tensors) >= k:
-            low = mid
-        else:
-            high = mid - 1
-    return torch.tensor(low, dtype=torch.int32).view(torch.float32).item()
-
-
 def lota_masks(model, base: dict, sparsity: float, skip: set[int]) -> dict:
     """Element masks keeping the top (1 - sparsity) fraction of |theta - base| over the considered parameters."""
     import torch
 
     from adaptkit.engine.masks import UpdateMask
+    from adaptkit.engine.select import kth_largest
 
     considered = {name: param for name, param in model.named_parameters() if id(param) not in skip}
     with torch.no_grad():
@@ -100,7 +82,10 @@ class LotteryTicketAdaptation(TrainingMethod):
             full = {name: UpdateMask("element", torch.ones(tuple(p.shape), dtype=torch.bool)) for name, p in model.named_parameters() if id(p) in skip}
             masks = MaskSet({**element, **full}, {"method": "lota", "sparsity": str(params.sparsity), "calibration_steps": str(params.calibration_steps), "seed": str(ctx.seed)})
             if _is_main_process():  # every process computed the same mask; one writes it
-                _save_atomically(masks, mask_dir)
+                from adaptkit.io.atomic import atomic_dir
+
+                with atomic_dir(mask_dir, overwrite=True, flag="-o/--output") as tmp:
+                    masks.save(tmp)
         plan = TrainingPlan.from_masks(model, masks)
         trainable, total = plan.counts()
         plan.summary = f"lottery ticket adaptation: {trainable:,} of {total:,} entries train ({trainable / max(1, total):.1%}), mask in {MASK_DIR}/"
@@ -111,18 +96,6 @@ def _is_main_process() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _save_atomically(masks, directory) -> None:
-    import shutil
-
-    from adaptkit.io.atomic import replace_path
-
-    tmp = directory.with_name(f".{directory.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    masks.save(tmp)
-    replace_path(tmp, directory)
 
 
 SPEC = MethodSpec(
