@@ -45,6 +45,7 @@ def _version(value: bool) -> None:
 
 def _add(app: typer.Typer, name: str, target: object, help_text: str | None = None) -> None:
     if isinstance(target, typer.Typer):
+        target.rich_markup_mode = None  # plain help: rich's help renderer costs more than the whole CLI start-up
         app.add_typer(target, name=name, help=help_text)
     else:
         app.command(name=name, help=help_text)(target)
@@ -57,6 +58,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
@@ -70,9 +72,7 @@ def build_app() -> typer.Typer:
         module = importlib.import_module(module_name)
         _add(app, name, getattr(module, "app", None) or module.command)
 
-    from adaptkit.registry import get_registry
-
-    for spec in get_registry().specs.get("command", {}).values():
+    for spec in _plugin_commands():
         if spec.name in BUILTIN_COMMANDS:
             continue
         try:
@@ -80,6 +80,42 @@ def build_app() -> typer.Typer:
         except AdaptkitError as exc:
             print(f"warning: plugin command '{spec.name}' is unavailable: {exc}", file=sys.stderr)
     return app
+
+
+def _third_party_plugins_installed() -> bool:
+    """Whether any installed distribution besides adaptkit declares an `adaptkit` entry point.
+
+    A direct scan of the dist-info folders on sys.path: importing importlib.metadata and
+    parsing every distribution would cost more than the rest of `adaptkit --help`.
+    """
+    marker = "[adaptkit]"
+    for entry in sys.path:
+        try:
+            children = os.scandir(entry or ".")
+        except OSError:
+            continue
+        with children:
+            for child in children:
+                name = child.name
+                if not name.endswith((".dist-info", ".egg-info")) or name.startswith("adaptkit-"):
+                    continue
+                try:
+                    with open(os.path.join(child.path, "entry_points.txt"), encoding="utf-8") as handle:
+                        if marker in handle.read():
+                            return True
+                except OSError:
+                    continue
+    return False
+
+
+def _plugin_commands() -> list:
+    """Commands added by third-party plugins. Built-in plugins add none, so without third-party
+    entry points the registry (and pydantic) is not loaded at all: `adaptkit --help` stays fast."""
+    if not _third_party_plugins_installed():
+        return []
+    from adaptkit.registry import get_registry
+
+    return list(get_registry().specs.get("command", {}).values())
 
 
 def _one_line(text: str) -> str:

@@ -66,6 +66,18 @@ def set_nested(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the (nested) model that `path[:-1]` leads to, for suggestions."""
+    current: Any = model
+    for part in path[:-1]:
+        annotation = getattr(current, "model_fields", {}).get(part)
+        annotation = annotation.annotation if annotation else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        current = annotation
+    return list(getattr(current, "model_fields", {}))
+
+
 def check_key(model: type[BaseModel], path: list[str], flag: str = "--set") -> bool:
     """True if `path` names a field of `model` (descending into nested models)."""
     current: Any = model
@@ -83,13 +95,19 @@ def check_key(model: type[BaseModel], path: list[str], flag: str = "--set") -> b
     return True
 
 
-def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
-    """Validate `data` with `model`; the first error becomes a one-line InputError."""
+def validate_config(model: type[M], data: dict[str, Any], source: str, flags: dict[str, str] | None = None) -> M:
+    """Validate `data` with `model`; the first error becomes a one-line InputError.
+
+    `flags` maps dotted keys to the CLI flags that set them, so errors name the flag.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        flag = (flags or {}).get(loc) or (flags or {}).get(loc.rsplit(".", 1)[0])
+        if flag:
+            raise InputError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
         if err["type"] == "extra_forbidden":
             from adaptkit.registry import did_you_mean
 

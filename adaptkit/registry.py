@@ -45,7 +45,7 @@ HOOK_FOR_KIND = {
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean: a, b?)' for the closest candidates, or ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 

@@ -6,8 +6,11 @@ parameters so that the whole suite runs on two CPU cores.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -16,7 +19,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("ADAPTKIT_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"adaptkit-test-cache-{os.getpid()}"))
+if "ADAPTKIT_CACHE" not in os.environ:  # a private token cache, removed when the session ends
+    _CACHE = tempfile.mkdtemp(prefix="adaptkit-test-cache-")
+    atexit.register(shutil.rmtree, _CACHE, True)
+    os.environ["ADAPTKIT_CACHE"] = _CACHE
 
 
 @pytest.fixture(scope="session")

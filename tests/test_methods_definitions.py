@@ -11,7 +11,7 @@ import pytest
 import torch
 from _methods_helpers import TRAIN, weights
 from conftest import assert_input_error
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from adaptkit.errors import InputError
 
@@ -234,9 +234,9 @@ def test_ewc_fisher_is_the_mean_squared_per_block_gradient(make_model_dir):
 
 
 def test_ewc_trains_with_a_calibration_set_and_pulls_toward_the_source(tmp_path, llama_dir, corpora, invoke):
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    save_file({"input_ids": torch.randint(4, 300, (4, 32), generator=torch.Generator().manual_seed(0))}, str(calib / "calibration.safetensors"))
+    from adaptkit.calibration import CalibrationSet
+
+    calib = CalibrationSet(torch.randint(4, 300, (4, 32), generator=torch.Generator().manual_seed(0)), {"source": "test"}).save(tmp_path / "calib")
     base = ["--model", llama_dir, "--data", corpora["ha"], *TRAIN]
     ewc = invoke("train", *base, "--method", "soft-reg", "--set", "penalty=ewc", "--set", "strength=1000", "--calib", calib, "-o", tmp_path / "ewc")
     assert ewc.returncode == 0, ewc

@@ -1,10 +1,48 @@
-"""`adaptkit calibrate` (being built)."""
+"""`adaptkit calibrate`: build a calibration set (source-side token blocks) for scoring."""
 
-from adaptkit.commands.common import DebugOpt
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+def command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer (and chat template) renders the data: directory, .gguf or Hub id.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Chat / Alpaca JSONL, plain text, a saved dataset directory or a Hub dataset id.")],
+    output: OutputOpt,
+    fmt: Annotated[str, typer.Option("--format", help="auto, chat (`messages`), alpaca (`instruction`/`input`/`output`) or text.")] = "auto",
+    template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (default), chatml, plain, or a .jinja file.")] = None,
+    pool: Annotated[int, typer.Option("--pool", help="Raw examples to sample (paper: 2000).")] = 2000,
+    num_samples: Annotated[int, typer.Option("--num-samples", help="Blocks to keep (paper: 500; 128 is its cheaper setting).")] = 500,
+    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per block (paper: 2048).")] = 2048,
+    text_field: Annotated[str, typer.Option("--text-field", help="Field of plain-text JSONL records.")] = "text",
+    split: Annotated[str, typer.Option("--split", help="Split of a dataset directory or Hub dataset.")] = "train",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the example and block sampling.")] = 42,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow tokenizer code from the Hub.")] = False,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Sample source-side examples, render them with the chat template and pack them into token blocks."""
+    from adaptkit.calibration import build_calibration
+    from adaptkit.io.atomic import atomic_dir, check_output
 
-    raise AdaptkitError("adaptkit calibrate is not available in this build yet")
+    console = Console(json_out, quiet)
+    check_output(output, overwrite)
+    calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code)
+    with atomic_dir(output, overwrite) as tmp:
+        calibration.save(tmp)
+    m = calibration.manifest
+    if m["num_samples"] < m["num_samples_requested"]:
+        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {block_size} tokens could be made (asked for {num_samples}); raise --pool for more")
+    kinds = ", ".join(f"{n} {k}" for k, n in m["examples_by_format"].items() if n)
+    console.result(
+        {"output": str(output), **m},
+        f"[green]done[/green]: {m['num_samples']} blocks x {block_size} tokens ({m['tokens']:,} tokens) from {m['examples_used']} examples ({kinds}); "
+        f"template {m['template'] or 'none'}; written to {output}",
+    )

@@ -1,10 +1,119 @@
-"""`adaptkit evaluate` (being built)."""
+"""`adaptkit evaluate`: several models x several tasks -> results.json, results.md, plots.
 
-from adaptkit.commands.common import DebugOpt
+Tasks are `BACKEND:SPEC` (ppl, lm-eval, lighteval, mt, sum, or a plugin's backend). Data is
+read and checked once before any model loads; each model is loaded once for all tasks.
+Tag tasks with --source-task / --target-task to get the forgetting-vs-learning scatter
+(x: mean source change, y: mean target change vs --baseline, one point per model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adaptkit.commands.common import ConfigOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
+    """Per-backend settings: a YAML mapping {backend: {key: value}} then `--set backend.key=value`."""
+    from adaptkit.config import parse_set_overrides, read_yaml_mapping
+    from adaptkit.errors import InputError
 
-    raise AdaptkitError("adaptkit evaluate is not available in this build yet")
+    params: dict[str, dict] = {}
+    if config is not None:
+        for backend, values in read_yaml_mapping(config).items():
+            if not isinstance(values, dict):
+                raise InputError(f"--config: '{backend}' must map setting names to values (e.g. ppl: {{block_size: 512}})")
+            params[str(backend)] = dict(values)
+    for path, value in parse_set_overrides(overrides):
+        if len(path) != 2:
+            raise InputError(f"--set: expected BACKEND.KEY=VALUE (e.g. ppl.block_size=512), got '{'.'.join(path)}'")
+        params.setdefault(path[0], {})[path[1]] = value
+    return params
+
+
+def resolve_baseline(baseline: Optional[str], refs) -> Optional[str]:
+    from adaptkit.errors import InputError
+
+    if baseline is None:
+        return None
+    for ref in refs:
+        if baseline == ref.name or Path(baseline).expanduser().resolve() == Path(ref.location).expanduser().resolve():
+            return ref.name
+    raise InputError(f"--baseline: '{baseline}' is not one of the --model values ({', '.join(r.name for r in refs)})")
+
+
+def command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable).")],
+    task: Annotated[list[str], typer.Option("--task", "-t", help="BACKEND:SPEC, e.g. ppl:eng=en.txt, lm-eval:xnli_sw, lm-eval:./tasks, mt:flores.jsonl, sum:xlsum.jsonl (repeatable).")],
+    output: OutputOpt,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The model (name or path) that changes are measured against.")] = None,
+    source_task: Annotated[Optional[list[str]], typer.Option("--source-task", help="Task name measuring source ability (forgetting axis; repeatable).")] = None,
+    target_task: Annotated[Optional[list[str]], typer.Option("--target-task", help="Task name measuring target ability (learning axis; repeatable).")] = None,
+    generate: Annotated[Optional[Path], typer.Option("--generate", help="Also generate responses to these prompts (JSONL with 'prompt') with every model, for `adaptkit codemix`.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
+    from adaptkit.commands.common import Console
+    from adaptkit.errors import InputError
+    from adaptkit.evals.report import check_task_roles
+    from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
+    from adaptkit.io.atomic import atomic_dir, check_output
+
+    console = Console(json_out, quiet)
+    check_output(output, overwrite)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
+    refs = model_names(model)
+    for ref in refs:
+        check_model_config(ref.location)
+    baseline_name = resolve_baseline(baseline, refs)
+    prompts = None
+    if generate is not None:
+        from adaptkit.evals.generation import read_prompts
+
+        prompts = read_prompts(generate, "--generate")
+    prepared = prepare_tasks(list(task), backend_params(config, set_))
+    check_task_roles([t.name for t in prepared.tasks], list(source_task or []), list(target_task or []))
+
+    from adaptkit.evals.report import write_report
+    from adaptkit.evals.runner import run_evaluation
+
+    generations: list[dict] = []
+
+    def on_model(name, loaded, tokenizer):
+        if prompts is not None:
+            from adaptkit.evals.generation import generate_records
+
+            console.print(f"[dim]{name}: generating {len(prompts)} responses[/dim]")
+            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0))
+
+    run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0,
+                         progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), on_model=on_model)
+    with atomic_dir(output, overwrite) as tmp:
+        results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)
+        if prompts is not None:
+            import json
+
+            (tmp / "generations.jsonl").write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")
+            results["files"].append("generations.jsonl")
+    rows = []
+    for name in [r.name for r in refs]:
+        rows.append([name] + [results["results"][name][t["name"]][t["primary_metric"]] for t in results["tasks"]])
+    console.table("adaptkit evaluate", ["model"] + [f"{t['name']} ({t['primary_metric']})" for t in results["tasks"]], rows)
+    console.result(
+        {"output": str(output), "files": results["files"], "results": results["results"], "summary": results.get("summary")},
+        f"[green]wrote[/green] {output}/results.json, results.md" + (", plots" if plots else ""),
+    )

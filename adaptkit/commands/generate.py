@@ -1,10 +1,52 @@
-"""`adaptkit generate` (being built)."""
+"""`adaptkit generate`: responses of a model to a JSONL of prompts (input of `adaptkit codemix`)."""
 
-from adaptkit.commands.common import DebugOpt
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptkit.commands.common import DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+def command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it.")],
+    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
+    output: OutputOpt,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per response.")] = 256,
+    decoding: Annotated[str, typer.Option("--decoding", help="greedy, or paper (SSU: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1).")] = "greedy",
+    chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    seed: SeedOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
+    import json
 
-    raise AdaptkitError("adaptkit generate is not available in this build yet")
+    from adaptkit.commands.common import Console
+    from adaptkit.errors import InputError
+    from adaptkit.evals.generation import generate_records, read_prompts
+    from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
+    from adaptkit.io.atomic import atomic_file, check_output
+
+    console = Console(json_out, quiet)
+    check_output(output, overwrite)
+    if decoding not in ("greedy", "paper"):
+        raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
+    ref = model_names([model])[0]
+    check_model_config(ref.location)
+    rows = read_prompts(prompts)
+    loaded, tokenizer = load_model_ref(ref, dtype, device)
+    records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+    with atomic_file(output, overwrite) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    console.result({"output": str(output), "responses": len(records), "model": ref.name},
+                   f"[green]wrote[/green] {len(records)} responses to {output}")

@@ -1,70 +1,246 @@
-"""`adaptkit quickstart`: training methods side by side on the embedded demo (tiny model, UDHR text)."""
+"""`adaptkit quickstart`: the forgetting/learning trade-off, end to end, offline, on a CPU.
+
+With no `--model`, it builds the embedded default: a byte-level BPE tokenizer and a tiny
+Llama pre-trained on the English UDHR (the "source" model, which knows an English-like
+source language). It then continues pre-training that model on the target language's
+UDHR with each method in `--methods` (default: FFT and SSU-Wanda), and reports source
+and target perplexity on held-out paragraphs before and after. With `--model` (a Hub
+id, a local directory or a GGUF file) the same comparison runs on a real model.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt, SeedOpt
+from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt
+
+
+@contextlib.contextmanager
+def _inside(directory: Path):
+    """Run with `directory` as working directory, so every path the runs record is relative to it."""
+    previous = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def command(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for data, models, runs and results.")] = Path("runs/quickstart"),
-    methods: Annotated[str, typer.Option("--methods", help="Comma list of training methods, or 'all' (every method that needs no mask or calibration set).")] = "all",
-    arch: Annotated[str, typer.Option("--arch", help="Tiny model architecture: llama, olmo2 or qwen2.")] = "llama",
-    source_lang: Annotated[str, typer.Option("--source-lang", help="Language the base model is trained on first.")] = "en",
-    target_lang: Annotated[str, typer.Option("--target-lang", help="Language to adapt to.")] = "ha",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Adaptation steps per method.")] = 40,
-    pretrain_steps: Annotated[int, typer.Option("--pretrain-steps", min=1, help="Source-language steps that make the base model.")] = 150,
-    seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Tokens per block.")] = 64,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Demo directory (data, models, runs, eval report).")] = Path("demo"),
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A real model instead of the embedded default: Hub id, local dir or .gguf file.")] = None,
+    target_lang: Annotated[str, typer.Option("--target-lang", help="Target language of the UDHR text (e.g. ha, ig, am, ky, ne, sw, yo).")] = "ha",
+    source_lang: Annotated[str, typer.Option("--source-lang", help="Source language the model already knows.")] = "en",
+    methods: Annotated[str, typer.Option("--methods", help="Comma list of training methods to compare (see `adaptkit plugins --kind method`).")] = "fft,ssu-wanda",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Adaptation steps per method.")] = 100,
+    source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 150,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (tiny models like it high).")] = 3e-3,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16 (repeatable).")] = None,
-    seed: SeedOpt = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
+    freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare training methods side by side: adapt a tiny source-language model to a target language
-    with each method, then score target (adaptation) and source (forgetting) held-out loss."""
-    import shutil
+    """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
+    from adaptkit import demo
+    from adaptkit.errors import InputError
+    from adaptkit.io.atomic import atomic_dir
+    from adaptkit.registry import get_spec
 
+    console = Console(json_out, quiet)
+    method_names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not method_names:
+        raise InputError("--methods: give at least one method name")
+    specs = {name: get_spec("method", name, "--methods") for name in method_names}
+    method_params = _method_params(specs, set_, freeze_ratio)
+    texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
+    if source_lang == target_lang:
+        raise InputError("--target-lang: must differ from --source-lang")
+    started = time.perf_counter()
+    with atomic_dir(output, overwrite) as work, _inside(work):
+        data = Path("data")
+        data.mkdir()
+        files = {}
+        for role, lang in (("source", source_lang), ("target", target_lang)):
+            train, test = texts[lang]
+            files[role] = demo.write_lines(train, data / f"{lang}-train.txt")
+            files[f"{role}-test"] = demo.write_lines(test, data / f"{lang}-test.txt")
+        source_dir = _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console)
+        chat_file = _chat_rendered(source_dir, texts[source_lang][1], data / f"{source_lang}-chat-test.jsonl")
+        if chat_file is not None:
+            files["chat-test"] = chat_file
+        calib_dir = _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
+        rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
+        for name, spec in specs.items():
+            console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
+            run = _adapt(name, spec, source_dir, files["target"], calib_dir, steps, seq_len, batch_size,
+                         lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console)
+            rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
+        report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
+    _print_table(report, source_lang, target_lang, console)
+    summary = {"output": str(output), "models": report, "seconds": round(time.perf_counter() - started, 1)}
+    console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/")
+
+
+def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
+    """The forgetting/learning trade-off at a glance."""
+    tasks = [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
+    rows = []
+    for name, row in report.items():
+        gain = lambda key: f"{row[key]:+.1f}%" if key in row else "-"  # noqa: E731
+        fraction = row.get("trainable_fraction")
+        rows.append([
+            name, *[f"{row[task]['ppl']:.1f}" for task in tasks], gain("source_gain_pct"), gain("target_gain_pct"),
+            f"{100 * fraction:.0f}%" if fraction is not None else "-", f"{row.get('seconds', 0):.1f}",
+        ])
+    console.table(
+        f"held-out perplexity; gain = change vs the source model ({source_lang}: forgetting, {target_lang}: learning), positive = better",
+        ["model", *[f"{task} ppl" for task in tasks], "source gain", "target gain", "trainable", "train s"],
+        rows,
+    )
+
+
+def _train(config_values: dict[str, Any], run_dir: Path, console: Console):
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+
+    return train(TrainConfig.model_validate(config_values), run_dir, log=lambda m: console.print(m))
+
+
+def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console) -> Path:
+    """The model that knows the source language: given with --model, or built and pre-trained here."""
+    from adaptkit import demo
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source, save_model
+
+    if model:
+        source = resolve_model_source(model, "--model")
+        if source.kind == "dir":
+            return Path(source.location).resolve()
+        console.print(f"loading {model}")
+        target = Path("source")
+        save_model(load_causal_lm(source), load_tokenizer(source), target)
+        return target
+    console.print("building the embedded source model (tiny Llama pre-trained on the English UDHR)")
+    all_text = [p for train, test in texts.values() for p in train]
+    tokenizer = demo.train_tokenizer(all_text, vocab_size=512)
+    init = Path("init")
+    save_model(demo.tiny_model("llama", len(tokenizer), seed=seed, hidden=128, layers=4), tokenizer, init)
+    run = _train(
+        {
+            "model": str(init),
+            "data": {"paths": [str(files["source"])], "seq_len": seq_len},
+            "max_steps": source_steps,
+            "batch_size": batch_size,
+            "optimizer": {"lr": 3e-3, "weight_decay": 0.01},
+            "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+            "seed": seed,
+            "log_steps": 50,
+        },
+        Path("runs/source"),
+        console,
+    )
+    return run.final_dir
+
+
+def _chat_rendered(model_dir: Path, paragraphs: list[str], path: Path) -> Optional[Path]:
+    """Held-out source paragraphs as assistant turns in the model's chat template (instruct models only).
+
+    Perplexity on this text measures whether adaptation damaged the chat format as well as the
+    source language.
+    """
+    import json
+
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    tokenizer = load_tokenizer(resolve_model_source(str(model_dir)))
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    question = "Quote a passage of the Universal Declaration of Human Rights."
+    rows = [
+        tokenizer.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": p}], tokenize=False)
+        for p in paragraphs
+    ]
+    path.write_text("".join(json.dumps({"text": row}, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console) -> Optional[Path]:
+    """A calibration set from source-side text, for methods that need one."""
+    if not any(spec.needs & {"mask", "calibration"} for spec in specs.values()):
+        return None
+    from adaptkit.calibration import build_calibration
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    console.print(f"building a calibration set ({samples} blocks of {seq_len} source tokens)")
+    tokenizer = load_tokenizer(resolve_model_source(str(source_dir)))
+    calibration = build_calibration(
+        tokenizer, [str(source_text)], fmt="text", pool=10_000, num_samples=samples, block_size=seq_len, seed=seed
+    )
+    path = Path("calib")
+    calibration.save(path)
+    return path
+
+
+def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -> dict[str, dict[str, Any]]:
+    """Each method's parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`; validated up front."""
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
-    from adaptkit.io.atomic import check_output
-    from adaptkit.quickstart import QuickstartOptions, resolve_methods, run_quickstart, table_rows
+    from adaptkit.registry import did_you_mean
 
-    if not lr > 0:
-        raise InputError(f"--lr: must be positive, got {lr}")
-    options = QuickstartOptions(arch=arch, source_lang=source_lang, target_lang=target_lang, steps=steps, pretrain_steps=pretrain_steps,
-                                seq_len=seq_len, batch_size=batch_size, lr=lr, seed=42 if seed is None else seed)
-    overrides: dict[str, dict] = {}
-    for path, value in parse_set_overrides(set_):
-        if len(path) != 2:
-            raise InputError(f"--set: expected METHOD.KEY=VALUE (e.g. lora.r=16), got '{'.'.join(path)}'")
-        overrides.setdefault(path[0], {})[path[1]] = value
-    chosen = resolve_methods(methods, overrides, options.layers)
-    from adaptkit import demo
+    params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
+    for path, value in parse_set_overrides(overrides):
+        if len(path) != 2 or path[0] not in specs:
+            raise InputError(f"--set: expected METHOD.KEY=VALUE for a method in --methods ({', '.join(specs)}), got '{'.'.join(path)}'{did_you_mean(path[0], specs)}")
+        params[path[0]][path[1]] = value
+    for name, spec in specs.items():
+        spec.validate_params(params[name], f"--set {name}.*")
+    return params
 
-    demo.tiny_config(arch, 8)  # unknown architecture: one-line error before anything is written
-    for lang, flag in ((source_lang, "--source-lang"), (target_lang, "--target-lang")):
-        try:
-            demo.udhr_paragraphs(lang)
-        except InputError as exc:
-            raise InputError(str(exc).replace("--target-lang", flag, 1)) from None
-    check_output(output, overwrite)
-    console = Console(json_out, quiet)
-    created = not output.exists()
-    if output.exists() and overwrite:
-        shutil.rmtree(output)
-    try:
-        results = run_quickstart(output, chosen, options, log=lambda m: console.print(m))
-    except BaseException:
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
-    console.table(f"{source_lang} -> {target_lang}: held-out loss after {steps} steps (lower is better)", *table_rows(results))
-    console.result(results, f"[green]done[/green]: {len(chosen)} methods compared; table in {output / 'results.md'}")
+
+def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch_size, lr, params, seed, console):
+    values = {
+        "model": str(source_dir),
+        "data": {"paths": [str(target_text)], "seq_len": seq_len},
+        "method": name,
+        "method_params": params,
+        "max_steps": steps,
+        "batch_size": batch_size,
+        "optimizer": {"lr": lr, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+        "seed": seed,
+        "log_steps": 25,
+    }
+    if calib_dir is not None and spec.needs & {"mask", "calibration"}:
+        values["calib"] = str(calib_dir)
+    return _train(values, Path("runs") / name, console)
+
+
+def _evaluate(rows, files, source_lang, target_lang, seq_len, console) -> dict[str, Any]:
+    """Source and target perplexity of every model on held-out text, and the report files."""
+    from adaptkit.evals.quick import perplexity_report
+
+    tasks = {f"{source_lang} (source)": files["source-test"], f"{target_lang} (target)": files["target-test"]}
+    if "chat-test" in files:
+        tasks[f"{source_lang} chat (source)"] = files["chat-test"]
+    return perplexity_report(
+        {name: Path(row["dir"]) for name, row in rows.items()},
+        tasks,
+        source_task=[task for task in tasks if task.endswith("(source)")],
+        target_task=f"{target_lang} (target)",
+        baseline="source",
+        block_size=seq_len,
+        output=Path("eval"),
+        extra={name: {k: v for k, v in row.items() if k != "dir"} for name, row in rows.items()},
+        console=console,
+    )

@@ -1,10 +1,82 @@
-"""`adaptkit score` (being built)."""
+"""`adaptkit score`: per-parameter importance scores of a model (scorer plugins: wanda, magnitude, ...)."""
 
-from adaptkit.commands.common import DebugOpt
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SetOpt
 
 
-def command(debug: DebugOpt = False) -> None:
-    """Not available yet."""
-    from adaptkit.errors import AdaptkitError
+def command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to score: directory, .gguf or Hub id.")],
+    output: OutputOpt,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate` (needed by wanda, sparsegpt, fisher).")] = None,
+    scorer: Annotated[str, typer.Option("--scorer", help="wanda (SSU default), magnitude, random, sparsegpt, fisher (see `adaptkit plugins --kind scorer`).")] = "wanda",
+    include_embeddings: Annotated[bool, typer.Option("--include-embeddings", help="Also score the embeddings and LM head (trained in full by default).")] = False,
+    element_scores: Annotated[bool, typer.Option("--element-scores", help="Also store per-element scores of matrices (for --granularity element masks; as large as the model in float32).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass (fisher: per gradient).")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="Model dtype while scoring: float32 or bfloat16 (statistics are float32 either way).")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="auto (GPU when available) or cpu.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed (random scorer).")] = 42,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Scorer parameter: --set damp=0.02 (repeatable).")] = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every parameter's columns (and rows) by importance to the source model."""
+    import time
+    from contextlib import nullcontext
 
-    raise AdaptkitError("adaptkit score is not available in this build yet")
+    import torch
+    from rich.progress import Progress
+
+    from adaptkit.calibration import load_calibration
+    from adaptkit.config import parse_set_overrides
+    from adaptkit.errors import InputError
+    from adaptkit.io.atomic import atomic_dir, check_output
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.registry import get_spec
+    from adaptkit.scoring import compute_scores
+
+    console = Console(json_out, quiet)
+    check_output(output, overwrite)
+    spec = get_spec("scorer", scorer, "--scorer")
+    params = {".".join(path): value for path, value in parse_set_overrides(set_)}
+    spec.validate_params(params, "--set")
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise InputError(f"--dtype: unknown dtype '{dtype}' (choose from float32, bfloat16)")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise InputError(f"--device: unknown device '{device}' (auto, cpu or cuda[:N])")
+    calibration = load_calibration(calib, "--calib") if calib is not None else None
+    if spec.needs_calibration and calibration is None:
+        raise InputError(f"--calib: scorer '{scorer}' scores on calibration data; give --calib DIR (from `adaptkit calibrate`)")
+    source = resolve_model_source(model, "--model")
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    loaded = load_causal_lm(source, dtypes[dtype], trust_remote_code).to(target)
+    granularities = ("column", "row", "element") if element_scores else ("column", "row")
+    started = time.perf_counter()
+    show = console.show_progress and calibration is not None and spec.needs_calibration
+    with (Progress(console=console.rich, transient=True) if show else nullcontext()) as bar:
+        advance = None
+        if bar is not None:
+            task = bar.add_task(f"scoring ({scorer})", total=calibration.blocks.shape[0])
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+        scores = compute_scores(loaded, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, target, tokenizer, advance)
+    seconds = time.perf_counter() - started
+    with atomic_dir(output, overwrite) as tmp:
+        scores.save(tmp)
+    meta = scores.metadata
+    console.result(
+        {"output": str(output), "scorer": scorer, "parameters": len(scores.scores), "seconds": round(seconds, 3),
+         "model_fingerprint": meta["model_fingerprint"], "calibration_hash": meta["calibration_hash"], "calibration_tokens": int(meta["calibration_tokens"])},
+        f"[green]done[/green]: {scorer} scores of {len(scores.scores)} parameters in {seconds:.1f} s"
+        + (f" over {int(meta['calibration_tokens']):,} calibration tokens" if calibration is not None and spec.needs_calibration else "")
+        + f"; written to {output}",
+    )

@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "save_steps": "save_steps",
     "precision": "precision",
     "device": "device",
+    "distributed": "distributed",
     "seed": "seed",
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
@@ -39,7 +40,7 @@ FLAG_KEYS = {
 
 def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], extra_method_params: Optional[dict[str, Any]] = None):
     """Defaults < YAML file < explicit flags < --set; method parameters validated by the method's model."""
-    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+    from adaptkit.config import check_key, fields_at, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.errors import InputError
     from adaptkit.registry import did_you_mean, get_spec
@@ -52,7 +53,8 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
             set_nested(data, FLAG_KEYS[flag].split("."), value)
     if extra_method_params:
         data.setdefault("method_params", {}).update(extra_method_params)
-    config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings")
+    flag_names = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None}
+    config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings", flag_names)
     spec = get_spec("method", config.method, "--method")
     for path, value in parse_set_overrides(overrides):
         key = ".".join(path)
@@ -60,9 +62,12 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
             set_nested(data, path, value)
         elif len(path) == 1 and path[0] in spec.params.model_fields:
             data.setdefault("method_params", {})[path[0]] = value
+        elif len(path) > 1:
+            known = fields_at(TrainConfig, path)
+            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (keys there: {', '.join(known)})")
         else:
             known = list(TrainConfig.model_fields) + list(spec.params.model_fields)
-            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (settings: {', '.join(TrainConfig.model_fields)}; method parameters: {', '.join(spec.params.model_fields) or 'none'})")
+            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(spec.params.model_fields) or 'none'}; settings: {', '.join(TrainConfig.model_fields)})")
     config = validate_config(TrainConfig, data, "--set")
     spec.validate_params(config.method_params, "--set")
     if not config.model:
@@ -76,7 +81,7 @@ def command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory.")] = Path("runs/run"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask` (ssu-* methods).")] = None,
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`.")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
@@ -94,6 +99,7 @@ def command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
+    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
@@ -112,6 +118,8 @@ def command(
     train_config = build_config(config, flags, set_, extra)
     console = Console(json_out, quiet)
     result = run_training(train_config, output, resume, overwrite, console)
+    if not result.main_process:  # the other processes of a multi-process run stay silent
+        return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
 
 

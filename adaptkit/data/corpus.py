@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from adaptkit.errors import InputError
 
@@ -39,14 +39,15 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     return "text"
 
 
-def iter_documents(path: Path, text_field: str = "text", fmt: str = "auto", flag: str = "--data") -> Iterator[str]:
-    """Yield the documents of one file or dataset directory; malformed input names the line."""
+def iter_records(path: Path, fmt: str = "auto", flag: str = "--data", split: str = "train") -> Iterator[tuple[int, Any]]:
+    """(line number or row index, record) of one file or dataset directory: a str per non-empty
+    line of a text file, the parsed JSON value of each JSONL line, a dict per dataset row."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{flag}: '{path}' does not exist")
     fmt = detect_format(path, fmt)
     if fmt == "hf":
-        yield from _iter_hf_dataset(path, text_field, flag)
+        yield from enumerate(_load_hf_dataset(path, flag, split))
         return
     if path.is_dir():
         raise InputError(f"{flag}: '{path}' is a directory; expected a text/JSONL file or a saved HF dataset")
@@ -60,21 +61,39 @@ def iter_documents(path: Path, text_field: str = "text", fmt: str = "auto", flag
                 if not line.strip():
                     continue
                 if fmt == "text":
-                    yield line.rstrip("\n")
+                    yield number, line.rstrip("\n")
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{flag}: '{path}' line {number} is not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise InputError(f"{flag}: '{path}' line {number} has no string field '{text_field}' (set --text-field)")
-                if record[text_field].strip():
-                    yield record[text_field]
+                yield number, record
         except UnicodeDecodeError:
             raise InputError(f"{flag}: '{path}' is not UTF-8 text") from None
 
 
-def _iter_hf_dataset(path: Path, text_field: str, flag: str) -> Iterator[str]:
+def iter_documents(path: Path, text_field: str = "text", fmt: str = "auto", flag: str = "--data") -> Iterator[str]:
+    """Yield the documents of one file or dataset directory; malformed input names the line."""
+    path = Path(path)
+    kind = detect_format(path, fmt)
+    if kind == "hf" and path.exists():
+        dataset = _load_hf_dataset(path, flag)
+        if text_field not in dataset.column_names:
+            raise InputError(f"{flag}: dataset '{path}' has no column '{text_field}' (columns: {', '.join(dataset.column_names)})")
+        yield from (text for text in dataset[text_field] if isinstance(text, str) and text.strip())
+        return
+    for number, record in iter_records(path, kind, flag):
+        if kind == "text":
+            yield record
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise InputError(f"{flag}: '{path}' line {number} has no string field '{text_field}' (set --text-field)")
+        if record[text_field].strip():
+            yield record[text_field]
+
+
+def _load_hf_dataset(path: Path, flag: str, split: str = "train"):
+    """A dataset saved with save_to_disk; of a DatasetDict the split `split`, else the first."""
     from adaptkit.errors import require
 
     datasets = require("datasets", "datasets", f"{flag} with a Hugging Face dataset directory")
@@ -83,13 +102,8 @@ def _iter_hf_dataset(path: Path, text_field: str, flag: str) -> Iterator[str]:
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(f"{flag}: '{path}' is not a dataset saved with save_to_disk ({exc})") from None
     if isinstance(dataset, datasets.DatasetDict):
-        split = "train" if "train" in dataset else next(iter(dataset))
-        dataset = dataset[split]
-    if text_field not in dataset.column_names:
-        raise InputError(f"{flag}: dataset '{path}' has no column '{text_field}' (columns: {', '.join(dataset.column_names)})")
-    for text in dataset[text_field]:
-        if isinstance(text, str) and text.strip():
-            yield text
+        dataset = dataset[split if split in dataset else next(iter(dataset))]
+    return dataset
 
 
 def file_hash(path: Path) -> str:

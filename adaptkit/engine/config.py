@@ -59,12 +59,15 @@ class TrainConfig(Section):
     max_steps: Optional[int] = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps.")
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
     seed: int = 42
     device: str = "auto"
     attn_implementation: Optional[str] = None
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="With several processes: ddp (replicated) or fsdp (FSDP2 sharding); auto = ddp."
+    )
     gradient_checkpointing: bool = False
     compile: bool = False

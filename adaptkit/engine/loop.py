@@ -44,6 +44,10 @@ class TrainResult:
     total: int
     resumed_from: Optional[int] = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    main_process: bool = True  # False on the other processes of a multi-process run (they print nothing)
+    processes: int = 1
+    distributed: str = "none"
+    state_bytes: int = 0  # this process: model parameters it holds + optimizer state
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,9 @@ class TrainResult:
             "total_parameters": self.total,
             "trainable_fraction": self.trainable / max(1, self.total),
             "resumed_from": self.resumed_from,
+            "processes": self.processes,
+            "distributed": self.distributed,
+            "state_bytes_per_process": self.state_bytes,
         }
 
 
@@ -158,23 +165,26 @@ def train(
     progress: Any = None,
 ) -> TrainResult:
     """Run one training job described by `config`, writing the run directory `run_dir`."""
-    from accelerate import Accelerator
-
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.engine import distributed
+    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_source
     from adaptkit.registry import get_spec
 
+    # --- Set up: processes, devices, precision --------------------------------------
+    accelerator = distributed.make_accelerator(config.device)
+    main = accelerator.is_main_process
+    if not main:  # one voice: only the main process logs and shows progress
+        log, progress = (lambda message: None), None
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     if resume:
         _check_resume_config(run_dir, config)
-
-    # --- Set up: processes, devices, precision --------------------------------------
-    accelerator = Accelerator(cpu=config.device == "cpu")
     device = accelerator.device
     precision = _precision(config, device)
     _seed_everything(config.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
+    mode = distributed.resolve_mode(config.distributed, world)
+    shard = (rank, world) if mode == "fsdp" else None
     micro = config.micro_batch_size or max(1, config.batch_size // world)
     if config.batch_size % (micro * world):
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
@@ -192,40 +202,59 @@ def train(
     method = spec.load()(params)
 
     created = not run_dir.exists()
-    if overwrite and not resume and run_dir.exists() and accelerator.is_main_process:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()  # every process has checked the run directory before it changes
+    if main:
+        if overwrite and not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            removed = ckpt.remove_partials(run_dir)
+            if removed:
+                log(f"removed what an interrupted run left half-written: {', '.join(removed)}")
+    accelerator.wait_for_everyone()
     ctx = MethodContext(params, config, tokenizer, run_dir, steps, device, blocks, log)
     try:
         plan: TrainingPlan = method.plan(model, ctx)
-        trainable = apply_plan(plan)
+        if mode == "fsdp":
+            if plan.callbacks:
+                names = ", ".join(sorted({type(cb).__name__ for cb in plan.callbacks}))
+                raise InputError(f"--distributed fsdp: method '{config.method}' uses training callbacks ({names}) that need whole parameters; use --distributed ddp")
+            distributed.fully_shard_model(plan.model)
+        trainable = apply_plan(plan, sharded=mode == "fsdp")
     except InputError:
-        if created and accelerator.is_main_process:
+        if created and main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     model = plan.model
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     n_trainable, n_total = plan.counts()
+    fingerprint = f"{model_fingerprint(model)}:{n_trainable}"
 
     # --- Optimizer and schedule -----------------------------------------------------
     optimizer = build_optimizer(trainable, config.optimizer, device)
     scheduler = build_schedule(optimizer, config.schedule, steps)
-    train_model = accelerator.prepare_model(model)
+    train_model = model if mode == "fsdp" else accelerator.prepare_model(model)
     forward_model = torch.compile(train_model) if config.compile else train_model
     batches = Batches(blocks, config.batch_size, micro, config.seed, rank, world)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
-    if accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(_config_yaml(config))
+    if main:
+        from adaptkit.io.atomic import write_text_atomic
+
+        write_text_atomic(run_dir / "config.yaml", _config_yaml(config))
     start_step, resumed_from = 0, None
     if resume:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is not None:
-            state = ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, plan.callbacks)
+            state = ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, plan.callbacks, shard)
+            if state.get("fingerprint") != fingerprint:
+                raise InputError(f"--resume: '{latest}' was saved from a model with another architecture or training plan")
             start_step = resumed_from = state["step"]
-            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+            if main:
+                _truncate_metrics(run_dir / "metrics.jsonl", start_step)
             log(f"resumed from {latest.name}")
+    accelerator.wait_for_everyone()
 
     # --- The loop ------------------------------------------------------------------------
     metrics_file = run_dir / "metrics.jsonl"
@@ -241,7 +270,9 @@ def train(
         for micro_step in range(batches.accumulation):
             input_ids = batches.get(step, micro_step).to(device)
             sync = micro_step == batches.accumulation - 1
-            with (nullcontext() if sync else accelerator.no_sync(train_model)), autocast():
+            if mode == "fsdp":
+                train_model.set_requires_gradient_sync(sync)
+            with (nullcontext() if sync or mode == "fsdp" else accelerator.no_sync(train_model)), autocast():
                 loss = forward_model(input_ids=input_ids, labels=input_ids).loss
                 for callback in plan.callbacks:
                     extra = callback.extra_loss(model)
@@ -254,7 +285,9 @@ def train(
             callback.transform_gradients(model, step)
         trainable.pull_grads()
         opt_tensors = [p for group in optimizer.param_groups for p in group["params"]]
-        if config.max_grad_norm:
+        if mode == "fsdp":
+            grad_norm = distributed.clip_sharded_grad_norm_(opt_tensors, config.max_grad_norm, device)
+        elif config.max_grad_norm:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(opt_tensors, config.max_grad_norm))
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in opt_tensors if p.grad is not None])))
@@ -284,7 +317,7 @@ def train(
                 "elapsed_s": now - started,
             }
             history.append(record)
-            if accelerator.is_main_process:
+            if main:
                 with open(metrics_file, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
             if progress:
@@ -292,30 +325,52 @@ def train(
             window_start, window_loss, window_steps = now, 0.0, 0
         elif progress:
             progress.update(task, completed=done)
-        if config.save_steps and done % config.save_steps == 0 and done < steps and accelerator.is_main_process:
-            ckpt.save_checkpoint(run_dir, done, trainable, optimizer, scheduler, plan.callbacks, {"loss": last_loss}, config.save_total_limit)
+        if config.save_steps and done % config.save_steps == 0 and done < steps and (main or shard):
+            extra = {"loss": last_loss, "fingerprint": fingerprint, "processes": world, "distributed": mode}
+            ckpt.save_checkpoint(run_dir, done, trainable, optimizer, scheduler, plan.callbacks, extra, config.save_total_limit, shard,
+                                 accelerator.wait_for_everyone if shard else (lambda: None))
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
 
     # --- Export and save ---------------------------------------------------------------
     final_dir = run_dir / "final"
-    result = TrainResult(run_dir, final_dir, steps, tokens_per_step * (steps - start_step), seconds, last_loss, n_trainable, n_total, resumed_from, history)
-    if accelerator.is_main_process:
+    result = TrainResult(run_dir, final_dir, steps, tokens_per_step * (steps - start_step), seconds, last_loss, n_trainable, n_total, resumed_from, history, main, world, mode)
+    result.state_bytes = _state_bytes(model, optimizer)
+    full_state = distributed.full_state_dict(model, main) if mode == "fsdp" else None  # a collective: every process
+    if main:
         export = accelerator.unwrap_model(train_model)
         for callback in plan.callbacks:
             export = callback.export(export)
-        _save_final(export, tokenizer, plan, final_dir)
+        _save_final(export, tokenizer, plan, final_dir, full_state)
         _write_run_card(run_dir, config, plan, result, source.location)
     accelerator.wait_for_everyone()
     return result
 
 
+def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the parameters this process holds (its shards under FSDP) and of its optimizer state."""
+    from adaptkit.engine.distributed import local_shard
+
+    params = sum(local_shard(p)[0].nbytes for p in model.parameters())
+    state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return params + state
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint a run resumes from."""
+    """Drop metric rows logged after the checkpoint a run resumes from (and a row torn by a kill)."""
+    from adaptkit.io.atomic import write_text_atomic
+
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(row + "\n" for row in rows))
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            rows.append(line)
+    write_text_atomic(path, "".join(row + "\n" for row in rows))
 
 
 def _config_yaml(config: TrainConfig) -> str:
@@ -324,15 +379,24 @@ def _config_yaml(config: TrainConfig) -> str:
     return dump_yaml(_resolved_config_dict(config))
 
 
-def _save_final(model: torch.nn.Module, tokenizer: Any, plan: TrainingPlan, final_dir: Path) -> None:
+def _save_final(model: torch.nn.Module, tokenizer: Any, plan: TrainingPlan, final_dir: Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write final/ into a hidden partial sibling and swap it in; a full disk is a one-line error."""
+    import errno
+
+    from adaptkit.errors import AdaptkitError
     from adaptkit.io.atomic import replace_path
     from adaptkit.io.models import save_model
 
     tmp = final_dir.with_name(f".{final_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)
-    for callback in plan.callbacks:
-        callback.save_extra(model, tmp)
+    try:
+        save_model(model, tokenizer, tmp, state_dict)
+        for callback in plan.callbacks:
+            callback.save_extra(model, tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise AdaptkitError(f"saving the final model to '{final_dir}' failed: {reason}; checkpoints in '{final_dir.parent}' are kept (use --resume)") from None
     replace_path(tmp, final_dir)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -20,38 +21,68 @@ from adaptkit.engine.plan import TrainingPlan
 
 
 class CompactParameter:
-    """The trainable entries of one model parameter, as an fp32 nn.Parameter the optimizer updates."""
+    """The trainable entries of one model parameter, as an fp32 nn.Parameter the optimizer updates.
 
-    def __init__(self, name: str, param: torch.nn.Parameter, mask: UpdateMask):
+    Works on the part of the parameter this process owns: the whole tensor, or under FSDP
+    its dim-0 shard (see engine/distributed.py). With no mask (a whole parameter under
+    FSDP), the compact parameter is the fp32 shard itself, sharing its storage.
+    """
+
+    def __init__(self, name: str, param: torch.nn.Parameter, mask: Optional[UpdateMask]):
+        from adaptkit.engine.distributed import local_shard
+
         self.name = name
         self.param = param
-        self.granularity = mask.granularity
-        if mask.granularity == "element":
-            self.selector = mask.trainable.to(param.device)
+        local, offset = local_shard(param)
+        self.granularity = mask.granularity if mask is not None else "whole"
+        self.dim = 1 if self.granularity == "column" else 0
+        rows = slice(offset, offset + local.shape[0])
+        if mask is None:
+            self.selector = None
+        elif mask.granularity == "element":
+            self.selector = mask.trainable[rows].to(param.device)
+        elif mask.granularity == "row":
+            self.selector = mask.trainable[rows].nonzero().squeeze(1).to(param.device)
         else:
             self.selector = mask.trainable.nonzero().squeeze(1).to(param.device)
-        self.dim = 1 if mask.granularity == "column" else 0
-        self.compact = torch.nn.Parameter(self.take(param.detach()).float().clone())
+        self.shares_storage = self.selector is None and local.dtype == torch.float32
+        self.compact = torch.nn.Parameter(local if self.shares_storage else self.take(local).float().clone())
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.selector is None:
+            return tensor
         if self.granularity == "element":
             return tensor[self.selector]
         return tensor.index_select(self.dim, self.selector)
 
     def pull_grad(self) -> None:
-        """Move the trainable part of the model gradient onto the compact copy."""
-        grad = self.param.grad
-        self.compact.grad = None if grad is None else self.take(grad).float()
-        self.param.grad = None
+        """Move the trainable part of this process's gradient onto the compact copy.
+
+        A layer switched by engine.masked_linear writes the compact gradient itself and leaves
+        the model gradient empty; then there is nothing to move.
+        """
+        from adaptkit.engine.distributed import local_grad
+
+        grad = local_grad(self.param)
+        if grad is not None:
+            self.compact.grad = self.take(grad).float()
+            self.param.grad = None
 
     @torch.no_grad()
     def push(self) -> None:
-        """Write the updated trainable entries back into the model parameter."""
-        values = self.compact.detach().to(self.param.dtype)
-        if self.granularity == "element":
-            self.param.masked_scatter_(self.selector, values)
+        """Write the updated trainable entries back into the model parameter (its local shard)."""
+        from adaptkit.engine.distributed import local_shard
+
+        if self.shares_storage:
+            return
+        local = local_shard(self.param)[0]  # looked up each time: DDP may have moved the parameter's storage
+        values = self.compact.detach().to(local.dtype)
+        if self.selector is None:
+            local.copy_(values)
+        elif self.granularity == "element":
+            local.masked_scatter_(self.selector, values)
         else:
-            self.param.index_copy_(self.dim, self.selector, values)
+            local.index_copy_(self.dim, self.selector, values)
 
 
 @dataclass
@@ -89,8 +120,11 @@ class TrainableSet:
             c.push()
 
 
-def apply_plan(plan: TrainingPlan) -> TrainableSet:
-    """Set requires_grad from the plan and build compact copies for masked parameters."""
+def apply_plan(plan: TrainingPlan, sharded: bool = False) -> TrainableSet:
+    """Set requires_grad from the plan and build compact copies for masked parameters.
+
+    `sharded` (FSDP): every trainable parameter goes through a CompactParameter over its local shard.
+    """
     trainable = TrainableSet()
     params = dict(plan.model.named_parameters())
     unknown = [name for name in plan.trainable if name not in params]
@@ -102,11 +136,16 @@ def apply_plan(plan: TrainingPlan) -> TrainableSet:
             continue
         param.requires_grad_(True)
         mask = plan.trainable[name]
-        if mask is None:
+        if mask is None and not sharded:
             trainable.whole[name] = param
         else:
-            mask.check_fits(name, tuple(param.shape), "training plan")
+            if mask is not None:
+                mask.check_fits(name, tuple(param.shape), "training plan")
             trainable.compact[name] = CompactParameter(name, param, mask)
+    if plan.compact_linear_grads:
+        from adaptkit.engine import masked_linear
+
+        masked_linear.install(plan.model, trainable.compact)
     return trainable
 
 

@@ -59,6 +59,10 @@ class TrainingPlan:
     trainable: dict[str, Optional[UpdateMask]]
     callbacks: list[TrainingCallback] = field(default_factory=list)
     summary: str = ""
+    # Column/row-masked nn.Linear weights get gradients only for their trainable part
+    # (engine/masked_linear.py): less backward work and memory; leaves their .grad empty,
+    # so not for methods whose callbacks read full weight gradients.
+    compact_linear_grads: bool = False
 
     @classmethod
     def full(cls, model: "torch.nn.Module", summary: str = "all parameters") -> "TrainingPlan":

@@ -61,10 +61,9 @@ def replace_path(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
-    """Yield a temporary sibling directory that becomes `path` when the block succeeds."""
+def _atomic(path: Path, overwrite: bool, flag: str, is_dir: bool) -> Iterator[Path]:
     path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir=True)
+    tmp = _partial_sibling(path, is_dir)
     try:
         yield tmp
     except BaseException:
@@ -73,17 +72,14 @@ def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -
     replace_path(tmp, path)
 
 
-@contextlib.contextmanager
-def atomic_file(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> Iterator[Path]:
-    """Yield a temporary sibling file path that becomes `path` when the block succeeds."""
-    path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir=False)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    os.replace(tmp, path)
+def atomic_dir(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> contextlib.AbstractContextManager[Path]:
+    """A temporary sibling directory that becomes `path` when the block succeeds."""
+    return _atomic(path, overwrite, flag, is_dir=True)
+
+
+def atomic_file(path: Path, overwrite: bool = False, flag: str = "-o/--output") -> contextlib.AbstractContextManager[Path]:
+    """A temporary sibling file path that becomes `path` when the block succeeds."""
+    return _atomic(path, overwrite, flag, is_dir=False)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

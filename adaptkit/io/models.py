@@ -42,6 +42,17 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith((".gguf", ".safetensors"))
 
 
+def _check_gguf(path: Path, flag: str) -> None:
+    """A readable GGUF file: the header and tensor table parse (tensor data is only memory-mapped)."""
+    from adaptkit.errors import require
+
+    gguf = require("gguf", "gguf", f"{flag} with a .gguf file")
+    try:
+        gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on damaged files
+        raise InputError(f"{flag}: '{path}' is not a readable GGUF file ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
 def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSource:
     """Classify `location` and check that a local one is a loadable model directory or GGUF file."""
     text = str(location)
@@ -49,6 +60,7 @@ def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSo
     if path.exists():
         if path.is_file():
             if path.suffix == ".gguf":
+                _check_gguf(path, flag)
                 return ModelSource("gguf", str(path), flag)
             raise InputError(f"{flag}: '{text}' is a file; expected a model directory (with config.json) or a .gguf file")
         if not (path / "config.json").is_file():
@@ -155,10 +167,13 @@ def model_fingerprint(model: "torch.nn.Module") -> str:
     return digest.hexdigest()[:16]
 
 
-def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path) -> None:
-    """Save as a normal HF model directory (safetensors, config, tokenizer, generation config)."""
+def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", directory: Path, state_dict: "dict[str, torch.Tensor] | None" = None) -> None:
+    """Save as a normal HF model directory (safetensors, config, tokenizer, generation config).
+
+    `state_dict` replaces the model's own tensors (e.g. the gathered weights of a sharded model).
+    """
     quiet_transformers()
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

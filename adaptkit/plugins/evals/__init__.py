@@ -1,8 +1,9 @@
-"""Built-in evals: one module each; this entry point registers their specs."""
+"""Built-in eval backends: one module each; this entry point registers their specs."""
 
 from adaptkit.hookspecs import hookimpl
+from adaptkit.plugins.evals import lighteval, lm_eval, mt, ppl, sum
 
-MODULES: tuple = ()
+MODULES: tuple = (ppl, lm_eval, lighteval, mt, sum)
 
 
 @hookimpl

@@ -1,8 +1,9 @@
-"""Built-in lid: one module each; this entry point registers their specs."""
+"""Built-in LID backends: one module each; this entry point registers their specs."""
 
 from adaptkit.hookspecs import hookimpl
+from adaptkit.plugins.lid import fasttext, py3langid, pycld2
 
-MODULES: tuple = ()
+MODULES: tuple = (py3langid, pycld2, fasttext)
 
 
 @hookimpl

@@ -1,13 +1,14 @@
-"""Built-in methods: one module each; this entry point registers their specs."""
+"""Built-in methods: one module each; this entry point registers their specs (SPEC, or a list SPECS)."""
 
 from adaptkit.hookspecs import hookimpl
 
-from adaptkit.plugins.methods import adalora, fft, gmt, hft, layer_freeze, layer_selective, layra, lora, lota, s2ft, soft_reg
+from adaptkit.plugins.methods import adalora, fft, gmt, hft, layer_freeze, layer_selective, layra, lora, lota, s2ft, soft_reg, ssu
 
-MODULES: tuple = (fft, hft, gmt, lota, s2ft, lora, adalora, layra, layer_selective, layer_freeze, soft_reg)
+MODULES: tuple = (fft, ssu, hft, gmt, lota, s2ft, lora, adalora, layra, layer_selective, layer_freeze, soft_reg)
 
 
 @hookimpl
 def register_methods(register):
     for module in MODULES:
-        register(module.SPEC)
+        for spec in getattr(module, "SPECS", None) or [module.SPEC]:
+            register(spec)

@@ -17,9 +17,10 @@ NeurIPS 2024 (arXiv 2412.06289), in the variants the SSU repository compares aga
 
 The engine trains the selected columns through compact copies and writes them back into the
 dense weights, so the saved model is a plain Hugging Face model (no permutation, no side
-tensors, nothing to convert). Deviation: S2FT's permutation trick (gathering the selected
-channels into a small dense block to save backward compute) is not used; memory for optimizer
-state and gradients of the trained part is the same.
+tensors, nothing to convert). With `fast_backward` (default) the projections' backward computes
+weight gradients only for the selected columns (the engine's compact linear backward), which is
+the compute saving S2FT gets from permuting the selected channels into a dense block, without
+permuting anything; multi-process runs use the plain backward.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class StructuredSparseParams(Params):
     ratio: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of the selectable channels (and heads) that train (default {DEFAULT_RATIO}).")
     lora_rank: Optional[int] = Field(None, gt=0, description="Budget as LoRA of this rank on all linear projections (e.g. 16, 32, 64); instead of ratio.")
     seed: Optional[int] = Field(None, description="Seed of the random selection (default: the run's --seed).")
+    fast_backward: bool = Field(True, description="Compute weight gradients only for the selected channels (single-process runs).")
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -112,7 +114,7 @@ class StructuredSparseFineTuning(TrainingMethod):
                 for unit in chosen:
                     columns[unit * width:(unit + 1) * width] = True
                 trainable[names[layer]] = UpdateMask("column", columns)
-        plan = TrainingPlan(model, trainable)
+        plan = TrainingPlan(model, trainable, compact_linear_grads=params.fast_backward)
         count, total = plan.counts()
         plan.summary = f"S2FT ({params.variant}, ratio {ratio:.4f}): {count:,} of {total:,} parameters train ({count / total:.2%})"
         return plan

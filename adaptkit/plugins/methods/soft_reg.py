@@ -5,7 +5,7 @@
 - EWC (Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS 2017,
   arXiv 1612.00796): loss + strength * sum_i F_i (theta_i - theta_source_i)^2, with F the diagonal
   empirical Fisher of the source model: the mean, over the calibration set's token blocks
-  (`--calib`, from `adaptkit calibrate`), of the squared gradient of the LM loss of each batch of
+  (`--calib DIR` from `adaptkit calibrate`: source-side blocks, as SSU's scorers use), of the squared gradient of the LM loss of each batch of
   `fisher_batch_size` blocks (1 by default: per-block gradients). By default F is scaled to mean
   1 (`fisher_normalize`), so that `strength` has the same meaning for EWC and L2-SP (the raw
   Fisher of a mean token loss is tiny); the scaling only rescales strength.
@@ -33,9 +33,6 @@ from adaptkit.errors import InputError
 from adaptkit.layers import LayerSpec, format_layers, num_layers, parameter_layers, parse_layers
 from adaptkit.specs import MethodSpec, Params
 
-CALIBRATION_FILE = "calibration.safetensors"
-
-
 class SoftRegParams(Params):
     penalty: Literal["l2sp", "ewc"] = Field("l2sp", description="'l2sp': squared distance to the source; 'ewc': Fisher-weighted (needs --calib).")
     strength: float = Field(0.01, gt=0, description="Penalty weight lambda.")
@@ -43,20 +40,6 @@ class SoftRegParams(Params):
     fisher_blocks: Optional[int] = Field(None, gt=0, description="EWC: use at most this many calibration blocks (default: all).")
     fisher_batch_size: int = Field(1, gt=0, description="EWC: blocks per gradient in the Fisher estimate (1: per-block gradients).")
     fisher_normalize: bool = Field(True, description="EWC: scale the Fisher to mean 1.")
-
-
-def load_calibration_blocks(directory: str, flag: str = "--calib"):
-    """Token blocks (n, block_len) int64 from `<calib>/calibration.safetensors`, key `input_ids`."""
-    from adaptkit.io.tensors import load_tensors
-
-    path = Path(directory)
-    file = path / CALIBRATION_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise InputError(f"{flag}: '{directory}' holds no {CALIBRATION_FILE} (make one with `adaptkit calibrate`)")
-    blocks = load_tensors(file, flag).get("input_ids")
-    if blocks is None or blocks.ndim != 2 or blocks.is_floating_point() or blocks.shape[0] == 0:
-        raise InputError(f"{flag}: '{file}' must hold a non-empty 2-D integer tensor 'input_ids' (blocks x tokens)")
-    return blocks.long()
 
 
 def diagonal_fisher(model, names: set[str], blocks, batch_size: int, device) -> dict:
@@ -126,7 +109,9 @@ class SoftRegularization(TrainingMethod):
             where = f"layers {format_layers(sorted(chosen))}"
         fisher = None
         if p.penalty == "ewc":
-            blocks = load_calibration_blocks(ctx.config.calib)
+            from adaptkit.calibration import load_calibration
+
+            blocks = load_calibration(Path(ctx.config.calib)).blocks
             if p.fisher_blocks:
                 blocks = blocks[: p.fisher_blocks]
             ctx.log(f"soft-reg: Fisher from {blocks.shape[0]} calibration blocks")

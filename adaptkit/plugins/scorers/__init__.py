@@ -2,7 +2,9 @@
 
 from adaptkit.hookspecs import hookimpl
 
-MODULES: tuple = ()
+from adaptkit.plugins.scorers import fisher, magnitude, random, sparsegpt, wanda
+
+MODULES: tuple = (wanda, magnitude, random, sparsegpt, fisher)
 
 
 @hookimpl

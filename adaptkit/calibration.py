@@ -1,0 +1,373 @@
+"""Calibration sets: source-side token blocks that scorers (Wanda, SparseGPT, Fisher) consume.
+
+SSU scores parameter importance on *source* data, by default instruction data of the
+kind the model was tuned on (the paper samples 2000 raw examples of the tulu-3 SFT
+mixture and packs them into 500 blocks of 2048 tokens, about 1M tokens; 128 blocks is
+its cheaper ablation). The recipe here:
+
+1. read raw examples: chat JSONL (`messages`: a list of {role, content}), Alpaca JSONL
+   (`instruction` / `input` / `output`) or plain text (a document per line, or a
+   `text` field), from a local file, a dataset directory saved with `save_to_disk`, or
+   a Hub dataset id;
+2. sample a pool of `pool` examples, seeded: reservoir sampling over local data (uniform,
+   one pass); for a Hub id a streaming shuffle (buffer 10,000) then the first `pool`;
+3. render chat and Alpaca examples with a chat template (the model's own by default;
+   Alpaca becomes a user turn `instruction` [+ "\\n\\n" + `input`] and an assistant turn
+   `output`); plain text is used as is and followed by EOS, as in training corpora;
+4. tokenize without adding special tokens (the template writes its own), concatenate in
+   pool order and cut into blocks of `block_size` tokens (the remainder is dropped);
+5. keep `num_samples` blocks chosen at random with the seed (all of them when there are
+   fewer, which the manifest records).
+
+On disk a calibration set is a directory with `blocks.safetensors` (int32 `input_ids`,
+shape (num_samples, block_size)) and `manifest.json` (source, format counts, template,
+counts, tokenizer fingerprint and the sha256 of the blocks: the calibration hash that
+scores and masks carry in their metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Union
+
+from adaptkit.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+BLOCKS_FILE = "blocks.safetensors"
+MANIFEST_FILE = "manifest.json"
+FORMATS = ("auto", "chat", "alpaca", "text")
+HUB_SHUFFLE_BUFFER = 10_000
+
+# Built-in chat templates for models without one (--template NAME).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] + ': ' + message['content'] + '\n' }}"
+    "{% endfor %}"
+    "{{ eos_token }}"
+)
+BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "plain": PLAIN_TEMPLATE}
+
+Record = Union[str, dict]
+
+
+@dataclass
+class CalibrationSet:
+    """Token blocks (N, block_size) and the manifest that says where they come from."""
+
+    blocks: "torch.Tensor"
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return self.manifest.get("blocks_sha256") or blocks_hash(self.blocks)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.blocks.numel())
+
+    def save(self, directory: Path) -> Path:
+        """Write blocks.safetensors and manifest.json into `directory` (created if needed)."""
+        import torch
+
+        from adaptkit.io.tensors import save_tensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors({"input_ids": self.blocks.to(torch.int32)}, directory / BLOCKS_FILE, {"blocks_sha256": self.hash})
+        (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return directory
+
+
+def blocks_hash(blocks: "torch.Tensor") -> str:
+    import torch
+
+    data = blocks.to(torch.int32).contiguous().numpy().tobytes()
+    return hashlib.sha256(f"{tuple(blocks.shape)}".encode() + data).hexdigest()
+
+
+def load_calibration(path: Path, flag: str = "--calib") -> CalibrationSet:
+    """Load a calibration directory written by `adaptkit calibrate` (or CalibrationSet.save)."""
+    from adaptkit.io.tensors import load_tensors
+
+    path = Path(path)
+    if not path.is_dir() or not (path / BLOCKS_FILE).is_file() or not (path / MANIFEST_FILE).is_file():
+        raise InputError(f"{flag}: '{path}' is not a calibration directory ({BLOCKS_FILE} + {MANIFEST_FILE}; make one with `adaptkit calibrate`)")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{flag}: '{path / MANIFEST_FILE}' is not valid JSON ({exc})") from None
+    tensors = load_tensors(path / BLOCKS_FILE, flag)
+    blocks = tensors.get("input_ids")
+    if blocks is None or blocks.ndim != 2 or blocks.shape[0] == 0:
+        raise InputError(f"{flag}: '{path / BLOCKS_FILE}' holds no (N, block_size) tensor 'input_ids'")
+    if manifest.get("blocks_sha256") and blocks_hash(blocks) != manifest["blocks_sha256"]:
+        raise InputError(f"{flag}: '{path}' blocks do not match the hash in {MANIFEST_FILE} (modified or corrupt)")
+    return CalibrationSet(blocks.long(), manifest)
+
+
+# --- Reading raw examples -------------------------------------------------------------------
+
+
+def _is_hub_id(text: str) -> bool:
+    return not text.startswith((".", "/", "~")) and text.count("/") == 1 and not text.endswith((".jsonl", ".json", ".txt"))
+
+
+def _hub_pool(source: str, split: str, pool: int, seed: int, flag: str) -> list[Record]:
+    from adaptkit.errors import require
+
+    datasets = require("datasets", "datasets", f"{flag} with a Hub dataset id")
+    try:
+        stream = datasets.load_dataset(source, split=split, streaming=True)
+        return list(stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER).take(pool))
+    except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{flag}: could not load Hub dataset '{source}' ({first}); give a local file or dataset directory") from None
+
+
+def reservoir_sample(records: Iterable[Record], pool: int, seed: int) -> tuple[list[Record], int]:
+    """A uniform sample of `pool` records (all when fewer), kept in their original order; and the total seen."""
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, Record]] = []
+    seen = 0
+    for index, record in enumerate(records):
+        seen += 1
+        if len(reservoir) < pool:
+            reservoir.append((index, record))
+        else:
+            slot = rng.randrange(index + 1)
+            if slot < pool:
+                reservoir[slot] = (index, record)
+    reservoir.sort(key=lambda item: item[0])
+    return [record for _, record in reservoir], seen
+
+
+# --- Rendering ------------------------------------------------------------------------------
+
+
+def record_kind(record: Record, fmt: str, text_field: str) -> str | None:
+    """'chat', 'alpaca' or 'text' when the record is usable in format `fmt`, else None."""
+    if isinstance(record, str):
+        return "text" if fmt in ("auto", "text") and record.strip() else None
+    if not isinstance(record, dict):
+        return None
+    messages = record.get("messages")
+    if fmt in ("auto", "chat") and isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ):
+        return "chat"
+    if fmt in ("auto", "alpaca") and isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
+        if record["instruction"].strip() or record["output"].strip():
+            return "alpaca"
+    if fmt in ("auto", "text") and isinstance(record.get(text_field), str) and record[text_field].strip():
+        return "text"
+    return None
+
+
+def alpaca_messages(record: dict) -> list[dict[str, str]]:
+    instruction = record["instruction"]
+    extra = record.get("input")
+    user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+
+
+def resolve_template(tokenizer: Any, template: str | None, flag: str = "--template") -> tuple[str, str]:
+    """(name, jinja text) of the chat template to use: the model's own, a built-in one, or a file."""
+    if template in (None, "", "model"):
+        own = getattr(tokenizer, "chat_template", None)
+        if not own:
+            raise InputError(
+                f"{flag}: the tokenizer of --model has no chat template, which chat/Alpaca data needs; "
+                f"choose one explicitly: --template {'|'.join(BUILTIN_TEMPLATES)}|FILE.jinja"
+            )
+        if isinstance(own, dict):  # several named templates: use the default one
+            own = own.get("default") or next(iter(own.values()))
+        return "model", own
+    if template in BUILTIN_TEMPLATES:
+        return template, BUILTIN_TEMPLATES[template]
+    path = Path(template).expanduser()
+    if path.is_file():
+        return str(path), path.read_text(encoding="utf-8")
+    raise InputError(f"{flag}: '{template}' is neither 'model', {', '.join(repr(t) for t in BUILTIN_TEMPLATES)} nor a Jinja template file")
+
+
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]], template_text: str) -> str | None:
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=template_text, tokenize=False, add_generation_prompt=False)
+    except Exception:  # templates raise on conversations they do not accept (e.g. role order)
+        return None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+# --- Building -------------------------------------------------------------------------------
+
+
+def _sources(data: Any) -> list[str] | None:
+    """The data sources named by `data` (a path or Hub id, or a list of them), or None for in-memory records."""
+    if isinstance(data, (str, Path)):
+        return [str(data)]
+    items = list(data)
+    if items and all(isinstance(i, Path) or (isinstance(i, str) and "\n" not in i and Path(i).expanduser().exists()) for i in items):
+        return [str(i) for i in items]
+    return None
+
+
+def _as_tokenizer(tokenizer_or_model: Any, trust_remote_code: bool) -> tuple[Any, str]:
+    """A tokenizer and a description, from a tokenizer object, a ModelSource or a model location."""
+    from adaptkit.io.models import ModelSource, load_tokenizer, resolve_model_source
+
+    if isinstance(tokenizer_or_model, (str, Path)):
+        tokenizer_or_model = resolve_model_source(tokenizer_or_model, "--model")
+    if isinstance(tokenizer_or_model, ModelSource):
+        return load_tokenizer(tokenizer_or_model, trust_remote_code), tokenizer_or_model.location
+    return tokenizer_or_model, getattr(tokenizer_or_model, "name_or_path", "") or "tokenizer"
+
+
+def build_calibration(
+    tokenizer_or_model: Any,
+    data: str | Path | list[str | Path] | list[Record],
+    fmt: str = "auto",
+    pool: int = 2000,
+    num_samples: int = 500,
+    block_size: int = 2048,
+    seed: int = 42,
+    template: str | None = None,
+    text_field: str = "text",
+    split: str = "train",
+    trust_remote_code: bool = False,
+    flag: str = "--data",
+) -> CalibrationSet:
+    """Sample, render, tokenize and pack a calibration set (see the module docstring for the recipe).
+
+    `tokenizer_or_model` is a tokenizer, a ModelSource or a model location. `data` is a
+    path or Hub dataset id, a list of paths (read one after the other), or an in-memory
+    list of records (str documents or dicts); a list counts as paths when every item is
+    a Path or names an existing file or directory.
+    """
+    import torch
+
+    from adaptkit.data.corpus import file_hash, iter_records, pack_blocks, tokenizer_fingerprint
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    for value, name in ((pool, "--pool"), (num_samples, "--num-samples"), (block_size, "--block-size")):
+        if value < 1:
+            raise InputError(f"{name}: must be at least 1 (got {value})")
+    tokenizer, model_name = _as_tokenizer(tokenizer_or_model, trust_remote_code)
+
+    # 1-2. raw examples and the seeded pool
+    sources = _sources(data)
+    if sources is None:
+        source, source_hash = "<in-memory>", hashlib.sha256(json.dumps(list(data), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        sampled, seen = reservoir_sample(data, pool, seed)
+    elif len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _is_hub_id(sources[0]):
+        source, source_hash = sources[0], None
+        sampled = _hub_pool(source, split, pool, seed, flag)
+        seen = len(sampled)
+    else:
+        missing = [s for s in sources if not Path(s).expanduser().exists()]
+        if missing:
+            raise InputError(f"{flag}: '{missing[0]}' does not exist (expected a .jsonl/.txt file, a dataset directory or a Hub dataset id)")
+        source = ",".join(sources)
+        source_hash = hashlib.sha256("".join(file_hash(Path(s).expanduser()) for s in sources).encode()).hexdigest()
+        records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
+        sampled, seen = reservoir_sample(records, pool, seed)
+
+    # 3-4. render and tokenize
+    kinds = [record_kind(record, fmt, text_field) for record in sampled]
+    template_name = template_text = None
+    if any(kind in ("chat", "alpaca") for kind in kinds):
+        template_name, template_text = resolve_template(tokenizer, template)
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    counts = {"chat": 0, "alpaca": 0, "text": 0}
+    skipped = {"unrecognized": 0, "template_failed": 0, "empty": 0}
+    for record, kind in zip(sampled, kinds):
+        if kind is None:
+            skipped["unrecognized"] += 1
+            continue
+        if kind == "text":
+            text = record if isinstance(record, str) else record[text_field]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        else:
+            messages = record["messages"] if kind == "chat" else alpaca_messages(record)
+            rendered = _render_chat(tokenizer, messages, template_text)
+            if rendered is None:
+                skipped["template_failed"] += 1
+                continue
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if not ids:
+            skipped["empty"] += 1
+            continue
+        counts[kind] += 1
+        stream.extend(ids)
+    used = sum(counts.values())
+    if used == 0:
+        wanted = {"auto": "chat `messages`, Alpaca `instruction`/`output` or text", "chat": "chat `messages` lists of {role, content}", "alpaca": "Alpaca `instruction`/`output` fields", "text": f"text (lines or a '{text_field}' field)"}[fmt]
+        extra = f"; the chat template failed on all {skipped['template_failed']}" if skipped["template_failed"] else ""
+        raise InputError(f"{flag}: '{source}' has no usable examples among the {len(sampled)} sampled (expected {wanted}{extra})")
+    blocks = pack_blocks(torch.tensor(stream, dtype=torch.int32), block_size)
+    if blocks.shape[0] == 0:
+        raise InputError(
+            f"{flag}: the {used} usable examples give {len(stream)} tokens, fewer than one block of {block_size} "
+            "(--block-size); give more data, a larger --pool or a smaller --block-size"
+        )
+
+    # 5. the seeded choice of blocks
+    available = blocks.shape[0]
+    if available > num_samples:
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(available, generator=generator)[:num_samples].sort().values
+        blocks = blocks[chosen]
+    manifest = {
+        "format_version": 1,
+        "source": source,
+        "source_sha256": source_hash,
+        "split": split if source != "<in-memory>" else None,
+        "format": fmt,
+        "examples_by_format": counts,
+        "template": template_name,
+        "template_sha256": hashlib.sha256(template_text.encode()).hexdigest() if template_text else None,
+        "pool_requested": pool,
+        "examples_seen": seen,
+        "pool_sampled": len(sampled),
+        "examples_used": used,
+        "examples_skipped": skipped,
+        "stream_tokens": len(stream),
+        "blocks_available": available,
+        "num_samples_requested": num_samples,
+        "num_samples": int(blocks.shape[0]),
+        "block_size": block_size,
+        "tokens": int(blocks.numel()),
+        "seed": seed,
+        "model": model_name,
+        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
+        "vocab_size": len(tokenizer),
+    }
+    calibration = CalibrationSet(blocks.long(), manifest)
+    manifest["blocks_sha256"] = blocks_hash(calibration.blocks)
+    return calibration
+
+
+def check_calibration_fits(calibration: CalibrationSet, model: Any, tokenizer: Any = None, flag: str = "--calib") -> None:
+    """Refuse token ids the model cannot embed, and blocks made with another tokenizer."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    top = int(calibration.blocks.max())
+    if top >= vocab:
+        raise InputError(f"{flag}: token id {top} is outside the model's vocabulary of {vocab} (calibration made with another tokenizer?)")
+    if tokenizer is not None and calibration.manifest.get("tokenizer_sha"):
+        from adaptkit.data.corpus import tokenizer_fingerprint
+
+        if tokenizer_fingerprint(tokenizer) != calibration.manifest["tokenizer_sha"]:
+            raise InputError(f"{flag}: made with a different tokenizer than the model's (tokenizer {calibration.manifest['tokenizer_sha']}); rebuild it with `adaptkit calibrate --model` on this model")

@@ -1,0 +1,129 @@
+"""Several processes: DDP (replicated parameters) or FSDP2 (`fully_shard`, sharded parameters).
+
+Under DDP every process holds the whole model and the gradients are averaged before
+the engine reads them. Under FSDP each parameter is a DTensor sharded along dim 0
+(torch's `fully_shard`, one unit per decoder layer plus the root); the engine then
+optimizes only the local shard of each trainable parameter (and, for a masked one, only
+the trainable entries of that shard), so the optimizer state is sharded too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from adaptkit.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def launched_world_size() -> int:
+    """Processes a launcher (torchrun, accelerate launch, mpirun) started, from its environment."""
+    import os
+
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def make_accelerator(device: str):
+    """An Accelerator that joins the launcher's process group: gloo on CPU, NCCL/RCCL on GPUs.
+
+    accelerate treats a run as multi-process on CPU only when asked for the CPU, so a
+    launched run without a GPU asks for it (otherwise every process would train alone).
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from adaptkit.errors import AdaptkitError
+
+    launched = launched_world_size()
+    cpu = device == "cpu" or (launched > 1 and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=cpu)
+    if launched > 1 and accelerator.num_processes != launched:
+        raise AdaptkitError(f"the launcher started {launched} processes but only {accelerator.num_processes} joined the process group")
+    return accelerator
+
+
+def resolve_mode(requested: str, world_size: int) -> str:
+    """'none' (one process), 'ddp' or 'fsdp'; 'auto' is DDP when there are several processes."""
+    if world_size == 1:
+        return "none"
+    return "ddp" if requested == "auto" else requested
+
+
+def fully_shard_model(model: "torch.nn.Module") -> "torch.nn.Module":
+    """Shard `model` in place with FSDP2: each decoder layer is a unit, the rest belongs to the root."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        raise InputError("--distributed fsdp: needs torch >= 2.6 (torch.distributed.fsdp.fully_shard); use --distributed ddp") from None
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def local_shard(param: "torch.Tensor") -> tuple["torch.Tensor", int]:
+    """(the tensor this process owns, its first row in the full parameter).
+
+    A plain tensor is owned whole. An FSDP2 DTensor is sharded along dim 0 in torch.chunk
+    pieces: process r owns rows [r * ceil(n / world), ...), possibly none.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(param, DTensor):
+        return param.detach(), 0
+    if tuple(param.placements) != (Shard(0),):
+        raise ValueError(f"unsupported sharding {param.placements} (expected Shard(0))")
+    local = param.to_local().detach()
+    rows = param.shape[0]
+    chunk = -(-rows // param.device_mesh.size())
+    offset = min(param.device_mesh.get_local_rank() * chunk, rows)
+    if local.shape[0] != min(chunk, rows - offset):
+        raise ValueError(f"unexpected local shard of {tuple(local.shape)} rows at offset {offset} of {rows}")
+    return local, offset
+
+
+def local_grad(param: "torch.Tensor") -> "torch.Tensor | None":
+    from torch.distributed.tensor import DTensor
+
+    grad = param.grad
+    return grad.to_local() if isinstance(grad, DTensor) else grad
+
+
+def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> float:
+    """Clip gradients that each hold one process's shard: the norm sums squares over all processes.
+
+    Same formula as torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1).
+    """
+    import torch
+    import torch.distributed as dist
+
+    grads = [t.grad for t in tensors if t.grad is not None]
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for grad in grads:
+        squares = squares + grad.detach().float().pow(2).sum().to(device)
+    dist.all_reduce(squares, op=dist.ReduceOp.SUM)
+    norm = squares.sqrt()
+    if max_norm:
+        coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for grad in grads:
+            grad.mul_(coefficient.to(grad.device, grad.dtype))
+    return float(norm)
+
+
+def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:
+    """The full (unsharded) tensors of a sharded model. Every process must call this (each
+    tensor is an all-gather); only where `keep` is true (the main process) are they kept."""
+    from torch.distributed.tensor import DTensor
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        full = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()
+        if keep:
+            state[name] = full
+    return state

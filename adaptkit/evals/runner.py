@@ -1,0 +1,215 @@
+"""Run several models on several tasks: data is prepared once, each model is loaded once.
+
+    from adaptkit.evals.runner import ModelRef, prepare_tasks, run_evaluation
+    tasks = prepare_tasks(["ppl:eng=en.txt", "ppl:hau=ha.txt"], params={"ppl": {"block_size": 256}})
+    run = run_evaluation([ModelRef("base", "./base"), ModelRef("ssu", "runs/ssu/final")], tasks)
+
+A `ModelRef` may also carry an already-loaded model and tokenizer (the quickstart does
+this); otherwise it is loaded from `location` with `adaptkit.io.models`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from adaptkit.errors import InputError
+from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, split_task_arg
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class ModelRef:
+    name: str
+    location: str = ""
+    model: "PreTrainedModel | None" = None
+    tokenizer: "PreTrainedTokenizerBase | None" = None
+
+
+@dataclass
+class PreparedTasks:
+    tasks: list[EvalTask]
+    backends: dict[str, EvalBackend]
+    params: dict[str, dict[str, Any]]
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    backend: str
+    spec: str
+    primary: str = ""
+    higher_is_better: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRun:
+    """Scores of every model on every task, plus what is needed to report them."""
+
+    models: list[dict[str, str]]
+    tasks: list[TaskInfo]
+    results: dict[str, dict[str, dict[str, float]]]  # model -> task -> metric -> value
+    records: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskInfo:
+        return next(t for t in self.tasks if t.name == name)
+
+    def primary(self, model: str, task: str) -> float:
+        return self.results[model][task][self.task(task).primary]
+
+
+def model_names(locations: list[str], flag: str = "--model") -> list[ModelRef]:
+    """ModelRefs for `NAME=PATH` or `PATH` arguments; names default to the shortest unique path tail."""
+    refs = []
+    for text in locations:
+        name, sep, path = text.partition("=")
+        if sep and name and "/" not in name and not Path(text).exists():
+            refs.append(ModelRef(name.strip(), path.strip()))
+        else:
+            refs.append(ModelRef("", text))
+    for ref in refs:
+        if not ref.name:
+            parts = Path(ref.location.rstrip("/")).parts or (ref.location,)
+            depth = 1
+            while True:
+                candidate = "/".join(parts[-depth:])
+                others = ["/".join(Path(r.location.rstrip("/")).parts[-depth:]) for r in refs if r is not ref and not r.name]
+                if candidate not in others or depth >= len(parts):
+                    ref.name = candidate
+                    break
+                depth += 1
+    seen: set[str] = set()
+    for ref in refs:
+        if ref.name in seen:
+            raise InputError(f"{flag}: two models are called '{ref.name}'; name them with NAME=PATH")
+        seen.add(ref.name)
+    return refs
+
+
+def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None = None, flag: str = "--task") -> PreparedTasks:
+    """Validate backends, their parameters and data for every `BACKEND:SPEC` (before any model loads)."""
+    from adaptkit.registry import get_spec
+
+    params = dict(params or {})
+    if not task_args:
+        raise InputError(f"{flag}: give at least one task, e.g. --task ppl:eng=en.txt")
+    backends: dict[str, EvalBackend] = {}
+    tasks: list[EvalTask] = []
+    for text in task_args:
+        backend_name, spec_text = split_task_arg(text, flag)
+        spec = get_spec("eval backend", backend_name, flag)
+        if backend_name not in backends:
+            validated = spec.validate_params(params.get(backend_name), where=f"--set {backend_name}.*")
+            backends[backend_name] = spec.load()(validated)
+        for task in backends[backend_name].prepare(spec_text, flag):
+            if any(t.name == task.name for t in tasks):
+                raise InputError(f"{flag}: two tasks are called '{task.name}'; name them (e.g. ppl:NAME=FILE)")
+            tasks.append(task)
+    unknown = set(params) - set(backends)
+    if unknown:
+        raise InputError(f"--set: settings for '{sorted(unknown)[0]}', which no --task uses (backends used: {', '.join(backends)})")
+    used = {name: backends[name].params.model_dump() for name in backends}
+    return PreparedTasks(tasks, backends, used)
+
+
+def check_model_config(location: str, flag: str = "--model") -> None:
+    """Resolve a model location and, for local directories, check that its config loads."""
+    from adaptkit.io.models import resolve_model_source
+
+    source = resolve_model_source(location, flag)
+    if source.kind != "dir":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source.location)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first})") from None
+
+
+def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    import torch
+
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
+
+    if ref.model is not None and ref.tokenizer is not None:
+        return ref.model, ref.tokenizer
+    source = resolve_model_source(ref.location, "--model")
+    try:
+        tokenizer = load_tokenizer(source)
+        model = load_causal_lm(source, dtype=getattr(torch, dtype))
+    except InputError:
+        raise
+    except Exception as exc:  # a directory that exists but does not load
+        raise InputError(f"--model: '{ref.location}' does not load as a causal LM ({type(exc).__name__}: {exc})") from None
+    return model.to(device), tokenizer
+
+
+def run_evaluation(
+    models: list[ModelRef],
+    prepared: PreparedTasks,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    on_model: Callable[[str, Any, Any], None] | None = None,
+) -> EvalRun:
+    """Score every model on every task; models are loaded one at a time and released after.
+
+    `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
+    """
+    for ref in models:  # fail on a bad path or config before spending time on the others
+        if ref.model is None:
+            check_model_config(ref.location)
+    by_backend: dict[str, list[EvalTask]] = {}
+    for task in prepared.tasks:
+        by_backend.setdefault(task.backend, []).append(task)
+    infos = {t.name: TaskInfo(t.name, t.backend, t.spec, info=dict(t.info)) for t in prepared.tasks}
+    run = EvalRun(
+        models=[{"name": r.name, "location": r.location} for r in models],
+        tasks=list(infos.values()),
+        results={},
+        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params},
+    )
+    for ref in models:
+        if progress:
+            progress(f"loading {ref.name}")
+        start = time.perf_counter()
+        model, tokenizer = load_model_ref(ref, dtype, device)
+        run.results[ref.name] = {}
+        run.records[ref.name] = {}
+        for backend_name, tasks in by_backend.items():
+            if progress:
+                progress(f"{ref.name}: {backend_name} ({', '.join(t.name for t in tasks)})")
+            _seed_everything(seed)
+            outputs = prepared.backends[backend_name].run(model, tokenizer, tasks, RunContext(device, seed, ref.name))
+            for task in tasks:
+                output: TaskOutput = outputs[task.name]
+                info = infos[task.name]
+                info.primary, info.higher_is_better = output.primary, output.higher_is_better
+                run.results[ref.name][task.name] = output.metrics
+                if output.records:
+                    run.records[ref.name][task.name] = output.records
+        if on_model is not None:
+            on_model(ref.name, model, tokenizer)
+        run.seconds[ref.name] = time.perf_counter() - start
+        if ref.model is None:
+            del model
+    return run
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)

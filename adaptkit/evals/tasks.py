@@ -1,0 +1,84 @@
+"""Evaluation tasks and the contract of an eval backend plugin.
+
+A task is given on the command line as `BACKEND:SPEC` (`ppl:eng=en.txt`,
+`lm-eval:xnli_sw`, `mt:flores.jsonl`). The backend registered under BACKEND turns SPEC
+into one or more `EvalTask`s in `prepare` (reading and validating its data once, before
+any model is loaded), then `run` scores one loaded model on its tasks and returns one
+`TaskOutput` per task. Backends are classes built with their validated parameters:
+`Backend(params)`. This module is light (standard library only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class EvalTask:
+    """One named evaluation: its backend, what the user wrote, and the prepared data."""
+
+    name: str
+    backend: str
+    spec: str
+    payload: Any = None
+    info: dict[str, Any] = field(default_factory=dict)  # shown in results.json (file, documents, ...)
+
+
+@dataclass
+class TaskOutput:
+    """Scores of one model on one task; `records` are per-item details (e.g. generations)."""
+
+    metrics: dict[str, float]
+    primary: str
+    higher_is_better: bool
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    device: str = "cpu"
+    seed: int = 0
+    model_name: str = "model"
+
+
+class EvalBackend:
+    """Base class of eval backends: `prepare` once, `run` per model."""
+
+    name = "backend"
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run(
+        self,
+        model: "PreTrainedModel",
+        tokenizer: "PreTrainedTokenizerBase",
+        tasks: list[EvalTask],
+        ctx: RunContext,
+    ) -> dict[str, TaskOutput]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def split_task_arg(text: str, flag: str = "--task") -> tuple[str, str]:
+    """'BACKEND:SPEC' -> (backend, spec)."""
+    backend, sep, spec = text.partition(":")
+    if not sep or not backend.strip() or not spec.strip():
+        raise InputError(f"{flag}: expected BACKEND:SPEC (e.g. ppl:eng=en.txt, lm-eval:xnli_sw, mt:flores.jsonl), got '{text}'")
+    return backend.strip(), spec.strip()
+
+
+def named_file(spec: str) -> tuple[str | None, str]:
+    """'NAME=FILE' -> (NAME, FILE); 'FILE' -> (None, FILE)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name:
+        return name.strip(), path.strip()
+    return None, spec

@@ -1,0 +1,157 @@
+"""`lm-eval`: any lm-evaluation-harness task, run on the model already loaded.
+
+Task spec: `lm-eval:TASK[,TASK...]` (names from lm-eval's task registry, e.g. xnli_sw,
+pawsx_en, xcopa_sw, xstorycloze_sw, mgsm_direct_sw, mmlu) or `lm-eval:DIR` /
+`lm-eval:DIR:TASK[,TASK]` for a directory of local task YAMLs (every task defined there,
+or the named ones). A local task may read a local file (`dataset_path: json`,
+`dataset_kwargs: {data_files: {test: /abs/path.jsonl}}`), so it runs offline.
+
+The model is wrapped with lm-eval's `HFLM(pretrained=<loaded model>, tokenizer=...)`;
+each requested task (or group) becomes one task in the report. The primary metric is
+the first of acc_norm, acc, exact_match, f1, bleu, chrf the task reports, else its first
+metric; its direction comes from lm-eval's `higher_is_better`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput
+from adaptkit.specs import EvalBackendSpec, Params
+
+PRIMARY_ORDER = ("acc_norm", "acc", "exact_match", "f1", "bleu", "chrf", "word_perplexity")
+
+
+class LmEvalParams(Params):
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, description="items per task (for quick checks)")
+    batch_size: int = Field(8, ge=1)
+    apply_chat_template: bool = False
+    bootstrap_iters: int = Field(0, ge=0, description="lm-eval stderr bootstrap (0: off, fast)")
+
+
+def _split_dir_spec(spec: str) -> tuple[Path | None, list[str]]:
+    """('DIR', [names]) for a directory spec, (None, names) for task names."""
+    if Path(spec).is_dir():
+        return Path(spec), []
+    head, sep, tail = spec.rpartition(":")
+    if sep and Path(head).is_dir():
+        return Path(head), [t.strip() for t in tail.split(",") if t.strip()]
+    return None, [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def _metric_name(key: str) -> str:
+    return key.split(",")[0]
+
+
+class LmEvalBackend(EvalBackend):
+    name = "lm-eval"
+
+    def __init__(self, params: LmEvalParams):
+        super().__init__(params)
+        self._managers: dict[str, object] = {}
+
+    def _task_manager(self, include_path: Path | None):
+        from adaptkit.errors import require
+
+        require("lm_eval", "lm-eval", "the lm-eval backend")
+        import logging
+
+        from lm_eval.tasks import TaskManager
+
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        key = str(include_path) if include_path else ""
+        if key not in self._managers:
+            if include_path:
+                self._managers[key] = TaskManager(include_path=str(include_path.resolve()), include_defaults=False)
+            else:
+                self._managers[key] = TaskManager()
+        return self._managers[key]
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+        from adaptkit.errors import InputError
+        from adaptkit.registry import did_you_mean
+
+        include_path, names = _split_dir_spec(spec)
+        if include_path is None and (spec.startswith(("/", ".", "~")) or spec.endswith((".yaml", ".yml"))):
+            raise InputError(f"{flag} lm-eval:{spec}: '{spec}' is not a directory of lm-eval task YAMLs")
+        manager = self._task_manager(include_path)
+        known = list(manager.all_tasks)
+        if include_path is not None and not names:
+            names = known
+            if not names:
+                raise InputError(f"{flag} lm-eval:{spec}: no task YAML found in '{include_path}'")
+        for name in names:
+            if name not in known:
+                raise InputError(f"{flag}: unknown lm-eval task '{name}'{did_you_mean(name, known)}")
+        key = str(include_path) if include_path else ""
+        return [EvalTask(name, "lm-eval", spec, {"manager": key}, {"lm_eval_task": name, **({"include_path": key} if key else {})})
+                for name in names]
+
+    def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
+        outputs: dict[str, TaskOutput] = {}
+        by_manager: dict[str, list[EvalTask]] = {}
+        for task in tasks:
+            by_manager.setdefault(task.payload["manager"], []).append(task)
+        for key, group in by_manager.items():
+            result = simple_evaluate(
+                model=lm,
+                tasks=[t.name for t in group],
+                task_manager=self._managers[key],
+                num_fewshot=self.params.num_fewshot,
+                limit=self.params.limit,
+                bootstrap_iters=self.params.bootstrap_iters,
+                apply_chat_template=self.params.apply_chat_template,
+                log_samples=False,
+                random_seed=ctx.seed,
+                numpy_random_seed=ctx.seed,
+                torch_random_seed=ctx.seed,
+                fewshot_random_seed=ctx.seed,
+            )
+            for task in group:
+                outputs[task.name] = self._output(result, task.name)
+        return outputs
+
+    @staticmethod
+    def _output(result: dict, name: str) -> TaskOutput:
+        entries = result["results"]
+        subtasks = result.get("group_subtasks", {}).get(name, [])
+        raw = entries.get(name, {})
+        metrics = {_metric_name(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and "stderr" not in k}
+        if not metrics and subtasks:  # a group without aggregate: mean over its subtasks
+            collected: dict[str, list[float]] = {}
+            for sub in subtasks:
+                for k, v in entries.get(sub, {}).items():
+                    if isinstance(v, (int, float)) and "stderr" not in k:
+                        collected.setdefault(_metric_name(k), []).append(float(v))
+            metrics = {k: sum(v) / len(v) for k, v in collected.items()}
+        metrics.pop("sample_len", None)
+        if not metrics:
+            from adaptkit.errors import AdaptkitError
+
+            raise AdaptkitError(f"lm-eval task '{name}' returned no metrics")
+        primary = next((m for m in PRIMARY_ORDER if m in metrics), next(iter(metrics)))
+        hib_table = result.get("higher_is_better", {}).get(name) or next(
+            (result["higher_is_better"].get(s) for s in subtasks if result.get("higher_is_better", {}).get(s)), {}
+        ) or {}
+        higher = bool(hib_table.get(primary, "perplexity" not in primary))
+        samples = result.get("n-samples", {}).get(name, {})
+        if samples:
+            metrics["items"] = float(samples.get("effective", samples.get("original", 0)))
+        return TaskOutput(metrics, primary=primary, higher_is_better=higher)
+
+
+SPEC = EvalBackendSpec(
+    name="lm-eval",
+    factory="adaptkit.plugins.evals.lm_eval:LmEvalBackend",
+    summary="Any lm-evaluation-harness task or local task YAML directory, on the already-loaded model",
+    reference="Gao et al., EleutherAI lm-evaluation-harness; LayRA's XNLI/PAWS-X/XCOPA/XStoryCloze/MGSM/MMLU",
+    params=LmEvalParams,
+    extras=("lm-eval",),
+)

@@ -1,0 +1,181 @@
+"""Source-Shielded Updates (SSU): score on source data, freeze the top columns, train the rest.
+
+Each `ssu-<scorer>` method is the same composition, scorer + mask + the engine's masked
+training, differing only in the scorer: ssu-wanda (the paper's SSU), ssu-mag, ssu-rand,
+ssu-sparsegpt, ssu-fisher. With `--mask DIR` the saved mask set is used as it is (it
+must come from the same scorer and fit the model). With `--calib DIR` the model is
+scored and masked on the fly, exactly as `adaptkit score` + `adaptkit mask` with the
+same settings would, and the scores and masks are saved in the run directory
+(`scores/`, `mask/`), so both routes give identical runs.
+
+Frozen entries get no update and no weight decay and the optimizer keeps no state for
+them (the engine's compact parameters); embeddings and the LM head are not scored and
+train in full unless `include_embeddings` is set, as in the paper.
+
+Reference: Yamaguchi et al. 2025, "Mitigating Catastrophic Forgetting in Target Language
+Adaptation of LLMs via Source-Shielded Updates" (github.com/gucci-j/ssu).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import Field, field_validator
+
+from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
+from adaptkit.errors import InputError
+from adaptkit.specs import MethodSpec, Params
+
+DEFAULT_FREEZE_RATIO = 0.5
+ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in float32, per trained entry
+
+
+class SSUParams(Params):
+    freeze_ratio: Optional[float] = Field(None, description="Fraction of each matrix's columns to freeze (default 0.5; with --mask, the mask's own).")
+    granularity: Optional[Literal["column", "row", "element"]] = Field(None, description="Mask unit (default column; row/element are the paper's ablations).")
+    include_embeddings: bool = Field(False, description="Also score and mask the embeddings and LM head (the paper trains them in full).")
+    calib_batch_size: int = Field(1, gt=0, description="Calibration blocks per forward pass while scoring on the fly.")
+    scorer_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the scorer (e.g. damp for sparsegpt).")
+    fast_backward: bool = Field(True, description="Compute weight gradients of masked linear layers only for trainable columns (engine/masked_linear.py).")
+
+    @field_validator("freeze_ratio")
+    @classmethod
+    def _ratio_in_range(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"--freeze-ratio must be between 0 and 1 (got {value})")
+        return value
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class SourceShieldedUpdates(TrainingMethod):
+    """The SSU composition; subclasses only name their scorer."""
+
+    scorer: ClassVar[str] = "wanda"
+
+    def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        from adaptkit.masking import frozen_table
+
+        config = ctx.config
+        if config.mask and config.calib:
+            raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
+        masks = self._saved_masks(model, ctx) if config.mask else self._masks_on_the_fly(model, ctx)
+        plan = TrainingPlan.from_masks(model, masks)
+        plan.compact_linear_grads = self.params.fast_backward
+        if not plan.trainable:
+            raise InputError("--freeze-ratio: freezing every scored unit of every parameter leaves nothing to train")
+        trained, total = plan.counts()
+        frozen = total - trained
+        _, table_total = frozen_table(masks)
+        ratio = masks.metadata.get("freeze_ratio", "?")
+        plan.summary = (
+            f"SSU ({self.scorer} scores, freeze ratio {ratio}, {masks.metadata.get('mask_granularity', 'column')} masks): "
+            f"{100 * table_total[4]:.1f}% of scored entries frozen; {trained:,} of {total:,} parameters train; "
+            f"AdamW state {ADAMW_STATE_BYTES * trained / 2**20:.1f} MiB instead of {ADAMW_STATE_BYTES * total / 2**20:.1f} MiB "
+            f"for full fine-tuning (saves {ADAMW_STATE_BYTES * frozen / 2**20:.1f} MiB)"
+        )
+        ctx.log(plan.summary)
+        return plan
+
+    def _saved_masks(self, model, ctx: MethodContext):
+        from adaptkit.scoring import check_fingerprint
+
+        masks = ctx.mask_set()
+        meta = masks.metadata
+        if meta.get("scorer") and meta["scorer"] != self.scorer:
+            matching = METHOD_FOR_SCORER.get(meta["scorer"], "the matching ssu-* method")
+            raise InputError(f"--mask: made from '{meta['scorer']}' scores, but --method {ctx.config.method} scores with '{self.scorer}' (use --method {matching})")
+        check_fingerprint(meta, model, "--mask")
+        masks.check_fits(model, "--mask")
+        ratio = self.params.freeze_ratio
+        if ratio is not None and "freeze_ratio" in meta and float(meta["freeze_ratio"]) != ratio:
+            raise InputError(f"--freeze-ratio: {ratio} differs from the ratio {meta['freeze_ratio']} of --mask (drop --freeze-ratio, or give --calib to mask on the fly)")
+        granularity = self.params.granularity
+        if granularity is not None and meta.get("mask_granularity", granularity) != granularity:
+            raise InputError(f"--set granularity={granularity}: differs from the {meta['mask_granularity']} masks of --mask")
+        return masks
+
+    def _masks_on_the_fly(self, model, ctx: MethodContext):
+        from adaptkit.calibration import load_calibration
+        from adaptkit.engine.masks import MASKS_FILE, load_mask_set
+        from adaptkit.io.atomic import atomic_dir
+        from adaptkit.io.models import model_fingerprint
+        from adaptkit.masking import build_mask_set
+        from adaptkit.scoring import compute_scores
+
+        ratio = DEFAULT_FREEZE_RATIO if self.params.freeze_ratio is None else self.params.freeze_ratio
+        granularity = self.params.granularity or "column"
+        calibration = load_calibration(Path(ctx.config.calib), "--calib")
+        mask_dir, scores_dir = ctx.output_dir / "mask", ctx.output_dir / "scores"
+        if (mask_dir / MASKS_FILE).is_file():  # a resumed run: reuse the masks it started with
+            saved = load_mask_set(mask_dir, "--resume")
+            expected = {"scorer": self.scorer, "calibration_hash": calibration.hash, "freeze_ratio": repr(float(ratio)), "mask_granularity": granularity, "model_fingerprint": model_fingerprint(model)}
+            if all(saved.metadata.get(k) == v for k, v in expected.items()):
+                ctx.log(f"using the masks saved in {mask_dir}")
+                return saved
+        ctx.log(f"scoring with {self.scorer} on {calibration.blocks.shape[0]} calibration blocks of {calibration.blocks.shape[1]} tokens")
+        scores = compute_scores(
+            model,
+            self.scorer,
+            calibration,
+            self.params.scorer_params,
+            self.params.include_embeddings,
+            granularities=(granularity,),
+            batch_size=self.params.calib_batch_size,
+            seed=ctx.seed,
+            device=ctx.device,
+            tokenizer=ctx.tokenizer,
+        )
+        masks = build_mask_set(scores, ratio, granularity)
+        if _is_main_process():
+            with atomic_dir(scores_dir, overwrite=True) as tmp:
+                scores.save(tmp)
+            with atomic_dir(mask_dir, overwrite=True) as tmp:
+                masks.save(tmp)
+        return masks
+
+
+class SSUWanda(SourceShieldedUpdates):
+    scorer = "wanda"
+
+
+class SSUMagnitude(SourceShieldedUpdates):
+    scorer = "magnitude"
+
+
+class SSURandom(SourceShieldedUpdates):
+    scorer = "random"
+
+
+class SSUSparseGPT(SourceShieldedUpdates):
+    scorer = "sparsegpt"
+
+
+class SSUFisher(SourceShieldedUpdates):
+    scorer = "fisher"
+
+
+REFERENCE = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
+VARIANTS = (
+    ("ssu-wanda", SSUWanda, "SSU: freeze the top Wanda-scored columns (|W| * ||X||), train the rest"),
+    ("ssu-mag", SSUMagnitude, "SSU ablation: freeze the top columns by weight magnitude"),
+    ("ssu-rand", SSURandom, "SSU ablation: freeze random columns (seeded)"),
+    ("ssu-sparsegpt", SSUSparseGPT, "SSU ablation: freeze the top columns by SparseGPT-style OBS saliency"),
+    ("ssu-fisher", SSUFisher, "SSU ablation: freeze the top columns by diagonal Fisher information"),
+)
+METHOD_FOR_SCORER = {cls.scorer: name for name, cls, _ in VARIANTS}
+SPECS = [
+    MethodSpec(
+        name=name,
+        factory=f"adaptkit.plugins.methods.ssu:{cls.__name__}",
+        summary=summary,
+        reference=REFERENCE,
+        params=SSUParams,
+        needs=frozenset({"mask"}),
+    )
+    for name, cls, summary in VARIANTS
+]

@@ -1,0 +1,40 @@
+"""Random importance (SSU-Rand): i.i.d. uniform [0, 1) scores, seeded.
+
+Each parameter draws from its own generator, seeded from the run seed and the
+parameter name, so the scores of one parameter do not depend on which others are
+scored. Column/row scores are sums of i.i.d. uniforms, so the frozen columns are a
+uniformly random choice. No calibration data is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from adaptkit.scoring import Scorer, ScoredParam, ScoringRun
+from adaptkit.specs import Params, ScorerSpec
+
+
+class RandomParams(Params):
+    """Random scores take the run's --seed."""
+
+
+class RandomScorer(Scorer):
+    def prepare(self, model, scored, run: ScoringRun) -> None:
+        self.seed = run.seed
+
+    def element_scores(self, sp: ScoredParam):
+        import torch
+
+        digest = hashlib.sha256(f"{self.seed}:{sp.name}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        return torch.rand(tuple(sp.param.shape), generator=generator, dtype=torch.float32)
+
+
+SPEC = ScorerSpec(
+    name="random",
+    factory="adaptkit.plugins.scorers.random:RandomScorer",
+    summary="Seeded uniform random scores (SSU-Rand)",
+    reference="SSU paper ablation SSU-Rand (github.com/gucci-j/ssu)",
+    params=RandomParams,
+    needs_calibration=False,
+)

@@ -1,0 +1,88 @@
+"""SparseGPT-style importance from second-moment input statistics (SSU-SparseGPT).
+
+With H = (2/N) X^T X the input second-moment matrix of a linear module over all N
+calibration tokens (float32) and damping lambda = damp * mean(diag H) as in SparseGPT,
+the OBS saliency of weight W_ij is
+
+    s_ij = W_ij^2 / [(H + lambda I)^-1]_jj
+
+(the error of removing W_ij when the other weights of its row compensate), and the
+column score S_j = sum_i s_ij. Input features that are always zero (diag H = 0) get
+score 0, as SparseGPT treats dead inputs. Parameters with a diagonal input relation use
+the diagonal of H: a norm scale s_i = w_i^2 (H_ii + lambda), an embedding row
+s_vd = E_vd^2 (2 count_v / N + lambda), a bias (constant input 1, H = 2) s_i = b_i^2 (2 + lambda).
+
+Deviations, both deliberate: SparseGPT's own mask selection divides by the squared
+diagonal of the Cholesky factor of H^-1, i.e. [H_F^-1]_jj for the columns F not yet
+processed, which depends on the column order of its sequential pruning; the
+order-free OBS form above is the one the Wanda paper tabulates for SparseGPT. The SSU
+authors' code (gucci-j/ssu, `sgpt_based`) ranks columns by mean x_j^2 alone (the
+diagonal of H, no weights, no inverse). H costs in_features^2 float32 per distinct
+module input (q/k/v and gate/up share one).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from adaptkit.errors import InputError
+from adaptkit.scoring import Scorer, ScoredParam, ScoringRun, collect_input_statistics, input_relation
+from adaptkit.specs import Params, ScorerSpec
+
+
+class SparseGPTParams(Params):
+    damp: float = Field(0.01, gt=0, description="Damping as a fraction of mean(diag H) (SparseGPT: 0.01).")
+
+
+class SparseGPTScorer(Scorer):
+    def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
+        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, gram=True, progress=run.progress)
+        self._inverse_diagonals: dict[int, object] = {}
+
+    def _inverse_diagonal(self, stats):
+        """diag((H + lambda I)^-1) with dead features marked inf (score 0), cached per shared input."""
+        import torch
+
+        key = id(stats)
+        if key not in self._inverse_diagonals:
+            hessian = 2.0 * stats.gram / max(stats.tokens, 1)
+            diagonal = hessian.diagonal()
+            dead = diagonal == 0
+            hessian = hessian.clone()
+            hessian[dead, dead] = 1.0
+            damping = self.params.damp * float(diagonal.mean())
+            hessian.diagonal().add_(damping)
+            try:
+                inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian)).diagonal().clone()
+            except torch.linalg.LinAlgError:
+                raise InputError(f"scorer sparsegpt: the damped input Hessian is not positive definite; raise damping with --set damp={self.params.damp * 10:g}") from None
+            inverse[dead] = float("inf")
+            self._inverse_diagonals[key] = inverse
+        return self._inverse_diagonals[key]
+
+    def _diagonal_curvature(self, second_moment, tokens: int):
+        """H_ii + lambda for a diagonal input relation, 0 for dead features."""
+        hessian = 2.0 * second_moment / max(tokens, 1)
+        curvature = hessian + self.params.damp * float(hessian.mean())
+        return curvature.masked_fill(hessian == 0, 0.0)
+
+    def element_scores(self, sp: ScoredParam):
+        stats = self.stats.get(sp.module_name)
+        squared = sp.param.detach().float().square()
+        relation = input_relation(sp, stats, "sparsegpt")
+        if relation == "columns":
+            return squared / self._inverse_diagonal(stats).unsqueeze(0)
+        if relation == "rows":
+            return squared * self._diagonal_curvature(stats.counts, stats.tokens).unsqueeze(1)
+        if relation == "elements":
+            return squared * self._diagonal_curvature(stats.sumsq, stats.tokens)
+        return squared * 2.0 * (1.0 + self.params.damp)
+
+
+SPEC = ScorerSpec(
+    name="sparsegpt",
+    factory="adaptkit.plugins.scorers.sparsegpt:SparseGPTScorer",
+    summary="W_ij^2 / [(H + lambda I)^-1]_jj with H = 2 X^T X / N (SparseGPT-style OBS saliency; SSU-SparseGPT)",
+    reference="Frantar & Alistarh 2023, SparseGPT (github.com/IST-DASLab/sparsegpt); SSU paper ablation",
+    params=SparseGPTParams,
+)

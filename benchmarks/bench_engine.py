@@ -1,0 +1,143 @@
+"""Foundation benchmark: CLI cold start, and the engine's FFT step vs a plain HF Trainer.
+
+    python benchmarks/bench_engine.py [--steps 30] [--hidden 256] [--layers 4]
+
+Prints (ratios are measured side by side in one run, since the machine is noisy):
+1. `adaptkit --help` cold start vs `python -c "import typer, rich"` (median of runs, interleaved);
+2. median FFT step time and tokens/s of adaptkit's engine vs transformers' Trainer on the same model,
+   data, batch, schedule and steps, timed in one process (alternating which goes first);
+3. peak RSS of each, measured in separate child processes (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def cold_start(runs: int = 7) -> dict:
+    commands = {
+        "adaptkit --help": [sys.executable, "-m", "adaptkit", "--help"],
+        "import typer, rich": [sys.executable, "-c", "import typer, rich"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - start)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {**{f"{k} (s)": round(v, 4) for k, v in medians.items()}, "ratio": round(medians["adaptkit --help"] / medians["import typer, rich"], 3)}
+
+
+def make_setup(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
+    from adaptkit import demo
+    from adaptkit.io.models import save_model
+
+    train, _ = demo.split_corpus("ha")
+    text = demo.write_lines(train * 4, root / "ha.txt")
+    tokenizer = demo.train_tokenizer(train + demo.split_corpus("en")[0], vocab_size=2048)
+    model = demo.tiny_model("llama", len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=max(4, hidden // 64))
+    save_model(model, tokenizer, root / "base")
+    return root / "base", text
+
+
+def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+
+    config = TrainConfig.model_validate({
+        "model": str(model_dir), "data": {"paths": [str(text)], "seq_len": seq, "cache": False},
+        "max_steps": steps, "batch_size": batch, "log_steps": 1, "seed": 0,
+    })
+    train(config, out, overwrite=True, log=lambda m: None)
+    elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [b - a for a, b in zip(elapsed, elapsed[1:])]
+
+
+def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    from adaptkit.data.corpus import load_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    blocks = load_blocks([str(text)], tokenizer, seq, use_cache=False)
+    dataset = [{"input_ids": b, "labels": b} for b in blocks]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
+        lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), weight_decay=0.01, max_grad_norm=1.0, logging_steps=10_000,
+        save_strategy="no", report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Stamp()]).train()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def child_peak_rss(which: str, model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> float:
+    code = (
+        "import sys, resource; sys.path.insert(0, %r)\n"
+        "from bench_engine import run_engine, run_trainer\n"
+        "from pathlib import Path\n"
+        "run_%s(Path(%r), Path(%r), Path(%r), %d, %d, %d)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    ) % (str(HERE), which, str(model_dir), str(text), str(out), steps, batch, seq)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024  # MiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    print("== CLI cold start (median of 7, interleaved)")
+    print(json.dumps(cold_start(), indent=2))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir, text = make_setup(root, args.hidden, args.layers)
+        import torch
+
+        n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+        print(f"== FFT: Llama {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, {args.steps} steps, torch threads {torch.get_num_threads()}")
+        times: dict[str, list[float]] = {"adaptkit": [], "trainer": []}
+        for order in (("adaptkit", "trainer"), ("trainer", "adaptkit")):
+            for which in order:
+                fn = run_engine if which == "adaptkit" else run_trainer
+                times[which] += fn(model_dir, text, root / f"out-{which}", args.steps, args.batch, args.seq)[2:]
+        tokens = args.batch * args.seq
+        median = {k: statistics.median(v) for k, v in times.items()}
+        for k, v in median.items():
+            print(f"{k:9s} median step {v * 1000:.1f} ms  ({tokens / v:,.0f} tokens/s)")
+        print(f"step-time ratio adaptkit / Trainer: {median['adaptkit'] / median['trainer']:.3f} (target <= 1.0)")
+        rss = {k: child_peak_rss("engine" if k == "adaptkit" else "trainer", model_dir, text, root / f"rss-{k}", args.steps, args.batch, args.seq) for k in times}
+        for k, v in rss.items():
+            print(f"{k:9s} peak RSS {v:.0f} MiB")
+        print(f"peak RSS ratio adaptkit / Trainer: {rss['adaptkit'] / rss['trainer']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""evaluate: perplexity against a plain loop and lm-eval, chrF against sacrebleu, the report, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_input_error
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(make_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = make_model_dir("llama", seed=0)
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+def plain_loop_nll(model, tokenizer, texts, block_size, stride, prefix=True):
+    """Independent reference: one forward pass per scored token, over its window's context."""
+    import torch
+
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = ([tokenizer.bos_token_id] if prefix else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+        position, first = 1, True
+        while position < len(ids):
+            end = min(position + (block_size if first else stride), len(ids))
+            start = max(0, end - 1 - block_size)
+            for target in range(position, end):
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids[start:target]])).logits[0, -1].double()
+                nll -= torch.log_softmax(logits, -1)[ids[target]].item()
+                count += 1
+            position, first = end, False
+    return nll, count
+
+
+@pytest.mark.parametrize("block_size, stride, prefix", [(512, None, "bos"), (12, 12, "bos"), (12, 5, "none")])
+def test_perplexity_matches_a_plain_loop(tiny, corpora, block_size, stride, prefix):
+    from adaptkit.evals.perplexity import perplexity
+
+    model, tokenizer = tiny
+    texts = [t[:120] for t in corpora["ha-test"].read_text().splitlines()[:2]] + ["Everyone has the right to life."]
+    result = perplexity(model, tokenizer, texts, block_size=block_size, stride=stride, batch_size=3, prefix=prefix)
+    nll, count = plain_loop_nll(model, tokenizer, texts, block_size, stride or block_size, prefix == "bos")
+    assert result.tokens == count
+    assert result.nll_sum == pytest.approx(nll, rel=1e-6)
+    assert result.ppl == pytest.approx(math.exp(nll / count), rel=1e-6)
+    scored_bytes = sum(len(t.encode()) for t in texts)
+    if prefix == "none":  # the first token of each document is context only: its bytes are not counted
+        first = [len(tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:1]).encode()) for t in texts]
+        scored_bytes -= sum(first)
+    assert result.bytes == scored_bytes
+    assert result.bits_per_byte == pytest.approx(nll / (math.log(2) * scored_bytes), rel=1e-6)
+
+
+def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
+    """A local lm-eval task runs offline through the backend; ppl equals lm-eval's loglikelihood_rolling."""
+    from adaptkit.evals.perplexity import perplexity
+    from adaptkit.evals.runner import ModelRef, prepare_tasks, run_evaluation
+
+    model, tokenizer = tiny
+    data = tmp_path / "choice.jsonl"
+    rows = [{"question": "Kowa yana da", "choices": [" hakki", " zzzz"], "label": 0},
+            {"question": "Everyone has the", "choices": [" qqq", " right"], "label": 1},
+            {"question": "All human beings are born", "choices": [" free", " xx"], "label": 0}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "tiny_choice.yaml").write_text(
+        "task: tiny_choice\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    prepared = prepare_tasks([f"lm-eval:{tasks_dir}"], {"lm-eval": {"batch_size": 2}})
+    run = run_evaluation([ModelRef("tiny", model=model, tokenizer=tokenizer)], prepared)
+    assert run.task("tiny_choice").primary == "acc" and run.task("tiny_choice").higher_is_better
+    scores = run.results["tiny"]["tiny_choice"]
+    assert 0.0 <= scores["acc"] <= 1.0 and scores["items"] == 3.0
+
+    # lm-eval's rolling log-likelihood (EOT prefix, disjoint windows) on the same model and text
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    texts = corpora["en-test"].read_text().splitlines()[:4]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu", max_length=16)
+    requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+    reference = -sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+    ours = perplexity(model, tokenizer, texts, block_size=16, stride=16, batch_size=2)
+    assert lm.prefix_token_id == tokenizer.bos_token_id or lm.prefix_token_id == tokenizer.eos_token_id
+    assert ours.nll_sum == pytest.approx(reference, rel=1e-5)
+
+
+def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir, corpora, tmp_path):
+    import sacrebleu
+
+    base, other = make_model_dir("llama", seed=0), make_model_dir("llama", seed=1)
+    en, ha = corpora["en-test"].read_text().splitlines(), corpora["ha-test"].read_text().splitlines()
+    mt = tmp_path / "flores-like.jsonl"
+    mt.write_text("".join(json.dumps({"src": e, "tgt": h, "src_lang": "en", "tgt_lang": "ha"}, ensure_ascii=False) + "\n"
+                          for e, h in zip(en[3:7], ha[3:7])))
+    out = tmp_path / "eval"
+    result = invoke(
+        "evaluate", "--model", f"base={base}", "--model", f"other={other}",
+        "--task", f"ppl:eng={corpora['en-test']}", "--task", f"ppl:hau={corpora['ha-test']}", "--task", f"mt:{mt}",
+        "--set", "mt.max_new_tokens=6", "--set", "mt.shots=1", "--set", "ppl.block_size=64",
+        "--baseline", "base", "--source-task", "eng", "--target-task", "hau", "-o", out, "--json",
+    )
+    assert result.returncode == 0, result
+    results = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in results["models"]] == ["base", "other"]
+    assert {t["name"]: t["role"] for t in results["tasks"]} == {"eng": "source", "hau": "target", "flores-like": None}
+    assert results["config"]["params"]["ppl"]["block_size"] == 64 and "torch" in results["versions"]
+    change = results["changes"]["other"]["hau"]
+    value, baseline = results["results"]["other"]["hau"]["ppl"], results["results"]["base"]["hau"]["ppl"]
+    assert change["abs_change"] == pytest.approx(value - baseline)
+    assert change["rel_change_pct"] == pytest.approx(100 * (value - baseline) / baseline)
+    assert change["gain_pct"] == pytest.approx(-change["rel_change_pct"])  # lower perplexity is better
+    assert results["summary"]["other"]["source_gain_pct"] == pytest.approx(results["changes"]["other"]["eng"]["gain_pct"])
+    # chrF / chrF++ from the saved generations, computed with sacrebleu directly
+    records = [json.loads(line) for line in (out / "details" / "other" / "flores-like.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and records[0]["prompt"].startswith("Fassara Turanci zuwa Hausa:\n")
+    hyps, refs = [r["response"] for r in records], [r["reference"] for r in records]
+    metrics = results["results"]["other"]["flores-like"]
+    assert metrics["chrf++"] == pytest.approx(sum(sacrebleu.sentence_chrf(h, [r], word_order=2).score for h, r in zip(hyps, refs)) / 4)
+    assert metrics["chrf"] == pytest.approx(sum(sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)) / 4)
+    assert metrics["corpus_chrf++"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
+    markdown = (out / "results.md").read_text()
+    assert "| base (baseline) |" in markdown and "hau (ppl ↓) [target]" in markdown and "gain" in markdown
+    for png in ("tasks.png", "forgetting_learning.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert json.loads(result.stdout)["summary"]["other"].keys() == {"source_gain_pct", "target_gain_pct"}
+
+
+def test_generate_writes_records_for_codemix(invoke, make_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"prompt": "Kowa yana da"}\n')
+    out = tmp_path / "gens.jsonl"
+    result = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--max-new-tokens", "5", "-o", out)
+    assert result.returncode == 0, result
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", 1] and all(isinstance(r["response"], str) and r["model"] for r in rows)
+
+
+def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str], list[str]]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "fine"}\n{"txt": "typo"}\n')
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "vocab_size": "many"}')
+    eng = f"ppl:eng={corpora['en-test']}"
+    cases = {
+        "backend": (["--task", "ppx:a.txt"], ["--task", "unknown eval backend 'ppx'", "did you mean: ppl"]),
+        "syntax": (["--task", "ppl"], ["--task", "BACKEND:SPEC"]),
+        "empty": (["--task", f"ppl:{empty}"], ["--task", "empty.txt", "is empty"]),
+        "field": (["--task", f"ppl:{rows}"], ["--task", "rows.jsonl' line 2", "'text'"]),
+        "lang": (["--task", f"mt:{_mt_file(tmp_path, 'xx')}"], ["record 1 tgt_lang", "unknown language code 'xx'"]),
+        "lm-eval-task": (["--task", "lm-eval:xnli_sww"], ["unknown lm-eval task 'xnli_sww'", "did you mean: xnli_sw"]),
+        "lighteval": (["--task", "lighteval:lighteval|belebele_hau_Latn_mcf|0"], ["lighteval", "pip install 'adaptkit[lighteval]'"]),
+        "param": (["--task", eng, "--set", "ppl.blocksize=3"], ["ppl", "no parameter 'blocksize'", "did you mean: block_size"]),
+        "role": (["--task", eng, "--target-task", "hausa"], ["--target-task", "no task called 'hausa'"]),
+        "baseline": (["--task", eng, "--baseline", "nope"], ["--baseline", "'nope'"]),
+        "model": (["--task", eng, "--model", str(broken)], ["--model", "broken-model"]),
+    }
+    return cases[case]
+
+
+def _mt_file(tmp_path: Path, lang: str) -> Path:
+    path = tmp_path / "mt.jsonl"
+    path.write_text(json.dumps({"src": "a", "tgt": "b", "src_lang": "en", "tgt_lang": lang}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["backend", "syntax", "empty", "field", "lang", "lm-eval-task", "lighteval", "param", "role", "baseline", "model"])
+def test_evaluate_bad_input(invoke, make_model_dir, corpora, tmp_path, case):
+    if case == "lighteval":
+        try:
+            import lighteval  # noqa: F401
+
+            pytest.skip("lighteval is installed here")
+        except ImportError:
+            pass
+    model_dir = make_model_dir("llama", seed=0)
+    args, fragments = _bad(tmp_path, corpora, model_dir, case)
+    out = tmp_path / "out"
+    result = invoke("evaluate", "--model", model_dir, *args, "-o", out)
+    assert_input_error(result, *fragments)
+    assert not out.exists()

@@ -1,0 +1,57 @@
+"""The GPU-path options, exercised on CPU: bf16 autocast (fp32 master weights), activation checkpointing.
+
+The CUDA path itself (bf16 on GPU, fused AdamW on CUDA, flash-attention 2) needs a GPU and is not
+exercised here; `--compile` is not tested (inductor compiles for minutes on this CPU).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+ARGS = ["--max-steps", "3", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--warmup-ratio", "0", "--quiet", "--json"]
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, llama_dir, corpora, invoke):
+    from adaptkit.registry import register_plugin, reset_registry
+    from test_engine import MaskedTestMethod, _masks_for  # the engine tests' masked method (layer-1 attention frozen)
+    from adaptkit.hookspecs import hookimpl
+    from adaptkit.specs import MethodSpec
+
+    class Plugin:
+        @hookimpl
+        def register_methods(self, register):
+            register(MethodSpec(name="masked-bf16", factory=MaskedTestMethod, summary="test"))
+
+    reset_registry()
+    register_plugin(Plugin(), name="masked-bf16")
+    try:
+        result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "masked-bf16", "--precision", "bf16", "-o", tmp_path / "bf16", *ARGS)
+    finally:
+        reset_registry()
+    assert result.returncode == 0, result
+    assert torch.isfinite(torch.tensor(json.loads(result.stdout)["final_loss"]))
+    before, after = load_file(str(llama_dir / "model.safetensors")), load_file(str(tmp_path / "bf16" / "final" / "model.safetensors"))
+    from transformers import AutoModelForCausalLM
+
+    masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
+    for name, tensor in before.items():
+        assert after[name].dtype == torch.float32, name
+        if "layers.1.self_attn" in name:
+            assert torch.equal(tensor, after[name]), name
+        elif name in masks:
+            frozen = ~masks[name].expand(tuple(tensor.shape))
+            assert torch.equal(tensor[frozen], after[name][frozen]), name
+        else:  # fp32 master weights: bf16-sized steps are not lost to rounding
+            assert not torch.equal(tensor, after[name]), name
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path, llama_dir, corpora, invoke):
+    base = ["train", "--model", llama_dir, "--data", corpora["ha"], *ARGS]
+    assert invoke(*base, "-o", tmp_path / "plain").returncode == 0
+    result = invoke(*base, "--gradient-checkpointing", "-o", tmp_path / "gc")
+    assert result.returncode == 0, result
+    a, b = load_file(str(tmp_path / "plain" / "final" / "model.safetensors")), load_file(str(tmp_path / "gc" / "final" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)

@@ -1,0 +1,49 @@
+"""The quickstart: the whole pipeline on the embedded default, shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
+    out = tmp_path / "demo"
+    result = invoke("quickstart", "-o", out, "--methods", "fft,ssu-wanda", "--source-steps", "30", "--steps", "6",
+                    "--seq-len", "32", "--batch-size", "4", "--calib-samples", "4", "--json")
+    assert result.returncode == 0, result
+    summary = json.loads(result.stdout)
+    models = summary["models"]
+    assert set(models) == {"source", "fft", "ssu-wanda"}
+    for name in ("fft", "ssu-wanda"):
+        assert "source_gain_pct" in models[name] and "target_gain_pct" in models[name]
+        assert (out / "runs" / name / "final" / "model.safetensors").is_file()
+    assert models["ssu-wanda"]["trainable_fraction"] < models["fft"]["trainable_fraction"] == 1.0
+    for name in ("results.json", "results.md", "tasks.png", "forgetting_learning.png"):
+        assert (out / "eval" / name).is_file()
+    # every recorded path is relative to the demo directory, so the demo can be moved or resumed
+    assert "model: runs/source/final" in (out / "runs" / "fft" / "config.yaml").read_text()
+    assert not list(tmp_path.glob(".demo*"))
+
+
+def test_quickstart_bad_input_writes_nothing(tmp_path, invoke):
+    from conftest import assert_input_error
+
+    out = tmp_path / "demo"
+    assert_input_error(invoke("quickstart", "-o", out, "--methods", "fft,sssu-wanda"), "--methods", "did you mean: ssu-wanda")
+    assert_input_error(invoke("quickstart", "-o", out, "--target-lang", "xx"), "--target-lang")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_chat_rendered_source_text_for_instruct_models(tmp_path, llama_dir, tokenizer):
+    import shutil
+
+    from adaptkit.commands.quickstart import _chat_rendered
+
+    assert _chat_rendered(llama_dir, ["Everyone has rights."], tmp_path / "none.jsonl") is None
+    chat_dir = tmp_path / "chat-model"
+    shutil.copytree(llama_dir, chat_dir)
+    templated = tokenizer.__class__.from_pretrained(chat_dir)
+    templated.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}"
+    templated.save_pretrained(chat_dir)
+    path = _chat_rendered(chat_dir, ["Everyone has rights."], tmp_path / "chat.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"text": "<|user|>Quote a passage of the Universal Declaration of Human Rights.</s><|assistant|>Everyone has rights.</s>"}]
