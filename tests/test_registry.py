@@ -67,7 +67,7 @@ def test_duplicate_of_a_builtin_is_reported_by_plugins_command(invoke):
 
 
 def test_unknown_name_suggests_closest():
-    with pytest.raises(InputError, match=r"did you mean: fft\?"):
+    with pytest.raises(InputError, match=r"did you mean: fft\b"):
         get_registry().get("method", "fftt", "--method")
 
 

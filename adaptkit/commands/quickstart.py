@@ -45,6 +45,7 @@ def command(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
     freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
     calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -62,6 +63,7 @@ def command(
     if not method_names:
         raise InputError("--methods: give at least one method name")
     specs = {name: get_spec("method", name, "--methods") for name in method_names}
+    method_params = _method_params(specs, set_, freeze_ratio)
     texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
     if source_lang == target_lang:
         raise InputError("--target-lang: must differ from --source-lang")
@@ -88,7 +90,7 @@ def command(
         for name, spec in specs.items():
             console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
             run = _adapt(name, spec, source_dir, files["target"], calib_dir, steps, seq_len, batch_size,
-                         lr if lr is not None else (5e-5 if model else 1e-3), freeze_ratio, seed, console)
+                         lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console)
             rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
         report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
     _print_table(report, source_lang, target_lang, console)
@@ -195,8 +197,23 @@ def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console
     return path
 
 
-def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch_size, lr, freeze_ratio, seed, console):
-    params = {"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}
+def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -> dict[str, dict[str, Any]]:
+    """Each method's parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`; validated up front."""
+    from adaptkit.config import parse_set_overrides
+    from adaptkit.errors import InputError
+    from adaptkit.registry import did_you_mean
+
+    params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
+    for path, value in parse_set_overrides(overrides):
+        if len(path) != 2 or path[0] not in specs:
+            raise InputError(f"--set: expected METHOD.KEY=VALUE for a method in --methods ({', '.join(specs)}), got '{'.'.join(path)}'{did_you_mean(path[0], specs)}")
+        params[path[0]][path[1]] = value
+    for name, spec in specs.items():
+        spec.validate_params(params[name], f"--set {name}.*")
+    return params
+
+
+def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch_size, lr, params, seed, console):
     values = {
         "model": str(source_dir),
         "data": {"paths": [str(target_text)], "seq_len": seq_len},

@@ -1,0 +1,57 @@
+"""LoRA: low-rank adapters on the linear projections (via peft), merged into dense weights at the end.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv 2106.09685),
+through Hugging Face peft (optional extra `peft`). Defaults follow the SSU repository's LoRA
+baseline: rank 8, alpha 16, all seven linear projections of every block; dropout 0.05.
+`train_embeddings_and_head` adds the token embeddings and the LM head as fully trained modules
+(peft `modules_to_save`), as the SSU repository's PEFT runs do.
+
+Outputs: `final/` is the adapter merged into a plain dense model; `final/adapter/` is a standard
+PEFT adapter (`PeftModel.from_pretrained(base, "final/adapter")`).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
+from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, embedding_module_names, import_peft, resolve_targets, wrap
+from adaptkit.specs import MethodSpec, Params
+
+
+class LoRAParams(Params):
+    r: int = Field(8, gt=0, description="Rank of the adapters.")
+    alpha: float = Field(16, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: TargetModules = Field(ALL_LINEAR, description="'all-linear' or module names such as 'q_proj,v_proj'.")
+    train_embeddings_and_head: bool = Field(False, description="Also train the token embeddings and LM head in full (peft modules_to_save).")
+
+
+class LoRA(TrainingMethod):
+    name = "lora"
+
+    def lora_settings(self, model, ctx: MethodContext) -> dict:
+        """Keyword arguments of peft's LoraConfig for this run."""
+        p = self.params
+        settings = dict(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=resolve_targets(model, p.target_modules))
+        if p.train_embeddings_and_head:
+            settings["modules_to_save"] = embedding_module_names(model)
+            if getattr(model.config, "tie_word_embeddings", False):
+                settings["ensure_weight_tying"] = True  # the trained copies stay tied (peft >= 0.18)
+        return settings
+
+    def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        peft = import_peft(self.name)
+        config = peft.LoraConfig(task_type="CAUSAL_LM", **self.lora_settings(model, ctx))
+        wrapped = wrap(model, config, self.name)
+        return adapter_plan(wrapped, f"{self.name} (r {self.params.r}, alpha {self.params.alpha:g})", [MergeAndSaveAdapter(ctx.config.model)])
+
+
+SPEC = MethodSpec(
+    name="lora",
+    factory="adaptkit.plugins.methods.lora:LoRA",
+    summary="LoRA adapters (peft); saved merged into dense weights and as a PEFT adapter",
+    reference="Hu et al., LoRA, arXiv 2106.09685",
+    params=LoRAParams,
+    extras=("peft",),
+)

@@ -1,0 +1,129 @@
+"""Structured Sparse Fine-Tuning (S2FT): train a few selected channels of the MLP down projections
+(variant `down`) and, with `down+output`, a few selected heads of the attention output projections.
+
+Yang et al., "S2FT: Efficient, Scalable and Generalizable LLM Fine-tuning by Structured Sparsity",
+NeurIPS 2024 (arXiv 2412.06289), in the variants the SSU repository compares against
+(github.com/gucci-j/ssu: `s2ft_down*`, `s2ft_down_output`):
+
+- a channel of a down projection is one column of its (hidden, intermediate) weight; a head of
+  an output projection is the head_dim columns of its (hidden, heads * head_dim) weight;
+- channels (and heads) are sampled at random, globally over all layers, as the S2FT authors do:
+  floor(ratio * layers * channels) of them (at least one), with `random.Random(seed)`;
+- the budget is a `ratio` of the selectable channels, or `lora_rank` r: as many trainable
+  parameters as LoRA of rank r on every linear projection of every layer (the SSU scripts'
+  s2ft_down_16/32/64 match LoRA ranks 16/32/64 this way); with `down+output` one ratio is
+  applied to both pools so that the total matches the LoRA budget;
+- everything else is frozen. Default: ratio 0.015 (the SSU repository's s2ft_down setting).
+
+The engine trains the selected columns through compact copies and writes them back into the
+dense weights, so the saved model is a plain Hugging Face model (no permutation, no side
+tensors, nothing to convert). With `fast_backward` (default) the projections' backward computes
+weight gradients only for the selected columns (the engine's compact linear backward), which is
+the compute saving S2FT gets from permuting the selected channels into a dense block, without
+permuting anything; multi-process runs use the plain backward.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
+from adaptkit.errors import InputError
+from adaptkit.layers import ATTENTION_OUTPUT, MLP_DOWN, block_linears, find_layers, find_projection
+from adaptkit.specs import MethodSpec, Params
+
+DEFAULT_RATIO = 0.015
+
+
+class StructuredSparseParams(Params):
+    variant: Literal["down", "down+output"] = Field("down", description="'down': MLP down-projection channels; 'down+output': also attention output heads.")
+    ratio: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of the selectable channels (and heads) that train (default {DEFAULT_RATIO}).")
+    lora_rank: Optional[int] = Field(None, gt=0, description="Budget as LoRA of this rank on all linear projections (e.g. 16, 32, 64); instead of ratio.")
+    seed: Optional[int] = Field(None, description="Seed of the random selection (default: the run's --seed).")
+    fast_backward: bool = Field(True, description="Compute weight gradients only for the selected channels (single-process runs).")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.ratio is not None and self.lora_rank is not None:
+            raise ValueError("give either ratio or lora_rank, not both")
+        return self
+
+
+def _head_dim(model, weight) -> int:
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if weight.shape[1] % head_dim:
+        raise InputError(f"--method s2ft: the attention output projection has {weight.shape[1]} inputs, not a multiple of head_dim {head_dim}")
+    return head_dim
+
+
+def lora_parameter_count(model, rank: int) -> int:
+    """Parameters LoRA of `rank` adds on every linear projection of every transformer layer."""
+    _, blocks = find_layers(model)
+    total = 0
+    for block in blocks:
+        modules = dict(block.named_modules())
+        for role in block_linears(block).values():
+            for name in role:
+                total += rank * (modules[name].in_features + modules[name].out_features)
+    return total
+
+
+def sample_units(rng: random.Random, layers: int, units: int, ratio: float) -> dict[int, list[int]]:
+    """Globally sampled (layer, unit) pairs, floor(ratio * layers * units) of them (at least one)."""
+    count = max(1, int(ratio * layers * units))
+    chosen: dict[int, list[int]] = {}
+    for flat in sorted(rng.sample(range(layers * units), count)):
+        chosen.setdefault(flat // units, []).append(flat % units)
+    return chosen
+
+
+class StructuredSparseFineTuning(TrainingMethod):
+    def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        import torch
+
+        from adaptkit.engine.masks import UpdateMask
+
+        params = self.params
+        prefix, blocks = find_layers(model)
+        flag = "--method s2ft"
+        down = [f"{prefix}.{i}.{find_projection(b, 'mlp', MLP_DOWN, flag)}.weight" for i, b in enumerate(blocks)]
+        weights = dict(model.named_parameters())
+        hidden, channels = weights[down[0]].shape
+        pools = {"down": (down, channels, 1)}
+        if params.variant == "down+output":
+            output = [f"{prefix}.{i}.{find_projection(b, 'attention', ATTENTION_OUTPUT, flag)}.weight" for i, b in enumerate(blocks)]
+            head_dim = _head_dim(model, weights[output[0]])
+            pools["output"] = (output, weights[output[0]].shape[1] // head_dim, head_dim)
+        ratio = params.ratio
+        if params.lora_rank is not None:
+            selectable = sum(len(names) * units * width * weights[names[0]].shape[0] for names, units, width in pools.values())
+            ratio = lora_parameter_count(model, params.lora_rank) / selectable
+            if ratio > 1:
+                raise InputError(f"--set lora_rank: rank {params.lora_rank} needs more parameters than all selectable channels hold ({ratio:.2f} x); use a smaller rank")
+        elif ratio is None:
+            ratio = DEFAULT_RATIO
+        rng = random.Random(ctx.seed if params.seed is None else params.seed)
+        trainable = {}
+        for names, units, width in pools.values():
+            for layer, chosen in sample_units(rng, len(names), units, ratio).items():
+                columns = torch.zeros(units * width, dtype=torch.bool)
+                for unit in chosen:
+                    columns[unit * width:(unit + 1) * width] = True
+                trainable[names[layer]] = UpdateMask("column", columns)
+        plan = TrainingPlan(model, trainable, compact_linear_grads=params.fast_backward)
+        count, total = plan.counts()
+        plan.summary = f"S2FT ({params.variant}, ratio {ratio:.4f}): {count:,} of {total:,} parameters train ({count / total:.2%})"
+        return plan
+
+
+SPEC = MethodSpec(
+    name="s2ft",
+    factory="adaptkit.plugins.methods.s2ft:StructuredSparseFineTuning",
+    summary="Structured Sparse Fine-Tuning: train selected MLP down-projection channels (and attention output heads)",
+    reference="Yang et al., S2FT, NeurIPS 2024, arXiv 2412.06289",
+    params=StructuredSparseParams,
+)

@@ -1,0 +1,143 @@
+"""Soft regularization toward the source weights: L2-SP or EWC, optionally on a layer range only.
+
+- L2-SP (Li et al., "Explicit Inductive Bias for Transfer Learning with Convolutional Networks",
+  ICML 2018, arXiv 1802.01483): loss + strength * ||theta - theta_source||^2.
+- EWC (Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS 2017,
+  arXiv 1612.00796): loss + strength * sum_i F_i (theta_i - theta_source_i)^2, with F the diagonal
+  empirical Fisher of the source model: the mean, over the calibration set's token blocks
+  (`--calib DIR` from `adaptkit calibrate`: source-side blocks, as SSU's scorers use), of the squared gradient of the LM loss of each batch of
+  `fisher_batch_size` blocks (1 by default: per-block gradients). By default F is scaled to mean
+  1 (`fisher_normalize`), so that `strength` has the same meaning for EWC and L2-SP (the raw
+  Fisher of a mean token loss is tiny); the scaling only rescales strength.
+
+Every parameter trains (as in full fine-tuning); the penalty covers all parameters, or with
+`layers` (e.g. '0-11') only the parameters of those transformer blocks, one of the layer-aware
+alignment strategies of arXiv 2606.00284. The penalty's exact gradient,
+2 * strength * F * (theta - theta_source), is added to the accumulated gradient once per
+optimizer step, before clipping: the same update as adding the penalty to the loss, without an
+autograd graph over every weight. The logged loss is the language-modelling loss.
+
+Memory: a float32 copy of the regularized source weights (and, for EWC, the Fisher: as much
+again) stays on the training device; the run log and run card state how much.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
+from adaptkit.errors import InputError
+from adaptkit.layers import LayerSpec, format_layers, num_layers, parameter_layers, parse_layers
+from adaptkit.specs import MethodSpec, Params
+
+class SoftRegParams(Params):
+    penalty: Literal["l2sp", "ewc"] = Field("l2sp", description="'l2sp': squared distance to the source; 'ewc': Fisher-weighted (needs --calib).")
+    strength: float = Field(0.01, gt=0, description="Penalty weight lambda.")
+    layers: Optional[LayerSpec] = Field(None, description="Regularize only these transformer layers, e.g. '0-11' (default: every parameter).")
+    fisher_blocks: Optional[int] = Field(None, gt=0, description="EWC: use at most this many calibration blocks (default: all).")
+    fisher_batch_size: int = Field(1, gt=0, description="EWC: blocks per gradient in the Fisher estimate (1: per-block gradients).")
+    fisher_normalize: bool = Field(True, description="EWC: scale the Fisher to mean 1.")
+
+
+def diagonal_fisher(model, names: set[str], blocks, batch_size: int, device) -> dict:
+    """Mean over batches of blocks of the squared LM-loss gradient of each named parameter (float32)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    saved = {n: p.requires_grad for n, p in params.items()}
+    for name, param in params.items():
+        param.requires_grad_(name in names)
+    fisher = {name: torch.zeros_like(params[name], dtype=torch.float32) for name in names}
+    was_training = model.training
+    model.eval()
+    batches = 0
+    for start in range(0, blocks.shape[0], batch_size):
+        input_ids = blocks[start:start + batch_size].to(device)
+        model.zero_grad(set_to_none=True)
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+        for name in names:
+            grad = params[name].grad
+            if grad is not None:
+                fisher[name].addcmul_(grad.float(), grad.float())
+        batches += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    for name, param in params.items():
+        param.requires_grad_(saved[name])
+    for value in fisher.values():
+        value.div_(batches)
+    return fisher
+
+
+class SourcePull(TrainingCallback):
+    """Adds 2 * strength * F * (theta - theta_source) to the accumulated gradients (F = 1 for L2-SP)."""
+
+    def __init__(self, terms: list, strength: float):
+        self.terms = terms  # (parameter, source copy, Fisher or None)
+        self.strength = strength
+
+    def transform_gradients(self, model, step: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            for param, source, fisher in self.terms:
+                pull = param.detach().float() - source
+                if fisher is not None:
+                    pull.mul_(fisher)
+                pull.mul_(2 * self.strength)
+                if param.grad is None:
+                    param.grad = pull.to(param.dtype)
+                else:
+                    param.grad.add_(pull.to(param.grad.dtype))
+
+
+class SoftRegularization(TrainingMethod):
+    def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        import torch
+
+        p = self.params
+        if p.penalty == "ewc" and not ctx.config.calib:
+            raise InputError("--method soft-reg --set penalty=ewc: needs --calib DIR (token blocks from `adaptkit calibrate`) for the Fisher")
+        names = set(dict(model.named_parameters()))
+        where = "all parameters"
+        if p.layers is not None:
+            chosen = set(parse_layers(p.layers, num_layers(model), "--set layers"))
+            names = {n for n, layer in parameter_layers(model).items() if layer in chosen}
+            where = f"layers {format_layers(sorted(chosen))}"
+        fisher = None
+        if p.penalty == "ewc":
+            from adaptkit.calibration import load_calibration
+
+            blocks = load_calibration(Path(ctx.config.calib)).blocks
+            if p.fisher_blocks:
+                blocks = blocks[: p.fisher_blocks]
+            ctx.log(f"soft-reg: Fisher from {blocks.shape[0]} calibration blocks")
+            fisher = diagonal_fisher(model, names, blocks, p.fisher_batch_size, ctx.device)
+            if p.fisher_normalize:
+                mean = sum(float(f.sum()) for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+                for value in fisher.values():
+                    value.div_(mean if mean > 0 else 1.0)
+        terms = []
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in names:
+                    terms.append((param, param.detach().float().clone(), None if fisher is None else fisher[name]))
+        entries = sum(t[1].numel() for t in terms)
+        mib = entries * 4 * (2 if fisher is not None else 1) / 2**20
+        ctx.log(f"soft-reg: {p.penalty} on {where}; source copy{' + Fisher' if fisher is not None else ''}: {mib:.1f} MiB on {ctx.device}")
+        plan = TrainingPlan.full(model, summary=f"soft regularization ({p.penalty}, strength {p.strength:g}) on {where}; {mib:.1f} MiB of source weights{' and Fisher' if fisher is not None else ''} kept")
+        plan.callbacks.append(SourcePull(terms, p.strength))
+        return plan
+
+
+SPEC = MethodSpec(
+    name="soft-reg",
+    factory="adaptkit.plugins.methods.soft_reg:SoftRegularization",
+    summary="Soft regularization toward the source weights: L2-SP or EWC (Fisher from --calib), optionally per layer range",
+    reference="L2-SP arXiv 1802.01483; EWC arXiv 1612.00796; layer-aware strategies arXiv 2606.00284",
+    params=SoftRegParams,
+    needs=frozenset({"source_weights"}),
+)

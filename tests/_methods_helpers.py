@@ -1,0 +1,101 @@
+"""Helpers shared by the training-method tests: weights on disk, claims checks, a logits-capturing plugin."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from adaptkit.engine.plan import TrainingCallback
+from adaptkit.hookspecs import hookimpl
+from adaptkit.registry import register_plugin, reset_registry
+from adaptkit.specs import MethodSpec
+
+# One intra-op thread: these models are tiny, and on a shared 2-core machine OpenMP threads that spin
+# while other processes hold the cores make a step up to 100x slower.
+torch.set_num_threads(1)
+
+# tiny runs: 3 optimizer steps of 4 x 32 tokens; a large lr and weight decay so that every trainable
+# entry moves and a frozen entry touched by weight decay would show
+TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-2", "--weight-decay", "0.1", "--warmup-ratio", "0", "--quiet"]
+PROBE = torch.tensor([[1, 5, 9, 40, 77, 120, 200, 300, 17, 60, 91, 250]])
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def assert_trains_exactly(before: dict, after: dict, trainable: dict) -> None:
+    """Entries outside `trainable` (name -> None for the whole tensor, or a bool tensor) are bit-identical;
+    most trainable entries of every trainable tensor changed."""
+    assert set(before) == set(after)
+    for name, old in before.items():
+        new = after[name]
+        if name not in trainable:
+            assert torch.equal(old, new), f"{name} should be frozen"
+            continue
+        mask = trainable[name]
+        mask = torch.ones_like(old, dtype=torch.bool) if mask is None else mask.expand(old.shape)
+        assert torch.equal(old[~mask], new[~mask]), f"{name}: frozen entries changed"
+        if not mask.any():
+            continue
+        changed = (old[mask] != new[mask]).float().mean().item()
+        assert changed > 0.5, f"{name}: only {changed:.0%} of the trainable entries changed"
+
+
+def logits_of(model, input_ids: torch.Tensor = PROBE) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=input_ids).logits.detach().clone()
+    model.train(was_training)
+    return out
+
+
+class CaptureLogits(TrainingCallback):
+    """Records the logits of the in-memory trained model, just before the engine exports it."""
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def export(self, model):
+        CaptureLogits.captured[self.key] = logits_of(model)
+        return model
+
+
+def capturing_plugin(*method_names: str) -> str:
+    """Register '<name>-capture' for each built-in method: the same method, plus CaptureLogits first."""
+    from adaptkit.registry import get_spec
+
+    module = types.ModuleType("capture_plugin")
+    specs = []
+    for name in method_names:
+        spec = get_spec("method", name)
+        base = spec.load()
+
+        class Capturing(base):  # type: ignore[misc, valid-type]
+            key = name
+
+            def plan(self, model, ctx):
+                plan = super().plan(model, ctx)
+                plan.callbacks.insert(0, CaptureLogits(self.key))
+                return plan
+
+        specs.append(MethodSpec(name=f"{name}-capture", factory=Capturing, params=spec.params, summary="test"))
+
+    @hookimpl
+    def register_methods(register):
+        for spec in specs:
+            register(spec)
+
+    module.register_methods = register_methods
+    register_plugin(module, name="capture-plugin")
+    return "capture-plugin"
+
+
+def forget_plugins() -> None:
+    reset_registry()

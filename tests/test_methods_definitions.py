@@ -1,0 +1,250 @@
+"""Method definitions checked against independent computations on tiny models: layer selections, HFT's
+seeded rule, GMT's masked-then-clipped accumulated gradient, LoTA's calibrated mask, S2FT's LoRA-rank
+budget, the soft-regularization gradient and the EWC Fisher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from _methods_helpers import TRAIN, weights
+from conftest import assert_input_error
+from safetensors.torch import load_file
+
+from adaptkit.errors import InputError
+
+
+def _model(make_model_dir, arch="llama", **config):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(make_model_dir(arch, **config))
+
+
+def _context(tmp_path, **config):
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.plan import MethodContext
+
+    return MethodContext(None, TrainConfig(**config), None, tmp_path, 3, torch.device("cpu"), None, log=lambda m: None)
+
+
+def test_layer_selections_parse_validate_and_format():
+    from adaptkit.layers import format_layers, parse_layers
+
+    assert parse_layers("0-2,5", 8) == [0, 1, 2, 5]
+    assert parse_layers(3, 8) == [3] and parse_layers([1, 0, 1], 8) == [0, 1]
+    assert format_layers([0, 1, 2, 5, 7]) == "0-2,5,7"
+    for bad, fragment in (("0-8", "outside the model"), ("a-b", "expected layer indices"), ("5-3", "backwards"), ("", "expected")):
+        with pytest.raises(InputError, match=fragment):
+            parse_layers(bad, 8, "--set layers")
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2", "qwen2"])
+def test_find_layers_is_structural(make_model_dir, arch):
+    from adaptkit.layers import block_linears, find_layers, parameter_layers
+
+    model = _model(make_model_dir, arch)
+    prefix, blocks = find_layers(model)
+    assert prefix == "model.layers" and len(blocks) == model.config.num_hidden_layers
+    roles = block_linears(blocks[0])
+    assert sorted(n.split(".")[-1] for n in roles["attention"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert sorted(n.split(".")[-1] for n in roles["mlp"]) == ["down_proj", "gate_proj", "up_proj"]
+    where = parameter_layers(model)
+    assert where["model.layers.1.mlp.up_proj.weight"] == 1 and where["model.embed_tokens.weight"] is None
+
+
+def test_hft_selection_is_reproducible_by_seed(make_model_dir):
+    from adaptkit.plugins.methods.hft import hft_selection
+
+    model = _model(make_model_dir, layers=4)
+    first = hft_selection(model, seed=7)
+    assert hft_selection(model, seed=7) == first
+    assert any(hft_selection(model, seed=s) != first for s in range(8, 12))
+    assert sorted(sum(m.startswith("mlp.") for m in v) for v in first.values()) == [1, 1, 2, 2]
+    assert all(sum(m.startswith("self_attn.") for m in v) == 2 for v in first.values())
+
+
+def _micro_grads(model_dir, data, seq_len, batch, micro, seed=42):
+    """Per-micro-batch gradients (each of loss / accumulation) of the engine's first optimizer step, computed here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptkit.data.corpus import load_blocks
+    from adaptkit.engine.loop import Batches
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    blocks = load_blocks([str(data)], AutoTokenizer.from_pretrained(model_dir), seq_len)
+    batches = Batches(blocks, batch, micro, seed)
+    grads = []
+    for m in range(batches.accumulation):
+        model.zero_grad(set_to_none=True)
+        ids = batches.get(0, m)
+        (model(input_ids=ids, labels=ids).loss / batches.accumulation).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return grads
+
+
+def _keep_largest(grad, ratio):
+    k = int(grad.numel() * ratio)
+    threshold = grad.abs().flatten().sort().values[k - 1]
+    return grad.abs() > threshold
+
+
+def test_gmt_masks_the_accumulated_gradient_then_clips(tmp_path, llama_dir, corpora, invoke):
+    out = tmp_path / "gmt"
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "gmt", "-o", out, "--max-steps", "1",
+                    "--batch-size", "4", "--micro-batch-size", "2", "--seq-len", "32", "--lr", "1e-3", "--weight-decay", "0",
+                    "--warmup-ratio", "0", "--max-grad-norm", "0.01", "--set", "log_steps=1", "--quiet")
+    assert result.returncode == 0, result
+    micro = _micro_grads(llama_dir, corpora["ha"], 32, 4, 2)
+    accumulated = {n: micro[0][n] + micro[1][n] for n in micro[0]}
+    keep = {n: _keep_largest(g, 0.5) for n, g in accumulated.items()}
+    # clipping sees the masked gradient: the logged (pre-clip) norm is the masked gradient's norm
+    masked_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g * keep[n]) for n, g in accumulated.items()]))
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["grad_norm"]
+    assert logged == pytest.approx(float(masked_norm), rel=1e-4)
+    # first AdamW step without weight decay: exactly the unmasked entries move
+    before, after = weights(llama_dir), weights(out / "final")
+    for name, kept in keep.items():
+        assert torch.equal(before[name] != after[name], kept), name
+    # masking each micro-batch separately (the peer implementation) would have kept other entries
+    per_micro = {n: _keep_largest(micro[0][n], 0.5) | _keep_largest(micro[1][n], 0.5) for n in keep}
+    assert any(not torch.equal(per_micro[n], keep[n]) for n in keep)
+
+
+def test_gmt_mask_smallest_counts_and_ties():
+    from adaptkit.plugins.methods.gmt import mask_smallest
+
+    grad = torch.tensor([[0.5, -0.1, 0.0], [0.0, 2.0, -0.3]])
+    mask_smallest(grad, 0.5)  # k = 3: the three smallest magnitudes, the two zeros tied at the threshold among them
+    assert torch.equal(grad, torch.tensor([[0.5, 0.0, 0.0], [0.0, 2.0, -0.3]]))
+
+
+def test_kth_order_statistics_span_tensors_exactly():
+    from adaptkit.engine.select import kth_largest, kth_smallest
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(shape, generator=generator).abs() for shape in ((17, 5), (300,), (4, 4, 4))]
+    tensors.append(torch.tensor([0.0, 0.0, 1.5, 1.5, float("inf")]))  # ties, zeros, inf
+    ordered = torch.cat([t.flatten() for t in tensors]).sort().values
+    for k in (1, 2, 3, 7, 100, 250, ordered.numel() - 1, ordered.numel()):
+        assert kth_smallest(tensors, k) == ordered[k - 1].item()
+        assert kth_largest(tensors, k) == ordered[-k].item()
+    with pytest.raises(ValueError):
+        kth_smallest(tensors, 0)
+
+
+def test_lota_mask_is_the_top_delta_of_the_calibration_finetune(tmp_path, llama_dir, corpora, invoke):
+    settings = ["--model", llama_dir, "--data", corpora["ha"], *TRAIN]
+    lota = invoke("train", *settings, "--method", "lota", "-o", tmp_path / "lota", "--set", "calibration_steps=3")
+    assert lota.returncode == 0, lota
+    # independently: a plain 3-step fine-tune with the same settings gives theta_T
+    pilot = invoke("train", *settings, "-o", tmp_path / "fft3")
+    assert pilot.returncode == 0, pilot
+    before, tuned = weights(llama_dir), weights(tmp_path / "fft3" / "final")
+    delta = {n: (tuned[n] - before[n]).abs() for n in before}
+    k = int(0.1 * sum(d.numel() for d in delta.values()))
+    threshold = torch.cat([d.flatten() for d in delta.values()]).topk(k).values.min()
+    masks = load_file(str(tmp_path / "lota" / "lota" / "masks.safetensors"))
+    assert set(masks) == set(delta)
+    for name, d in delta.items():
+        assert torch.equal(masks[name].bool(), d >= threshold), name
+
+
+def test_lota_selection_is_reproducible_by_seed(tmp_path, llama_dir, corpora, invoke):
+    settings = ["--model", llama_dir, "--data", corpora["ha"], "--method", "lota", "--set", "calibration_steps=2", *TRAIN]
+    masks = {}
+    for label, seed in (("a", "42"), ("b", "42"), ("c", "7")):
+        assert invoke("train", *settings, "--seed", seed, "-o", tmp_path / label).returncode == 0
+        masks[label] = load_file(str(tmp_path / label / "lota" / "masks.safetensors"))
+    assert all(torch.equal(masks["a"][n], masks["b"][n]) for n in masks["a"])
+    assert any(not torch.equal(masks["a"][n], masks["c"][n]) for n in masks["a"])
+
+
+def test_lota_resume_reuses_the_saved_mask(tmp_path, llama_dir, corpora, invoke, monkeypatch):
+    args = ["--model", llama_dir, "--data", corpora["ha"], "--method", "lota", "--set", "calibration_steps=2",
+            "--seq-len", "32", "--batch-size", "4", "--max-steps", "4", "--save-steps", "2", "--lr", "1e-2", "--quiet"]
+    assert invoke("train", *args, "-o", tmp_path / "straight").returncode == 0
+    stopped = tmp_path / "stopped"
+    assert invoke("train", *args, "-o", stopped).returncode == 0
+    shutil.rmtree(stopped / "final")  # as if killed after the checkpoint at step 2
+
+    def no_pilot(*a, **k):
+        raise AssertionError("the calibration fine-tune ran again on --resume")
+
+    monkeypatch.setattr("adaptkit.engine.pilot.pilot_finetune", no_pilot)
+    resumed = invoke("train", *args, "-o", stopped, "--resume")
+    assert resumed.returncode == 0, resumed
+    a, b = weights(tmp_path / "straight" / "final"), weights(stopped / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_s2ft_lora_rank_budget_matches_lora(tmp_path, make_model_dir):
+    from adaptkit.plugins.methods.s2ft import StructuredSparseFineTuning, StructuredSparseParams
+
+    model = _model(make_model_dir, layers=3)
+    lora = 0
+    for name, module in model.named_modules():  # rank-2 LoRA on every linear projection of the blocks
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            lora += 2 * (module.in_features + module.out_features)
+    for variant in ("down", "down+output"):
+        plan = StructuredSparseFineTuning(StructuredSparseParams(lora_rank=2, variant=variant)).plan(model, _context(tmp_path))
+        trainable, _ = plan.counts()
+        assert lora - 64 * 16 <= trainable <= lora, (variant, trainable, lora)
+    with pytest.raises(InputError, match="lora_rank"):
+        StructuredSparseFineTuning(StructuredSparseParams(lora_rank=64)).plan(model, _context(tmp_path))
+
+
+def test_soft_reg_gradient_is_the_gradient_of_the_penalty(make_model_dir):
+    from adaptkit.plugins.methods.soft_reg import SourcePull
+
+    model = _model(make_model_dir)
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(1)
+    source = {n: p.detach().clone() for n, p in params.items()}
+    fisher = {n: torch.rand(p.shape, generator=generator) for n, p in params.items()}
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.01)
+    for weighted in (False, True):
+        model.zero_grad(set_to_none=True)
+        penalty = sum(((fisher[n] if weighted else 1) * (p - source[n]) ** 2).sum() for n, p in params.items()) * 0.3
+        expected = torch.autograd.grad(penalty, list(params.values()))
+        terms = [(p, source[n], fisher[n] if weighted else None) for n, p in params.items()]
+        SourcePull(terms, 0.3).transform_gradients(model, 0)
+        for (name, p), grad in zip(params.items(), expected):
+            torch.testing.assert_close(p.grad, grad, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_ewc_fisher_is_the_mean_squared_per_block_gradient(make_model_dir):
+    from adaptkit.plugins.methods.soft_reg import diagonal_fisher
+
+    model = _model(make_model_dir)
+    blocks = torch.randint(4, 300, (3, 16), generator=torch.Generator().manual_seed(0))
+    names = {"model.layers.0.mlp.down_proj.weight", "model.norm.weight"}
+    fisher = diagonal_fisher(model, names, blocks, 1, torch.device("cpu"))
+    params = dict(model.named_parameters())
+    for name in names:
+        squares = []
+        for block in blocks:
+            ids = block[None]
+            (grad,) = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, [params[name]])
+            squares.append(grad**2)
+        torch.testing.assert_close(fisher[name], torch.stack(squares).mean(0))
+
+
+def test_ewc_trains_with_a_calibration_set_and_pulls_toward_the_source(tmp_path, llama_dir, corpora, invoke):
+    from adaptkit.calibration import CalibrationSet
+
+    calib = CalibrationSet(torch.randint(4, 300, (4, 32), generator=torch.Generator().manual_seed(0)), {"source": "test"}).save(tmp_path / "calib")
+    base = ["--model", llama_dir, "--data", corpora["ha"], *TRAIN]
+    ewc = invoke("train", *base, "--method", "soft-reg", "--set", "penalty=ewc", "--set", "strength=1000", "--calib", calib, "-o", tmp_path / "ewc")
+    assert ewc.returncode == 0, ewc
+    fft = invoke("train", *base, "-o", tmp_path / "fft")
+    assert fft.returncode == 0, fft
+    source = weights(llama_dir)
+    distance = {run: sum(float((w - source[n]).norm() ** 2) for n, w in weights(tmp_path / run / "final").items()) for run in ("ewc", "fft")}
+    assert 0 < distance["ewc"] < distance["fft"]
+    missing = invoke("train", *base, "--method", "soft-reg", "--set", "penalty=ewc", "-o", tmp_path / "no-calib")
+    assert_input_error(missing, "--calib")
+    assert not (tmp_path / "no-calib").exists()
