@@ -19,6 +19,6 @@ SPEC = MethodSpec(
     name="fft",
     factory="adaptkit.plugins.methods.fft:FullFineTuning",
     summary="Full fine-tuning: every parameter trains",
-    reference="Standard continual pre-training baseline, as in the SSU paper (github.com/gucci-j/ssu)",
+    reference="Continual pre-training baseline of the SSU paper, arXiv 2512.04844 (github.com/gucci-j/ssu)",
     params=FullFineTuningParams,
 )
