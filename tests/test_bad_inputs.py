@@ -80,6 +80,67 @@ CASES = [
     ("plugins-empty-kind", ["plugins", "--kind", ""], ["--kind"]),
     ("plugins-unknown-option", ["plugins", "--kinds", "method"], ["--kinds"]),
     ("plugins-extra-argument", ["plugins", "method"], ["method"]),
+    # --- calibrate ------------------------------------------------------------------------------
+    ("calibrate-model-missing", ["calibrate", "-m", "{missing}", "-d", "{data}", "-o", "{out}"], ["--model", "does not exist"]),
+    ("calibrate-data-empty", ["calibrate", "-m", "{model}", "-d", "{empty_file}", "-o", "{out}"], ["--data"]),
+    ("calibrate-data-bad-jsonl", ["calibrate", "-m", "{model}", "-d", "{bad_jsonl}", "-o", "{out}"], ["--data", "line 2"]),
+    ("calibrate-format-unknown", ["calibrate", "-m", "{model}", "-d", "{data}", "--format", "chatt", "-o", "{out}"], ["--format", "chatt"]),
+    ("calibrate-block-size-zero", ["calibrate", "-m", "{model}", "-d", "{data}", "--block-size", "0", "-o", "{out}"], ["--block-size"]),
+    ("calibrate-template-missing-file", ["calibrate", "-m", "{model}", "-d", "{chat_jsonl}", "--template", "{missing}.jinja", "-o", "{out}"], ["--template"]),
+    # --- score --------------------------------------------------------------------------------
+    ("score-scorer-unknown", ["score", "-m", "{model}", "--calib", "{calib}", "--scorer", "wandaa", "-o", "{out}"], ["--scorer", "wandaa", "did you mean", "wanda"]),
+    ("score-calib-empty-dir", ["score", "-m", "{model}", "--calib", "{empty_dir}", "-o", "{out}"], ["--calib", "not a calibration directory"]),
+    ("score-calib-is-file", ["score", "-m", "{model}", "--calib", "{text_file}", "-o", "{out}"], ["--calib"]),
+    ("score-model-corrupt", ["score", "-m", "{corrupt_model}", "--scorer", "magnitude", "-o", "{out}"], ["--model"]),
+    ("score-batch-size-zero", ["score", "-m", "{model}", "--calib", "{calib}", "--batch-size", "0", "-o", "{out}"], ["--batch-size"]),
+    ("score-dtype-unknown", ["score", "-m", "{model}", "--scorer", "magnitude", "--dtype", "fp8", "-o", "{out}"], ["--dtype", "fp8"]),
+    # --- mask ---------------------------------------------------------------------------------
+    ("mask-freeze-ratio-above-one", ["mask", "--scores", "{scores}", "--freeze-ratio", "1.5", "-o", "{out}"], ["--freeze-ratio", "1.5"]),
+    ("mask-freeze-ratio-nan", ["mask", "--scores", "{scores}", "--freeze-ratio", "nan", "-o", "{out}"], ["--freeze-ratio"]),
+    ("mask-granularity-unknown", ["mask", "--scores", "{scores}", "--freeze-ratio", "0.5", "--granularity", "colum", "-o", "{out}"], ["--granularity", "colum", "column"]),
+    ("mask-scores-empty-dir", ["mask", "--scores", "{empty_dir}", "--freeze-ratio", "0.5", "-o", "{out}"], ["--scores"]),
+    ("mask-scores-missing", ["mask", "--scores", "{missing}", "--freeze-ratio", "0.5", "-o", "{out}"], ["--scores"]),
+    ("mask-scores-from-other-model", ["mask", "--scores", "{scores}", "--freeze-ratio", "0.5", "-m", "{narrow_model}", "-o", "{out}"], ["--scores", "different model"]),
+    # --- merge --------------------------------------------------------------------------------
+    ("merge-method-unknown", ["merge", "tie", "-m", "{model}", "-o", "{out}"], ["tie"]),
+    ("merge-different-hidden-size", ["merge", "linear", "-m", "{model}", "-m", "{narrow_model}", "-o", "{out}"], ["shape"]),
+    ("merge-lambda-nan", ["merge", "task-arithmetic", "--base", "{model}", "-m", "{model_b}", "--lambda", "nan", "-o", "{out}"], ["lambda", "finite"]),
+    ("merge-density-zero", ["merge", "ties", "--base", "{model}", "-m", "{model_b}", "--density", "0", "-o", "{out}"], ["density", "greater than 0"]),
+    ("merge-model-is-file", ["merge", "linear", "-m", "{model}", "-m", "{text_file}", "-o", "{out}"], ["--model", "notes.txt"]),
+    ("merge-config-is-list", ["merge", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
+    ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "model_stock"]),
+    ("merge-config-missing", ["merge", "--config", "{missing}", "-o", "{out}"], ["--config"]),
+    ("merge-config-is-directory", ["merge", "--config", "{empty_dir}", "-o", "{out}"], ["--config"]),
+    # --- instruct-vector ------------------------------------------------------------------------
+    ("iv-extract-different-hidden-size", ["instruct-vector", "extract", "--base", "{model}", "--instruct", "{narrow_model}", "-o", "{out}"], ["shape"]),
+    ("iv-extract-base-missing", ["instruct-vector", "extract", "--base", "{missing}", "--instruct", "{model}", "-o", "{out}"], ["--base"]),
+    ("iv-apply-alpha-nan", ["instruct-vector", "apply", "-m", "{model}", "--base", "{model}", "--instruct", "{model_b}", "--alpha", "nan", "-o", "{out}"], ["--alpha", "finite"]),
+    ("iv-apply-vector-empty-dir", ["instruct-vector", "apply", "-m", "{model}", "--vector", "{empty_dir}", "-o", "{out}"], ["--vector"]),
+    ("iv-apply-vector-other-model", ["instruct-vector", "apply", "-m", "{narrow_model}", "--vector", "{vector}", "-o", "{out}"], ["shape"]),
+    # --- evaluate -------------------------------------------------------------------------------
+    ("evaluate-backend-unknown", ["evaluate", "-m", "{model}", "--task", "ppx:{data}", "-o", "{out}"], ["--task", "ppx", "did you mean: ppl"]),
+    ("evaluate-task-file-empty", ["evaluate", "-m", "{model}", "--task", "ppl:{empty_file}", "-o", "{out}"], ["--task", "is empty"]),
+    ("evaluate-task-no-spec", ["evaluate", "-m", "{model}", "--task", "ppl", "-o", "{out}"], ["--task", "BACKEND:SPEC"]),
+    ("evaluate-model-corrupt", ["evaluate", "-m", "{corrupt_model}", "--task", "ppl:{data}", "-o", "{out}"], ["--model"]),
+    ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
+    # --- generate -------------------------------------------------------------------------------
+    ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),
+    ("generate-prompts-no-field", ["generate", "-m", "{model}", "-p", "{jsonl_no_text}", "-o", "{out}"], ["--prompts", "prompt"]),
+    ("generate-decoding-unknown", ["generate", "-m", "{model}", "-p", "{prompts}", "--decoding", "sample", "-o", "{out}"], ["--decoding", "sample"]),
+    ("generate-max-new-tokens-zero", ["generate", "-m", "{model}", "-p", "{prompts}", "--max-new-tokens", "0", "-o", "{out}"], ["--max-new-tokens"]),
+    # --- codemix --------------------------------------------------------------------------------
+    ("codemix-threshold-two", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--threshold", "2", "-o", "{out}"], ["--threshold", "between 0 and 1"]),
+    ("codemix-lid-unknown", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--lid", "langid", "-o", "{out}"], ["--lid", "langid", "did you mean"]),
+    ("codemix-lang-unknown", ["codemix", "-i", "{generations}", "--expected-lang", "xx", "-o", "{out}"], ["--expected-lang", "xx"]),
+    ("codemix-input-bad-jsonl", ["codemix", "-i", "{bad_jsonl}", "--field", "text", "--expected-lang", "en", "-o", "{out}"], ["--input", "line 2"]),
+    ("codemix-field-missing", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--field", "answer", "-o", "{out}"], ["--input", "no text field 'answer'"]),
+    ("codemix-input-is-directory", ["codemix", "-i", "{empty_dir}", "--expected-lang", "en", "-o", "{out}"], ["--input"]),
+    # --- quickstart -----------------------------------------------------------------------------
+    ("quickstart-method-unknown", ["quickstart", "-o", "{out}", "--methods", "fft,sssu-wanda"], ["--methods", "did you mean: ssu-wanda"]),
+    ("quickstart-lang-unknown", ["quickstart", "-o", "{out}", "--target-lang", "xx"], ["--target-lang", "xx"]),
+    ("quickstart-same-langs", ["quickstart", "-o", "{out}", "--target-lang", "en", "--source-lang", "en"], ["--target-lang", "--source-lang"]),
+    ("quickstart-freeze-ratio-above-one", ["quickstart", "-o", "{out}", "--freeze-ratio", "1.5"], ["--freeze-ratio"]),
+    ("quickstart-model-missing", ["quickstart", "-o", "{out}", "-m", "{missing}"], ["--model"]),
 ]
 
 if os.geteuid() != 0:  # root reads everything: the permission case runs only as a normal user
@@ -125,7 +186,39 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["unreadable"] = root / "secret.txt"
     files["unreadable"].write_text("hidden\n")
     files["unreadable"].chmod(0)
+    _add_pipeline_files(root, files, make_model_dir, corpora)
     return files
+
+
+def _run_ok(*args) -> None:
+    """Run a real command in this process to build a fixture (its output must be valid)."""
+    from adaptkit.cli import main
+
+    try:
+        main([str(a) for a in args] + ["--quiet"])
+    except SystemExit as exc:
+        assert not exc.code, (args, exc.code)
+
+
+def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corpora) -> None:
+    """A second model, a narrower one, and calibration / score / vector dirs made by the real commands."""
+    model = files["model"]
+    files["model_b"] = make_model_dir("llama", 1)
+    files["narrow_model"] = make_model_dir("llama", 1, hidden=32)
+    files["calib"] = root / "calib"
+    _run_ok("calibrate", "-m", model, "-d", corpora["en"], "--format", "text", "--pool", "200", "--num-samples", "4", "--block-size", "16", "-o", files["calib"])
+    files["scores"] = root / "scores"
+    _run_ok("score", "-m", model, "--scorer", "magnitude", "-o", files["scores"])
+    files["vector"] = root / "vector"
+    _run_ok("instruct-vector", "extract", "--base", model, "--instruct", files["model_b"], "-o", files["vector"])
+    files["prompts"] = root / "prompts.jsonl"
+    files["prompts"].write_text('{"id": "1", "prompt": "Hello"}\n')
+    files["chat_jsonl"] = root / "chat.jsonl"
+    files["chat_jsonl"].write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    files["generations"] = root / "generations.jsonl"
+    files["generations"].write_text('{"id": "1", "response": "All human beings are born free and equal in dignity and rights."}\n')
+    files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
+    files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
 
 
 @pytest.fixture(scope="module")
@@ -160,4 +253,4 @@ def test_bad_input(case_id, argv, fragments, bad_files, mask_file_method, tmp_pa
 
 
 def test_matrix_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 90

@@ -67,6 +67,8 @@ def command(
     texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
     if source_lang == target_lang:
         raise InputError("--target-lang: must differ from --source-lang")
+    if not 0 <= freeze_ratio <= 1:  # checked before any training runs
+        raise InputError(f"--freeze-ratio: must be between 0 and 1, got {freeze_ratio}")
     if model:  # checked, and made absolute, before anything is written or the directory changes
         from adaptkit.io.models import resolve_model_source
 
