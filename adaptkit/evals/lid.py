@@ -9,20 +9,26 @@ is what the SSU paper does with GlotLID (softmax over English + the target langu
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from typing import Any, Iterable, Sequence
 
 
-class LIDBackend:
+class LIDBackend(ABC):
     name = "lid"
 
     def __init__(self, params: Any):
         self.params = params
 
-    def languages(self) -> list[str]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
 
-    def rank(self, text: str, candidates: Sequence[str] | None = None) -> list[tuple[str, float]]:  # pragma: no cover
-        raise NotImplementedError
+    def languages(self) -> list[str]:
+        """Implemented by each backend."""
+
+    @abstractmethod
+
+    def rank(self, text: str, candidates: Sequence[str] | None = None) -> list[tuple[str, float]]:
+        """Implemented by each backend."""
 
 
 def normalize(pairs: Iterable[tuple[str, float]], candidates: Sequence[str] | None) -> list[tuple[str, float]]:

@@ -10,6 +10,8 @@ any model is loaded), then `run` scores one loaded model on its tasks and return
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +49,7 @@ class RunContext:
     model_name: str = "model"
 
 
-class EvalBackend:
+class EvalBackend(ABC):
     """Base class of eval backends: `prepare` once, `run` per model."""
 
     name = "backend"
@@ -55,8 +57,12 @@ class EvalBackend:
     def __init__(self, params: Any):
         self.params = params
 
-    def prepare(self, spec: str, flag: str) -> list[EvalTask]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+        """Implemented by each backend."""
+
+    @abstractmethod
 
     def run(
         self,
@@ -64,8 +70,8 @@ class EvalBackend:
         tokenizer: "PreTrainedTokenizerBase",
         tasks: list[EvalTask],
         ctx: RunContext,
-    ) -> dict[str, TaskOutput]:  # pragma: no cover - interface
-        raise NotImplementedError
+    ) -> dict[str, TaskOutput]:
+        """Implemented by each backend."""
 
 
 def split_task_arg(text: str, flag: str = "--task") -> tuple[str, str]:

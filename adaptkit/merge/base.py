@@ -15,6 +15,8 @@ validation, dtype, sharding, writing, the merge card. This module is light at im
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import functools
 import hashlib
 import re
@@ -152,7 +154,7 @@ class TensorContext:
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-class MergeMethod:
+class MergeMethod(ABC):
     """Base class of merge methods; subclasses set the class attributes and `merge_tensor`.
 
     base: "required" (task-vector methods), "optional" or "none". Parameters listed in
@@ -188,8 +190,10 @@ class MergeMethod:
         if layers is not None:
             LayerSelection.parse(layers).check(num_layers)
 
+    @abstractmethod
+
     def merge_tensor(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext) -> "torch.Tensor":
-        raise NotImplementedError
+        """Implemented by each method."""
 
 
 def per_model(values: Optional[Sequence[float]], n_models: int, flag: str, default: float, broadcast: bool = False) -> list[float]:
