@@ -12,6 +12,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
     from typer._click import exceptions as click_exceptions
@@ -37,6 +38,65 @@ BUILTIN_COMMANDS = {
 }
 
 
+class LazyGroup(TyperGroup):
+    """The root command group: a built-in command's module is imported and its click command
+    built only when that command runs or shows its own help; the root help lists each by the
+    first line of its docstring. So `adaptkit --help` pays for no option introspection."""
+
+    lazy_modules: dict[str, str] = {}
+
+    def list_commands(self, ctx) -> list[str]:
+        names = list(super().list_commands(ctx))
+        return list(self.lazy_modules) + [n for n in names if n not in self.lazy_modules]
+
+    def get_command(self, ctx, name: str):
+        if name in self.lazy_modules and name not in self.commands:
+            module = importlib.import_module(self.lazy_modules[name])
+            if hasattr(module, "build_app"):  # a group generated from the registry (merge)
+                target = module.build_app()
+            elif isinstance(getattr(module, "app", None), typer.Typer):
+                target = module.app
+            else:
+                target = typer.Typer(add_completion=False)
+                target.command(name=name)(module.command)
+            target._add_completion = False  # a subcommand of adaptkit, not a program of its own
+            target.rich_markup_mode = None  # plain help: rich's help renderer costs more than the whole start-up
+            command = typer.main.get_command(target)
+            command.name = name
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter) -> None:
+        from typer._click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = []
+        for name in names:
+            if name in self.lazy_modules and name not in self.commands:
+                rows.append((name, make_default_short_help(_summary(self.lazy_modules[name]), limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _summary(module_name: str) -> str:
+    """A built-in command's one-line help: its function's docstring, its group's help, or its module's docstring."""
+    module = importlib.import_module(module_name)
+    if hasattr(module, "build_app"):
+        doc = module.__doc__
+    elif isinstance(getattr(module, "app", None), typer.Typer):
+        doc = module.app.info.help
+    else:
+        doc = module.command.__doc__
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"adaptkit {__version__}")
@@ -46,7 +106,7 @@ def _version(value: bool) -> None:
 def _add(app: typer.Typer, name: str, target: object, help_text: str | None = None) -> None:
     if isinstance(target, typer.Typer):
         target.rich_markup_mode = None  # plain help: rich's help renderer costs more than the whole CLI start-up
-        app.add_typer(target, name=name, help=help_text)
+        app.add_typer(target, name=name, **({"help": help_text} if help_text else {}))
     else:
         app.command(name=name, help=help_text)(target)
 
@@ -59,6 +119,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
+        cls=LazyGroup,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
@@ -68,9 +129,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """adaptkit: adapt language models to new languages without forgetting."""
 
-    for name, module_name in BUILTIN_COMMANDS.items():
-        module = importlib.import_module(module_name)
-        _add(app, name, getattr(module, "app", None) or module.command)
+    LazyGroup.lazy_modules = dict(BUILTIN_COMMANDS)
 
     for spec in _plugin_commands():
         if spec.name in BUILTIN_COMMANDS:
@@ -97,7 +156,9 @@ def _third_party_plugins_installed() -> bool:
         with children:
             for child in children:
                 name = child.name
-                if not name.endswith((".dist-info", ".egg-info")) or name.startswith("adaptkit-"):
+                if not name.endswith((".dist-info", ".egg-info")):
+                    continue
+                if name.rsplit(".", 1)[0].split("-")[0].lower() == "adaptkit":  # our own (installed or a source checkout)
                     continue
                 try:
                     with open(os.path.join(child.path, "entry_points.txt"), encoding="utf-8") as handle:

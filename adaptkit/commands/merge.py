@@ -1,4 +1,4 @@
-"""`adaptkit merge`: one subcommand per registered merge method, or `--config merge.yaml`.
+"""Merge models (linear, task vectors, TIES, DARE, SLERP, reversion, LiNeS, LayRA) or run a mergekit YAML.
 
 Subcommands and their options are generated from the registry: every merge method
 (built-in or from a plugin) gets `adaptkit merge <name>` with the shared input/output
