@@ -25,6 +25,19 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a s
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 
 
+ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_compute_dtype(dtype: str, flag: str = "--dtype") -> str:
+    """The dtype a model is loaded in for evaluation or generation."""
+    if dtype not in COMPUTE_DTYPES:
+        from adaptkit.errors import InputError
+
+        raise InputError(f"{flag}: expected {', '.join(COMPUTE_DTYPES[:-1])} or {COMPUTE_DTYPES[-1]}, got '{dtype}'")
+    return dtype
+
+
 class Console:
     """Where a command reports: Rich on stderr for people, JSON on stdout for programs."""
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -55,7 +55,7 @@ def command(
     generate: Annotated[Optional[Path], typer.Option("--generate", help="Also generate responses to these prompts (JSONL with 'prompt') with every model, for `adaptkit codemix`.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    dtype: ComputeDtypeOpt = "float32",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -66,16 +66,14 @@ def command(
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console
-    from adaptkit.errors import InputError
+    from adaptkit.commands.common import Console, check_compute_dtype
     from adaptkit.evals.report import check_task_roles
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
+    check_compute_dtype(dtype)
     refs = model_names(model)
     for ref in refs:
         check_model_config(ref.location)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
 
 
 def command(
@@ -19,7 +19,7 @@ def command(
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     device: Annotated[str, typer.Option("--device")] = "cpu",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    dtype: ComputeDtypeOpt = "float32",
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -29,7 +29,7 @@ def command(
     """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
     import json
 
-    from adaptkit.commands.common import Console
+    from adaptkit.commands.common import Console, check_compute_dtype
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
@@ -39,8 +39,7 @@ def command(
     check_output(output, overwrite)
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"--dtype: expected float32, bfloat16 or float16, got '{dtype}'")
+    check_compute_dtype(dtype)
     ref = model_names([model])[0]
     check_model_config(ref.location)
     rows = read_prompts(prompts)
