@@ -33,7 +33,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
 
 from adaptkit.errors import AdaptkitError, InputError
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from adaptkit.calibration import CalibrationSet
+    from adaptkit.layerwise import LayerwiseModel
     from adaptkit.specs import Params
 
 SCORES_FILE = "scores.safetensors"
@@ -186,10 +187,16 @@ class InputStatistics:
 
 def forward_target(model: "torch.nn.Module", through_head: bool) -> "torch.nn.Module":
     """The module to run for statistics: the decoder without the LM head unless the head is scored."""
-    if through_head:
-        return model
-    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
-    return decoder if decoder is not None and decoder is not model else model
+    from adaptkit.layerwise import decoder_of
+
+    return model if through_head else decoder_of(model)
+
+
+def scores_through_head(scored: list[ScoredParam]) -> bool:
+    """Whether the LM head is scored (then statistics need a forward through it)."""
+    import torch
+
+    return any(sp.embedding and not isinstance(sp.module, torch.nn.Embedding) for sp in scored)
 
 
 def calibration_batches(blocks: "torch.Tensor", batch_size: int) -> list["torch.Tensor"]:
@@ -208,8 +215,7 @@ def collect_input_statistics(
     """One no-grad forward pass over every calibration block, with hooks on the scored modules."""
     import torch
 
-    through_head = any(sp.embedding and not isinstance(sp.module, torch.nn.Embedding) for sp in scored)
-    target = forward_target(model, through_head)
+    target = forward_target(model, scores_through_head(scored))
     collector = InputStatistics(scored, gram)
     with torch.no_grad(), collector:
         for batch in calibration_batches(blocks, batch_size):
@@ -255,13 +261,36 @@ class ScoringRun:
 
 
 class Scorer(ABC):
-    """Base class of scorers: `prepare` consumes the calibration data, `element_scores` scores one parameter."""
+    """Base class of scorers: `prepare` consumes the calibration data, `element_scores` scores one parameter.
+
+    A scorer that needs only activation statistics of each module's inputs declares them in
+    `input_statistics` ("features": sum of x_j^2 per input feature; "gram": also X^T X) and
+    leaves `prepare` alone: adaptkit then collects them, over the whole model or one decoder
+    layer at a time (`adaptkit score --layer-by-layer`), and hands them to `use_statistics`
+    before asking for that layer's `element_scores`. A scorer that overrides `prepare` (e.g.
+    fisher, which needs gradients through the whole model) scores whole models only.
+    """
+
+    input_statistics: ClassVar[Optional[str]] = None
 
     def __init__(self, params: "Params"):
         self.params = params
+        self.run: Optional[ScoringRun] = None  # set by adaptkit before `prepare`
+        self.stats: Optional[InputStatistics] = None
 
     def prepare(self, model: "torch.nn.Module", scored: list[ScoredParam], run: ScoringRun) -> None:
-        """Collect what the scores need (activation statistics, gradients); nothing by default."""
+        """Collect what the scores need over the whole model: by default the declared input statistics."""
+        if self.input_statistics is not None:
+            stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, gram=self.input_statistics == "gram", progress=run.progress)
+            self.use_statistics(stats)
+
+    def use_statistics(self, stats: InputStatistics) -> None:
+        """Statistics of the modules about to be scored (the whole model, or one layer)."""
+        self.stats = stats
+
+    @classmethod
+    def scores_layer_by_layer(cls) -> bool:
+        return cls.prepare is Scorer.prepare
 
     @abstractmethod
     def element_scores(self, sp: ScoredParam) -> "torch.Tensor":
@@ -335,24 +364,51 @@ def check_fingerprint(metadata: dict[str, str], model: "torch.nn.Module", flag: 
         raise InputError(f"{flag}: made for a different model (fingerprint {theirs}, this model {ours}); score this model with `adaptkit score`")
 
 
-def compute_scores(
-    model: "torch.nn.Module",
-    scorer: str,
-    calibration: Optional["CalibrationSet"] = None,
-    scorer_params: Optional[dict[str, Any]] = None,
-    include_embeddings: bool = False,
-    granularities: Iterable[str] = ("column", "row"),
-    batch_size: int = 1,
-    seed: int = 42,
-    device: Any = None,
-    tokenizer: Any = None,
-    progress: Optional[Callable[[int], None]] = None,
-) -> ScoreSet:
-    """Score `model` with the registered scorer `scorer` (see `adaptkit plugins --kind scorer`)."""
+@dataclass
+class _ScoreRequest:
+    """A validated scoring request (shared by the whole-model and the layer-by-layer paths)."""
+
+    scorer: str
+    implementation: Scorer
+    params: "Params"
+    calibration: Optional["CalibrationSet"]
+    include_embeddings: bool
+    granularities: tuple[str, ...]
+    run: ScoringRun
+
+    def score(self, sp: ScoredParam) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        element = self.implementation.element_scores(sp)
+        if not bool(torch.isfinite(element).all()):
+            raise AdaptkitError(f"scorer {self.scorer}: non-finite scores for '{sp.name}' (the model or calibration data gives NaN/inf activations)")
+        return reduce_scores(element, self.granularities)
+
+    def score_set(self, model: "torch.nn.Module", scored: list[ScoredParam], scores: dict[str, dict[str, "torch.Tensor"]], **extra: str) -> ScoreSet:
+        from adaptkit.io.models import model_fingerprint
+
+        used = self.run.calibration is not None
+        metadata = {
+            "scorer": self.scorer,
+            "scorer_params": json.dumps(self.params.model_dump(), sort_keys=True),
+            "model_fingerprint": model_fingerprint(model),
+            "calibration_hash": self.calibration.hash if used else "none",
+            "calibration_tokens": str(self.calibration.num_tokens) if used else "0",
+            "include_embeddings": str(self.include_embeddings).lower(),
+            "granularities": ",".join(self.granularities),
+            "batch_size": str(self.run.batch_size),
+            "seed": str(self.run.seed),
+            "shapes": json.dumps({sp.name: list(sp.param.shape) for sp in scored}),
+            "model_parameters": str(sum(p.numel() for p in model.parameters())),
+            **extra,
+        }
+        return ScoreSet({sp.name: scores[sp.name] for sp in scored}, metadata)
+
+
+def _request(model, scorer, calibration, scorer_params, include_embeddings, granularities, batch_size, seed, device, tokenizer, progress) -> _ScoreRequest:
     import torch
 
     from adaptkit.calibration import check_calibration_fits
-    from adaptkit.io.models import model_fingerprint
     from adaptkit.registry import get_spec
 
     spec = get_spec("scorer", scorer, "--scorer")
@@ -367,34 +423,99 @@ def compute_scores(
         if calibration is None:
             raise InputError(f"--calib: scorer '{scorer}' scores on calibration data; give --calib DIR (from `adaptkit calibrate`)")
         check_calibration_fits(calibration, model, tokenizer)
-    device = device if device is not None else next(model.parameters()).device
-    scored = scored_parameters(model, include_embeddings)
+    used = calibration if spec.needs_calibration else None
+    run = ScoringRun(used, batch_size, seed, torch.device(device), progress)
     implementation = spec.load()(params)
-    run = ScoringRun(calibration if spec.needs_calibration else None, batch_size, seed, torch.device(device), progress)
+    implementation.run = run
+    return _ScoreRequest(scorer, implementation, params, used, include_embeddings, granularities, run)
+
+
+def compute_scores(
+    model: "torch.nn.Module | LayerwiseModel",
+    scorer: str,
+    calibration: Optional["CalibrationSet"] = None,
+    scorer_params: Optional[dict[str, Any]] = None,
+    include_embeddings: bool = False,
+    granularities: Iterable[str] = ("column", "row"),
+    batch_size: int = 1,
+    seed: int = 42,
+    device: Any = None,
+    tokenizer: Any = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> ScoreSet:
+    """Score `model` with the registered scorer `scorer` (see `adaptkit plugins --kind scorer`).
+
+    `model` may be an `adaptkit.layerwise.LayerwiseModel`: it is then scored one decoder
+    layer at a time, with the same scores (up to float rounding): each layer's input
+    statistics are collected while only that layer is loaded, on the hidden states the
+    layers before it produced, and its parameters are scored before it is released.
+    `progress` is called with the number of calibration blocks just processed, or, layer by
+    layer, with 1 per finished stage (each layer, then the parts outside the layers).
+    """
+    from adaptkit.layerwise import LayerwiseModel
+
+    if isinstance(model, LayerwiseModel):
+        require_layer_by_layer(scorer)
+        request = _request(model.model, scorer, calibration, scorer_params, include_embeddings, granularities, batch_size, seed, model.device, tokenizer, None)
+        return _scores_layer_by_layer(model, request, progress)
+    device = device if device is not None else next(model.parameters()).device
+    request = _request(model, scorer, calibration, scorer_params, include_embeddings, granularities, batch_size, seed, device, tokenizer, progress)
+    scored = scored_parameters(model, include_embeddings)
     was_training = model.training
     model.eval()
     try:
-        implementation.prepare(model, scored, run)
-        scores = {}
-        for sp in scored:
-            element = implementation.element_scores(sp)
-            if not bool(torch.isfinite(element).all()):
-                raise AdaptkitError(f"scorer {scorer}: non-finite scores for '{sp.name}' (the model or calibration data gives NaN/inf activations)")
-            scores[sp.name] = reduce_scores(element, granularities)
+        request.implementation.prepare(model, scored, request.run)
+        scores = {sp.name: request.score(sp) for sp in scored}
     finally:
         model.train(was_training)
-    used = calibration is not None and spec.needs_calibration
-    metadata = {
-        "scorer": scorer,
-        "scorer_params": json.dumps(params.model_dump(), sort_keys=True),
-        "model_fingerprint": model_fingerprint(model),
-        "calibration_hash": calibration.hash if used else "none",
-        "calibration_tokens": str(calibration.num_tokens) if used else "0",
-        "include_embeddings": str(include_embeddings).lower(),
-        "granularities": ",".join(granularities),
-        "batch_size": str(batch_size),
-        "seed": str(seed),
-        "shapes": json.dumps({sp.name: list(sp.param.shape) for sp in scored}),
-        "model_parameters": str(sum(p.numel() for p in model.parameters())),
-    }
-    return ScoreSet(scores, metadata)
+    return request.score_set(model, scored, scores)
+
+
+def require_layer_by_layer(scorer: str) -> None:
+    """Refuse scorers that need the whole model at once (they override `Scorer.prepare`, e.g. fisher's gradients)."""
+    from adaptkit.registry import get_spec
+
+    if not get_spec("scorer", scorer, "--scorer").load().scores_layer_by_layer():
+        raise InputError(f"--layer-by-layer: scorer '{scorer}' needs the whole model at once (e.g. gradients); score without --layer-by-layer")
+
+
+def _scores_layer_by_layer(stream: "LayerwiseModel", request: _ScoreRequest, progress: Optional[Callable[[int], None]]) -> ScoreSet:
+    """Each stage (decoder layer, then the outside parts) is scored while its weights are loaded."""
+    model = stream.model
+    include_embeddings = request.include_embeddings
+    names_by_stage: dict[str, list[str]] = {}
+    for sp in scored_parameters(model, include_embeddings):
+        names_by_stage.setdefault(stream.stage_of(sp.name), []).append(sp.name)
+    scores: dict[str, dict[str, "torch.Tensor"]] = {}
+
+    def stage_params(stage: str) -> list[ScoredParam]:
+        """The stage's scored parameters as loaded now (parameter objects change when a stage is read)."""
+        wanted = set(names_by_stage.get(stage, ()))
+        return [sp for sp in scored_parameters(model, include_embeddings) if sp.name in wanted]
+
+    collectors: dict[str, InputStatistics] = {}
+
+    def watch(stage: str) -> Optional[InputStatistics]:
+        params = stage_params(stage)
+        if not params:
+            return None
+        collectors[stage] = InputStatistics(params, gram=request.implementation.input_statistics == "gram")
+        return collectors[stage]
+
+    def after(stage: str) -> None:
+        collector = collectors.pop(stage, None)
+        if collector is not None:
+            request.implementation.use_statistics(collector)
+        for sp in stage_params(stage):
+            scores[sp.name] = request.score(sp)
+        if progress:
+            progress(1)
+
+    if request.implementation.input_statistics is None:
+        stream.visit(after)
+    else:
+        blocks = calibration_batches(request.calibration.blocks, request.run.batch_size)
+        through_head = scores_through_head(scored_parameters(model, include_embeddings))
+        stream.run(blocks, through_head=through_head, watch=watch, after=after)
+    scored = scored_parameters(model, include_embeddings)
+    return request.score_set(model, scored, scores, layer_by_layer="true")

@@ -94,6 +94,8 @@ CASES = [
     ("score-model-corrupt", ["score", "-m", "{corrupt_model}", "--scorer", "magnitude", "-o", "{out}"], ["--model"]),
     ("score-batch-size-zero", ["score", "-m", "{model}", "--calib", "{calib}", "--batch-size", "0", "-o", "{out}"], ["--batch-size"]),
     ("score-dtype-unknown", ["score", "-m", "{model}", "--scorer", "magnitude", "--dtype", "fp8", "-o", "{out}"], ["--dtype", "fp8"]),
+    ("score-layer-by-layer-fisher", ["score", "-m", "{model}", "--calib", "{calib}", "--scorer", "fisher", "--layer-by-layer", "-o", "{out}"], ["--layer-by-layer", "fisher", "whole model"]),
+    ("score-layer-by-layer-missing-tensor", ["score", "-m", "{model_missing_tensor}", "--scorer", "magnitude", "--layer-by-layer", "-o", "{out}"], ["--model", "model.layers.1.mlp.up_proj.weight", "safetensors"]),
     # --- mask ---------------------------------------------------------------------------------
     ("mask-freeze-ratio-above-one", ["mask", "--scores", "{scores}", "--freeze-ratio", "1.5", "-o", "{out}"], ["--freeze-ratio", "1.5"]),
     ("mask-freeze-ratio-nan", ["mask", "--scores", "{scores}", "--freeze-ratio", "nan", "-o", "{out}"], ["--freeze-ratio"]),
@@ -122,6 +124,7 @@ CASES = [
     ("evaluate-task-file-empty", ["evaluate", "-m", "{model}", "--task", "ppl:{empty_file}", "-o", "{out}"], ["--task", "is empty"]),
     ("evaluate-task-no-spec", ["evaluate", "-m", "{model}", "--task", "ppl", "-o", "{out}"], ["--task", "BACKEND:SPEC"]),
     ("evaluate-model-corrupt", ["evaluate", "-m", "{corrupt_model}", "--task", "ppl:{data}", "-o", "{out}"], ["--model"]),
+    ("evaluate-layer-by-layer-generation-task", ["evaluate", "-m", "{model}", "--task", "mt:{mt_file}", "--layer-by-layer", "-o", "{out}"], ["--layer-by-layer", "'mt'", "ppl"]),
     ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
     # --- generate -------------------------------------------------------------------------------
     ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),
@@ -217,8 +220,24 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     files["chat_jsonl"].write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
     files["generations"] = root / "generations.jsonl"
     files["generations"].write_text('{"id": "1", "response": "All human beings are born free and equal in dignity and rights."}\n')
+    files["mt_file"] = root / "mt.jsonl"
+    files["mt_file"].write_text('{"src": "All human beings are born free.", "tgt": "Dukkan mutane an haife su a yantacce.", "src_lang": "en", "tgt_lang": "ha"}\n')
+    files["model_missing_tensor"] = _model_without(model, "model.layers.1.mlp.up_proj.weight", root / "model-missing-tensor")
     files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
     files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
+
+
+def _model_without(model: Path, tensor: str, directory: Path) -> Path:
+    """A copy of a model directory whose safetensors file lacks one tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, directory)
+    tensors = load_file(directory / "model.safetensors")
+    del tensors[tensor]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
 
 
 @pytest.fixture(scope="module")

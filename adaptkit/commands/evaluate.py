@@ -57,6 +57,7 @@ def command(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: ComputeDtypeOpt = "float32",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+    layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl tasks only).")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -85,6 +86,10 @@ def command(
         prompts = read_prompts(generate, "--generate")
     prepared = prepare_tasks(list(task), backend_params(config, set_))
     check_task_roles([t.name for t in prepared.tasks], list(source_task or []), list(target_task or []))
+    if layer_by_layer:
+        from adaptkit.evals.runner import check_layer_by_layer
+
+        check_layer_by_layer(prepared, generating=prompts is not None)
 
     from adaptkit.evals.report import write_report
     from adaptkit.evals.runner import run_evaluation
@@ -99,7 +104,7 @@ def command(
             generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0))
 
     run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), on_model=on_model)
+                         progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), on_model=on_model, layer_by_layer=layer_by_layer)
     with atomic_dir(output, overwrite) as tmp:
         results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)
         if prompts is not None:

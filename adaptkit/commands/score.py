@@ -21,6 +21,7 @@ def command(
     dtype: Annotated[str, typer.Option("--dtype", help="Model dtype while scoring: float32 or bfloat16 (statistics are float32 either way).")] = "float32",
     device: Annotated[str, typer.Option("--device", help="auto (GPU when available) or cpu.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed (random scorer).")] = 42,
+    layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; needs a safetensors model directory; not fisher).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Scorer parameter: --set damp=0.02 (repeatable).")] = None,
     overwrite: OverwriteOpt = False,
@@ -40,8 +41,9 @@ def command(
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir, check_output
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.layerwise import LayerwiseModel
     from adaptkit.registry import get_spec
-    from adaptkit.scoring import compute_scores
+    from adaptkit.scoring import compute_scores, require_layer_by_layer
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)
@@ -59,24 +61,38 @@ def command(
     source = resolve_model_source(model, "--model")
     tokenizer = load_tokenizer(source, trust_remote_code)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    loaded = load_causal_lm(source, dtypes[dtype], trust_remote_code).to(target)
+    if layer_by_layer:
+        require_layer_by_layer(scorer)
     granularities = ("column", "row", "element") if element_scores else ("column", "row")
     started = time.perf_counter()
-    show = console.show_progress and calibration is not None and spec.needs_calibration
-    with (Progress(console=console.rich, transient=True) if show else nullcontext()) as bar:
+    if layer_by_layer:
+        stream = LayerwiseModel.open(source, dtypes[dtype], target, trust_remote_code)
+        total = len(stream.stages) + 1
+    else:
+        loaded = load_causal_lm(source, dtypes[dtype], trust_remote_code).to(target)
+        total = calibration.blocks.shape[0] if calibration is not None and spec.needs_calibration else 0
+    with (Progress(console=console.rich, transient=True) if console.show_progress and total else nullcontext()) as bar:
         advance = None
         if bar is not None:
-            task = bar.add_task(f"scoring ({scorer})", total=calibration.blocks.shape[0])
+            task = bar.add_task(f"scoring ({scorer}{', layer by layer' if layer_by_layer else ''})", total=total)
             advance = lambda n: bar.advance(task, n)  # noqa: E731
-        scores = compute_scores(loaded, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, target, tokenizer, advance)
+        if layer_by_layer:
+            try:
+                scores = compute_scores(stream, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, None, tokenizer, advance)
+            finally:
+                stream.close()
+        else:
+            scores = compute_scores(loaded, scorer, calibration, params, include_embeddings, granularities, batch_size, seed, target, tokenizer, advance)
     seconds = time.perf_counter() - started
     with atomic_dir(output, overwrite) as tmp:
         scores.save(tmp)
     meta = scores.metadata
     console.result(
         {"output": str(output), "scorer": scorer, "parameters": len(scores.scores), "seconds": round(seconds, 3),
-         "model_fingerprint": meta["model_fingerprint"], "calibration_hash": meta["calibration_hash"], "calibration_tokens": int(meta["calibration_tokens"])},
+         "model_fingerprint": meta["model_fingerprint"], "calibration_hash": meta["calibration_hash"], "calibration_tokens": int(meta["calibration_tokens"]),
+         **({"peak_weight_bytes": stream.peak_bytes} if layer_by_layer else {})},
         f"[green]done[/green]: {scorer} scores of {len(scores.scores)} parameters in {seconds:.1f} s"
         + (f" over {int(meta['calibration_tokens']):,} calibration tokens" if calibration is not None and spec.needs_calibration else "")
+        + (" (layer by layer)" if layer_by_layer else "")
         + f"; written to {output}",
     )

@@ -124,6 +124,22 @@ def tokenize_documents(
     return documents, total_bytes
 
 
+def _window_batch(batch: list[Window], pad: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """(input ids, targets, mask of the scored predictions), right-padded to the longest window."""
+    import torch
+
+    width = max(len(w.ids) for w in batch) - 1  # at most block_size model inputs
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    targets = torch.zeros((len(batch), width), dtype=torch.long)
+    score_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, w in enumerate(batch):
+        length = len(w.ids) - 1
+        input_ids[row, :length] = torch.tensor(w.ids[:-1])
+        targets[row, :length] = torch.tensor(w.ids[1:])
+        score_mask[row, length - w.scored : length] = True
+    return input_ids, targets, score_mask
+
+
 def perplexity(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
@@ -137,41 +153,37 @@ def perplexity(
     """Perplexity of `model` on `texts` (see the module docstring for the exact definition)."""
     import torch
 
+    from adaptkit.layerwise import for_each_logits
+
     if not texts:
         raise InputError("perplexity: no documents to score")
     block_size = block_size or default_block_size(model)
     stride = stride or block_size
     if not 1 <= stride <= block_size:
         raise InputError(f"ppl: stride must be between 1 and block_size ({block_size}), got {stride}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = device if device is not None else (getattr(model, "device", None) or next(model.parameters()).device)
     documents, total_bytes = tokenize_documents(tokenizer, texts, prefix)
     windows = [w for d, ids in enumerate(documents) for w in document_windows(ids, block_size, stride, d)]
     windows.sort(key=lambda w: len(w.ids), reverse=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = [_window_batch(windows[begin : begin + batch_size], pad) for begin in range(0, len(windows), batch_size)]
     nll = 0.0
     tokens = 0
+
+    def score(index: int, logits: "torch.Tensor") -> None:
+        nonlocal nll, tokens
+        _, targets, score_mask = batches[index]
+        targets, score_mask = targets.to(logits.device), score_mask.to(logits.device)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        nll -= target_lp[score_mask].double().sum().item()
+        tokens += int(score_mask.sum().item())
+
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for begin in range(0, len(windows), batch_size):
-            batch = windows[begin : begin + batch_size]
-            width = max(len(w.ids) for w in batch) - 1  # at most block_size model inputs
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            targets = torch.zeros((len(batch), width), dtype=torch.long)
-            score_mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, w in enumerate(batch):
-                length = len(w.ids) - 1
-                input_ids[row, :length] = torch.tensor(w.ids[:-1])
-                targets[row, :length] = torch.tensor(w.ids[1:])
-                score_mask[row, length - w.scored : length] = True
-            input_ids, targets, score_mask = input_ids.to(device), targets.to(device), score_mask.to(device)
-            # right padding + causal attention: real positions never see the pads, so no mask is
-            # needed (and without one the attention kernels take their faster causal path)
-            logits = model(input_ids=input_ids).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            target_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            nll -= target_lp[score_mask].double().sum().item()
-            tokens += int(score_mask.sum().item())
+    # right padding + causal attention: real positions never see the pads, so no mask is
+    # needed (and without one the attention kernels take their faster causal path)
+    for_each_logits(model, [input_ids for input_ids, _, _ in batches], device, score)
     if was_training:
         model.train()
     return PerplexityResult(nll_sum=nll, tokens=tokens, bytes=total_bytes, documents=len(texts))

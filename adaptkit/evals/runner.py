@@ -135,22 +135,35 @@ def check_model_config(location: str, flag: str = "--model") -> None:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first})") from None
 
 
-def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", layer_by_layer: bool = False) -> tuple[Any, "PreTrainedTokenizerBase"]:
+    """The model (or, layer by layer, its skeleton with weights on disk) and tokenizer of a ModelRef."""
     import torch
 
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.layerwise import LayerwiseModel
 
     if ref.model is not None and ref.tokenizer is not None:
         return ref.model, ref.tokenizer
     source = resolve_model_source(ref.location, "--model")
     try:
         tokenizer = load_tokenizer(source)
+        if layer_by_layer:
+            return LayerwiseModel.open(source, getattr(torch, dtype), device), tokenizer
         model = load_causal_lm(source, dtype=getattr(torch, dtype))
     except InputError:
         raise
     except Exception as exc:  # a directory that exists but does not load
         raise InputError(f"--model: '{ref.location}' does not load as a causal LM ({type(exc).__name__}: {exc})") from None
     return model.to(device), tokenizer
+
+
+def check_layer_by_layer(prepared: PreparedTasks, generating: bool = False) -> None:
+    """Only backends that need nothing but logits of whole batches run layer by layer."""
+    for name, backend in prepared.backends.items():
+        if not backend.layer_by_layer:
+            raise InputError(f"--layer-by-layer: tasks of backend '{name}' need the whole model (generation or a harness); only ppl tasks run layer by layer")
+    if generating:
+        raise InputError("--layer-by-layer: --generate needs the whole model; generate in a run without --layer-by-layer")
 
 
 def run_evaluation(
@@ -161,11 +174,16 @@ def run_evaluation(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     on_model: Callable[[str, Any, Any], None] | None = None,
+    layer_by_layer: bool = False,
 ) -> EvalRun:
     """Score every model on every task; models are loaded one at a time and released after.
 
     `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
+    With `layer_by_layer`, models are read one decoder layer at a time (adaptkit.layerwise;
+    backends that support it only).
     """
+    if layer_by_layer:
+        check_layer_by_layer(prepared)
     for ref in models:  # fail on a bad path or config before spending time on the others
         if ref.model is None:
             check_model_config(ref.location)
@@ -177,13 +195,13 @@ def run_evaluation(
         models=[{"name": r.name, "location": r.location} for r in models],
         tasks=list(infos.values()),
         results={},
-        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params},
+        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer},
     )
     for ref in models:
         if progress:
             progress(f"loading {ref.name}")
         start = time.perf_counter()
-        model, tokenizer = load_model_ref(ref, dtype, device)
+        model, tokenizer = load_model_ref(ref, dtype, device, layer_by_layer)
         run.results[ref.name] = {}
         run.records[ref.name] = {}
         for backend_name, tasks in by_backend.items():

@@ -50,9 +50,15 @@ class RunContext:
 
 
 class EvalBackend(ABC):
-    """Base class of eval backends: `prepare` once, `run` per model."""
+    """Base class of eval backends: `prepare` once, `run` per model.
+
+    A backend that only needs logits of whole token batches (e.g. perplexity) may set
+    `layer_by_layer = True`: with `evaluate --layer-by-layer` its `run` then receives an
+    `adaptkit.layerwise.LayerwiseModel`, to be used through `for_each_logits`.
+    """
 
     name = "backend"
+    layer_by_layer = False
 
     def __init__(self, params: Any):
         self.params = params

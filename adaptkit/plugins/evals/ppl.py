@@ -31,6 +31,7 @@ class PplParams(Params):
 
 class PplBackend(EvalBackend):
     name = "ppl"
+    layer_by_layer = True
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
         from adaptkit.evals.data import read_documents

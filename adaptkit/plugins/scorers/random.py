@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from adaptkit.scoring import Scorer, ScoredParam, ScoringRun
+from adaptkit.scoring import Scorer, ScoredParam
 from adaptkit.specs import Params, ScorerSpec
 
 
@@ -19,13 +19,10 @@ class RandomParams(Params):
 
 
 class RandomScorer(Scorer):
-    def prepare(self, model, scored, run: ScoringRun) -> None:
-        self.seed = run.seed
-
     def element_scores(self, sp: ScoredParam):
         import torch
 
-        digest = hashlib.sha256(f"{self.seed}:{sp.name}".encode()).digest()
+        digest = hashlib.sha256(f"{self.run.seed}:{sp.name}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
         return torch.rand(tuple(sp.param.shape), generator=generator, dtype=torch.float32)
 

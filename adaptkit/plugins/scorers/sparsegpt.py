@@ -26,7 +26,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.scoring import Scorer, ScoredParam, ScoringRun, collect_input_statistics, input_relation
+from adaptkit.scoring import Scorer, ScoredParam, input_relation
 from adaptkit.specs import Params, ScorerSpec
 
 
@@ -35,8 +35,10 @@ class SparseGPTParams(Params):
 
 
 class SparseGPTScorer(Scorer):
-    def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
-        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, gram=True, progress=run.progress)
+    input_statistics = "gram"
+
+    def use_statistics(self, stats) -> None:
+        super().use_statistics(stats)
         self._inverse_diagonals: dict[int, object] = {}
 
     def _inverse_diagonal(self, stats):

@@ -15,7 +15,7 @@ Wanda element score above, summed over the other axis, as the paper states it.
 
 from __future__ import annotations
 
-from adaptkit.scoring import Scorer, ScoredParam, ScoringRun, collect_input_statistics, input_relation
+from adaptkit.scoring import Scorer, ScoredParam, input_relation
 from adaptkit.specs import Params, ScorerSpec
 
 
@@ -24,8 +24,7 @@ class WandaParams(Params):
 
 
 class WandaScorer(Scorer):
-    def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
-        self.stats = collect_input_statistics(model, scored, run.calibration.blocks, run.batch_size, run.device, progress=run.progress)
+    input_statistics = "features"
 
     def element_scores(self, sp: ScoredParam):
         stats = self.stats.get(sp.module_name)

@@ -1,0 +1,145 @@
+"""Layer-by-layer scoring and evaluation (adaptkit.layerwise) against whole-model runs on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adaptkit.calibration import load_calibration
+from adaptkit.evals.perplexity import perplexity
+from adaptkit.io.models import resolve_model_source
+from adaptkit.layerwise import OUTSIDE, LayerwiseModel, for_each_logits
+from adaptkit.scoring import compute_scores, load_scores
+from _ssu_helpers import calib_dir, load_model  # noqa: F401
+
+LAYERS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def calibration(calib_dir):
+    return load_calibration(calib_dir)
+
+
+def _open(directory) -> LayerwiseModel:
+    return LayerwiseModel.open(resolve_model_source(str(directory)))
+
+
+def _assert_same_scores(whole, layered) -> None:
+    assert whole.scores.keys() == layered.scores.keys()
+    for name, by_granularity in whole.scores.items():
+        for granularity, expected in by_granularity.items():
+            got = layered.scores[name][granularity]
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (name, granularity, (got - expected).abs().max())
+    for key in ("model_fingerprint", "shapes", "calibration_hash", "model_parameters"):
+        assert whole.metadata[key] == layered.metadata[key], key
+    assert layered.metadata["layer_by_layer"] == "true"
+
+
+# tied embeddings (qwen2), biases (qwen2), q/k norms (olmo2)
+ARCHITECTURES = {"llama": {}, "qwen2": {"tie_word_embeddings": True}, "olmo2": {}}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "magnitude", "random"])
+def test_layer_by_layer_scores_equal_whole_model_scores(make_model_dir, calibration, arch, scorer):
+    directory = make_model_dir(arch, layers=LAYERS, **ARCHITECTURES[arch])
+    include_embeddings = scorer in ("wanda", "magnitude")  # embeddings (token counts) and the LM head (through the tail)
+    whole = compute_scores(load_model(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    layered = compute_scores(_open(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    _assert_same_scores(whole, layered)
+    assert any(float(t.abs().sum()) > 0 for by in layered.scores.values() for t in by.values())
+
+
+def test_only_one_decoder_layer_is_loaded_at_a_time(make_model_dir, calibration):
+    directory = make_model_dir("llama", layers=LAYERS)
+    stream = _open(directory)
+    model = load_model(directory)
+    sizes: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        stage = stream.stage_of(name)
+        sizes[stage] = sizes.get(stage, 0) + param.numel() * param.element_size()
+    seen = []
+
+    def after(stage: str) -> None:
+        seen.append(stage)
+        for name, param in stream.model.named_parameters():
+            other = stream.stage_of(name)
+            loaded = param.device.type != "meta"
+            assert loaded == (other in (stage, OUTSIDE)), (stage, name, param.device)
+
+    stream.run(list(calibration.blocks.split(4)), after=after)
+    assert seen == [f"model.layers.{i}" for i in range(LAYERS)] + [OUTSIDE]
+    largest_layer = max(size for stage, size in sizes.items() if stage != OUTSIDE)
+    assert stream.peak_bytes == sizes[OUTSIDE] + largest_layer
+    assert stream.peak_bytes < 0.6 * sum(sizes.values())
+    assert all(p.device.type == "meta" for n, p in stream.model.named_parameters() if stream.stage_of(n) != OUTSIDE)
+
+
+def test_fisher_is_refused_layer_by_layer(make_model_dir, calibration):
+    from adaptkit.errors import InputError
+
+    with pytest.raises(InputError, match="--layer-by-layer: scorer 'fisher' needs the whole model"):
+        compute_scores(_open(make_model_dir("llama")), "fisher", calibration)
+
+
+def _logits(model, inputs) -> list[torch.Tensor]:
+    out: dict[int, torch.Tensor] = {}
+    for_each_logits(model, inputs, "cpu", lambda i, logits: out.__setitem__(i, logits.clone()))
+    return [out[i] for i in range(len(inputs))]
+
+
+def test_layer_arguments_come_from_the_decoder_per_layer(tmp_path, tokenizer):
+    """Mixed sliding-window / full attention layers: each layer gets its own mask, as in a whole forward."""
+    from adaptkit import demo
+
+    mixed = dict(layers=3, use_sliding_window=True, sliding_window=4, layer_types=["full_attention", "sliding_attention", "full_attention"])
+    demo.tiny_model("qwen2", len(tokenizer), **mixed).save_pretrained(tmp_path / "mixed")
+    inputs = [torch.randint(4, 300, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    whole = _logits(load_model(tmp_path / "mixed"), inputs)
+    layered = _logits(_open(tmp_path / "mixed"), inputs)
+    full_only = _logits(demo.tiny_model("qwen2", len(tokenizer), layers=3).eval(), inputs)  # same weights (same seed), no sliding window
+    for a, b, c in zip(whole, layered, full_only):
+        assert torch.allclose(a, b, atol=1e-5)
+        assert not torch.allclose(a, c, atol=1e-3)  # the sliding-window mask really matters here
+
+
+def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tmp_path, corpora, tokenizer, monkeypatch):
+    import adaptkit.layerwise as layerwise
+
+    model = load_model(make_model_dir("llama", layers=LAYERS))
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="200KB")
+    tokenizer.save_pretrained(sharded)
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    texts = corpora["ha-test"].read_text().splitlines()[:12]
+    expected = perplexity(model, tokenizer, texts, block_size=32, stride=8, batch_size=4)
+    monkeypatch.setattr(layerwise, "HIDDEN_CACHE_BYTES", 4 * 32 * 64 * 4 * 2)  # two batches of hidden states per pass
+    got = perplexity(_open(sharded), tokenizer, texts, block_size=32, stride=8, batch_size=4)
+    assert got.tokens == expected.tokens and got.bytes == expected.bytes
+    assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-6)
+
+
+def test_score_and_evaluate_commands_layer_by_layer(make_model_dir, calib_dir, corpora, tmp_path, invoke):
+    directory = make_model_dir("llama", layers=LAYERS)
+    for flag in ([], ["--layer-by-layer"]):
+        result = invoke("score", "-m", directory, "--calib", calib_dir, "-o", tmp_path / f"scores{len(flag)}", "--json", *flag)
+        assert result.returncode == 0, result.stderr
+    whole, layered = load_scores(tmp_path / "scores0"), load_scores(tmp_path / "scores1")
+    _assert_same_scores(whole, layered)
+    assert json.loads(result.stdout)["peak_weight_bytes"] > 0
+    for flag in ([], ["--layer-by-layer"]):
+        result = invoke("evaluate", "-m", f"m={directory}", "--task", f"ppl:ha={corpora['ha-test']}",
+                        "--set", "ppl.block_size=32", "--no-plots", "-o", tmp_path / f"eval{len(flag)}", "--quiet", *flag)
+        assert result.returncode == 0, result.stderr
+    ppl = [json.loads((tmp_path / f"eval{i}" / "results.json").read_text())["results"]["m"]["ha"]["ppl"] for i in (0, 1)]
+    assert ppl[1] == pytest.approx(ppl[0], rel=1e-6)
