@@ -287,6 +287,8 @@ def build_calibration(
     # 3-4. render and tokenize
     kinds = [record_kind(record, fmt, text_field) for record in sampled]
     template_name = template_text = None
+    if template not in (None, "", "model"):  # an explicit template is checked even when the data is plain text
+        resolve_template(tokenizer, template)
     if any(kind in ("chat", "alpaca") for kind in kinds):
         template_name, template_text = resolve_template(tokenizer, template)
     eos = tokenizer.eos_token_id

@@ -87,6 +87,7 @@ CASES = [
     ("calibrate-format-unknown", ["calibrate", "-m", "{model}", "-d", "{data}", "--format", "chatt", "-o", "{out}"], ["--format", "chatt"]),
     ("calibrate-block-size-zero", ["calibrate", "-m", "{model}", "-d", "{data}", "--block-size", "0", "-o", "{out}"], ["--block-size"]),
     ("calibrate-template-missing-file", ["calibrate", "-m", "{model}", "-d", "{chat_jsonl}", "--template", "{missing}.jinja", "-o", "{out}"], ["--template"]),
+    ("calibrate-template-file-missing-text-data", ["calibrate", "-m", "{model}", "-d", "{data}", "--format", "text", "--template", "{missing}", "-o", "{out}"], ["--template", "Jinja template file"]),
     # --- score --------------------------------------------------------------------------------
     ("score-scorer-unknown", ["score", "-m", "{model}", "--calib", "{calib}", "--scorer", "wandaa", "-o", "{out}"], ["--scorer", "wandaa", "did you mean", "wanda"]),
     ("score-calib-empty-dir", ["score", "-m", "{model}", "--calib", "{empty_dir}", "-o", "{out}"], ["--calib", "not a calibration directory"]),
