@@ -125,7 +125,7 @@ CASES = [
     ("evaluate-task-file-empty", ["evaluate", "-m", "{model}", "--task", "ppl:{empty_file}", "-o", "{out}"], ["--task", "is empty"]),
     ("evaluate-task-no-spec", ["evaluate", "-m", "{model}", "--task", "ppl", "-o", "{out}"], ["--task", "BACKEND:SPEC"]),
     ("evaluate-model-corrupt", ["evaluate", "-m", "{corrupt_model}", "--task", "ppl:{data}", "-o", "{out}"], ["--model"]),
-    ("evaluate-layer-by-layer-generation-task", ["evaluate", "-m", "{model}", "--task", "mt:{mt_file}", "--layer-by-layer", "-o", "{out}"], ["--layer-by-layer", "'mt'", "ppl"]),
+    ("evaluate-layer-by-layer-generation-task", ["evaluate", "-m", "{model}", "--task", "mt:{mt_file}", "--layer-by-layer", "-o", "{out}"], ["--layer-by-layer", "'mt'", "ppl and lm-eval"]),
     ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
     # --- generate -------------------------------------------------------------------------------
     ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),

@@ -143,3 +143,68 @@ def test_score_and_evaluate_commands_layer_by_layer(make_model_dir, calib_dir, c
         assert result.returncode == 0, result.stderr
     ppl = [json.loads((tmp_path / f"eval{i}" / "results.json").read_text())["results"]["m"]["ha"]["ppl"] for i in (0, 1)]
     assert ppl[1] == pytest.approx(ppl[0], rel=1e-6)
+
+
+def _choice_task(directory, data, output_type: str = "multiple_choice") -> None:
+    """A local lm-eval task over a JSONL file (offline)."""
+    rows = [{"question": "Kowa yana da", "choices": [" hakki", " zzzz"], "label": 0},
+            {"question": "Everyone has the", "choices": [" qqq", " right"], "label": 1},
+            {"question": "All human beings are born", "choices": [" free", " xx"], "label": 0}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    directory.mkdir()
+    body = "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n" if output_type == "multiple_choice" else \
+        "doc_to_target: '{{choices[0]}}'\ngeneration_kwargs:\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n"
+    (directory / "tiny_task.yaml").write_text(
+        f"task: tiny_task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"test_split: test\noutput_type: {output_type}\ndoc_to_text: '{{{{question}}}}'\n{body}"
+    )
+
+
+def test_lm_eval_log_likelihoods_equal_hflm(make_model_dir):
+    """The layer-by-layer lm-eval LM against lm-eval's own HFLM on the whole model."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from adaptkit.evals.layerwise_lm import LayerwiseLM
+    from adaptkit.io.models import load_tokenizer
+
+    directory = make_model_dir("llama", layers=LAYERS)
+    tokenizer = load_tokenizer(resolve_model_source(str(directory)))
+    model = load_model(directory)
+    ours = LayerwiseLM(_open(directory), tokenizer, batch_size=2)
+    greedy_pair = None
+    for words in range(2, 30):  # a context whose argmax next token survives decode + encode (not a partial byte)
+        text = " ".join(("Everyone has the right to life liberty and security of person " * 3).split()[:words])
+        context = ours.tok_encode(text)  # as lm-eval encodes it
+        with torch.no_grad():
+            greedy = int(model(torch.tensor([context])).logits[0, -1].argmax())
+        continuation = tokenizer.decode(context + [greedy])[len(tokenizer.decode(context)):]
+        if continuation.strip() and ours.tok_encode(text + continuation) == context + [greedy]:
+            greedy_pair = (text, continuation)
+            break
+    assert greedy_pair is not None
+    pairs = [greedy_pair, ("Everyone has the ", "right"), ("All human beings are born", " free and equal"),
+             ("", "Kowa yana da hakki"), ("Article 1. " * 40, " dignity")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu", max_length=64)
+    ours.max_length = 64  # the long context is truncated from the left, as in HFLM
+    expected, got = reference.loglikelihood(requests, disable_tqdm=True), ours.loglikelihood(requests)
+    assert [g for _, g in got] == [g for _, g in expected] and got[0][1]  # the greedy continuation is recognized
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], rel=1e-5)
+    texts = [("Everyone has the right to life, liberty and security of person. " * 6), "Kowa yana da hakki."]
+    rolling = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+    assert ours.loglikelihood_rolling(rolling) == pytest.approx(reference.loglikelihood_rolling(rolling, disable_tqdm=True), rel=1e-5)
+
+
+def test_evaluate_lm_eval_layer_by_layer(make_model_dir, tmp_path, invoke):
+    directory = make_model_dir("llama", layers=LAYERS)
+    _choice_task(tmp_path / "tasks", tmp_path / "choice.jsonl")
+    for flag in ([], ["--layer-by-layer"]):
+        result = invoke("evaluate", "-m", f"m={directory}", "--task", f"lm-eval:{tmp_path / 'tasks'}", "--no-plots", "-o", tmp_path / f"eval{len(flag)}", "--quiet", *flag)
+        assert result.returncode == 0, result.stderr
+    acc = [json.loads((tmp_path / f"eval{i}" / "results.json").read_text())["results"]["m"]["tiny_task"] for i in (0, 1)]
+    assert acc[0] == acc[1]
+    _choice_task(tmp_path / "gen-tasks", tmp_path / "gen.jsonl", output_type="generate_until")
+    result = invoke("evaluate", "-m", directory, "--task", f"lm-eval:{tmp_path / 'gen-tasks'}", "--layer-by-layer", "-o", tmp_path / "gen", "--quiet")
+    assert result.returncode == 2 and "generates text" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "gen").exists()

@@ -57,7 +57,7 @@ def command(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: ComputeDtypeOpt = "float32",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
-    layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl tasks only).")] = False,
+    layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl and lm-eval log-likelihood tasks).")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,

@@ -161,7 +161,7 @@ def check_layer_by_layer(prepared: PreparedTasks, generating: bool = False) -> N
     """Only backends that need nothing but logits of whole batches run layer by layer."""
     for name, backend in prepared.backends.items():
         if not backend.layer_by_layer:
-            raise InputError(f"--layer-by-layer: tasks of backend '{name}' need the whole model (generation or a harness); only ppl tasks run layer by layer")
+            raise InputError(f"--layer-by-layer: tasks of backend '{name}' generate text, which needs the whole model; only ppl and lm-eval log-likelihood tasks run layer by layer")
     if generating:
         raise InputError("--layer-by-layer: --generate needs the whole model; generate in a run without --layer-by-layer")
 

@@ -6,7 +6,9 @@ pawsx_en, xcopa_sw, xstorycloze_sw, mgsm_direct_sw, mmlu) or `lm-eval:DIR` /
 or the named ones). A local task may read a local file (`dataset_path: json`,
 `dataset_kwargs: {data_files: {test: /abs/path.jsonl}}`), so it runs offline.
 
-The model is wrapped with lm-eval's `HFLM(pretrained=<loaded model>, tokenizer=...)`;
+The model is wrapped with lm-eval's `HFLM(pretrained=<loaded model>, tokenizer=...)`, or,
+under `evaluate --layer-by-layer`, with `adaptkit.evals.layerwise_lm.LayerwiseLM`
+(log-likelihood tasks only, scored like HFLM);
 each requested task (or group) becomes one task in the report. The primary metric is
 the first of acc_norm, acc, exact_match, f1, bleu, chrf the task reports, else its first
 metric; its direction comes from lm-eval's `higher_is_better`.
@@ -48,6 +50,7 @@ def _metric_name(key: str) -> str:
 
 class LmEvalBackend(EvalBackend):
     name = "lm-eval"
+    layer_by_layer = True  # log-likelihood tasks; generation tasks are refused (adaptkit.evals.layerwise_lm)
 
     def __init__(self, params: LmEvalParams):
         super().__init__(params)
@@ -92,9 +95,17 @@ class LmEvalBackend(EvalBackend):
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
+        from adaptkit.layerwise import LayerwiseModel
+
+        if isinstance(model, LayerwiseModel):
+            from adaptkit.evals.layerwise_lm import LayerwiseLM
+
+            lm = LayerwiseLM(model, tokenizer, self.params.batch_size)
+        else:
+            from lm_eval.models.huggingface import HFLM
+
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
         outputs: dict[str, TaskOutput] = {}
         by_manager: dict[str, list[EvalTask]] = {}
         for task in tasks:
