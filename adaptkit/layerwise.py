@@ -11,14 +11,16 @@ model's safetensors files only while the part of the model that needs them runs:
    keyword arguments (attention mask, rotary position embeddings, positions). The masks
    and position embeddings are therefore exactly those of a normal forward, for any
    architecture whose decoder calls its layers in a loop (Llama, Qwen2, OLMo-2, Mistral, ...);
-3. layer i is read, run on the hidden states of every batch (kept on the CPU in the model
-   dtype), and released before layer i + 1 is read;
+3. layer i is installed, run on the hidden states of every batch (kept on the CPU in the
+   model dtype), and released before layer i + 1 is installed; with `prefetch` (default) a
+   background thread reads layer i + 1 from disk while layer i runs;
 4. a *tail* pass runs the decoder's forward again with the first layer replaced by a
    stand-in that returns the batch's final hidden states and the others by identities, so
    the final norm and the LM head run as the model defines them.
 
 Peak memory: the outside parts and one decoder layer on the device, plus the hidden
-states of all batches of one pass on the CPU (tokens x hidden size x dtype bytes).
+states of all batches of one pass on the CPU (tokens x hidden size x dtype bytes) and, with
+prefetch, the next layer on the CPU. Freed memory goes back to the OS after each layer.
 Outputs equal a whole-model forward up to float rounding: the same modules run on the
 same inputs. The decoder's layers are found structurally (`adaptkit.layers.find_layers`);
 checkpoint tensor names must match the parameter names, as in every model saved by
@@ -31,6 +33,8 @@ while its weights are loaded; `adaptkit evaluate --layer-by-layer` gets the logi
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence
@@ -80,6 +84,17 @@ class _StandIn(torch.nn.Module):
             return getattr(self.__dict__["_layer"], name)
 
 
+@dataclass(frozen=True)
+class _StoredTensor:
+    """One checkpoint tensor and the model names it fills (several when weights are tied)."""
+
+    stored: str
+    names: list[str]
+    is_parameter: bool
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
 @dataclass
 class _Batch:
     """One input batch between stages: its current hidden states (CPU) and each layer's call arguments."""
@@ -102,27 +117,44 @@ class LayerwiseModel:
     def eval(self) -> "LayerwiseModel":
         return self
 
-    def __init__(self, model: torch.nn.Module, weights: "TensorSource", device: torch.device | str = "cpu", flag: str = "--model"):
+    def __init__(self, model: torch.nn.Module, weights: "TensorSource", device: torch.device | str = "cpu", flag: str = "--model", prefetch: bool = True):
         self.model = model.eval()
         self.config = model.config
         self.weights = weights
         self.device = torch.device(device)
         self.flag = flag
+        self.prefetch = prefetch  # read the next stage's weights in a background thread while one runs
         self.layers_name, self.layers = find_layers(model)
         self.decoder = decoder_of(model)
         self.dtype = next(model.parameters()).dtype
-        self._names: dict[int, list[str]] = {}  # id(parameter or buffer) -> every qualified name it has
-        for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-            self._names.setdefault(id(tensor), []).append(name)
-        self._loaded: dict[str, list[str]] = {}  # stage -> names of the parameters read for it
         self.resident_bytes = 0
-        self.peak_bytes = 0  # most parameter bytes loaded at once (one stage plus the outside parts)
+        self.peak_bytes = 0  # most parameter bytes loaded on the device at once (outside parts plus one layer)
         self._outputs_are_tuples: bool | None = None
         for buffer_owner in model.modules():  # real buffers (rotary frequencies) go to the device
             for key, buffer in list(buffer_owner._buffers.items()):
                 if buffer is not None and buffer.device.type != "meta":
                     buffer_owner._buffers[key] = buffer.to(self.device)
-        self.load(OUTSIDE)
+        self._plan = self._plan_stages()
+        self.install(OUTSIDE, self.read(OUTSIDE))
+
+    def _plan_stages(self) -> dict[str, list[_StoredTensor]]:
+        """Which stored tensor fills which (possibly tied) parameter or buffer, per stage; checked up front."""
+        by_id: dict[int, tuple[list[str], torch.Tensor, bool]] = {}
+        for is_parameter, named in ((True, self.model.named_parameters(remove_duplicate=False)), (False, self.model.named_buffers(remove_duplicate=False))):
+            for name, tensor in named:
+                by_id.setdefault(id(tensor), ([], tensor, is_parameter))[0].append(name)
+        plan: dict[str, list[_StoredTensor]] = {stage: [] for stage in [*self.stages, OUTSIDE]}
+        for names, tensor, is_parameter in by_id.values():
+            stored = next((n for n in names if n in self.weights.tensors), None)
+            if stored is None:
+                if tensor.device.type == "meta":
+                    raise InputError(f"{self.flag}: '{names[0]}' is not in the model's safetensors files (checkpoint names must match the model's parameters for --layer-by-layer)")
+                continue  # a non-persistent buffer, already real
+            shape = self.weights.tensors[stored].shape
+            if tuple(shape) != tuple(tensor.shape):
+                raise InputError(f"{self.flag}: tensor '{stored}' has shape {tuple(shape)}, the model's config expects {tuple(tensor.shape)}")
+            plan[self.stage_of(names[0])].append(_StoredTensor(stored, names, is_parameter, tensor.dtype, tuple(tensor.shape)))
+        return plan
 
     @classmethod
     def open(cls, source: "ModelSource", dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", trust_remote_code: bool = False) -> "LayerwiseModel":
@@ -160,60 +192,49 @@ class LayerwiseModel:
     def stages(self) -> list[str]:
         return [f"{self.layers_name}.{i}" for i in range(len(self.layers))]
 
-    def load(self, stage: str) -> None:
-        """Read the parameters (and stored buffers) of one stage onto the device."""
-        loaded = []
-        for names in list(self._names.values()):
-            if self.stage_of(names[0]) != stage:
-                continue
-            stored = next((n for n in names if n in self.weights.tensors), None)
-            owner, key = self._owner(names[0])
-            current = owner._parameters.get(key) if key in owner._parameters else owner._buffers.get(key)
-            if stored is None:
-                if current is not None and current.device.type == "meta":
-                    raise InputError(f"{self.flag}: '{names[0]}' is not in the model's safetensors files (checkpoint names must match the model's parameters for --layer-by-layer)")
-                continue  # a non-persistent buffer, already real
-            value = self.weights.read(stored)
-            if tuple(value.shape) != tuple(current.shape):
-                raise InputError(f"{self.flag}: tensor '{stored}' has shape {tuple(value.shape)}, the model's config expects {tuple(current.shape)}")
-            value = value.to(device=self.device, dtype=current.dtype)
-            self._replace(names, value, key in owner._parameters)
-            loaded.append(names[0])
+    def read(self, stage: str) -> list[tuple["_StoredTensor", torch.Tensor]]:
+        """A stage's tensors read from disk (CPU, in the model's dtypes); touches no module, so it may run in a thread."""
+        return [(entry, self.weights.read(entry.stored).to(dtype=entry.dtype)) for entry in self._plan[stage]]
+
+    def install(self, stage: str, tensors: list[tuple["_StoredTensor", torch.Tensor]]) -> None:
+        """Put a stage's tensors into the model, on the device."""
+        for entry, value in tensors:
+            value = value.to(self.device)
+            self._replace(entry, value)
             self.resident_bytes += value.numel() * value.element_size()
-        self._loaded[stage] = loaded
         self.peak_bytes = max(self.peak_bytes, self.resident_bytes)
 
     def release(self, stage: str) -> None:
-        """Put a stage's parameters back on the meta device."""
-        for name in self._loaded.pop(stage, []):
-            owner, key = self._owner(name)
-            value = owner._parameters.get(key) if key in owner._parameters else owner._buffers[key]
-            self.resident_bytes -= value.numel() * value.element_size()
-            self._replace(self._names[id(value)], torch.empty_like(value, device="meta"), key in owner._parameters)
+        """Put a stage's parameters back on the meta device and return the freed memory."""
+        for entry in self._plan[stage]:
+            self.resident_bytes -= math.prod(entry.shape) * torch.empty((), dtype=entry.dtype).element_size()
+            self._replace(entry, torch.empty(entry.shape, dtype=entry.dtype, device="meta"))
+        return_freed_memory()
 
-    @contextmanager
-    def loaded(self, stage: str) -> Iterator[None]:
-        self.load(stage)
-        try:
-            yield
-        finally:
-            self.release(stage)
-            return_freed_memory()
+    def each_loaded(self, stages: Sequence[str]) -> Iterator[str]:
+        """Yield each stage while its weights are installed; with `prefetch`, the next one is read meanwhile."""
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = None
+            for i, stage in enumerate(stages):
+                tensors = pending.result() if pending is not None else self.read(stage)
+                pending = reader.submit(self.read, stages[i + 1]) if self.prefetch and i + 1 < len(stages) else None
+                self.install(stage, tensors)
+                del tensors
+                try:
+                    yield stage
+                finally:
+                    self.release(stage)
 
     def _owner(self, name: str) -> tuple[torch.nn.Module, str]:
         module_name, _, key = name.rpartition(".")
         return self.model.get_submodule(module_name), key
 
-    def _replace(self, names: list[str], value: torch.Tensor, is_parameter: bool) -> None:
-        """Set a (possibly tied) tensor under every name it has; keeps `_names` keyed by the new object."""
-        old = None
-        new = torch.nn.Parameter(value, requires_grad=False) if is_parameter else value
-        for name in names:
+    def _replace(self, entry: "_StoredTensor", value: torch.Tensor) -> None:
+        """Set a (possibly tied) tensor under every name it has."""
+        new = torch.nn.Parameter(value, requires_grad=False) if entry.is_parameter else value
+        for name in entry.names:
             owner, key = self._owner(name)
-            slots = owner._parameters if is_parameter else owner._buffers
-            old = slots[key]
-            slots[key] = new
-        self._names[id(new)] = self._names.pop(id(old))
+            (owner._parameters if entry.is_parameter else owner._buffers)[key] = new
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -297,16 +318,15 @@ class LayerwiseModel:
             return
         with torch.no_grad():
             batches = self._capture(inputs)
-            for i, stage in enumerate(self.stages):
-                with self.loaded(stage):
-                    observer = watch(stage) if watch is not None else None
-                    with observer if observer is not None else nullcontext():
-                        for batch in batches:
-                            self._run_layer(self.layers[i], batch, i)
-                            if observer is not None:
-                                observer.end_batch()
-                    if after is not None:
-                        after(stage)
+            for i, stage in enumerate(self.each_loaded(self.stages)):
+                observer = watch(stage) if watch is not None else None
+                with observer if observer is not None else nullcontext():
+                    for batch in batches:
+                        self._run_layer(self.layers[i], batch, i)
+                        if observer is not None:
+                            observer.end_batch()
+                if after is not None:
+                    after(stage)
             for batch in batches:
                 batch.layer_args.clear()
             self._tail(batches, inputs, through_head, watch(OUTSIDE) if watch is not None else None, on_output)
@@ -315,9 +335,8 @@ class LayerwiseModel:
 
     def visit(self, after: Callable[[str], None]) -> None:
         """Load each stage in turn (no forward pass) and call `after(stage)` while it is loaded."""
-        for stage in self.stages:
-            with self.loaded(stage):
-                after(stage)
+        for stage in self.each_loaded(self.stages):
+            after(stage)
         after(OUTSIDE)
 
     def close(self) -> None:

@@ -208,3 +208,16 @@ def test_evaluate_lm_eval_layer_by_layer(make_model_dir, tmp_path, invoke):
     result = invoke("evaluate", "-m", directory, "--task", f"lm-eval:{tmp_path / 'gen-tasks'}", "--layer-by-layer", "-o", tmp_path / "gen", "--quiet")
     assert result.returncode == 2 and "generates text" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "gen").exists()
+
+
+def test_prefetching_the_next_layer_changes_nothing(make_model_dir, calibration):
+    directory = make_model_dir("llama", layers=LAYERS)
+    results = []
+    for prefetch in (False, True):
+        stream = _open(directory)
+        stream.prefetch = prefetch
+        results.append(compute_scores(stream, "sparsegpt", calibration, batch_size=4))
+        assert stream.resident_bytes == sum(p.numel() * 4 for n, p in stream.model.named_parameters() if stream.stage_of(n) == OUTSIDE)
+    for name, by_granularity in results[0].scores.items():
+        for granularity, tensor in by_granularity.items():
+            assert torch.equal(tensor, results[1].scores[name][granularity])
