@@ -126,6 +126,11 @@ CASES = [
     ("evaluate-task-no-spec", ["evaluate", "-m", "{model}", "--task", "ppl", "-o", "{out}"], ["--task", "BACKEND:SPEC"]),
     ("evaluate-model-corrupt", ["evaluate", "-m", "{corrupt_model}", "--task", "ppl:{data}", "-o", "{out}"], ["--model"]),
     ("evaluate-layer-by-layer-generation-task", ["evaluate", "-m", "{model}", "--task", "mt:{mt_file}", "--layer-by-layer", "-o", "{out}"], ["--layer-by-layer", "'mt'", "ppl and lm-eval"]),
+    ("evaluate-device-map-unknown", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device-map", "everywhere", "-o", "{out}"], ["--device-map", "everywhere", "auto"]),
+    ("evaluate-max-memory-malformed", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device-map", "auto", "--max-memory", "cpu=lots", "-o", "{out}"], ["--max-memory", "cpu=lots", "70GiB"]),
+    ("evaluate-max-memory-without-device-map", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--max-memory", "0=10GiB", "-o", "{out}"], ["--max-memory", "--device-map"]),
+    ("evaluate-device-map-and-layer-by-layer", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device-map", "auto", "--layer-by-layer", "-o", "{out}"], ["--device-map", "--layer-by-layer"]),
+    ("generate-device-map-gguf", ["generate", "-m", "{bad_gguf}", "--prompts", "{prompts}", "--device-map", "auto", "-o", "{out}"], ["--model"]),
     ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
     # --- generate -------------------------------------------------------------------------------
     ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),

@@ -221,3 +221,27 @@ def test_prefetching_the_next_layer_changes_nothing(make_model_dir, calibration)
     for name, by_granularity in results[0].scores.items():
         for granularity, tensor in by_granularity.items():
             assert torch.equal(tensor, results[1].scores[name][granularity])
+
+
+def test_device_map_with_offload_gives_the_same_results(make_model_dir, corpora, tmp_path, invoke):
+    """--device-map auto with a tiny --max-memory puts the layers on disk (accelerate offload): same ppl, lm-eval and generations."""
+    directory = make_model_dir("llama", layers=LAYERS)
+    _choice_task(tmp_path / "tasks", tmp_path / "choice.jsonl")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "1", "prompt": "Everyone has the right"}\n{"id": "2", "prompt": "Kowa yana da"}\n')
+    placed = ["--device-map", "auto", "--max-memory", "cpu=100KB"]
+    for flags in ([], placed):
+        name = "placed" if flags else "plain"
+        result = invoke("evaluate", "-m", f"m={directory}", "--task", f"ppl:ha={corpora['ha-test']}", "--task", f"lm-eval:{tmp_path / 'tasks'}",
+                        "--set", "ppl.block_size=32", "--no-plots", "--generate", prompts, "--max-new-tokens", "6", "-o", tmp_path / name, "--quiet", *flags)
+        assert result.returncode == 0, result.stderr
+        result = invoke("generate", "-m", directory, "--prompts", prompts, "--max-new-tokens", "6", "-o", tmp_path / f"{name}.jsonl", "--quiet", *flags)
+        assert result.returncode == 0, result.stderr
+    plain, placed_results = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("plain", "placed"))
+    assert placed_results["config"]["device_map"] == "auto" and placed_results["config"]["max_memory"] == {"cpu": "100KB"}
+    assert "disk" in placed_results["config"]["placed_on"]["m"]  # really offloaded
+    assert placed_results["results"]["m"]["ha"]["ppl"] == pytest.approx(plain["results"]["m"]["ha"]["ppl"], rel=1e-6)
+    assert placed_results["results"]["m"]["tiny_task"] == plain["results"]["m"]["tiny_task"]
+    for a, b in [(tmp_path / "plain" / "generations.jsonl", tmp_path / "placed" / "generations.jsonl"), (tmp_path / "plain.jsonl", tmp_path / "placed.jsonl")]:
+        responses = [[json.loads(line)["response"] for line in f.read_text().splitlines()] for f in (a, b)]
+        assert responses[0] == responses[1] and any(responses[0])

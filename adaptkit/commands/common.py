@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -26,6 +27,8 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 
 
 ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread a model too large for one device over GPUs, CPU and disk (accelerate): auto, balanced, sequential; replaces --device.")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.")]
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -36,6 +39,19 @@ def check_compute_dtype(dtype: str, flag: str = "--dtype") -> str:
 
         raise InputError(f"{flag}: expected {', '.join(COMPUTE_DTYPES[:-1])} or {COMPUTE_DTYPES[-1]}, got '{dtype}'")
     return dtype
+
+
+@contextmanager
+def offload_folder(placement: Any) -> Iterator[Any]:
+    """The placement with a temporary offload folder for layers that fit on no device (removed after)."""
+    if placement is None:
+        yield None
+        return
+    import dataclasses
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="adaptkit-offload-") as folder:
+        yield dataclasses.replace(placement, offload_folder=folder)
 
 
 class Console:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -56,6 +56,8 @@ def command(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: ComputeDtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl and lm-eval log-likelihood tasks).")] = False,
     config: ConfigOpt = None,
@@ -72,9 +74,15 @@ def command(
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
 
+    from adaptkit.errors import InputError
+    from adaptkit.io.models import Placement
+
     console = Console(json_out, quiet)
     check_output(output, overwrite)
     check_compute_dtype(dtype)
+    placement = Placement.from_options(device_map, max_memory)
+    if placement is not None and layer_by_layer:
+        raise InputError("--device-map: choose either --device-map (spread over devices) or --layer-by-layer (one layer at a time)")
     refs = model_names(model)
     for ref in refs:
         check_model_config(ref.location)
@@ -91,6 +99,7 @@ def command(
 
         check_layer_by_layer(prepared, generating=prompts is not None)
 
+    from adaptkit.commands.common import offload_folder
     from adaptkit.evals.report import write_report
     from adaptkit.evals.runner import run_evaluation
 
@@ -103,8 +112,9 @@ def command(
             console.print(f"[dim]{name}: generating {len(prompts)} responses[/dim]")
             generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0))
 
-    run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), on_model=on_model, layer_by_layer=layer_by_layer)
+    with offload_folder(placement) as placement:
+        run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+                             on_model=on_model, layer_by_layer=layer_by_layer, placement=placement)
     with atomic_dir(output, overwrite) as tmp:
         results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)
         if prompts is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
 
 
 def command(
@@ -20,6 +20,8 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     device: Annotated[str, typer.Option("--device")] = "cpu",
     dtype: ComputeDtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -29,7 +31,8 @@ def command(
     """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
     import json
 
-    from adaptkit.commands.common import Console, check_compute_dtype
+    from adaptkit.commands.common import Console, check_compute_dtype, offload_folder
+    from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
@@ -40,11 +43,13 @@ def command(
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
     check_compute_dtype(dtype)
+    placement = Placement.from_options(device_map, max_memory)
     ref = model_names([model])[0]
     check_model_config(ref.location)
     rows = read_prompts(prompts)
-    loaded, tokenizer = load_model_ref(ref, dtype, device)
-    records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+    with offload_folder(placement) as placement:
+        loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placement)
+        records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
     with atomic_file(output, overwrite) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     console.result({"output": str(output), "responses": len(records), "model": ref.name},

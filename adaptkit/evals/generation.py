@@ -71,8 +71,10 @@ def generate(
     """Continuations of `prompts` (left-padded batches), each cut at the first stop string."""
     import torch
 
+    from adaptkit.io.models import input_device
+
     settings = dict(PAPER_SAMPLING if decoding == "paper" else GREEDY)
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"

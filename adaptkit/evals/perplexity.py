@@ -153,6 +153,7 @@ def perplexity(
     """Perplexity of `model` on `texts` (see the module docstring for the exact definition)."""
     import torch
 
+    from adaptkit.io.models import input_device
     from adaptkit.layerwise import for_each_logits
 
     if not texts:
@@ -161,7 +162,7 @@ def perplexity(
     stride = stride or block_size
     if not 1 <= stride <= block_size:
         raise InputError(f"ppl: stride must be between 1 and block_size ({block_size}), got {stride}")
-    device = device if device is not None else (getattr(model, "device", None) or next(model.parameters()).device)
+    device = device if device is not None else input_device(model)
     documents, total_bytes = tokenize_documents(tokenizer, texts, prefix)
     windows = [w for d, ids in enumerate(documents) for w in document_windows(ids, block_size, stride, d)]
     windows.sort(key=lambda w: len(w.ids), reverse=True)

@@ -21,6 +21,8 @@ from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from adaptkit.io.models import Placement
+
 
 @dataclass
 class ModelRef:
@@ -135,8 +137,8 @@ def check_model_config(location: str, flag: str = "--model") -> None:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first})") from None
 
 
-def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", layer_by_layer: bool = False) -> tuple[Any, "PreTrainedTokenizerBase"]:
-    """The model (or, layer by layer, its skeleton with weights on disk) and tokenizer of a ModelRef."""
+def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", layer_by_layer: bool = False, placement: "Placement | None" = None) -> tuple[Any, "PreTrainedTokenizerBase"]:
+    """The model (or, layer by layer, its skeleton with weights on disk; or placed over devices) and tokenizer of a ModelRef."""
     import torch
 
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
@@ -149,12 +151,12 @@ def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", l
         tokenizer = load_tokenizer(source)
         if layer_by_layer:
             return LayerwiseModel.open(source, getattr(torch, dtype), device), tokenizer
-        model = load_causal_lm(source, dtype=getattr(torch, dtype))
+        model = load_causal_lm(source, dtype=getattr(torch, dtype), placement=placement)
     except InputError:
         raise
     except Exception as exc:  # a directory that exists but does not load
         raise InputError(f"--model: '{ref.location}' does not load as a causal LM ({type(exc).__name__}: {exc})") from None
-    return model.to(device), tokenizer
+    return (model if placement is not None else model.to(device)), tokenizer
 
 
 def check_layer_by_layer(prepared: PreparedTasks, generating: bool = False) -> None:
@@ -175,12 +177,13 @@ def run_evaluation(
     progress: Callable[[str], None] | None = None,
     on_model: Callable[[str, Any, Any], None] | None = None,
     layer_by_layer: bool = False,
+    placement: "Placement | None" = None,
 ) -> EvalRun:
     """Score every model on every task; models are loaded one at a time and released after.
 
     `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
     With `layer_by_layer`, models are read one decoder layer at a time (adaptkit.layerwise;
-    backends that support it only).
+    backends that support it only); with a `placement`, spread over devices by accelerate.
     """
     if layer_by_layer:
         check_layer_by_layer(prepared)
@@ -195,13 +198,16 @@ def run_evaluation(
         models=[{"name": r.name, "location": r.location} for r in models],
         tasks=list(infos.values()),
         results={},
-        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer},
+        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer,
+                **({"device_map": placement.device_map, "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}} if placement else {})},
     )
     for ref in models:
         if progress:
             progress(f"loading {ref.name}")
         start = time.perf_counter()
-        model, tokenizer = load_model_ref(ref, dtype, device, layer_by_layer)
+        model, tokenizer = load_model_ref(ref, dtype, device, layer_by_layer, placement)
+        if placement is not None and ref.model is None:  # where accelerate put the model's modules
+            run.config.setdefault("placed_on", {})[ref.name] = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {"": device}).values()})
         run.results[ref.name] = {}
         run.records[ref.name] = {}
         for backend_name, tasks in by_backend.items():

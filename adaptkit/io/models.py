@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,13 +119,65 @@ def default_attn_implementation(device: "torch.device | str") -> str:
     return "sdpa"
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Big-model placement for inference (accelerate): layers spread over GPUs, then CPU, then disk.
+
+    `device_map` is one of DEVICE_MAPS; `max_memory` caps each device ({0: "70GiB", "cpu": "200GiB"});
+    layers that fit nowhere are offloaded to `offload_folder` and streamed in at each forward.
+    """
+
+    device_map: str
+    max_memory: dict[Any, str] | None = None
+    offload_folder: str | None = None
+
+    @classmethod
+    def from_options(cls, device_map: str | None, max_memory: str | None, offload_folder: str | None = None) -> "Placement | None":
+        """From `--device-map` and `--max-memory 0=70GiB,1=70GiB,cpu=200GiB` (None without --device-map)."""
+        if device_map is None:
+            if max_memory is not None:
+                raise InputError("--max-memory: only applies with --device-map (e.g. --device-map auto)")
+            return None
+        if device_map not in DEVICE_MAPS:
+            raise InputError(f"--device-map: expected {', '.join(DEVICE_MAPS)}, got '{device_map}'")
+        return cls(device_map, parse_max_memory(max_memory) if max_memory is not None else None, offload_folder)
+
+
+def parse_max_memory(text: str, flag: str = "--max-memory") -> dict[Any, str]:
+    """'0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'} (GPU indices, cpu, mps)."""
+    limits: dict[Any, str] = {}
+    for item in text.split(","):
+        device, sep, amount = (part.strip() for part in item.partition("="))
+        if not sep or not (device.isdigit() or device in ("cpu", "mps")) or not _MEMORY_RE.match(amount):
+            raise InputError(f"{flag}: expected DEVICE=AMOUNT[,...] with DEVICE a GPU index, cpu or mps and AMOUNT like 70GiB, got '{item.strip()}'")
+        limits[int(device) if device.isdigit() else device] = amount.replace(" ", "")
+    return limits
+
+
+def input_device(model: Any) -> "torch.device":
+    """Where input ids go: the input embeddings' device (CPU when they are offloaded; accelerate's hooks move them)."""
+    import torch
+
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    device = embeddings.weight.device if embeddings is not None else torch.device(model.device)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def load_causal_lm(
     source: ModelSource,
     dtype: "torch.dtype | None" = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    placement: Placement | None = None,
 ) -> "PreTrainedModel":
-    """Load a causal LM in `dtype` (float32 by default: training keeps fp32 master weights)."""
+    """Load a causal LM in `dtype` (float32 by default: training keeps fp32 master weights).
+
+    With a `placement`, the weights are spread over devices (and disk) by accelerate for inference.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -133,6 +186,10 @@ def load_causal_lm(
     name, kwargs = source.load_args
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if placement is not None:
+        if source.kind == "gguf":
+            raise InputError(f"{source.flag}: --device-map needs a model directory or Hub id; '{source.location}' is a GGUF file")
+        kwargs.update(device_map=placement.device_map, max_memory=placement.max_memory, offload_folder=placement.offload_folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as exc:

@@ -105,7 +105,11 @@ class LmEvalBackend(EvalBackend):
         else:
             from lm_eval.models.huggingface import HFLM
 
+            from adaptkit.io.models import input_device
+
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
+            if getattr(model, "hf_device_map", None):  # placed by accelerate: HFLM took model.device, meta when offloaded
+                lm._device = input_device(model)
         outputs: dict[str, TaskOutput] = {}
         by_manager: dict[str, list[EvalTask]] = {}
         for task in tasks:
