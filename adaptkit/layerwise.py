@@ -114,9 +114,6 @@ class LayerwiseModel:
 
     training = False  # always in eval mode (no dropout); inference only
 
-    def eval(self) -> "LayerwiseModel":
-        return self
-
     def __init__(self, model: torch.nn.Module, weights: "TensorSource", device: torch.device | str = "cpu", flag: str = "--model", prefetch: bool = True):
         self.model = model.eval()
         self.config = model.config
@@ -178,6 +175,10 @@ class LayerwiseModel:
         model.tie_weights()
         model.config.use_cache = False
         return cls(model, TensorSource(directory, source.flag), device, source.flag)
+
+    def eval(self) -> "LayerwiseModel":
+        """Already in eval mode (what `perplexity` and other callers of `model.eval()` expect)."""
+        return self
 
     # --- weights ---------------------------------------------------------------------------------
 
