@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -132,8 +132,7 @@ def _hub_pool(source: str, split: str, pool: int, seed: int, flag: str) -> list[
         stream = datasets.load_dataset(source, split=split, streaming=True)
         return list(stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER).take(pool))
     except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{flag}: could not load Hub dataset '{source}' ({first}); give a local file or dataset directory") from None
+        raise InputError(f"{flag}: could not load Hub dataset '{source}' ({first_line(exc)}); give a local file or dataset directory") from None
 
 
 def reservoir_sample(records: Iterable[Record], pool: int, seed: int) -> tuple[list[Record], int]:

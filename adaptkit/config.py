@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, first_line
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,8 +27,7 @@ def read_yaml_mapping(path: Path, flag: str = "--config") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{flag}: '{path}' is not valid YAML ({first})") from None
+        raise InputError(f"{flag}: '{path}' is not valid YAML ({first_line(exc)})") from None
     except OSError as exc:
         raise InputError(f"{flag}: cannot read '{path}' ({exc.strerror})") from None
     if data is None:

@@ -38,6 +38,12 @@ class PluginError(AdaptkitError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require(package: str, extra: str, purpose: str):
     """Import an optional package or raise a MissingExtraError that says how to install it."""
     import importlib

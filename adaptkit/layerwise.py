@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, S
 
 import torch
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, first_line
 from adaptkit.layers import find_layers
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class LayerwiseModel:
             with init_empty_weights(include_buffers=False):
                 model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{source.flag}: '{source.location}' does not load as a causal LM ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise InputError(f"{source.flag}: '{source.location}' does not load as a causal LM ({first_line(exc)})") from None
         model.tie_weights()
         model.config.use_cache = False
         return cls(model, TensorSource(directory, source.flag), device, source.flag)
@@ -374,8 +374,7 @@ def _hub_snapshot(source: "ModelSource") -> str:
     try:
         return snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors"])
     except Exception as exc:  # offline and not cached, unknown repository, network errors
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{source.flag}: could not get '{source.location}' ({first}); give a local model directory") from None
+        raise InputError(f"{source.flag}: could not get '{source.location}' ({first_line(exc)}); give a local model directory") from None
 
 
 def batch_groups(inputs: Sequence[torch.Tensor], hidden_size: int, element_size: int, budget: int) -> list[range]:

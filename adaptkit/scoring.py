@@ -371,7 +371,6 @@ class _ScoreRequest:
     scorer: str
     implementation: Scorer
     params: "Params"
-    calibration: Optional["CalibrationSet"]
     include_embeddings: bool
     granularities: tuple[str, ...]
     run: ScoringRun
@@ -387,13 +386,13 @@ class _ScoreRequest:
     def score_set(self, model: "torch.nn.Module", scored: list[ScoredParam], scores: dict[str, dict[str, "torch.Tensor"]], **extra: str) -> ScoreSet:
         from adaptkit.io.models import model_fingerprint
 
-        used = self.run.calibration is not None
+        calibration = self.run.calibration  # None when the scorer uses no calibration data
         metadata = {
             "scorer": self.scorer,
             "scorer_params": json.dumps(self.params.model_dump(), sort_keys=True),
             "model_fingerprint": model_fingerprint(model),
-            "calibration_hash": self.calibration.hash if used else "none",
-            "calibration_tokens": str(self.calibration.num_tokens) if used else "0",
+            "calibration_hash": calibration.hash if calibration is not None else "none",
+            "calibration_tokens": str(calibration.num_tokens) if calibration is not None else "0",
             "include_embeddings": str(self.include_embeddings).lower(),
             "granularities": ",".join(self.granularities),
             "batch_size": str(self.run.batch_size),
@@ -427,7 +426,7 @@ def _request(model, scorer, calibration, scorer_params, include_embeddings, gran
     run = ScoringRun(used, batch_size, seed, torch.device(device), progress)
     implementation = spec.load()(params)
     implementation.run = run
-    return _ScoreRequest(scorer, implementation, params, used, include_embeddings, granularities, run)
+    return _ScoreRequest(scorer, implementation, params, include_embeddings, granularities, run)
 
 
 def compute_scores(
@@ -514,7 +513,7 @@ def _scores_layer_by_layer(stream: "LayerwiseModel", request: _ScoreRequest, pro
     if request.implementation.input_statistics is None:
         stream.visit(after)
     else:
-        blocks = calibration_batches(request.calibration.blocks, request.run.batch_size)
+        blocks = calibration_batches(request.run.calibration.blocks, request.run.batch_size)
         through_head = scores_through_head(scored_parameters(model, include_embeddings))
         stream.run(blocks, through_head=through_head, watch=watch, after=after)
     scored = scored_parameters(model, include_embeddings)

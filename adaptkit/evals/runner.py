@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, first_line
 from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, split_task_arg
 
 if TYPE_CHECKING:
@@ -133,8 +133,7 @@ def check_model_config(location: str, flag: str = "--model") -> None:
     try:
         AutoConfig.from_pretrained(source.location)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first})") from None
+        raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first_line(exc)})") from None
 
 
 def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", layer_by_layer: bool = False, placement: "Placement | None" = None) -> tuple[Any, "PreTrainedTokenizerBase"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -82,9 +82,8 @@ def check_safetensors_files(directory: Path, flag: str) -> None:
 
 
 def _hub_error(source: ModelSource, exc: Exception) -> InputError:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return InputError(
-        f"{source.flag}: could not load '{source.location}' ({first}); "
+        f"{source.flag}: could not load '{source.location}' ({first_line(exc)}); "
         "give a local model directory or .gguf file, or a Hub id reachable from here"
     )
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 from pydantic import BeforeValidator
 
 from adaptkit.engine.plan import TrainingCallback, TrainingPlan
-from adaptkit.errors import InputError, require
+from adaptkit.errors import InputError, require, first_line
 
 ADAPTER_DIR = "adapter"
 ALL_LINEAR = "all-linear"
@@ -63,8 +63,7 @@ def wrap(model, config, method: str):
             warnings.simplefilter("ignore", FutureWarning)
             return peft.get_peft_model(model, config)
     except ValueError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"--set target_modules: {first}") from None
+        raise InputError(f"--set target_modules: {first_line(exc)}") from None
 
 
 def adapter_plan(wrapped, summary: str, callbacks: list[TrainingCallback]) -> TrainingPlan:
