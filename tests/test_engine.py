@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import types
 
 import pytest
 import torch
@@ -13,9 +12,7 @@ from safetensors.torch import load_file
 
 from adaptkit.engine.masks import MaskSet, UpdateMask
 from adaptkit.engine.plan import TrainingMethod, TrainingPlan
-from adaptkit.hookspecs import hookimpl
-from adaptkit.registry import register_plugin, reset_registry
-from adaptkit.specs import MethodSpec
+from adaptkit.specs import NoParams
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -51,26 +48,19 @@ class MaskedTestMethod(TrainingMethod):
         return plan
 
 
-@pytest.fixture
-def masked_method():
-    module = types.ModuleType("masked_test_plugin")
+def train_directly(method: TrainingMethod, run_dir, model_dir, data, **settings):
+    """The engine on a method instance (no registry): seq_len 32, batch 4 unless `settings` say otherwise."""
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
 
-    @hookimpl
-    def register_methods(register):
-        register(MethodSpec(name="masked-test", factory=MaskedTestMethod, summary="test"))
-
-    module.register_methods = register_methods
-    reset_registry()
-    register_plugin(module, name="masked-test-plugin")
-    yield "masked-test"
-    reset_registry()
+    config = TrainConfig(model=str(model_dir), data={"paths": [str(data)], "seq_len": 32}, **{"batch_size": 4, **settings})
+    return train(config, method, run_dir, log=lambda message: None)
 
 
-def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora, invoke, masked_method):
+def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora):
     out = tmp_path / "run"
-    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", masked_method, "-o", out,
-                    "--max-steps", "4", "--lr", "5e-2", "--weight-decay", "0.5", "--warmup-ratio", "0", *COMMON)
-    assert result.returncode == 0, result
+    train_directly(MaskedTestMethod(NoParams()), out, llama_dir, corpora["ha"], max_steps=4,
+                   optimizer={"lr": 5e-2, "weight_decay": 0.5}, schedule={"warmup_ratio": 0})
     before, after = _weights(llama_dir), _weights(out / "final")
     from transformers import AutoModelForCausalLM
 
