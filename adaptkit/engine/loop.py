@@ -119,7 +119,7 @@ class Meter:
     """The logging window: mean loss and tokens/s since the last logging step, checkpoint time excluded."""
 
     tokens_per_step: int
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=lambda: time.perf_counter())
     window_start: float = 0.0
     window_loss: float = 0.0
     window_steps: int = 0
