@@ -297,8 +297,7 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
         if run.created and run.main:
             shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
-    if plan.compact_linear_grads:
-        masked_linear.install(plan.model, trainable.compact)
+    masked_linear.install_for_plan(plan, trainable)
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
         (getattr(plan.model, "activation_checkpointing_enable", None) or plan.model.gradient_checkpointing_enable)()
     return plan, trainable
