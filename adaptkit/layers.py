@@ -55,6 +55,12 @@ def find_layers(model: "torch.nn.Module") -> tuple[str, "torch.nn.ModuleList"]:
     return best
 
 
+def decoder_of(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The decoder stack without the LM head (`model.get_decoder()`), or the model itself."""
+    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    return decoder if decoder is not None else model
+
+
 def num_layers(model: "torch.nn.Module") -> int:
     return len(find_layers(model)[1])
 

@@ -9,7 +9,9 @@ import torch
 
 from adaptkit.calibration import load_calibration
 from adaptkit.errors import InputError
-from adaptkit.scoring import compute_scores, load_scores, scored_parameters
+from adaptkit.scoring.parameters import scored_parameters
+from adaptkit.scoring.run import compute_scores
+from adaptkit.scoring.score_set import load_scores
 from conftest import assert_input_error
 from _ssu_helpers import calib_dir, capture_inputs, load_model, other_calib_dir  # noqa: F401
 

@@ -162,7 +162,7 @@ class MergeMethod(ABC):
     like a base); those in `tensor_params` name safetensors files, or directories holding
     the file named in the mapping (masks, scores), whose tensor of the same name, when
     present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
-    `adaptkit.merge.units` for the file formats).
+    `adaptkit.io.mask_files` for the file formats).
     """
 
     name: ClassVar[str]

@@ -96,7 +96,7 @@ class LmEvalBackend(EvalBackend):
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         from lm_eval import simple_evaluate
 
-        from adaptkit.layerwise import LayerwiseModel
+        from adaptkit.streamed_model import LayerwiseModel
 
         if isinstance(model, LayerwiseModel):
             from adaptkit.evals.layerwise_lm import LayerwiseLM

@@ -18,7 +18,7 @@ abilities (arXiv 2606.00284, post-hoc weight reversion). What is reverted:
   them in full). A fraction selects k = floor(fraction * n + 1/2) units of each tensor,
   ties going to the lower index: the rule of `adaptkit mask`, so `--scores S --fraction r`
   reverts exactly what a mask of ratio r made from S freezes. File formats:
-  `adaptkit.merge.units`.
+  `adaptkit.io.mask_files`.
 """
 
 from __future__ import annotations

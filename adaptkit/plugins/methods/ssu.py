@@ -58,7 +58,7 @@ class SourceShieldedUpdates(TrainingMethod):
     scorer: ClassVar[str] = "wanda"
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
-        from adaptkit.masking import frozen_table
+        from adaptkit.scoring.freeze import frozen_table
 
         config = ctx.config
         if config.mask and config.calib:
@@ -82,7 +82,7 @@ class SourceShieldedUpdates(TrainingMethod):
         return plan
 
     def _saved_masks(self, model, ctx: MethodContext):
-        from adaptkit.scoring import check_fingerprint
+        from adaptkit.io.mask_files import check_fingerprint
 
         masks = ctx.mask_set()
         meta = masks.metadata
@@ -104,8 +104,8 @@ class SourceShieldedUpdates(TrainingMethod):
         from adaptkit.engine.masks import MASKS_FILE, load_mask_set
         from adaptkit.io.atomic import atomic_dir
         from adaptkit.io.models import model_fingerprint
-        from adaptkit.masking import build_mask_set
-        from adaptkit.scoring import compute_scores
+        from adaptkit.scoring.freeze import build_mask_set
+        from adaptkit.scoring.run import compute_scores
 
         ratio = DEFAULT_FREEZE_RATIO if self.params.freeze_ratio is None else self.params.freeze_ratio
         granularity = self.params.granularity or "column"

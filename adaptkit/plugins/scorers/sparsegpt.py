@@ -26,8 +26,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.scoring import Scorer, ScoredParam, input_relation
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, scorer_spec
+from adaptkit.scoring.statistics import input_relation
+from adaptkit.specs import Params
 
 
 class SparseGPTParams(Params):
@@ -35,6 +37,10 @@ class SparseGPTParams(Params):
 
 
 class SparseGPTScorer(Scorer):
+    name = "sparsegpt"
+    summary = "W_ij^2 / [(H + lambda I)^-1]_jj with H = 2 X^T X / N (SparseGPT-style OBS saliency; SSU-SparseGPT)"
+    reference = "Frantar & Alistarh 2023, SparseGPT (github.com/IST-DASLab/sparsegpt); SSU paper ablation"
+    Params = SparseGPTParams
     input_statistics = "gram"
 
     def use_statistics(self, stats) -> None:
@@ -81,10 +87,4 @@ class SparseGPTScorer(Scorer):
         return squared * 2.0 * (1.0 + self.params.damp)
 
 
-SPEC = ScorerSpec(
-    name="sparsegpt",
-    factory="adaptkit.plugins.scorers.sparsegpt:SparseGPTScorer",
-    summary="W_ij^2 / [(H + lambda I)^-1]_jj with H = 2 X^T X / N (SparseGPT-style OBS saliency; SSU-SparseGPT)",
-    reference="Frantar & Alistarh 2023, SparseGPT (github.com/IST-DASLab/sparsegpt); SSU paper ablation",
-    params=SparseGPTParams,
-)
+SPEC = scorer_spec(SparseGPTScorer)

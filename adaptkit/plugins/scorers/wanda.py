@@ -15,8 +15,10 @@ Wanda element score above, summed over the other axis, as the paper states it.
 
 from __future__ import annotations
 
-from adaptkit.scoring import Scorer, ScoredParam, input_relation
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, scorer_spec
+from adaptkit.scoring.statistics import input_relation
+from adaptkit.specs import Params
 
 
 class WandaParams(Params):
@@ -24,6 +26,10 @@ class WandaParams(Params):
 
 
 class WandaScorer(Scorer):
+    name = "wanda"
+    summary = "|W_ij| * ||X_j||_2 over the calibration tokens (SSU's default score)"
+    reference = "Sun et al. 2024, A Simple and Effective Pruning Approach for LLMs (github.com/locuslab/wanda); SSU paper"
+    Params = WandaParams
     input_statistics = "features"
 
     def element_scores(self, sp: ScoredParam):
@@ -39,10 +45,4 @@ class WandaScorer(Scorer):
         return weight * float(stats.tokens) ** 0.5
 
 
-SPEC = ScorerSpec(
-    name="wanda",
-    factory="adaptkit.plugins.scorers.wanda:WandaScorer",
-    summary="|W_ij| * ||X_j||_2 over the calibration tokens (SSU's default score)",
-    reference="Sun et al. 2024, A Simple and Effective Pruning Approach for LLMs (github.com/locuslab/wanda); SSU paper",
-    params=WandaParams,
-)
+SPEC = scorer_spec(WandaScorer)
