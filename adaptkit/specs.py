@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adaptkit.errors import InputError, PluginError
+from adaptkit.errors import InputError, PluginError, did_you_mean
 
 
 class Params(BaseModel):
@@ -72,8 +72,6 @@ class Spec:
         known = list(self.params.model_fields)
         for key in values:
             if key not in known:
-                from adaptkit.registry import did_you_mean
-
                 hint = did_you_mean(key, known)
                 allowed = ", ".join(known) if known else "none"
                 raise InputError(
@@ -118,10 +116,10 @@ class MethodSpec(Spec):
 
 @dataclass(frozen=True)
 class MergeMethodSpec(Spec):
-    """A merge method: a per-tensor function over aligned tensors of several models."""
+    """A merge method: a per-tensor function over aligned tensors of several models (whether it
+    needs a base is the method class's `base`)."""
 
     kind: ClassVar[str] = "merge method"
-    needs_base: bool = False
 
 
 @dataclass(frozen=True)

@@ -254,3 +254,54 @@ def test_a_plugin_merge_method_gets_a_subcommand(invoke, trio, tmp_path):
     wa = weights(trio[1])
     close(weights(tmp_path / "neg"), {n: -wa[n] for n in wa})
     assert "negate" not in invoke("merge", "--help").stdout
+
+
+def test_each_parameter_declares_its_own_check():
+    from typing import Annotated
+
+    from adaptkit.errors import InputError
+    from adaptkit.merge.base import Check, Layers, Weights
+    from adaptkit.specs import Params
+
+    class AtMostModels(Check):
+        def __call__(self, value, flag, inputs):
+            if value > inputs.n_models:
+                raise InputError(f"{flag}: at most {inputs.n_models}")
+
+    class TopParams(Params):
+        top_k: Annotated[int, AtMostModels()] = 1
+        weight: Weights = None
+        layers: Layers = None
+
+    class Top(MergeMethod):
+        name = "top"
+        Params = TopParams
+
+        def merge_tensor(self, tensors, base, params, ctx):
+            return tensors[0]
+
+    Top().check(TopParams(top_k=2, weight=[1.0, 2.0], layers="embed,0-3,head"), n_models=2, has_base=False, num_layers=4)
+    for params, n_models, message in (
+        (TopParams(top_k=3), 2, "--top-k: at most 2"),
+        (TopParams(weight=[1.0]), 2, "--weight: 1 values for 2 models"),
+        (TopParams(layers="embed,4"), 2, "--layers: layer 4 is outside the model, which has 4 layers"),
+        (TopParams(layers="0,lm"), 2, "--layers: expected layer indices"),
+    ):
+        with pytest.raises(InputError, match=message):
+            Top().check(params, n_models=n_models, has_base=False, num_layers=4)
+
+
+def test_one_layer_selection_for_methods_and_merges():
+    from adaptkit.errors import InputError
+    from adaptkit.layers import LayerSelection, parse_layers
+
+    selection = LayerSelection.parse("embed, 0-1,3,head", "--layers", ends=True)
+    assert selection.indices == [0, 1, 3] and selection.embed and selection.head
+    picked = [n for n, layer in (("model.embed_tokens.weight", None), ("model.layers.1.mlp.up_proj.weight", 1), ("model.layers.2.mlp.up_proj.weight", 2), ("model.norm.weight", None), ("lm_head.weight", None)) if selection.contains(n, layer)]
+    assert picked == ["model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+    assert not LayerSelection.parse("2", "--layers", ends=True).contains("lm_head.weight", None)
+    assert parse_layers("0-1,3", 4) == [0, 1, 3] and parse_layers([2, 0], 4) == [0, 2]
+    with pytest.raises(InputError, match="--set layers: expected layer indices"):
+        parse_layers("embed,0", 4)  # training methods select blocks only
+    with pytest.raises(InputError, match="layer 5 is outside the model"):
+        parse_layers("0-5", 4)

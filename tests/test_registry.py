@@ -84,6 +84,30 @@ def test_hook_that_raises_marks_plugin_broken_only():
     assert registry.get("method", "fft")
 
 
+def test_a_broken_plugin_is_listed_once_however_often_specs_are_collected():
+    bad = types.ModuleType("bad")
+
+    @hookimpl
+    def register_scorers(register):
+        raise RuntimeError("oops")
+
+    bad.register_scorers = register_scorers
+    good = types.ModuleType("good")
+    good.register_methods = hookimpl(lambda register: None)
+    try:
+        register_plugin(bad, name="bad-once")
+        registry = register_plugin(good, name="good-after")
+        registry.collect()
+        assert [b.name for b in registry.broken] == ["bad-once"]
+        registry.mark_load_failure("unloadable", "failed to load (x:y): ImportError")
+        registry.collect()
+        assert sorted(b.name for b in registry.broken) == ["bad-once", "unloadable"]  # load failures survive a collect
+    finally:
+        unregister_plugin("bad-once")
+        unregister_plugin("good-after")
+    assert [b.name for b in get_registry().broken] == ["unloadable"]
+
+
 def test_params_are_validated_with_suggestions():
     class P(Params):
         rank: int = 8

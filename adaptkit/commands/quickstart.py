@@ -203,7 +203,7 @@ def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -
     """Each method's parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`; validated up front."""
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
-    from adaptkit.registry import did_you_mean
+    from adaptkit.errors import did_you_mean
 
     params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
     for path, value in parse_set_overrides(overrides):

@@ -43,7 +43,8 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     from adaptkit.config import check_key, fields_at, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.errors import InputError
-    from adaptkit.registry import did_you_mean, get_spec
+    from adaptkit.errors import did_you_mean
+    from adaptkit.registry import get_spec
 
     data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
     for flag, value in flags.items():

@@ -17,18 +17,16 @@ with fully fine-tuned inputs it makes the merge layer-selective.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, Weight, merge_spec, per_model, select
+from adaptkit.merge.base import Coefficient, Layers, MergeMethod, Weights, merge_spec, per_model, select
 from adaptkit.specs import Params
 
 
 class LayraMergeParams(Params):
     lambda_: Coefficient = Field(1.0, description="Scale of the summed language vectors.")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default 1 each).")
-    layers: Optional[str] = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
+    weight: Weights = Field(None, description="One weight per --model (default 1 each).")
+    layers: Layers = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
 
 
 class LayraMerge(MergeMethod):

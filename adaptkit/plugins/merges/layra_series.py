@@ -17,23 +17,16 @@ vocabulary rule: copied from the adapted model).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, merge_spec, select
+from adaptkit.merge.base import Coefficient, Layers, MergeMethod, merge_spec, select
 from adaptkit.specs import Params
 
 
 class LayraSeriesParams(Params):
     instruct: str = Field(description="The instruct model of the same base (a model directory).")
     lambda_prime: Coefficient = Field(1.0, description="Scale of the language vector added to the instruct model.")
-    layers: Optional[str] = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
-
-
-def instruct_plus_language(instruct, adapted, base, scale: float):
-    """theta_instruct + scale * (theta_adapted - theta_base), in the memory of `adapted`."""
-    return adapted.sub_(base).mul_(scale).add_(instruct)
+    layers: Layers = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
 
 
 class LayraSeries(MergeMethod):
@@ -46,10 +39,12 @@ class LayraSeries(MergeMethod):
     model_params = ("instruct",)
 
     def merge_tensor(self, tensors, base, params: LayraSeriesParams, ctx):
+        from adaptkit.merge.ops import instruct_plus_language_
+
         instruct = ctx.aux["instruct"]
         if not select(ctx.name, ctx.layer, params.layers, None):
             return instruct
-        return instruct_plus_language(instruct, tensors[0], base, params.lambda_prime)
+        return instruct_plus_language_(tensors[0], instruct, base, params.lambda_prime)
 
 
 SPEC = merge_spec(LayraSeries)

@@ -11,18 +11,16 @@ the paper's beta' = beta - alpha.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, Weight, merge_spec, per_model
+from adaptkit.merge.base import Coefficient, MergeMethod, Weights, merge_spec, per_model
 from adaptkit.specs import Params
 
 
 class LinesParams(Params):
     alpha: Coefficient = Field(0.0, description="Scale of the update at the first layer (and the embeddings).")
     beta: Coefficient = Field(1.0, description="Scale of the update at the last layer (and the final norm / LM head).")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model for summing task vectors (default 1 each).")
+    weight: Weights = Field(None, description="One weight per --model for summing task vectors (default 1 each).")
 
 
 def depth(ctx) -> float:

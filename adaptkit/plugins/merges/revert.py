@@ -29,12 +29,12 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.merge.base import Fraction, MergeMethod, merge_spec, select
+from adaptkit.merge.base import Fraction, Layers, MergeMethod, merge_spec, select
 from adaptkit.specs import Params
 
 
 class RevertParams(Params):
-    layers: Optional[str] = Field(None, description="Layers to revert, e.g. '0-3,22-23' ('embed', 'head' too); default: all.")
+    layers: Layers = Field(None, description="Layers to revert, e.g. '0-3,22-23' ('embed', 'head' too); default: all.")
     modules: Optional[list[str]] = Field(None, description="Only tensors whose name contains one of these (e.g. mlp, self_attn).")
     fraction: Optional[Fraction] = Field(None, description="Revert only this fraction of entries (or scored units) per tensor.")
     select: Literal["smallest", "largest"] = Field("smallest", description="With --fraction: revert the entries of smallest or largest change.")
