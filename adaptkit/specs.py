@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -141,6 +141,22 @@ class CommandSpec(Spec):
     """A CLI subcommand added by a plugin: factory is a Typer app or a command function."""
 
     kind: ClassVar[str] = "command"
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def class_spec(spec_type: type[SpecT], implementation: type, **fields: Any) -> SpecT:
+    """The spec of a class that declares `name`, `summary`, `reference` and `Params` as class
+    attributes (scorers, merge methods); its factory is "module:Class", imported lazily."""
+    return spec_type(
+        name=implementation.name,
+        factory=f"{implementation.__module__}:{implementation.__name__}",
+        summary=implementation.summary,
+        reference=implementation.reference,
+        params=implementation.Params,
+        **fields,
+    )
 
 
 SPEC_KINDS: dict[str, type[Spec]] = {

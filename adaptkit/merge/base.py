@@ -25,7 +25,7 @@ from pydantic import Field
 
 from adaptkit.errors import InputError
 from adaptkit.layers import LayerSelection, layer_index, position
-from adaptkit.specs import MergeMethodSpec, NoParams, Params
+from adaptkit.specs import MergeMethodSpec, NoParams, Params, class_spec
 
 if TYPE_CHECKING:
     import torch
@@ -215,10 +215,4 @@ def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | 
 
 def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:
     """The registry spec of a method class (its factory is the class itself, imported lazily)."""
-    return MergeMethodSpec(
-        name=method.name,
-        factory=f"{method.__module__}:{method.__name__}",
-        summary=method.summary,
-        reference=method.reference,
-        params=method.Params,
-    )
+    return class_spec(MergeMethodSpec, method)

@@ -10,7 +10,7 @@ from adaptkit.errors import InputError
 from adaptkit.io.mask_files import GRANULARITIES
 from adaptkit.scoring.parameters import ScoredParam
 from adaptkit.scoring.statistics import InputStatistics, collect_input_statistics
-from adaptkit.specs import NoParams, Params, ScorerSpec
+from adaptkit.specs import NoParams, Params, ScorerSpec, class_spec
 
 if TYPE_CHECKING:
     import torch
@@ -94,12 +94,4 @@ def reduce_scores(element: "torch.Tensor", granularities: Iterable[str]) -> dict
 
 def scorer_spec(scorer: type[Scorer], extras: tuple[str, ...] = ()) -> ScorerSpec:
     """The registry spec of a scorer class (its factory is the class itself, imported lazily)."""
-    return ScorerSpec(
-        name=scorer.name,
-        factory=f"{scorer.__module__}:{scorer.__name__}",
-        summary=scorer.summary,
-        reference=scorer.reference,
-        params=scorer.Params,
-        extras=extras,
-        needs_calibration=scorer.needs_calibration,
-    )
+    return class_spec(ScorerSpec, scorer, extras=extras, needs_calibration=scorer.needs_calibration)
