@@ -51,12 +51,14 @@ ARCHITECTURES = {"llama": {}, "qwen2": {"tie_word_embeddings": True}, "olmo2": {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "magnitude", "random"])
+@pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "sparsegpt:saliency=obs", "magnitude", "random"])
 def test_layer_by_layer_scores_equal_whole_model_scores(make_model_dir, calibration, arch, scorer):
     directory = make_model_dir(arch, layers=LAYERS, **ARCHITECTURES[arch])
+    scorer, _, setting = scorer.partition(":")
+    params = dict([setting.split("=")]) if setting else {}
     include_embeddings = scorer in ("wanda", "magnitude")  # embeddings (token counts) and the LM head (through the tail)
-    whole = compute_scores(load_model(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
-    layered = compute_scores(_open(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    whole = compute_scores(load_model(directory), scorer, calibration, params, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    layered = compute_scores(_open(directory), scorer, calibration, params, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
     _assert_same_scores(whole, layered)
     assert any(float(t.abs().sum()) > 0 for by in layered.scores.values() for t in by.values())
 

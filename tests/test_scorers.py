@@ -81,6 +81,10 @@ def test_wanda_statistics_are_float32_for_bfloat16_models(make_model_dir, calibr
 
 def test_wanda_on_embeddings_norm_scales_and_biases(make_model_dir, calibration):
     qwen = load_model(make_model_dir("qwen2"))
+    with torch.no_grad():  # transformers initialises biases to zero, which would hide how they are scored
+        for name, param in qwen.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(generator=torch.Generator().manual_seed(0))
     scores = compute_scores(qwen, "wanda", calibration, include_embeddings=True, granularities=("row",), batch_size=12)
     blocks = calibration.blocks
     counts = torch.bincount(blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
@@ -108,7 +112,7 @@ def test_magnitude_and_random(llama):
 
 def test_sparsegpt_equals_obs_saliency(llama, calibration):
     damp = 0.05
-    scores = compute_scores(llama, "sparsegpt", calibration, {"damp": damp}, granularities=("column",), batch_size=4)
+    scores = compute_scores(llama, "sparsegpt", calibration, {"damp": damp, "saliency": "obs"}, granularities=("column",), batch_size=4)
     names = _linear_names(llama)
     inputs = capture_inputs(llama, calibration.blocks, names + ["model.layers.0.post_attention_layernorm"])
     params = dict(llama.named_parameters())
@@ -124,6 +128,28 @@ def test_sparsegpt_equals_obs_saliency(llama, calibration):
     diag = 2.0 * inputs[norm].square().mean(0)
     expected = params[f"{norm}.weight"].detach().double().square() * (diag + damp * diag.mean())
     assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), expected, rtol=1e-4)
+
+
+def test_sparsegpt_default_is_the_papers_mean_squared_activation(make_model_dir, calibration):
+    qwen = load_model(make_model_dir("qwen2"))  # biases too
+    scores = compute_scores(qwen, "sparsegpt", calibration, include_embeddings=True, granularities=("column", "row", "element"), batch_size=4)
+    names = _linear_names(qwen)
+    norm = "model.layers.0.post_attention_layernorm"
+    inputs = capture_inputs(qwen, calibration.blocks, names + [norm])
+    params = dict(qwen.named_parameters())
+    for name in names:
+        mean_square = inputs[name].square().mean(0)  # E[x_j^2] over every calibration token
+        out_features = params[f"{name}.weight"].shape[0]
+        got = scores.scores[f"{name}.weight"]
+        assert torch.allclose(got["element"].double(), mean_square.expand(out_features, -1), rtol=1e-4), name
+        assert torch.allclose(got["column"].double(), out_features * mean_square, rtol=1e-4), name
+        assert torch.allclose(got["row"].double(), mean_square.sum().expand(out_features), rtol=1e-4), name
+    assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), inputs[norm].square().mean(0), rtol=1e-4)
+    assert torch.equal(scores.scores["model.layers.0.self_attn.q_proj.bias"]["element"], torch.ones(qwen.config.hidden_size))
+    counts = torch.bincount(calibration.blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
+    expected_rows = counts / calibration.blocks.numel() * qwen.config.hidden_size
+    assert torch.allclose(scores.scores["model.embed_tokens.weight"]["row"].double(), expected_rows, rtol=1e-5)
+    assert json.loads(scores.metadata["scorer_params"])["saliency"] == "paper"
 
 
 def test_fisher_equals_mean_squared_gradient(make_model_dir, calibration):

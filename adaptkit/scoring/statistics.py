@@ -161,7 +161,8 @@ def input_relation(sp: ScoredParam, stats: ModuleInputs, scorer: str) -> str:
         if sp.is_matrix and shape[1] == features:
             return "columns"
         if sp.param.ndim == 1:
-            return "elements" if shape[0] == features else "constant"
+            is_bias = sp.param is getattr(sp.module, "bias", None)
+            return "elements" if shape[0] == features and not is_bias else "constant"
     elif stats.tokens == 0 and sp.param.ndim == 1:
         return "constant"
     raise AdaptkitError(
