@@ -99,6 +99,34 @@ def test_wanda_on_embeddings_norm_scales_and_biases(make_model_dir, calibration)
     assert torch.allclose(scores.scores["lm_head.weight"]["row"].double(), expected_head, rtol=1e-4)
 
 
+def test_wanda_reference_variant_equals_the_ssu_codes_formula(make_model_dir, calibration):
+    qwen = load_model(make_model_dir("qwen2"))
+    with torch.no_grad():
+        for name, param in qwen.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(generator=torch.Generator().manual_seed(1))
+    scores = compute_scores(qwen, "wanda", calibration, {"variant": "reference"}, include_embeddings=True, granularities=("column", "row"), batch_size=6)
+    names = _linear_names(qwen)
+    norm = "model.layers.1.input_layernorm"
+    inputs = capture_inputs(qwen, calibration.blocks, names + [norm])
+    params = dict(qwen.named_parameters())
+    for name in names:
+        weight = params[f"{name}.weight"].detach().double()
+        expected = weight.square().sum(0).sqrt() * inputs[name].square().mean(0)  # ||W_:,j||_2 * mean_t x_tj^2
+        assert torch.allclose(scores.scores[f"{name}.weight"]["column"].double(), expected, rtol=1e-4), name
+    scale = params[f"{norm}.weight"].detach().double()
+    assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), scale.abs() * (1 + inputs[norm].square().mean(0)), rtol=1e-4)
+    bias = params["model.layers.0.self_attn.k_proj.bias"].detach().double()
+    assert torch.allclose(scores.scores["model.layers.0.self_attn.k_proj.bias"]["element"].double(), 2 * bias.abs(), rtol=1e-6)
+    counts = torch.bincount(calibration.blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
+    embed = params["model.embed_tokens.weight"].detach().double()
+    expected_rows = embed.square().sum(1).sqrt() * counts / calibration.blocks.numel()
+    assert torch.allclose(scores.scores["model.embed_tokens.weight"]["row"].double(), expected_rows, rtol=1e-5)
+    paper = compute_scores(qwen, "wanda", calibration, granularities=("column",), batch_size=6)
+    key = f"{names[0]}.weight"
+    assert not torch.allclose(paper.scores[key]["column"], scores.scores[key]["column"], rtol=1e-2)
+
+
 def test_magnitude_and_random(llama):
     magnitude = compute_scores(llama, "magnitude", granularities=("column",))
     weight = llama.model.layers[0].mlp.up_proj.weight.detach()
