@@ -108,7 +108,7 @@ def validate_config(model: type[M], data: dict[str, Any], source: str, flags: di
         if flag:
             raise InputError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
         if err["type"] == "extra_forbidden":
-            from adaptkit.registry import did_you_mean
+            from adaptkit.errors import did_you_mean
 
             known = list(model.model_fields)
             raise InputError(f"{source}: unknown key '{loc}'{did_you_mean(loc.split('.')[-1], known)}") from None

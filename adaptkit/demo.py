@@ -56,7 +56,7 @@ def udhr_paragraphs(language: str) -> tuple[str, ...]:
     key = UDHR_KEYS.get(language, language)
     path = _udhr_dir() / f"udhr_{key}.xml"
     if not path.is_file():
-        from adaptkit.registry import did_you_mean
+        from adaptkit.errors import did_you_mean
 
         raise InputError(
             f"--target-lang: no UDHR text for '{language}'{did_you_mean(key, udhr_languages())} "
@@ -108,9 +108,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> "PreTrainedToken
         eos_token="</s>",
         pad_token="<pad>",
     )
-
-
-TINY_ARCHITECTURES = ("llama", "olmo2", "qwen2")
 
 
 def tiny_config(architecture: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, **overrides: Any):

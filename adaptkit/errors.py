@@ -7,6 +7,9 @@ in the message and say what was expected.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class AdaptkitError(Exception):
     """Base class: a failure with a message meant for the user."""
@@ -42,6 +45,12 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean: a, b?)' for the closest candidates, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
 def require(package: str, extra: str, purpose: str):

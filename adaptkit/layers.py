@@ -1,13 +1,15 @@
 """Transformer layers of a causal LM: where the block list is, which block a parameter is in, and
-layer selections written by users ("0-11", "0,1,5-7").
+layer selections written by users ("0-11", "0,1,5-7"; merges also "embed" and "head").
 
 Shared by the layer-aware training methods (layer-freeze, layer-selective, LayRA, soft-reg,
-HFT, S2FT) and usable by layer-aware merges. Light at import (no torch).
+HFT, S2FT) and the layer-aware merges (revert, layer-swap, LayRA presets, LiNeS). Light at
+import (no torch).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from pydantic import AfterValidator, BeforeValidator
@@ -32,6 +34,14 @@ def layer_index(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def position(name: str, layer: Optional[int]) -> str:
+    """Where a tensor sits, from its name: 'layer' inside a block, 'embed' for embeddings, 'head'
+    for what follows the blocks (final norm, LM head)."""
+    if layer is not None:
+        return "layer"
+    return "embed" if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) else "head"
+
+
 def find_layers(model: "torch.nn.Module") -> tuple[str, "torch.nn.ModuleList"]:
     """(qualified name, module list) of the transformer blocks, found by structure.
 
@@ -53,6 +63,12 @@ def find_layers(model: "torch.nn.Module") -> tuple[str, "torch.nn.ModuleList"]:
     if best is None:
         raise InputError("--model: cannot find the transformer block list of this model (a ModuleList of identical blocks)")
     return best
+
+
+def decoder_of(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The decoder stack without the LM head (`model.get_decoder()`), or the model itself."""
+    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    return decoder if decoder is not None else model
 
 
 def num_layers(model: "torch.nn.Module") -> int:
@@ -91,16 +107,73 @@ def _to_text(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which transformer blocks a selection names, and (where `ends` are allowed) the embeddings and head.
+
+    Syntax: comma-separated items, each `N` or `A-B` (inclusive); with `ends`, also `embed`
+    (the embedding tensors) and `head` (final norm and LM head), e.g. `embed,0-3,22-23`.
+    Training methods take blocks only; merges take both.
+    """
+
+    layers: frozenset[int] = frozenset()
+    embed: bool = False
+    head: bool = False
+    text: str = ""
+
+    @classmethod
+    def read(cls, text: "str | int | list[int]", ends: bool = False) -> "LayerSelection":
+        """Parse a selection without knowing the model; ValueError names what is wrong."""
+        items = [item.strip() for item in str(_to_text(text)).split(",")]
+        text = ",".join(items)
+        layers: set[int] = set()
+        embed = head = False
+        for item in items:
+            if ends and item in ("embed", "head"):
+                embed, head = embed or item == "embed", head or item == "head"
+                continue
+            match = _ITEM_RE.fullmatch(item)
+            if not match:
+                also = " (also 'embed', 'head')" if ends else ""
+                raise ValueError(f"expected layer indices and ranges such as '0-11' or '0,1,5-7'{also}, got '{text}'")
+            low = int(match.group(1))
+            high = int(match.group(2)) if match.group(2) is not None else low
+            if high < low:
+                raise ValueError(f"range '{item}' runs backwards; write it as low-high")
+            layers.update(range(low, high + 1))
+        return cls(frozenset(layers), embed, head, text)
+
+    @classmethod
+    def parse(cls, text: "str | int | list[int]", flag: str, ends: bool = False) -> "LayerSelection":
+        """`read`, with errors as one-line InputErrors naming `flag`."""
+        try:
+            return cls.read(text, ends)
+        except ValueError as exc:
+            raise InputError(f"{flag}: {exc}") from None
+
+    def check(self, num_layers: int, flag: str) -> "LayerSelection":
+        """Refuse blocks the model does not have; returns the selection."""
+        outside = [i for i in self.layers if i >= num_layers]
+        if outside:
+            raise InputError(f"{flag}: layer {max(outside)} is outside the model, which has {num_layers} layers (0-{num_layers - 1})")
+        return self
+
+    @property
+    def indices(self) -> list[int]:
+        """The selected block indices, sorted."""
+        return sorted(self.layers)
+
+    def contains(self, name: str, layer: Optional[int]) -> bool:
+        """Whether the tensor `name` (in block `layer`, None outside the blocks) is selected."""
+        where = position(name, layer)
+        if where == "layer":
+            return layer in self.layers
+        return self.embed if where == "embed" else self.head
+
+
 def check_layer_syntax(text: str) -> str:
-    """Validate the form of a layer selection without knowing the model (for parameter models)."""
-    items = [item.strip() for item in str(text).split(",")]
-    if not items or any(not _ITEM_RE.fullmatch(item) for item in items):
-        raise ValueError(f"expected layer indices and ranges such as '0-11' or '0,1,5-7', got '{text}'")
-    for item in items:
-        match = _ITEM_RE.fullmatch(item)
-        if match.group(2) is not None and int(match.group(2)) < int(match.group(1)):
-            raise ValueError(f"range '{item}' runs backwards; write it as low-high")
-    return str(text).replace(" ", "")
+    """Validate the form of a block selection without knowing the model (for parameter models)."""
+    return LayerSelection.read(text).text
 
 
 LayerSpec = Annotated[str, BeforeValidator(_to_text), AfterValidator(check_layer_syntax)]
@@ -109,20 +182,7 @@ LayerSpec = Annotated[str, BeforeValidator(_to_text), AfterValidator(check_layer
 
 def parse_layers(text: "str | int | list[int]", num_layers: int, flag: str = "--set layers") -> list[int]:
     """Sorted, unique layer indices of a selection like "0-11" or "0,1,5-7", checked against the model."""
-    text = str(_to_text(text))
-    try:
-        check_layer_syntax(text)
-    except ValueError as exc:
-        raise InputError(f"{flag}: {exc}") from None
-    selected: set[int] = set()
-    for item in text.split(","):
-        match = _ITEM_RE.fullmatch(item.strip())
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) is not None else low
-        if high >= num_layers:
-            raise InputError(f"{flag}: layer {high} is outside the model, which has {num_layers} layers (0-{num_layers - 1})")
-        selected.update(range(low, high + 1))
-    return sorted(selected)
+    return LayerSelection.parse(text, flag).check(num_layers, flag).indices
 
 
 def format_layers(indices: list[int]) -> str:

@@ -11,7 +11,6 @@ the error names both.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any, Iterable
 import pluggy
 
 from adaptkit import hookspecs
-from adaptkit.errors import InputError, PluginError
+from adaptkit.errors import InputError, PluginError, did_you_mean
 from adaptkit.specs import SPEC_KINDS, Spec
 
 ENTRY_POINT_GROUP = "adaptkit"
@@ -43,12 +42,6 @@ HOOK_FOR_KIND = {
 }
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """' (did you mean: a, b?)' for the closest candidates, or ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
-    return f" (did you mean: {', '.join(close)}?)" if close else ""
-
-
 @dataclass
 class BrokenPlugin:
     name: str
@@ -68,7 +61,8 @@ class Registry:
 
     plugin_manager: pluggy.PluginManager
     specs: dict[str, dict[str, Spec]] = field(default_factory=dict)
-    broken: list[BrokenPlugin] = field(default_factory=list)
+    broken: list[BrokenPlugin] = field(default_factory=list)  # failed to load, or a registration hook raised
+    load_failures: list[BrokenPlugin] = field(default_factory=list)  # failed to load (kept across `collect`)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
 
     def get(self, kind: str, name: str, flag: str | None = None) -> Spec:
@@ -96,6 +90,7 @@ class Registry:
         """(Re)run every registration hook and rebuild the spec tables."""
         self.specs = {kind: {} for kind in HOOK_FOR_KIND}
         self.conflicts = {}
+        self.broken = list(self.load_failures)
         for kind, hook_name in HOOK_FOR_KIND.items():
             hook = getattr(self.plugin_manager.hook, hook_name)
             for impl in hook.get_hookimpls():
@@ -103,7 +98,7 @@ class Registry:
                 try:
                     impl.function(register=register)
                 except Exception as exc:  # a plugin bug must not break other plugins
-                    self._mark_broken(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                    self.broken.append(BrokenPlugin(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}"))
 
     def _register_callback(self, kind: str, plugin_name: str):
         expected = SPEC_KINDS[kind]
@@ -122,8 +117,9 @@ class Registry:
 
         return register
 
-    def _mark_broken(self, plugin_name: str, error: str) -> None:
-        self.broken.append(BrokenPlugin(plugin_name, error))
+    def mark_load_failure(self, plugin_name: str, error: str) -> None:
+        self.load_failures.append(BrokenPlugin(plugin_name, error))
+        self.broken.append(self.load_failures[-1])
 
 
 def _with_plugin(spec: Spec, plugin_name: str) -> Spec:
@@ -162,7 +158,7 @@ def build_registry(load_entry_points: bool = True, extra_plugins: Iterable[Any] 
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
             except Exception as exc:
-                registry._mark_broken(ep.name, f"failed to load ({ep.value}): {type(exc).__name__}: {exc}")
+                registry.mark_load_failure(ep.name, f"failed to load ({ep.value}): {type(exc).__name__}: {exc}")
                 continue
             if is_builtin:
                 builtin_loaded.add(ep.value)

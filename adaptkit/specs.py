@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adaptkit.errors import InputError, PluginError
+from adaptkit.errors import InputError, PluginError, did_you_mean
 
 
 class Params(BaseModel):
@@ -72,8 +72,6 @@ class Spec:
         known = list(self.params.model_fields)
         for key in values:
             if key not in known:
-                from adaptkit.registry import did_you_mean
-
                 hint = did_you_mean(key, known)
                 allowed = ", ".join(known) if known else "none"
                 raise InputError(
@@ -172,10 +170,10 @@ def method_spec(method: type) -> MethodSpec:
 
 @dataclass(frozen=True)
 class MergeMethodSpec(Spec):
-    """A merge method: a per-tensor function over aligned tensors of several models."""
+    """A merge method: a per-tensor function over aligned tensors of several models (whether it
+    needs a base is the method class's `base`)."""
 
     kind: ClassVar[str] = "merge method"
-    needs_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +195,22 @@ class CommandSpec(Spec):
     """A CLI subcommand added by a plugin: factory is a Typer app or a command function."""
 
     kind: ClassVar[str] = "command"
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def class_spec(spec_type: type[SpecT], implementation: type, **fields: Any) -> SpecT:
+    """The spec of a class that declares `name`, `summary`, `reference` and `Params` as class
+    attributes (scorers, merge methods); its factory is "module:Class", imported lazily."""
+    return spec_type(
+        name=implementation.name,
+        factory=f"{implementation.__module__}:{implementation.__name__}",
+        summary=implementation.summary,
+        reference=implementation.reference,
+        params=implementation.Params,
+        **fields,
+    )
 
 
 SPEC_KINDS: dict[str, type[Spec]] = {

@@ -37,7 +37,7 @@ MEASURE = (
     "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
 )
-IMPORTS = "import torch, transformers, adaptkit.scoring, adaptkit.layerwise, adaptkit.evals.perplexity, accelerate"
+IMPORTS = "import torch, transformers, adaptkit.scoring.run, adaptkit.streamed_model, adaptkit.evals.perplexity, accelerate"
 
 
 def measured(cmd: list[str], env: dict) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def main() -> None:
 
     from adaptkit import demo
     from adaptkit.io.models import save_model
-    from adaptkit.scoring import load_scores
+    from adaptkit.scoring.score_set import load_scores
 
     root = Path(tempfile.mkdtemp(prefix="bench-layerwise-"))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ADAPTKIT_CACHE=str(root / "cache"))
@@ -102,8 +102,8 @@ def main() -> None:
 
     from adaptkit.calibration import load_calibration
     from adaptkit.io.models import resolve_model_source
-    from adaptkit.layerwise import LayerwiseModel
-    from adaptkit.scoring import compute_scores
+    from adaptkit.streamed_model import LayerwiseModel
+    from adaptkit.scoring.run import compute_scores
 
     torch.set_num_threads(1)
     calibration = load_calibration(root / "calib")

@@ -53,7 +53,7 @@ def scoring_vs_forward(model_dir: Path, calib: Path, batch: int, repeats: int) -
 
     from adaptkit.calibration import load_calibration
     from adaptkit.io.models import load_causal_lm, resolve_model_source
-    from adaptkit.scoring import compute_scores
+    from adaptkit.scoring.run import compute_scores
 
     model = load_causal_lm(resolve_model_source(str(model_dir))).eval()
     calibration = load_calibration(calib)

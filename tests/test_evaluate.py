@@ -195,3 +195,29 @@ def test_evaluate_bad_input(invoke, make_model_dir, corpora, tmp_path, case):
     result = invoke("evaluate", "--model", model_dir, *args, "-o", out)
     assert_input_error(result, *fragments)
     assert not out.exists()
+
+
+def test_mt_and_sum_tasks_build_their_prompts_from_the_records(tmp_path):
+    from adaptkit.evals.templates import SUM_TEMPLATES, mt_instruction
+    from adaptkit.plugins.evals.mt import MTBackend, MTParams
+    from adaptkit.plugins.evals.sum import SumBackend, SumParams
+
+    mt = tmp_path / "mt.jsonl"
+    records = [{"src": "one", "tgt": "daya", "src_lang": "en", "tgt_lang": "ha"},
+               {"src": "two", "tgt": "biyu", "src_lang": "en", "tgt_lang": "ha"},
+               {"src": "uku", "tgt": "three", "src_lang": "ha", "tgt_lang": "en", "id": "x"}]
+    mt.write_text("".join(json.dumps(r) + "\n" for r in records))
+    [task] = MTBackend(MTParams(shots=1)).prepare(f"flores={mt}", "--task")
+    assert (task.name, task.info["directions"], task.info["items"]) == ("flores", ["en->ha", "ha->en"], 3)
+    first, second, third = task.payload
+    assert first == {"id": 0, "src_lang": "en", "tgt_lang": "ha", "reference": "daya",
+                     "prompt": f"{mt_instruction('en', 'ha')}two = biyu\n\none ="}  # the one other en->ha record is the shot
+    assert second["prompt"] == f"{mt_instruction('en', 'ha')}one = daya\n\ntwo ="
+    assert third["id"] == "x" and third["prompt"] == f"{mt_instruction('ha', 'en')}uku ="  # no other ha->en record
+
+    summaries = tmp_path / "sum.jsonl"
+    summaries.write_text(json.dumps({"text": "long text", "summary": "short"}) + "\n")
+    [task] = SumBackend(SumParams(lang="ha")).prepare(str(summaries), "--task")
+    instruction, anchor = SUM_TEMPLATES["ha"]
+    assert task.name == "sum" and task.info["languages"] == ["ha"]
+    assert task.payload == [{"id": 0, "lang": "ha", "prompt": f"{instruction} long text {anchor}", "reference": "short"}]

@@ -1,4 +1,4 @@
-"""Layer-by-layer scoring and evaluation (adaptkit.layerwise) against whole-model runs on tiny models."""
+"""Layer-by-layer scoring and evaluation (adaptkit.streamed_model) against whole-model runs on tiny models."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from adaptkit.calibration import load_calibration
 from adaptkit.evals.perplexity import perplexity
 from adaptkit.io.models import resolve_model_source
-from adaptkit.layerwise import OUTSIDE, LayerwiseModel, for_each_logits
-from adaptkit.scoring import compute_scores, load_scores
+from adaptkit.streamed_model import OUTSIDE, LayerwiseModel, for_each_logits
+from adaptkit.scoring.run import compute_scores
+from adaptkit.scoring.score_set import load_scores
 from _ssu_helpers import calib_dir, load_model  # noqa: F401
 
 LAYERS = 4
@@ -50,14 +51,35 @@ ARCHITECTURES = {"llama": {}, "qwen2": {"tie_word_embeddings": True}, "olmo2": {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "magnitude", "random"])
+@pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "sparsegpt:saliency=obs", "magnitude", "random"])
 def test_layer_by_layer_scores_equal_whole_model_scores(make_model_dir, calibration, arch, scorer):
     directory = make_model_dir(arch, layers=LAYERS, **ARCHITECTURES[arch])
+    scorer, _, setting = scorer.partition(":")
+    params = dict([setting.split("=")]) if setting else {}
     include_embeddings = scorer in ("wanda", "magnitude")  # embeddings (token counts) and the LM head (through the tail)
-    whole = compute_scores(load_model(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
-    layered = compute_scores(_open(directory), scorer, calibration, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    whole = compute_scores(load_model(directory), scorer, calibration, params, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
+    layered = compute_scores(_open(directory), scorer, calibration, params, include_embeddings=include_embeddings, batch_size=5, granularities=("column", "row", "element"))
     _assert_same_scores(whole, layered)
     assert any(float(t.abs().sum()) > 0 for by in layered.scores.values() for t in by.values())
+
+
+@pytest.mark.parametrize("scorer", ["wanda", "magnitude"])
+def test_layer_by_layer_finds_the_scored_parameters_once_per_stage(make_model_dir, calibration, monkeypatch, scorer):
+    import adaptkit.scoring.run as run
+
+    calls = []
+    original = run.scored_parameters
+
+    def counting(model, include_embeddings=False, only=None):
+        calls.append(None if only is None else sorted(only))
+        return original(model, include_embeddings, only)
+
+    monkeypatch.setattr(run, "scored_parameters", counting)
+    directory = make_model_dir("llama", layers=LAYERS)
+    compute_scores(_open(directory), scorer, calibration, include_embeddings=True, batch_size=5)
+    stages = [c for c in calls if c is not None]
+    assert calls.count(None) == 1  # names and shapes, once
+    assert len(stages) == LAYERS + 1 and len({tuple(c) for c in stages}) == LAYERS + 1  # each layer and the outside parts, once each
 
 
 def test_only_one_decoder_layer_is_loaded_at_a_time(make_model_dir, calibration):
@@ -114,7 +136,7 @@ def test_layer_arguments_come_from_the_decoder_per_layer(tmp_path, tokenizer):
 
 
 def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tmp_path, corpora, tokenizer, monkeypatch):
-    import adaptkit.layerwise as layerwise
+    import adaptkit.streamed_model as streamed_model
 
     model = load_model(make_model_dir("llama", layers=LAYERS))
     sharded = tmp_path / "sharded"
@@ -123,7 +145,7 @@ def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tm
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
     texts = corpora["ha-test"].read_text().splitlines()[:12]
     expected = perplexity(model, tokenizer, texts, block_size=32, stride=8, batch_size=4)
-    monkeypatch.setattr(layerwise, "HIDDEN_CACHE_BYTES", 4 * 32 * 64 * 4 * 2)  # two batches of hidden states per pass
+    monkeypatch.setattr(streamed_model, "HIDDEN_CACHE_BYTES", 4 * 32 * 64 * 4 * 2)  # two batches of hidden states per pass
     got = perplexity(_open(sharded), tokenizer, texts, block_size=32, stride=8, batch_size=4)
     assert got.tokens == expected.tokens and got.bytes == expected.bytes
     assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-6)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from adaptkit.engine.masks import load_mask_set
-from adaptkit.masking import build_mask_set, freeze_top, frozen_count, frozen_table
-from adaptkit.scoring import ScoreSet, compute_scores, load_scores
+from adaptkit.scoring.freeze import build_mask_set, freeze_top, frozen_count, frozen_table
+from adaptkit.scoring.run import compute_scores
+from adaptkit.scoring.score_set import ScoreSet, load_scores
 from conftest import assert_input_error
 from _ssu_helpers import calib_dir, load_model  # noqa: F401
 

@@ -174,31 +174,49 @@ def test_revert_by_ssu_mask_and_scores(invoke, trio, tmp_path):
         assert torch.equal(by_scores[n], expected), n
 
 
-def test_lines_scales_updates_by_depth(invoke, make_model_dir, tmp_path):
-    base, adapted = make_model_dir("llama", 0, layers=3), make_model_dir("llama", 1, layers=3)
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+def test_lines_scales_updates_by_depth(invoke, make_model_dir, tmp_path, arch):
+    base, adapted = make_model_dir(arch, 0, layers=3), make_model_dir(arch, 1, layers=3)
     run_ok(invoke, "merge", "lines", "--base", base, "-m", adapted, "--alpha", "0.2", "--beta", "0.8", "-o", tmp_path / "o", "-q")
     w0, w1, out = weights(base), weights(adapted), weights(tmp_path / "o")
-    scale = {"model.embed_tokens.weight": 0.2, "model.norm.weight": 0.8, "lm_head.weight": 0.8}
+    outside = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    assert outside <= set(w0)
     for n in w0:
-        if ".layers." in n:
-            scale[n] = 0.2 + 0.6 * int(n.split(".layers.")[1].split(".")[0]) / 2
-        assert torch.allclose(out[n], w0[n] + scale[n] * (w1[n] - w0[n]), atol=1e-6), n
-    assert scale["model.layers.1.mlp.up_proj.weight"] == pytest.approx(0.5)
+        if n in outside:
+            scale = 0.2  # every tensor outside the blocks takes alpha, as the LiNeS reference code does
+        else:
+            scale = 0.2 + 0.6 * int(n.split(".layers.")[1].split(".")[0]) / 2
+        assert torch.allclose(out[n], w0[n] + scale * (w1[n] - w0[n]), atol=1e-6), n
 
 
-def test_layer_swap_and_layra_presets(invoke, trio, tmp_path):
+def test_layer_swap(invoke, trio, tmp_path):
     base, a, b = trio
     run_ok(invoke, "merge", "layer-swap", "-m", a, "-m", b, "--layers", "0,head", "-o", tmp_path / "swap", "-q")
-    run_ok(invoke, "merge", "layra-merge", "--base", base, "-m", a, "-m", b, "--layers", "1", "--lambda", "0.5", "-o", tmp_path / "lm", "-q")
-    run_ok(invoke, "merge", "layra-series", "--base", base, "-m", a, "--instruct", b, "--lambda-prime", "0.6", "--layers", "embed,0", "-o", tmp_path / "ls", "-q")
-    w0, wa, wb = weights(base), weights(a), weights(b)
-    swap, lm, ls = weights(tmp_path / "swap"), weights(tmp_path / "lm"), weights(tmp_path / "ls")
-    for n in w0:
+    wa, wb, swap = weights(a), weights(b), weights(tmp_path / "swap")
+    for n in wa:
         assert torch.equal(swap[n], wa[n] if (".layers.0." in n or n in ("model.norm.weight", "lm_head.weight")) else wb[n]), n
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+def test_layra_formulas(invoke, make_model_dir, tmp_path, arch):
+    """The LayRA paper's merge (average by default), series and instruct formulas, by explicit arithmetic."""
+    base, a, b, c = (make_model_dir(arch, seed, layers=2) for seed in (0, 1, 2, 3))
+    run_ok(invoke, "merge", "layra-merge", "--base", base, "-m", a, "-m", b, "-m", c, "-o", tmp_path / "avg", "-q")
+    run_ok(invoke, "merge", "layra-merge", "--base", base, "-m", a, "-m", b, "--layers", "1", "--lambda", "0.5", "-o", tmp_path / "lm", "-q")
+    # series: a stands for the stage-1 model theta_1 and b for the stage-2 model trained from it
+    run_ok(invoke, "merge", "layra-series", "--base", a, "-m", b, "--lambda-prime", "0.6", "--layers", "embed,0", "-o", tmp_path / "ls", "-q")
+    run_ok(invoke, "merge", "layra-instruct", "--base", base, "-m", a, "--instruct", c, "--alpha", "0.4", "--layers", "0,head", "-o", tmp_path / "li", "-q")
+    w0, wa, wb, wc = weights(base), weights(a), weights(b), weights(c)
+    avg, lm, ls, li = (weights(tmp_path / name) for name in ("avg", "lm", "ls", "li"))
+    for n in w0:
+        assert torch.allclose(avg[n], (wa[n] + wb[n] + wc[n]) / 3, atol=1e-6), n  # lambda = 1/n: the average
         expected = w0[n] + 0.5 * ((wa[n] - w0[n]) + (wb[n] - w0[n])) if ".layers.1." in n else w0[n]
         assert torch.allclose(lm[n], expected, atol=1e-6), n
-        expected = wb[n] + 0.6 * (wa[n] - w0[n]) if (".layers.0." in n or "embed" in n) else wb[n]
+        expected = wa[n] + 0.6 * (wb[n] - wa[n]) if (".layers.0." in n or "embed" in n) else wa[n]
         assert torch.allclose(ls[n], expected, atol=1e-6), n
+        in_layers = ".layers.0." in n or n in ("model.norm.weight", "lm_head.weight")
+        expected = wc[n] + 0.4 * (wa[n] - w0[n]) if in_layers else wc[n]
+        assert torch.allclose(li[n], expected, atol=1e-6), n
 
 
 def test_dtype_follows_the_input_unless_asked_and_outputs_compose(invoke, make_model_dir, tmp_path):
@@ -254,3 +272,54 @@ def test_a_plugin_merge_method_gets_a_subcommand(invoke, trio, tmp_path):
     wa = weights(trio[1])
     close(weights(tmp_path / "neg"), {n: -wa[n] for n in wa})
     assert "negate" not in invoke("merge", "--help").stdout
+
+
+def test_each_parameter_declares_its_own_check():
+    from typing import Annotated
+
+    from adaptkit.errors import InputError
+    from adaptkit.merge.base import Check, Layers, Weights
+    from adaptkit.specs import Params
+
+    class AtMostModels(Check):
+        def __call__(self, value, flag, inputs):
+            if value > inputs.n_models:
+                raise InputError(f"{flag}: at most {inputs.n_models}")
+
+    class TopParams(Params):
+        top_k: Annotated[int, AtMostModels()] = 1
+        weight: Weights = None
+        layers: Layers = None
+
+    class Top(MergeMethod):
+        name = "top"
+        Params = TopParams
+
+        def merge_tensor(self, tensors, base, params, ctx):
+            return tensors[0]
+
+    Top().check(TopParams(top_k=2, weight=[1.0, 2.0], layers="embed,0-3,head"), n_models=2, has_base=False, num_layers=4)
+    for params, n_models, message in (
+        (TopParams(top_k=3), 2, "--top-k: at most 2"),
+        (TopParams(weight=[1.0]), 2, "--weight: 1 values for 2 models"),
+        (TopParams(layers="embed,4"), 2, "--layers: layer 4 is outside the model, which has 4 layers"),
+        (TopParams(layers="0,lm"), 2, "--layers: expected layer indices"),
+    ):
+        with pytest.raises(InputError, match=message):
+            Top().check(params, n_models=n_models, has_base=False, num_layers=4)
+
+
+def test_one_layer_selection_for_methods_and_merges():
+    from adaptkit.errors import InputError
+    from adaptkit.layers import LayerSelection, parse_layers
+
+    selection = LayerSelection.parse("embed, 0-1,3,head", "--layers", ends=True)
+    assert selection.indices == [0, 1, 3] and selection.embed and selection.head
+    picked = [n for n, layer in (("model.embed_tokens.weight", None), ("model.layers.1.mlp.up_proj.weight", 1), ("model.layers.2.mlp.up_proj.weight", 2), ("model.norm.weight", None), ("lm_head.weight", None)) if selection.contains(n, layer)]
+    assert picked == ["model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+    assert not LayerSelection.parse("2", "--layers", ends=True).contains("lm_head.weight", None)
+    assert parse_layers("0-1,3", 4) == [0, 1, 3] and parse_layers([2, 0], 4) == [0, 2]
+    with pytest.raises(InputError, match="--set layers: expected layer indices"):
+        parse_layers("embed,0", 4)  # training methods select blocks only
+    with pytest.raises(InputError, match="layer 5 is outside the model"):
+        parse_layers("0-5", 4)

@@ -71,17 +71,39 @@ def test_unknown_name_suggests_closest():
         get_registry().get("method", "fftt", "--method")
 
 
-def test_hook_that_raises_marks_plugin_broken_only():
+def _raising_plugin(hook_name: str) -> types.ModuleType:
+    """A plugin module whose registration hook `hook_name` raises."""
     module = types.ModuleType("bad")
 
-    @hookimpl
-    def register_methods(register):
+    def hook(register):
         raise RuntimeError("oops")
 
-    module.register_methods = register_methods
-    registry = register_plugin(module, name="bad-plugin")
+    setattr(module, hook_name, hookimpl(hook))
+    return module
+
+
+def test_hook_that_raises_marks_plugin_broken_only():
+    registry = register_plugin(_raising_plugin("register_methods"), name="bad-plugin")
     assert [b.name for b in registry.broken] == ["bad-plugin"]
     assert registry.get("method", "fft")
+
+
+def test_a_broken_plugin_is_listed_once_however_often_specs_are_collected():
+    bad = _raising_plugin("register_scorers")
+    good = types.ModuleType("good")
+    good.register_methods = hookimpl(lambda register: None)
+    try:
+        register_plugin(bad, name="bad-once")
+        registry = register_plugin(good, name="good-after")
+        registry.collect()
+        assert [b.name for b in registry.broken] == ["bad-once"]
+        registry.mark_load_failure("unloadable", "failed to load (x:y): ImportError")
+        registry.collect()
+        assert sorted(b.name for b in registry.broken) == ["bad-once", "unloadable"]  # load failures survive a collect
+    finally:
+        unregister_plugin("bad-once")
+        unregister_plugin("good-after")
+    assert [b.name for b in get_registry().broken] == ["unloadable"]
 
 
 def test_params_are_validated_with_suggestions():

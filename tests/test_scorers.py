@@ -9,7 +9,9 @@ import torch
 
 from adaptkit.calibration import load_calibration
 from adaptkit.errors import InputError
-from adaptkit.scoring import compute_scores, load_scores, scored_parameters
+from adaptkit.scoring.parameters import scored_parameters
+from adaptkit.scoring.run import compute_scores
+from adaptkit.scoring.score_set import load_scores
 from conftest import assert_input_error
 from _ssu_helpers import calib_dir, capture_inputs, load_model, other_calib_dir  # noqa: F401
 
@@ -79,6 +81,10 @@ def test_wanda_statistics_are_float32_for_bfloat16_models(make_model_dir, calibr
 
 def test_wanda_on_embeddings_norm_scales_and_biases(make_model_dir, calibration):
     qwen = load_model(make_model_dir("qwen2"))
+    with torch.no_grad():  # transformers initialises biases to zero, which would hide how they are scored
+        for name, param in qwen.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(generator=torch.Generator().manual_seed(0))
     scores = compute_scores(qwen, "wanda", calibration, include_embeddings=True, granularities=("row",), batch_size=12)
     blocks = calibration.blocks
     counts = torch.bincount(blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
@@ -91,6 +97,34 @@ def test_wanda_on_embeddings_norm_scales_and_biases(make_model_dir, calibration)
     x = capture_inputs(qwen, blocks, [head])[head]
     expected_head = qwen.lm_head.weight.detach().double().abs() @ x.square().sum(0).sqrt()
     assert torch.allclose(scores.scores["lm_head.weight"]["row"].double(), expected_head, rtol=1e-4)
+
+
+def test_wanda_reference_variant_equals_the_ssu_codes_formula(make_model_dir, calibration):
+    qwen = load_model(make_model_dir("qwen2"))
+    with torch.no_grad():
+        for name, param in qwen.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(generator=torch.Generator().manual_seed(1))
+    scores = compute_scores(qwen, "wanda", calibration, {"variant": "reference"}, include_embeddings=True, granularities=("column", "row"), batch_size=6)
+    names = _linear_names(qwen)
+    norm = "model.layers.1.input_layernorm"
+    inputs = capture_inputs(qwen, calibration.blocks, names + [norm])
+    params = dict(qwen.named_parameters())
+    for name in names:
+        weight = params[f"{name}.weight"].detach().double()
+        expected = weight.square().sum(0).sqrt() * inputs[name].square().mean(0)  # ||W_:,j||_2 * mean_t x_tj^2
+        assert torch.allclose(scores.scores[f"{name}.weight"]["column"].double(), expected, rtol=1e-4), name
+    scale = params[f"{norm}.weight"].detach().double()
+    assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), scale.abs() * (1 + inputs[norm].square().mean(0)), rtol=1e-4)
+    bias = params["model.layers.0.self_attn.k_proj.bias"].detach().double()
+    assert torch.allclose(scores.scores["model.layers.0.self_attn.k_proj.bias"]["element"].double(), 2 * bias.abs(), rtol=1e-6)
+    counts = torch.bincount(calibration.blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
+    embed = params["model.embed_tokens.weight"].detach().double()
+    expected_rows = embed.square().sum(1).sqrt() * counts / calibration.blocks.numel()
+    assert torch.allclose(scores.scores["model.embed_tokens.weight"]["row"].double(), expected_rows, rtol=1e-5)
+    paper = compute_scores(qwen, "wanda", calibration, granularities=("column",), batch_size=6)
+    key = f"{names[0]}.weight"
+    assert not torch.allclose(paper.scores[key]["column"], scores.scores[key]["column"], rtol=1e-2)
 
 
 def test_magnitude_and_random(llama):
@@ -106,7 +140,7 @@ def test_magnitude_and_random(llama):
 
 def test_sparsegpt_equals_obs_saliency(llama, calibration):
     damp = 0.05
-    scores = compute_scores(llama, "sparsegpt", calibration, {"damp": damp}, granularities=("column",), batch_size=4)
+    scores = compute_scores(llama, "sparsegpt", calibration, {"damp": damp, "saliency": "obs"}, granularities=("column",), batch_size=4)
     names = _linear_names(llama)
     inputs = capture_inputs(llama, calibration.blocks, names + ["model.layers.0.post_attention_layernorm"])
     params = dict(llama.named_parameters())
@@ -122,6 +156,28 @@ def test_sparsegpt_equals_obs_saliency(llama, calibration):
     diag = 2.0 * inputs[norm].square().mean(0)
     expected = params[f"{norm}.weight"].detach().double().square() * (diag + damp * diag.mean())
     assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), expected, rtol=1e-4)
+
+
+def test_sparsegpt_default_is_the_papers_mean_squared_activation(make_model_dir, calibration):
+    qwen = load_model(make_model_dir("qwen2"))  # biases too
+    scores = compute_scores(qwen, "sparsegpt", calibration, include_embeddings=True, granularities=("column", "row", "element"), batch_size=4)
+    names = _linear_names(qwen)
+    norm = "model.layers.0.post_attention_layernorm"
+    inputs = capture_inputs(qwen, calibration.blocks, names + [norm])
+    params = dict(qwen.named_parameters())
+    for name in names:
+        mean_square = inputs[name].square().mean(0)  # E[x_j^2] over every calibration token
+        out_features = params[f"{name}.weight"].shape[0]
+        got = scores.scores[f"{name}.weight"]
+        assert torch.allclose(got["element"].double(), mean_square.expand(out_features, -1), rtol=1e-4), name
+        assert torch.allclose(got["column"].double(), out_features * mean_square, rtol=1e-4), name
+        assert torch.allclose(got["row"].double(), mean_square.sum().expand(out_features), rtol=1e-4), name
+    assert torch.allclose(scores.scores[f"{norm}.weight"]["element"].double(), inputs[norm].square().mean(0), rtol=1e-4)
+    assert torch.equal(scores.scores["model.layers.0.self_attn.q_proj.bias"]["element"], torch.ones(qwen.config.hidden_size))
+    counts = torch.bincount(calibration.blocks.reshape(-1), minlength=qwen.config.vocab_size).double()
+    expected_rows = counts / calibration.blocks.numel() * qwen.config.hidden_size
+    assert torch.allclose(scores.scores["model.embed_tokens.weight"]["row"].double(), expected_rows, rtol=1e-5)
+    assert json.loads(scores.metadata["scorer_params"])["saliency"] == "paper"
 
 
 def test_fisher_equals_mean_squared_gradient(make_model_dir, calibration):

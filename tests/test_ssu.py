@@ -84,8 +84,8 @@ def test_no_optimizer_state_for_frozen_entries(make_model_dir, calib_dir):
     from adaptkit.engine.optim import apply_plan, build_optimizer
     from adaptkit.engine.config import OptimizerConfig
     from adaptkit.engine.plan import TrainingPlan
-    from adaptkit.masking import build_mask_set
-    from adaptkit.scoring import compute_scores
+    from adaptkit.scoring.freeze import build_mask_set
+    from adaptkit.scoring.run import compute_scores
     from _ssu_helpers import load_model
 
     model = load_model(make_model_dir("llama"))

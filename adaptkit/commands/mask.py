@@ -23,8 +23,8 @@ def command(
 ) -> None:
     """Turn scores into masks (k = round-half-up(ratio x units) frozen per matrix) and print the frozen fraction per module type."""
     from adaptkit.io.atomic import atomic_dir, check_output
-    from adaptkit.masking import build_mask_set, check_granularity, check_ratio, frozen_table
-    from adaptkit.scoring import load_scores
+    from adaptkit.scoring.freeze import build_mask_set, check_granularity, check_ratio, frozen_table
+    from adaptkit.scoring.score_set import load_scores
 
     console = Console(json_out, quiet)
     check_ratio(freeze_ratio)
@@ -56,7 +56,7 @@ def _check_model(model: str, masks) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from adaptkit.io.models import resolve_model_source
-    from adaptkit.scoring import check_fingerprint
+    from adaptkit.io.mask_files import check_fingerprint
 
     name, kwargs = resolve_model_source(model, "--model").load_args
     with torch.device("meta"):

@@ -17,7 +17,8 @@ def command(
 ) -> None:
     """List registered plugins and methods: name, kind, plugin, summary, reference, parameters."""
     from adaptkit.errors import InputError
-    from adaptkit.registry import HOOK_FOR_KIND, did_you_mean, get_registry
+    from adaptkit.errors import did_you_mean
+    from adaptkit.registry import HOOK_FOR_KIND, get_registry
 
     if kind is not None and kind not in HOOK_FOR_KIND:
         raise InputError(f"--kind: unknown kind '{kind}'{did_you_mean(kind, HOOK_FOR_KIND)} (kinds: {', '.join(HOOK_FOR_KIND)})")

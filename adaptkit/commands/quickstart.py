@@ -56,7 +56,7 @@ def command(
     from adaptkit import demo
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir
-    from adaptkit.masking import check_ratio
+    from adaptkit.scoring.freeze import check_ratio
     from adaptkit.registry import get_spec
 
     console = Console(json_out, quiet)
@@ -216,7 +216,7 @@ def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -
     that has KEY), as `train` accepts them; validated (needs included) before anything is written."""
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
-    from adaptkit.registry import did_you_mean
+    from adaptkit.errors import did_you_mean
 
     params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
     for name, spec in specs.items():

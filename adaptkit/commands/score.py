@@ -41,9 +41,9 @@ def command(
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir, check_output
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
-    from adaptkit.layerwise import LayerwiseModel
+    from adaptkit.streamed_model import LayerwiseModel
     from adaptkit.registry import get_spec
-    from adaptkit.scoring import compute_scores, require_layer_by_layer
+    from adaptkit.scoring.run import compute_scores, require_layer_by_layer
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)

@@ -76,8 +76,7 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
 def _method_key(path: list[str], spec, settings) -> str:
     """The method parameter a --set key names (KEY or METHOD.KEY); anything else is an unknown key."""
     from adaptkit.config import fields_at
-    from adaptkit.errors import InputError
-    from adaptkit.registry import did_you_mean
+    from adaptkit.errors import InputError, did_you_mean
 
     key, params = ".".join(path), list(spec.params.model_fields)
     if len(path) == 1 and path[0] in params:

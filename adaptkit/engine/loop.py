@@ -432,7 +432,7 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
 
 def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the parameters this process holds (its shards under FSDP) and of its optimizer state."""
-    from adaptkit.engine.distributed import local_shard
+    from adaptkit.engine.shards import local_shard
 
     params = sum(local_shard(p)[0].nbytes for p in model.parameters())
     state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))

@@ -5,9 +5,9 @@ A mask says which entries of one parameter may change (True = trainable):
 - "row":    a bool vector of length `out`,
 - "element": a bool tensor of the parameter's shape (1-D parameters, element ablations).
 
-A mask set (`masks.safetensors`) stores one uint8 tensor per parameter name (1 =
-trainable, 0 = frozen) with metadata: granularity, freeze ratio, scorer, model
-fingerprint. Parameters absent from a mask set are trained in full.
+A mask set is saved as `masks.safetensors` (format and reader: `adaptkit.io.mask_files`)
+with metadata: granularity, freeze ratio, scorer, model fingerprint. Parameters absent
+from a mask set are trained in full.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adaptkit.errors import InputError
+from adaptkit.io.mask_files import GRANULARITIES, MASKS_FILE, load_mask_file, save_mask_file
 
 if TYPE_CHECKING:
     import torch
 
-GRANULARITIES = ("column", "row", "element")
-MASKS_FILE = "masks.safetensors"
+__all__ = ["GRANULARITIES", "MASKS_FILE", "MaskSet", "UpdateMask", "load_mask_set"]
 
 
 @dataclass
@@ -79,18 +79,7 @@ class MaskSet:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def save(self, directory: Path) -> Path:
-        import torch
-
-        from adaptkit.io.tensors import save_tensors
-
-        path = Path(directory) / MASKS_FILE
-        tensors = {name: mask.trainable.to(torch.uint8) for name, mask in self.masks.items()}
-        granularities = {m.granularity for m in self.masks.values()}
-        meta = dict(self.metadata)
-        meta["granularity"] = granularities.pop() if len(granularities) == 1 else "mixed"
-        meta["granularity_by_param"] = ";".join(f"{n}={m.granularity}" for n, m in self.masks.items())
-        save_tensors(tensors, path, meta)
-        return path
+        return save_mask_file(directory, {name: (m.granularity, m.trainable) for name, m in self.masks.items()}, self.metadata)
 
     def check_fits(self, model: "torch.nn.Module", flag: str = "--mask") -> None:
         params = dict(model.named_parameters())
@@ -102,17 +91,5 @@ class MaskSet:
 
 def load_mask_set(path: Path, flag: str = "--mask") -> MaskSet:
     """Load a mask set from a directory holding masks.safetensors (or the file itself)."""
-    from adaptkit.io.tensors import load_tensors, read_metadata
-
-    path = Path(path)
-    file = path / MASKS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise InputError(f"{flag}: '{path}' holds no {MASKS_FILE} (make one with `adaptkit mask`)")
-    metadata = read_metadata(file, flag)
-    tensors = load_tensors(file, flag)
-    per_param = dict(
-        item.split("=", 1) for item in metadata.get("granularity_by_param", "").split(";") if "=" in item
-    )
-    default = metadata.get("granularity", "column")
-    masks = {name: UpdateMask(per_param.get(name, default), t) for name, t in tensors.items()}
-    return MaskSet(masks, metadata)
+    masks, metadata = load_mask_file(path, flag)
+    return MaskSet({name: UpdateMask(granularity, t) for name, (granularity, t) in masks.items()}, metadata)

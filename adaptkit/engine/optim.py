@@ -29,7 +29,7 @@ class CompactParameter:
     """
 
     def __init__(self, name: str, param: torch.nn.Parameter, mask: Optional[UpdateMask]):
-        from adaptkit.engine.distributed import local_shard
+        from adaptkit.engine.shards import local_shard
 
         self.name = name
         self.param = param
@@ -60,7 +60,7 @@ class CompactParameter:
 
         An empty model gradient (a layer that wrote the compact gradient itself) leaves nothing to move.
         """
-        from adaptkit.engine.distributed import local_grad
+        from adaptkit.engine.shards import local_grad
 
         grad = local_grad(self.param)
         if grad is not None:
@@ -70,7 +70,7 @@ class CompactParameter:
     @torch.no_grad()
     def push(self) -> None:
         """Write the updated trainable entries back into the model parameter (its local shard)."""
-        from adaptkit.engine.distributed import local_shard
+        from adaptkit.engine.shards import local_shard
 
         if self.shares_storage:
             return

@@ -14,12 +14,13 @@ Scores: `chrf` and `chrf++` are means of sentence-level scores (sacrebleu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 from pydantic import Field
 
 from adaptkit.errors import require
-from adaptkit.evals.tasks import TaskOutput
+from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
 from adaptkit.specs import Params
 
 if TYPE_CHECKING:
@@ -204,3 +205,48 @@ def pick_shots(languages: list[tuple[str, ...]], item: int, shots: int, seed: in
 
     others = [i for i, langs in enumerate(languages) if langs == languages[item] and i != item]
     return random.Random(seed * 1_000_003 + item).sample(others, min(shots, len(others)))
+
+
+class GenerationBackend(EvalBackend):
+    """A generation task family (`mt`, `sum`): JSONL records -> prompts with in-context shots ->
+    generations scored with chrF / chrF++ against the references.
+
+    Subclasses name the record fields (`fields`: the input text and the reference, then any
+    other required field), the language fields of a record (`language_keys`, else taken from
+    the backend's parameters of the same names), and build the prompt; shots are other records
+    of the same languages (`pick_shots`).
+    """
+
+    fields: ClassVar[tuple[str, str]]
+    language_keys: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def prompt(self, languages: tuple[str, ...], text: str, shots: list[tuple[str, str]]) -> str:
+        """The prompt of one record in `languages`, with (input, reference) shots."""
+
+    def describe(self, languages: list[tuple[str, ...]]) -> dict[str, Any]:
+        """Task info beyond the file and item count (e.g. the translation directions)."""
+        return {}
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+        from pathlib import Path
+
+        from adaptkit.evals.data import read_jsonl
+
+        name, path = named_file(spec)
+        where = f"{flag} {self.name}:{spec}"
+        rows = read_jsonl(Path(path), where, self.fields)
+        languages = record_languages(rows, self.language_keys, self.params, where, self.name)
+        text, reference = self.fields
+        items = []
+        for i, row in enumerate(rows):
+            shots = [(rows[j][text], rows[j][reference]) for j in pick_shots(languages, i, self.params.shots)]
+            items.append({"id": row.get("id", i), **dict(zip(self.language_keys, languages[i])),
+                          "prompt": self.prompt(languages[i], row[text], shots), "reference": row[reference]})
+        if self.params.limit:
+            items = items[: self.params.limit]
+        info = {"file": path, "items": len(items), **self.describe(languages)}
+        return [EvalTask(name or Path(path).stem, self.name, spec, items, info)]
+
+    def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
+        return {t.name: run_generation_task(model, tokenizer, t.payload, self.params, ctx.seed) for t in tasks}

@@ -100,7 +100,7 @@ def resolve_language(code: str, flag: str, available: list[str] | None = None) -
     if found is None and available is not None and code.strip().lower() in available:
         found = code.strip().lower()  # a language only the backend knows (e.g. one of GlotLID's 2000)
     if found is None or (available is not None and found not in available):
-        from adaptkit.registry import did_you_mean
+        from adaptkit.errors import did_you_mean
 
         pool = available if available is not None else sorted(NAMES)
         typed = code.strip().lower()

@@ -4,7 +4,7 @@ Used by the `lm-eval` backend under `evaluate --layer-by-layer`. Log-likelihood 
 (multiple-choice tasks: XNLI, PAWS-X, XCOPA, XStoryCloze, Belebele, MMLU, ...) and rolling
 log-likelihoods (perplexity tasks) need only the logits of token batches, so all requests of
 a task go through the model together, in one layer-by-layer pass (several when their hidden
-states exceed `adaptkit.layerwise.HIDDEN_CACHE_BYTES`). Generation tasks need the whole
+states exceed `adaptkit.streamed_model.HIDDEN_CACHE_BYTES`). Generation tasks need the whole
 model at every new token and are refused with a one-line error.
 
 Tokenization, truncation and scoring follow lm-eval's HFLM for causal models, so scores
@@ -27,10 +27,10 @@ from lm_eval.models.utils import resolve_max_length
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from adaptkit.errors import InputError
-from adaptkit.layerwise import for_each_logits
+from adaptkit.streamed_model import for_each_logits
 
 if TYPE_CHECKING:
-    from adaptkit.layerwise import LayerwiseModel
+    from adaptkit.streamed_model import LayerwiseModel
 
 
 class LayerwiseLM(TemplateLM):

@@ -154,7 +154,7 @@ def perplexity(
     import torch
 
     from adaptkit.io.models import input_device
-    from adaptkit.layerwise import for_each_logits
+    from adaptkit.streamed_model import for_each_logits
 
     if not texts:
         raise InputError("perplexity: no documents to score")

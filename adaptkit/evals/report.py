@@ -51,7 +51,7 @@ def check_roles(run: EvalRun, baseline: str | None, source_tasks: list[str], tar
 
 
 def check_task_roles(task_names: list[str], source_tasks: list[str], target_tasks: list[str]) -> None:
-    from adaptkit.registry import did_you_mean
+    from adaptkit.errors import did_you_mean
 
     for flag, tagged in (("--source-task", source_tasks), ("--target-task", target_tasks)):
         for name in tagged:

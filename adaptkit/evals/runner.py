@@ -142,7 +142,7 @@ def load_model_ref(ref: ModelRef, dtype: str = "float32", device: str = "cpu", l
     import torch
 
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
-    from adaptkit.layerwise import LayerwiseModel
+    from adaptkit.streamed_model import LayerwiseModel
 
     if ref.model is not None and ref.tokenizer is not None:
         return ref.model, ref.tokenizer
@@ -182,7 +182,7 @@ def run_evaluation(
     """Score every model on every task; models are loaded one at a time and released after.
 
     `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
-    With `layer_by_layer`, models are read one decoder layer at a time (adaptkit.layerwise;
+    With `layer_by_layer`, models are read one decoder layer at a time (adaptkit.streamed_model;
     backends that support it only); with a `placement`, spread over devices by accelerate.
     """
     if layer_by_layer:

@@ -54,7 +54,7 @@ class EvalBackend(ABC):
 
     A backend that only needs logits of whole token batches (e.g. perplexity) may set
     `layer_by_layer = True`: with `evaluate --layer-by-layer` its `run` then receives an
-    `adaptkit.layerwise.LayerwiseModel`, to be used through `for_each_logits`.
+    `adaptkit.streamed_model.LayerwiseModel`, to be used through `for_each_logits`.
     """
 
     name = "backend"

@@ -1,11 +1,11 @@
-"""safetensors helpers: validation, metadata, streaming reads of sharded model directories."""
+"""safetensors helpers: validation, metadata, whole-file reads and writes (streaming reads: adaptkit.merge.stream)."""
 
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from adaptkit.errors import InputError
 
@@ -61,24 +61,3 @@ def save_tensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: dict[
         Path(path).write_bytes(struct.pack("<Q", len(header)) + header)
         return
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {})
-
-
-def model_weight_files(directory: Path) -> list[Path]:
-    """The safetensors files of a model directory (sharded via index.json or single)."""
-    directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in sorted(set(weight_map.values()))]
-    return sorted(directory.glob("*.safetensors"))
-
-
-def iter_model_tensors(directory: Path, flag: str = "--model") -> Iterator[tuple[str, "torch.Tensor"]]:
-    """Stream (name, tensor) pairs of a model directory one tensor at a time."""
-    from safetensors import safe_open
-
-    for file in model_weight_files(directory):
-        check_safetensors(file, flag)
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                yield name, handle.get_tensor(name)

@@ -15,18 +15,17 @@ validation, dtype, sharding, writing, the merge card. This module is light at im
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import functools
 import hashlib
-import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Sequence
 
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.specs import MergeMethodSpec, NoParams, Params
+from adaptkit.layers import LayerSelection, layer_index, position
+from adaptkit.specs import MergeMethodSpec, NoParams, Params, class_spec
 
 if TYPE_CHECKING:
     import torch
@@ -38,74 +37,54 @@ Density = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 Interpolation = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
+
+@dataclass(frozen=True)
+class MergeInputs:
+    """What a parameter check may know about the merge: the inputs given and the model's depth."""
+
+    n_models: int
+    has_base: bool
+    num_layers: int
 
 
-def layer_index(name: str) -> int | None:
-    """The transformer-block index in a parameter name (`model.layers.3.mlp...` -> 3), or None."""
-    match = _LAYER_RE.search(name)
-    return int(match.group(1)) if match else None
+class Check(ABC):
+    """A rule a merge parameter declares in its type (`Annotated[..., SomeCheck()]`), checked
+    against the inputs before anything is read; `MergeMethod.check` runs every declared rule."""
 
-
-def position(name: str, layer: int | None) -> str:
-    """'layer' inside a block; 'embed' for embeddings; 'head' for what follows the blocks
-    (final norm, LM head)."""
-    if layer is not None:
-        return "layer"
-    return "embed" if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) else "head"
+    @abstractmethod
+    def __call__(self, value: Any, flag: str, inputs: MergeInputs) -> None:
+        """Raise InputError naming `flag` when `value` does not fit the inputs."""
 
 
 @dataclass(frozen=True)
-class LayerSelection:
-    """Which tensors a layer-aware method touches: `embed`, block indices and/or `head`.
+class OnePerModel(Check):
+    """A list with one value per --model (or, with `broadcast`, one value for all); None: the default."""
 
-    Syntax: comma-separated items, each `N`, `A-B` (inclusive), `embed` (embedding
-    tensors) or `head` (final norm and LM head); e.g. `embed,0-3,22-23`.
-    """
+    broadcast: bool = False
 
-    layers: frozenset[int] = frozenset()
-    embed: bool = False
-    head: bool = False
-    text: str = ""
+    def __call__(self, value: Any, flag: str, inputs: MergeInputs) -> None:
+        per_model(value, inputs.n_models, flag, 1.0, broadcast=self.broadcast)
 
-    @classmethod
-    def parse(cls, text: str, flag: str = "--layers") -> "LayerSelection":
-        layers: set[int] = set()
-        embed = head = False
-        items = [item.strip() for item in str(text).split(",") if item.strip()]
-        if not items:
-            raise InputError(f"{flag}: empty layer list; expected e.g. '0-3,22-23' (also 'embed', 'head')")
-        for item in items:
-            if item == "embed":
-                embed = True
-            elif item == "head":
-                head = True
-            else:
-                match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
-                if not match:
-                    raise InputError(f"{flag}: '{item}' is not a layer, a range A-B, 'embed' or 'head' (e.g. '0-3,22-23')")
-                first = int(match.group(1))
-                last = int(match.group(2)) if match.group(2) is not None else first
-                if last < first:
-                    raise InputError(f"{flag}: range '{item}' ends before it starts")
-                layers.update(range(first, last + 1))
-        return cls(frozenset(layers), embed, head, ",".join(items))
 
-    def check(self, num_layers: int, flag: str = "--layers") -> None:
-        too_big = sorted(i for i in self.layers if i >= num_layers)
-        if too_big:
-            raise InputError(f"{flag}: layer {too_big[0]} does not exist (the model has layers 0-{num_layers - 1})")
+@dataclass(frozen=True)
+class LayersOfModel(Check):
+    """A layer selection ('embed,0-3,22-23', 'head') whose blocks the model has; None: every tensor."""
 
-    def contains(self, name: str, layer: int | None) -> bool:
-        where = position(name, layer)
-        if where == "layer":
-            return layer in self.layers
-        return self.embed if where == "embed" else self.head
+    def __call__(self, value: Any, flag: str, inputs: MergeInputs) -> None:
+        if value is not None:
+            LayerSelection.parse(value, flag, ends=True).check(inputs.num_layers, flag)
+
+
+# Parameter types with their checks, shared by the methods.
+Weights = Annotated[Optional[list[Weight]], OnePerModel()]
+Densities = Annotated[list[Density], OnePerModel(broadcast=True)]
+Layers = Annotated[Optional[str], LayersOfModel()]
+RequiredLayers = Annotated[str, LayersOfModel()]
 
 
 @functools.lru_cache(maxsize=64)
 def _parse_layers(text: str) -> LayerSelection:
-    return LayerSelection.parse(text)
+    return LayerSelection.parse(text, "--layers", ends=True)
 
 
 def select(name: str, layer: int | None, layers: Optional[str], modules: Optional[Sequence[str]]) -> bool:
@@ -162,7 +141,7 @@ class MergeMethod(ABC):
     like a base); those in `tensor_params` name safetensors files, or directories holding
     the file named in the mapping (masks, scores), whose tensor of the same name, when
     present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
-    `adaptkit.merge.units` for the file formats).
+    `adaptkit.io.mask_files` for the file formats).
     """
 
     name: ClassVar[str]
@@ -176,22 +155,21 @@ class MergeMethod(ABC):
     tensor_params: ClassVar[dict[str, str]] = {}
 
     def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
-        """Refuse inputs the method cannot use (counts, missing base); subclasses add their rules."""
+        """Refuse inputs the method cannot use (counts, missing base) and run every parameter's
+        declared `Check`; subclasses add rules that involve several parameters."""
         if n_models < self.min_models:
             raise InputError(f"--model: {self.name} needs at least {self.min_models} model(s), got {n_models}")
         if self.max_models is not None and n_models > self.max_models:
             raise InputError(f"--model: {self.name} takes at most {self.max_models} model(s), got {n_models}")
         if self.base == "required" and not has_base:
             raise InputError(f"--base: {self.name} needs a base model (the weights the task vectors are taken from)")
-        for key in ("weight", "density"):
-            if key in type(params).model_fields:
-                per_model(getattr(params, key), n_models, f"--{key}", 1.0, broadcast=(key == "density"))
-        layers = getattr(params, "layers", None)
-        if layers is not None:
-            LayerSelection.parse(layers).check(num_layers)
+        inputs = MergeInputs(n_models, has_base, num_layers)
+        for key, info in type(params).model_fields.items():
+            for rule in info.metadata:
+                if isinstance(rule, Check):
+                    rule(getattr(params, key), f"--{option_name(key)}", inputs)
 
     @abstractmethod
-
     def merge_tensor(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext) -> "torch.Tensor":
         """Implemented by each method."""
 
@@ -237,11 +215,4 @@ def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | 
 
 def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:
     """The registry spec of a method class (its factory is the class itself, imported lazily)."""
-    return MergeMethodSpec(
-        name=method.name,
-        factory=f"{method.__module__}:{method.__name__}",
-        summary=method.summary,
-        reference=method.reference,
-        params=method.Params,
-        needs_base=method.base == "required",
-    )
+    return class_spec(MergeMethodSpec, method)

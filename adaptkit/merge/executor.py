@@ -38,9 +38,10 @@ import torch
 from adaptkit import __version__
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import atomic_dir, check_output
-from adaptkit.merge.base import MergeMethod, TensorContext, layer_index, public_params
+from adaptkit.io.mask_files import UnitFile
+from adaptkit.layers import layer_index
+from adaptkit.merge.base import MergeMethod, TensorContext, public_params
 from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
-from adaptkit.merge.units import UnitFile
 from adaptkit.specs import Params
 
 OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}

@@ -31,7 +31,7 @@ from pydantic import Field
 from adaptkit.errors import InputError
 from adaptkit.merge.base import Coefficient, MergeMethod
 from adaptkit.merge.executor import VECTOR_INFO, Input, MergeOptions, run_merge
-from adaptkit.plugins.merges.layra_series import instruct_plus_language
+from adaptkit.merge.ops import instruct_plus_language_
 from adaptkit.specs import NoParams, Params
 
 REFERENCE = "Huang et al. 2024, Chat Vector, arXiv 2310.04799; LayRA-instruct, arXiv 2509.11414"
@@ -74,7 +74,7 @@ class ApplyOneStep(MergeMethod):
     max_models = 1
 
     def merge_tensor(self, tensors, base, params: AlphaParams, ctx):
-        return instruct_plus_language(ctx.aux["instruct"], tensors[0], base, params.alpha)
+        return instruct_plus_language_(tensors[0], ctx.aux["instruct"], base, params.alpha)
 
 
 def extract(base: Path, instruct: Path, output: Path, options: MergeOptions) -> dict[str, Any]:

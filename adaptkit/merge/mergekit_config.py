@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, get_args, get_origin
 
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, did_you_mean
 from adaptkit.merge.base import validate_params
-from adaptkit.registry import did_you_mean, get_registry
+from adaptkit.registry import get_registry
 from adaptkit.specs import Params, Spec
 
 MERGEKIT_METHODS = {

@@ -34,6 +34,11 @@ def apply_task_vectors_(deltas: list[torch.Tensor], base: torch.Tensor, weights:
     return mixed.mul_(scale).add_(base)
 
 
+def instruct_plus_language_(adapted: torch.Tensor, instruct: torch.Tensor, base: torch.Tensor, scale: float) -> torch.Tensor:
+    """theta_instruct + scale * (theta_adapted - theta_base), in the memory of `adapted`."""
+    return adapted.sub_(base).mul_(scale).add_(instruct)
+
+
 CHUNK = 1 << 20  # elements per chunk of elementwise work: bounds temporaries to a few MB
 
 

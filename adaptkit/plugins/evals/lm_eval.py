@@ -75,7 +75,7 @@ class LmEvalBackend(EvalBackend):
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
         from adaptkit.errors import InputError
-        from adaptkit.registry import did_you_mean
+        from adaptkit.errors import did_you_mean
 
         include_path, names = _split_dir_spec(spec)
         if include_path is None and (spec.startswith(("/", ".", "~")) or spec.endswith((".yaml", ".yml"))):
@@ -96,7 +96,7 @@ class LmEvalBackend(EvalBackend):
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         from lm_eval import simple_evaluate
 
-        from adaptkit.layerwise import LayerwiseModel
+        from adaptkit.streamed_model import LayerwiseModel
 
         if isinstance(model, LayerwiseModel):
             from adaptkit.evals.layerwise_lm import LayerwiseLM

@@ -6,12 +6,9 @@ and `lang` (or `--set sum.lang=ha`). The paper evaluates summarization 0-shot.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
-from adaptkit.evals.generation import GenerationParams
-from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
+from adaptkit.evals.generation import GenerationBackend, GenerationParams
 from adaptkit.specs import EvalBackendSpec
 
 
@@ -20,32 +17,18 @@ class SumParams(GenerationParams):
     shots: int = Field(0, ge=0, description="in-context examples per prompt (paper: 0)")
 
 
-class SumBackend(EvalBackend):
+class SumBackend(GenerationBackend):
     name = "sum"
+    fields = ("text", "summary")
+    language_keys = ("lang",)
 
-    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
-        from adaptkit.evals.data import read_jsonl
-        from adaptkit.evals.generation import pick_shots, record_languages
+    def prompt(self, languages, text, shots):
         from adaptkit.evals.templates import sum_prompt
 
-        name, path = named_file(spec)
-        where = f"{flag} sum:{spec}"
-        rows = read_jsonl(Path(path), where, ("text", "summary"))
-        langs = record_languages(rows, ("lang",), self.params, where, "sum")
-        items = []
-        for i, row in enumerate(rows):
-            shots = [(rows[j]["text"], rows[j]["summary"]) for j in pick_shots(langs, i, self.params.shots)]
-            items.append({"id": row.get("id", i), "lang": langs[i][0], "prompt": sum_prompt(langs[i][0], row["text"], shots),
-                          "reference": row["summary"]})
-        if self.params.limit:
-            items = items[: self.params.limit]
-        return [EvalTask(name or Path(path).stem, "sum", spec, items,
-                         {"file": path, "items": len(items), "languages": sorted({l[0] for l in langs})})]
+        return sum_prompt(languages[0], text, shots)
 
-    def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        from adaptkit.evals.generation import run_generation_task
-
-        return {t.name: run_generation_task(model, tokenizer, t.payload, self.params, ctx.seed) for t in tasks}
+    def describe(self, languages):
+        return {"languages": sorted({l[0] for l in languages})}
 
 
 SPEC = EvalBackendSpec(

@@ -5,6 +5,7 @@ from adaptkit.plugins.merges import (
     dare_linear,
     dare_ties,
     layer_swap,
+    layra_instruct,
     layra_merge,
     layra_series,
     lines,
@@ -15,7 +16,7 @@ from adaptkit.plugins.merges import (
     ties,
 )
 
-MODULES: tuple = (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, revert, lines, layer_swap, layra_merge, layra_series)
+MODULES: tuple = (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, revert, lines, layer_swap, layra_merge, layra_series, layra_instruct)
 
 
 @hookimpl

@@ -8,17 +8,15 @@ seeded by (--seed, tensor name), so a merge is reproducible whatever the tensor 
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, Density, MergeMethod, Weight, merge_spec, per_model
+from adaptkit.merge.base import Coefficient, Densities, MergeMethod, Weights, merge_spec, per_model
 from adaptkit.specs import Params
 
 
 class DareParams(Params):
-    density: list[Density] = Field([0.5], description="Probability of keeping each task-vector entry, in (0, 1]; one value, or one per --model.")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default 1 each).")
+    density: Densities = Field([0.5], description="Probability of keeping each task-vector entry, in (0, 1]; one value, or one per --model.")
+    weight: Weights = Field(None, description="One weight per --model (default 1 each).")
     rescale: bool = Field(True, description="Divide kept entries by the density (keeps the expected update).")
     normalize: bool = Field(False, description="Divide by the sum of the weights.")
     lambda_: Coefficient = Field(1.0, description="Scale of the merged task vector.")

@@ -12,12 +12,12 @@ from typing import Optional
 
 from pydantic import Field
 
-from adaptkit.merge.base import MergeMethod, merge_spec, select
+from adaptkit.merge.base import MergeMethod, RequiredLayers, merge_spec, select
 from adaptkit.specs import Params
 
 
 class LayerSwapParams(Params):
-    layers: str = Field(description="Layers taken from the first --model, e.g. 'embed,0-3,22-23'; the rest come from the second.")
+    layers: RequiredLayers = Field(description="Layers taken from the first --model, e.g. 'embed,0-3,22-23'; the rest come from the second.")
     modules: Optional[list[str]] = Field(None, description="Only tensors whose name contains one of these are swapped in.")
 
 

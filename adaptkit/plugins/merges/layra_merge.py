@@ -1,18 +1,16 @@
-"""LayRA-merge preset: language vectors of separately adapted models, summed onto the base
-within the LayRA layers.
+"""LayRA-merge: language vectors of separately adapted models, averaged onto the base within the LayRA layers.
 
 Owodunni & Kumar 2025, "Continually adding new languages to multilingual language models"
-(arXiv 2509.11414) add languages with Layer-Selective LoRA (LayRA: LoRA on selected
-initial and final blocks only) and compare adapting to several languages one after the
-other (LayRA-series) with adapting to each separately and merging the results
-(LayRA-merge). We could not read the paper's exact merge formula here; our reading, as a
-preset of task arithmetic restricted by a layer list:
+(arXiv 2509.11414) add languages with Layer-Selective LoRA (LayRA: LoRA on selected initial
+and final blocks only) and, in LayRA-merge, adapt the base to each language separately and
+merge the results:
 
     theta = theta_base + lambda * sum_i w_i (theta_i - theta_base)   in `layers`
     theta = theta_base                                               elsewhere
 
-With LayRA-trained inputs the restriction changes nothing (other blocks did not move);
-with fully fine-tuned inputs it makes the merge layer-selective.
+with lambda = 1/n by default (the paper's choice: the average of the n adapted models) and
+w_i = 1. With LayRA-trained inputs the restriction changes nothing (other blocks did not
+move); with fully fine-tuned inputs it makes the merge layer-selective.
 """
 
 from __future__ import annotations
@@ -21,19 +19,19 @@ from typing import Optional
 
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, Weight, merge_spec, per_model, select
+from adaptkit.merge.base import Coefficient, Layers, MergeMethod, Weights, merge_spec, per_model, select
 from adaptkit.specs import Params
 
 
 class LayraMergeParams(Params):
-    lambda_: Coefficient = Field(1.0, description="Scale of the summed language vectors.")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default 1 each).")
-    layers: Optional[str] = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
+    lambda_: Optional[Coefficient] = Field(None, description="Scale of the summed language vectors; default 1/n (the average of the adapted models).")
+    weight: Weights = Field(None, description="One weight per --model (default 1 each).")
+    layers: Layers = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
 
 
 class LayraMerge(MergeMethod):
     name = "layra-merge"
-    summary = "LayRA-merge preset: sum language vectors of separately adapted models within the LayRA layers"
+    summary = "LayRA-merge: base + lambda (default 1/n) x the summed language vectors of separately adapted models, within the LayRA layers"
     reference = "Owodunni & Kumar 2025, Continually adding new languages (LayRA), arXiv 2509.11414"
     Params = LayraMergeParams
     base = "required"
@@ -44,7 +42,8 @@ class LayraMerge(MergeMethod):
         if not select(ctx.name, ctx.layer, params.layers, None):
             return base
         weights = per_model(params.weight, len(tensors), "--weight", 1.0)
-        return apply_task_vectors_(task_vectors_(tensors, base), base, weights, params.lambda_)
+        scale = params.lambda_ if params.lambda_ is not None else 1.0 / len(tensors)
+        return apply_task_vectors_(task_vectors_(tensors, base), base, weights, scale)
 
 
 SPEC = merge_spec(LayraMerge)

@@ -1,55 +1,42 @@
-"""LayRA-series preset: an instruct model plus the language vector of a series-adapted base,
-within the LayRA layers.
+"""LayRA-series: the second of two languages adapted one after the other, added to the first with lambda'.
 
-Owodunni & Kumar 2025 (arXiv 2509.11414) adapt a base model to new languages one after the
-other with LayRA (LayRA-series) and show that model arithmetic gives the adapted model
-instruction following without target-language instruction data, with a coefficient
-(lambda') tuned per task. We could not read the exact formula here; our reading, a preset
-of the one-step instruction residual restricted by a layer list:
+Owodunni & Kumar 2025 (arXiv 2509.11414), LayRA-series: stage 2 is trained from the stage-1
+result theta_1 (the base adapted to the first language), and its update is added back with a
+coefficient lambda' tuned separately:
 
-    theta = theta_instruct + lambda' (theta_adapted - theta_base)   in `layers`
-    theta = theta_instruct                                          elsewhere
+    theta = theta_1 + lambda' (theta_adapted2 - theta_1)   in `layers`
+    theta = theta_1                                        elsewhere
 
-`adaptkit instruct-vector apply --base --instruct --model` is the same formula on all
-layers (the embedding rows of tokens added by adaptation follow the executor's
-vocabulary rule: copied from the adapted model).
+`--base` is theta_1 (the stage-1 model), `--model` the stage-2 result trained from it.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, merge_spec, select
+from adaptkit.merge.base import Coefficient, Layers, MergeMethod, merge_spec, select
 from adaptkit.specs import Params
 
 
 class LayraSeriesParams(Params):
-    instruct: str = Field(description="The instruct model of the same base (a model directory).")
-    lambda_prime: Coefficient = Field(1.0, description="Scale of the language vector added to the instruct model.")
-    layers: Optional[str] = Field(None, description="The LayRA layers, e.g. '0-1,22-23' ('embed', 'head' too); default: all.")
-
-
-def instruct_plus_language(instruct, adapted, base, scale: float):
-    """theta_instruct + scale * (theta_adapted - theta_base), in the memory of `adapted`."""
-    return adapted.sub_(base).mul_(scale).add_(instruct)
+    lambda_prime: Coefficient = Field(1.0, description="Scale of the stage-2 update added to the stage-1 model (tuned separately).")
+    layers: Layers = Field(None, description="The LayRA layers, e.g. '0-9,22-23' ('embed', 'head' too); default: all.")
 
 
 class LayraSeries(MergeMethod):
     name = "layra-series"
-    summary = "LayRA-series preset: instruct model + lambda' x language vector within the LayRA layers"
+    summary = "LayRA-series: stage-1 model (--base) + lambda' x (stage-2 model - stage-1 model) within the LayRA layers"
     reference = "Owodunni & Kumar 2025, Continually adding new languages (LayRA), arXiv 2509.11414"
     Params = LayraSeriesParams
     base = "required"
     max_models = 1
-    model_params = ("instruct",)
 
     def merge_tensor(self, tensors, base, params: LayraSeriesParams, ctx):
-        instruct = ctx.aux["instruct"]
+        from adaptkit.merge.ops import apply_task_vectors_, task_vectors_
+
         if not select(ctx.name, ctx.layer, params.layers, None):
-            return instruct
-        return instruct_plus_language(instruct, tensors[0], base, params.lambda_prime)
+            return base
+        return apply_task_vectors_(task_vectors_(tensors, base), base, [1.0], params.lambda_prime)
 
 
 SPEC = merge_spec(LayraSeries)

@@ -6,17 +6,15 @@ Wortsman et al. 2022, "Model soups" (arXiv 2203.05482); the same definition as m
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.merge.base import MergeMethod, Weight, merge_spec, per_model
+from adaptkit.merge.base import MergeMethod, Weights, merge_spec, per_model
 from adaptkit.specs import Params
 
 
 class LinearParams(Params):
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default: equal weights).")
+    weight: Weights = Field(None, description="One weight per --model (default: equal weights).")
     normalize: bool = Field(True, description="Divide by the sum of the weights.")
 
 

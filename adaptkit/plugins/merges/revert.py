@@ -18,7 +18,7 @@ abilities (arXiv 2606.00284, post-hoc weight reversion). What is reverted:
   them in full). A fraction selects k = floor(fraction * n + 1/2) units of each tensor,
   ties going to the lower index: the rule of `adaptkit mask`, so `--scores S --fraction r`
   reverts exactly what a mask of ratio r made from S freezes. File formats:
-  `adaptkit.merge.units`.
+  `adaptkit.io.mask_files`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.merge.base import Fraction, MergeMethod, merge_spec, select
+from adaptkit.merge.base import Fraction, Layers, MergeMethod, merge_spec, select
 from adaptkit.specs import Params
 
 
 class RevertParams(Params):
-    layers: Optional[str] = Field(None, description="Layers to revert, e.g. '0-3,22-23' ('embed', 'head' too); default: all.")
+    layers: Layers = Field(None, description="Layers to revert, e.g. '0-3,22-23' ('embed', 'head' too); default: all.")
     modules: Optional[list[str]] = Field(None, description="Only tensors whose name contains one of these (e.g. mlp, self_attn).")
     fraction: Optional[Fraction] = Field(None, description="Revert only this fraction of entries (or scored units) per tensor.")
     select: Literal["smallest", "largest"] = Field("smallest", description="With --fraction: revert the entries of smallest or largest change.")

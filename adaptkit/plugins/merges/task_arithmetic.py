@@ -8,17 +8,15 @@ to 1, `normalize` divides the weighted sum by the sum of the weights).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, MergeMethod, Weight, merge_spec, per_model
+from adaptkit.merge.base import Coefficient, MergeMethod, Weights, merge_spec, per_model
 from adaptkit.specs import Params
 
 
 class TaskArithmeticParams(Params):
     lambda_: Coefficient = Field(1.0, description="Scale of the summed task vectors (in [-10, 10]).")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default 1 each).")
+    weight: Weights = Field(None, description="One weight per --model (default 1 each).")
     normalize: bool = Field(False, description="Divide the weighted sum of task vectors by the sum of the weights.")
 
 

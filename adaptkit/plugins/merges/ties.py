@@ -10,17 +10,15 @@ mergekit's YAML default of 1.0 applies to --config files).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from adaptkit.merge.base import Coefficient, Density, MergeMethod, Weight, merge_spec, per_model
+from adaptkit.merge.base import Coefficient, Densities, MergeMethod, Weights, merge_spec, per_model
 from adaptkit.specs import Params
 
 
 class TiesParams(Params):
-    density: list[Density] = Field([0.2], description="Fraction of each task vector kept by trimming, in (0, 1]; one value, or one per --model.")
-    weight: Optional[list[Weight]] = Field(None, description="One weight per --model (default 1 each).")
+    density: Densities = Field([0.2], description="Fraction of each task vector kept by trimming, in (0, 1]; one value, or one per --model.")
+    weight: Weights = Field(None, description="One weight per --model (default 1 each).")
     normalize: bool = Field(True, description="Divide by the summed weights of the agreeing entries.")
     lambda_: Coefficient = Field(1.0, description="Scale of the merged task vector.")
 

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
-from adaptkit.masking import FreezeRatio
+from adaptkit.scoring.freeze import FreezeRatio
 from adaptkit.specs import Params, method_spec
 
 DEFAULT_FREEZE_RATIO = 0.5
@@ -52,7 +52,7 @@ class SourceShieldedUpdates(TrainingMethod):
     needs = frozenset({"mask"})
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
-        from adaptkit.masking import frozen_table
+        from adaptkit.scoring.freeze import frozen_table
 
         if self.params.mask and self.params.calib:
             raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
@@ -75,7 +75,7 @@ class SourceShieldedUpdates(TrainingMethod):
         return plan
 
     def _saved_masks(self, model, ctx: MethodContext):
-        from adaptkit.scoring import check_fingerprint
+        from adaptkit.io.mask_files import check_fingerprint
 
         masks = ctx.mask_set()
         meta = masks.metadata
@@ -97,8 +97,8 @@ class SourceShieldedUpdates(TrainingMethod):
         from adaptkit.engine.masks import MASKS_FILE, load_mask_set
         from adaptkit.io.atomic import atomic_dir
         from adaptkit.io.models import model_fingerprint
-        from adaptkit.masking import build_mask_set
-        from adaptkit.scoring import compute_scores
+        from adaptkit.scoring.freeze import build_mask_set
+        from adaptkit.scoring.run import compute_scores
 
         ratio = DEFAULT_FREEZE_RATIO if self.params.freeze_ratio is None else self.params.freeze_ratio
         granularity = self.params.granularity or "column"

@@ -10,8 +10,10 @@ restored afterwards.
 
 from __future__ import annotations
 
-from adaptkit.scoring import Scorer, ScoredParam, ScoringRun, calibration_batches
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, ScoringRun, scorer_spec
+from adaptkit.scoring.statistics import calibration_batches
+from adaptkit.specs import Params
 
 
 class FisherParams(Params):
@@ -19,6 +21,11 @@ class FisherParams(Params):
 
 
 class FisherScorer(Scorer):
+    name = "fisher"
+    summary = "Mean squared gradient of the LM loss on the calibration data (diagonal Fisher; SSU-Fisher)"
+    reference = "Kirkpatrick et al. 2017 (EWC) diagonal Fisher; SSU paper ablation (github.com/gucci-j/ssu)"
+    Params = FisherParams
+
     def prepare(self, model, scored: list[ScoredParam], run: ScoringRun) -> None:
         import torch
 
@@ -51,10 +58,4 @@ class FisherScorer(Scorer):
         return self.fisher.pop(sp.name)
 
 
-SPEC = ScorerSpec(
-    name="fisher",
-    factory="adaptkit.plugins.scorers.fisher:FisherScorer",
-    summary="Mean squared gradient of the LM loss on the calibration data (diagonal Fisher; SSU-Fisher)",
-    reference="Kirkpatrick et al. 2017 (EWC) diagonal Fisher; SSU paper ablation (github.com/gucci-j/ssu)",
-    params=FisherParams,
-)
+SPEC = scorer_spec(FisherScorer)

@@ -5,8 +5,9 @@ Column score S_j = sum_i |W_ij|. No calibration data is used.
 
 from __future__ import annotations
 
-from adaptkit.scoring import Scorer, ScoredParam
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, scorer_spec
+from adaptkit.specs import Params
 
 
 class MagnitudeParams(Params):
@@ -14,15 +15,14 @@ class MagnitudeParams(Params):
 
 
 class MagnitudeScorer(Scorer):
+    name = "magnitude"
+    summary = "|W_ij|: weight magnitude, no calibration data (SSU-Mag)"
+    reference = "SSU paper ablation SSU-Mag (github.com/gucci-j/ssu)"
+    Params = MagnitudeParams
+    needs_calibration = False
+
     def element_scores(self, sp: ScoredParam):
         return sp.param.detach().float().abs()
 
 
-SPEC = ScorerSpec(
-    name="magnitude",
-    factory="adaptkit.plugins.scorers.magnitude:MagnitudeScorer",
-    summary="|W_ij|: weight magnitude, no calibration data (SSU-Mag)",
-    reference="SSU paper ablation SSU-Mag (github.com/gucci-j/ssu)",
-    params=MagnitudeParams,
-    needs_calibration=False,
-)
+SPEC = scorer_spec(MagnitudeScorer)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 
-from adaptkit.scoring import Scorer, ScoredParam
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, scorer_spec
+from adaptkit.specs import Params
 
 
 class RandomParams(Params):
@@ -19,6 +20,12 @@ class RandomParams(Params):
 
 
 class RandomScorer(Scorer):
+    name = "random"
+    summary = "Seeded uniform random scores (SSU-Rand)"
+    reference = "SSU paper ablation SSU-Rand (github.com/gucci-j/ssu)"
+    Params = RandomParams
+    needs_calibration = False
+
     def element_scores(self, sp: ScoredParam):
         import torch
 
@@ -27,11 +34,4 @@ class RandomScorer(Scorer):
         return torch.rand(tuple(sp.param.shape), generator=generator, dtype=torch.float32)
 
 
-SPEC = ScorerSpec(
-    name="random",
-    factory="adaptkit.plugins.scorers.random:RandomScorer",
-    summary="Seeded uniform random scores (SSU-Rand)",
-    reference="SSU paper ablation SSU-Rand (github.com/gucci-j/ssu)",
-    params=RandomParams,
-    needs_calibration=False,
-)
+SPEC = scorer_spec(RandomScorer)

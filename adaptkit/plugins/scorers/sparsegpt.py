@@ -1,41 +1,57 @@
-"""SparseGPT-style importance from second-moment input statistics (SSU-SparseGPT).
+"""SparseGPT-style importance (SSU-SparseGPT): the SSU paper's definition by default, the OBS saliency on request.
 
-With H = (2/N) X^T X the input second-moment matrix of a linear module over all N
-calibration tokens (float32) and damping lambda = damp * mean(diag H) as in SparseGPT,
+`saliency=paper` (default): the SSU paper (Appendix B) scores weight theta_ij by the average
+squared activation of its input neuron over the calibration tokens, s_ij = E[x_j^2], as the
+SSU authors' code (gucci-j/ssu, `sgpt_based`) ranks columns: no weights, no inverse. So the
+column score is S_j = out * E[x_j^2]; every row scores sum_j E[x_j^2]. The same rule on the
+other parameter kinds: a norm scale s_i = E[x_i^2], an embedding row s_vd = count_v / N (its
+one-hot input), a bias s_i = 1 (constant input 1).
+
+`saliency=obs`: with H = (2/N) X^T X the input second-moment matrix of a linear module over
+all N calibration tokens (float32) and damping lambda = damp * mean(diag H) as in SparseGPT,
 the OBS saliency of weight W_ij is
 
     s_ij = W_ij^2 / [(H + lambda I)^-1]_jj
 
-(the error of removing W_ij when the other weights of its row compensate), and the
-column score S_j = sum_i s_ij. Input features that are always zero (diag H = 0) get
-score 0, as SparseGPT treats dead inputs. Parameters with a diagonal input relation use
-the diagonal of H: a norm scale s_i = w_i^2 (H_ii + lambda), an embedding row
-s_vd = E_vd^2 (2 count_v / N + lambda), a bias (constant input 1, H = 2) s_i = b_i^2 (2 + lambda).
-
-Deviations, both deliberate: SparseGPT's own mask selection divides by the squared
-diagonal of the Cholesky factor of H^-1, i.e. [H_F^-1]_jj for the columns F not yet
-processed, which depends on the column order of its sequential pruning; the
-order-free OBS form above is the one the Wanda paper tabulates for SparseGPT. The SSU
-authors' code (gucci-j/ssu, `sgpt_based`) ranks columns by mean x_j^2 alone (the
-diagonal of H, no weights, no inverse). H costs in_features^2 float32 per distinct
-module input (q/k/v and gate/up share one).
+(the error of removing W_ij when the other weights of its row compensate), and the column
+score S_j = sum_i s_ij. Input features that are always zero (diag H = 0) get score 0, as
+SparseGPT treats dead inputs. Parameters with a diagonal input relation use the diagonal of
+H: a norm scale s_i = w_i^2 (H_ii + lambda), an embedding row s_vd = E_vd^2 (2 count_v / N +
+lambda), a bias (constant input 1, H = 2) s_i = b_i^2 (2 + lambda). SparseGPT's own mask
+selection divides by the squared diagonal of the Cholesky factor of H^-1, which depends on
+the column order of its sequential pruning; this order-free OBS form is the one the Wanda
+paper tabulates for SparseGPT. H costs in_features^2 float32 per distinct module input
+(q/k/v and gate/up share one); `paper` needs only its diagonal.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.scoring import Scorer, ScoredParam, input_relation
-from adaptkit.specs import Params, ScorerSpec
+from adaptkit.scoring.parameters import ScoredParam
+from adaptkit.scoring.scorer import Scorer, scorer_spec
+from adaptkit.scoring.statistics import input_relation
+from adaptkit.specs import Params
 
 
 class SparseGPTParams(Params):
-    damp: float = Field(0.01, gt=0, description="Damping as a fraction of mean(diag H) (SparseGPT: 0.01).")
+    saliency: Literal["paper", "obs"] = Field("paper", description="paper: E[x_j^2] (SSU Appendix B, reference code); obs: W_ij^2 / [(H + lambda I)^-1]_jj.")
+    damp: float = Field(0.01, gt=0, description="With saliency=obs: damping as a fraction of mean(diag H) (SparseGPT: 0.01).")
 
 
 class SparseGPTScorer(Scorer):
+    name = "sparsegpt"
+    summary = "E[x_j^2] of each weight's input (SSU-SparseGPT as the paper defines it); --set saliency=obs: W_ij^2 / [(H + lambda I)^-1]_jj"
+    reference = "Frantar & Alistarh 2023, SparseGPT (github.com/IST-DASLab/sparsegpt); SSU paper ablation"
+    Params = SparseGPTParams
     input_statistics = "gram"
+
+    def __init__(self, params: SparseGPTParams):
+        super().__init__(params)
+        self.input_statistics = "gram" if params.saliency == "obs" else "features"
 
     def use_statistics(self, stats) -> None:
         super().use_statistics(stats)
@@ -69,6 +85,8 @@ class SparseGPTScorer(Scorer):
         return curvature.masked_fill(hessian == 0, 0.0)
 
     def element_scores(self, sp: ScoredParam):
+        if self.params.saliency == "paper":
+            return self._mean_square(sp)
         stats = self.stats.get(sp.module_name)
         squared = sp.param.detach().float().square()
         relation = input_relation(sp, stats, "sparsegpt")
@@ -81,10 +99,21 @@ class SparseGPTScorer(Scorer):
         return squared * 2.0 * (1.0 + self.params.damp)
 
 
-SPEC = ScorerSpec(
-    name="sparsegpt",
-    factory="adaptkit.plugins.scorers.sparsegpt:SparseGPTScorer",
-    summary="W_ij^2 / [(H + lambda I)^-1]_jj with H = 2 X^T X / N (SparseGPT-style OBS saliency; SSU-SparseGPT)",
-    reference="Frantar & Alistarh 2023, SparseGPT (github.com/IST-DASLab/sparsegpt); SSU paper ablation",
-    params=SparseGPTParams,
-)
+    def _mean_square(self, sp: ScoredParam):
+        """s_ij = E[x_j^2] of the entry's input, broadcast to the parameter's shape."""
+        import torch
+
+        stats = self.stats.get(sp.module_name)
+        shape = tuple(sp.param.shape)
+        tokens = max(stats.tokens, 1)
+        relation = input_relation(sp, stats, "sparsegpt")
+        if relation == "columns":
+            return (stats.sumsq / tokens).unsqueeze(0).expand(shape)
+        if relation == "rows":
+            return (stats.counts / tokens).unsqueeze(1).expand(shape)
+        if relation == "elements":
+            return stats.sumsq / tokens
+        return torch.ones(shape, dtype=torch.float32, device=sp.param.device)
+
+
+SPEC = scorer_spec(SparseGPTScorer)

@@ -8,8 +8,8 @@ Rounding rule (exact k per parameter): with n units and freeze ratio r in [0, 1]
 k = floor(r * n + 0.5) units are frozen (round half up), so r = 0 freezes nothing and
 r = 1 freezes every scored unit. The frozen units are the k with the highest scores;
 equal scores are broken by the lower index first (a stable descending sort), so masks
-are deterministic. Masks are saved in the engine's format (adaptkit.engine.masks:
-uint8, 1 = trainable).
+are deterministic. Masks are the engine's (adaptkit.engine.masks), saved in the format of
+adaptkit.io.mask_files (uint8, 1 = trainable).
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator
 
-from adaptkit.engine.masks import GRANULARITIES, MaskSet, UpdateMask
+from adaptkit.engine.masks import MaskSet, UpdateMask
 from adaptkit.errors import InputError
+from adaptkit.io.mask_files import GRANULARITIES
+from adaptkit.scoring.parameters import module_group
 
 if TYPE_CHECKING:
     import torch
 
-    from adaptkit.scoring import ScoreSet
+    from adaptkit.scoring.score_set import ScoreSet
 
 ROUNDING_RULE = "k = floor(ratio * n + 0.5) units frozen per parameter; highest scores first; ties: lower index first"
 
@@ -100,8 +102,6 @@ def build_mask_set(score_set: "ScoreSet", ratio: float, granularity: str = "colu
 
 def frozen_table(mask_set: MaskSet) -> tuple[list[list[Any]], list[Any]]:
     """Rows [module type, parameters, frozen entries, entries, frozen fraction] and the total row."""
-    from adaptkit.scoring import module_group
-
     shapes = json.loads(mask_set.metadata.get("shapes", "{}"))
     groups: dict[str, list[int]] = {}
     for name, mask in mask_set.masks.items():

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, S
 import torch
 
 from adaptkit.errors import InputError, first_line
-from adaptkit.layers import find_layers
+from adaptkit.layers import decoder_of, find_layers
 
 if TYPE_CHECKING:
     from adaptkit.io.models import ModelSource
@@ -101,12 +101,6 @@ class _Batch:
 
     hidden: torch.Tensor
     layer_args: list[tuple[tuple, dict]] = field(default_factory=list)
-
-
-def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack without the LM head (`model.get_decoder()`), or the model itself."""
-    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
-    return decoder if decoder is not None else model
 
 
 class LayerwiseModel:
@@ -403,4 +397,4 @@ def for_each_logits(model: Any, inputs: Sequence[torch.Tensor], device: torch.de
             consume(i, model(input_ids=input_ids.to(device)).logits)
 
 
-__all__ = ["LayerwiseModel", "decoder_of", "for_each_logits", "batch_groups", "OUTSIDE", "StageObserver"]
+__all__ = ["LayerwiseModel", "for_each_logits", "batch_groups", "OUTSIDE", "StageObserver"]

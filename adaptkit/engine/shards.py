@@ -1,0 +1,40 @@
+"""Where a parameter's data lives on this process: the whole tensor, or its FSDP2 shard.
+
+Kept apart from distributed.py so that the optimizer's compact state can ask without importing
+the strategies (and their checkpoint I/O).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def local_shard(param: "torch.Tensor") -> tuple["torch.Tensor", int]:
+    """(the tensor this process owns, its first row in the full parameter).
+
+    A plain tensor is owned whole. An FSDP2 DTensor is sharded along dim 0 in torch.chunk
+    pieces: process r owns rows [r * ceil(n / world), ...), possibly none.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(param, DTensor):
+        return param.detach(), 0
+    if tuple(param.placements) != (Shard(0),):
+        raise ValueError(f"unsupported sharding {param.placements} (expected Shard(0))")
+    local = param.to_local().detach()
+    rows = param.shape[0]
+    chunk = -(-rows // param.device_mesh.size())
+    offset = min(param.device_mesh.get_local_rank() * chunk, rows)
+    if local.shape[0] != min(chunk, rows - offset):
+        raise ValueError(f"unexpected local shard of {tuple(local.shape)} rows at offset {offset} of {rows}")
+    return local, offset
+
+
+def local_grad(param: "torch.Tensor") -> "torch.Tensor | None":
+    from torch.distributed.tensor import DTensor
+
+    grad = param.grad
+    return grad.to_local() if isinstance(grad, DTensor) else grad
