@@ -224,7 +224,8 @@ def _mt_file(tmp_path: Path, lang: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["backend", "syntax", "empty", "field", "lang", "lm-eval-task", "lighteval", "param", "role", "baseline", "model"])
+@pytest.mark.parametrize("case", ["backend", "syntax", "empty", "field", "lang", pytest.param("lm-eval-task", marks=pytest.mark.slow),  # lm-eval's task index
+                                  "lighteval", "param", "role", "baseline", "model"])
 def test_evaluate_bad_input(invoke, make_model_dir, corpora, tmp_path, case):
     if case == "lighteval":
         try:

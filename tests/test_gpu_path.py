@@ -8,6 +8,8 @@ exercised here.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
@@ -74,6 +76,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, ll
             assert not torch.equal(tensor, after[name]), name
 
 
+@pytest.mark.slow
 def test_bf16_updates_below_bf16_resolution_accumulate(tmp_path, llama_dir, corpora, invoke):
     """Steps of ~1e-5 on weights equal to 1.0 (the norms), where bf16's spacing is 2^-7: kept and summed only
     by fp32 master weights (a bf16 copy would round every one of them away)."""
@@ -104,6 +107,7 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, llama_dir, corp
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
 
 
+@pytest.mark.slow
 def test_compile_trains_like_eager_and_keeps_frozen_entries(tmp_path, llama_dir, corpora, invoke, masked_method):
     from transformers import AutoModelForCausalLM
 

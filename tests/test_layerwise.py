@@ -196,6 +196,7 @@ def test_lm_eval_log_likelihoods_equal_hflm(make_model_dir):
     assert ours.loglikelihood_rolling(rolling) == reference.loglikelihood_rolling(rolling, disable_tqdm=True)
 
 
+@pytest.mark.slow
 def test_evaluate_lm_eval_layer_by_layer(make_model_dir, tmp_path, invoke):
     directory = make_model_dir("llama", layers=LAYERS)
     _choice_task(tmp_path / "tasks", tmp_path / "choice.jsonl")
@@ -223,6 +224,7 @@ def test_prefetching_the_next_layer_changes_nothing(make_model_dir, calibration)
             assert torch.equal(tensor, results[1].scores[name][granularity])
 
 
+@pytest.mark.slow
 def test_device_map_with_offload_gives_the_same_results(make_model_dir, corpora, tmp_path, invoke):
     """--device-map auto with a tiny --max-memory puts the layers on disk (accelerate offload): same ppl, lm-eval and generations."""
     directory = make_model_dir("llama", layers=LAYERS)

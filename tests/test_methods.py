@@ -111,6 +111,7 @@ METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 @pytest.mark.parametrize("label", list(METHODS))
 def test_method_trains_exactly_what_it_claims(tmp_path, make_model_dir, corpora, invoke, label, arch):
