@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator
 
 from adaptkit.engine.masks import GRANULARITIES, MaskSet, UpdateMask
 from adaptkit.errors import InputError
@@ -29,10 +31,22 @@ if TYPE_CHECKING:
 ROUNDING_RULE = "k = floor(ratio * n + 0.5) units frozen per parameter; highest scores first; ties: lower index first"
 
 
-def check_ratio(ratio: float, flag: str = "--freeze-ratio") -> float:
-    if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) <= 1.0) or math.isnan(ratio):
-        raise InputError(f"{flag}: must be between 0 and 1 (got {ratio}); the SSU paper uses 0.125 to 0.875, default 0.5")
+def _unit_interval(ratio: Any) -> float:
+    """The one freeze-ratio check: a number in [0, 1] (ValueError otherwise)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"must be between 0 and 1 (got {ratio}); the SSU paper uses 0.125 to 0.875, default 0.5")
     return float(ratio)
+
+
+FreezeRatio = Annotated[float, AfterValidator(_unit_interval)]
+"""The type of every `freeze_ratio` parameter: a fraction in [0, 1]."""
+
+
+def check_ratio(ratio: float, flag: str = "--freeze-ratio") -> float:
+    try:
+        return _unit_interval(ratio)
+    except ValueError as exc:
+        raise InputError(f"{flag}: {exc}") from None
 
 
 def check_granularity(granularity: str, flag: str = "--granularity") -> str:

@@ -103,17 +103,71 @@ class ScorerSpec(Spec):
     needs_calibration: bool = True
 
 
+# What a method may declare in `needs`: the parameters, one of which the run must set, and the flags for them.
+METHOD_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "mask": (("mask", "calib"), "--mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)"),
+    "calibration": (("calib",), "--calib DIR (from `adaptkit calibrate`)"),
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec(Spec):
     """A training method: turns (model, context) into a TrainingPlan for the one engine.
 
-    `needs` names what the run must provide before planning: "calibration" (a
-    calibration set), "mask" (a mask set or calibration to make one), "source_weights"
-    (a frozen copy of the starting weights), "target_data" (access to the training data).
+    `needs` names what the run must provide before the model is loaded (see METHOD_NEEDS):
+    "mask" (its `mask` or `calib` parameter set), "calibration" (its `calib` parameter set).
     """
 
     kind: ClassVar[str] = "method"
     needs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for need in self.needs:
+            fields = METHOD_NEEDS.get(need, ((), ""))[0]
+            if not fields or not any(f in self.params.model_fields for f in fields):
+                raise PluginError(f"method '{self.name}': declares need '{need}' but "
+                                  + (f"has none of the parameters {', '.join(fields)}" if fields else f"the known needs are {', '.join(METHOD_NEEDS)}"))
+
+    def validate_params(self, values: dict[str, Any] | None, where: str = "parameters", flags: dict[str, str] | None = None) -> Params:
+        """As Spec.validate_params; `flags` maps a parameter to the option that set it (freeze_ratio:
+        --freeze-ratio), which then names the error: an option for a parameter the method lacks, or a bad value."""
+        values, flags = dict(values or {}), {k: f for k, f in (flags or {}).items() if k in (values or {})}
+        for key, flag in flags.items():
+            if key not in self.params.model_fields:
+                raise InputError(f"{flag}: method '{self.name}' has no parameter '{key}' (parameters: {', '.join(self.params.model_fields) or 'none'})")
+        try:
+            self.params(**values)
+        except ValidationError as exc:
+            loc = exc.errors()[0]["loc"]
+            where = flags.get(str(loc[0]), where) if loc else where
+        return super().validate_params(values, where)
+
+    def check_needs(self, params: Params) -> None:
+        """Every declared need is met by the validated parameters (before anything heavy is loaded)."""
+        for need in sorted(self.needs):
+            fields, flags = METHOD_NEEDS[need]
+            if not any(getattr(params, f, None) for f in fields):
+                raise InputError(f"--method {self.name}: needs {flags}")
+
+    def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None) -> Any:
+        """The method instance for these parameters: validated, needs checked, implementation loaded."""
+        params = self.validate_params(values, where, flags)
+        self.check_needs(params)
+        return self.load()(params)
+
+
+def method_spec(method: type) -> MethodSpec:
+    """The registry spec of a training method class (adaptkit.engine.plan.TrainingMethod), from its
+    class attributes: name, summary, reference, Params, needs, extras. Its factory is the class itself."""
+    return MethodSpec(
+        name=method.name,
+        factory=f"{method.__module__}:{method.__qualname__}",
+        summary=method.summary,
+        reference=method.reference,
+        params=method.Params,
+        needs=frozenset(method.needs),
+        extras=tuple(method.extras),
+    )
 
 
 @dataclass(frozen=True)

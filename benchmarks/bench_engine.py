@@ -56,12 +56,13 @@ def make_setup(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
 def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
+    from adaptkit.plugins.methods.fft import FullFineTuning, FullFineTuningParams
 
     config = TrainConfig.model_validate({
         "model": str(model_dir), "data": {"paths": [str(text)], "seq_len": seq, "cache": False},
         "max_steps": steps, "batch_size": batch, "log_steps": 1, "seed": 0,
     })
-    train(config, out, overwrite=True, log=lambda m: None)
+    train(config, FullFineTuning(FullFineTuningParams()), out, overwrite=True, log=lambda m: None)
     elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [b - a for a, b in zip(elapsed, elapsed[1:])]
 

@@ -93,9 +93,7 @@ def worker_adaptkit(args, method: str) -> dict:
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
     from adaptkit.engine.plan import TrainingCallback
-    from adaptkit.hookspecs import hookimpl
-    from adaptkit.registry import get_spec, register_plugin
-    from adaptkit.specs import MethodSpec
+    from adaptkit.registry import get_spec
 
     name = method.split("-output")[0]
     spec = get_spec("method", name)
@@ -110,19 +108,11 @@ def worker_adaptkit(args, method: str) -> dict:
             plan = super().plan(model, ctx)
             plan.callbacks.append(StepClock())
             return plan
-
-    @hookimpl
-    def register_methods(register):
-        register(MethodSpec(name="timed", factory=Timed, params=spec.params))
-
-    plugin = type(sys)("bench_timed")
-    plugin.register_methods = register_methods
-    register_plugin(plugin, name="bench-timed")
     import peft  # noqa: F401  (the same import cost for every worker)
 
     settings = [s.format(lota=args.lota_calibration, half=args.layers // 2 - 1) for s in METHODS[method]]
     config = TrainConfig(
-        model=str(args.model), data={"paths": [str(args.data)], "seq_len": args.seq_len}, method="timed",
+        model=str(args.model), data={"paths": [str(args.data)], "seq_len": args.seq_len}, method=name,
         method_params=dict(item.split("=", 1) for item in settings), batch_size=args.batch_size, max_steps=args.steps,
         optimizer={"lr": 1e-4}, device="cpu" if args.device == "cpu" else "auto",
     )
@@ -130,7 +120,7 @@ def worker_adaptkit(args, method: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     baseline = current_memory_mb(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(config, Path(tmp) / "run", log=lambda m: None)
+        result = train(config, Timed(spec.validate_params(config.method_params)), Path(tmp) / "run", log=lambda m: None)
     return {**step_times(marks, args.warmup), "trainable_fraction": result.trainable / result.total}
 
 

@@ -90,8 +90,7 @@ def train_config(method: str, model_dir: Path, text: Path, calib: Path, steps: i
         "max_steps": steps, "batch_size": batch, "log_steps": 1, "seed": 0, "method": method.split(" ")[0],
     }
     if method != "fft":
-        values["calib"] = str(calib)
-        values["method_params"] = {**METHODS[method], "freeze_ratio": 0.5, "calib_batch_size": 4}
+        values["method_params"] = {**METHODS[method], "calib": str(calib), "freeze_ratio": 0.5, "calib_batch_size": 4}
     return TrainConfig.model_validate(values)
 
 
@@ -100,6 +99,7 @@ def planned(method: str, model_dir: Path, text: Path, calib: Path, batch: int, s
     import torch
 
     from adaptkit.data.corpus import load_blocks
+    from adaptkit.engine.masked_linear import install_for_plan
     from adaptkit.engine.optim import apply_plan, build_optimizer
     from adaptkit.engine.plan import MethodContext
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
@@ -115,6 +115,7 @@ def planned(method: str, model_dir: Path, text: Path, calib: Path, batch: int, s
     ctx = MethodContext(params, config, tokenizer, Path(tempfile.mkdtemp()), 1, torch.device("cpu"), blocks, log=lambda m: None)
     plan = spec.load()(params).plan(model, ctx)
     trainable = apply_plan(plan)
+    install_for_plan(plan, trainable)
     return model, trainable, build_optimizer(trainable, config.optimizer, torch.device("cpu")), blocks
 
 
@@ -152,9 +153,11 @@ def interleaved_steps(model_dir: Path, text: Path, calib: Path, steps: int, batc
 
 
 def engine_step_times(method: str, model_dir: Path, text: Path, calib: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
+    from adaptkit.commands.train import build_method
     from adaptkit.engine.loop import train
 
-    train(train_config(method, model_dir, text, calib, steps, batch, seq), out, overwrite=True, log=lambda m: None)
+    config = train_config(method, model_dir, text, calib, steps, batch, seq)
+    train(config, build_method(config), out, overwrite=True, log=lambda m: None)
     elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [b - a for a, b in zip(elapsed, elapsed[1:])][2:]  # skip warm-up steps
 

@@ -1,17 +1,13 @@
-"""Helpers shared by the training-method tests: weights on disk, claims checks, a logits-capturing plugin."""
+"""Helpers shared by the training-method tests: weights on disk, claims checks, a logits-capturing method wrapper."""
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from adaptkit.engine.plan import TrainingCallback
-from adaptkit.hookspecs import hookimpl
-from adaptkit.registry import register_plugin, reset_registry
-from adaptkit.specs import MethodSpec
+from adaptkit.engine.plan import TrainingCallback, TrainingMethod
 
 # One intra-op thread: these models are tiny, and on a shared 2-core machine OpenMP threads that spin
 # while other processes hold the cores make a step up to 100x slower.
@@ -68,38 +64,37 @@ class CaptureLogits(TrainingCallback):
         return model
 
 
-def capturing_plugin(*method_names: str) -> str:
-    """Register '<name>-capture' for each built-in method: the same method, plus CaptureLogits first."""
-    from adaptkit.registry import get_spec
+class Capturing(TrainingMethod):
+    """A method instance's plan with CaptureLogits first: the engine takes the wrapped instance directly."""
 
-    module = types.ModuleType("capture_plugin")
-    specs = []
-    for name in method_names:
-        spec = get_spec("method", name)
-        base = spec.load()
+    def __init__(self, inner: TrainingMethod, key: str):
+        super().__init__(inner.params)
+        self.inner, self.key = inner, key
 
-        class Capturing(base):  # type: ignore[misc, valid-type]
-            key = name
-
-            def plan(self, model, ctx):
-                plan = super().plan(model, ctx)
-                plan.callbacks.insert(0, CaptureLogits(self.key))
-                return plan
-
-        specs.append(MethodSpec(name=f"{name}-capture", factory=Capturing, params=spec.params, summary="test"))
-
-    @hookimpl
-    def register_methods(register):
-        for spec in specs:
-            register(spec)
-
-    module.register_methods = register_methods
-    register_plugin(module, name="capture-plugin")
-    return "capture-plugin"
+    def plan(self, model, ctx):
+        plan = self.inner.plan(model, ctx)
+        plan.callbacks.insert(0, CaptureLogits(self.key))
+        return plan
 
 
-def forget_plugins() -> None:
-    reset_registry()
+def train_capturing(args: list, run_dir: Path) -> torch.Tensor:
+    """Train as `adaptkit train ARGS -o RUN_DIR` would (flags and --set resolved by the train command's own
+    functions), through Capturing; returns the logits of the in-memory model just before export."""
+    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.engine.loop import train
+
+    flags, overrides, words = {}, [], iter(str(a) for a in args)
+    for word in words:
+        if word == "--quiet":
+            continue
+        value = next(words)
+        if word == "--set":
+            overrides.append(value)
+        else:
+            flags[word[2:].replace("-", "_")] = [value] if word == "--data" else value
+    config = build_config(None, flags, overrides)
+    train(config, Capturing(build_method(config), str(run_dir)), run_dir, log=lambda message: None)
+    return CaptureLogits.captured.pop(str(run_dir))
 
 
 def block_modules(block) -> dict[str, list[str]]:

@@ -13,11 +13,13 @@ import torch
 PLUGIN_SOURCE = '''
 from adaptkit.engine.plan import TrainingMethod, TrainingPlan
 from adaptkit.hookspecs import hookimpl
+from typing import Optional
+
 from adaptkit.specs import MethodSpec, Params
 
 
 class MaskFileParams(Params):
-    pass
+    mask: Optional[str] = None  # set by --mask
 
 
 class MaskFile(TrainingMethod):

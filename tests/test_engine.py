@@ -13,9 +13,7 @@ from safetensors.torch import load_file
 
 from adaptkit.engine.masks import MaskSet, UpdateMask
 from adaptkit.engine.plan import TrainingMethod, TrainingPlan
-from adaptkit.hookspecs import hookimpl
-from adaptkit.registry import register_plugin, reset_registry
-from adaptkit.specs import MethodSpec
+from adaptkit.specs import NoParams
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -51,26 +49,19 @@ class MaskedTestMethod(TrainingMethod):
         return plan
 
 
-@pytest.fixture
-def masked_method():
-    module = types.ModuleType("masked_test_plugin")
+def train_directly(method: TrainingMethod, run_dir, model_dir, data, **settings):
+    """The engine on a method instance (no registry): seq_len 32, batch 4 unless `settings` say otherwise."""
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
 
-    @hookimpl
-    def register_methods(register):
-        register(MethodSpec(name="masked-test", factory=MaskedTestMethod, summary="test"))
-
-    module.register_methods = register_methods
-    reset_registry()
-    register_plugin(module, name="masked-test-plugin")
-    yield "masked-test"
-    reset_registry()
+    config = TrainConfig(model=str(model_dir), data={"paths": [str(data)], "seq_len": 32}, **{"batch_size": 4, **settings})
+    return train(config, method, run_dir, log=lambda message: None)
 
 
-def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora, invoke, masked_method):
+def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora):
     out = tmp_path / "run"
-    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", masked_method, "-o", out,
-                    "--max-steps", "4", "--lr", "5e-2", "--weight-decay", "0.5", "--warmup-ratio", "0", *COMMON)
-    assert result.returncode == 0, result
+    train_directly(MaskedTestMethod(NoParams()), out, llama_dir, corpora["ha"], max_steps=4,
+                   optimizer={"lr": 5e-2, "weight_decay": 0.5}, schedule={"warmup_ratio": 0})
     before, after = _weights(llama_dir), _weights(out / "final")
     from transformers import AutoModelForCausalLM
 
@@ -214,3 +205,106 @@ def test_loss_goes_down_and_target_ppl_improves(tmp_path, llama_dir, corpora, in
     # on held-out Hausa text (never trained on), measured here, not by the engine
     before, after = heldout_perplexity(llama_dir, corpora["ha-test"]), heldout_perplexity(out / "final", corpora["ha-test"])
     assert after < 0.5 * before, (before, after)
+
+
+def test_declared_needs_are_checked_before_the_model_loads(tmp_path, llama_dir, corpora, invoke, monkeypatch):
+    from conftest import assert_input_error
+
+    from adaptkit.errors import PluginError
+    from adaptkit.specs import METHOD_NEEDS, MethodSpec
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the method's needs were checked")
+
+    monkeypatch.setattr("adaptkit.io.models.load_causal_lm", no_model)
+    out = tmp_path / "run"
+    assert_input_error(invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "-o", out, *COMMON),
+                       "--method ssu-wanda", "needs", "--mask DIR", "--calib DIR")
+    assert not out.exists()
+    assert set(METHOD_NEEDS) == {"mask", "calibration"}
+    with pytest.raises(PluginError, match="need 'target_data'"):  # an undeclarable need fails at registration
+        MethodSpec(name="x", factory="x:X", needs=frozenset({"target_data"}))
+    with pytest.raises(PluginError, match="none of the parameters calib"):  # a need the parameters cannot meet
+        MethodSpec(name="x", factory="x:X", needs=frozenset({"calibration"}))
+
+
+def test_method_flags_and_set_syntax_map_onto_method_parameters(tmp_path, llama_dir, corpora, invoke):
+    from conftest import assert_input_error
+
+    from adaptkit.commands.train import build_config, build_method
+
+    base = {"model": str(llama_dir), "data": [str(corpora["ha"])]}
+    for overrides in (["lora.r=16"], ["r=16"], ["method_params.r=16"]):
+        method = build_method(build_config(None, {**base, "method": "lora"}, overrides))
+        assert method.params.r == 16 and type(method).__name__ == "LoRA"
+    ssu = build_config(None, {**base, "method": "ssu-mag"}, ["ssu-mag.granularity=row"], {"calib": "c", "freeze_ratio": 0.25})
+    assert ssu.method_params == {"calib": "c", "freeze_ratio": 0.25, "granularity": "row"} and not hasattr(ssu, "mask")
+    out = tmp_path / "run"
+    train = ["train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, *COMMON]
+    assert_input_error(invoke(*train, "--method", "fft", "--freeze-ratio", "0.5"), "--freeze-ratio:", "method 'fft' has no parameter 'freeze_ratio'")
+    assert_input_error(invoke(*train, "--method", "lora", "--mask", tmp_path), "--mask:", "method 'lora' has no parameter 'mask'")
+    assert_input_error(invoke(*train, "--method", "lora", "--set", "lora.rr=2"), "--set", "'rr'", "did you mean: r")
+    assert not out.exists()
+
+
+def test_resume_with_changed_settings_names_each_difference(tmp_path):
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import _check_resume_config, _config_yaml
+    from adaptkit.errors import InputError
+
+    saved = TrainConfig(model="m", data={"paths": ["a.txt"]}, optimizer={"lr": 0.01}, method_params={"r": 4})
+    (tmp_path / "config.yaml").write_text(_config_yaml(saved))
+    _check_resume_config(tmp_path, saved)  # the same settings resume
+    changed = saved.model_copy(update={"seed": 7, "optimizer": saved.optimizer.model_copy(update={"lr": 0.001}), "method_params": {"r": 8}})
+    with pytest.raises(InputError) as error:
+        _check_resume_config(tmp_path, changed)
+    message = str(error.value)
+    for part in ("method_params.r: 4 there, 8 now", "optimizer.lr: 0.01 there, 0.001 now", "seed: 42 there, 7 now"):
+        assert part in message, message
+    assert "weight_decay" not in message and "\n" not in message
+
+
+def test_tokens_per_s_excludes_checkpoints_and_final_loss_is_the_last_row(tmp_path, llama_dir, corpora, monkeypatch):
+    """On a fake clock each step takes 1 s and each checkpoint 1000 s: every window's rate is one step's tokens per second."""
+    from adaptkit.engine import loop
+    from adaptkit.engine.distributed import Strategy
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    step, save = loop.train_step, Strategy.save_checkpoint
+
+    def timed_step(*args):
+        clock[0] += 1.0
+        return step(*args)
+
+    def slow_save(self, *args):
+        clock[0] += 1000.0
+        return save(self, *args)
+
+    monkeypatch.setattr(loop, "train_step", timed_step)
+    monkeypatch.setattr(Strategy, "save_checkpoint", slow_save)
+    out = tmp_path / "run"
+    result = train_directly(loop_fft(), out, llama_dir, corpora["ha"], max_steps=6, log_steps=4, save_steps=2, optimizer={"lr": 1e-2})
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 6] and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert [r["tokens_per_s"] for r in rows] == [4 * 32, 4 * 32]
+    assert result.final_loss == rows[-1]["loss"] and result.seconds == 6 + 2000
+
+
+def loop_fft():
+    from adaptkit.plugins.methods.fft import FullFineTuning, FullFineTuningParams
+
+    return FullFineTuning(FullFineTuningParams())
+
+
+def test_methods_declare_their_spec_from_class_attributes():
+    from adaptkit.plugins.methods import MODULES, ssu
+    from adaptkit.specs import method_spec
+
+    spec = method_spec(ssu.SSUMagnitude)
+    assert (spec.name, spec.factory, spec.params, spec.needs) == ("ssu-mag", "adaptkit.plugins.methods.ssu:SSUMagnitude", ssu.SSUParams, frozenset({"mask"}))
+    assert spec.load() is ssu.SSUMagnitude
+    for module in MODULES:
+        for declared in getattr(module, "SPECS", None) or [module.SPEC]:
+            cls = declared.load()
+            assert declared == method_spec(cls) and declared.reference and declared.summary, declared.name

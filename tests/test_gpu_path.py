@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-import json
-
 import torch
 from safetensors.torch import load_file
 
-from test_engine import masked_method  # noqa: F401  (fixture: a method with column masks and a frozen block)
+from adaptkit.specs import NoParams
+from test_engine import MaskedTestMethod, _masks_for, train_directly  # the engine tests' masked method (layer-1 attention frozen)
 
 ARGS = ["--max-steps", "3", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--warmup-ratio", "0", "--quiet", "--json"]
+SETTINGS = {"max_steps": 3, "optimizer": {"lr": 1e-2}, "schedule": {"warmup_ratio": 0}}
 
 
 def _record_optimizer_dtypes(monkeypatch) -> set:
@@ -39,28 +39,12 @@ def _record_optimizer_dtypes(monkeypatch) -> set:
     return seen
 
 
-def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, llama_dir, corpora, invoke, monkeypatch):
-    from adaptkit.registry import register_plugin, reset_registry
-    from test_engine import MaskedTestMethod, _masks_for  # the engine tests' masked method (layer-1 attention frozen)
-    from adaptkit.hookspecs import hookimpl
-    from adaptkit.specs import MethodSpec
-
-    class Plugin:
-        @hookimpl
-        def register_methods(self, register):
-            register(MethodSpec(name="masked-bf16", factory=MaskedTestMethod, summary="test"))
-
+def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, llama_dir, corpora, monkeypatch):
     seen = _record_optimizer_dtypes(monkeypatch)
-    reset_registry()
-    register_plugin(Plugin(), name="masked-bf16")
-    try:
-        result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "masked-bf16", "--precision", "bf16", "-o", tmp_path / "bf16", *ARGS)
-    finally:
-        reset_registry()
-    assert result.returncode == 0, result
+    result = train_directly(MaskedTestMethod(NoParams()), tmp_path / "bf16", llama_dir, corpora["ha"], precision="bf16", **SETTINGS)
     # the optimizer steps fp32 master weights with fp32 gradients and fp32 moments
     assert seen == {("param", torch.float32), ("grad", torch.float32), ("state", torch.float32)}, seen
-    assert torch.isfinite(torch.tensor(json.loads(result.stdout)["final_loss"]))
+    assert torch.isfinite(torch.tensor(result.final_loss))
     before, after = load_file(str(llama_dir / "model.safetensors")), load_file(str(tmp_path / "bf16" / "final" / "model.safetensors"))
     from transformers import AutoModelForCausalLM
 
@@ -108,15 +92,11 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, llama_dir, corp
 
 
 @pytest.mark.slow
-def test_compile_trains_like_eager_and_keeps_frozen_entries(tmp_path, llama_dir, corpora, invoke, masked_method):
+def test_compile_trains_like_eager_and_keeps_frozen_entries(tmp_path, llama_dir, corpora):
     from transformers import AutoModelForCausalLM
 
-    from test_engine import _masks_for
-
-    base = ["train", "--model", llama_dir, "--data", corpora["ha"], "--method", masked_method, *ARGS]
-    assert invoke(*base, "-o", tmp_path / "eager").returncode == 0
-    result = invoke(*base, "--compile", "-o", tmp_path / "compiled")
-    assert result.returncode == 0, result
+    for run, compile in (("eager", False), ("compiled", True)):
+        train_directly(MaskedTestMethod(NoParams()), tmp_path / run, llama_dir, corpora["ha"], compile=compile, **SETTINGS)
     before = load_file(str(llama_dir / "model.safetensors"))
     eager, compiled = (load_file(str(tmp_path / run / "final" / "model.safetensors")) for run in ("eager", "compiled"))
     masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))

@@ -8,18 +8,10 @@ import sys
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, CaptureLogits, capturing_plugin, forget_plugins, logits_of, weights
+from _methods_helpers import TRAIN, logits_of, train_capturing, weights
 from conftest import assert_input_error
 
 ADALORA_FAST = ["--set", "tinit=0", "--set", "tfinal=0.34", "--set", "delta_t=1", "--set", "init_r=4", "--set", "target_r=2"]
-
-
-@pytest.fixture
-def capture():
-    forget_plugins()
-    capturing_plugin("s2ft", "lora", "adalora", "layra")
-    yield CaptureLogits.captured
-    forget_plugins()
 
 
 @pytest.mark.parametrize("method, args", [
@@ -30,15 +22,13 @@ def capture():
     ("layra-tied", ["--set", "first=0", "--set", "last=1"]),
 ])
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft checks AdaLoRA rank patterns like LoRA ones
-def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corpora, invoke, capture, method, args):
+def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corpora, method, args):
     from transformers import AutoModelForCausalLM
 
     model_dir = make_model_dir("olmo2" if method in ("adalora", "layra") else "llama", tie_word_embeddings=method == "layra-tied")
     method = method.removesuffix("-tied")
     out = tmp_path / method
-    result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", f"{method}-capture", "-o", out, *args, *TRAIN)
-    assert result.returncode == 0, result
-    expected = capture[method]
+    expected = train_capturing(["--model", model_dir, "--data", corpora["ha"], "--method", method, *args, *TRAIN], out)
     dense = AutoModelForCausalLM.from_pretrained(out / "final")
     assert type(dense).__name__.endswith("ForCausalLM") and not hasattr(dense, "peft_config")
     if method == "s2ft":

@@ -109,7 +109,7 @@ def test_ssu_bad_input(tmp_path, llama_dir, olmo2_dir, calib_dir, corpora, invok
         (["--method", "ssu-wanda", "--mask", olmo_mask], ["--mask", "different model"]),
         (["--method", "ssu-wanda", "--mask", mag_mask], ["--mask", "magnitude", "ssu-mag"]),
         (["--method", "ssu-mag", "--mask", mag_mask, "--freeze-ratio", "0.25"], ["--freeze-ratio", "0.25"]),
-        (["--method", "ssu-wanda", "--calib", calib_dir, "--freeze-ratio", "1.5"], ["freeze_ratio", "between 0 and 1"]),
+        (["--method", "ssu-wanda", "--calib", calib_dir, "--freeze-ratio", "1.5"], ["--freeze-ratio:", "freeze_ratio", "between 0 and 1"]),
         (["--method", "ssu-wanda", "--calib", calib_dir, "--set", "granularity=block"], ["granularity"]),
         (["--method", "ssu-wandaa", "--calib", calib_dir], ["--method", "did you mean", "ssu-wanda"]),
         (["--method", "ssu-wanda", "--calib", calib_dir, "--mask", mag_mask], ["--mask", "--calib", "one of them"]),

@@ -56,6 +56,7 @@ def command(
     from adaptkit import demo
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir
+    from adaptkit.masking import check_ratio
     from adaptkit.registry import get_spec
 
     console = Console(json_out, quiet)
@@ -63,12 +64,11 @@ def command(
     if not method_names:
         raise InputError("--methods: give at least one method name")
     specs = {name: get_spec("method", name, "--methods") for name in method_names}
+    check_ratio(freeze_ratio)  # checked before any training runs, also when no method has the parameter
     method_params = _method_params(specs, set_, freeze_ratio)
     texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
     if source_lang == target_lang:
         raise InputError("--target-lang: must differ from --source-lang")
-    if not 0 <= freeze_ratio <= 1:  # checked before any training runs
-        raise InputError(f"--freeze-ratio: must be between 0 and 1, got {freeze_ratio}")
     if model:  # checked, and made absolute, before anything is written or the directory changes
         from adaptkit.io.models import resolve_model_source
 
@@ -87,11 +87,11 @@ def command(
         chat_file = _chat_rendered(source_dir, texts[source_lang][1], data / f"{source_lang}-chat-test.jsonl")
         if chat_file is not None:
             files["chat-test"] = chat_file
-        calib_dir = _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
+        _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
         rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
         for name, spec in specs.items():
             console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
-            run = _adapt(name, spec, source_dir, files["target"], calib_dir, steps, seq_len, batch_size,
+            run = _adapt(name, spec, source_dir, files["target"], steps, seq_len, batch_size,
                          lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console)
             rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
         report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
@@ -119,10 +119,14 @@ def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, con
 
 
 def _train(config_values: dict[str, Any], run_dir: Path, console: Console):
+    """One engine run; its method parameters were validated up front (_method_params)."""
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
+    from adaptkit.registry import get_spec
 
-    return train(TrainConfig.model_validate(config_values), run_dir, log=lambda m: console.print(m))
+    config = TrainConfig.model_validate(config_values)
+    method = get_spec("method", config.method).build(config.method_params, f"--set {config.method}.*")
+    return train(config, method, run_dir, log=lambda m: console.print(m))
 
 
 def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console) -> Path:
@@ -183,8 +187,8 @@ def _chat_rendered(model_dir: Path, paragraphs: list[str], path: Path) -> Option
 
 
 def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console) -> Optional[Path]:
-    """A calibration set from source-side text, for methods that need one."""
-    if not any(spec.needs & {"mask", "calibration"} for spec in specs.values()):
+    """A calibration set (in CALIB_DIR) from source-side text, for methods that need one."""
+    if not any(_needs_calibration(spec) for spec in specs.values()):
         return None
     from adaptkit.calibration import build_calibration
     from adaptkit.io.models import load_tokenizer, resolve_model_source
@@ -194,28 +198,46 @@ def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console
     calibration = build_calibration(
         tokenizer, [str(source_text)], fmt="text", pool=10_000, num_samples=samples, block_size=seq_len, seed=seed
     )
-    path = Path("calib")
+    path = Path(CALIB_DIR)
     calibration.save(path)
     return path
 
 
+CALIB_DIR = "calib"  # in the demo directory
+
+
+def _needs_calibration(spec) -> bool:
+    return bool(spec.needs & {"mask", "calibration"})
+
+
 def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -> dict[str, dict[str, Any]]:
-    """Each method's parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`; validated up front."""
+    """Each method's parameters: --freeze-ratio where it applies, the demo's calibration set for methods
+    that need one, then `--set METHOD.KEY=VALUE` (one method) or `--set KEY=VALUE` (every method in --methods
+    that has KEY), as `train` accepts them; validated (needs included) before anything is written."""
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.registry import did_you_mean
 
     params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
-    for path, value in parse_set_overrides(overrides):
-        if len(path) != 2 or path[0] not in specs:
-            raise InputError(f"--set: expected METHOD.KEY=VALUE for a method in --methods ({', '.join(specs)}), got '{'.'.join(path)}'{did_you_mean(path[0], specs)}")
-        params[path[0]][path[1]] = value
     for name, spec in specs.items():
-        spec.validate_params(params[name], f"--set {name}.*")
+        if _needs_calibration(spec):
+            params[name]["calib"] = CALIB_DIR
+    for path, value in parse_set_overrides(overrides):
+        having = [name for name, spec in specs.items() if len(path) == 1 and path[0] in spec.params.model_fields]
+        if having:
+            for name in having:
+                params[name][path[0]] = value
+        elif len(path) != 2 or path[0] not in specs:
+            raise InputError(f"--set: expected METHOD.KEY=VALUE for a method in --methods ({', '.join(specs)}) or KEY=VALUE for a parameter "
+                             f"one of them has, got '{'.'.join(path)}'{did_you_mean(path[0], specs)}")
+        else:
+            params[path[0]][path[1]] = value
+    for name, spec in specs.items():
+        spec.check_needs(spec.validate_params(params[name], f"--set {name}.*"))
     return params
 
 
-def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch_size, lr, params, seed, console):
+def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, params, seed, console):
     values = {
         "model": str(source_dir),
         "data": {"paths": [str(target_text)], "seq_len": seq_len},
@@ -228,8 +250,6 @@ def _adapt(name, spec, source_dir, target_text, calib_dir, steps, seq_len, batch
         "seed": seed,
         "log_steps": 25,
     }
-    if calib_dir is not None and spec.needs & {"mask", "calibration"}:
-        values["calib"] = str(calib_dir)
     return _train(values, Path("runs") / name, console)
 
 

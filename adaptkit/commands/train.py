@@ -14,8 +14,6 @@ FLAG_KEYS = {
     "model": "model",
     "data": "data.paths",
     "method": "method",
-    "mask": "mask",
-    "calib": "calib",
     "max_steps": "max_steps",
     "epochs": "epochs",
     "seq_len": "data.seq_len",
@@ -36,40 +34,38 @@ FLAG_KEYS = {
     "compile": "compile",
     "trust_remote_code": "trust_remote_code",
 }
+# CLI flag -> the method parameter it sets (for methods that have that parameter)
+METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
 
 
-def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], extra_method_params: Optional[dict[str, Any]] = None):
-    """Defaults < YAML file < explicit flags < --set; method parameters validated by the method's model."""
-    from adaptkit.config import check_key, fields_at, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None):
+    """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
+    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`."""
+    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.errors import InputError
-    from adaptkit.registry import did_you_mean, get_spec
+    from adaptkit.registry import get_spec
 
     data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
+    for key in METHOD_FLAGS:  # config files of earlier versions kept these at the top level
+        if key in data and key not in TrainConfig.model_fields:
+            value = data.pop(key)
+            if value is not None:
+                data.setdefault("method_params", {})[key] = value
     for flag, value in flags.items():
         if value is not None and value != []:
             if isinstance(value, list):
                 value = [str(v) for v in value]
             set_nested(data, FLAG_KEYS[flag].split("."), value)
-    if extra_method_params:
-        data.setdefault("method_params", {}).update(extra_method_params)
+    data.setdefault("method_params", {}).update({k: v for k, v in (method_flags or {}).items() if v is not None})
     flag_names = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None}
     config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings", flag_names)
     spec = get_spec("method", config.method, "--method")
     for path, value in parse_set_overrides(overrides):
-        key = ".".join(path)
         if check_key(TrainConfig, path):
             set_nested(data, path, value)
-        elif len(path) == 1 and path[0] in spec.params.model_fields:
-            data.setdefault("method_params", {})[path[0]] = value
-        elif len(path) > 1:
-            known = fields_at(TrainConfig, path)
-            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (keys there: {', '.join(known)})")
         else:
-            known = list(TrainConfig.model_fields) + list(spec.params.model_fields)
-            raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(spec.params.model_fields) or 'none'}; settings: {', '.join(TrainConfig.model_fields)})")
+            data.setdefault("method_params", {})[_method_key(path, spec, TrainConfig)] = value
     config = validate_config(TrainConfig, data, "--set")
-    spec.validate_params(config.method_params, "--set")
     if not config.model:
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
     if not config.data.paths:
@@ -77,13 +73,42 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     return config
 
 
+def _method_key(path: list[str], spec, settings) -> str:
+    """The method parameter a --set key names (KEY or METHOD.KEY); anything else is an unknown key."""
+    from adaptkit.config import fields_at
+    from adaptkit.errors import InputError
+    from adaptkit.registry import did_you_mean
+
+    key, params = ".".join(path), list(spec.params.model_fields)
+    if len(path) == 1 and path[0] in params:
+        return path[0]
+    if len(path) == 2 and path[0] == spec.name:
+        if path[1] in params:
+            return path[1]
+        raise InputError(f"--set: method '{spec.name}' has no parameter '{path[1]}'{did_you_mean(path[1], params)} (parameters: {', '.join(params) or 'none'})")
+    if len(path) > 1:
+        known = fields_at(settings, path)
+        raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (keys there: {', '.join(known)}; method parameters: --set {spec.name}.KEY=VALUE)")
+    known = list(settings.model_fields) + params
+    raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(params) or 'none'}; settings: {', '.join(settings.model_fields)})")
+
+
+def build_method(config, method_flags: Optional[dict[str, Any]] = None):
+    """The configured method with its validated parameters; a parameter set by a flag (--freeze-ratio)
+    is reported under that flag, also when the method lacks it."""
+    from adaptkit.registry import get_spec
+
+    given = {key: METHOD_FLAGS[key] for key, value in (method_flags or {}).items() if value is not None}
+    return get_spec("method", config.method, "--method").build(config.method_params, "--set", given)
+
+
 def command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask` (ssu-* methods).")] = None,
-    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`.")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
+    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (default: one epoch).")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
@@ -114,23 +139,24 @@ def command(
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
-    extra = {"freeze_ratio": freeze_ratio} if freeze_ratio is not None else None
-    train_config = build_config(config, flags, set_, extra)
+    method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
+    train_config = build_config(config, flags, set_, method_flags)
+    training_method = build_method(train_config, method_flags)
     console = Console(json_out, quiet)
-    result = run_training(train_config, output, resume, overwrite, console)
+    result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
 
 
-def run_training(config, output: Path, resume: bool, overwrite: bool, console: Console):
+def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):
     """Run the engine with a progress bar when on a terminal."""
     from adaptkit.engine.loop import train
 
     if not console.show_progress:
-        return train(config, output, resume, overwrite, log=lambda m: console.print(m))
+        return train(config, method, output, resume, overwrite, log=lambda m: console.print(m))
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn()]
     with Progress(*columns, console=console.rich, transient=False) as progress:
-        return train(config, output, resume, overwrite, log=lambda m: progress.console.print(m), progress=progress)
+        return train(config, method, output, resume, overwrite, log=lambda m: progress.console.print(m), progress=progress)

@@ -93,12 +93,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     callbacks: list[TrainingCallback],
-    extra: dict[str, Any],
+    metadata: dict[str, Any],
     keep: int | None,
     shard: tuple[int, int] | None = None,
     barrier: Callable[[], None] = lambda: None,
 ) -> Path:
     """Write checkpoint-<step>/ via a hidden partial sibling; the rename is the commit point.
+
+    `metadata` (loss, plan fingerprint, process layout) is stored in state.json beside the step.
 
     Unsharded (one process, or DDP): only the main process calls this. Sharded (FSDP):
     every process calls it with shard=(rank, world) and writes its own trainable and
@@ -123,7 +125,7 @@ def save_checkpoint(
             save_tensors(rng_tensors, tmp / "rng.safetensors")
             callback_tensors = {f"{i}.{k}": v.detach().cpu() for i, cb in enumerate(callbacks) for k, v in cb.state_dict().items()}
             save_tensors(callback_tensors, tmp / "callbacks.safetensors")
-            state = {"step": step, "shards": shard[1] if shard else None, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **extra}
+            state = {"step": step, "shards": shard[1] if shard else None, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **metadata}
             (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,7 +189,7 @@ def load_checkpoint(
     callbacks: list[TrainingCallback],
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Restore a checkpoint in place; returns its state.json (step and extras).
+    """Restore a checkpoint in place; returns its state.json (step and metadata).
 
     A sharded (FSDP) checkpoint resumes only with the same number of processes and FSDP.
     """

@@ -49,9 +49,7 @@ class TrainConfig(Section):
     trust_remote_code: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     method: str = "fft"
-    method_params: dict[str, Any] = Field(default_factory=dict)
-    mask: Optional[str] = Field(None, description="Mask directory from `adaptkit mask` (ssu-* methods).")
-    calib: Optional[str] = Field(None, description="Calibration directory from `adaptkit calibrate`.")
+    method_params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (--set KEY=V, --mask, --calib, --freeze-ratio).")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")

@@ -9,12 +9,17 @@ the trainable entries of that shard), so the optimizer state is sharded too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Optional
 
 from adaptkit.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+    from adaptkit.engine.optim import TrainableSet
+    from adaptkit.engine.plan import TrainingPlan
 
 
 def launched_world_size() -> int:
@@ -51,6 +56,102 @@ def resolve_mode(requested: str, world_size: int) -> str:
     if world_size == 1:
         return "none"
     return "ddp" if requested == "auto" else requested
+
+
+class Strategy:
+    """What differs between one process, DDP and FSDP, chosen once at set-up (`make_strategy`).
+
+    This base is the replicated case (one process, or DDP through accelerate): every process holds
+    the whole model, accelerate averages the gradients, the main process alone writes checkpoints.
+    """
+
+    sharded = False  # each process optimizes only its shard of every trainable parameter
+
+    def __init__(self, accelerator: Any, name: str):
+        self.accelerator = accelerator
+        self.name = name  # 'none', 'ddp' or 'fsdp', as recorded in results and checkpoints
+
+    def shard(self, plan: "TrainingPlan", method: str) -> None:
+        """Distribute the planned model before the engine builds its trainable set (replicated: nothing)."""
+
+    def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """The module the loop runs forward and backward through."""
+        return self.accelerator.prepare_model(model)
+
+    def micro_batch(self, model: "torch.nn.Module", sync: bool) -> ContextManager:
+        """Context of one micro-batch's forward and backward; gradients are reduced only when `sync`."""
+        return nullcontext() if sync else self.accelerator.no_sync(model)
+
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
+        """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before."""
+        import torch
+
+        if max_norm:
+            return float(torch.nn.utils.clip_grad_norm_(tensors, max_norm))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tensors if p.grad is not None])))
+
+    def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
+        """The loss averaged over processes."""
+        return self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss
+
+    def full_state(self, model: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
+        """The whole model's tensors for export, or None when the model itself holds them."""
+        return None
+
+    @property
+    def checkpoint_shard(self) -> Optional[tuple[int, int]]:
+        """(rank, world) when every process writes its own checkpoint files; None when the main process writes them all."""
+        return None
+
+    def save_checkpoint(self, run_dir: Path, step: int, trainable: "TrainableSet", optimizer: Any, scheduler: Any,
+                        callbacks: list, metadata: dict[str, Any], keep: Optional[int]) -> None:
+        from adaptkit.engine import checkpoint
+
+        shard = self.checkpoint_shard
+        if shard is None and not self.accelerator.is_main_process:
+            return
+        barrier = self.accelerator.wait_for_everyone if shard else (lambda: None)
+        checkpoint.save_checkpoint(run_dir, step, trainable, optimizer, scheduler, callbacks, metadata, keep, shard, barrier)
+
+    def load_checkpoint(self, path: Path, trainable: "TrainableSet", optimizer: Any, scheduler: Any, callbacks: list) -> dict[str, Any]:
+        from adaptkit.engine import checkpoint
+
+        return checkpoint.load_checkpoint(path, trainable, optimizer, scheduler, callbacks, self.checkpoint_shard)
+
+
+class ShardedStrategy(Strategy):
+    """FSDP2: parameters, gradients and optimizer state sharded along dim 0 over the processes."""
+
+    sharded = True
+
+    def shard(self, plan: "TrainingPlan", method: str) -> None:
+        if plan.callbacks:
+            names = ", ".join(sorted({type(cb).__name__ for cb in plan.callbacks}))
+            raise InputError(f"--distributed fsdp: method '{method}' uses training callbacks ({names}) that need whole parameters; use --distributed ddp")
+        fully_shard_model(plan.model)
+
+    def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        return model
+
+    def micro_batch(self, model: "torch.nn.Module", sync: bool) -> ContextManager:
+        model.set_requires_gradient_sync(sync)
+        return nullcontext()
+
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
+        return clip_sharded_grad_norm_(tensors, max_norm, device)
+
+    def full_state(self, model: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
+        return full_state_dict(model, self.accelerator.is_main_process)  # a collective: every process calls it
+
+    @property
+    def checkpoint_shard(self) -> Optional[tuple[int, int]]:
+        return (self.accelerator.process_index, self.accelerator.num_processes)
+
+
+def make_strategy(accelerator: Any, requested: str) -> Strategy:
+    """The strategy for this run: replicated ('none' or 'ddp') or sharded ('fsdp')."""
+    mode = resolve_mode(requested, accelerator.num_processes)
+    return (ShardedStrategy if mode == "fsdp" else Strategy)(accelerator, mode)
 
 
 def fully_shard_model(model: "torch.nn.Module") -> "torch.nn.Module":

@@ -1,35 +1,41 @@
-"""The training loop that every method shares, readable top to bottom.
+"""The training loop that every method shares, as a sequence of named phases:
 
-    set up -> load model, tokenizer, data -> method plan -> optimizer and schedule
-    -> (resume) -> for each step: micro-batches, backward, method gradient transforms,
-       compact masked gradients, clip, step, write back, callbacks, log, checkpoint
-    -> export and save final/ -> run card
+    set_up          processes, run directory, device, precision, seed, tokenizer, data, model
+    make_plan       the method's plan: what trains (masks), callbacks, distributed sharding
+    make_training   optimizer, schedule, the prepared (and compiled) model, the batches
+    resume          config.yaml; with --resume, the newest checkpoint
+    run_steps       for each step: train_step (micro-batches, callbacks, clip, step, write-back),
+                    then log and checkpoint
+    export          final/ (dense model, plus what callbacks save) and the run card
 
-Method-specific behaviour comes only from the TrainingPlan (what trains, masks,
-callbacks); this file never looks at a method's name.
+Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks);
+the DDP/FSDP differences only from the Strategy chosen at set-up (engine/distributed.py).
+This file never looks at a method's name or the distributed mode.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
 from adaptkit.engine import checkpoint as ckpt
+from adaptkit.engine.batches import Batches
 from adaptkit.engine.config import TrainConfig
-from adaptkit.engine.optim import apply_plan, build_optimizer, build_schedule
-from adaptkit.engine.plan import MethodContext, TrainingPlan
+from adaptkit.engine.distributed import Strategy
+from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, build_schedule
+from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 
-RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "mask", "calib", "optimizer", "schedule", "batch_size", "seed")
+RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "optimizer", "schedule", "batch_size", "seed")
+__all__ = ["Batches", "TrainResult", "train", "train_step"]
 
 
 @dataclass
@@ -68,38 +74,87 @@ class TrainResult:
 
 
 @dataclass
-class Batches:
-    """Deterministic batches: sample i of the run is block perm_epoch[i mod N], epoch = i // N.
+class Run:
+    """What set-up establishes before planning: processes, device, data and the loaded model."""
 
-    The batch of (step, micro-step, process) depends on nothing else, so a resumed run and
-    a run with another number of processes see exactly the same global batches.
-    """
-
-    blocks: torch.Tensor
-    batch_size: int
+    config: TrainConfig
+    run_dir: Path
+    accelerator: Any
+    strategy: Strategy
+    device: torch.device
+    precision: str
     micro_batch_size: int
-    seed: int
-    rank: int = 0
-    world_size: int = 1
-    _orders: dict[int, torch.Tensor] = field(default_factory=dict)
+    tokenizer: Any
+    blocks: torch.Tensor
+    steps: int
+    model: torch.nn.Module
+    model_location: str
+    log: Callable[[str], None]
+    progress: Any
+    created: bool = False  # this run made the run directory (removed again if planning fails)
 
     @property
-    def accumulation(self) -> int:
-        return self.batch_size // (self.micro_batch_size * self.world_size)
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._orders:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._orders[epoch] = torch.randperm(self.blocks.shape[0], generator=generator)
-            for old in sorted(self._orders)[:-2]:  # a batch spans at most two epochs
-                del self._orders[old]
-        return self._orders[epoch]
 
-    def get(self, step: int, micro: int) -> torch.Tensor:
-        n = self.blocks.shape[0]
-        start = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro_batch_size
-        rows = [self._order(i // n)[i % n] for i in range(start, start + self.micro_batch_size)]
-        return self.blocks[torch.stack(rows)]
+@dataclass
+class Training:
+    """The planned model and everything that updates it: the state `train_step` works on."""
+
+    plan: TrainingPlan
+    trainable: TrainableSet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_model: torch.nn.Module  # prepared by the strategy (DDP-wrapped, or the sharded model)
+    forward_model: torch.nn.Module  # train_model, or its torch.compile'd version
+    batches: Batches
+    autocast: Callable[[], ContextManager]
+    fingerprint: str  # architecture + trainable count: a checkpoint resumes only into the same plan
+    counts: tuple[int, int]  # (trainable entries, all entries)
+
+
+@dataclass
+class Meter:
+    """The logging window: mean loss and tokens/s since the last logging step, checkpoint time excluded."""
+
+    tokens_per_step: int
+    started: float = field(default_factory=lambda: time.perf_counter())
+    window_start: float = 0.0
+    window_loss: float = 0.0
+    window_steps: int = 0
+    paused: float = 0.0  # seconds of this window spent writing checkpoints
+    last_loss: float = float("nan")
+    seconds: float = 0.0  # of the whole loop, set when it ends
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.window_start = self.started
+
+    def add(self, loss: float) -> None:
+        self.last_loss = loss
+        self.window_loss += loss
+        self.window_steps += 1
+
+    def flush(self, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
+        """The metrics row of this window; starts the next one."""
+        now = time.perf_counter()
+        record = {
+            "step": step,
+            "loss": self.window_loss / self.window_steps,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": self.tokens_per_step * self.window_steps / max(now - self.window_start - self.paused, 1e-9),
+            "elapsed_s": now - self.started,
+        }
+        self.history.append(record)
+        self.window_start, self.window_loss, self.window_steps, self.paused = now, 0.0, 0, 0.0
+        return record
+
+    @property
+    def final_loss(self) -> float:
+        """The loss of the last metrics row (the last logging window), as the run reports it."""
+        return self.history[-1]["loss"] if self.history else self.last_loss
 
 
 def total_steps(config: TrainConfig, num_blocks: int) -> int:
@@ -108,19 +163,7 @@ def total_steps(config: TrainConfig, num_blocks: int) -> int:
     return max(1, math.ceil(config.epochs * num_blocks / config.batch_size))
 
 
-def _check_needs(needs: frozenset[str], config: TrainConfig, method: str) -> None:
-    if "mask" in needs and not (config.mask or config.calib):
-        raise InputError(f"--method {method}: needs --mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)")
-    if "calibration" in needs and not config.calib:
-        raise InputError(f"--method {method}: needs --calib DIR (from `adaptkit calibrate`)")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _precision(config: TrainConfig, device: torch.device) -> str:
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
     if config.precision != "auto":
         return config.precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -128,18 +171,35 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     return "fp32"
 
 
+def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+    """A factory of the forward pass's autocast context (bf16 autocast, or none)."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+
+
 def _resolved_config_dict(config: TrainConfig) -> dict[str, Any]:
     return json.loads(config.model_dump_json())
 
 
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+    """The settings a checkpoint depends on are those of the run; each difference is named with both values."""
     from adaptkit.config import read_yaml_mapping
 
     saved = read_yaml_mapping(run_dir / "config.yaml", "--resume")
     current = _resolved_config_dict(config)
+    differences = []
     for key in RESUME_INVARIANT_KEYS:
-        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True):
-            raise InputError(f"--resume: setting '{key}' differs from the run in '{run_dir}' ({saved.get(key)!r} there, {current.get(key)!r} now)")
+        old, new = _flatten(saved.get(key), key), _flatten(current.get(key), key)
+        for name in sorted(set(old) | set(new)):
+            if json.dumps(old.get(name), sort_keys=True) != json.dumps(new.get(name), sort_keys=True):
+                differences.append(f"{name}: {old.get(name)!r} there, {new.get(name)!r} now")
+    if differences:
+        raise InputError(f"--resume: settings differ from the run in '{run_dir}' ({'; '.join(differences)}); resume with the run's settings or start a new run")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -158,192 +218,215 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def train(
     config: TrainConfig,
+    method: TrainingMethod,
     run_dir: Path,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: Any = None,
 ) -> TrainResult:
-    """Run one training job described by `config`, writing the run directory `run_dir`."""
+    """Run one training job: `config` says how, `method` (with its validated params) what trains."""
+    run = set_up(config, Path(run_dir), resume, overwrite, log, progress)
+    plan, trainable = make_plan(run, method)
+    training = make_training(run, plan, trainable)
+    start_step, resumed_from = resume_from_checkpoint(run, training, resume)
+    meter = run_steps(run, training, start_step)
+    return export(run, training, meter, start_step, resumed_from)
+
+
+def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
+    """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.data.corpus import load_blocks
     from adaptkit.engine import distributed
-    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_source
-    from adaptkit.registry import get_spec
+    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.seeding import seed_everything
 
-    # --- Set up: processes, devices, precision --------------------------------------
     accelerator = distributed.make_accelerator(config.device)
-    main = accelerator.is_main_process
-    if not main:  # one voice: only the main process logs and shows progress
+    if not accelerator.is_main_process:  # one voice: only the main process logs and shows progress
         log, progress = (lambda message: None), None
-    run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     if resume:
         _check_resume_config(run_dir, config)
     device = accelerator.device
-    precision = _precision(config, device)
-    _seed_everything(config.seed)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    mode = distributed.resolve_mode(config.distributed, world)
-    shard = (rank, world) if mode == "fsdp" else None
+    precision = resolve_precision(config, device)
+    seed_everything(config.seed)
+    world = accelerator.num_processes
+    strategy = distributed.make_strategy(accelerator, config.distributed)
     micro = config.micro_batch_size or max(1, config.batch_size // world)
     if config.batch_size % (micro * world):
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
-
-    # --- Model, tokenizer, data, method (all validated before anything is written) ---
-    spec = get_spec("method", config.method, "--method")
-    params = spec.validate_params(config.method_params, "--set")
-    _check_needs(spec.needs, config, config.method)
     source = resolve_model_source(config.model, "--model")
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    blocks = load_blocks(config.data.paths, tokenizer, config.data.seq_len, config.data.text_field, config.data.format, config.data.cache)
-    steps = total_steps(config, blocks.shape[0])
+    data = config.data
+    blocks = load_blocks(data.paths, tokenizer, data.seq_len, data.text_field, data.format, data.cache)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, torch.float32, config.trust_remote_code, attn).to(device)
-    method = spec.load()(params)
+    run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress)
+    _open_run_dir(run, resume, overwrite)
+    return run
 
-    created = not run_dir.exists()
-    accelerator.wait_for_everyone()  # every process has checked the run directory before it changes
-    if main:
-        if overwrite and not resume and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+
+def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
+    """Create (or, with --overwrite, replace) the run directory; on --resume remove half-written saves."""
+    run.created = not run.run_dir.exists()
+    run.accelerator.wait_for_everyone()  # every process has checked the run directory before it changes
+    if run.main:
+        if overwrite and not resume and run.run_dir.exists():
+            shutil.rmtree(run.run_dir)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            removed = ckpt.remove_partials(run_dir)
+            removed = ckpt.remove_partials(run.run_dir)
             if removed:
-                log(f"removed what an interrupted run left half-written: {', '.join(removed)}")
-    accelerator.wait_for_everyone()
-    ctx = MethodContext(params, config, tokenizer, run_dir, steps, device, blocks, log)
+                run.log(f"removed what an interrupted run left half-written: {', '.join(removed)}")
+    run.accelerator.wait_for_everyone()
+
+
+def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
+    """The method's plan, distributed by the strategy, and the trainable set the optimizer will update."""
+    from adaptkit.engine import masked_linear
+
+    config = run.config
+    ctx = MethodContext(method.params, config, run.tokenizer, run.run_dir, run.steps, run.device, run.blocks, run.log,
+                        is_main_process=run.main)
     try:
-        plan: TrainingPlan = method.plan(model, ctx)
-        if mode == "fsdp":
-            if plan.callbacks:
-                names = ", ".join(sorted({type(cb).__name__ for cb in plan.callbacks}))
-                raise InputError(f"--distributed fsdp: method '{config.method}' uses training callbacks ({names}) that need whole parameters; use --distributed ddp")
-            distributed.fully_shard_model(plan.model)
-        trainable = apply_plan(plan, sharded=mode == "fsdp")
+        plan = method.plan(run.model, ctx)
+        run.strategy.shard(plan, config.method)
+        trainable = apply_plan(plan, sharded=run.strategy.sharded)
     except InputError:
-        if created and main:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if run.created and run.main:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
-    model = plan.model
+    masked_linear.install_for_plan(plan, trainable)
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    n_trainable, n_total = plan.counts()
-    fingerprint = f"{model_fingerprint(model)}:{n_trainable}"
+        (getattr(plan.model, "activation_checkpointing_enable", None) or plan.model.gradient_checkpointing_enable)()
+    return plan, trainable
 
-    # --- Optimizer and schedule -----------------------------------------------------
-    optimizer = build_optimizer(trainable, config.optimizer, device)
-    scheduler = build_schedule(optimizer, config.schedule, steps)
-    train_model = model if mode == "fsdp" else accelerator.prepare_model(model)
+
+def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
+    """Optimizer and schedule over the trainable set, the model the loop runs, the batches."""
+    from adaptkit.io.models import model_fingerprint
+
+    config = run.config
+    counts = plan.counts()
+    optimizer = build_optimizer(trainable, config.optimizer, run.device)
+    scheduler = build_schedule(optimizer, config.schedule, run.steps)
+    train_model = run.strategy.prepare(plan.model)
     forward_model = torch.compile(train_model) if config.compile else train_model
-    batches = Batches(blocks, config.batch_size, micro, config.seed, rank, world)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    accelerator = run.accelerator
+    batches = Batches(run.blocks, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    fingerprint = f"{model_fingerprint(plan.model)}:{counts[0]}"
+    return Training(plan, trainable, optimizer, scheduler, train_model, forward_model, batches,
+                    autocast_for(run.precision, run.device), fingerprint, counts)
 
-    if main:
-        from adaptkit.io.atomic import write_text_atomic
 
-        write_text_atomic(run_dir / "config.yaml", _config_yaml(config))
+def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[int, Optional[int]]:
+    """Write config.yaml; with --resume, restore the newest checkpoint. Returns (first step, step resumed from)."""
+    from adaptkit.io.atomic import write_text_atomic
+
+    if run.main:
+        write_text_atomic(run.run_dir / "config.yaml", _config_yaml(run.config))
     start_step, resumed_from = 0, None
-    if resume:
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is not None:
-            state = ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, plan.callbacks, shard)
-            if state.get("fingerprint") != fingerprint:
-                raise InputError(f"--resume: '{latest}' was saved from a model with another architecture or training plan")
-            start_step = resumed_from = state["step"]
-            if main:
-                _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-            log(f"resumed from {latest.name}")
-    accelerator.wait_for_everyone()
+    latest = ckpt.latest_checkpoint(run.run_dir) if resume else None
+    if latest is not None:
+        t = training
+        state = run.strategy.load_checkpoint(latest, t.trainable, t.optimizer, t.scheduler, t.plan.callbacks)
+        if state.get("fingerprint") != t.fingerprint:
+            raise InputError(f"--resume: '{latest}' was saved from a model with another architecture or training plan")
+        start_step = resumed_from = state["step"]
+        if run.main:
+            _truncate_metrics(run.run_dir / "metrics.jsonl", start_step)
+        run.log(f"resumed from {latest.name}")
+    run.accelerator.wait_for_everyone()
+    return start_step, resumed_from
 
-    # --- The loop ------------------------------------------------------------------------
-    metrics_file = run_dir / "metrics.jsonl"
-    tokens_per_step = config.batch_size * config.data.seq_len
-    started = time.perf_counter()
-    window_start, window_loss, window_steps = started, 0.0, 0
-    last_loss = float("nan")
-    history: list[dict[str, Any]] = []
-    train_model.train()
-    task = progress.add_task("training", total=steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
-    for step in range(start_step, steps):
-        step_loss = torch.zeros((), device=device)
-        for micro_step in range(batches.accumulation):
-            input_ids = batches.get(step, micro_step).to(device)
-            sync = micro_step == batches.accumulation - 1
-            if mode == "fsdp":
-                train_model.set_requires_gradient_sync(sync)
-            with (nullcontext() if sync or mode == "fsdp" else accelerator.no_sync(train_model)), autocast():
-                loss = forward_model(input_ids=input_ids, labels=input_ids).loss
-                for callback in plan.callbacks:
-                    extra = callback.extra_loss(model)
-                    if extra is not None:
-                        loss = loss + extra
-            accelerator.backward(loss / batches.accumulation)
-            step_loss += loss.detach() / batches.accumulation
 
-        for callback in plan.callbacks:
-            callback.transform_gradients(model, step)
-        trainable.pull_grads()
-        opt_tensors = [p for group in optimizer.param_groups for p in group["params"]]
-        if mode == "fsdp":
-            grad_norm = distributed.clip_sharded_grad_norm_(opt_tensors, config.max_grad_norm, device)
-        elif config.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(opt_tensors, config.max_grad_norm))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in opt_tensors if p.grad is not None])))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        trainable.push()
-        for callback in plan.callbacks:
-            callback.on_step_end(model, step)
-        optimizer.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
-        scheduler.step()
-
-        if world > 1:
-            step_loss = accelerator.reduce(step_loss, reduction="mean")
-        last_loss = float(step_loss)
-        window_loss += last_loss
-        window_steps += 1
+def run_steps(run: Run, training: Training, start_step: int) -> Meter:
+    """The loop: one train_step per optimizer step, then its metrics row and checkpoint when due."""
+    meter = Meter(run.config.batch_size * run.config.data.seq_len)
+    progress = run.progress
+    task = progress.add_task("training", total=run.steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
+    training.train_model.train()
+    for step in range(start_step, run.steps):
+        loss, grad_norm, lr = train_step(run, training, step)
+        meter.add(float(loss))
         done = step + 1
-        if done % config.log_steps == 0 or done == steps:
-            now = time.perf_counter()
-            record = {
-                "step": done,
-                "loss": window_loss / window_steps,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tokens_per_step * window_steps / max(now - window_start, 1e-9),
-                "elapsed_s": now - started,
-            }
-            history.append(record)
-            if main:
-                with open(metrics_file, "a", encoding="utf-8") as handle:
+        if done % run.config.log_steps == 0 or done == run.steps:
+            record = meter.flush(done, lr, grad_norm)
+            if run.main:
+                with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
             if progress:
                 progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
-            window_start, window_loss, window_steps = now, 0.0, 0
         elif progress:
             progress.update(task, completed=done)
-        if config.save_steps and done % config.save_steps == 0 and done < steps and (main or shard):
-            extra = {"loss": last_loss, "fingerprint": fingerprint, "processes": world, "distributed": mode}
-            ckpt.save_checkpoint(run_dir, done, trainable, optimizer, scheduler, plan.callbacks, extra, config.save_total_limit, shard,
-                                 accelerator.wait_for_everyone if shard else (lambda: None))
-        accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - started
+        _checkpoint_if_due(run, training, done, meter)
+        run.accelerator.wait_for_everyone()
+    meter.seconds = time.perf_counter() - meter.started
+    return meter
 
-    # --- Export and save ---------------------------------------------------------------
-    final_dir = run_dir / "final"
-    result = TrainResult(run_dir, final_dir, steps, tokens_per_step * (steps - start_step), seconds, last_loss, n_trainable, n_total, resumed_from, history, main, world, mode)
-    result.state_bytes = _state_bytes(model, optimizer)
-    full_state = distributed.full_state_dict(model, main) if mode == "fsdp" else None  # a collective: every process
-    if main:
-        export = accelerator.unwrap_model(train_model)
-        for callback in plan.callbacks:
-            export = callback.export(export)
-        _save_final(export, tokenizer, plan, final_dir, full_state)
-        _write_run_card(run_dir, config, plan, result, source.location)
-    accelerator.wait_for_everyone()
+
+def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, float]:
+    """One optimizer step: micro-batches (forward, callback losses, backward), gradient transforms,
+    compact gradients, clip, optimizer step, write-back, step-end callbacks. Returns (mean loss, grad norm, lr)."""
+    model, callbacks, accumulation = t.plan.model, t.plan.callbacks, t.batches.accumulation
+    step_loss = torch.zeros((), device=run.device)
+    for micro in range(accumulation):
+        input_ids = t.batches.get(step, micro).to(run.device)
+        with run.strategy.micro_batch(t.train_model, sync=micro == accumulation - 1), t.autocast():
+            loss = _add_callback_losses(t.forward_model(input_ids=input_ids, labels=input_ids).loss, callbacks, model)
+        run.accelerator.backward(loss / accumulation)
+        step_loss += loss.detach() / accumulation
+    for callback in callbacks:
+        callback.transform_gradients(model, step)
+    t.trainable.pull_grads()
+    optimizer_tensors = [p for group in t.optimizer.param_groups for p in group["params"]]
+    grad_norm = run.strategy.clip(optimizer_tensors, run.config.max_grad_norm, run.device)
+    lr = t.scheduler.get_last_lr()[0]
+    t.optimizer.step()
+    t.trainable.push()
+    for callback in callbacks:
+        callback.on_step_end(model, step)
+    t.optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    t.scheduler.step()
+    return run.strategy.mean_loss(step_loss), grad_norm, lr
+
+
+def _add_callback_losses(loss: torch.Tensor, callbacks: list[TrainingCallback], model: torch.nn.Module) -> torch.Tensor:
+    """The language-modelling loss plus every callback's loss term (e.g. a regularizer)."""
+    for callback in callbacks:
+        term = callback.extra_loss(model)
+        if term is not None:
+            loss = loss + term
+    return loss
+
+
+def _checkpoint_if_due(run: Run, t: Training, done: int, meter: Meter) -> None:
+    """Every --save-steps steps (not at the end, where final/ is saved); its time is kept out of tokens/s."""
+    save_steps = run.config.save_steps
+    if not save_steps or done % save_steps or done >= run.steps:
+        return
+    began = time.perf_counter()
+    metadata = {"loss": meter.last_loss, "fingerprint": t.fingerprint, "processes": run.accelerator.num_processes, "distributed": run.strategy.name}
+    run.strategy.save_checkpoint(run.run_dir, done, t.trainable, t.optimizer, t.scheduler, t.plan.callbacks, metadata, run.config.save_total_limit)
+    meter.paused += time.perf_counter() - began
+
+
+def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: Optional[int]) -> TrainResult:
+    """Save final/ (what the callbacks export: a plain dense model) and the run card."""
+    config, final_dir = run.config, run.run_dir / "final"
+    result = TrainResult(run.run_dir, final_dir, run.steps, meter.tokens_per_step * (run.steps - start_step), meter.seconds,
+                         meter.final_loss, *t.counts, resumed_from, meter.history, run.main, run.accelerator.num_processes, run.strategy.name)
+    result.state_bytes = _state_bytes(t.plan.model, t.optimizer)
+    full_state = run.strategy.full_state(t.plan.model)  # a collective under FSDP: every process
+    if run.main:
+        exported = run.accelerator.unwrap_model(t.train_model)
+        for callback in t.plan.callbacks:
+            exported = callback.export(exported)
+        _save_final(exported, run.tokenizer, t.plan, final_dir, full_state)
+        _write_run_card(run.run_dir, config, t.plan, result, run.model_location)
+    run.accelerator.wait_for_everyone()
     return result
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from adaptkit.engine.optim import CompactParameter
+    from adaptkit.engine.optim import CompactParameter, TrainableSet
+    from adaptkit.engine.plan import TrainingPlan
 
 
 class _CompactLinear(torch.autograd.Function):
@@ -78,3 +79,8 @@ def install(model: torch.nn.Module, compact: dict[str, "CompactParameter"]) -> l
         module.weight.requires_grad_(False)
         switched.append(name)
     return switched
+
+
+def install_for_plan(plan: "TrainingPlan", trainable: "TrainableSet") -> list[str]:
+    """Switch the masked linear layers of a plan that asks for it (`compact_linear_grads`); returns their names."""
+    return install(plan.model, trainable.compact) if plan.compact_linear_grads else []

@@ -58,8 +58,7 @@ class CompactParameter:
     def pull_grad(self) -> None:
         """Move the trainable part of this process's gradient onto the compact copy.
 
-        A layer switched by engine.masked_linear writes the compact gradient itself and leaves
-        the model gradient empty; then there is nothing to move.
+        An empty model gradient (a layer that wrote the compact gradient itself) leaves nothing to move.
         """
         from adaptkit.engine.distributed import local_grad
 
@@ -142,10 +141,6 @@ def apply_plan(plan: TrainingPlan, sharded: bool = False) -> TrainableSet:
             if mask is not None:
                 mask.check_fits(name, tuple(param.shape), "training plan")
             trainable.compact[name] = CompactParameter(name, param, mask)
-    if plan.compact_linear_grads:
-        from adaptkit.engine import masked_linear
-
-        masked_linear.install(plan.model, trainable.compact)
     return trainable
 
 

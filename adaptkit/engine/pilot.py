@@ -11,12 +11,12 @@ afterwards, so the main run does not depend on whether a pilot ran.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
 
-from adaptkit.engine.loop import Batches, _precision
+from adaptkit.engine.batches import Batches
+from adaptkit.engine.loop import autocast_for, resolve_precision
 from adaptkit.engine.optim import apply_plan, build_optimizer, build_schedule
 from adaptkit.engine.plan import TrainingPlan
 
@@ -37,8 +37,7 @@ def pilot_finetune(model: torch.nn.Module, ctx: "MethodContext", steps: int) -> 
     optimizer = build_optimizer(trainable, config.optimizer, ctx.device)
     scheduler = build_schedule(optimizer, config.schedule, steps)
     batches = Batches(ctx.train_blocks, config.batch_size, config.micro_batch_size or max(1, config.batch_size // _world_size()), config.seed)
-    bf16 = _precision(config, ctx.device) == "bf16"
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = autocast_for(resolve_precision(config, ctx.device), ctx.device)
     losses: list[float] = []
     model.train()
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):

@@ -14,9 +14,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 from adaptkit.engine.masks import MaskSet, UpdateMask
+from adaptkit.specs import NoParams
 
 if TYPE_CHECKING:
     import torch
@@ -107,6 +108,7 @@ class MethodContext:
     device: "torch.device"
     train_blocks: "torch.Tensor"  # (N, seq_len) token ids of the training data
     log: Callable[[str], None] = print
+    is_main_process: bool = True  # False on the other processes of a multi-process run: write shared files only when True
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,22 +116,28 @@ class MethodContext:
         return self.config.seed
 
     def mask_set(self) -> MaskSet:
-        """The mask set given with --mask."""
+        """The mask set of the method's `mask` parameter (given with --mask)."""
         if "mask" not in self._cache:
             from adaptkit.engine.masks import load_mask_set
 
-            self._cache["mask"] = load_mask_set(Path(self.config.mask or ""), "--mask")
+            self._cache["mask"] = load_mask_set(Path(getattr(self.params, "mask", None) or ""), "--mask")
         return self._cache["mask"]
-
-    def source_state(self, model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
-        """A frozen copy of the starting weights of the trainable parameters (soft regularization)."""
-        if "source" not in self._cache:
-            self._cache["source"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        return self._cache["source"]
 
 
 class TrainingMethod(ABC):
-    """Base class of training methods: validated params in, a TrainingPlan out."""
+    """Base class of training methods: validated params in, a TrainingPlan out.
+
+    The class attributes declare the method for the registry (`adaptkit.specs.method_spec(Class)`):
+    its name, a one-line summary, the paper reference, its pydantic parameter model, what the run must
+    provide (`needs`, see adaptkit.specs.METHOD_NEEDS) and optional packages it imports (`extras`).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Params: ClassVar[type["Params"]] = NoParams
+    needs: ClassVar[frozenset[str]] = frozenset()
+    extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: "Params"):
         self.params = params

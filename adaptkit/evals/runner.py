@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from adaptkit.errors import InputError, first_line
 from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, split_task_arg
+from adaptkit.seeding import seed_everything
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -212,7 +213,7 @@ def run_evaluation(
         for backend_name, tasks in by_backend.items():
             if progress:
                 progress(f"{ref.name}: {backend_name} ({', '.join(t.name for t in tasks)})")
-            _seed_everything(seed)
+            seed_everything(seed)
             outputs = prepared.backends[backend_name].run(model, tokenizer, tasks, RunContext(device, seed, ref.name))
             for task in tasks:
                 output: TaskOutput = outputs[task.name]
@@ -228,11 +229,3 @@ def run_evaluation(
             del model
     return run
 
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)

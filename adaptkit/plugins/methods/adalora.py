@@ -22,7 +22,7 @@ from pydantic import Field
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, embedding_module_names, import_peft, resolve_targets, wrap
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class AdaLoRAParams(Params):
@@ -86,6 +86,12 @@ class RankAllocation(TrainingCallback):
 
 
 class AdaLoRA(TrainingMethod):
+    name = "adalora"
+    summary = "AdaLoRA (peft) with its rank allocator run every step; saved merged and as a PEFT adapter"
+    reference = "Zhang et al., AdaLoRA, arXiv 2303.10512"
+    Params = AdaLoRAParams
+    extras = ("peft",)
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         peft = import_peft("adalora")
         p = self.params
@@ -108,11 +114,4 @@ class AdaLoRA(TrainingMethod):
         return adapter_plan(wrapped, f"adalora (r {p.init_r} -> {p.target_r}, allocation at steps {tinit}-{total - tfinal})", callbacks)
 
 
-SPEC = MethodSpec(
-    name="adalora",
-    factory="adaptkit.plugins.methods.adalora:AdaLoRA",
-    summary="AdaLoRA (peft) with its rank allocator run every step; saved merged and as a PEFT adapter",
-    reference="Zhang et al., AdaLoRA, arXiv 2303.10512",
-    params=AdaLoRAParams,
-    extras=("peft",),
-)
+SPEC = method_spec(AdaLoRA)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class FullFineTuningParams(Params):
@@ -11,14 +11,13 @@ class FullFineTuningParams(Params):
 
 
 class FullFineTuning(TrainingMethod):
+    name = "fft"
+    summary = "Full fine-tuning: every parameter trains"
+    reference = "Continual pre-training baseline of the SSU paper, arXiv 2512.04844 (github.com/gucci-j/ssu)"
+    Params = FullFineTuningParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         return TrainingPlan.full(model, summary="full fine-tuning: all parameters")
 
 
-SPEC = MethodSpec(
-    name="fft",
-    factory="adaptkit.plugins.methods.fft:FullFineTuning",
-    summary="Full fine-tuning: every parameter trains",
-    reference="Continual pre-training baseline of the SSU paper, arXiv 2512.04844 (github.com/gucci-j/ssu)",
-    params=FullFineTuningParams,
-)
+SPEC = method_spec(FullFineTuning)

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.layers import embedding_parameter_ids
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class GradientMaskParams(Params):
@@ -63,6 +63,11 @@ class GradientMask(TrainingCallback):
 
 
 class GradientMaskTuning(TrainingMethod):
+    name = "gmt"
+    summary = "Gradient-Mask Tuning: zero the smallest-magnitude accumulated gradient entries before each update"
+    reference = "Li et al., GMT, AAAI 2025, arXiv 2406.15330"
+    Params = GradientMaskParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         skip = embedding_parameter_ids(model) if self.params.skip_embeddings_and_head else set()
         names = [name for name, param in model.named_parameters() if id(param) not in skip]
@@ -71,10 +76,4 @@ class GradientMaskTuning(TrainingMethod):
         return plan
 
 
-SPEC = MethodSpec(
-    name="gmt",
-    factory="adaptkit.plugins.methods.gmt:GradientMaskTuning",
-    summary="Gradient-Mask Tuning: zero the smallest-magnitude accumulated gradient entries before each update",
-    reference="Li et al., GMT, AAAI 2025, arXiv 2406.15330",
-    params=GradientMaskParams,
-)
+SPEC = method_spec(GradientMaskTuning)

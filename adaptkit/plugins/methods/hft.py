@@ -27,7 +27,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.layers import block_linears, find_layers
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class HalfFineTuningParams(Params):
@@ -61,6 +61,11 @@ def hft_selection(model, seed: int, freeze_norms: bool = True) -> dict[int, list
 
 
 class HalfFineTuning(TrainingMethod):
+    name = "hft"
+    summary = "Half Fine-Tuning: freeze half of each layer's attention and MLP matrices, chosen at random (seeded)"
+    reference = "Hui et al., HFT, arXiv 2404.18466; SSU repository variant (github.com/gucci-j/ssu)"
+    Params = HalfFineTuningParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         seed = ctx.seed if self.params.seed is None else self.params.seed
         prefix, _ = find_layers(model)
@@ -75,10 +80,4 @@ class HalfFineTuning(TrainingMethod):
         )
 
 
-SPEC = MethodSpec(
-    name="hft",
-    factory="adaptkit.plugins.methods.hft:HalfFineTuning",
-    summary="Half Fine-Tuning: freeze half of each layer's attention and MLP matrices, chosen at random (seeded)",
-    reference="Hui et al., HFT, arXiv 2404.18466; SSU repository variant (github.com/gucci-j/ssu)",
-    params=HalfFineTuningParams,
-)
+SPEC = method_spec(HalfFineTuning)

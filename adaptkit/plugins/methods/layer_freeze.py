@@ -11,7 +11,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.layers import LayerSpec, format_layers, num_layers, parameter_layers, parse_layers
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class LayerFreezeParams(Params):
@@ -19,6 +19,11 @@ class LayerFreezeParams(Params):
 
 
 class LayerFreeze(TrainingMethod):
+    name = "layer-freeze"
+    summary = "Freeze the given transformer layers (e.g. layers=0-11); train everything else"
+    reference = "Layer-aware alignment strategies, arXiv 2606.00284"
+    Params = LayerFreezeParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         frozen = set(parse_layers(self.params.layers, num_layers(model), "--set layers"))
         where = parameter_layers(model)
@@ -29,10 +34,4 @@ class LayerFreeze(TrainingMethod):
         )
 
 
-SPEC = MethodSpec(
-    name="layer-freeze",
-    factory="adaptkit.plugins.methods.layer_freeze:LayerFreeze",
-    summary="Freeze the given transformer layers (e.g. layers=0-11); train everything else",
-    reference="Layer-aware alignment strategies, arXiv 2606.00284",
-    params=LayerFreezeParams,
-)
+SPEC = method_spec(LayerFreeze)

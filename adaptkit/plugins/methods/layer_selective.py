@@ -14,7 +14,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.layers import LayerSpec, embedding_parameter_ids, format_layers, num_layers, parameter_layers, parse_layers
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class LayerSelectiveParams(Params):
@@ -24,6 +24,11 @@ class LayerSelectiveParams(Params):
 
 
 class LayerSelective(TrainingMethod):
+    name = "layer-selective"
+    summary = "Fully train chosen layers (default first and last) plus embeddings and LM head"
+    reference = "Layer-aware adaptation baseline; cf. LayRA, arXiv 2509.11414"
+    Params = LayerSelectiveParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         total = num_layers(model)
         layers = parse_layers(self.params.layers, total, "--set layers") if self.params.layers is not None else sorted({0, total - 1})
@@ -38,10 +43,4 @@ class LayerSelective(TrainingMethod):
         )
 
 
-SPEC = MethodSpec(
-    name="layer-selective",
-    factory="adaptkit.plugins.methods.layer_selective:LayerSelective",
-    summary="Fully train chosen layers (default first and last) plus embeddings and LM head",
-    reference="Layer-aware adaptation baseline; cf. LayRA, arXiv 2509.11414",
-    params=LayerSelectiveParams,
-)
+SPEC = method_spec(LayerSelective)

@@ -16,7 +16,7 @@ from pydantic import Field
 from adaptkit.engine.plan import MethodContext
 from adaptkit.layers import LayerSpec, num_layers, parse_layers
 from adaptkit.plugins.methods.lora import LoRA, LoRAParams
-from adaptkit.specs import MethodSpec
+from adaptkit.specs import method_spec
 
 
 class LayRAParams(LoRAParams):
@@ -32,6 +32,10 @@ def layra_layers(total: int, first: int, last: int) -> list[int]:
 
 class LayRA(LoRA):
     name = "layra"
+    summary = "LayRA: LoRA (r 8, alpha 16) on the first 10 and last 2 layers plus trainable embeddings and LM head"
+    reference = "Owodunni & Kumar, arXiv 2509.11414"
+    Params = LayRAParams
+    extras = ("peft",)
 
     def lora_settings(self, model, ctx: MethodContext) -> dict:
         p = self.params
@@ -44,11 +48,4 @@ class LayRA(LoRA):
         return {**super().lora_settings(model, ctx), "layers_to_transform": layers}
 
 
-SPEC = MethodSpec(
-    name="layra",
-    factory="adaptkit.plugins.methods.layra:LayRA",
-    summary="LayRA: LoRA (r 8, alpha 16) on the first 10 and last 2 layers plus trainable embeddings and LM head",
-    reference="Owodunni & Kumar, arXiv 2509.11414",
-    params=LayRAParams,
-    extras=("peft",),
-)
+SPEC = method_spec(LayRA)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, embedding_module_names, import_peft, resolve_targets, wrap
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class LoRAParams(Params):
@@ -29,6 +29,10 @@ class LoRAParams(Params):
 
 class LoRA(TrainingMethod):
     name = "lora"
+    summary = "LoRA adapters (peft); saved merged into dense weights and as a PEFT adapter"
+    reference = "Hu et al., LoRA, arXiv 2106.09685"
+    Params = LoRAParams
+    extras = ("peft",)
 
     def lora_settings(self, model, ctx: MethodContext) -> dict:
         """Keyword arguments of peft's LoraConfig for this run."""
@@ -47,11 +51,4 @@ class LoRA(TrainingMethod):
         return adapter_plan(wrapped, f"{self.name} (r {self.params.r}, alpha {self.params.alpha:g})", [MergeAndSaveAdapter(ctx.config.model)])
 
 
-SPEC = MethodSpec(
-    name="lora",
-    factory="adaptkit.plugins.methods.lora:LoRA",
-    summary="LoRA adapters (peft); saved merged into dense weights and as a PEFT adapter",
-    reference="Hu et al., LoRA, arXiv 2106.09685",
-    params=LoRAParams,
-    extras=("peft",),
-)
+SPEC = method_spec(LoRA)

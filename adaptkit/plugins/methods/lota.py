@@ -26,7 +26,7 @@ from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.layers import embedding_parameter_ids
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 MASK_DIR = "lota"
 
@@ -56,6 +56,11 @@ def lota_masks(model, base: dict, sparsity: float, skip: set[int]) -> dict:
 
 
 class LotteryTicketAdaptation(TrainingMethod):
+    name = "lota"
+    summary = "Lottery Ticket Adaptation: calibration fine-tune, keep the top |delta| entries, reset, train only them"
+    reference = "Panda et al., LoTA, arXiv 2406.16797"
+    Params = LotteryTicketParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         import torch
 
@@ -81,7 +86,7 @@ class LotteryTicketAdaptation(TrainingMethod):
             del base
             full = {name: UpdateMask("element", torch.ones(tuple(p.shape), dtype=torch.bool)) for name, p in model.named_parameters() if id(p) in skip}
             masks = MaskSet({**element, **full}, {"method": "lota", "sparsity": str(params.sparsity), "calibration_steps": str(params.calibration_steps), "seed": str(ctx.seed)})
-            if _is_main_process():  # every process computed the same mask; one writes it
+            if ctx.is_main_process:  # every process computed the same mask; one writes it
                 from adaptkit.io.atomic import atomic_dir
 
                 with atomic_dir(mask_dir, overwrite=True, flag="-o/--output") as tmp:
@@ -92,17 +97,4 @@ class LotteryTicketAdaptation(TrainingMethod):
         return plan
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-SPEC = MethodSpec(
-    name="lota",
-    factory="adaptkit.plugins.methods.lota:LotteryTicketAdaptation",
-    summary="Lottery Ticket Adaptation: calibration fine-tune, keep the top |delta| entries, reset, train only them",
-    reference="Panda et al., LoTA, arXiv 2406.16797",
-    params=LotteryTicketParams,
-    needs=frozenset({"target_data"}),
-)
+SPEC = method_spec(LotteryTicketAdaptation)

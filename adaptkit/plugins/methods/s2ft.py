@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.layers import ATTENTION_OUTPUT, MLP_DOWN, block_linears, find_layers, find_projection
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 DEFAULT_RATIO = 0.015
 
@@ -82,6 +82,11 @@ def sample_units(rng: random.Random, layers: int, units: int, ratio: float) -> d
 
 
 class StructuredSparseFineTuning(TrainingMethod):
+    name = "s2ft"
+    summary = "Structured Sparse Fine-Tuning: train selected MLP down-projection channels (and attention output heads)"
+    reference = "Yang et al., S2FT, NeurIPS 2024, arXiv 2412.06289"
+    Params = StructuredSparseParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         import torch
 
@@ -120,10 +125,4 @@ class StructuredSparseFineTuning(TrainingMethod):
         return plan
 
 
-SPEC = MethodSpec(
-    name="s2ft",
-    factory="adaptkit.plugins.methods.s2ft:StructuredSparseFineTuning",
-    summary="Structured Sparse Fine-Tuning: train selected MLP down-projection channels (and attention output heads)",
-    reference="Yang et al., S2FT, NeurIPS 2024, arXiv 2412.06289",
-    params=StructuredSparseParams,
-)
+SPEC = method_spec(StructuredSparseFineTuning)

@@ -31,7 +31,7 @@ from pydantic import Field
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.layers import LayerSpec, format_layers, num_layers, parameter_layers, parse_layers
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 class SoftRegParams(Params):
     penalty: Literal["l2sp", "ewc"] = Field("l2sp", description="'l2sp': squared distance to the source; 'ewc': Fisher-weighted (needs --calib).")
@@ -40,6 +40,7 @@ class SoftRegParams(Params):
     fisher_blocks: Optional[int] = Field(None, gt=0, description="EWC: use at most this many calibration blocks (default: all).")
     fisher_batch_size: int = Field(1, gt=0, description="EWC: blocks per gradient in the Fisher estimate (1: per-block gradients).")
     fisher_normalize: bool = Field(True, description="EWC: scale the Fisher to mean 1.")
+    calib: Optional[str] = Field(None, description="EWC: calibration directory from `adaptkit calibrate` (--calib) for the Fisher.")
 
 
 def diagonal_fisher(model, names: set[str], blocks, batch_size: int, device) -> dict:
@@ -95,11 +96,16 @@ class SourcePull(TrainingCallback):
 
 
 class SoftRegularization(TrainingMethod):
+    name = "soft-reg"
+    summary = "Soft regularization toward the source weights: L2-SP or EWC (Fisher from --calib), optionally per layer range"
+    reference = "L2-SP arXiv 1802.01483; EWC arXiv 1612.00796; layer-aware strategies arXiv 2606.00284"
+    Params = SoftRegParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         import torch
 
         p = self.params
-        if p.penalty == "ewc" and not ctx.config.calib:
+        if p.penalty == "ewc" and not p.calib:
             raise InputError("--method soft-reg --set penalty=ewc: needs --calib DIR (token blocks from `adaptkit calibrate`) for the Fisher")
         names = set(dict(model.named_parameters()))
         where = "all parameters"
@@ -111,7 +117,7 @@ class SoftRegularization(TrainingMethod):
         if p.penalty == "ewc":
             from adaptkit.calibration import load_calibration
 
-            blocks = load_calibration(Path(ctx.config.calib)).blocks
+            blocks = load_calibration(Path(p.calib), "--calib").blocks
             if p.fisher_blocks:
                 blocks = blocks[: p.fisher_blocks]
             ctx.log(f"soft-reg: Fisher from {blocks.shape[0]} calibration blocks")
@@ -133,11 +139,4 @@ class SoftRegularization(TrainingMethod):
         return plan
 
 
-SPEC = MethodSpec(
-    name="soft-reg",
-    factory="adaptkit.plugins.methods.soft_reg:SoftRegularization",
-    summary="Soft regularization toward the source weights: L2-SP or EWC (Fisher from --calib), optionally per layer range",
-    reference="L2-SP arXiv 1802.01483; EWC arXiv 1612.00796; layer-aware strategies arXiv 2606.00284",
-    params=SoftRegParams,
-    needs=frozenset({"source_weights"}),
-)
+SPEC = method_spec(SoftRegularization)

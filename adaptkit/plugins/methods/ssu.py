@@ -18,52 +18,45 @@ Adaptation of LLMs via Source-Shielded Updates" (github.com/gucci-j/ssu).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.masking import FreezeRatio
+from adaptkit.specs import Params, method_spec
 
 DEFAULT_FREEZE_RATIO = 0.5
 ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in float32, per trained entry
 
 
 class SSUParams(Params):
-    freeze_ratio: Optional[float] = Field(None, description="Fraction of each matrix's columns to freeze (default 0.5; with --mask, the mask's own).")
+    mask: Optional[str] = Field(None, description="Mask directory from `adaptkit mask` (--mask), used as it is.")
+    calib: Optional[str] = Field(None, description="Calibration directory from `adaptkit calibrate` (--calib): score and mask on the fly.")
+    freeze_ratio: Optional[FreezeRatio] = Field(None, description="Fraction of each matrix's columns to freeze (default 0.5; with --mask, the mask's own).")
     granularity: Optional[Literal["column", "row", "element"]] = Field(None, description="Mask unit (default column; row/element are the paper's ablations).")
     include_embeddings: bool = Field(False, description="Also score and mask the embeddings and LM head (the paper trains them in full).")
     calib_batch_size: int = Field(1, gt=0, description="Calibration blocks per forward pass while scoring on the fly.")
     scorer_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the scorer (e.g. damp for sparsegpt).")
     fast_backward: bool = Field(True, description="Compute weight gradients of masked linear layers only for trainable columns (engine/masked_linear.py).")
 
-    @field_validator("freeze_ratio")
-    @classmethod
-    def _ratio_in_range(cls, value: Optional[float]) -> Optional[float]:
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"--freeze-ratio must be between 0 and 1 (got {value})")
-        return value
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
 
 class SourceShieldedUpdates(TrainingMethod):
     """The SSU composition; subclasses only name their scorer."""
 
     scorer: ClassVar[str] = "wanda"
+    reference = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
+    Params = SSUParams
+    needs = frozenset({"mask"})
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         from adaptkit.masking import frozen_table
 
-        config = ctx.config
-        if config.mask and config.calib:
+        if self.params.mask and self.params.calib:
             raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
-        masks = self._saved_masks(model, ctx) if config.mask else self._masks_on_the_fly(model, ctx)
+        masks = self._saved_masks(model, ctx) if self.params.mask else self._masks_on_the_fly(model, ctx)
         plan = TrainingPlan.from_masks(model, masks)
         plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:
@@ -88,7 +81,7 @@ class SourceShieldedUpdates(TrainingMethod):
         meta = masks.metadata
         if meta.get("scorer") and meta["scorer"] != self.scorer:
             matching = METHOD_FOR_SCORER.get(meta["scorer"], "the matching ssu-* method")
-            raise InputError(f"--mask: made from '{meta['scorer']}' scores, but --method {ctx.config.method} scores with '{self.scorer}' (use --method {matching})")
+            raise InputError(f"--mask: made from '{meta['scorer']}' scores, but --method {self.name} scores with '{self.scorer}' (use --method {matching})")
         check_fingerprint(meta, model, "--mask")
         masks.check_fits(model, "--mask")
         ratio = self.params.freeze_ratio
@@ -109,7 +102,7 @@ class SourceShieldedUpdates(TrainingMethod):
 
         ratio = DEFAULT_FREEZE_RATIO if self.params.freeze_ratio is None else self.params.freeze_ratio
         granularity = self.params.granularity or "column"
-        calibration = load_calibration(Path(ctx.config.calib), "--calib")
+        calibration = load_calibration(Path(self.params.calib), "--calib")
         mask_dir, scores_dir = ctx.output_dir / "mask", ctx.output_dir / "scores"
         if (mask_dir / MASKS_FILE).is_file():  # a resumed run: reuse the masks it started with
             saved = load_mask_set(mask_dir, "--resume")
@@ -131,7 +124,7 @@ class SourceShieldedUpdates(TrainingMethod):
             tokenizer=ctx.tokenizer,
         )
         masks = build_mask_set(scores, ratio, granularity)
-        if _is_main_process():
+        if ctx.is_main_process:
             with atomic_dir(scores_dir, overwrite=True) as tmp:
                 scores.save(tmp)
             with atomic_dir(mask_dir, overwrite=True) as tmp:
@@ -140,42 +133,30 @@ class SourceShieldedUpdates(TrainingMethod):
 
 
 class SSUWanda(SourceShieldedUpdates):
-    scorer = "wanda"
+    name, scorer = "ssu-wanda", "wanda"
+    summary = "SSU: freeze the top Wanda-scored columns (|W| * ||X||), train the rest"
 
 
 class SSUMagnitude(SourceShieldedUpdates):
-    scorer = "magnitude"
+    name, scorer = "ssu-mag", "magnitude"
+    summary = "SSU ablation: freeze the top columns by weight magnitude"
 
 
 class SSURandom(SourceShieldedUpdates):
-    scorer = "random"
+    name, scorer = "ssu-rand", "random"
+    summary = "SSU ablation: freeze random columns (seeded)"
 
 
 class SSUSparseGPT(SourceShieldedUpdates):
-    scorer = "sparsegpt"
+    name, scorer = "ssu-sparsegpt", "sparsegpt"
+    summary = "SSU ablation: freeze the top columns by SparseGPT-style OBS saliency"
 
 
 class SSUFisher(SourceShieldedUpdates):
-    scorer = "fisher"
+    name, scorer = "ssu-fisher", "fisher"
+    summary = "SSU ablation: freeze the top columns by diagonal Fisher information"
 
 
-REFERENCE = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
-VARIANTS = (
-    ("ssu-wanda", SSUWanda, "SSU: freeze the top Wanda-scored columns (|W| * ||X||), train the rest"),
-    ("ssu-mag", SSUMagnitude, "SSU ablation: freeze the top columns by weight magnitude"),
-    ("ssu-rand", SSURandom, "SSU ablation: freeze random columns (seeded)"),
-    ("ssu-sparsegpt", SSUSparseGPT, "SSU ablation: freeze the top columns by SparseGPT-style OBS saliency"),
-    ("ssu-fisher", SSUFisher, "SSU ablation: freeze the top columns by diagonal Fisher information"),
-)
-METHOD_FOR_SCORER = {cls.scorer: name for name, cls, _ in VARIANTS}
-SPECS = [
-    MethodSpec(
-        name=name,
-        factory=f"adaptkit.plugins.methods.ssu:{cls.__name__}",
-        summary=summary,
-        reference=REFERENCE,
-        params=SSUParams,
-        needs=frozenset({"mask"}),
-    )
-    for name, cls, summary in VARIANTS
-]
+VARIANTS = (SSUWanda, SSUMagnitude, SSURandom, SSUSparseGPT, SSUFisher)
+METHOD_FOR_SCORER = {cls.scorer: cls.name for cls in VARIANTS}
+SPECS = [method_spec(cls) for cls in VARIANTS]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.hookspecs import hookimpl
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import Params, method_spec
 
 
 class EmbedTuneParams(Params):
@@ -18,6 +18,11 @@ class EmbedTuneParams(Params):
 
 
 class EmbedTune(TrainingMethod):
+    name = "embed-tune"
+    summary = "Train only the token embeddings and LM head"
+    reference = "arXiv 1910.11856"
+    Params = EmbedTuneParams
+
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         keep = {id(model.get_input_embeddings().weight)}
         output = model.get_output_embeddings()
@@ -28,12 +33,4 @@ class EmbedTune(TrainingMethod):
 
 @hookimpl
 def register_methods(register):
-    register(
-        MethodSpec(
-            name="embed-tune",
-            factory=EmbedTune,
-            params=EmbedTuneParams,
-            summary="Train only the token embeddings and LM head",
-            reference="arXiv 1910.11856",
-        )
-    )
+    register(method_spec(EmbedTune))
