@@ -276,6 +276,3 @@ def test_bad_input(case_id, argv, fragments, bad_files, mask_file_method, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert result.stdout == ""
 
-
-def test_matrix_is_large_enough():
-    assert len(CASES) >= 90

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
-COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "codemix", "plugins", "quickstart")
+COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "generate", "codemix", "plugins", "quickstart")
 
 
 def _imports_after(args: list[str]) -> tuple[int, str, list[str]]:
@@ -49,11 +49,47 @@ def test_plugins_listing_without_heavy_imports():
     assert heavy == []
 
 
-def test_every_subcommand_has_help(invoke):
-    for name in COMMANDS:
-        result = invoke(name, "--help")
-        assert result.returncode == 0, (name, result)
-        assert "Usage" in result.stdout
+def _command_tree():
+    """(path, click command) for every command and subcommand of the CLI, walked from the root group."""
+    import typer
+
+    from adaptkit.cli import build_app
+
+    root = typer.main.get_command(build_app())
+    found = []
+
+    def walk(command, path, ctx):
+        found.append((path, command))
+        if hasattr(command, "list_commands"):
+            for name in command.list_commands(ctx):
+                child = command.get_command(ctx, name)
+                if child is not None and not child.hidden:
+                    walk(child, (*path, name), type(ctx)(child, info_name=name, parent=ctx))
+
+    walk(root, (), type(root.make_context("adaptkit", ["--help"], resilient_parsing=True))(root, info_name="adaptkit"))
+    return found
+
+
+def test_every_command_and_subcommand_help_lists_its_options(invoke):
+    tree = _command_tree()
+    paths = {path for path, _ in tree}
+    assert {(name,) for name in COMMANDS} <= paths
+    assert len([p for p in paths if p[:1] == ("merge",) and len(p) == 2]) >= 10  # one subcommand per merge method
+    for path, command in tree:
+        result = invoke(*path, "--help")
+        assert result.returncode == 0, (path, result)
+        usage = next((line for line in result.stdout.splitlines() if line.strip().startswith("Usage:")), "")
+        assert " ".join(("adaptkit", *path)) in " ".join(usage.split()), (path, usage)  # a usage line naming the command
+        options = [p for p in command.params if getattr(p, "opts", None) and not getattr(p, "hidden", False) and p.param_type_name == "option"]
+        if not hasattr(command, "list_commands"):
+            assert options, (path, "no options declared")
+        for option in options:
+            names = [n for n in (*option.opts, *option.secondary_opts) if n.startswith("--")] or list(option.opts)
+            for name in names:
+                assert name in result.stdout, (path, name, result.stdout)
+        if hasattr(command, "list_commands"):  # a group's help lists its subcommands
+            for name in command.list_commands(None):
+                assert name in result.stdout, (path, name)
 
 
 def test_version(invoke):

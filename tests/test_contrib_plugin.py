@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import configparser
 import json
 from pathlib import Path
@@ -28,6 +30,7 @@ def _install_metadata(site: Path) -> None:
         parser.write(handle)
 
 
+@pytest.mark.slow
 def test_contrib_plugin_is_listed_and_trains_through_the_cli(tmp_path, cli, llama_dir, corpora):
     site = tmp_path / "site"
     _install_metadata(site)

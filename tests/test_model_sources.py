@@ -23,6 +23,7 @@ def _fake_hub_cache(root, repo_id: str, model_dir):
     (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
 
 
+@pytest.mark.slow
 def test_hub_id_loads_from_the_cache_offline(tmp_path, llama_dir):
     _fake_hub_cache(tmp_path, "tiny-org/tiny-llama", llama_dir)
     code = (

@@ -60,6 +60,6 @@ def _check_model(model: str, masks) -> None:
 
     name, kwargs = resolve_model_source(model, "--model").load_args
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name, **kwargs))
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name, trust_remote_code=False, **kwargs))
     check_fingerprint(masks.metadata, skeleton, "--scores")
     masks.check_fits(skeleton, "--scores")

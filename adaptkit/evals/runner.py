@@ -132,7 +132,7 @@ def check_model_config(location: str, flag: str = "--model") -> None:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source.location)
+        AutoConfig.from_pretrained(source.location, trust_remote_code=False)  # None would prompt on stdin
     except Exception as exc:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first_line(exc)})") from None
 
