@@ -27,10 +27,11 @@ class MeanInit(Initializer):
 
         mean = weight.mean(dim=0)
         centered = weight - mean
-        covariance = self.params.covariance_scale * (centered.T @ centered / weight.shape[0])
-        if not constraints.positive_definite.check(covariance).all():
+        covariance = centered.T @ centered / weight.shape[0]
+        scaled = self.params.covariance_scale * covariance
+        if not constraints.positive_definite.check(scaled).all():
             return mean[None, :].repeat(len(pieces), 1)
-        return MultivariateNormal(mean, covariance_matrix=covariance).sample(sample_shape=(len(pieces),)).to(torch.float32)
+        return MultivariateNormal(mean, covariance_matrix=scaled).sample(sample_shape=(len(pieces),)).to(torch.float32)
 
 
 SPEC = InitializerSpec(
