@@ -119,8 +119,8 @@ def select(merges: list[tuple[str, str]], vocab: dict[str, int], chars: list[str
     return learned
 
 
-def learn_tokens(words: Counter, spec: dict, count: int, min_frequency: int, byte_fallback: bool) -> Learned:
-    """Exactly `count` new tokens for `words`, or an InputError saying how many the text supports."""
+def learn(words: Counter, spec: dict, count: int, min_frequency: int, byte_fallback: bool) -> Learned:
+    """Up to `count` new tokens for `words` (fewer when the text runs out of pairs)."""
     model = spec["model"]
     vocab = model["vocab"]
     old_merges = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []}
@@ -133,8 +133,13 @@ def learn_tokens(words: Counter, spec: dict, count: int, min_frequency: int, byt
         merges, exhausted = train_merges(words, known, request, min_frequency) if budget else ([], True)
         learned = select(merges, vocab, chars, count, skip, old_merges)
         if len(learned.tokens) >= count or exhausted:
-            break
+            return learned
         request *= 2
+
+
+def learn_tokens(words: Counter, spec: dict, count: int, min_frequency: int, byte_fallback: bool) -> Learned:
+    """Exactly `count` new tokens for `words`, or an InputError saying how many the text supports."""
+    learned = learn(words, spec, count, min_frequency, byte_fallback)
     if len(learned.tokens) < count:
         raise InputError(
             f"--add: the target text supports only {len(learned.tokens)} new tokens with --min-frequency {min_frequency}, "

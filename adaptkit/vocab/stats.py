@@ -1,6 +1,7 @@
 """How a tokenizer cuts a text: fertility, bytes per token, unknown and partial-character shares.
 
-- tokens per word (fertility): tokens / whitespace-separated words (Rust et al. 2021);
+- tokens per word (fertility): tokens / words (Rust et al. 2021); words are separated by whitespace
+  or the Ethiopic wordspace U+1361 (UDHR Amharic writes no spaces);
 - bytes per token: UTF-8 bytes / tokens;
 - unknown share: tokens that are the unknown token;
 - byte share: tokens that spell no whole character on their own (a byte-fallback `<0xXX>` token,
@@ -10,8 +11,16 @@ Every text is tokenized on its own without special tokens.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any, Iterator, Sequence
+
+
+_WORD_BREAK = re.compile(r"[\s\u1361]+")
+
+
+def count_words(text: str) -> int:
+    return sum(1 for word in _WORD_BREAK.split(text) if word)
 
 
 def _encode(texts: Sequence[str], tokenizer: Any, batch: int = 1000) -> Iterator[list[int]]:
@@ -34,7 +43,7 @@ def text_stats(texts: Sequence[str], tokenizer: Any) -> dict[str, Any]:
     for ids in _encode(texts, tokenizer):
         counts.update(ids)
     tokens = sum(counts.values())
-    words = sum(len(text.split()) for text in texts)
+    words = sum(count_words(text) for text in texts)
     size = sum(len(text.encode("utf-8")) for text in texts)
     unk = tokenizer.unk_token_id
     unknown = counts.get(unk, 0) if unk is not None else 0
