@@ -218,3 +218,13 @@ def test_bad_input(invoke, make_model_dir, texts, tmp_path):
     assert_input_error(invoke(*common[:3], bare, "-o", out, "--data", texts["ha"], "--add", "5"), "--model", "tokenizer")
     assert_input_error(invoke("vocab", "inspect", "--model", bare, "--data", texts["ha"]), "--model", "tokenizer")
     assert not out.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_help(cli):
+    root = cli("--help")
+    assert root.returncode == 0 and "vocab" in root.stdout
+    group = cli("vocab", "--help")
+    assert group.returncode == 0 and "inspect" in group.stdout and "extend" in group.stdout
+    extend = cli("vocab", "extend", "--help")
+    for flag in ("--add", "--min-frequency", "--init", "--pad-to-multiple-of", "--source-data", "--data", "--output"):
+        assert flag in extend.stdout, flag

@@ -11,14 +11,21 @@ the input embeddings' rows first, then the LM head's (as transformers' resize do
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from adaptkit.specs import InitializerSpec, NoParams, Params, class_spec
 
 if TYPE_CHECKING:
     import torch
 
 
 class Initializer(ABC):
-    name = "initializer"
+    """Subclasses declare name, summary, reference and Params, and are registered with `initializer_spec`."""
+
+    name: ClassVar[str] = "initializer"
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = NoParams
 
     def __init__(self, params: Any):
         self.params = params
@@ -26,6 +33,11 @@ class Initializer(ABC):
     @abstractmethod
     def rows(self, weight: "torch.Tensor", pieces: Sequence[Sequence[int] | None], config: Any) -> "torch.Tensor":
         """The (len(pieces), dim) float32 rows appended to `weight`."""
+
+
+def initializer_spec(initializer: type[Initializer]) -> InitializerSpec:
+    """The registry spec of an initializer class (its factory is the class itself, imported lazily)."""
+    return class_spec(InitializerSpec, initializer)
 
 
 def load_initializer(name: str, params: dict[str, Any] | None = None, flag: str = "--init") -> Initializer:

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
-from adaptkit.specs import InitializerSpec, Params
-from adaptkit.vocab.initializers import Initializer
+from adaptkit.specs import Params
+from adaptkit.vocab.initializers import Initializer, initializer_spec
 
 
 class MeanParams(Params):
@@ -19,6 +19,9 @@ class MeanParams(Params):
 
 class MeanInit(Initializer):
     name = "mean"
+    summary = "mean of all old rows plus tiny seeded noise (transformers' mean resizing)"
+    reference = "Hewitt 2021, Initializing new word embeddings for pretrained language models"
+    Params = MeanParams
 
     def rows(self, weight, pieces: Sequence[Sequence[int] | None], config: Any):
         import torch
@@ -34,10 +37,4 @@ class MeanInit(Initializer):
         return MultivariateNormal(mean, covariance_matrix=scaled).sample(sample_shape=(len(pieces),)).to(torch.float32)
 
 
-SPEC = InitializerSpec(
-    name="mean",
-    factory="adaptkit.plugins.initializers.mean:MeanInit",
-    summary="mean of all old rows plus tiny seeded noise (transformers' mean resizing)",
-    reference="Hewitt 2021, Initializing new word embeddings for pretrained language models",
-    params=MeanParams,
-)
+SPEC = initializer_spec(MeanInit)

@@ -7,8 +7,8 @@ from typing import Any, Optional, Sequence
 
 from pydantic import Field
 
-from adaptkit.specs import InitializerSpec, Params
-from adaptkit.vocab.initializers import Initializer
+from adaptkit.specs import Params
+from adaptkit.vocab.initializers import Initializer, initializer_spec
 
 
 class RandomParams(Params):
@@ -17,6 +17,9 @@ class RandomParams(Params):
 
 class RandomInit(Initializer):
     name = "random"
+    summary = "normal(0, initializer_range): the model's own embedding init"
+    reference = "transformers PreTrainedModel._init_weights"
+    Params = RandomParams
 
     def rows(self, weight, pieces: Sequence[Sequence[int] | None], config: Any):
         import torch
@@ -25,10 +28,4 @@ class RandomInit(Initializer):
         return torch.normal(0.0, std, size=(len(pieces), weight.shape[1]))
 
 
-SPEC = InitializerSpec(
-    name="random",
-    factory="adaptkit.plugins.initializers.random:RandomInit",
-    summary="normal(0, initializer_range): the model's own embedding init",
-    reference="transformers PreTrainedModel._init_weights",
-    params=RandomParams,
-)
+SPEC = initializer_spec(RandomInit)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from adaptkit.specs import InitializerSpec, NoParams
-from adaptkit.vocab.initializers import Initializer
+from adaptkit.vocab.initializers import Initializer, initializer_spec
 
 
 class SubwordMean(Initializer):
     name = "subword-mean"
+    summary = "mean of the old rows of the subwords a new token splits into (FVT)"
+    reference = "Gee et al. 2022, Fast Vocabulary Transfer for Language Model Compression"
 
     def rows(self, weight, pieces: Sequence[Sequence[int] | None], config: Any):
         import torch
@@ -21,10 +22,4 @@ class SubwordMean(Initializer):
         return torch.stack(rows) if rows else weight.new_zeros((0, weight.shape[1]))
 
 
-SPEC = InitializerSpec(
-    name="subword-mean",
-    factory="adaptkit.plugins.initializers.subword_mean:SubwordMean",
-    summary="mean of the old rows of the subwords a new token splits into (FVT)",
-    reference="Gee et al. 2022, Fast Vocabulary Transfer for Language Model Compression",
-    params=NoParams,
-)
+SPEC = initializer_spec(SubwordMean)
