@@ -172,6 +172,14 @@ def test_extend_pads_rows_and_merges(invoke, make_model_dir, texts, tmp_path):
     record = json.loads((out / "adaptkit_vocab.json").read_text())
     assert record["new_vocab_size"] == 448 and record["filler_ids"] == list(range(414, 448))
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 448
+    from adaptkit.errors import InputError
+    from adaptkit.io.vocab_record import read_record
+
+    assert read_record(out) == record and read_record(base) is None
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adaptkit_vocab.json").write_text("{}")
+    with pytest.raises(InputError, match="adaptkit_vocab.json"):
+        read_record(tmp_path / "broken")
     run_ok(invoke, "merge", "task-arithmetic", "--base", base, "--model", out, "--lambda", "0.5", "-o", tmp_path / "merged", "-q")
     w0, we, wm = weights(base), weights(out), weights(tmp_path / "merged")
     for name in ("model.embed_tokens.weight", "lm_head.weight"):

@@ -3,7 +3,7 @@
 The output is a normal Hugging Face model directory (written atomically): the tokenizer with
 new vocabulary entries and merges appended (existing ids, special tokens and the chat template
 unchanged; it reloads with AutoTokenizer, which is checked), the model with appended embedding /
-LM-head rows in its own dtype, and `adaptkit_vocab.json` (see `adaptkit.vocab.record`).
+LM-head rows in its own dtype, and `adaptkit_vocab.json` (see `adaptkit.io.vocab_record`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def extend(opts: ExtendOptions, log: Callable[[str], None] = lambda _: None) -> 
 
             record["source_changed_share"] = changed_share(files[-1][2], tokenizer.backend_tokenizer, extended.backend_tokenizer)
         record["data"] = [{"path": str(p), "role": role, "sha256": file_hash(p)} for role, p, _ in files]
-        from adaptkit.vocab.record import write_record
+        from adaptkit.io.vocab_record import write_record
 
         write_record(tmp, record)
     return record

@@ -1,4 +1,4 @@
-"""`adaptkit_vocab.json`: what `vocab extend` added to a model, so training can restrict to the new rows.
+"""The `adaptkit_vocab.json` file format (`vocab extend`): what was added to a model, so training can restrict to the new rows.
 
 Fields: format, tokenizer_kind, old_vocab_size (embedding rows before), new_vocab_size (rows
 after), new_token_ids, filler_ids (rows no token uses: padding), new_tokens (vocabulary strings),
