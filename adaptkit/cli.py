@@ -33,6 +33,7 @@ BUILTIN_COMMANDS = {
     "evaluate": "adaptkit.commands.evaluate",
     "generate": "adaptkit.commands.generate",
     "codemix": "adaptkit.commands.codemix",
+    "vocab": "adaptkit.commands.vocab",
     "plugins": "adaptkit.commands.plugins",
     "quickstart": "adaptkit.commands.quickstart",
 }

@@ -191,6 +191,13 @@ class LIDBackendSpec(Spec):
 
 
 @dataclass(frozen=True)
+class InitializerSpec(Spec):
+    """An embedding initializer: rows for tokens appended to a vocabulary (used by `vocab extend`)."""
+
+    kind: ClassVar[str] = "initializer"
+
+
+@dataclass(frozen=True)
 class CommandSpec(Spec):
     """A CLI subcommand added by a plugin: factory is a Typer app or a command function."""
 
@@ -215,5 +222,5 @@ def class_spec(spec_type: type[SpecT], implementation: type, **fields: Any) -> S
 
 SPEC_KINDS: dict[str, type[Spec]] = {
     cls.kind: cls
-    for cls in (ScorerSpec, MethodSpec, MergeMethodSpec, EvalBackendSpec, LIDBackendSpec, CommandSpec)
+    for cls in (ScorerSpec, MethodSpec, MergeMethodSpec, EvalBackendSpec, LIDBackendSpec, InitializerSpec, CommandSpec)
 }

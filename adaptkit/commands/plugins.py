@@ -10,7 +10,7 @@ from adaptkit.commands.common import DebugOpt, JsonOpt, QuietOpt, Console
 
 
 def command(
-    kind: Annotated[Optional[str], typer.Option("--kind", help="Only this kind: scorer, method, merge method, eval backend, lid backend, command.")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="Only this kind: scorer, method, merge method, eval backend, lid backend, initializer, command.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
