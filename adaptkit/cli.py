@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from adaptkit import __version__
+from adaptkit.commands.common import Shared, add_shared_options
 from adaptkit.errors import AdaptkitError
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
@@ -64,7 +65,8 @@ class LazyGroup(TyperGroup):
             command = typer.main.get_command(target)
             command.name = name
             self.add_command(command, name)
-        return super().get_command(ctx, name)
+        command = super().get_command(ctx, name)
+        return add_shared_options(command) if command is not None else None
 
     def format_commands(self, ctx, formatter) -> None:
         from typer._click.utils import make_default_short_help
@@ -186,24 +188,24 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0")
+    options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"))
     try:
-        command = typer.main.get_command(build_app())
-        command.main(args=args, prog_name="adaptkit", standalone_mode=False)
+        command = add_shared_options(typer.main.get_command(build_app()), root=True)
+        command.main(args=args, prog_name="adaptkit", standalone_mode=False, obj=options)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("adaptkit: aborted", file=sys.stderr)
         sys.exit(130)
     except click_exceptions.ClickException as exc:
-        if debug:
+        if options.debug:
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
             sys.exit(0)
         print(f"adaptkit: error: {_one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
     except AdaptkitError as exc:
-        if debug:
+        if options.debug:
             raise
         print(f"adaptkit: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         print("adaptkit: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line unless --debug
-        if debug:
+        if options.debug:
             raise
         print(
             f"adaptkit: error: {type(exc).__name__}: {_one_line(str(exc))} (run again with --debug for the traceback)",

@@ -92,3 +92,88 @@ def test_unexpected_failure_is_one_line_exit_1_and_traceback_with_debug(monkeypa
     else:  # pragma: no cover - the assertion below reports it
         raise AssertionError("--debug should let the exception through")
     assert plugins_command  # imported for monkeypatch target resolution
+
+
+def test_shared_options_work_before_and_after_the_command_name(invoke):
+    for argv in (["--json", "plugins", "--kind", "method"], ["plugins", "--kind", "method", "--json"]):
+        result = invoke(*argv)
+        assert result.returncode == 0, (argv, result)
+        assert {p["kind"] for p in json.loads(result.stdout)["plugins"]} == {"method"}, argv
+    for argv in (["--quiet", "plugins"], ["plugins", "-q"]):
+        result = invoke(*argv)
+        assert result.returncode == 0 and result.stdout == "" and result.stderr == "", (argv, result)
+
+
+def test_overwrite_before_or_after_the_command_name_and_only_where_there_is_an_output(invoke, llama_dir, corpora, tmp_path):
+    from conftest import assert_input_error
+
+    out = tmp_path / "calib"
+    args = ["calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "2", "--block-size", "16", "-o", out, "-q"]
+    assert invoke(*args).returncode == 0
+    assert_input_error(invoke(*args), "-o/--output", "--overwrite")
+    assert invoke(*args, "--overwrite").returncode == 0
+    assert invoke("--overwrite", *args).returncode == 0
+    assert "--overwrite" not in invoke("plugins", "--help").stdout
+    assert_input_error(invoke("plugins", "--overwrite"), "--overwrite")
+    for name in COMMANDS + ("generate",):
+        text = invoke(name, "--help").stdout
+        assert "--json" in text and "--quiet" in text and "--debug" in text, name
+
+
+def test_debug_before_the_command_name_shows_the_traceback(monkeypatch, invoke):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("adaptkit.registry.get_registry", boom)
+    for argv in (["--debug", "plugins"], ["plugins", "--debug"]):
+        try:
+            invoke(*argv)
+        except RuntimeError as exc:
+            assert "disk on fire" in str(exc)
+        else:
+            raise AssertionError(f"{argv}: --debug should let the exception through")
+    assert invoke("plugins").returncode == 1
+
+
+def test_with_param_options_builds_one_option_per_model_field():
+    from typing import Literal
+
+    import typer
+    from pydantic import BaseModel, Field
+    from typer.testing import CliRunner
+
+    from adaptkit.commands.merge import with_param_options
+
+    class Params(BaseModel):
+        lambda_: float = Field(1.0, description="Scale.")
+        layers: list[str] = Field(default_factory=list, description="Layer ranges.")
+        weight: list[float] = Field(default_factory=list)
+        normalize: bool = True
+        mode: Literal["sum", "mean"] = "sum"
+        rank: int
+
+    seen = []
+
+    def run(name: str = typer.Option("x", "--name"), params: dict | None = None) -> None:
+        seen.append((name, params))
+
+    app = typer.Typer(rich_markup_mode=None)
+    app.command()(with_param_options(run, Params))
+    runner = CliRunner()
+    result = runner.invoke(app, ["--name", "y", "--lambda", "0.5", "--layers", "0-3,8", "--layers", "10", "--weight", "0.25",
+                                 "--weight", "2", "--no-normalize", "--mode", "mean", "--rank", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == ("y", {"lambda_": 0.5, "layers": ["0-3", "8", "10"], "weight": [0.25, 2.0], "normalize": False, "mode": "mean", "rank": 4})
+    assert runner.invoke(app, []).exit_code == 0 and seen[-1] == ("x", {})  # nothing given: the model's defaults apply later
+    help_text = " ".join(runner.invoke(app, ["--help"]).output.split())
+    assert "Scale. (default: 1.0)" in help_text and "Choices: sum, mean." in help_text and "(required)" in help_text
+
+    class Clash(BaseModel):
+        name: str = "a"
+
+    try:
+        with_param_options(run, Clash)
+    except RuntimeError as exc:
+        assert "name" in str(exc)
+    else:
+        raise AssertionError("a parameter named like an option of the command must be refused")

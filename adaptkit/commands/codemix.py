@@ -12,10 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SetOpt
+from adaptkit.commands.common import OutputOpt, SetOpt
 
 
 def command(
+    ctx: typer.Context,
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL with generations (e.g. from `adaptkit generate`).")],
     expected_lang: Annotated[str, typer.Option("--expected-lang", help="Language the responses should be in (ISO 639-1/3: en, eng, ha...).")],
     output: OutputOpt,
@@ -26,13 +27,9 @@ def command(
     details: Annotated[bool, typer.Option("--details/--no-details", help="Per-sentence and per-word breakdown.")] = True,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write codemix.png.")] = True,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9)."""
-    from adaptkit.commands.common import Console
+    from adaptkit.commands.common import Console, shared
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.evals.codemix import analyze, write_codemix_report
@@ -41,7 +38,8 @@ def command(
     from adaptkit.evals.lid import load_lid
     from adaptkit.io.atomic import atomic_dir, check_output
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold: must be between 0 and 1, got {threshold}")

@@ -1,8 +1,11 @@
 """Options and helpers shared by every subcommand.
 
-Every command takes `-o/--output`, `--overwrite`, `--json`, `--quiet`, `--debug`, and
-where it has settings, `--config FILE.yaml`, `--set a.b=value` and `--seed`. Commands
-print a short Rich summary, or with `--json` one JSON object on stdout.
+`--json`, `--quiet`, `--debug` (and `--overwrite` on commands with `-o`) are parsed once into a
+`Shared` object on the root context, whether they come before or after the command name
+(`adaptkit --json plugins` and `adaptkit plugins --json`): see `add_shared_options`. A command
+reads them with `shared(ctx)` or `Console.of(ctx)`. Where it has settings, a command also takes
+`--config FILE.yaml`, `--set a.b=value` and `--seed`. Commands print a short summary, or with
+`--json` one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -10,17 +13,14 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
 OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (refused if it exists, unless --overwrite).")]
 OptionalOutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the result.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings (flags and --set override it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4 (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
@@ -54,6 +54,60 @@ def offload_folder(placement: Any) -> Iterator[Any]:
         yield dataclasses.replace(placement, offload_folder=folder)
 
 
+@dataclass
+class Shared:
+    """The options every command takes, parsed once per invocation (see `add_shared_options`)."""
+
+    overwrite: bool = False
+    json: bool = False
+    quiet: bool = False
+    debug: bool = False
+    on_interrupt: Optional[Callable[[], str]] = None  # what an interrupted command kept and how to go on
+
+
+def _shared_declarations(
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    """The shared options, declared once; `add_shared_options` copies them onto commands."""
+
+
+def shared(ctx: typer.Context) -> Shared:
+    """This invocation's shared options (kept on the root context)."""
+    return ctx.find_root().ensure_object(Shared)
+
+
+def _store_shared(ctx: typer.Context, param: Any, value: bool) -> None:
+    if value:  # a flag given anywhere stays set: `adaptkit --json CMD` and `adaptkit CMD --json`
+        setattr(shared(ctx), param.name, True)
+
+
+def has_output_option(command: Any) -> bool:
+    return any("--output" in getattr(param, "opts", ()) for param in command.params)
+
+
+def add_shared_options(command: Any, root: bool = False) -> Any:
+    """Add --json, --quiet, --debug (and --overwrite on the root and where the command has
+    -o/--output) to a click command and, for a group, to each of its subcommands. The values go
+    to `shared(ctx)`, not to the command's function, so no command declares them itself."""
+    if getattr(command, "_adaptkit_shared", False):
+        return command
+    command._adaptkit_shared = True
+    template = typer.Typer(add_completion=False)
+    template.command()(_shared_declarations)
+    for param in typer.main.get_command(template).params:
+        if param.name == "overwrite" and not (root or has_output_option(command)):
+            continue
+        param.expose_value = False
+        param.callback = _store_shared
+        command.params.append(param)
+    for sub in getattr(command, "commands", {}).values():
+        add_shared_options(sub)
+    return command
+
+
 class Console:
     """Where a command reports: Rich on stderr for people, JSON on stdout for programs."""
 
@@ -63,6 +117,12 @@ class Console:
         self.json_mode = json_mode
         self.quiet = quiet or json_mode
         self.rich = RichConsole(stderr=True, quiet=self.quiet)
+
+    @classmethod
+    def of(cls, ctx: typer.Context) -> "Console":
+        """The console of a command, set by the shared --json and --quiet options."""
+        options = shared(ctx)
+        return cls(options.json, options.quiet)
 
     @property
     def show_progress(self) -> bool:

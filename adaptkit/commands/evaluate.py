@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt, SetOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -46,6 +46,7 @@ def resolve_baseline(baseline: Optional[str], refs) -> Optional[str]:
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable).")],
     task: Annotated[list[str], typer.Option("--task", "-t", help="BACKEND:SPEC, e.g. ppl:eng=en.txt, lm-eval:xnli_sw, lm-eval:./tasks, mt:flores.jsonl, sum:xlsum.jsonl (repeatable).")],
     output: OutputOpt,
@@ -63,13 +64,9 @@ def command(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console, check_compute_dtype
+    from adaptkit.commands.common import Console, check_compute_dtype, shared
     from adaptkit.evals.report import check_task_roles
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
@@ -77,7 +74,8 @@ def command(
     from adaptkit.errors import InputError
     from adaptkit.io.models import Placement
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)

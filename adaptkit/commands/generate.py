@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it.")],
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
     output: OutputOpt,
@@ -23,22 +24,19 @@ def command(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
     import json
 
-    from adaptkit.commands.common import Console, check_compute_dtype, offload_folder
+    from adaptkit.commands.common import Console, check_compute_dtype, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
     from adaptkit.io.atomic import atomic_file, check_output
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")

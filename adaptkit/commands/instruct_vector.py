@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, OutputOpt, shared
 from adaptkit.commands.merge import DtypeOpt, ShardOpt
 
 app = typer.Typer(
@@ -36,15 +36,12 @@ def _options(overwrite: bool, dtype: Optional[str], shard_size: str, console: Co
 
 @app.command("extract")
 def extract(
+    ctx: typer.Context,
     base: BaseOpt = None,
     instruct: InstructOpt = None,
     output: OutputOpt = ...,
     dtype: DtypeOpt = None,
     shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Write theta_instruct - theta_base as an instruction-vector directory (safetensors)."""
     from adaptkit.errors import InputError
@@ -52,13 +49,15 @@ def extract(
 
     if base is None or instruct is None:
         raise InputError(f"{'--base' if base is None else '--instruct'}: required (extract computes theta_instruct - theta_base)")
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     summary = residual.extract(base, instruct, output, _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector extract"))
     console.result(summary, f"[green]instruction vector[/green] of {summary['tensors']} tensors -> {output}")
 
 
 @app.command("apply")
 def apply(
+    ctx: typer.Context,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The (adapted) model to give instruction following.")] = None,
     vector: Annotated[Optional[Path], typer.Option("--vector", help="An instruction vector from `extract` (two-step form).")] = None,
     base: BaseOpt = None,
@@ -67,10 +66,6 @@ def apply(
     output: OutputOpt = ...,
     dtype: DtypeOpt = None,
     shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """theta_model + alpha * vector (--vector), or theta_instruct + alpha (theta_model - theta_base) (--base, --instruct)."""
     from adaptkit.errors import InputError
@@ -82,7 +77,8 @@ def apply(
         raise InputError("--vector: give either --vector or --base with --instruct (one-step form), not both")
     if vector is None and (base is None or instruct is None):
         raise InputError(f"{'--base' if base is None else '--instruct'}: required without --vector (one-step form needs --base and --instruct)")
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     options = _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector apply")
     if vector is not None:
         summary = residual.apply_vector(model, vector, alpha, output, options)

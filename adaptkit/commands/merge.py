@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import typer
 
-from adaptkit.commands.common import (
-    ConfigOpt,
-    Console,
-    DebugOpt,
-    JsonOpt,
-    OptionalOutputOpt,
-    OutputOpt,
-    OverwriteOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-)
+from adaptkit.commands.common import ConfigOpt, Console, OptionalOutputOpt, OutputOpt, SeedOpt, SetOpt, shared
+from adaptkit.merge.base import option_name
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the task vectors are taken from.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16, float16 (default: as the first --model).")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB or 500MB.")]
 TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory (default: the first --model).")]
-
-COMMON = ("models", "base", "output", "dtype", "seed", "shard_size", "tokenizer_from", "overwrite", "json_out", "quiet", "debug")
 
 
 def __getattr__(name: str) -> Any:
@@ -68,10 +56,6 @@ def _from_config(
     dtype: DtypeOpt = None,
     seed: SeedOpt = None,
     shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Merge models; give a method subcommand, or --config merge.yaml (mergekit's format) and -o."""
     from adaptkit.errors import InputError
@@ -102,9 +86,7 @@ def _from_config(
         seed=seed,
         shard_size=shard_size,
         tokenizer_from=plan.tokenizer_from,
-        overwrite=overwrite,
-        json_out=json_out,
-        quiet=quiet,
+        ctx=ctx,
         tensor_params=plan.tensor_params,
         command=f"adaptkit merge --config {config}",
         config_text=Path(config).read_text(encoding="utf-8"),
@@ -112,14 +94,14 @@ def _from_config(
     )
 
 
-def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, overwrite, json_out, quiet, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
+def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
     from adaptkit.merge.api import merge
     from adaptkit.merge.executor import MergeOptions
     from adaptkit.merge.stream import parse_size
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
     options = MergeOptions(
-        overwrite=overwrite,
+        overwrite=shared(ctx).overwrite,
         dtype=dtype,
         seed=seed if seed is not None else 0,
         shard_size=parse_size(shard_size),
@@ -132,67 +114,79 @@ def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dty
     console.result(summary, f"[green]merged[/green] {summary['tensors']} tensors with {method} -> {output} ({summary['shards']} shard(s), {summary['seconds']:.1f} s)")
 
 
-def _method_command(spec):
-    """A Typer command whose options are the shared ones plus one per parameter of `spec`."""
-    fields = spec.params.model_fields
-    method_options = []
-    list_of_str = set()
-    for field, info in fields.items():
-        if field in COMMON:
-            raise RuntimeError(f"merge method '{spec.name}' parameter '{field}' clashes with a shared option")
-        cli_type, choices = _cli_type(info.annotation)
-        if cli_type == list[str]:
-            list_of_str.add(field)
-        option = _option_name(field)
-        help_text = info.description or ""
-        if choices:
-            help_text += f" Choices: {', '.join(choices)}."
-        if not info.is_required():
-            default = info.get_default(call_default_factory=True)
-            help_text += f" (default: {_show(default)})"
-        else:
-            help_text += " (required)"
-        decls = (f"--{option}/--no-{option}",) if cli_type is bool else (f"--{option}",)
-        annotation = Annotated[Optional[cli_type], typer.Option(*decls, help=help_text, show_default=False)]
-        method_options.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+def _method_command(spec) -> Callable[..., None]:
+    """`adaptkit merge NAME`: the shared merge options below plus one option per parameter of the method."""
 
-    def command(**values: Any) -> None:
-        common = {key: values.pop(key) for key in COMMON}
-        params = {}
-        for field, value in values.items():
-            if value is None or (isinstance(value, (list, tuple)) and not value):
-                continue
-            if field in list_of_str:
-                value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
-            params[field] = list(value) if isinstance(value, tuple) else value
-        common.pop("debug")
-        _run(spec.name, common.pop("models"), common.pop("base"), params, **common)
+    def merge_with(
+        ctx: typer.Context,
+        models: ModelsOpt = None,
+        base: BaseOpt = None,
+        output: OutputOpt = ...,
+        dtype: DtypeOpt = None,
+        seed: SeedOpt = None,
+        shard_size: ShardOpt = "5GB",
+        tokenizer_from: TokenizerOpt = None,
+        params: Optional[dict[str, Any]] = None,
+    ) -> None:
+        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from, ctx=ctx)
 
-    shared = [
-        inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ModelsOpt),
-        inspect.Parameter("base", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=BaseOpt),
-    ]
-    tail = [
-        inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=OutputOpt),
-        inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DtypeOpt),
-        inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SeedOpt),
-        inspect.Parameter("shard_size", inspect.Parameter.KEYWORD_ONLY, default="5GB", annotation=ShardOpt),
-        inspect.Parameter("tokenizer_from", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TokenizerOpt),
-        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=OverwriteOpt),
-        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
-        inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOpt),
-    ]
-    parameters = shared + method_options + tail
-    command.__signature__ = inspect.Signature(parameters)
-    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command = with_param_options(merge_with, spec.params)
     command.__name__ = spec.name.replace("-", "_")
     command.__doc__ = spec.summary
     return command
 
 
-def _option_name(field: str) -> str:
-    return field.rstrip("_").replace("_", "-")
+def with_param_options(function: Callable[..., None], model: Any, into: str = "params") -> Callable[..., None]:
+    """`function` as a Typer command with one more option per field of the pydantic `model`.
+
+    `lambda_` becomes `--lambda` (`option_name`), a list is a repeatable option that also takes
+    commas (`--layers 0-3,8`), a bool is `--x/--no-x`. The options that were given reach
+    `function` as one dict in its `into` argument (pydantic validates them there); `function`'s
+    own parameters keep their options and its `into` argument is not an option.
+    """
+    hints = get_type_hints(function, include_extras=True)  # the Annotated options, not their names as strings
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(function).parameters.values() if p.name != into]
+    names = {p.name for p in own}
+    fields = list(model.model_fields.items())
+    for field, _ in fields:
+        if field in names or option_name(field) in {option_name(n) for n in names}:
+            raise RuntimeError(f"parameter '{field}' of {model.__name__} clashes with an option of the command")
+    added = [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(field, info)) for field, info in fields]
+
+    def command(**values: Any) -> None:
+        given = {field: _given(values.pop(field)) for field, _ in fields}
+        return function(**values, **{into: {k: v for k, v in given.items() if v is not None}})
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__name__, command.__doc__ = function.__name__, function.__doc__
+    return command
+
+
+def _option(field: str, info: Any) -> Any:
+    """The Typer annotation of one parameter's option: its type, flag names and help with the default."""
+    cli_type, choices = _cli_type(info.annotation)
+    help_text = info.description or ""
+    if choices:
+        help_text += f" Choices: {', '.join(choices)}."
+    if info.is_required():
+        help_text += " (required)"
+    else:
+        help_text += f" (default: {_show(info.get_default(call_default_factory=True))})"
+    name = option_name(field)
+    decls = (f"--{name}/--no-{name}",) if cli_type is bool else (f"--{name}",)
+    return Annotated[Optional[cli_type], typer.Option(*decls, help=help_text.strip(), show_default=False)]
+
+
+def _given(value: Any) -> Any:
+    """An option's value as the parameter model takes it: None when not given, lists split at commas."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+        return [part.strip() if isinstance(part, str) else part for part in parts if not isinstance(part, str) or part.strip()]
+    return value
 
 
 def _cli_type(annotation: Any) -> tuple[Any, list[str]]:

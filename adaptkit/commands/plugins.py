@@ -6,14 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import DebugOpt, JsonOpt, QuietOpt, Console
+from adaptkit.commands.common import Console
 
 
 def command(
+    ctx: typer.Context,
     kind: Annotated[Optional[str], typer.Option("--kind", help="Only this kind: scorer, method, merge method, eval backend, lid backend, command.")] = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """List registered plugins and methods: name, kind, plugin, summary, reference, parameters."""
     from adaptkit.errors import InputError
@@ -23,7 +21,7 @@ def command(
         raise InputError(f"--kind: unknown kind '{kind}'{did_you_mean(kind, HOOK_FOR_KIND)} (kinds: {', '.join(HOOK_FOR_KIND)})")
     registry = get_registry()
     specs = [s for s in registry.all_specs() if kind is None or s.kind == kind]
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
     rows = [
         {
             "name": s.name,

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, shared
 
 
 @contextlib.contextmanager
@@ -33,6 +33,7 @@ def _inside(directory: Path):
 
 
 def command(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("-o", "--output", help="Demo directory (data, models, runs, eval report).")] = Path("demo"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A real model instead of the embedded default: Hub id, local dir or .gguf file.")] = None,
     target_lang: Annotated[str, typer.Option("--target-lang", help="Target language of the UDHR text (e.g. ha, ig, am, ky, ne, sw, yo).")] = "ha",
@@ -47,10 +48,6 @@ def command(
     calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
     from adaptkit import demo
@@ -58,7 +55,8 @@ def command(
     from adaptkit.io.atomic import atomic_dir
     from adaptkit.registry import get_spec
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     method_names = [m.strip() for m in methods.split(",") if m.strip()]
     if not method_names:
         raise InputError("--methods: give at least one method name")

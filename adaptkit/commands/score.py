@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, OutputOpt, shared
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to score: directory, .gguf or Hub id.")],
     output: OutputOpt,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate` (needed by wanda, sparsegpt, fisher).")] = None,
@@ -24,10 +25,6 @@ def command(
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; needs a safetensors model directory; not fisher).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Scorer parameter: --set damp=0.02 (repeatable).")] = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Score every parameter's columns (and rows) by importance to the source model."""
     import time
@@ -45,7 +42,8 @@ def command(
     from adaptkit.registry import get_spec
     from adaptkit.scoring import compute_scores, require_layer_by_layer
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     spec = get_spec("scorer", scorer, "--scorer")
     params = {".".join(path): value for path, value in parse_set_overrides(set_)}

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
 
 # CLI flag -> dotted TrainConfig key
 FLAG_KEYS = {
@@ -78,6 +78,7 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
@@ -107,16 +108,13 @@ def command(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
     extra = {"freeze_ratio": freeze_ratio} if freeze_ratio is not None else None
     train_config = build_config(config, flags, set_, extra)
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     result = run_training(train_config, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
