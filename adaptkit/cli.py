@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from adaptkit import __version__
 from adaptkit.commands.common import Shared, add_shared_options
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, one_line
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -69,14 +69,12 @@ class LazyGroup(TyperGroup):
         return add_shared_options(command) if command is not None else None
 
     def format_commands(self, ctx, formatter) -> None:
-        from typer._click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names), default=0)
         rows = []
         for name in names:
             if name in self.lazy_modules and name not in self.commands:
-                rows.append((name, make_default_short_help(_summary(self.lazy_modules[name]), limit)))
+                rows.append((name, short_help(_summary(self.lazy_modules[name]), limit)))
                 continue
             command = self.get_command(ctx, name)
             if command is not None and not command.hidden:
@@ -84,6 +82,15 @@ class LazyGroup(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def short_help(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to fit `limit` characters, with '...' when cut (as click shows commands)."""
+    text = one_line(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 3)].rsplit(" ", 1)[0].rstrip(" .,;:")
+    return cut + "..."
 
 
 def _summary(module_name: str) -> str:
@@ -181,10 +188,6 @@ def _plugin_commands() -> list:
     return list(get_registry().specs.get("command", {}).values())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -202,12 +205,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
             sys.exit(0)
-        print(f"adaptkit: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        print(f"adaptkit: error: {one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
     except AdaptkitError as exc:
         if options.debug:
             raise
-        print(f"adaptkit: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"adaptkit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("adaptkit: interrupted", file=sys.stderr)
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         if options.debug:
             raise
         print(
-            f"adaptkit: error: {type(exc).__name__}: {_one_line(str(exc))} (run again with --debug for the traceback)",
+            f"adaptkit: error: {type(exc).__name__}: {one_line(str(exc))} (run again with --debug for the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -44,6 +44,11 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def one_line(text: object) -> str:
+    """A message on one line: every run of whitespace (newlines included) becomes one space."""
+    return " ".join(str(text).split())
+
+
 def require(package: str, extra: str, purpose: str):
     """Import an optional package or raise a MissingExtraError that says how to install it."""
     import importlib

@@ -177,3 +177,11 @@ def test_with_param_options_builds_one_option_per_model_field():
         assert "name" in str(exc)
     else:
         raise AssertionError("a parameter named like an option of the command must be refused")
+
+
+def test_root_help_cuts_long_summaries_at_a_word():
+    from adaptkit.cli import short_help
+
+    assert short_help("Merge  models\nfast", 40) == "Merge models fast"
+    assert short_help("Score every parameter's columns (and rows) by importance", 30) == "Score every parameter's..."
+    assert len(short_help("x" * 50, 20)) <= 20
