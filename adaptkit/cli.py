@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import typer
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from adaptkit import __version__
 from adaptkit.commands.common import Shared, add_shared_options
-from adaptkit.errors import AdaptkitError, one_line
+from adaptkit.errors import AdaptkitError, Interrupted, one_line
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -67,6 +68,13 @@ class LazyGroup(TyperGroup):
             self.add_command(command, name)
         command = super().get_command(ctx, name)
         return add_shared_options(command) if command is not None else None
+
+    def invoke(self, ctx):
+        """Run the command; Ctrl-C becomes `Interrupted` here, before typer turns it into a silent exit code."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(signal.SIGINT) from None
 
     def format_commands(self, ctx, formatter) -> None:
         names = self.list_commands(ctx)
@@ -188,13 +196,36 @@ def _plugin_commands() -> list:
     return list(get_registry().specs.get("command", {}).values())
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupted_line(exc: Interrupted, options: Shared) -> str:
+    """One line: which signal stopped the command, what it kept and how to go on."""
+    kept = "partial outputs were removed; run the command again"
+    if options.on_interrupt is not None:
+        try:
+            kept = options.on_interrupt()
+        except Exception:  # the message must not hide the interrupt
+            pass
+    return f"adaptkit: interrupted ({exc.signal_name}); {kept}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"))
+    handlers = _install_signal_handlers()
     try:
         command = add_shared_options(typer.main.get_command(build_app()), root=True)
-        command.main(args=args, prog_name="adaptkit", standalone_mode=False, obj=options)
+        code = command.main(args=args, prog_name="adaptkit", standalone_mode=False, obj=options)
+        if code == 130:  # typer's code for a Ctrl-C outside the command (while parsing)
+            raise Interrupted(signal.SIGINT)
+        if isinstance(code, int) and code:  # typer returns a typer.Exit's code instead of raising it
+            sys.exit(code)
+    except Interrupted as exc:
+        print(_interrupted_line(exc, options), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -212,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"adaptkit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("adaptkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before the command ran (while its options were parsed)
+        print(_interrupted_line(Interrupted(signal.SIGINT), options), file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if options.debug:
@@ -223,3 +254,19 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _install_signal_handlers() -> dict[int, object]:
+    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it) and SIGTERM
+    raises Interrupted; returns the previous handlers. Only the main thread may set them."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    return previous

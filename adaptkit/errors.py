@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one-line messages and exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input. Raise `InputError`
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input, 130 interrupted (SIGINT,
+Ctrl-C), 143 terminated (SIGTERM). Raise `InputError`
 for anything the user can fix by changing a flag or a file; name the flag or file
 in the message and say what was expected.
 """
@@ -36,6 +37,20 @@ class PluginError(AdaptkitError):
     """A plugin is broken or two plugins clash."""
 
     exit_code = 2
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (SIGINT or SIGTERM); exit code 128 + the signal number.
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` cleanup code lets it through.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + int(signum)
 
 
 def first_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
 COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "codemix", "plugins", "quickstart")
@@ -185,3 +186,45 @@ def test_root_help_cuts_long_summaries_at_a_word():
     assert short_help("Merge  models\nfast", 40) == "Merge models fast"
     assert short_help("Score every parameter's columns (and rows) by importance", 30) == "Score every parameter's..."
     assert len(short_help("x" * 50, 20)) <= 20
+
+
+def _interrupt_training(signum, tmp_path, model_dir, data, name: str):
+    """Start a long `adaptkit train` in a child process, send `signum` once it has a checkpoint."""
+    import os
+    import time
+
+    out = tmp_path / name
+    child = subprocess.Popen(
+        [sys.executable, "-m", "adaptkit", "train", "--model", str(model_dir), "--data", str(data), "-o", str(out),
+         "--max-steps", "100000", "--save-steps", "2", "--seq-len", "16", "--batch-size", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.monotonic() + 300
+    while not any(out.glob("checkpoint-*/state.json")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert child.poll() is None, child.communicate()
+    child.send_signal(signum)
+    stdout, stderr = child.communicate(timeout=120)
+    return child.returncode, stdout, stderr, out
+
+
+def test_ctrl_c_exits_130_and_sigterm_143_with_what_was_kept(tmp_path, llama_dir, corpora):
+    import signal
+
+    for signum, code, name in ((signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")):
+        rc, stdout, stderr, out = _interrupt_training(signum, tmp_path, llama_dir, corpora["ha"], name.lower())
+        assert rc == code, (name, rc, stderr)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in stderr, stderr
+        assert f"interrupted ({name})" in lines[0] and "checkpoint-" in lines[0] and "--resume" in lines[0], lines[0]
+        assert stdout == "" and not (out / "final").exists()
+        kept = lines[0].split("kept ", 1)[1].split(";")[0]
+        assert (Path(kept) / "state.json").is_file(), kept  # the checkpoint named is there
+
+
+
+def test_interrupted_train_without_checkpoint_says_nothing_to_resume(tmp_path):
+    from adaptkit.commands.train import interrupted_note
+
+    (tmp_path / "run").mkdir()
+    assert "nothing to resume" in interrupted_note(tmp_path / "run") and "--save-steps" in interrupted_note(tmp_path / "missing")

@@ -115,10 +115,21 @@ def command(
     train_config = build_config(config, flags, set_, extra)
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
+    shared(ctx).on_interrupt = lambda: interrupted_note(output)
     result = run_training(train_config, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def interrupted_note(output: Path) -> str:
+    """What an interrupted run kept and how to continue it."""
+    from adaptkit.engine.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is None:
+        return f"no checkpoint was saved in {output} yet, so there is nothing to resume (--save-steps N saves one every N steps)"
+    return f"kept {checkpoint}; continue with the same command and --resume"
 
 
 def run_training(config, output: Path, resume: bool, overwrite: bool, console: Console):
