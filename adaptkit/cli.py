@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as exc:
         if options.debug:
             raise
-        if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `adaptkit` or a bare group: its help, exit 0
+            typer.echo(exc.ctx.get_help())
             sys.exit(0)
         print(f"adaptkit: error: {one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)

@@ -228,3 +228,12 @@ def test_interrupted_train_without_checkpoint_says_nothing_to_resume(tmp_path):
 
     (tmp_path / "run").mkdir()
     assert "nothing to resume" in interrupted_note(tmp_path / "run") and "--save-steps" in interrupted_note(tmp_path / "missing")
+
+
+def test_bare_command_and_bare_groups_print_their_help(invoke):
+    for argv, usage, listed in (([], "Usage: adaptkit [OPTIONS] COMMAND", "quickstart"),
+                                (["instruct-vector"], "Usage: adaptkit instruct-vector", "extract"),
+                                (["merge"], "Usage: adaptkit merge", "task-arithmetic")):
+        result = invoke(*argv)
+        assert result.returncode == 0 and result.stderr == "", (argv, result)
+        assert usage in result.stdout and listed in result.stdout, (argv, result.stdout)
