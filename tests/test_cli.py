@@ -237,3 +237,45 @@ def test_bare_command_and_bare_groups_print_their_help(invoke):
         result = invoke(*argv)
         assert result.returncode == 0 and result.stderr == "", (argv, result)
         assert usage in result.stdout and listed in result.stdout, (argv, result.stdout)
+
+
+def test_plugins_listing_goes_to_stdout_with_whole_values_in_a_pipe(cli):
+    from adaptkit.registry import get_registry
+
+    spec = get_registry().specs["method"]["layer-selective"]
+    done = cli("plugins")  # stdout is a pipe here, as in `adaptkit plugins | grep layer-selective`
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("layer-selective\t")]
+    assert line.split("\t") == [spec.name, "method", spec.plugin, spec.summary, spec.reference, spec.param_summary()]
+    assert "…" not in done.stdout and done.stderr == ""
+
+
+def test_plugins_json_parameters_are_records_and_kind_takes_its_first_word(invoke):
+    from adaptkit.registry import get_registry
+
+    by_words = json.loads(invoke("plugins", "--kind", "merge method", "--json").stdout)
+    assert json.loads(invoke("plugins", "--kind", "merge", "--json").stdout) == by_words
+    assert json.loads(invoke("plugins", "--kind", "merge-method", "--json").stdout) == by_words
+    ties = next(p for p in by_words["plugins"] if p["name"] == "ties")
+    model = get_registry().specs["merge method"]["ties"].params
+    assert [p["name"] for p in ties["parameters"]] == list(model.model_fields)
+    density = next(p for p in ties["parameters"] if p["name"] == "density")
+    assert density["type"] == "list[float]" and density["default"] == model().density and density["required"] is False
+    assert density["description"] == model.model_fields["density"].description
+    assert {p["kind"] for p in json.loads(invoke("plugins", "--kind", "eval", "--json").stdout)["plugins"]} == {"eval backend"}
+
+
+def test_result_tables_on_a_narrow_terminal_wrap_instead_of_cutting():
+    import io
+
+    from rich.console import Console as RichConsole
+
+    from adaptkit.commands.common import Console
+
+    console = Console()
+    console.out = RichConsole(file=io.StringIO(), force_terminal=True, width=40, color_system=None)
+    value = "model.layers.0.self_attn.q_proj.target_modules"
+    console.table("t", ["name", "value"], [["x", value]])
+    text = console.out.file.getvalue()
+    assert "…" not in text
+    assert value in "".join(part.strip(" │┃|") for part in text.replace("│", "\n").splitlines())

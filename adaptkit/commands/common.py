@@ -109,14 +109,16 @@ def add_shared_options(command: Any, root: bool = False) -> Any:
 
 
 class Console:
-    """Where a command reports: Rich on stderr for people, JSON on stdout for programs."""
+    """Where a command reports: results (tables, summaries) on stdout, progress and logs on stderr;
+    with --json one JSON object on stdout instead. In a pipe, tables are plain text with whole values."""
 
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         from rich.console import Console as RichConsole
 
         self.json_mode = json_mode
         self.quiet = quiet or json_mode
-        self.rich = RichConsole(stderr=True, quiet=self.quiet)
+        self.rich = RichConsole(stderr=True, quiet=self.quiet)  # progress and logs
+        self.out = RichConsole(quiet=self.quiet, soft_wrap=True)  # results
 
     @classmethod
     def of(cls, ctx: typer.Context) -> "Console":
@@ -129,25 +131,43 @@ class Console:
         return not self.quiet and sys.stderr.isatty()
 
     def print(self, *args: Any, **kwargs: Any) -> None:
+        """A log or progress line (stderr)."""
         self.rich.print(*args, **kwargs)
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A result table on stdout: a Rich table on a terminal (cells wrap, never cut), else plain text."""
+        if self.quiet:
+            return
+        cells = [[_fmt(v) for v in row] for row in rows]
+        if not self.out.is_terminal:
+            sys.stdout.write(plain_table(title, columns, cells))
+            sys.stdout.flush()
+            return
         from rich.table import Table
 
         table = Table(title=title)
         for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*[_fmt(v) for v in row])
-        self.rich.print(table)
+            table.add_column(column, overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        self.out.print(table)
 
     def result(self, result: dict[str, Any], summary: str | None = None) -> None:
-        """Finish a command: JSON on stdout with --json, else a one-line summary."""
+        """Finish a command: JSON on stdout with --json, else a one-line summary on stdout."""
         if self.json_mode:
             sys.stdout.write(json.dumps(result, default=str, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         elif summary:
-            self.rich.print(summary)
+            self.out.print(summary)
+
+
+def plain_table(title: str, columns: list[str], rows: list[list[str]]) -> str:
+    """A table for pipes and logs: the title, then tab-separated header and rows with whole values."""
+    from adaptkit.errors import one_line
+
+    lines = [one_line(title), "\t".join(one_line(c) for c in columns)]
+    lines += ["\t".join(one_line(v) for v in row) for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:
