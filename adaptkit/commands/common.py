@@ -20,7 +20,6 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (refused if it exists, unless --overwrite).")]
-OptionalOutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the result.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings (flags and --set override it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4 (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]

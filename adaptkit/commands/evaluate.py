@@ -86,6 +86,8 @@ def command(
         check_model_config(ref.location)
     baseline_name = resolve_baseline(baseline, refs)
     prompts = None
+    if generate is None and ctx.get_parameter_source("max_new_tokens").name != "DEFAULT":
+        raise InputError("--max-new-tokens: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
     if generate is not None:
         from adaptkit.evals.generation import read_prompts
 

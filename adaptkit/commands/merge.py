@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args,
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, OptionalOutputOpt, OutputOpt, SeedOpt, SetOpt, shared
+from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
 from adaptkit.merge.base import option_name
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
@@ -50,19 +50,18 @@ def build_app() -> typer.Typer:
 
 def _from_config(
     ctx: typer.Context,
-    config: ConfigOpt = None,
-    output: OptionalOutputOpt = None,
-    set_: SetOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    shard_size: ShardOpt = "5GB",
+    config: Annotated[Optional[Path], typer.Option("--config", help="A mergekit-style YAML file to run (instead of a method subcommand).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="With --config: where to write the merged model.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="With --config: override a key of the file, e.g. --set parameters.lambda=0.5 (repeatable).")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="With --config: output dtype (float32, bfloat16 or float16; default: the file's dtype).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="With --config: random seed (DARE).")] = None,
+    shard_size: Annotated[str, typer.Option("--shard-size", help="With --config: largest output shard, e.g. 5GB or 500MB.")] = "5GB",
 ) -> None:
     """Merge models; give a method subcommand, or --config merge.yaml (mergekit's format) and -o."""
     from adaptkit.errors import InputError
 
     if ctx.invoked_subcommand is not None:
-        if config is not None:
-            raise InputError("--config: give either a method subcommand or --config, not both")
+        _refuse_group_options(ctx, ctx.invoked_subcommand)
         return
     if config is None:
         typer.echo(ctx.get_help())
@@ -92,6 +91,26 @@ def _from_config(
         config_text=Path(config).read_text(encoding="utf-8"),
         where=str(config),
     )
+
+
+# the options of `adaptkit merge --config` itself, and where each goes with a method subcommand
+GROUP_OPTIONS = {
+    "config": ("--config", "give either a method subcommand or --config, not both"),
+    "output": ("-o/--output", "give it after the method name: adaptkit merge {method} -o DIR"),
+    "set_": ("--set", "it edits a --config file; give the method's parameters after its name (adaptkit merge {method} --help lists them)"),
+    "dtype": ("--dtype", "give it after the method name: adaptkit merge {method} --dtype ..."),
+    "seed": ("--seed", "give it after the method name: adaptkit merge {method} --seed ..."),
+    "shard_size": ("--shard-size", "give it after the method name: adaptkit merge {method} --shard-size ..."),
+}
+
+
+def _refuse_group_options(ctx: typer.Context, method: str) -> None:
+    """With a method subcommand, an option placed before it (meant for --config) would be ignored: refuse it."""
+    from adaptkit.errors import InputError
+
+    for name, (flag, advice) in GROUP_OPTIONS.items():
+        if ctx.get_parameter_source(name).name != "DEFAULT":
+            raise InputError(f"{flag}: before the method name it applies only to `adaptkit merge --config`; {advice.format(method=method)}")
 
 
 def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
