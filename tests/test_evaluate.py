@@ -195,3 +195,21 @@ def test_evaluate_bad_input(invoke, make_model_dir, corpora, tmp_path, case):
     result = invoke("evaluate", "--model", model_dir, *args, "-o", out)
     assert_input_error(result, *fragments)
     assert not out.exists()
+
+
+def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, make_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"id": "b", "prompt": "Kowa yana da"}\n')
+    first, second = make_model_dir("llama", seed=0), make_model_dir("llama", seed=1)
+    alone = {}
+    for name, directory in (("x", first), ("y", second)):
+        out = tmp_path / f"{name}.jsonl"
+        assert invoke("generate", "-m", f"{name}={directory}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "-q").returncode == 0
+        alone[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    out = tmp_path / "both.jsonl"
+    result = invoke("generate", "-m", f"x={first}", "-m", f"y={second}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "--json")
+    assert result.returncode == 0, result
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == alone["x"] + alone["y"]
+    assert [r["model"] for r in rows] == ["x", "x", "y", "y"] and json.loads(result.stdout)["models"] == ["x", "y"]
+    assert [r["response"] for r in alone["x"]] != [r["response"] for r in alone["y"]]  # two models, two sets of responses

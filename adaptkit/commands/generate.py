@@ -12,7 +12,7 @@ from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, MaxMemoryOpt
 
 def command(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable: responses of every model, tagged by name).")],
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
     output: OutputOpt,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per response.")] = 256,
@@ -25,7 +25,7 @@ def command(
     max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
+    """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response}."""
     import json
 
     from adaptkit.commands.common import Console, check_compute_dtype, offload_folder, shared
@@ -42,13 +42,20 @@ def command(
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
-    ref = model_names([model])[0]
-    check_model_config(ref.location)
+    refs = model_names(list(model))
+    for ref in refs:
+        check_model_config(ref.location)
     rows = read_prompts(prompts)
-    with offload_folder(placement) as placement:
-        loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placement)
-        records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+    records = []
+    for ref in refs:  # one model in memory at a time
+        if len(refs) > 1:
+            console.print(f"[dim]{ref.name}: generating {len(rows)} responses[/dim]")
+        with offload_folder(placement) as placed:
+            loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placed)
+            records += generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+        del loaded
     with atomic_file(output, overwrite) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    console.result({"output": str(output), "responses": len(records), "model": ref.name},
-                   f"[green]wrote[/green] {len(records)} responses to {output}")
+    names = [ref.name for ref in refs]
+    console.result({"output": str(output), "responses": len(records), "model": names[0], "models": names},
+                   f"[green]wrote[/green] {len(records)} responses of {', '.join(names)} to {output}")
