@@ -34,6 +34,8 @@ CASES = [
     ("model-is-text-file", train(model="{text_file}"), ["--model"]),
     ("model-corrupt-safetensors", train(model="{corrupt_model}"), ["--model"]),
     ("model-corrupt-gguf", train(model="{bad_gguf}"), ["--model", "GGUF"]),
+    ("model-hub-id-offline-not-cached", train(model="nobody/nothing"), ["--model", "nobody/nothing", "offline"]),
+    ("model-without-tokenizer", train(model="{model_no_tokenizer}"), ["--model", "no tokenizer files"]),
     # --- train: data --------------------------------------------------------------------
     ("data-missing", train(data="{missing}"), ["--data", "does not exist"]),
     ("data-empty", train(data="{empty_file}"), ["--data", "no text"]),
@@ -145,6 +147,11 @@ CASES = [
     ("generate-prompts-no-field", ["generate", "-m", "{model}", "-p", "{jsonl_no_text}", "-o", "{out}"], ["--prompts", "prompt"]),
     ("generate-decoding-unknown", ["generate", "-m", "{model}", "-p", "{prompts}", "--decoding", "sample", "-o", "{out}"], ["--decoding", "sample"]),
     ("generate-max-new-tokens-zero", ["generate", "-m", "{model}", "-p", "{prompts}", "--max-new-tokens", "0", "-o", "{out}"], ["--max-new-tokens"]),
+    ("generate-model-without-tokenizer", ["generate", "-m", "{model_no_tokenizer}", "-p", "{prompts}", "-o", "{out}"], ["--model", "no tokenizer files"]),
+    ("generate-hub-id-offline-not-cached", ["generate", "-m", "nobody/nothing", "-p", "{prompts}", "-o", "{out}"], ["--model", "offline"]),
+    ("evaluate-model-without-tokenizer", ["evaluate", "-m", "{model_no_tokenizer}", "--task", "ppl:{data}", "-o", "{out}"], ["--model", "no tokenizer files"]),
+    ("calibrate-hub-id-offline-not-cached", ["calibrate", "-m", "nobody/nothing", "-d", "{data}", "-o", "{out}"], ["--model", "offline"]),
+    ("score-model-without-tokenizer", ["score", "-m", "{model_no_tokenizer}", "--scorer", "magnitude", "-o", "{out}"], ["--model", "no tokenizer files"]),
     # --- codemix --------------------------------------------------------------------------------
     ("codemix-threshold-two", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--threshold", "2", "-o", "{out}"], ["--threshold", "between 0 and 1"]),
     ("codemix-lid-unknown", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--lid", "langid", "-o", "{out}"], ["--lid", "langid", "did you mean"]),
@@ -237,6 +244,10 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     files["mt_file"] = root / "mt.jsonl"
     files["mt_file"].write_text('{"src": "All human beings are born free.", "tgt": "Dukkan mutane an haife su a yantacce.", "src_lang": "en", "tgt_lang": "ha"}\n')
     files["model_missing_tensor"] = _model_without(model, "model.layers.1.mlp.up_proj.weight", root / "model-missing-tensor")
+    files["model_no_tokenizer"] = root / "model-no-tokenizer"
+    files["model_no_tokenizer"].mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (files["model_no_tokenizer"] / name).write_bytes((model / name).read_bytes())
     files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
     files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
 

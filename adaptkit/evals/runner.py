@@ -122,12 +122,13 @@ def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None
 
 
 def check_model_config(location: str, flag: str = "--model") -> None:
-    """Resolve a model location and, for local directories, check that its config loads."""
-    from adaptkit.io.models import resolve_model_source
+    """Resolve a model location and, for local directories, check that its config loads and a tokenizer is there."""
+    from adaptkit.io.models import check_tokenizer_files, resolve_model_source
 
     source = resolve_model_source(location, flag)
     if source.kind != "dir":
         return
+    check_tokenizer_files(source)
     from transformers import AutoConfig
 
     try:
