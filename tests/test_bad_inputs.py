@@ -19,6 +19,12 @@ from _scale_helpers import install_mask_file_plugin, write_mask_set
 TRAIN = ["train", "--model", "{model}", "--data", "{data}", "-o", "{out}", "--max-steps", "1", "--seq-len", "16", "--batch-size", "2", "--quiet"]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train(*extra: str, **replace: str) -> list[str]:
     """The train argv with some flags replaced (e.g. model="{missing}") and extra flags appended."""
     argv = list(TRAIN)
@@ -77,6 +83,14 @@ CASES = [
     ("output-is-file", train(o="{text_file}"), ["-o/--output", "is a file"]),
     ("resume-nothing", train("--resume"), ["--resume", "no run to resume"]),
     ("unknown-option", train("--learning-rate", "1"), ["--learning-rate"]),
+    # --- devices (every command with --device) ------------------------------------------------
+    ("train-device-absent-gpu", train("--device", "cuda:99"), ["--device", "cuda:99", "not available", "available: cpu"]),
+    ("train-device-unknown", train("--device", "tpu"), ["--device", "tpu", "cuda:N"]),
+    ("score-device-absent-gpu", ["score", "-m", "{model}", "--scorer", "magnitude", "--device", "cuda:99", "-o", "{out}"], ["--device", "not available"]),
+    ("evaluate-device-absent-gpu", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cuda:99", "-o", "{out}"], ["--device", "cuda:99", "available: cpu"]),
+    ("evaluate-device-unknown", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "gpu", "-o", "{out}"], ["--device", "gpu"]),
+    ("evaluate-device-and-device-map", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cpu", "--device-map", "auto", "-o", "{out}"], ["--device", "--device-map"]),
+    ("generate-device-absent-gpu", ["generate", "-m", "{model}", "-p", "{prompts}", "--device", "cuda:99", "-o", "{out}"], ["--device", "not available"]),
     # --- plugins ------------------------------------------------------------------------------
     ("plugins-unknown-kind", ["plugins", "--kind", "metod"], ["--kind", "metod", "method"]),
     ("plugins-empty-kind", ["plugins", "--kind", ""], ["--kind"]),
@@ -166,6 +180,12 @@ CASES = [
     ("quickstart-freeze-ratio-above-one", ["quickstart", "-o", "{out}", "--freeze-ratio", "1.5"], ["--freeze-ratio"]),
     ("quickstart-model-missing", ["quickstart", "-o", "{out}", "-m", "{missing}"], ["--model"]),
 ]
+
+if not _cuda_available():  # the issue's case: a machine without a GPU asked for one
+    CASES += [
+        ("train-device-cuda-without-gpu", train("--device", "cuda"), ["--device", "'cuda' is not available", "available: cpu"]),
+        ("evaluate-device-cuda-without-gpu", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cuda", "-o", "{out}"], ["--device", "available: cpu"]),
+    ]
 
 if os.geteuid() != 0:  # root reads everything: the permission case runs only as a normal user
     CASES.append(("data-unreadable", train(data="{unreadable}"), ["--data", "permission denied"]))

@@ -279,3 +279,22 @@ def test_result_tables_on_a_narrow_terminal_wrap_instead_of_cutting():
     text = console.out.file.getvalue()
     assert "…" not in text
     assert value in "".join(part.strip(" │┃|") for part in text.replace("│", "\n").splitlines())
+
+
+def test_resolve_device_against_what_the_machine_has(monkeypatch):
+    import pytest
+
+    from adaptkit.errors import InputError
+    from adaptkit.io import devices
+
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cpu", "cuda:0", "cuda:1"])
+    assert devices.resolve_device("auto") == "cuda" and devices.resolve_device("cuda:1") == "cuda:1" and devices.resolve_device("CPU") == "cpu"
+    with pytest.raises(InputError, match=r"--device: 'cuda:2' is not available on this machine \(available: cpu, cuda:0, cuda:1\)"):
+        devices.resolve_device("cuda:2")
+    with pytest.raises(InputError, match="'mps' is not available"):
+        devices.resolve_device("mps")
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cpu"])
+    assert devices.resolve_device("auto") == "cpu"
+    with pytest.raises(InputError, match=r"'cuda' is not available on this machine \(available: cpu\)"):
+        devices.resolve_device("cuda")
+

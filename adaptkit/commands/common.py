@@ -19,16 +19,32 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from adaptkit.io.devices import DEVICE_HELP
+
 OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (refused if it exists, unless --overwrite).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings (flags and --set override it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4 (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 
 
+DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where to run: {DEVICE_HELP}")]
 ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread a model too large for one device over GPUs, CPU and disk (accelerate): auto, balanced, sequential; replaces --device.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.")]
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_device_or_map(ctx: typer.Context, device: str, placement: Any) -> str:
+    """The --device to run on (checked against this machine); --device-map replaces it, so not both."""
+    from adaptkit.io.devices import resolve_device
+
+    if placement is not None:
+        if ctx.get_parameter_source("device").name != "DEFAULT":
+            from adaptkit.errors import InputError
+
+            raise InputError("--device: give either --device or --device-map (which spreads the model over devices), not both")
+        return "cpu"  # where inputs start; accelerate's hooks move them
+    return resolve_device(device)
 
 
 def check_compute_dtype(dtype: str, flag: str = "--dtype") -> str:

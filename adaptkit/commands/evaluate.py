@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceOpt, ConfigOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt, SetOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -55,7 +55,7 @@ def command(
     target_task: Annotated[Optional[list[str]], typer.Option("--target-task", help="Task name measuring target ability (learning axis; repeatable).")] = None,
     generate: Annotated[Optional[Path], typer.Option("--generate", help="Also generate responses to these prompts (JSONL with 'prompt') with every model, for `adaptkit codemix`.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
+    device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
@@ -66,7 +66,7 @@ def command(
     seed: SeedOpt = None,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console, check_compute_dtype, shared
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, shared
     from adaptkit.evals.report import check_task_roles
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
@@ -79,6 +79,7 @@ def command(
     check_output(output, overwrite)
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
+    device = check_device_or_map(ctx, device, placement)
     if placement is not None and layer_by_layer:
         raise InputError("--device-map: choose either --device-map (spread over devices) or --layer-by-layer (one layer at a time)")
     refs = model_names(model)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt
 
 
 def command(
@@ -19,7 +19,7 @@ def command(
     decoding: Annotated[str, typer.Option("--decoding", help="greedy, or paper (SSU: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1).")] = "greedy",
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
@@ -28,7 +28,7 @@ def command(
     """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response}."""
     import json
 
-    from adaptkit.commands.common import Console, check_compute_dtype, offload_folder, shared
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import generate_records, read_prompts
@@ -42,6 +42,7 @@ def command(
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
+    device = check_device_or_map(ctx, device, placement)
     refs = model_names(list(model))
     for ref in refs:
         check_model_config(ref.location)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.io.devices import DEVICE_HELP
 
 # CLI flag -> dotted TrainConfig key
 FLAG_KEYS = {
@@ -99,7 +100,7 @@ def command(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
@@ -113,6 +114,7 @@ def command(
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
     extra = {"freeze_ratio": freeze_ratio} if freeze_ratio is not None else None
     train_config = build_config(config, flags, set_, extra)
+    use_device(train_config.device)
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
@@ -120,6 +122,17 @@ def command(
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def use_device(device: str) -> None:
+    """Refuse a device this machine lacks before the engine runs; `cuda:N` becomes the current CUDA device."""
+    from adaptkit.io.devices import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(resolved)  # the engine (accelerate) trains one process on the current device
 
 
 def interrupted_note(output: Path) -> str:
