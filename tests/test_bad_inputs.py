@@ -83,6 +83,18 @@ CASES = [
     ("output-is-file", train(o="{text_file}"), ["-o/--output", "is a file"]),
     ("resume-nothing", train("--resume"), ["--resume", "no run to resume"]),
     ("unknown-option", train("--learning-rate", "1"), ["--learning-rate"]),
+    # --- outputs that cannot be written (every command with -o), refused before any work --------
+    ("train-output-in-proc", train(o="/proc/adaptkit-run"), ["-o/--output", "/proc/adaptkit-run", "cannot write"]),
+    ("train-output-in-sys", train(o="/sys/adaptkit/run"), ["-o/--output", "cannot write"]),
+    ("calibrate-output-in-proc", ["calibrate", "-m", "{model}", "-d", "{data}", "-o", "/proc/adaptkit-calib"], ["-o/--output", "cannot write"]),
+    ("score-output-in-sys", ["score", "-m", "{model}", "--scorer", "magnitude", "-o", "/sys/adaptkit-scores"], ["-o/--output", "cannot write"]),
+    ("mask-output-in-proc", ["mask", "--scores", "{scores}", "-o", "/proc/adaptkit-mask"], ["-o/--output", "cannot write"]),
+    ("merge-output-in-proc", ["merge", "linear", "-m", "{model}", "-m", "{model_b}", "-o", "/proc/adaptkit-merge"], ["-o/--output", "cannot write"]),
+    ("iv-extract-output-in-sys", ["instruct-vector", "extract", "--base", "{model}", "--instruct", "{model_b}", "-o", "/sys/adaptkit-iv"], ["-o/--output", "cannot write"]),
+    ("evaluate-output-in-proc", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "-o", "/proc/adaptkit-eval"], ["-o/--output", "cannot write"]),
+    ("generate-output-in-sys", ["generate", "-m", "{model}", "-p", "{prompts}", "-o", "/sys/adaptkit-gens.jsonl"], ["-o/--output", "cannot write"]),
+    ("codemix-output-in-proc", ["codemix", "-i", "{generations}", "--expected-lang", "en", "-o", "/proc/adaptkit-codemix"], ["-o/--output", "cannot write"]),
+    ("quickstart-output-in-proc", ["quickstart", "-o", "/proc/adaptkit-demo"], ["-o/--output", "cannot write"]),
     # --- devices (every command with --device) ------------------------------------------------
     ("train-device-absent-gpu", train("--device", "cuda:99"), ["--device", "cuda:99", "not available", "available: cpu"]),
     ("train-device-unknown", train("--device", "tpu"), ["--device", "tpu", "cuda:N"]),
@@ -189,6 +201,8 @@ if not _cuda_available():  # the issue's case: a machine without a GPU asked for
 
 if os.geteuid() != 0:  # root reads everything: the permission case runs only as a normal user
     CASES.append(("data-unreadable", train(data="{unreadable}"), ["--data", "permission denied"]))
+    CASES.append(("train-output-read-only-parent", train(o="{read_only_dir}/run"), ["-o/--output", "not writable"]))
+    CASES.append(("evaluate-output-read-only-parent", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "-o", "{read_only_dir}/eval/x"], ["-o/--output", "not writable"]))
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +244,9 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["unreadable"] = root / "secret.txt"
     files["unreadable"].write_text("hidden\n")
     files["unreadable"].chmod(0)
+    files["read_only_dir"] = root / "read-only"
+    files["read_only_dir"].mkdir()
+    files["read_only_dir"].chmod(0o555)
     _add_pipeline_files(root, files, make_model_dir, corpora)
     return files
 

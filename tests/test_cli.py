@@ -298,3 +298,29 @@ def test_resolve_device_against_what_the_machine_has(monkeypatch):
     with pytest.raises(InputError, match=r"'cuda' is not available on this machine \(available: cpu\)"):
         devices.resolve_device("cuda")
 
+
+
+def test_check_writable_probes_the_nearest_existing_directory(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    import pytest
+
+    from adaptkit.errors import InputError
+    from adaptkit.io.atomic import check_writable
+
+    check_writable(tmp_path / "a" / "b" / "c")  # parents to be made: the probe goes to tmp_path
+    assert sorted(tmp_path.iterdir()) == []  # nothing left behind
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(InputError, match=r"-o/--output: cannot write '.*/x/y': .* is on a read-only file system"):
+        check_writable(tmp_path / "x" / "y")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is not a directory"):
+        check_writable(tmp_path / "file" / "below")

@@ -17,6 +17,7 @@ import typer
 
 from adaptkit.commands.common import Console, OutputOpt, shared
 from adaptkit.commands.merge import DtypeOpt, ShardOpt
+from adaptkit.io.atomic import check_output
 
 app = typer.Typer(
     help="Instruction residuals (chat vectors): extract theta_instruct - theta_base once, apply it with any alpha.",
@@ -51,6 +52,7 @@ def extract(
         raise InputError(f"{'--base' if base is None else '--instruct'}: required (extract computes theta_instruct - theta_base)")
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
+    check_output(output, overwrite)
     summary = residual.extract(base, instruct, output, _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector extract"))
     console.result(summary, f"[green]instruction vector[/green] of {summary['tensors']} tensors -> {output}")
 
@@ -79,6 +81,7 @@ def apply(
         raise InputError(f"{'--base' if base is None else '--instruct'}: required without --vector (one-step form needs --base and --instruct)")
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
+    check_output(output, overwrite)
     options = _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector apply")
     if vector is not None:
         summary = residual.apply_vector(model, vector, alpha, output, options)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
 
 # CLI flag -> dotted TrainConfig key
@@ -115,6 +116,7 @@ def command(
     extra = {"freeze_ratio": freeze_ratio} if freeze_ratio is not None else None
     train_config = build_config(config, flags, set_, extra)
     use_device(train_config.device)
+    check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
