@@ -213,3 +213,21 @@ def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, 
     assert rows == alone["x"] + alone["y"]
     assert [r["model"] for r in rows] == ["x", "x", "y", "y"] and json.loads(result.stdout)["models"] == ["x", "y"]
     assert [r["response"] for r in alone["x"]] != [r["response"] for r in alone["y"]]  # two models, two sets of responses
+
+
+def test_models_are_named_after_their_run_directories(invoke, make_model_dir, corpora, tmp_path):
+    import shutil
+
+    from adaptkit.evals.runner import default_names
+
+    base = tmp_path / "base"
+    shutil.copytree(make_model_dir("llama", seed=0), base)
+    for run in ("fft", "ssu"):
+        shutil.copytree(make_model_dir("llama", seed=1), tmp_path / "runs" / run / "final")
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "-m", base, "-m", tmp_path / "runs/fft/final", "-m", tmp_path / "runs/ssu/final/",
+                    "--task", f"ppl:hau={corpora['ha-test']}", "--set", "ppl.block_size=32", "--no-plots", "-o", out, "--json")
+    assert result.returncode == 0, result
+    assert list(json.loads(result.stdout)["results"]) == ["base", "fft", "ssu"]
+    assert default_names(["a/fft/final", "b/fft/final", "runs/fft/checkpoint-20", "org/model"]) == ["a/fft", "b/fft", "fft/checkpoint-20", "model"]
+    assert default_names(["x/m", "y/m", "z/m"]) == ["x/m", "y/m", "z/m"]  # every clashing name grows, not only the first
