@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from adaptkit import __version__
-from adaptkit.commands.common import Shared, add_shared_options
+from adaptkit.commands.common import Shared, prepare_command
 from adaptkit.errors import AdaptkitError, Interrupted, one_line
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
@@ -67,7 +67,7 @@ class LazyGroup(TyperGroup):
             command.name = name
             self.add_command(command, name)
         command = super().get_command(ctx, name)
-        return add_shared_options(command) if command is not None else None
+        return prepare_command(command) if command is not None else None
 
     def invoke(self, ctx):
         """Run the command; Ctrl-C becomes `Interrupted` here, before typer turns it into a silent exit code."""
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"))
     handlers = _install_signal_handlers()
     try:
-        command = add_shared_options(typer.main.get_command(build_app()), root=True)
+        command = prepare_command(typer.main.get_command(build_app()), root=True)
         code = command.main(args=args, prog_name="adaptkit", standalone_mode=False, obj=options)
         if code == 130:  # typer's code for a Ctrl-C outside the command (while parsing)
             raise Interrupted(signal.SIGINT)

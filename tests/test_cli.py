@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typer
+
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
 COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "codemix", "plugins", "quickstart")
 
@@ -139,7 +141,6 @@ def test_debug_before_the_command_name_shows_the_traceback(monkeypatch, invoke):
 def test_with_param_options_builds_one_option_per_model_field():
     from typing import Literal
 
-    import typer
     from pydantic import BaseModel, Field
     from typer.testing import CliRunner
 
@@ -155,7 +156,7 @@ def test_with_param_options_builds_one_option_per_model_field():
 
     seen = []
 
-    def run(name: str = typer.Option("x", "--name"), params: dict | None = None) -> None:
+    def run(ctx: typer.Context, name: str = typer.Option("x", "--name"), params: dict | None = None) -> None:
         seen.append((name, params))
 
     app = typer.Typer(rich_markup_mode=None)
@@ -167,7 +168,7 @@ def test_with_param_options_builds_one_option_per_model_field():
     assert seen[-1] == ("y", {"lambda_": 0.5, "layers": ["0-3", "8", "10"], "weight": [0.25, 2.0], "normalize": False, "mode": "mean", "rank": 4})
     assert runner.invoke(app, []).exit_code == 0 and seen[-1] == ("x", {})  # nothing given: the model's defaults apply later
     help_text = " ".join(runner.invoke(app, ["--help"]).output.split())
-    assert "Scale. (default: 1.0)" in help_text and "Choices: sum, mean." in help_text and "(required)" in help_text
+    assert "Scale. [default: 1.0]" in help_text and "Choices: sum, mean." in help_text and "(required)" in help_text
 
     class Clash(BaseModel):
         name: str = "a"
@@ -324,3 +325,55 @@ def test_check_writable_probes_the_nearest_existing_directory(tmp_path, monkeypa
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="is not a directory"):
         check_writable(tmp_path / "file" / "below")
+
+
+def _every_command():
+    """(path, click command, context) for every command and subcommand, as `adaptkit ... --help` builds them."""
+    import typer
+
+    from adaptkit.cli import build_app
+    from adaptkit.commands.common import prepare_command
+
+    root = prepare_command(typer.main.get_command(build_app()), root=True)
+    root_ctx = root.make_context("adaptkit", [], resilient_parsing=True)
+    found = []
+
+    def walk(command, path, parent):
+        ctx = command.make_context(path[-1], [], parent=parent, resilient_parsing=True) if path else root_ctx
+        found.append((" ".join(path), command, ctx))
+        for name in getattr(command, "list_commands", lambda c: [])(ctx):
+            walk(command.get_command(ctx, name), path + [name], ctx)
+
+    walk(root, [], None)
+    return found
+
+
+def test_every_help_text_is_conventional():
+    import re
+
+    commands = _every_command()
+    paths = {path for path, _, _ in commands}
+    assert {"generate", "merge ties", "merge task-arithmetic", "instruct-vector extract", "instruct-vector apply"} <= paths
+    for path, command, ctx in commands:
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for param in command.params:
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            decl, text = record
+            where = f"adaptkit {path} {decl}"
+            assert text and not text.startswith("["), f"{where}: no help text"
+            assert not re.search(r"<[^>]*>", decl), f"{where}: Python type in the usage ({decl})"
+            assert text.count("default:") <= 1, f"{where}: default shown twice ({text})"
+            assert not re.search(r"\(default\b|Default:|; default:", text), f"{where}: a default outside [default: ...] ({text})"
+            assert "optimizer.lr" not in text or path == "train", f"{where}: train's --set example ({text})"
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text):  # a flag it names must be there (copy-paste errors)
+                assert flag in options or "`adaptkit " in text, f"{where}: names {flag}, which `adaptkit {path}` does not have ({text})"
+
+
+def test_every_device_option_defaults_to_auto(invoke):
+    import re
+
+    for argv in (["train"], ["score"], ["evaluate"], ["generate"]):
+        text = " ".join(invoke(*argv, "--help").stdout.split())
+        assert re.search(r"--device TEXT Where to (run|train): auto .*?\[default: \(?auto\)?\]", text), (argv, text)

@@ -15,7 +15,7 @@ def command(
     data: Annotated[str, typer.Option("--data", "-d", help="Chat / Alpaca JSONL, plain text, a saved dataset directory or a Hub dataset id.")],
     output: OutputOpt,
     fmt: Annotated[str, typer.Option("--format", help="auto, chat (`messages`), alpaca (`instruction`/`input`/`output`) or text.")] = "auto",
-    template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (default), chatml, plain, or a .jinja file.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (the tokenizer's own), chatml, plain, or a .jinja file.", show_default="model")] = None,
     pool: Annotated[int, typer.Option("--pool", help="Raw examples to sample (paper: 2000).")] = 2000,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Blocks to keep (paper: 500; 128 is its cheaper setting).")] = 500,
     block_size: Annotated[int, typer.Option("--block-size", help="Tokens per block (paper: 2048).")] = 2048,

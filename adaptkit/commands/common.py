@@ -23,7 +23,7 @@ from adaptkit.io.devices import DEVICE_HELP
 
 OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (refused if it exists, unless --overwrite).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings (flags and --set override it).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4 (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4, --set log_steps=5, or a method parameter (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 
 
@@ -121,6 +121,29 @@ def add_shared_options(command: Any, root: bool = False) -> Any:
     for sub in getattr(command, "commands", {}).values():
         add_shared_options(sub)
     return command
+
+
+METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "bool": "BOOLEAN"}
+
+
+def prepare_command(command: Any, root: bool = False) -> Any:
+    """A click command (and its subcommands) as adaptkit shows it: the shared options added and the
+    conventional metavars (TEXT, PATH, INTEGER, FLOAT) instead of typer's Python types (<list[str]>)."""
+    add_shared_options(command, root)
+    _conventional_metavars(command)
+    return command
+
+
+def _conventional_metavars(command: Any) -> None:
+    for param in command.params:
+        if getattr(param, "is_flag", False) or param.metavar is not None or not hasattr(param, "display_type"):
+            continue
+        shown = str(param.display_type(None) or "").strip("<>")  # typer: 'int range', 'list[Path]', 'a|b'
+        inner = shown[5:-1] if shown.startswith("list[") and shown.endswith("]") else shown
+        word = inner.split(" ")[0].lower()
+        param.metavar = METAVARS.get(word) or (f"[{inner}]" if "|" in inner else "TEXT")
+    for sub in getattr(command, "commands", {}).values():
+        _conventional_metavars(sub)
 
 
 class Console:

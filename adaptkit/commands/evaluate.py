@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DeviceOpt, ConfigOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, MaxMemoryOpt, OutputOpt, SeedOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -61,8 +61,8 @@ def command(
     max_memory: MaxMemoryOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl and lm-eval log-likelihood tasks).")] = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML mapping of backend settings, e.g. ppl: {block_size: 512} (--set overrides it).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A backend setting: --set ppl.block_size=512, --set mt.max_new_tokens=64 (repeatable).")] = None,
     seed: SeedOpt = None,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""

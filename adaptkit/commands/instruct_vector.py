@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from adaptkit.commands.common import Console, OutputOpt, shared
-from adaptkit.commands.merge import DtypeOpt, ShardOpt
+from adaptkit.commands.merge import ShardOpt
 from adaptkit.io.atomic import check_output
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the instruct model was tuned from.")]
+DTYPE_HELP = "Output dtype of floating tensors: float32, bfloat16 or float16."
 InstructOpt = Annotated[Optional[Path], typer.Option("--instruct", help="The instruct model (same architecture as the base).")]
 
 
@@ -41,7 +42,7 @@ def extract(
     base: BaseOpt = None,
     instruct: InstructOpt = None,
     output: OutputOpt = ...,
-    dtype: DtypeOpt = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --instruct")] = None,
     shard_size: ShardOpt = "5GB",
 ) -> None:
     """Write theta_instruct - theta_base as an instruction-vector directory (safetensors)."""
@@ -66,7 +67,7 @@ def apply(
     instruct: InstructOpt = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Scale in [-10, 10]: of the vector (two steps) or of the language vector (one step).")] = 1.0,
     output: OutputOpt = ...,
-    dtype: DtypeOpt = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --model")] = None,
     shard_size: ShardOpt = "5GB",
 ) -> None:
     """theta_model + alpha * vector (--vector), or theta_instruct + alpha (theta_model - theta_base) (--base, --instruct)."""

@@ -10,6 +10,7 @@ runs a mergekit-style YAML file. Light at import: torch loads when a merge runs.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -20,9 +21,9 @@ from adaptkit.merge.base import option_name
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the task vectors are taken from.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16, float16 (default: as the first --model).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16 or float16.", show_default="as the first --model")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB or 500MB.")]
-TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory (default: the first --model).")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory.", show_default="the first --model")]
 
 
 def __getattr__(name: str) -> Any:
@@ -53,7 +54,7 @@ def _from_config(
     config: Annotated[Optional[Path], typer.Option("--config", help="A mergekit-style YAML file to run (instead of a method subcommand).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="With --config: where to write the merged model.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="With --config: override a key of the file, e.g. --set parameters.lambda=0.5 (repeatable).")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="With --config: output dtype (float32, bfloat16 or float16; default: the file's dtype).")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="With --config: output dtype, float32, bfloat16 or float16.", show_default="the file's dtype")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="With --config: random seed (DARE).")] = None,
     shard_size: Annotated[str, typer.Option("--shard-size", help="With --config: largest output shard, e.g. 5GB or 500MB.")] = "5GB",
 ) -> None:
@@ -159,9 +160,10 @@ def with_param_options(function: Callable[..., None], model: Any, into: str = "p
     """`function` as a Typer command with one more option per field of the pydantic `model`.
 
     `lambda_` becomes `--lambda` (`option_name`), a list is a repeatable option that also takes
-    commas (`--layers 0-3,8`), a bool is `--x/--no-x`. The options that were given reach
-    `function` as one dict in its `into` argument (pydantic validates them there); `function`'s
-    own parameters keep their options and its `into` argument is not an option.
+    commas (`--layers 0-3,8`), a bool is `--x/--no-x`; --help shows each field's default. The
+    options given on the command line reach `function` as one dict in its `into` argument
+    (pydantic validates them there, so a method can tell what was given); `function` must take
+    `ctx: typer.Context`, its other parameters keep their options and `into` is not an option.
     """
     hints = get_type_hints(function, include_extras=True)  # the Annotated options, not their names as strings
     own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(function).parameters.values() if p.name != into]
@@ -170,11 +172,13 @@ def with_param_options(function: Callable[..., None], model: Any, into: str = "p
     for field, _ in fields:
         if field in names or option_name(field) in {option_name(n) for n in names}:
             raise RuntimeError(f"parameter '{field}' of {model.__name__} clashes with an option of the command")
-    added = [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(field, info)) for field, info in fields]
+    added = [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(info), annotation=_option(field, info)) for field, info in fields]
 
     def command(**values: Any) -> None:
+        ctx = values["ctx"]
         given = {field: _given(values.pop(field)) for field, _ in fields}
-        return function(**values, **{into: {k: v for k, v in given.items() if v is not None}})
+        given = {k: v for k, v in given.items() if v is not None and ctx.get_parameter_source(k).name != "DEFAULT"}
+        return function(**values, **{into: given})
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
     command.__signature__ = inspect.Signature(parameters)
@@ -186,16 +190,34 @@ def with_param_options(function: Callable[..., None], model: Any, into: str = "p
 def _option(field: str, info: Any) -> Any:
     """The Typer annotation of one parameter's option: its type, flag names and help with the default."""
     cli_type, choices = _cli_type(info.annotation)
-    help_text = info.description or ""
+    help_text, described = _split_default(info.description or "")
     if choices:
         help_text += f" Choices: {', '.join(choices)}."
     if info.is_required():
         help_text += " (required)"
-    else:
-        help_text += f" (default: {_show(info.get_default(call_default_factory=True))})"
     name = option_name(field)
     decls = (f"--{name}/--no-{name}",) if cli_type is bool else (f"--{name}",)
-    return Annotated[Optional[cli_type], typer.Option(*decls, help=help_text.strip(), show_default=False)]
+    shown = True if _cli_default(info) is not None else (described or False)  # what a None default means, from the description
+    return Annotated[Optional[cli_type], typer.Option(*decls, help=help_text.strip(), show_default=shown)]
+
+
+def _cli_default(info: Any) -> Any:
+    """The default --help shows (the field's own; None when required or none)."""
+    if info.is_required():
+        return None
+    default = info.get_default(call_default_factory=True)
+    return None if default == [] else default
+
+
+_DESCRIBED_DEFAULT = re.compile(r"\s*\(default:?\s+([^)]*)\)|;\s*default:\s*([^.;)]+)")
+
+
+def _split_default(description: str) -> tuple[str, str | None]:
+    """A description without its '(default ...)' words, and those words, shown as [default: ...] like every default."""
+    match = _DESCRIBED_DEFAULT.search(description)
+    if match is None:
+        return description, None
+    return (description[: match.start()] + description[match.end():]).strip(), (match.group(1) or match.group(2)).strip()
 
 
 def _given(value: Any) -> Any:
@@ -223,9 +245,3 @@ def _cli_type(annotation: Any) -> tuple[Any, list[str]]:
     if annotation in (bool, int, float, str):
         return annotation, []
     return str, []
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        return str(value[0])
-    return "none" if value is None else str(value)

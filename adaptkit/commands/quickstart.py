@@ -43,7 +43,7 @@ def command(
     source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 150,
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate.", show_default="1e-3 for the embedded model, 5e-5 with --model (the SSU paper's)")] = None,
     freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
     calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
