@@ -266,3 +266,39 @@ def test_mt_and_sum_tasks_build_their_prompts_from_the_records(tmp_path):
     instruction, anchor = SUM_TEMPLATES["ha"]
     assert task.name == "sum" and task.info["languages"] == ["ha"]
     assert task.payload == [{"id": 0, "lang": "ha", "prompt": f"{instruction} long text {anchor}", "reference": "short"}]
+
+
+def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, make_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"id": "b", "prompt": "Kowa yana da"}\n')
+    first, second = make_model_dir("llama", seed=0), make_model_dir("llama", seed=1)
+    alone = {}
+    for name, directory in (("x", first), ("y", second)):
+        out = tmp_path / f"{name}.jsonl"
+        assert invoke("generate", "-m", f"{name}={directory}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "-q").returncode == 0
+        alone[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    out = tmp_path / "both.jsonl"
+    result = invoke("generate", "-m", f"x={first}", "-m", f"y={second}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "--json")
+    assert result.returncode == 0, result
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == alone["x"] + alone["y"]
+    assert [r["model"] for r in rows] == ["x", "x", "y", "y"] and json.loads(result.stdout)["models"] == ["x", "y"]
+    assert [r["response"] for r in alone["x"]] != [r["response"] for r in alone["y"]]  # two models, two sets of responses
+
+
+def test_models_are_named_after_their_run_directories(invoke, make_model_dir, corpora, tmp_path):
+    import shutil
+
+    from adaptkit.evals.runner import default_names
+
+    base = tmp_path / "base"
+    shutil.copytree(make_model_dir("llama", seed=0), base)
+    for run in ("fft", "ssu"):
+        shutil.copytree(make_model_dir("llama", seed=1), tmp_path / "runs" / run / "final")
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "-m", base, "-m", tmp_path / "runs/fft/final", "-m", tmp_path / "runs/ssu/final/",
+                    "--task", f"ppl:hau={corpora['ha-test']}", "--set", "ppl.block_size=32", "--no-plots", "-o", out, "--json")
+    assert result.returncode == 0, result
+    assert list(json.loads(result.stdout)["results"]) == ["base", "fft", "ssu"]
+    assert default_names(["a/fft/final", "b/fft/final", "runs/fft/checkpoint-20", "org/model"]) == ["a/fft", "b/fft", "fft/checkpoint-20", "model"]
+    assert default_names(["x/m", "y/m", "z/m"]) == ["x/m", "y/m", "z/m"]  # every clashing name grows, not only the first

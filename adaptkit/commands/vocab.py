@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
 
 app = typer.Typer(help="Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).", no_args_is_help=True)
 
@@ -28,20 +28,17 @@ def _stats_row(path: str, stats: dict) -> list:
 
 @app.command()
 def inspect(
+    ctx: typer.Context,
     model: ModelOpt,
     data: DataOpt,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Tokens per word, bytes per token, unknown and byte-token shares of each --data file."""
-    from adaptkit.commands.common import Console
     from adaptkit.io.models import resolve_model_source
     from adaptkit.vocab.extend import read_texts
     from adaptkit.vocab.stats import text_stats
     from adaptkit.vocab.tokenizer import load_tokenizer_as_is
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
     texts = {str(p): read_texts(p, "--data") for p in data}
     tokenizer = load_tokenizer_as_is(resolve_model_source(model))
     files = [{"path": path, **text_stats(t, tokenizer)} for path, t in texts.items()]
@@ -55,6 +52,7 @@ def inspect(
 
 @app.command()
 def extend(
+    ctx: typer.Context,
     model: ModelOpt,
     data: DataOpt,
     add: Annotated[int, typer.Option("--add", help="Exact number of new tokens (tokens the vocabulary has are skipped).")],
@@ -63,24 +61,19 @@ def extend(
     init: Annotated[str, typer.Option("--init", help="Initializer of the new rows: subword-mean (FVT), mean, random, or a plugin's.")] = "subword-mean",
     pad_to_multiple_of: Annotated[Optional[int], typer.Option("--pad-to-multiple-of", help="Pad the embedding rows to a multiple (e.g. 64).")] = None,
     source_data: Annotated[Optional[Path], typer.Option("--source-data", help="Source-language text: report fertility and the share of its tokens that changed.")] = None,
-    set_: SetOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="An initializer parameter: --set KEY=VALUE (repeatable; see `adaptkit plugins --kind initializer`).")] = None,
     seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Learn --add new tokens from --data, append them to tokenizer and embeddings, write a model dir."""
-    from adaptkit.commands.common import Console
     from adaptkit.config import parse_set_overrides
     from adaptkit.vocab.extend import ExtendOptions, extend as run_extend
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
     params = {".".join(path): value for path, value in parse_set_overrides(set_)}
     opts = ExtendOptions(
         model=model, data=list(data), add=add, output=output, min_frequency=min_frequency, init=init,
         init_params=params, pad_to=pad_to_multiple_of, source_data=source_data, seed=0 if seed is None else seed,
-        overwrite=overwrite,
+        overwrite=shared(ctx).overwrite,
     )
     record = run_extend(opts, log=lambda message: console.print(message))
     rows = [[r["path"], r["role"], r["before"]["tokens_per_word"], r["after"]["tokens_per_word"],
