@@ -35,6 +35,7 @@ BUILTIN_COMMANDS = {
     "codemix": "adaptkit.commands.codemix",
     "plugins": "adaptkit.commands.plugins",
     "quickstart": "adaptkit.commands.quickstart",
+    "data": "adaptkit.commands.data",
 }
 
 

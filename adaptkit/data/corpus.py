@@ -65,7 +65,7 @@ def pack_blocks(stream: "torch.Tensor", seq_len: int) -> "torch.Tensor":
     return stream[: count * seq_len].reshape(count, seq_len).long()
 
 
-def _per_source(value: str | Sequence[str], count: int, flag: str) -> list[str]:
+def per_source(value: str | Sequence[str], count: int, flag: str) -> list[str]:
     values = [value] if isinstance(value, str) else list(value)
     if len(values) == 1:
         return values * count
@@ -83,15 +83,17 @@ def open_store_sources(paths: Sequence[str], tokenizer, text_field: str | Sequen
     names = [str(p) for p in paths]
     sources = [resolve(name, flag, fmt) for name in names]
     caps, total = parse_max_tokens(max_tokens, names)
-    opened = open_sources(sources, tokenizer, _per_source(text_field, len(sources), "--text-field"), caps, total, use_cache, num_proc, flag, log)
+    opened = open_sources(sources, tokenizer, per_source(text_field, len(sources), "--text-field"), caps, total, use_cache, num_proc, flag, log)
     segments = []
-    for entry, cap in zip(opened, caps):
-        if entry is None or (total is not None and total <= 0):
-            continue
-        store, index = entry
-        limit = min(c for c in (store.index["sources"][index]["tokens"], cap, total) if c is not None)
-        segments.append((store, index, limit))
-        total = None if total is None else total - limit
+    for entries, cap in zip(opened, caps):
+        for store, index in entries:
+            limits = [c for c in (store.index["sources"][index]["tokens"], cap, total) if c is not None]
+            limit = min(limits)
+            if limit <= 0:
+                break
+            segments.append((store, index, limit))
+            cap = None if cap is None else cap - limit
+            total = None if total is None else total - limit
     return segments
 
 

@@ -455,43 +455,44 @@ def parse_max_tokens(values: Any, names: Sequence[str], flag: str = "--max-token
 
 def open_sources(sources: Sequence, tokenizer, text_fields: Sequence[str], caps: Sequence[int | None], total: int | None,
                  use_cache: bool = True, num_proc: int | None = None, flag: str = "--data",
-                 log: Callable[[str], None] = lambda m: None) -> list[tuple[TokenStore, int] | None]:
-    """(store, source index) of every source: stores given as such (tokenizer checked), the raw
-    sources tokenized into one store, cached by content under $ADAPTKIT_CACHE unless `use_cache` is off.
-    None for a raw source left out because the total cap was reached before it."""
+                 log: Callable[[str], None] = lambda m: None) -> list[list[tuple[TokenStore, int]]]:
+    """The (store, source index) pairs of every source: all sources of a store given as such (its
+    tokenizer checked), or the source's own entry in one store of all raw sources, cached by content
+    under $ADAPTKIT_CACHE unless `use_cache` is off (empty when the total cap was reached before it)."""
     raw = [i for i, s in enumerate(sources) if s.kind != "store"]
-    opened: dict[int, tuple[TokenStore, int]] = {}
+    opened: dict[int, list[tuple[TokenStore, int]]] = {}
     for i, source in enumerate(sources):
         if source.kind == "store":
             store = TokenStore(source.path, flag)
             store.check_tokenizer(tokenizer)
-            if len(store.index["sources"]) != 1:
-                raise InputError(f"{flag}: token store '{source.spec}' holds {len(store.index['sources'])} sources; give them one by one (prepare one store per source)")
-            opened[i] = (store, 0)
+            opened[i] = [(store, j) for j in range(len(store.index["sources"]))]
     if raw:
         chosen = [sources[i] for i in raw]
         fields, limits = [text_fields[i] for i in raw], [caps[i] for i in raw]
         cap_all = total if len(raw) == len(sources) else None
-
-        def build(directory: Path) -> None:
-            write_store(directory, chosen, tokenizer, fields, num_proc, limits, cap_all, log)
-
-        if use_cache:
-            key = hashlib.sha256(json.dumps([VERSION, tokenizer_fingerprint(tokenizer), cap_all, [
-                [s.content_hash(), s.kind, [f for _, f in s.files], field, limit] for s, field, limit in zip(chosen, fields, limits)
-            ]]).encode()).hexdigest()[:32]
-            store = cached_store(key, build, flag)
-        else:
-            (cache_dir() / "stores").mkdir(parents=True, exist_ok=True)  # on disk, not in a RAM /tmp
-            directory = Path(tempfile.mkdtemp(prefix=".uncached-", dir=cache_dir() / "stores"))
-            try:
-                build(directory)
-                store = TokenStore(directory, flag)
-                for s in range(len(store.index["sources"])):
-                    store._stream(s)  # mapped before the files are unlinked
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
+        store = _raw_store(chosen, tokenizer, fields, limits, cap_all, use_cache, num_proc, flag, log)
         for j, i in enumerate(raw):
-            if j < len(store.index["sources"]):
-                opened[i] = (store, j)
-    return [opened.get(i) for i in range(len(sources))]
+            opened[i] = [(store, j)] if j < len(store.index["sources"]) else []
+    return [opened[i] for i in range(len(sources))]
+
+
+def _raw_store(sources: Sequence, tokenizer, fields: list[str], caps: list[int | None], total: int | None,
+               use_cache: bool, num_proc: int | None, flag: str, log: Callable[[str], None]) -> TokenStore:
+    def build(directory: Path) -> None:
+        write_store(directory, sources, tokenizer, fields, num_proc, caps, total, log)
+
+    if use_cache:
+        key = hashlib.sha256(json.dumps([VERSION, tokenizer_fingerprint(tokenizer), total, [
+            [s.content_hash(), s.kind, [f for _, f in s.files], field, cap] for s, field, cap in zip(sources, fields, caps)
+        ]]).encode()).hexdigest()[:32]
+        return cached_store(key, build, flag)
+    (cache_dir() / "stores").mkdir(parents=True, exist_ok=True)  # on disk, not in a RAM /tmp
+    directory = Path(tempfile.mkdtemp(prefix=".uncached-", dir=cache_dir() / "stores"))
+    try:
+        build(directory)
+        store = TokenStore(directory, flag)
+        for s in range(len(store.index["sources"])):
+            store._stream(s)  # mapped before the files are unlinked
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return store
