@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
-COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "codemix", "plugins", "quickstart")
+COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "codemix", "plugins", "quickstart", "data")
 
 
 def _imports_after(args: list[str]) -> tuple[int, str, list[str]]:

@@ -58,11 +58,10 @@ def parse_mixture(values: Sequence[str], flag: str = "--data") -> list[MixtureSo
         for value, source in zip(values, sources):
             if not value.startswith(f"{source.name}="):
                 raise InputError(f"{flag}: '{value}' needs a name when several sources are mixed (NAME=SPEC[:WEIGHT])")
-    seen: set[str] = set()
-    for source in sources:
-        if source.name in seen:
-            raise InputError(f"{flag}: duplicate source name '{source.name}'")
-        seen.add(source.name)
+    names = [s.name for s in sources]
+    duplicate = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if duplicate is not None:
+        raise InputError(f"{flag}: duplicate source name '{duplicate}'")
     return sources
 
 
