@@ -38,6 +38,7 @@ BUILTIN_COMMANDS = {
     "vocab": "adaptkit.commands.vocab",
     "plugins": "adaptkit.commands.plugins",
     "quickstart": "adaptkit.commands.quickstart",
+    "data": "adaptkit.commands.data",
 }
 
 

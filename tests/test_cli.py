@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
-COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "generate", "codemix", "plugins", "quickstart")
+COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "generate", "codemix", "plugins", "quickstart", "data", "vocab")
 
 
 def _imports_after(args: list[str]) -> tuple[int, str, list[str]]:

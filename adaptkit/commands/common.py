@@ -136,6 +136,9 @@ def prepare_command(command: Any, root: bool = False) -> Any:
 
 def _conventional_metavars(command: Any) -> None:
     for param in command.params:
+        if getattr(param, "param_type_name", "") == "argument" and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx=None: None  # an argument's help shows its name (STORE), not '<path>'
+            continue
         if getattr(param, "is_flag", False) or param.metavar is not None or not hasattr(param, "display_type"):
             continue
         shown = str(param.display_type(None) or "").strip("<>")  # typer: 'int range', 'list[Path]', 'a|b'
