@@ -71,8 +71,8 @@ def _messages(record: Any, path: Path, number: int, flag: str) -> list[dict[str,
     for message in messages:
         if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
             raise InputError(f"{where}: each message must be an object with 'role' and 'content' strings")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise InputError(f"{where} has no assistant turn with text to score")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise InputError(f"{where} has no assistant turn to score")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
