@@ -224,3 +224,34 @@ def plot_curves(metrics: Path, path: Path) -> None:
     with atomic_file(path, overwrite=True) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_methods(runs: dict[str, Path], path: Path) -> None:
+    """Several runs side by side (the quickstart's methods): one panel per eval set, the perplexity
+    of each run over its steps; the panel title says the set's role (source: forgetting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adaptkit.io.atomic import atomic_file
+
+    evals = {name: read_metrics(metrics)[1] for name, metrics in runs.items()}
+    sets = list(dict.fromkeys((r["eval"], r.get("role")) for rows in evals.values() for r in rows))
+    if not sets:
+        return
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    colours = matplotlib.colormaps["tab10"]
+    for ax, (name, role) in zip(axes[0], sets):
+        for i, (run, rows) in enumerate(evals.items()):
+            points = [(r["step"], r["ppl"]) for r in rows if r["eval"] == name]
+            if points:
+                ax.plot(*zip(*points), ROLE_STYLES.get(role, ROLE_STYLES[None])[0], marker="o", markersize=3, color=colours(i % 10), label=run)
+        what = {"source": "forgetting", "target": "learning"}.get(role, ROLE_LABELS.get(role, role))
+        ax.set(xlabel="step", ylabel="perplexity", title=f"{name} ({role or 'no role'}: {what})")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
