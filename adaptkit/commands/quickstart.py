@@ -261,7 +261,7 @@ def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, 
         "optimizer": {"lr": lr, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup_ratio": 0.05},
         "seed": seed,
-        "log_steps": 25,
+        "log_steps": min(25, max(1, steps // 20)),  # about 20 points of the training-loss curve
         "eval": evals or {},
     }
     return _train(values, Path("runs") / name, console)
