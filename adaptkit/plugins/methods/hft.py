@@ -65,6 +65,7 @@ class HalfFineTuning(TrainingMethod):
     summary = "Half Fine-Tuning: freeze half of each layer's attention and MLP matrices, chosen at random (seeded)"
     reference = "Hui et al., HFT, arXiv 2404.18466; SSU repository variant (github.com/gucci-j/ssu)"
     Params = HalfFineTuningParams
+    freeze_special_tokens = True  # as the SSU repository's HFT runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         seed = ctx.seed if self.params.seed is None else self.params.seed

@@ -50,6 +50,7 @@ class SourceShieldedUpdates(TrainingMethod):
     reference = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
     Params = SSUParams
     needs = frozenset({"mask"})
+    freeze_special_tokens = True  # as the SSU repository's SSU runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         from adaptkit.scoring.freeze import frozen_table
