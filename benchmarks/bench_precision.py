@@ -9,7 +9,7 @@ of every step: a hidden freeze that changes every method's forgetting. adaptkit'
 weights under bf16 autocast, where the same step moves nearly every entry.
 
 One full fine-tuning step (constant lr, no warmup, so the step uses the full lr) through the engine's own
-phases, in each precision, on Hausa UDHR text (batch 4 x 128 tokens, device cpu). Prints the share of
+phases, in each precision, on Hausa UDHR text (default batch 4 x 128 tokens, device cpu). Prints the share of
 weight entries unchanged by the step: of the weights the optimizer updates (bf16 in bf16-pure, the fp32
 master in bf16), and, for bf16, also after rounding to bf16 (what a bf16 copy of the result would show).
 """
@@ -23,13 +23,13 @@ import tempfile
 from pathlib import Path
 
 
-def one_step(model: str, data: Path, precision: str, lr: float, root: Path) -> dict:
+def one_step(model: str, data: Path, precision: str, lr: float, root: Path, batch: int, seq_len: int) -> dict:
     import torch
 
     from adaptkit.commands.train import build_config, build_method
     from adaptkit.engine import loop
 
-    flags = {"model": model, "data": [str(data)], "method": "fft", "seq_len": 128, "batch_size": 4, "max_steps": 1, "lr": lr,
+    flags = {"model": model, "data": [str(data)], "method": "fft", "seq_len": seq_len, "batch_size": batch, "max_steps": 1, "lr": lr,
              "warmup_ratio": 0.0, "schedule": "constant", "precision": precision, "device": "cpu"}
     config = build_config(None, flags, None)
     run = loop.set_up(config, root / precision, False, False, lambda m: None, None)
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Model directory or .gguf file (SmolLM2-135M-Instruct in the README).")
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128, help="(bf16 matmuls are slow on CPUs without AVX512-BF16: lower both there)")
     args = parser.parse_args(argv)
     import torch
 
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = demo.write_lines(demo.split_corpus("ha")[0] * 4, root / "ha.txt")
-        rows = [one_step(args.model, data, precision, args.lr, root) for precision in ("bf16-pure", "bf16")]
+        rows = []
+        for precision in ("bf16-pure", "bf16"):
+            rows.append(one_step(args.model, data, precision, args.lr, root, args.batch_size, args.seq_len))
+            print(f"{precision}: done", file=sys.stderr)
     for row in rows:
         print(f"{row['precision']:>9} ({row['weights']} weights): {100 * row['unchanged']:.2f}% of {row['entries']:,} entries unchanged "
               f"by one step at lr {row['lr']:g}; after rounding to bf16 {100 * row['unchanged_after_bf16_rounding']:.2f}%", file=sys.stderr)
