@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from adaptkit.errors import InputError
+from adaptkit.evals.tasks import EvalBackend
 from adaptkit.specs import Params
 
 if TYPE_CHECKING:
@@ -191,6 +192,34 @@ def plain_conversation(messages: list[dict[str, str]]) -> str:
     """A conversation as plain text for models without a chat template (last turn: the assistant's cue)."""
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
     return "".join(f"{names.get(m['role'], m['role'])}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+class JudgeBackend(EvalBackend):
+    """Base of the judge-* backends: one checked judge client and template for all their tasks."""
+
+    default_template = ""
+    template_kind = ""
+
+    def __init__(self, params: JudgeParams):
+        super().__init__(params)
+        self.client: Any = None
+        self.template: JudgeTemplate | None = None
+
+    def connect(self) -> None:
+        """Load the template and check the judge endpoint (once; called from `prepare`)."""
+        self.template = self.template or load_template(self.params.template, self.default_template, self.template_kind, "--set judge.template")
+        self.client = self.client or judge_client(self.params, self.name)
+
+    def ask(self, requests: list[list[dict[str, str]]]) -> list[str]:
+        """The judge's replies to each request (cached, `judge.concurrency` at a time)."""
+        settings = judge_settings(self.params)
+        return self.client.map(lambda messages: self.client.chat(self.params.model, messages, settings, tag=self.name), requests)
+
+    def answerer(self, model: Any, tokenizer: Any, seed: int):
+        """conversations -> the loaded model's answers, with this task's decoding and chat-template setting."""
+        generator, has_template = in_process(model, tokenizer)
+        templated = self.params.chat_template and has_template
+        return lambda conversations: answer(generator, conversations, self.params, templated, seed)
 
 
 def answer(generator: Any, conversations: list[list[dict[str, str]]], params: JudgeParams, templated: bool, seed: int) -> list[str]:

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import Field
 
 from adaptkit.errors import InputError
-from adaptkit.evals.judging import JudgeParams
-from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
+from adaptkit.evals.judging import JudgeBackend, JudgeParams
+from adaptkit.evals.tasks import EvalTask, RunContext, TaskOutput, named_file
 from adaptkit.specs import EvalBackendSpec
 
 REFERENCE_FILES = (".json", ".jsonl")
@@ -30,24 +30,22 @@ class PairwiseParams(JudgeParams):
     lc_ridge: float = Field(1e-3, ge=0, description="L2 penalty of the length-controlled fit (keeps it finite under separation)")
 
 
-class PairwiseBackend(EvalBackend):
+class PairwiseBackend(JudgeBackend):
     name = "judge-pairwise"
+    default_template = template_kind = "pairwise"
 
     def __init__(self, params: PairwiseParams):
         super().__init__(params)
-        self.client: Any = None
-        self.template: Any = None
         self.generated: dict[str, list[str]] = {}  # task -> reference model's answers, computed once
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
-        from adaptkit.evals.judging import judge_client, load_template, read_records
+        from adaptkit.evals.judging import read_records
 
         name, path = named_file(spec)
         where = f"{flag} judge-pairwise:{spec}"
         rows = read_records(path, where, ("instruction",))[: self.params.limit]
         references = self._reference_file(rows)
-        self.template = self.template or load_template(self.params.template, "pairwise", "pairwise", "--set judge.template")
-        self.client = self.client or judge_client(self.params, self.name)
+        self.connect()
         items = [{"id": row.get("id", i), "instruction": row["instruction"], "reference_output": ref}
                  for i, (row, ref) in enumerate(zip(rows, references))]
         info = {"file": path, "items": len(items), "reference": self.params.reference, "judge": self.params.model, "template": self.template.name}
@@ -73,14 +71,11 @@ class PairwiseBackend(EvalBackend):
         return [by_instruction[row["instruction"]] for row in rows]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        from adaptkit.evals.judging import answer, in_process
-
-        generator, has_template = in_process(model, tokenizer)
-        templated = self.params.chat_template and has_template
+        answers = self.answerer(model, tokenizer, ctx.seed)
         results = {}
         for task in tasks:
             conversations = [[{"role": "user", "content": item["instruction"]}] for item in task.payload]
-            outputs = answer(generator, conversations, self.params, templated, ctx.seed)
+            outputs = answers(conversations)
             references = self._references(task, conversations, model, ctx)
             results[task.name] = self._judge(task.payload, outputs, references)
         return results
@@ -90,26 +85,23 @@ class PairwiseBackend(EvalBackend):
         if task.payload[0]["reference_output"] is not None:
             return [item["reference_output"] for item in task.payload]
         if task.name not in self.generated:
-            from adaptkit.evals.judging import answer, in_process
             from adaptkit.evals.runner import ModelRef, load_model_ref
 
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             ref_model, ref_tokenizer = load_model_ref(ModelRef("reference", self.params.reference), dtype, ctx.device)
-            generator, has_template = in_process(ref_model, ref_tokenizer)
-            self.generated[task.name] = answer(generator, conversations, self.params, self.params.chat_template and has_template, ctx.seed)
+            self.generated[task.name] = self.answerer(ref_model, ref_tokenizer, ctx.seed)(conversations)
             del ref_model
         return self.generated[task.name]
 
     def _judge(self, items: list[dict[str, Any]], outputs: list[str], references: list[str]) -> TaskOutput:
         from adaptkit.evals.judge_stats import lc_win_rate, swapped_preference, win_rate
-        from adaptkit.evals.judging import judge_settings, parse_verdict
+        from adaptkit.evals.judging import parse_verdict
 
         requests = []
         for item, out, ref in zip(items, outputs, references):
             requests.append(self.template.messages("user", instruction=item["instruction"], output_a=out, output_b=ref))
             requests.append(self.template.messages("user", instruction=item["instruction"], output_a=ref, output_b=out))
-        settings = judge_settings(self.params)
-        replies = self.client.map(lambda messages: self.client.chat(self.params.model, messages, settings, tag=self.name), requests)
+        replies = self.ask(requests)
         verdicts = [parse_verdict(r) for r in replies]
         records, kept = [], []
         for i, (item, out, ref) in enumerate(zip(items, outputs, references)):

@@ -17,59 +17,51 @@ from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import InputError
-from adaptkit.evals.judging import JudgeParams
-from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
+from adaptkit.evals.judging import JudgeBackend, JudgeParams
+from adaptkit.evals.tasks import EvalTask, RunContext, TaskOutput, named_file
 from adaptkit.specs import EvalBackendSpec
 
 TURNS = 2
 
 
-class SingleBackend(EvalBackend):
+class SingleBackend(JudgeBackend):
     name = "judge-single"
-
-    def __init__(self, params: JudgeParams):
-        super().__init__(params)
-        self.client: Any = None
-        self.template: Any = None
+    default_template = "mt-bench"
+    template_kind = "single"
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
-        from adaptkit.evals.judging import judge_client, load_template, read_records
+        from adaptkit.evals.judging import read_records
 
         name, path = named_file(spec)
         where = f"{flag} judge-single:{spec}"
         rows = read_records(path, where, ())[: self.params.limit]
         items = [_question(row, number, where, path) for number, row in enumerate(rows, start=1)]
-        self.template = self.template or load_template(self.params.template, "mt-bench", "single", "--set judge.template")
-        self.client = self.client or judge_client(self.params, self.name)
+        self.connect()
         info = {"file": path, "items": len(items), "judge": self.params.model, "template": self.template.name, "scale": list(self.template.scale)}
         return [EvalTask(name or Path(path).stem, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        from adaptkit.evals.judging import answer, in_process
-
-        generator, has_template = in_process(model, tokenizer)
-        templated = self.params.chat_template and has_template
+        answers = self.answerer(model, tokenizer, ctx.seed)
         results = {}
         for task in tasks:
             first = [[{"role": "user", "content": item["turns"][0]}] for item in task.payload]
-            answers_1 = answer(generator, first, self.params, templated, ctx.seed)
+            answers_1 = answers(first)
             second = [conv + [{"role": "assistant", "content": a}, {"role": "user", "content": item["turns"][1]}]
                       for conv, a, item in zip(first, answers_1, task.payload)]
-            answers_2 = answer(generator, second, self.params, templated, ctx.seed)
+            answers_2 = answers(second)
             results[task.name] = self._judge(task.payload, answers_1, answers_2)
         return results
 
     def _judge(self, items: list[dict[str, Any]], answers_1: list[str], answers_2: list[str]) -> TaskOutput:
         from adaptkit.evals.judge_stats import grade_summary
-        from adaptkit.evals.judging import judge_settings, parse_grade
+        from adaptkit.evals.judging import parse_grade
 
         requests = []
         for item, a1, a2 in zip(items, answers_1, answers_2):
             q1, q2 = item["turns"]
             requests.append(self.template.messages("turn 1", question_1=q1, answer_1=a1))
             requests.append(self.template.messages("turn 2", question_1=q1, answer_1=a1, question_2=q2, answer_2=a2))
-        settings = judge_settings(self.params)
-        replies = self.client.map(lambda messages: self.client.chat(self.params.model, messages, settings, tag=self.name), requests)
+        replies = self.ask(requests)
         grades = [parse_grade(r, self.template.scale) for r in replies]
         metrics = grade_summary([grades[0::2], grades[1::2]])
         metrics["items"] = float(len(items))
