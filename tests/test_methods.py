@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, assert_trains_exactly, weights
+from _methods_helpers import TRAIN, assert_hft_rule, assert_trains_exactly, weights
 from safetensors.torch import load_file
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -47,21 +47,10 @@ def _all(before, run, model_dir):
     return {name: None for name in before}
 
 
-def _hft(before, run, model_dir):
-    from transformers import AutoModelForCausalLM
-
-    from adaptkit.plugins.methods.hft import hft_selection
-
-    selection = hft_selection(AutoModelForCausalLM.from_pretrained(model_dir), seed=42)
-    for index, frozen in selection.items():  # the rule itself, checked on the selection that was used
-        attention = [m for m in frozen if m.startswith("self_attn.")]
-        mlp = [m for m in frozen if m.startswith("mlp.")]
-        norms = [m for m in frozen if "norm" in m and "." not in m]
-        assert len(attention) == 2 and len(mlp) in (1, 2) and len(norms) == 1, (index, frozen)
-    assert sorted(len([m for m in v if m.startswith("mlp.")]) for v in selection.values()) == [1, 1, 2]
-    prefixes = tuple(f"model.layers.{i}.{m}." for i, names in selection.items() for m in names)
+def _hft(before, run, model_dir):  # the rule, checked on the frozen modules seen in the weights (seed 42: the run's default)
+    trainable = assert_hft_rule(before, weights(run / "final"), model_dir, seed=42)
     rows = _special_rows(model_dir)  # hft freezes the special-token rows by default, as the SSU repository
-    return {name: rows if _embeddings(name) else None for name in before if not name.startswith(prefixes)}
+    return {name: rows if _embeddings(name) else mask for name, mask in trainable.items()}
 
 
 def _lota(before, run, model_dir):
@@ -139,6 +128,7 @@ METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 @pytest.mark.parametrize("label", list(METHODS))
 def test_method_trains_exactly_what_it_claims(tmp_path, make_model_dir, corpora, invoke, label, arch):
@@ -159,8 +149,9 @@ def test_plugins_lists_every_method_with_parameters(invoke):
     listed = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg"):
         assert name in listed and listed[name]["reference"], name
-    assert "mask_ratio=0.5" in listed["gmt"]["parameters"]
-    assert "sparsity=0.9" in listed["lota"]["parameters"] and "calibration_steps=100" in listed["lota"]["parameters"]
-    assert "first=10" in listed["layra"]["parameters"] and "last=2" in listed["layra"]["parameters"]
-    assert "layers=required" in listed["layer-freeze"]["parameters"]
+    defaults = {name: {p["name"]: (None if p["required"] else p["default"]) for p in entry["parameters"]} for name, entry in listed.items()}
+    assert defaults["gmt"]["mask_ratio"] == 0.5
+    assert defaults["lota"]["sparsity"] == 0.9 and defaults["lota"]["calibration_steps"] == 100
+    assert defaults["layra"]["first"] == 10 and defaults["layra"]["last"] == 2
+    assert next(p for p in listed["layer-freeze"]["parameters"] if p["name"] == "layers")["required"] is True
     assert listed["lora"]["extras"] == ["peft"]

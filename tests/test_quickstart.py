@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 
+@pytest.mark.slow
 def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
     out = tmp_path / "demo"
     result = invoke("quickstart", "-o", out, "--methods", "fft,ssu-wanda", "--source-steps", "30", "--steps", "6",

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, shared
 
 
 @contextlib.contextmanager
@@ -33,6 +33,7 @@ def _inside(directory: Path):
 
 
 def command(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("-o", "--output", help="Demo directory (data, models, runs, eval report).")] = Path("demo"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A real model instead of the embedded default: Hub id, local dir or .gguf file.")] = None,
     target_lang: Annotated[str, typer.Option("--target-lang", help="Target language of the UDHR text (e.g. ha, ig, am, ky, ne, sw, yo).")] = "ha",
@@ -42,15 +43,11 @@ def command(
     source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 150,
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate.", show_default="1e-3 for the embedded model, 5e-5 with --model (the SSU paper's)")] = None,
     freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
     calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
     from adaptkit import demo
@@ -59,7 +56,8 @@ def command(
     from adaptkit.scoring.freeze import check_ratio
     from adaptkit.registry import get_spec
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     method_names = [m.strip() for m in methods.split(",") if m.strip()]
     if not method_names:
         raise InputError("--methods: give at least one method name")

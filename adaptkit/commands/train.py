@@ -7,7 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.io.atomic import check_writable
+from adaptkit.io.devices import DEVICE_HELP
 
 # CLI flag -> dotted TrainConfig key
 FLAG_KEYS = {
@@ -102,14 +104,15 @@ def build_method(config, method_flags: Optional[dict[str, Any]] = None):
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`).", show_default="fft")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (default: one epoch).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps.", show_default="one epoch")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).")] = None,
@@ -122,8 +125,8 @@ def command(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
-    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
+    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
@@ -131,21 +134,42 @@ def command(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
     train_config = build_config(config, flags, set_, method_flags)
     training_method = build_method(train_config, method_flags)
-    console = Console(json_out, quiet)
+    use_device(train_config.device)
+    check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
+    shared(ctx).on_interrupt = lambda: interrupted_note(output)
     result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def use_device(device: str) -> None:
+    """Refuse a device this machine lacks before the engine runs; `cuda:N` becomes the current CUDA device."""
+    from adaptkit.io.devices import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(resolved)  # the engine (accelerate) trains one process on the current device
+
+
+def interrupted_note(output: Path) -> str:
+    """What an interrupted run kept and how to continue it."""
+    from adaptkit.engine.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is None:
+        return f"no checkpoint was saved in {output} yet, so there is nothing to resume (--save-steps N saves one every N steps)"
+    return f"kept {checkpoint}; continue with the same command and --resume"
 
 
 def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):

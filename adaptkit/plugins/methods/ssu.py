@@ -153,7 +153,7 @@ class SSURandom(SourceShieldedUpdates):
 
 class SSUSparseGPT(SourceShieldedUpdates):
     name, scorer = "ssu-sparsegpt", "sparsegpt"
-    summary = "SSU ablation: freeze the top columns by SparseGPT-style OBS saliency"
+    summary = "SSU ablation: freeze the top columns by the SparseGPT-style score E[x_j^2] (SSU paper, App. B)"
 
 
 class SSUFisher(SourceShieldedUpdates):
