@@ -27,7 +27,6 @@ from adaptkit.errors import InputError
 
 if TYPE_CHECKING:
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.engine.loop import Meter, Run, Training
     from adaptkit.evals.perplexity import EncodedDocuments
 
 ROLES = ("source", "target")
@@ -148,8 +147,8 @@ def eval_due(step: int, every: Optional[int], last: int) -> bool:
     return step == 0 or step == last or bool(every and step % every == 0)
 
 
-def evaluate_now(run: "Run", t: "Training", step: int, meter: "Meter") -> None:
-    """When due (step 0, every --eval-steps, the last step): score every eval set, append the rows
+def evaluate_now(run: Any, t: Any, step: int, meter: Any) -> None:
+    """(`run`, `t`, `meter`: engine/loop.py's Run, Training and Meter.) When due (step 0, every --eval-steps, the last step): score every eval set, append the rows
     to metrics.jsonl and redraw curves.png; the time is kept out of tokens/s."""
     from adaptkit.evals.perplexity import score_documents
 
