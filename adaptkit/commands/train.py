@@ -35,6 +35,9 @@ FLAG_KEYS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
     "trust_remote_code": "trust_remote_code",
+    "eval_data": "eval.data",
+    "eval_steps": "eval.steps",
+    "validation_fraction": "data.validation_fraction",
 }
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
@@ -44,6 +47,8 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
     from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`."""
     from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
+    from adaptkit.engine.evaluation import check_eval_config
+    from adaptkit.errors import InputError
     from adaptkit.engine.config import TrainConfig
     from adaptkit.registry import get_spec
 
@@ -72,6 +77,7 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
     if not config.data.paths:
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
+    check_eval_config(config)
     return config
 
 
@@ -128,6 +134,9 @@ def command(
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval set NAME=SPEC[:ROLE] (ROLE source or target; text, JSONL or chat JSONL with 'messages'): perplexity and bits per byte at step 0, every --eval-steps and at the end, in metrics.jsonl and curves.png. Repeatable.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate the eval sets every N steps (also at step 0 and the end).")] = None,
+    validation_fraction: Annotated[Optional[float], typer.Option("--validation-fraction", help="Hold out this fraction of the training blocks (seeded, not trained on) as the eval set 'validation'.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,

@@ -23,6 +23,7 @@ class DataConfig(Section):
     seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
     format: Literal["auto", "text", "jsonl", "hf"] = "auto"
     cache: bool = True
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -42,6 +43,21 @@ class ScheduleConfig(Section):
     name: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class EvalConfig(Section):
+    """Evaluation during training: perplexity and bits per byte of each set (the `ppl` task's accounting)."""
+
+    data: list[str] = Field(default_factory=list, description="Eval sets NAME=SPEC[:ROLE], ROLE source or target.")
+    steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps (and at step 0 and the end).")
+    block_size: Optional[int] = Field(None, ge=2, description="Window of model inputs (default: as `adaptkit evaluate`'s ppl).")
+    batch_size: int = Field(8, gt=0, description="Windows per forward pass.")
+    text_field: str = "text"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class TrainConfig(Section):
@@ -74,3 +90,4 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -5,7 +5,7 @@
     make_training   optimizer, schedule, the prepared (and compiled) model, the batches
     resume          config.yaml; with --resume, the newest checkpoint
     run_steps       for each step: train_step (micro-batches, callbacks, clip, step, write-back),
-                    then log and checkpoint
+                    then log, evaluate (engine/evaluation.py) and checkpoint
     export          final/ (dense model, plus what callbacks save) and the run card
 
 Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks);
@@ -30,6 +30,7 @@ from adaptkit.engine import checkpoint as ckpt
 from adaptkit.engine.batches import Batches
 from adaptkit.engine.config import TrainConfig
 from adaptkit.engine.distributed import Strategy
+from adaptkit.engine.evaluation import evaluate_now
 from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, build_schedule
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
@@ -92,6 +93,7 @@ class Run:
     log: Callable[[str], None]
     progress: Any
     created: bool = False  # this run made the run directory (removed again if planning fails)
+    evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
 
     @property
     def main(self) -> bool:
@@ -244,6 +246,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.data.corpus import load_blocks
     from adaptkit.engine import distributed
+    from adaptkit.engine.evaluation import load_eval_sets, split_validation
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.seeding import seed_everything
 
@@ -265,10 +268,12 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     data = config.data
     blocks = load_blocks(data.paths, tokenizer, data.seq_len, data.text_field, data.format, data.cache)
+    blocks, held_out = split_validation(blocks, data.validation_fraction, config.seed)
+    evals = load_eval_sets(config, tokenizer, held_out)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
-              total_steps(config, blocks.shape[0]), model, source.location, log, progress)
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress, evals=evals)
     _open_run_dir(run, resume, overwrite)
     return run
 
@@ -365,6 +370,8 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
     progress = run.progress
     task = progress.add_task("training", total=run.steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
     training.train_model.train()
+    if start_step == 0:
+        evaluate_now(run, training, 0, meter)
     for step in range(start_step, run.steps):
         loss, grad_norm, lr = train_step(run, training, step)
         meter.add(float(loss))
@@ -378,6 +385,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
                 progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
         elif progress:
             progress.update(task, completed=done)
+        evaluate_now(run, training, done, meter)
         _checkpoint_if_due(run, training, done, meter)
         run.accelerator.wait_for_everyone()
     meter.seconds = time.perf_counter() - meter.started

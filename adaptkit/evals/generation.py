@@ -187,6 +187,13 @@ def generate_records(
     return [{**row, "model": model_name, "response": response} for row, response in zip(rows, responses)]
 
 
+def as_chat_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generated records as chat records {id, model, messages: [user prompt, assistant response]}: a model's own
+    answers, whose perplexity during training (`train --eval-data chat=FILE:source`) tracks chat forgetting."""
+    return [{"id": r["id"], "model": r["model"], "messages": [{"role": "user", "content": r["prompt"]},
+                                                              {"role": "assistant", "content": r["response"]}]} for r in records]
+
+
 def record_languages(rows: list[dict[str, Any]], keys: tuple[str, ...], params: Params, where: str, backend: str) -> list[tuple[str, ...]]:
     """Canonical language codes of each record for `keys`: the record's value, else the backend setting."""
     from adaptkit.errors import InputError
