@@ -125,9 +125,9 @@ class ShardedStrategy(Strategy):
     sharded = True
 
     def shard(self, plan: "TrainingPlan", method: str) -> None:
-        if plan.callbacks:
-            names = ", ".join(sorted({type(cb).__name__ for cb in plan.callbacks}))
-            raise InputError(f"--distributed fsdp: method '{method}' uses training callbacks ({names}) that need whole parameters; use --distributed ddp")
+        whole = sorted({type(cb).__name__ for cb in plan.callbacks if not cb.shard_aware})
+        if whole:
+            raise InputError(f"--distributed fsdp: method '{method}' uses training callbacks ({', '.join(whole)}) that need whole parameters; use --distributed ddp")
         fully_shard_model(plan.model)
 
     def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
