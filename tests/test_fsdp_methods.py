@@ -23,6 +23,8 @@ METHODS = {
     "gmt": ["--set", "mask_ratio=0.5"],
     "soft-reg": ["--set", "penalty=l2sp", "--set", "strength=5"],
     "lota": ["--set", "calibration_steps=2", "--set", "sparsity=0.5"],
+    "lora": ["--set", "dropout=0", "--set", "r=4"],  # dropout masks depend on how the batch is split
+    "layra": ["--set", "dropout=0", "--set", "first=1", "--set", "last=0", "--set", "train_embeddings_and_head=false"],
 }
 
 
@@ -48,7 +50,49 @@ def test_fsdp_matches_one_process(method, tmp_path, make_model_dir, corpora, inv
         assert torch.equal(sharded[name][frozen], before[name][frozen]), name
         moved += int((~frozen).sum())
     assert moved > 0
+    adapter = tmp_path / "one" / "final" / "adapter"
+    if adapter.exists():  # the PEFT adapter exported from rank 0 matches the one-process adapter
+        ours, theirs = (load_file(str(run / "final" / "adapter" / "adapter_model.safetensors")) for run in (tmp_path / "fsdp", tmp_path / "one"))
+        assert ours.keys() == theirs.keys() and ours
+        assert all(torch.allclose(ours[k], theirs[k], atol=TOLERANCE, rtol=0) for k in ours)
+        configs = [json.loads((run / "final" / "adapter" / "adapter_config.json").read_text()) for run in (tmp_path / "fsdp", tmp_path / "one")]
+        for config in configs:  # peft keeps target_modules as a set: its order follows the process's hash seed
+            config["target_modules"] = sorted(config["target_modules"])
+        assert configs[0] == configs[1]
     if method == "lota":  # half the entries frozen by the calibrated mask, the same mask in both runs
         masks = load_file(str(tmp_path / "fsdp" / "lota" / "masks.safetensors"))
         alone = load_file(str(tmp_path / "one" / "lota" / "masks.safetensors"))
         assert masks.keys() == alone.keys() and all(torch.equal(masks[k], alone[k]) for k in masks)
+
+
+@pytest.mark.parametrize("method, settings, refused", [
+    ("lora", {}, None),
+    ("lora", {"train_embeddings_and_head": True}, "MergeAndSaveAdapter"),  # peft exports those through state_dict()
+    ("adalora", {}, "RankAllocation"),  # its allocator ranks the singular values of whole matrices
+    ("gmt", {}, None),
+    ("soft-reg", {}, None),
+])
+def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, refused, make_model_dir, tmp_path, monkeypatch):
+    """The sharded strategy checks the callbacks' capability (no method names): refused ones name the callback."""
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine import distributed
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.plan import MethodContext
+    from adaptkit.errors import InputError
+    from adaptkit.registry import get_spec
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama"))
+    config = TrainConfig(model="m", data={"paths": ["d"]}, method=method, max_steps=3)
+    ctx = MethodContext(None, config, None, tmp_path, 3, torch.device("cpu"), None, log=lambda m: None)
+    plan = get_spec("method", method, "--method").build(settings, "--set", {}).plan(model, ctx)
+    sharded = []
+    monkeypatch.setattr(distributed, "fully_shard_model", sharded.append)  # no process group here
+    strategy = distributed.ShardedStrategy(None, "fsdp")
+    if refused:
+        with pytest.raises(InputError, match=f"--distributed fsdp: method '{method}' uses training callbacks \\({refused}\\)"):
+            strategy.shard(plan, method)
+        assert not sharded
+    else:
+        strategy.shard(plan, method)
+        assert sharded == [plan.model]

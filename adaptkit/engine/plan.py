@@ -35,6 +35,9 @@ class TrainingCallback:
     """
 
     shard_aware: ClassVar[bool] = False
+    # `export` works on the whole model (e.g. merging adapters): under FSDP the strategy then
+    # unshards the trained model on every process before the main process exports it
+    exports_whole_model: ClassVar[bool] = False
 
     def extra_loss(self, model: "torch.nn.Module") -> "Optional[torch.Tensor]":
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""

@@ -50,3 +50,17 @@ def full_tensor(tensor: "torch.Tensor") -> "torch.Tensor":
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def held_state_dict(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    """The parameters (tied ones once) and persistent buffers the model holds now, by state-dict name.
+
+    Unlike `state_dict()`, which an FSDP2 module answers by resharding, this reads what an unsharded
+    model holds (engine/distributed.py unshard_model); for a plain model, its state dict less tied duplicates.
+    """
+    state = {name: param.detach() for name, param in model.named_parameters()}
+    for module_name, module in model.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                state[f"{module_name}.{name}" if module_name else name] = buffer
+    return state
