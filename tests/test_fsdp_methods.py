@@ -96,3 +96,18 @@ def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, refused
     else:
         strategy.shard(plan, method)
         assert sharded == [plan.model]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_held_state_dict_is_the_state_dict_of_a_plain_model(tied, make_model_dir):
+    """What the export reads instead of state_dict() (which an FSDP2 model answers by resharding)."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine.shards import held_state_dict
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama", tie_word_embeddings=tied))
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"]))
+    expected, held = wrapped.state_dict(), held_state_dict(wrapped)
+    assert held.keys() == expected.keys()
+    assert all(held[k] is not None and torch.equal(held[k], expected[k]) for k in expected)

@@ -53,12 +53,12 @@ def full_tensor(tensor: "torch.Tensor") -> "torch.Tensor":
 
 
 def held_state_dict(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
-    """The parameters (tied ones once) and persistent buffers the model holds now, by state-dict name.
+    """The parameters (a tied one under each of its names) and persistent buffers the model holds now, by state-dict name.
 
     Unlike `state_dict()`, which an FSDP2 module answers by resharding, this reads what an unsharded
-    model holds (engine/distributed.py unshard_model); for a plain model, its state dict less tied duplicates.
+    model holds (engine/distributed.py unshard_model); for a plain model, the keys of its state dict.
     """
-    state = {name: param.detach() for name, param in model.named_parameters()}
+    state = {name: param.detach() for name, param in model.named_parameters(remove_duplicate=False)}
     for module_name, module in model.named_modules():
         for name, buffer in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
