@@ -82,3 +82,10 @@ def test_training_check_drives_the_current_cli(acceptance, tmp_path):
     outcome = acceptance.check_precision(workspace, "fp32")
     assert outcome["status"] == "pass", outcome
     assert len(outcome["losses"]) == 8
+    from adaptkit.commands import train
+
+    planned = acceptance.dry_run_plan(workspace.train_args(workspace.model("small", **acceptance.SMALL), tmp_path / "dry", "fft", 2, 256, 8))
+    if "dry_run" in train.command.__code__.co_varnames:  # the script reads the plan of an adaptkit that has --dry-run
+        assert planned and not str(planned).startswith("skipped")
+    else:
+        assert planned == "skipped: this adaptkit has no --dry-run"
