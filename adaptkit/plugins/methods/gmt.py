@@ -9,7 +9,8 @@ Definition used here (once per optimizer step, in this order):
 1. the engine accumulates the gradient of the whole optimizer batch (all micro-batches and,
    in multi-process runs, all processes: the all-reduced mean);
 2. GMT masks it, per parameter tensor: entries with |g| at or below the k-th smallest |g|,
-   k = floor(mask_ratio * numel), are set to zero;
+   k = floor(mask_ratio * numel), are set to zero (under FSDP: the k-th smallest of the whole
+   tensor, not of a shard);
 3. the engine clips the masked gradient (the clipping norm is that of what is applied),
    then the optimizer steps.
 The accumulation interval of the paper is therefore the engine's gradient accumulation: the

@@ -18,7 +18,8 @@ optimizer step, before clipping: the same update as adding the penalty to the lo
 autograd graph over every weight. The logged loss is the language-modelling loss.
 
 Memory: a float32 copy of the regularized source weights (and, for EWC, the Fisher: as much
-again) stays on the training device; the run log and run card state how much.
+again) stays on the training device; the run log and run card state how much. Under FSDP each
+process keeps only its shard's rows of them after the first step.
 """
 
 from __future__ import annotations
