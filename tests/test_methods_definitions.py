@@ -258,7 +258,7 @@ def test_soft_reg_gradient_is_the_gradient_of_the_penalty(make_model_dir):
         model.zero_grad(set_to_none=True)
         penalty = sum(((fisher[n] if weighted else 1) * (p - source[n]) ** 2).sum() for n, p in params.items()) * 0.3
         expected = torch.autograd.grad(penalty, list(params.values()))
-        terms = [(p, source[n], fisher[n] if weighted else None) for n, p in params.items()]
+        terms = {n: (source[n], fisher[n] if weighted else None) for n in params}
         SourcePull(terms, 0.3).transform_gradients(model, 0)
         for (name, p), grad in zip(params.items(), expected):
             torch.testing.assert_close(p.grad, grad, rtol=1e-5, atol=1e-8, msg=name)

@@ -445,12 +445,13 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
     result = TrainResult(run.run_dir, final_dir, run.steps, meter.tokens_per_step * (run.steps - start_step), meter.seconds,
                          meter.final_loss, *t.counts, resumed_from, meter.history, run.main, run.accelerator.num_processes, run.strategy.name)
     result.state_bytes = _state_bytes(t.plan.model, t.optimizer)
-    full_state = run.strategy.full_state(t.plan.model)  # a collective under FSDP: every process
+    whole_model = any(callback.exports_whole_model for callback in t.plan.callbacks)
+    full_state = run.strategy.full_state(t.plan.model, whole_model)  # a collective under FSDP: every process
     if run.main:
         exported = run.accelerator.unwrap_model(t.train_model)
         for callback in t.plan.callbacks:
             exported = callback.export(exported)
-        _save_final(exported, run.tokenizer, t.plan, final_dir, full_state)
+        _save_final(exported, run.tokenizer, t.plan, final_dir, full_state if not whole_model else run.strategy.export_state(exported))
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location)
     run.accelerator.wait_for_everyone()
     return result

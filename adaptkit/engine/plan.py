@@ -27,7 +27,17 @@ if TYPE_CHECKING:
 
 
 class TrainingCallback:
-    """Method-specific behaviour at fixed points of the loop. Every hook is a no-op by default."""
+    """Method-specific behaviour at fixed points of the loop. Every hook is a no-op by default.
+
+    `shard_aware`: the hooks work on FSDP-sharded parameters too (each process sees only its dim-0
+    shard of a parameter and of its gradient: engine/shards.py). The sharded strategy refuses a
+    plan with a callback that does not declare it, since such hooks need whole parameters.
+    """
+
+    shard_aware: ClassVar[bool] = False
+    # `export` works on the whole model (e.g. merging adapters): under FSDP the strategy then
+    # unshards the trained model on every process before the main process exports it
+    exports_whole_model: ClassVar[bool] = False
 
     def extra_loss(self, model: "torch.nn.Module") -> "Optional[torch.Tensor]":
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
