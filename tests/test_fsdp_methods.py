@@ -68,7 +68,10 @@ def test_fsdp_matches_one_process(method, tmp_path, make_model_dir, corpora, inv
 @pytest.mark.parametrize("method, settings, refused", [
     ("lora", {}, None),
     ("lora", {"train_embeddings_and_head": True}, "MergeAndSaveAdapter"),  # peft exports those through state_dict()
-    ("adalora", {}, "RankAllocation"),  # its allocator ranks the singular values of whole matrices
+    # its allocator ranks the singular values of whole matrices; by default (as the SSU reference) it also
+    # trains embeddings and head through peft's modules_to_save, exported through state_dict()
+    ("adalora", {}, "MergeAndSaveAdapter, RankAllocation"),
+    ("adalora", {"train_embeddings_and_head": False}, "RankAllocation"),
     ("gmt", {}, None),
     ("soft-reg", {}, None),
 ])
