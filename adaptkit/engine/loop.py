@@ -36,6 +36,7 @@ from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod
 from adaptkit.errors import InputError
 
 RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "optimizer", "schedule", "batch_size", "seed")
+RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
 
@@ -197,7 +198,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     differences = []
     for key in RESUME_INVARIANT_KEYS:
         old, new = _flatten(saved.get(key), key), _flatten(current.get(key), key)
-        for name in sorted(set(old) | set(new)):
+        for name in sorted((set(old) | set(new)) - set(RESUME_FREE_KEYS)):
             if json.dumps(old.get(name), sort_keys=True) != json.dumps(new.get(name), sort_keys=True):
                 differences.append(f"{name}: {old.get(name)!r} there, {new.get(name)!r} now")
     if differences:
