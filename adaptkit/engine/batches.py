@@ -41,7 +41,8 @@ def model_inputs(input_ids: torch.Tensor, packing: str, eos_token_id: int | None
     first = torch.cummax(torch.where(starts, torch.arange(length, device=input_ids.device), 0), dim=1).values
     position_ids = torch.arange(length, device=input_ids.device) - first
     labels = input_ids.clone()
-    labels[:, :-1][~(documents[:, 1:] == documents[:, :-1])] = -100  # the EOS before the next document
+    labels[starts] = -100  # a document's first token is not predicted from the EOS of the one before
+    labels[:, 0] = input_ids[:, 0]  # (the block's first token is never a target)
     inputs = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if attn_implementation and attn_implementation.startswith("flash"):
         return inputs
