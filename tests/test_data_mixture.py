@@ -218,3 +218,27 @@ def test_one_source_rows_and_the_config_file_mixture(tmp_path, llama_dir, corpor
     # --data on the command line replaces the file's sources
     replaced = build_config(config_file, {"data": [str(corpora["en"])]}, None).data
     assert replaced.paths == [str(corpora["en"])] and not replaced.sources
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_store_once_and_train_the_one_process_mixture(tmp_path, llama_dir, corpora, invoke):
+    """torchrun, 2 gloo processes, raw sources: local rank 0 builds the one store (the other waits
+    and maps it: see test_store's waiting tests), and the run equals the one-process run."""
+    from _scale_helpers import env_with, launch
+
+    args = ["train", "--model", llama_dir, "--data", f"ha={corpora['ha']}", "--data", f"en={corpora['en']}:0.25",
+            "--max-steps", "4", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--quiet", "--json"]
+    cache = tmp_path / "cache"
+    result = launch("torchrun", 2, [*args, "-o", tmp_path / "two"], env_with(ADAPTKIT_CACHE=str(cache)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["processes"] == 2
+    stores = sorted(p.name for p in (cache / "stores").iterdir())
+    assert len(stores) == 1 and not stores[0].startswith("."), stores  # one store, nothing half-built left over
+    index = json.loads((cache / "stores" / stores[0] / "index.json").read_text())
+    assert [s["spec"] for s in index["sources"]] == [str(corpora["ha"]), str(corpora["en"])]
+    one = invoke(*args, "--micro-batch-size", "2", "-o", tmp_path / "one")
+    assert one.returncode == 0, one
+    a, b = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=2e-5, rtol=0) for k in a)  # float summation order differs
+    rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1] for d in ("one", "two")]
+    assert json.loads(rows[0])["tokens_by_source"] == json.loads(rows[1])["tokens_by_source"]
