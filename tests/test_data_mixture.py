@@ -193,9 +193,9 @@ def test_train_mixture_records_tokens_per_source_and_resumes_bit_identically(tmp
     en_blocks = 640 // 32  # the cap, cut into blocks
     ha_blocks = len(load_blocks([str(corpora["ha"])], tokenizer, 32))
     assert f"| en | `{corpora['en']}` sha256" in card and f"| ha | `{corpora['ha']}` sha256" in card
-    assert f"| 0.2 | {en_tokens:,} | {en_tokens / 32 / en_blocks:.3f} |" in card
+    assert f"| 0.25 (20.0%) | {en_tokens:,} | {en_tokens / 32 / en_blocks:.3f} |" in card
     ha_tokens = rows[-1]["tokens_by_source"]["ha"]
-    assert f"| 0.8 | {ha_tokens:,} | {ha_tokens / 32 / ha_blocks:.3f} |" in card
+    assert f"| 1 (80.0%) | {ha_tokens:,} | {ha_tokens / 32 / ha_blocks:.3f} |" in card
 
 
 def test_one_source_rows_and_the_config_file_mixture(tmp_path, llama_dir, corpora, invoke):

@@ -515,11 +515,11 @@ def _data_lines(config: TrainConfig, batches: Mixture, steps: int) -> list[str]:
 
     seen = batches.seen(steps * config.batch_size)
     total = sum(s.weight for s in config.data.mixture())
-    lines = ["| source | data | weight | tokens seen | epochs seen |", "|---|---|---|---|---|"]
+    lines = ["", "| source | data | weight (share) | tokens seen | epochs seen |", "|---|---|---|---|---|"]
     for source in config.data.mixture():
         specs = "<br>".join(f"`{p}` sha256 `{file_hash(Path(p))[:16]}`" for p in source.spec)
         row = seen[source.name]
-        lines.append(f"| {source.name} | {specs} | {source.weight / total:.4g} | {row['tokens']:,} | {row['epochs']:.3f} |")
+        lines.append(f"| {source.name} | {specs} | {source.weight:g} ({source.weight / total:.1%}) | {row['tokens']:,} | {row['epochs']:.3f} |")
     packing = f"; packing {config.data.packing}" if config.data.packing != "concat" else ""
     caps = f"; at most {config.data.max_tokens:,} tokens in all" if config.data.max_tokens else ""
     return lines + ["", f"Blocks of {config.data.seq_len} tokens{packing}{caps}; a source that runs out is re-shuffled (epochs above 1)."]
