@@ -242,3 +242,15 @@ def test_two_processes_build_the_store_once_and_train_the_one_process_mixture(tm
     assert all(torch.allclose(a[k], b[k], atol=2e-5, rtol=0) for k in a)  # float summation order differs
     rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1] for d in ("one", "two")]
     assert json.loads(rows[0])["tokens_by_source"] == json.loads(rows[1])["tokens_by_source"]
+
+
+def test_per_source_flags_name_the_config_files_sources(tmp_path, llama_dir, corpora):
+    from adaptkit.commands.train import build_config
+
+    config_file = tmp_path / "mix.yaml"
+    config_file.write_text(f"model: {llama_dir}\ndata:\n  sources:\n    - {{name: ha, spec: {corpora['ha']}}}\n"
+                           f"    - {{name: en, spec: {corpora['en']}, weight: 0.05}}\n")
+    data = build_config(config_file, {"max_tokens": ["en=1k"], "text_field": ["ha=body"]}, None).data
+    assert [(s.name, s.weight, s.max_tokens, s.text_field) for s in data.sources] == [("ha", 1.0, None, "body"), ("en", 0.05, 1000, None)]
+    with pytest.raises(InputError, match="--max-tokens: unknown source name 'fr' \\(sources: ha, en\\)"):
+        build_config(config_file, {"max_tokens": ["fr=1k"]}, None)

@@ -56,7 +56,8 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
             value = data.pop(key)
             if value is not None:
                 data.setdefault("method_params", {})[key] = value
-    data_flags = data_settings(*(_as_list(flags.get(flag)) for flag in DATA_FLAGS))
+    file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
+    data_flags = data_settings(*(_as_list(flags.get(flag)) for flag in DATA_FLAGS), file_data.get("sources"))
     for flag, value in flags.items():
         if flag not in DATA_FLAGS and value is not None and value != []:
             if isinstance(value, list):
@@ -91,9 +92,11 @@ def _as_list(value: Any) -> Optional[list[str]]:
     return None if value is None else [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def data_settings(values: Optional[list[str]], text_fields: Optional[list[str]], max_tokens: Optional[list[str]]) -> dict[str, Any]:
+def data_settings(values: Optional[list[str]], text_fields: Optional[list[str]], max_tokens: Optional[list[str]],
+                  file_sources: Any = None) -> dict[str, Any]:
     """The `data` settings of --data (SPEC, or NAME=SPEC[:WEIGHT] repeated for a mixture), --text-field
-    and --max-tokens (FIELD / COUNT for all sources, NAME=FIELD / NAME=COUNT for one)."""
+    and --max-tokens (FIELD / COUNT for all sources, NAME=FIELD / NAME=COUNT for one: a source of
+    --data, or else of the config file's `data.sources`)."""
     from adaptkit.data.mixture import parse_mixture, parse_source
     from adaptkit.data.store import parse_count
 
@@ -105,18 +108,21 @@ def data_settings(values: Optional[list[str]], text_fields: Optional[list[str]],
             sources = [{"name": s.name, "spec": s.spec, "weight": s.weight} for s in parse_mixture(values)]
             settings["sources"] = sources
         else:
-            settings["paths"] = [parse_source(v).spec for v in values]
+            settings["paths"] = list(values)  # one source, as given
+    elif isinstance(file_sources, list) and all(isinstance(s, dict) for s in file_sources):
+        sources = [dict(s) for s in file_sources]
     for flag, given, key, parse in (("--text-field", text_fields, "text_field", str), ("--max-tokens", max_tokens, "max_tokens", lambda v: parse_count(v, "--max-tokens"))):
         for value in given or []:
             name, sep, rest = value.rpartition("=")
             if not sep:
                 settings[key] = parse(rest)
                 continue
-            source = next((s for s in sources if s["name"] == name), None)
+            source = next((s for s in sources if s.get("name") == name), None)
             if source is None:
-                known = ", ".join(s["name"] for s in sources) or "none; name them with --data NAME=SPEC"
+                known = ", ".join(str(s.get("name")) for s in sources) or "none; name them with --data NAME=SPEC"
                 raise InputError(f"{flag}: unknown source name '{name}' (sources: {known})")
             source[key] = parse(rest)
+            settings["sources"] = sources
     return settings
 
 
