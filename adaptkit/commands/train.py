@@ -46,11 +46,11 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
     from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
     The DATA_FLAGS (--data, --text-field, --max-tokens) become `data` settings by `data_settings`."""
-    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.registry import get_spec
 
-    data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
+    data: dict[str, Any] = read_yaml_mapping(resolve_config_file(config_file)) if config_file else {}
     for key in METHOD_FLAGS:  # config files of earlier versions kept these at the top level
         if key in data and key not in TrainConfig.model_fields:
             value = data.pop(key)
@@ -175,7 +175,7 @@ def command(
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="JSONL / parquet / dataset text field: FIELD for all sources or NAME=FIELD for one. Repeatable.", show_default="text")] = None,

@@ -94,6 +94,9 @@ class TrainConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     method: str = "fft"
     method_params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (--set KEY=V, --mask, --calib, --freeze-ratio).")
+    freeze_special_tokens: Optional[bool] = Field(
+        None, description="Keep the embedding and LM-head rows of the special and chat-template tokens fixed (any method); default: the method's (on for ssu-* and hft, as the SSU reference)."
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")
@@ -101,7 +104,9 @@ class TrainConfig(Section):
     max_steps: Optional[int] = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "bf16-pure"] = Field(
+        "auto", description="fp32; bf16 (autocast, fp32 master weights); bf16-pure (bf16 weights and optimizer state, the HF Trainer's --bf16 on a bf16 model); auto = bf16 on a GPU that has it, else fp32."
+    )
     save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps.")
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)

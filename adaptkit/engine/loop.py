@@ -35,7 +35,7 @@ from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, bui
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 
-RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "optimizer", "schedule", "batch_size", "seed")
+RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "optimizer", "schedule", "batch_size", "seed")
 RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
@@ -175,8 +175,14 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
-    """A factory of the forward pass's autocast context (bf16 autocast, or none)."""
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    """A factory of the forward pass's autocast context (bf16 autocast for bf16 and bf16-pure, or none)."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision.startswith("bf16") else nullcontext
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights and of what the optimizer updates: bf16 in bf16-pure (no fp32 master
+    copy, as the SSU reference trains a bf16-loaded model with the HF Trainer's --bf16), else float32."""
+    return torch.bfloat16 if precision == "bf16-pure" else torch.float32
 
 
 def _resolved_config_dict(config: TrainConfig) -> dict[str, Any]:
@@ -261,7 +267,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     sources, blocks = load_data(config, tokenizer, log)
     attn = config.attn_implementation or default_attn_implementation(device)
-    model = load_causal_lm(source, torch.float32, config.trust_remote_code, attn).to(device)
+    model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources)
     _open_run_dir(run, resume, overwrite)
@@ -309,8 +315,9 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
                         is_main_process=run.main)
     try:
         plan = method.plan(run.model, ctx)
+        _freeze_special_tokens_if_set(run, method, plan)
         run.strategy.shard(plan, config.method)
-        trainable = apply_plan(plan, sharded=run.strategy.sharded)
+        trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
         if run.created and run.main:
             shutil.rmtree(run.run_dir, ignore_errors=True)
@@ -319,6 +326,17 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
         (getattr(plan.model, "activation_checkpointing_enable", None) or plan.model.gradient_checkpointing_enable)()
     return plan, trainable
+
+
+def _freeze_special_tokens_if_set(run: Run, method: TrainingMethod, plan: TrainingPlan) -> None:
+    """The run's freeze_special_tokens setting (default: the method's): special-token rows of the
+    embeddings and LM head leave the plan (engine/special_tokens.py)."""
+    from adaptkit.engine.special_tokens import freeze_special_token_rows
+
+    wanted = run.config.freeze_special_tokens
+    if method.freeze_special_tokens if wanted is None else wanted:
+        tokens = freeze_special_token_rows(plan, run.tokenizer, run.log)
+        plan.summary = f"{plan.summary}; embedding/head rows of {len(tokens)} special tokens frozen"
 
 
 def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
