@@ -120,19 +120,24 @@ def load_calibration(path: Path, flag: str = "--calib") -> CalibrationSet:
 # --- Reading raw examples -------------------------------------------------------------------
 
 
-def _is_hub_id(text: str) -> bool:
-    return not text.startswith((".", "/", "~")) and text.count("/") == 1 and not text.endswith((".jsonl", ".json", ".txt"))
+def _hub_spec(text: str, split: str) -> str | None:
+    """The `hub:` spec of a Hub dataset source: `hub:ID[:CONFIG][@SPLIT]`, or a bare ID (owner/name) with --split."""
+    if text.startswith("hub:"):
+        return text
+    if not text.startswith((".", "/", "~")) and text.count("/") == 1 and not text.endswith((".jsonl", ".json", ".txt")):
+        return f"hub:{text}@{split}"
+    return None
 
 
-def _hub_pool(source: str, split: str, pool: int, seed: int, flag: str) -> list[Record]:
-    from adaptkit.errors import require
+def _hub_pool(spec: str, pool: int, seed: int, flag: str) -> list[Record]:
+    """`pool` rows of a Hub dataset, streamed (read by adaptkit.data.sources) through a seeded shuffle buffer."""
+    from adaptkit.data.sources import hub_dataset, resolve
 
-    datasets = require("datasets", "datasets", f"{flag} with a Hub dataset id")
+    stream = hub_dataset(resolve(spec, flag))
     try:
-        stream = datasets.load_dataset(source, split=split, streaming=True)
         return list(stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER).take(pool))
     except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
-        raise InputError(f"{flag}: could not load Hub dataset '{source}' ({first_line(exc)}); give a local file or dataset directory") from None
+        raise InputError(f"{flag}: could not read Hub dataset '{spec}' ({first_line(exc)}); give a local file or dataset directory") from None
 
 
 def reservoir_sample(records: Iterable[Record], pool: int, seed: int) -> tuple[list[Record], int]:
@@ -270,9 +275,9 @@ def build_calibration(
     if sources is None:
         source, source_hash = "<in-memory>", hashlib.sha256(json.dumps(list(data), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         sampled, seen = reservoir_sample(data, pool, seed)
-    elif len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _is_hub_id(sources[0]):
+    elif len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _hub_spec(sources[0], split):
         source, source_hash = sources[0], None
-        sampled = _hub_pool(source, split, pool, seed, flag)
+        sampled = _hub_pool(_hub_spec(sources[0], split), pool, seed, flag)
         seen = len(sampled)
     else:
         missing = [s for s in sources if not Path(s).expanduser().exists()]

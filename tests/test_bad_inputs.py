@@ -57,6 +57,17 @@ CASES = [
     ("eval-data-duplicate-name", train("--eval-data", "dev={data}", "--eval-data", "dev={data}"), ["--eval-data", "duplicate", "'dev'"]),
     ("eval-data-chat-no-assistant", train("--eval-data", "chat={chat_no_assistant}"), ["--eval-data chat", "line 1", "assistant"]),
     ("validation-fraction-one", train("--validation-fraction", "1"), ["--validation-fraction"]),
+    # --- train: mixtures, token caps, stores ----------------------------------------------
+    ("data-duplicate-source-name", train("--data", "ha={data}", data="ha={data}"), ["--data", "duplicate source name 'ha'"]),
+    ("data-mixture-unnamed-source", train("--data", "{data}", data="ha={data}"), ["--data", "needs a name"]),
+    ("data-weight-zero", train(data="ha={data}:0"), ["--data", "weight of source 'ha'", "positive number", "'0'"]),
+    ("data-weight-negative", train("--data", "en={data}:-0.5", data="ha={data}"), ["--data", "weight of source 'en'", "positive number"]),
+    ("data-weight-nan", train(data="ha={data}:nan"), ["--data", "positive number", "'nan'"]),
+    ("max-tokens-unknown-source", train("--max-tokens", "fr=1k", data="ha={data}"), ["--max-tokens", "unknown source name 'fr'", "ha"]),
+    ("text-field-unknown-source", train("--text-field", "fr=body", data="ha={data}"), ["--text-field", "unknown source name 'fr'"]),
+    ("max-tokens-not-a-count", train("--max-tokens", "lots"), ["--max-tokens", "token count", "'lots'"]),
+    ("max-tokens-zero", train("--max-tokens", "ha=0", data="ha={data}"), ["--max-tokens", "positive token count"]),
+    ("data-store-of-another-tokenizer", train(data="{other_store}"), ["--data", "another tokenizer", "prepare it again"]),
     # --- train: numbers -------------------------------------------------------------------
     ("lr-negative", train("--lr", "-1"), ["--lr", "greater than 0"]),
     ("lr-nan", train("--lr", "nan"), ["--lr"]),
@@ -257,7 +268,19 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["read_only_dir"].mkdir()
     files["read_only_dir"].chmod(0o555)
     _add_pipeline_files(root, files, make_model_dir, corpora)
+    files["other_store"] = _other_tokenizer_store(root / "other-store", corpora)
     return files
+
+
+def _other_tokenizer_store(path: Path, corpora) -> Path:
+    """A token store of the Hausa text made with a tokenizer other than the models' (a real build)."""
+    from adaptkit import demo
+    from adaptkit.data import sources, store
+
+    path.mkdir()
+    other = demo.train_tokenizer(corpora["en"].read_text().splitlines(), vocab_size=300)
+    store.write_store(path, [sources.resolve(str(corpora["ha"]))], other, ["text"], 1)
+    return path
 
 
 def _run_ok(*args) -> None:

@@ -147,3 +147,32 @@ def test_tampered_calibration_is_refused(tmp_path, calib_dir):
         load_calibration(tmp_path)
 
 
+
+
+def test_hub_dataset_is_read_through_the_source_layer(tmp_path, tokenizer, monkeypatch):
+    """`hub:ID[:CONFIG][@SPLIT]` (and a bare ID) from the offline Hub cache, read by adaptkit.data.sources:
+    the pool is the seeded streaming shuffle of the split, as `datasets` itself gives it."""
+    import datasets
+    import huggingface_hub.constants
+
+    from adaptkit.calibration import HUB_SHUFFLE_BUFFER
+
+    repo = tmp_path / "hub" / "datasets--someone--tiny"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    (snapshot / "ha").mkdir(parents=True)
+    rows = [{"content": f"takarda ta {i} tana da kalmomi {' '.join(['na'] * (i % 7 + 3))}"} for i in range(40)]
+    (snapshot / "ha" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (snapshot / "README.md").write_text("---\nconfigs:\n- config_name: ha\n  data_files:\n  - split: dev\n    path: ha/dev.jsonl\n---\n")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    stream = datasets.load_dataset(str(snapshot), "ha", split="dev", streaming=True)
+    expected_pool = list(stream.shuffle(seed=3, buffer_size=HUB_SHUFFLE_BUFFER).take(100))
+    expected = build_calibration(tokenizer, expected_pool, pool=100, num_samples=4, block_size=16, seed=3, text_field="content")
+    from_hub = build_calibration(tokenizer, "hub:someone/tiny:ha@dev", pool=100, num_samples=4, block_size=16, seed=3, text_field="content")
+    assert torch.equal(from_hub.blocks, expected.blocks)
+    bare = build_calibration(tokenizer, "someone/tiny", pool=100, num_samples=4, block_size=16, seed=3, text_field="content", split="dev")
+    assert torch.equal(bare.blocks, expected.blocks)
+    with pytest.raises(InputError, match="'someone/other' is not in the Hub cache and HF_HUB_OFFLINE is set"):
+        build_calibration(tokenizer, "hub:someone/other", pool=10, num_samples=1, block_size=16)

@@ -8,18 +8,19 @@ from typing import Annotated, Any, Optional
 import typer
 
 from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.errors import InputError
 from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
 
 # CLI flag -> dotted TrainConfig key
 FLAG_KEYS = {
     "model": "model",
-    "data": "data.paths",
     "method": "method",
     "max_steps": "max_steps",
     "epochs": "epochs",
     "seq_len": "data.seq_len",
-    "text_field": "data.text_field",
+    "num_proc": "data.num_proc",
+    "packing": "data.packing",
     "batch_size": "batch_size",
     "micro_batch_size": "micro_batch_size",
     "lr": "optimizer.lr",
@@ -39,13 +40,15 @@ FLAG_KEYS = {
     "eval_steps": "eval.steps",
     "validation_fraction": "data.validation_fraction",
 }
+DATA_FLAGS = ("data", "text_field", "max_tokens")  # CLI flags -> `data` settings (see data_settings)
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
 
 
 def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None):
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
-    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`."""
+    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
+    The DATA_FLAGS (--data, --text-field, --max-tokens) become `data` settings by `data_settings`."""
     from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
     from adaptkit.engine.evaluation import check_eval_config
     from adaptkit.errors import InputError
@@ -58,13 +61,23 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
             value = data.pop(key)
             if value is not None:
                 data.setdefault("method_params", {})[key] = value
+    file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
+    data_flags = data_settings(*(_as_list(flags.get(flag)) for flag in DATA_FLAGS), file_data.get("sources"))
     for flag, value in flags.items():
-        if value is not None and value != []:
+        if flag not in DATA_FLAGS and value is not None and value != []:
             if isinstance(value, list):
                 value = [str(v) for v in value]
             set_nested(data, FLAG_KEYS[flag].split("."), value)
     data.setdefault("method_params", {}).update({k: v for k, v in (method_flags or {}).items() if v is not None})
+    if data_flags:
+        section = data.setdefault("data", {})
+        if not isinstance(section, dict):
+            raise InputError(f"--config {config_file}: 'data' must be a mapping of data settings")
+        if "paths" in data_flags or "sources" in data_flags:  # --data replaces the file's sources
+            section.pop("paths", None), section.pop("sources", None)
+        section.update(data_flags)
     flag_names = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None}
+    flag_names.update({"data.paths": "--data", "data.sources": "--data", "data.max_tokens": "--max-tokens", "data.text_field": "--text-field"})
     config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings", flag_names)
     spec = get_spec("method", config.method, "--method")
     for path, value in parse_set_overrides(overrides):
@@ -75,10 +88,48 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     config = validate_config(TrainConfig, data, "--set")
     if not config.model:
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
-    if not config.data.paths:
+    if not config.data.mixture():
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
     check_eval_config(config)
     return config
+
+
+def _as_list(value: Any) -> Optional[list[str]]:
+    return None if value is None else [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def data_settings(values: Optional[list[str]], text_fields: Optional[list[str]], max_tokens: Optional[list[str]],
+                  file_sources: Any = None) -> dict[str, Any]:
+    """The `data` settings of --data (SPEC, or NAME=SPEC[:WEIGHT] repeated for a mixture), --text-field
+    and --max-tokens (FIELD / COUNT for all sources, NAME=FIELD / NAME=COUNT for one: a source of
+    --data, or else of the config file's `data.sources`)."""
+    from adaptkit.data.mixture import parse_mixture, parse_source
+    from adaptkit.data.store import parse_count
+
+    settings: dict[str, Any] = {}
+    sources: list[dict[str, Any]] = []
+    if values:
+        named = [parse_source(v).name for v in values]
+        if any(v.startswith(f"{n}=") for v, n in zip(values, named)):
+            sources = [{"name": s.name, "spec": s.spec, "weight": s.weight} for s in parse_mixture(values)]
+            settings["sources"] = sources
+        else:
+            settings["paths"] = list(values)  # one source, as given
+    elif isinstance(file_sources, list) and all(isinstance(s, dict) for s in file_sources):
+        sources = [dict(s) for s in file_sources]
+    for flag, given, key, parse in (("--text-field", text_fields, "text_field", str), ("--max-tokens", max_tokens, "max_tokens", lambda v: parse_count(v, "--max-tokens"))):
+        for value in given or []:
+            name, sep, rest = value.rpartition("=")
+            if not sep:
+                settings[key] = parse(rest)
+                continue
+            source = next((s for s in sources if s.get("name") == name), None)
+            if source is None:
+                known = ", ".join(str(s.get("name")) for s in sources) or "none; name them with --data NAME=SPEC"
+                raise InputError(f"{flag}: unknown source name '{name}' (sources: {known})")
+            source[key] = parse(rest)
+            settings["sources"] = sources
+    return settings
 
 
 def _method_key(path: list[str], spec, settings) -> str:
@@ -112,7 +163,7 @@ def build_method(config, method_flags: Optional[dict[str, Any]] = None):
 def command(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
-    data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: a .txt (a document per line), .jsonl, .parquet (also .gz/.zst), directory, glob, token store, saved HF dataset or hub:ID[:CONFIG][@SPLIT]. Repeatable: NAME=SPEC[:WEIGHT] mixes named sources by weight (e.g. --data ha=tokens/hau --data en=en.txt:0.05 replays 5% English).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`).", show_default="fft")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
@@ -133,7 +184,10 @@ def command(
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
-    text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
+    text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="JSONL / parquet / dataset text field: FIELD for all sources or NAME=FIELD for one. Repeatable.", show_default="text")] = None,
+    max_tokens: Annotated[Optional[list[str]], typer.Option("--max-tokens", help="Token cap: COUNT for all sources together, NAME=COUNT for one (e.g. 200M, 1.5B, 50k). Repeatable.")] = None,
+    num_proc: Annotated[Optional[int], typer.Option("--num-proc", help="Tokenizer processes when building the token store.", show_default="the available cores")] = None,
+    packing: Annotated[Optional[str], typer.Option("--packing", help="concat (EOS-separated documents in blocks) or doc-mask (documents in a block do not attend to each other; positions restart).", show_default="concat")] = None,
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval set NAME=SPEC[:ROLE] (ROLE source or target; text, JSONL or chat JSONL with 'messages'): perplexity and bits per byte at step 0, every --eval-steps and at the end, in metrics.jsonl and curves.png. Repeatable.")] = None,
     eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate the eval sets every N steps (also at step 0 and the end).")] = None,
     validation_fraction: Annotated[Optional[float], typer.Option("--validation-fraction", help="Hold out this fraction of the training blocks (seeded, not trained on) as the eval set 'validation'.")] = None,
@@ -145,7 +199,7 @@ def command(
     set_: SetOpt = None,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
-    flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
+    flags = {k: v for k, v in locals().items() if k in FLAG_KEYS or k in DATA_FLAGS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
     train_config = build_config(config, flags, set_, method_flags)
     training_method = build_method(train_config, method_flags)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["cache_dir", "tokenizer_fingerprint", "file_hash", "iter_records", "iter_documents", "tokenize_documents",
-           "token_stream", "pack_blocks", "load_blocks", "detect_format"]
+           "token_stream", "pack_blocks", "load_blocks", "load_mixture", "detect_format"]
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -81,18 +81,31 @@ def open_store_sources(paths: Sequence[str], tokenizer, text_field: str | Sequen
     if not paths:
         raise InputError(f"{flag}: no training data given")
     names = [str(p) for p in paths]
-    sources = [resolve(name, flag, fmt) for name in names]
     caps, total = parse_max_tokens(max_tokens, names)
-    opened = open_sources(sources, tokenizer, per_source(text_field, len(sources), "--text-field"), caps, total, use_cache, num_proc, flag, log)
-    segments = []
-    for entries, cap in zip(opened, caps):
+    groups = open_groups([[n] for n in names], tokenizer, per_source(text_field, len(names), "--text-field"), caps, total,
+                         fmt, use_cache, flag, num_proc, log)
+    return [segment for group in groups for segment in group]
+
+
+def open_groups(groups: Sequence[Sequence[str]], tokenizer, text_fields: Sequence[str], caps: Sequence[int | None],
+                total: int | None, fmt: str = "auto", use_cache: bool = True, flag: str = "--data",
+                num_proc: int | None = None, log=lambda m: None) -> list[list[tuple[Any, int, int]]]:
+    """The (store, source index, token limit) segments of each group of specs (a mixture source):
+    `caps[k]` limits group k, `total` all groups together, both taken in order."""
+    specs = [str(spec) for group in groups for spec in group]
+    owner = [k for k, group in enumerate(groups) for _ in group]
+    sources = [resolve(spec, flag, fmt) for spec in specs]
+    fields = [text_fields[k] for k in owner]
+    opened = open_sources(sources, tokenizer, fields, [caps[k] for k in owner], total, use_cache, num_proc, flag, log)
+    left = list(caps)
+    segments: list[list[tuple[Any, int, int]]] = [[] for _ in groups]
+    for entries, k in zip(opened, owner):
         for store, index in entries:
-            limits = [c for c in (store.index["sources"][index]["tokens"], cap, total) if c is not None]
-            limit = min(limits)
+            limit = min(c for c in (store.index["sources"][index]["tokens"], left[k], total) if c is not None)
             if limit <= 0:
                 break
-            segments.append((store, index, limit))
-            cap = None if cap is None else cap - limit
+            segments[k].append((store, index, limit))
+            left[k] = None if left[k] is None else left[k] - limit
             total = None if total is None else total - limit
     return segments
 
@@ -113,6 +126,22 @@ def load_blocks(paths: list[str], tokenizer, seq_len: int, text_field: str | Seq
     other), read from a token store: `.shape` (N, seq_len), `len()`, `[rows] -> int64 tensor`.
     `max_tokens`: a count ('200M') for all sources together or NAME=COUNT per source."""
     segments = open_store_sources(paths, tokenizer, text_field, fmt, use_cache, flag, num_proc, max_tokens, log)
+    return blocks_of(segments, seq_len, flag)
+
+
+def load_mixture(groups: Sequence[Sequence[str]], tokenizer, seq_len: int, text_fields: Sequence[str],
+                 caps: Sequence[int | None], total: int | None = None, fmt: str = "auto", use_cache: bool = True,
+                 flag: str = "--data", num_proc: int | None = None, log=lambda m: None) -> list[StoreBlocks]:
+    """The blocks of each mixture source (a group of specs), from one token store of all raw sources."""
+    grouped = open_groups(groups, tokenizer, text_fields, caps, total, fmt, use_cache, flag, num_proc, log)
+    for group, segments in zip(groups, grouped):
+        if not segments:
+            raise InputError(f"{flag}: '{group[0]}' gives no tokens within --max-tokens; raise the token limit or drop the source")
+    return [blocks_of(segments, seq_len, flag) for segments in grouped]
+
+
+def blocks_of(segments: Sequence[tuple[Any, int, int]], seq_len: int, flag: str = "--data") -> StoreBlocks:
+    """Blocks of seq_len tokens cut from the segments; each must hold at least one block."""
     for store, index, limit in segments:
         if limit < seq_len:
             spec = store.index["sources"][index]["spec"]

@@ -115,9 +115,9 @@ class Mixture:
             for k in range(len(self.names)):
                 where = assign == k
                 within[where] = np.arange(int(where.sum()))
+            for old in [k for k in self._periods if abs(k - c) > 1]:
+                del self._periods[old]  # a micro-batch spans at most two neighbouring periods
             self._periods[c] = (assign, within)
-            for old in sorted(self._periods)[:-2]:
-                del self._periods[old]
         return self._periods[c]
 
     def _order(self, source: int, epoch: int) -> torch.Tensor:

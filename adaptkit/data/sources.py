@@ -54,7 +54,7 @@ class Source:
         elif self.kind == "hf":
             yield from ((str(self.path), n, r) for n, r in enumerate(_load_saved(self.path, self.flag, split)))
         elif self.kind == "hub":
-            yield from ((self.spec, n, r) for n, r in enumerate(_hub_dataset(self)))
+            yield from ((self.spec, n, r) for n, r in enumerate(hub_dataset(self)))
         else:
             raise InputError(f"{self.flag}: '{self.spec}' is a token store; it holds token ids, not text")
 
@@ -292,7 +292,7 @@ def _resolve_hub(spec: str, flag: str) -> Source:
     return Source(spec, "hub", hub=(ident, config, split), flag=flag)
 
 
-def _hub_dataset(source: Source):
+def hub_dataset(source: Source):
     """The streaming dataset of a Hub source (from its local repository or cached snapshot when known)."""
     datasets = require("datasets", "datasets", f"{source.flag} {source.spec}")
     ident, config, split = source.hub
@@ -303,7 +303,7 @@ def _hub_dataset(source: Source):
 
 
 def _hub_documents(source: Source, text_field: str) -> Iterator[str]:
-    dataset = _hub_dataset(source)
+    dataset = hub_dataset(source)
     for number, row in enumerate(dataset):
         if text_field not in row:
             raise InputError(f"{source.flag}: '{source.spec}' row {number} has no field '{text_field}' (fields: {', '.join(row)}; set --text-field)")

@@ -8,27 +8,71 @@ derives gradient accumulation from it and `micro_batch_size`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _parse_count(value: Any) -> Any:
+    """'200M' -> 200000000 (a YAML count as the CLI spells it); other values unchanged."""
+    if isinstance(value, str):
+        from adaptkit.data.store import parse_count
+        from adaptkit.errors import InputError
+
+        try:
+            return parse_count(value)
+        except InputError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+OneOrMany = Annotated[list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
+TokenCount = Annotated[Optional[int], BeforeValidator(_parse_count)]
+
+
+class SourceConfig(Section):
+    """One named source of a mixture (`--data NAME=SPEC[:WEIGHT]`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    spec: OneOrMany = Field(min_length=1, description="A path, glob, token store or hub:ID[:CONFIG][@SPLIT]; or a list of them.")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Share of the samples (normalized over the sources).")
+    text_field: Optional[str] = Field(None, description="Its JSONL / parquet / dataset text field; default data.text_field.")
+    max_tokens: TokenCount = Field(None, gt=0, description="Tokens to read from it at most (e.g. 200M).")
+
+
 class DataConfig(Section):
-    paths: list[str] = Field(default_factory=list, description="Text/JSONL files or HF dataset directories.")
+    paths: OneOrMany = Field(default_factory=list, description="Text/JSONL files or HF dataset directories: one source.")
+    sources: list[SourceConfig] = Field(default_factory=list, description="Named sources mixed by weight (instead of paths).")
     text_field: str = "text"
     seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
     format: Literal["auto", "text", "jsonl", "hf"] = "auto"
     cache: bool = True
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
+    max_tokens: TokenCount = Field(None, gt=0, description="Tokens of all sources together at most (e.g. 200M).")
+    num_proc: Optional[int] = Field(None, gt=0, description="Tokenizer processes; default: the available cores.")
+    packing: Literal["concat", "doc-mask"] = Field(
+        "concat", description="concat: EOS-separated documents packed into blocks; doc-mask: also a block-diagonal attention mask and restarting positions."
+    )
 
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    @model_validator(mode="after")
+    def _paths_or_sources(self) -> "DataConfig":
+        if self.paths and self.sources:
+            raise ValueError("give data.paths (one source) or data.sources (a mixture), not both")
+        names = [s.name for s in self.sources]
+        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if duplicate is not None:
+            raise ValueError(f"duplicate source name '{duplicate}'")
+        return self
+
+    def mixture(self) -> list[SourceConfig]:
+        """The sources to train on: data.sources, or data.paths as the one source 'data'."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig(name="data", spec=self.paths)] if self.paths else []
 
 
 class OptimizerConfig(Section):

@@ -114,6 +114,22 @@ def split_validation(blocks: Any, fraction: float, seed: int) -> tuple[Any, Opti
     return BlockSubset(blocks, order[held:].sort().values), BlockSubset(blocks, order[:held].sort().values)
 
 
+def hold_out_validation(sources: dict[str, Any], blocks: Any, fraction: float, seed: int) -> tuple[dict[str, Any], Any, Optional[BlockSubset]]:
+    """(training sources, their blocks together, held-out blocks): each source keeps `fraction` of its
+    blocks out of training (split_validation, seeded), so a mixture holds out of every source alike.
+    `blocks` holds the sources' blocks one after the other, as the loop's set-up builds it."""
+    if not fraction:
+        return sources, blocks, None
+    kept, held, trained, offset = {}, [], [], 0
+    for name, source_blocks in sources.items():
+        train, out = split_validation(source_blocks, fraction, seed)
+        kept[name] = train
+        trained.append(train.rows + offset)
+        held.append(out.rows + offset)
+        offset += int(source_blocks.shape[0])
+    return kept, BlockSubset(blocks, torch.cat(trained)), BlockSubset(blocks, torch.cat(held))
+
+
 def block_documents(blocks: BlockSubset, tokenizer: Any) -> "EncodedDocuments":
     """Held-out blocks as documents: the prefix token, then the block; EOS separators are not
     scored; bytes are those of the decoded block (without the separators)."""

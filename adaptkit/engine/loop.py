@@ -27,7 +27,8 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 
 from adaptkit.engine import checkpoint as ckpt
-from adaptkit.engine.batches import Batches
+from adaptkit.data.mixture import Mixture
+from adaptkit.engine.batches import Batches, model_inputs
 from adaptkit.engine.config import TrainConfig
 from adaptkit.engine.distributed import Strategy
 from adaptkit.engine.evaluation import evaluate_now
@@ -36,6 +37,7 @@ from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod
 from adaptkit.errors import InputError
 
 RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "optimizer", "schedule", "batch_size", "seed")
+RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
 
@@ -86,12 +88,13 @@ class Run:
     precision: str
     micro_batch_size: int
     tokenizer: Any
-    blocks: torch.Tensor
+    blocks: Any  # the blocks of all sources, one after the other (what methods see as the training data)
     steps: int
     model: torch.nn.Module
     model_location: str
     log: Callable[[str], None]
     progress: Any
+    sources: dict[str, Any] = field(default_factory=dict)  # the blocks of each named source (the mixture)
     created: bool = False  # this run made the run directory (removed again if planning fails)
     evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
 
@@ -110,7 +113,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_model: torch.nn.Module  # prepared by the strategy (DDP-wrapped, or the sharded model)
     forward_model: torch.nn.Module  # train_model, or its torch.compile'd version
-    batches: Batches
+    batches: Mixture
     autocast: Callable[[], ContextManager]
     fingerprint: str  # architecture + trainable count: a checkpoint resumes only into the same plan
     counts: tuple[int, int]  # (trainable entries, all entries)
@@ -203,7 +206,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     differences = []
     for key in RESUME_INVARIANT_KEYS:
         old, new = _flatten(saved.get(key), key), _flatten(current.get(key), key)
-        for name in sorted(set(old) | set(new)):
+        for name in sorted((set(old) | set(new)) - set(RESUME_FREE_KEYS)):
             if json.dumps(old.get(name), sort_keys=True) != json.dumps(new.get(name), sort_keys=True):
                 differences.append(f"{name}: {old.get(name)!r} there, {new.get(name)!r} now")
     if differences:
@@ -244,9 +247,8 @@ def train(
 
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
-    from adaptkit.data.corpus import load_blocks
     from adaptkit.engine import distributed
-    from adaptkit.engine.evaluation import load_eval_sets, split_validation
+    from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.seeding import seed_everything
 
@@ -266,16 +268,32 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
     source = resolve_model_source(config.model, "--model")
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    data = config.data
-    blocks = load_blocks(data.paths, tokenizer, data.seq_len, data.text_field, data.format, data.cache)
-    blocks, held_out = split_validation(blocks, data.validation_fraction, config.seed)
+    sources, blocks = load_data(config, tokenizer, log)
+    sources, blocks, held_out = hold_out_validation(sources, blocks, config.data.validation_fraction, config.seed)
     evals = load_eval_sets(config, tokenizer, held_out)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
-              total_steps(config, blocks.shape[0]), model, source.location, log, progress, evals=evals)
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals)
     _open_run_dir(run, resume, overwrite)
     return run
+
+
+def load_data(config: TrainConfig, tokenizer: Any, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """The blocks of each named source (from the token store, built once per node) and of all together."""
+    from adaptkit.data.corpus import load_mixture
+    from adaptkit.data.store import StoreBlocks
+
+    data = config.data
+    mixture = data.mixture()
+    if not mixture:
+        raise InputError("--data: no training data given")
+    groups = [s.spec for s in mixture]
+    fields = [s.text_field or data.text_field for s in mixture]
+    blocks = load_mixture(groups, tokenizer, data.seq_len, fields, [s.max_tokens for s in mixture], data.max_tokens,
+                          data.format, data.cache, "--data", data.num_proc, log)
+    together = StoreBlocks([segment for b in blocks for segment in b.segments], data.seq_len)
+    return {s.name: b for s, b in zip(mixture, blocks)}, together
 
 
 def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
@@ -337,7 +355,8 @@ def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Trai
     train_model = run.strategy.prepare(plan.model)
     forward_model = torch.compile(train_model) if config.compile else train_model
     accelerator = run.accelerator
-    batches = Batches(run.blocks, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    weights = {s.name: s.weight for s in config.data.mixture()}
+    batches = Mixture(run.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
     fingerprint = f"{model_fingerprint(plan.model)}:{counts[0]}"
     return Training(plan, trainable, optimizer, scheduler, train_model, forward_model, batches,
                     autocast_for(run.precision, run.device), fingerprint, counts)
@@ -378,6 +397,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
         done = step + 1
         if done % run.config.log_steps == 0 or done == run.steps:
             record = meter.flush(done, lr, grad_norm)
+            record["tokens_by_source"] = tokens_by_source(run, training, done)
             if run.main:
                 with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -392,15 +412,21 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
     return meter
 
 
+def tokens_by_source(run: Run, training: Training, done: int) -> dict[str, int]:
+    """Tokens of each source trained on in the first `done` steps (all processes together)."""
+    return {name: seen["tokens"] for name, seen in training.batches.seen(done * run.config.batch_size).items()}
+
+
 def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, float]:
     """One optimizer step: micro-batches (forward, callback losses, backward), gradient transforms,
     compact gradients, clip, optimizer step, write-back, step-end callbacks. Returns (mean loss, grad norm, lr)."""
     model, callbacks, accumulation = t.plan.model, t.plan.callbacks, t.batches.accumulation
     step_loss = torch.zeros((), device=run.device)
     for micro in range(accumulation):
-        input_ids = t.batches.get(step, micro).to(run.device)
+        inputs = model_inputs(t.batches.get(step, micro).to(run.device), run.config.data.packing, run.tokenizer.eos_token_id,
+                              getattr(model.config, "_attn_implementation", None))
         with run.strategy.micro_batch(t.train_model, sync=micro == accumulation - 1), t.autocast():
-            loss = _add_callback_losses(t.forward_model(input_ids=input_ids, labels=input_ids).loss, callbacks, model)
+            loss = _add_callback_losses(t.forward_model(**inputs).loss, callbacks, model)
         run.accelerator.backward(loss / accumulation)
         step_loss += loss.detach() / accumulation
     for callback in callbacks:
@@ -452,7 +478,7 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
         for callback in t.plan.callbacks:
             exported = callback.export(exported)
         _save_final(exported, run.tokenizer, t.plan, final_dir, full_state if not whole_model else run.strategy.export_state(exported))
-        _write_run_card(run.run_dir, config, t.plan, result, run.model_location)
+        _write_run_card(run.run_dir, config, t.plan, result, run.model_location, _data_lines(config, t.batches, run.steps))
     run.accelerator.wait_for_everyone()
     return result
 
@@ -510,16 +536,31 @@ def _save_final(model: torch.nn.Module, tokenizer: Any, plan: TrainingPlan, fina
     replace_path(tmp, final_dir)
 
 
-def _write_run_card(run_dir: Path, config: TrainConfig, plan: TrainingPlan, result: TrainResult, model_location: str) -> None:
+def _data_lines(config: TrainConfig, batches: Mixture, steps: int) -> list[str]:
+    """The run card's data section: each source's specs (with content hashes), weight, tokens and epochs seen."""
+    from adaptkit.data.corpus import file_hash
+
+    seen = batches.seen(steps * config.batch_size)
+    total = sum(s.weight for s in config.data.mixture())
+    lines = ["", "| source | data | weight (share) | tokens seen | epochs seen |", "|---|---|---|---|---|"]
+    for source in config.data.mixture():
+        specs = "<br>".join(f"`{p}` sha256 `{file_hash(Path(p))[:16]}`" for p in source.spec)
+        row = seen[source.name]
+        lines.append(f"| {source.name} | {specs} | {source.weight:g} ({source.weight / total:.1%}) | {row['tokens']:,} | {row['epochs']:.3f} |")
+    packing = f"; packing {config.data.packing}" if config.data.packing != "concat" else ""
+    caps = f"; at most {config.data.max_tokens:,} tokens in all" if config.data.max_tokens else ""
+    return lines + ["", f"Blocks of {config.data.seq_len} tokens{packing}{caps}; a source that runs out is re-shuffled (epochs above 1)."]
+
+
+def _write_run_card(run_dir: Path, config: TrainConfig, plan: TrainingPlan, result: TrainResult, model_location: str,
+                    data_lines: list[str]) -> None:
     import platform
 
     import transformers
 
     import adaptkit
-    from adaptkit.data.corpus import file_hash
     from adaptkit.io.atomic import write_text_atomic
 
-    data_lines = "\n".join(f"- `{p}` sha256 `{file_hash(Path(p))[:16]}`" for p in config.data.paths)
     lines = [
         f"# Run card: {run_dir.name}",
         "",
@@ -532,7 +573,7 @@ def _write_run_card(run_dir: Path, config: TrainConfig, plan: TrainingPlan, resu
         f"- versions: adaptkit {adaptkit.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
         "",
         "## Data",
-        data_lines,
+        *data_lines,
         "",
         "The resolved configuration is in `config.yaml`; metrics per logging step in `metrics.jsonl`.",
         "",
