@@ -414,7 +414,10 @@ def _checkpoint_if_due(run: Run, t: Training, done: int, meter: Meter) -> None:
 
 
 def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: Optional[int]) -> TrainResult:
-    """Save final/ (what the callbacks export: a plain dense model) and the run card."""
+    """Save final/ (what the callbacks export: a plain dense model), its model card and the run card."""
+    from adaptkit.engine.cards import train_card
+    from adaptkit.io.model_card import write_model_card
+
     config, final_dir = run.config, run.run_dir / "final"
     result = TrainResult(run.run_dir, final_dir, run.steps, meter.tokens_per_step * (run.steps - start_step), meter.seconds,
                          meter.final_loss, *t.counts, resumed_from, meter.history, run.main, run.accelerator.num_processes, run.strategy.name)
@@ -426,6 +429,7 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
             exported = callback.export(exported)
         _save_final(exported, run.tokenizer, t.plan, final_dir, full_state)
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location)
+        write_model_card(final_dir, train_card(config, t.plan, result, run.model_location))
     run.accelerator.wait_for_everyone()
     return result
 
