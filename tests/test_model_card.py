@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 from huggingface_hub import ModelCard
@@ -114,3 +115,118 @@ def test_evaluation_rows_of_metrics_become_the_results_table():
     rows = [{"step": 1, "loss": 2.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "elapsed_s": 1.0},
             {"step": 2, "loss": 1.5, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "elapsed_s": 2.0, "eval/ha_ppl": 12.5}]
     assert evaluation_rows(rows) == [{"step": 2, "eval/ha_ppl": 12.5}]
+
+
+# --push-to-hub: everything up to the upload (no Hub here); the HfApi calls are recorded, not made.
+TOKEN = "hf_secretTOKEN0123456789"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A logged-in, online environment whose HfApi records the calls (and the uploaded files' bytes)."""
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    calls = []
+
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create_repo", repo_id, kw))
+
+    def create_branch(self, repo_id, **kw):
+        calls.append(("create_branch", repo_id, kw))
+
+    def create_commit(self, repo_id, operations, **kw):
+        files = {op.path_in_repo: open(op.path_or_fileobj, "rb").read() for op in operations}
+        calls.append(("create_commit", repo_id, {**kw, "files": files}))
+        return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return calls
+
+
+def _no_token_anywhere(result, directory):
+    assert TOKEN not in result.stdout + result.stderr
+    assert all(TOKEN.encode() not in p.read_bytes() for p in directory.rglob("*") if p.is_file())
+
+
+def test_train_push_uploads_final_and_run_records(tmp_path, llama_dir, corpora, invoke, hub):
+    out = tmp_path / "run"
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "1",
+                    "--push-to-hub", "me/hausa-fft", "--private", "--revision", "exp", "--json", *COMMON)
+    assert result.returncode == 0, result
+    assert [c[0] for c in hub] == ["create_repo", "create_branch", "create_commit"]
+    assert hub[0][2]["private"] is True and hub[1][2]["branch"] == "exp" and hub[2][2]["revision"] == "exp"
+    files = hub[2][2]["files"]
+    final = {p.relative_to(out / "final").as_posix() for p in (out / "final").rglob("*") if p.is_file()}
+    assert set(files) == final | {"run/run_card.md", "run/config.yaml", "run/metrics.jsonl"}
+    assert files["model.safetensors"] == (out / "final" / "model.safetensors").read_bytes()
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.tags == ["adaptkit", "fft"] and card.data.library_name == "transformers"
+    assert json.loads(result.stdout)["hub"] == "https://huggingface.co/me/hausa-fft/commit/abc"
+    _no_token_anywhere(result, out)
+
+
+def test_merge_vocab_and_instruct_vector_push_their_output_directory(tmp_path, make_model_dir, corpora, invoke, hub):
+    a, b = make_model_dir("llama", 1), make_model_dir("llama", 2)
+    result = invoke("merge", "linear", "--model", a, "--model", b, "-o", tmp_path / "m", "--push-to-hub", "me/m", "-q")
+    assert result.returncode == 0, result
+    expected = {p.name for p in (tmp_path / "m").iterdir()}
+    assert set(hub[-1][2]["files"]) == expected and {"README.md", "merge_card.md", "config.json"} <= expected
+    assert hub[-1][2]["revision"] is None and hub[0][2]["private"] is False
+
+    result = invoke("vocab", "extend", "--model", a, "--data", corpora["ha"], "--add", "10", "-o", tmp_path / "v", "--push-to-hub", "me/v", "-q")
+    assert result.returncode == 0, result
+    assert hub[-1][1] == "me/v" and "adaptkit_vocab.json" in hub[-1][2]["files"]
+
+    base, instruct, adapted = make_model_dir("olmo2", 0), make_model_dir("olmo2", 1), make_model_dir("olmo2", 2)
+    result = invoke("instruct-vector", "apply", "--model", adapted, "--base", base, "--instruct", instruct, "-o", tmp_path / "iv",
+                    "--push-to-hub", "me/iv", "-q")
+    assert result.returncode == 0, result
+    assert hub[-1][1] == "me/iv" and "README.md" in hub[-1][2]["files"]
+    _no_token_anywhere(result, tmp_path)
+
+
+@pytest.mark.parametrize("command", ["train", "merge", "vocab", "instruct-vector"])
+def test_push_refused_before_any_work(tmp_path, llama_dir, corpora, invoke, monkeypatch, command):
+    """Offline mode, no login, a bad id, --private alone: one line, exit 2, nothing written, no model loaded."""
+    from conftest import assert_input_error
+    from huggingface_hub import constants
+
+    import adaptkit.io.models as models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    out = tmp_path / "out"
+    args = {
+        "train": ["train", "--model", llama_dir, "--data", corpora["ha"], *COMMON],
+        "merge": ["merge", "linear", "--model", llama_dir, "--model", llama_dir],
+        "vocab": ["vocab", "extend", "--model", llama_dir, "--data", corpora["ha"], "--add", "5"],
+        "instruct-vector": ["instruct-vector", "apply", "--model", llama_dir, "--base", llama_dir, "--instruct", llama_dir],
+    }[command] + ["-o", out]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_input_error(invoke(*args, "--push-to-hub", "me/x"), "--push-to-hub", "HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert_input_error(invoke(*args, "--push-to-hub", "me/x"), "--push-to-hub", "no Hub token")
+    assert_input_error(invoke(*args, "--push-to-hub", "me/bad id!"), "--push-to-hub", "not a Hub repository id")
+    assert_input_error(invoke(*args, "--private"), "--private", "only with --push-to-hub")
+    assert not out.exists()
+
+
+def test_a_failed_upload_is_one_line_and_keeps_the_output(tmp_path, make_model_dir, invoke, hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def refuse(self, repo_id, **kw):
+        raise RuntimeError("403 Forbidden: you cannot write to this repository\nmore detail")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    result = invoke("merge", "linear", "--model", make_model_dir("llama", 1), "--model", make_model_dir("llama", 2), "-o", tmp_path / "m", "--push-to-hub", "me/m")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "403 Forbidden" in lines[-1] and "kept locally" in lines[-1] and "more detail" not in result.stderr
+    assert (tmp_path / "m" / "README.md").is_file()

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, SetOpt, push_output, shared
 from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
 
@@ -134,12 +134,18 @@ def command(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
+    from adaptkit.io.hub import check_target
+
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
     train_config = build_config(config, flags, set_, method_flags)
     training_method = build_method(train_config, method_flags)
+    target = check_target(push_to_hub, private, revision)
     use_device(train_config.device)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     console = Console.of(ctx)
@@ -148,7 +154,21 @@ def command(
     result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
-    console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+    url = push_output(target, upload_files(result.run_dir), console, f"adaptkit train --method {train_config.method}")
+    console.result({**result.as_dict(), **({"hub": url} if url else {})},
+                   f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+RUN_FILES = ("run_card.md", "config.yaml", "metrics.jsonl")
+
+
+def upload_files(run_dir: Path) -> dict:
+    """What --push-to-hub uploads from a run: final/ as the repository, the run's records under run/."""
+    from adaptkit.io.hub import output_files
+
+    files = output_files(run_dir / "final")
+    files.update({f"run/{name}": run_dir / name for name in RUN_FILES if (run_dir / name).is_file()})
+    return files
 
 
 def use_device(device: str) -> None:
