@@ -35,6 +35,9 @@ FLAG_KEYS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
     "trust_remote_code": "trust_remote_code",
+    "report_to": "report_to",
+    "run_name": "run_name",
+    "project": "project",
 }
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
@@ -131,6 +134,9 @@ def command(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an extra: pip install 'adaptkit[wandb]').")] = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run name in the trackers and the model card.", show_default="the -o directory's name")] = None,
+    project: Annotated[Optional[str], typer.Option("--project", help="Tracker project (W&B, trackio, TensorBoard folder) or MLflow experiment.", show_default="adaptkit")] = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -92,6 +92,7 @@ class Run:
     log: Callable[[str], None]
     progress: Any
     created: bool = False  # this run made the run directory (removed again if planning fails)
+    trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
 
     @property
     def main(self) -> bool:
@@ -227,21 +228,25 @@ def train(
 ) -> TrainResult:
     """Run one training job: `config` says how, `method` (with its validated params) what trains."""
     run = set_up(config, Path(run_dir), resume, overwrite, log, progress)
-    plan, trainable = make_plan(run, method)
-    training = make_training(run, plan, trainable)
-    start_step, resumed_from = resume_from_checkpoint(run, training, resume)
-    meter = run_steps(run, training, start_step)
-    return export(run, training, meter, start_step, resumed_from)
+    try:
+        plan, trainable = make_plan(run, method)
+        training = make_training(run, plan, trainable)
+        start_step, resumed_from = resume_from_checkpoint(run, training, resume)
+        meter = run_steps(run, training, start_step)
+        return export(run, training, meter, start_step, resumed_from)
+    finally:
+        run.trackers.finish()
 
 
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.engine import distributed
+    from adaptkit.engine import distributed, trackers
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.seeding import seed_everything
 
-    accelerator = distributed.make_accelerator(config.device)
+    report_to = trackers.check_available(config.report_to)
+    accelerator = distributed.make_accelerator(config.device, log_with=report_to, logging_dir=trackers.logging_dir(run_dir))
     if not accelerator.is_main_process:  # one voice: only the main process logs and shows progress
         log, progress = (lambda message: None), None
     prepare_run_dir(run_dir, resume, overwrite)
@@ -264,6 +269,8 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress)
     _open_run_dir(run, resume, overwrite)
+    run.trackers = trackers.Trackers(accelerator, report_to, config.project, config.run_name or run_dir.name, run_dir)
+    run.trackers.start(_resolved_config_dict(config))
     return run
 
 
@@ -356,6 +363,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
             if run.main:
                 with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+                run.trackers.log(record)
             if progress:
                 progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
         elif progress:
