@@ -143,6 +143,8 @@ def command(
     push_to_hub: PushOpt = None,
     private: PrivateOpt = False,
     revision: RevisionOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the model without weights, make the method's plan and print the memory per process (1 and --processes N under DDP / FSDP); train nothing.")] = False,
+    processes: Annotated[int, typer.Option("--processes", min=1, help="With --dry-run: the number of processes to plan for.")] = 1,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     from adaptkit.io.hub import check_target
@@ -152,6 +154,8 @@ def command(
     train_config = build_config(config, flags, set_, method_flags)
     training_method = build_method(train_config, method_flags)
     target = check_target(push_to_hub, private, revision)
+    if dry_run:
+        return print_memory_plan(train_config, training_method, processes, Console.of(ctx))
     use_device(train_config.device)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     console = Console.of(ctx)
@@ -163,6 +167,24 @@ def command(
     url = push_output(target, upload_files(result.run_dir), console, f"adaptkit train --method {train_config.method}")
     console.result({**result.as_dict(), **({"hub": url} if url else {})},
                    f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def print_memory_plan(config, method, processes: int, console: Console) -> None:
+    """The --dry-run table: bytes per process for one process, and N under DDP and FSDP."""
+    from adaptkit.engine.memory_plan import dry_run, human_bytes
+
+    plan = dry_run(config, method, processes)
+    table = plan["bytes_per_process"]
+    keys = list(table["fsdp"])
+    columns = ["per process", "1 process", f"{processes} x DDP", f"{processes} x FSDP"]
+    rows = [[key, *(human_bytes(table[mode].get(key, 0)) for mode in ("single", "ddp", "fsdp"))] for key in keys]
+    if processes == 1:
+        rows = [row[:2] + ["-", "-"] for row in rows]
+    counts = plan["counts"]
+    title = (f"adaptkit train --dry-run: {config.method} on {config.model}: {counts['trainable']:,} of {counts['total']:,} entries train; "
+             f"weights {plan['weights_dtype']}, precision {plan['precision']}, micro-batch {plan['micro_batch_size']} x {plan['seq_len']}")
+    console.table(title, columns, rows)
+    console.result(plan)
 
 
 RUN_FILES = ("run_card.md", "config.yaml", "metrics.jsonl")
