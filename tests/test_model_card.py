@@ -96,6 +96,7 @@ def test_hub_ids_go_into_metadata_and_local_paths_do_not(tmp_path):
     assert hub_id(str(snapshot)) == "HuggingFaceTB/SmolLM2-135M"
     assert hub_id(str(dataset), "datasets") == "allenai/c4" and hub_id(str(dataset)) is None
     assert hub_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    assert hub_id("hub:HuggingFaceFW/fineweb-2:hau_Latn@train", "datasets") == "HuggingFaceFW/fineweb-2"
     assert hub_id(str(local)) is None and hub_id("missing/dir/deeper") is None and hub_id("m.gguf") is None
     one = ModelCard(render(CardInfo(title="t", method="ssu-wanda", relation="finetune", summary="s", bases=[str(snapshot)],
                                     data=[str(dataset), str(local / "a.txt")], languages=["ha", "en"])))

@@ -46,7 +46,10 @@ class CardInfo:
 
 def hub_id(location: str, kind: str = "models") -> Optional[str]:
     """The Hub repository id `location` names: itself when it is an id (and no local path), the id
-    of a Hub cache snapshot (`.../models--owner--name/snapshots/...`), else None."""
+    of a Hub cache snapshot (`.../models--owner--name/snapshots/...`) or of a `hub:ID[:CONFIG][@SPLIT]`
+    data source, else None."""
+    if kind == "datasets" and location.startswith("hub:"):  # a streamed Hub dataset: hub:ID[:CONFIG][@SPLIT]
+        location = location[4:].split("@")[0].split(":")[0]
     path = Path(location)
     if path.exists():
         for part in path.resolve().parts:
