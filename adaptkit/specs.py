@@ -203,9 +203,15 @@ class MergeMethodSpec(Spec):
 
 @dataclass(frozen=True)
 class EvalBackendSpec(Spec):
-    """An evaluation backend: runs tasks of one family (ppl, lm-eval, mt ...) on a loaded model."""
+    """An evaluation backend: runs tasks of one family (ppl, lm-eval, mt ...) on a loaded model.
+
+    `shared_params` names a settings section several backends read (e.g. "judge": `--set
+    judge.model=X` reaches every judge-* backend whose parameters have that key); the
+    backend's own section (`--set judge-single.model=Y`) wins over it.
+    """
 
     kind: ClassVar[str] = "eval backend"
+    shared_params: str = ""
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class Capturing(TrainingMethod):
     def __init__(self, inner: TrainingMethod, key: str):
         super().__init__(inner.params)
         self.inner, self.key = inner, key
+        self.freeze_special_tokens = inner.freeze_special_tokens  # the wrapped method's default
 
     def plan(self, model, ctx):
         plan = self.inner.plan(model, ctx)

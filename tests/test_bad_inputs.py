@@ -50,6 +50,13 @@ CASES = [
     ("data-bad-jsonl", train(data="{bad_jsonl}"), ["--data", "line 2", "JSON"]),
     ("data-jsonl-no-field", train(data="{jsonl_no_text}"), ["--data", "text"]),
     ("data-shorter-than-block", train("--seq-len", "100000"), ["--data", "--seq-len"]),
+    # --- train: evaluation during training -------------------------------------------------
+    ("eval-steps-without-eval-data", train("--eval-steps", "2"), ["--eval-steps", "--eval-data", "--validation-fraction"]),
+    ("eval-data-empty", train("--eval-data", "dev={empty_file}:source"), ["--eval-data dev", "empty"]),
+    ("eval-data-missing", train("--eval-data", "dev={missing}"), ["--eval-data dev", "does not exist"]),
+    ("eval-data-duplicate-name", train("--eval-data", "dev={data}", "--eval-data", "dev={data}"), ["--eval-data", "duplicate", "'dev'"]),
+    ("eval-data-chat-no-assistant", train("--eval-data", "chat={chat_no_assistant}"), ["--eval-data chat", "line 1", "assistant"]),
+    ("validation-fraction-one", train("--validation-fraction", "1"), ["--validation-fraction"]),
     # --- train: numbers -------------------------------------------------------------------
     ("lr-negative", train("--lr", "-1"), ["--lr", "greater than 0"]),
     ("lr-nan", train("--lr", "nan"), ["--lr"]),
@@ -228,6 +235,8 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["bad_jsonl"].write_text('{"text": "fine"}\n{"text": broken\n')
     files["jsonl_no_text"] = root / "notext.jsonl"
     files["jsonl_no_text"].write_text('{"body": "no text field"}\n')
+    files["chat_no_assistant"] = root / "chat_no_assistant.jsonl"
+    files["chat_no_assistant"].write_text('{"messages": [{"role": "user", "content": "hello"}]}\n')
     for name, text in {
         "bad_yaml": "batch_size: [1, 2\n",
         "yaml_list": "- a\n- b\n",

@@ -48,20 +48,20 @@ def _measure(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method_name", ["fft", "masked", "lora"])
-def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, monkeypatch, method_name):
+@pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32")])
+def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, monkeypatch, method_name, precision):
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
     from adaptkit.engine.memory_plan import dry_run
     from adaptkit.registry import get_spec
 
     config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, max_steps=2,
-                         method="fft" if method_name == "masked" else method_name)
+                         method="fft" if method_name == "masked" else method_name, precision=precision)
     method = MaskedTestMethod(None) if method_name == "masked" else get_spec("method", method_name).build({})
     plan = dry_run(config, method, processes=1)["bytes_per_process"]["single"]
     seen = _measure(monkeypatch)
     train(config, method, tmp_path / "run", log=lambda message: None)
-    print(method_name, {k: (plan[k], seen[k]) for k in ("weights", "compact_copies", "gradients", "optimizer")})
+
     assert plan["weights"] == seen["weights"]
     assert plan["compact_copies"] == seen["compact_copies"]
     assert plan["optimizer"] == seen["optimizer"]

@@ -27,6 +27,17 @@ def _embeddings(name: str) -> bool:
     return name in ("model.embed_tokens.weight", "lm_head.weight")
 
 
+def _special_rows(model_dir) -> torch.Tensor:
+    """Row mask (True = trains) of the embeddings / LM head without the test tokenizer's four special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>", "<pad>")]
+    rows = torch.ones(len(tokenizer), dtype=torch.bool)
+    rows[ids] = False
+    return rows.reshape(-1, 1)
+
+
 def _changed_columns(before, after, name):
     return (before[name] != after[name]).any(dim=0)
 
@@ -37,13 +48,17 @@ def _all(before, run, model_dir):
 
 
 def _hft(before, run, model_dir):  # the rule, checked on the frozen modules seen in the weights (seed 42: the run's default)
-    return assert_hft_rule(before, weights(run / "final"), model_dir, seed=42)
+    trainable = assert_hft_rule(before, weights(run / "final"), model_dir, seed=42)
+    rows = _special_rows(model_dir)  # hft freezes the special-token rows by default, as the SSU repository
+    return {name: rows if _embeddings(name) else mask for name, mask in trainable.items()}
 
 
 def _lota(before, run, model_dir):
     masks = load_file(str(run / "lota" / "masks.safetensors"))
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    assert all(bool(masks[name].all()) for name in before if _embeddings(name))  # trained in full, outside the ranking
+    ranked = [m for name, m in masks.items() if not _embeddings(name)]
+    total = sum(m.numel() for m in ranked)
+    kept = sum(int(m.sum()) for m in ranked)
     assert kept == int(0.1 * total) or abs(kept - 0.1 * total) <= 2, (kept, total)
     return {name: mask.bool() for name, mask in masks.items() if mask.any()}
 
@@ -56,6 +71,7 @@ def _s2ft(variant):
         columns = [_changed_columns(before, after, n) for n in down]
         assert sum(int(c.sum()) for c in columns) == int(0.05 * LAYERS * columns[0].numel())
         trainable.update({n: c.reshape(1, -1) for n, c in zip(down, columns)})
+        trainable.update({n: None for n in before if _embeddings(n)})  # trained in full, as the SSU repository
         if variant == "down+output":
             output = [n for n in before if n.endswith("self_attn.o_proj.weight")]
             heads = []
@@ -80,7 +96,8 @@ def _adalora(before, run, model_dir):
     pattern = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
     ranks = {key.split(".lora_E")[0]: sum(keep) for key, keep in pattern.items()}
     assert len(ranks) == 7 * LAYERS and sum(ranks.values()) == 2 * len(ranks) and min(ranks.values()) < 4
-    return {f"{module}.weight": None for module, rank in ranks.items() if rank > 0}
+    ends = {name: None for name in before if _embeddings(name)}  # modules_to_save, as the SSU repository
+    return {**ends, **{f"{module}.weight": None for module, rank in ranks.items() if rank > 0}}
 
 
 def _layra(before, run, model_dir):  # first=1, last=1: layers 0 and 2

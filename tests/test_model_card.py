@@ -20,6 +20,7 @@ def _card(directory):
 def test_train_final_has_a_hub_model_card(tmp_path, llama_dir, corpora, invoke):
     out = tmp_path / "run"
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "2",
+                    "--eval-data", f"ha={corpora['ha-test']}:target", "--eval-steps", "1",
                     "--set", "language=ha", "--set", "log_steps=1", *COMMON)
     assert result.returncode == 0, result
     card = _card(out / "final")
@@ -30,7 +31,12 @@ def test_train_final_has_a_hub_model_card(tmp_path, llama_dir, corpora, invoke):
     assert data.base_model is None  # a local directory is no Hub id: named in the text only
     assert f"`{llama_dir}`" in card.text
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert f"{rows[-1]['loss']:.6g}" in card.text
+    losses = [r for r in rows if "loss" in r]
+    assert f"{losses[-1]['loss']:.6g}" in card.text
+    evals = [r for r in rows if "eval" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    table = card.text[card.text.index("## Evaluation results"):]
+    assert all(f"| {r['step']} | ha | target | {r['ppl']:.6g} |" in table for r in evals), table
     assert "| learning rate | 5e-05 |" in card.text
     assert "| sequence length | 32 |" in card.text
 
@@ -108,14 +114,6 @@ def test_hub_ids_go_into_metadata_and_local_paths_do_not(tmp_path):
     assert none.data.base_model is None and getattr(none.data, "base_model_relation", None) is None
     with pytest.raises(ValueError):
         CardInfo(title="t", method="fft", relation="continued", summary="s")
-
-
-def test_evaluation_rows_of_metrics_become_the_results_table():
-    from adaptkit.engine.cards import evaluation_rows
-
-    rows = [{"step": 1, "loss": 2.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "elapsed_s": 1.0},
-            {"step": 2, "loss": 1.5, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "elapsed_s": 2.0, "eval/ha_ppl": 12.5}]
-    assert evaluation_rows(rows) == [{"step": 2, "eval/ha_ppl": 12.5}]
 
 
 # --push-to-hub: everything up to the upload (no Hub here); the HfApi calls are recorded, not made.

@@ -19,19 +19,20 @@ def command(
     decoding: Annotated[str, typer.Option("--decoding", help="greedy, or paper (SSU: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1).")] = "greedy",
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 8,
+    format: Annotated[str, typer.Option("--format", help="records ({id, prompt, model, response}, for `adaptkit codemix`) or chat ({id, model, messages}: a user and an assistant turn, for `train --eval-data` and `evaluate`'s ppl task).")] = "records",
     device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response}."""
+    """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records)."""
     import json
 
     from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
-    from adaptkit.evals.generation import generate_records, read_prompts
+    from adaptkit.evals.generation import as_chat_records, generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
     from adaptkit.io.atomic import atomic_file, check_output
 
@@ -40,6 +41,8 @@ def command(
     check_output(output, overwrite)
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
+    if format not in ("records", "chat"):
+        raise InputError(f"--format: expected records or chat, got '{format}'")
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
     device = check_device_or_map(ctx, device, placement)
@@ -55,6 +58,8 @@ def command(
             loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placed)
             records += generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
         del loaded
+    if format == "chat":
+        records = as_chat_records(records)
     with atomic_file(output, overwrite) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     names = [ref.name for ref in refs]

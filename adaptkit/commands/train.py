@@ -38,6 +38,9 @@ FLAG_KEYS = {
     "report_to": "report_to",
     "run_name": "run_name",
     "project": "project",
+    "eval_data": "eval.data",
+    "eval_steps": "eval.steps",
+    "validation_fraction": "data.validation_fraction",
 }
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
@@ -46,11 +49,13 @@ METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-
 def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None):
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
     from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`."""
-    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
+    from adaptkit.engine.evaluation import check_eval_config
+    from adaptkit.errors import InputError
     from adaptkit.engine.config import TrainConfig
     from adaptkit.registry import get_spec
 
-    data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
+    data: dict[str, Any] = read_yaml_mapping(resolve_config_file(config_file)) if config_file else {}
     for key in METHOD_FLAGS:  # config files of earlier versions kept these at the top level
         if key in data and key not in TrainConfig.model_fields:
             value = data.pop(key)
@@ -75,6 +80,7 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
     if not config.data.paths:
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
+    check_eval_config(config)
     return config
 
 
@@ -127,10 +133,13 @@ def command(
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval set NAME=SPEC[:ROLE] (ROLE source or target; text, JSONL or chat JSONL with 'messages'): perplexity and bits per byte at step 0, every --eval-steps and at the end, in metrics.jsonl and curves.png. Repeatable.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate the eval sets every N steps (also at step 0 and the end).")] = None,
+    validation_fraction: Annotated[Optional[float], typer.Option("--validation-fraction", help="Hold out this fraction of the training blocks (seeded, not trained on) as the eval set 'validation'.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,

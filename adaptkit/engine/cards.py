@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from adaptkit.io.model_card import CardInfo
-
-# metrics.jsonl keys of every logging row; other numeric keys of a row are evaluation results
-TRAINING_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s")
-
 
 def train_card(config: Any, plan: Any, result: Any, model_location: str) -> CardInfo:
     """CardInfo of a finished run: method, data and tokens, hyperparameters, evaluation rows of metrics.jsonl."""
@@ -35,14 +32,14 @@ def train_card(config: Any, plan: Any, result: Any, model_location: str) -> Card
     return CardInfo(title=f"{config.run_name or result.run_dir.name}: {config.method} on {model_location}", method=config.method,
                     relation="finetune", summary=summary, bases=[model_location], data=list(config.data.paths),
                     languages=list(config.language), facts=facts, hyperparameters=hyper,
-                    results=evaluation_rows(result.metrics), reference=reference)
+                    results=evaluation_rows(result.run_dir / "metrics.jsonl"), reference=reference)
 
 
-def evaluation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl that carry more than the training keys (evaluation during training)."""
-    found = []
-    for row in rows:
-        extra = {k: v for k, v in row.items() if k not in TRAINING_KEYS and isinstance(v, (int, float))}
-        if extra:
-            found.append({"step": row.get("step"), **extra})
-    return found
+def evaluation_rows(metrics: Path) -> list[dict[str, Any]]:
+    """The evaluation-during-training rows of metrics.jsonl (engine/evaluation.py), for the results table."""
+    from adaptkit.engine.evaluation import read_metrics
+
+    if not metrics.is_file():
+        return []
+    keys = ("step", "eval", "role", "ppl", "bits_per_byte", "tokens")
+    return [{k: row[k] for k in keys if k in row} for row in read_metrics(metrics)[1]]

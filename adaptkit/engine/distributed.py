@@ -96,8 +96,15 @@ class Strategy:
         """The loss averaged over processes."""
         return self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss
 
-    def full_state(self, model: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
-        """The whole model's tensors for export, or None when the model itself holds them."""
+    def full_state(self, model: "torch.nn.Module", whole_model: bool = False) -> "Optional[dict[str, torch.Tensor]]":
+        """The whole model's tensors for export, or None when the model itself holds them.
+
+        `whole_model`: a callback exports from the model itself, which must then hold whole tensors.
+        """
+        return None
+
+    def export_state(self, exported: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
+        """The tensors to save of a model exported from the whole model (see full_state), or None: its own state_dict."""
         return None
 
     @property
@@ -127,9 +134,9 @@ class ShardedStrategy(Strategy):
     sharded = True
 
     def shard(self, plan: "TrainingPlan", method: str) -> None:
-        if plan.callbacks:
-            names = ", ".join(sorted({type(cb).__name__ for cb in plan.callbacks}))
-            raise InputError(f"--distributed fsdp: method '{method}' uses training callbacks ({names}) that need whole parameters; use --distributed ddp")
+        whole = sorted({type(cb).__name__ for cb in plan.callbacks if not cb.shard_aware})
+        if whole:
+            raise InputError(f"--distributed fsdp: method '{method}' uses training callbacks ({', '.join(whole)}) that need whole parameters; use --distributed ddp")
         fully_shard_model(plan.model)
 
     def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
@@ -142,8 +149,17 @@ class ShardedStrategy(Strategy):
     def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
         return clip_sharded_grad_norm_(tensors, max_norm, device)
 
-    def full_state(self, model: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
+    def full_state(self, model: "torch.nn.Module", whole_model: bool = False) -> "Optional[dict[str, torch.Tensor]]":
+        if whole_model:  # the end of training: the model stays unsharded from here on
+            unshard_model(model)
+            return None
         return full_state_dict(model, self.accelerator.is_main_process)  # a collective: every process calls it
+
+    def export_state(self, exported: "torch.nn.Module") -> "Optional[dict[str, torch.Tensor]]":
+        # an FSDP2 module's state_dict() would reshard it again (into DTensors without the export's changes)
+        from adaptkit.engine.shards import held_state_dict
+
+        return held_state_dict(exported)
 
     @property
     def checkpoint_shard(self) -> Optional[tuple[int, int]]:
@@ -168,6 +184,15 @@ def fully_shard_model(model: "torch.nn.Module") -> "torch.nn.Module":
             fully_shard(module)
     fully_shard(model)
     return model
+
+
+def unshard_model(model: "torch.nn.Module") -> None:
+    """All-gather every FSDP2 unit of `model` in place (a collective): its parameters become whole plain tensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()
 
 
 def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> float:

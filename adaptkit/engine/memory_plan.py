@@ -6,7 +6,9 @@ plan's counts give, in bytes per process (P all entries, G entries of parameters
 gradient, T trainable entries, M trainable entries of masked parameters, N processes):
 
     weights        4 P      the engine keeps fp32 weights; bf16 autocast computes in bf16, so
-                            the fp32 weights are the master weights (no second copy)
+                            the fp32 weights are the master weights (no second copy); with
+                            --precision bf16-pure every 4 in this table is 2 (bf16 weights,
+                            gradients, copies and AdamW moments, no master copy)
     compact copies 4 M      fp32 copies of the trainable entries of masked parameters
     gradients      4 G      dense fp32 .grad during backward (compact for row/column-masked
                             Linear weights when the plan asks for compact gradients)
@@ -80,24 +82,25 @@ def activation_bytes(config: Any, micro_batch: int, seq_len: int, precision: str
     heads = text.num_attention_heads
     h_kv = getattr(text, "num_key_value_heads", heads) * (getattr(text, "head_dim", None) or h // heads)
     i = getattr(text, "intermediate_size", 4 * h)
-    e = 2 if precision == "bf16" else 4
+    e = 2 if precision.startswith("bf16") else 4
     tokens = micro_batch * seq_len
     per_layer = tokens * (8 * h + 2 * h_kv + 4 * i) * e
     body = (layers * tokens * h * e + per_layer) if checkpointing else layers * per_layer
     return int(body + 2 * 4 * tokens * vocab)
 
 
-def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int) -> dict[str, dict[str, int]]:
-    """Bytes per process under 'single', 'ddp' and 'fsdp' for `processes` processes."""
+def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int, w: int = 4) -> dict[str, dict[str, int]]:
+    """Bytes per process under 'single', 'ddp' and 'fsdp' for `processes` processes; `w` bytes per
+    weight entry (4, or 2 under bf16-pure, where gradients, copies and AdamW moments are bf16 too)."""
     state = {
-        "weights": 4 * counts.total,
-        "compact_copies": 4 * counts.masked_trainable,
-        "gradients": 4 * counts.with_grad,
-        "optimizer": 8 * counts.trainable + 4 * counts.optimizer_tensors,
+        "weights": w * counts.total,
+        "compact_copies": w * counts.masked_trainable,
+        "gradients": w * counts.with_grad,
+        "optimizer": 2 * w * counts.trainable + 4 * counts.optimizer_tensors,
     }
     n = max(1, processes)
     fsdp = {key: -(-value // n) for key, value in state.items()}
-    fsdp["gathered_layer"] = 8 * counts.largest_layer if n > 1 else 0  # one layer's full weights + gradients
+    fsdp["gathered_layer"] = 2 * w * counts.largest_layer if n > 1 else 0  # one layer's full weights + gradients
     table = {"single": dict(state), "ddp": dict(state), "fsdp": fsdp}
     for row in table.values():
         row.update({f"activations_{k}": v for k, v in activations.items()})
@@ -128,7 +131,9 @@ def meta_model(config: Any) -> tuple[torch.nn.Module, Any]:
 
 def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
     """The memory plan of a run: counts, bytes per process and the settings they depend on."""
-    from adaptkit.engine.loop import resolve_precision
+    from types import SimpleNamespace
+
+    from adaptkit.engine.loop import _freeze_special_tokens_if_set, resolve_precision, weight_dtype
     from adaptkit.engine.plan import MethodContext
 
     model, tokenizer = meta_model(config)
@@ -137,18 +142,20 @@ def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
                         torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None)
     try:
         plan = method.plan(model, ctx)
+        _freeze_special_tokens_if_set(SimpleNamespace(config=config, tokenizer=tokenizer, log=lambda m: None), method, plan)
     except InputError:
         raise
     except Exception as exc:  # the method needed weights or data: on the meta device there are none
         raise InputError(f"--dry-run: method '{config.method}' cannot make its plan without weights ({first_line(exc)}); give it its inputs (e.g. --mask) or plan a method that needs none") from None
     counts = plan_counts(plan)
     precision = resolve_precision(config, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = weight_dtype(precision)
     activations = {
         "no_checkpointing": activation_bytes(model.config, micro, config.data.seq_len, precision, False),
         "checkpointing": activation_bytes(model.config, micro, config.data.seq_len, precision, True),
     }
     return {
         "model": config.model, "method": config.method, "plan": plan.summary, "precision": precision,
-        "weights_dtype": "float32", "micro_batch_size": micro, "seq_len": config.data.seq_len, "processes": processes,
-        "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes),
+        "weights_dtype": str(dtype).removeprefix("torch."), "micro_batch_size": micro, "seq_len": config.data.seq_len, "processes": processes,
+        "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes, dtype.itemsize),
     }

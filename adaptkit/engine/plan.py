@@ -27,7 +27,17 @@ if TYPE_CHECKING:
 
 
 class TrainingCallback:
-    """Method-specific behaviour at fixed points of the loop. Every hook is a no-op by default."""
+    """Method-specific behaviour at fixed points of the loop. Every hook is a no-op by default.
+
+    `shard_aware`: the hooks work on FSDP-sharded parameters too (each process sees only its dim-0
+    shard of a parameter and of its gradient: engine/shards.py). The sharded strategy refuses a
+    plan with a callback that does not declare it, since such hooks need whole parameters.
+    """
+
+    shard_aware: ClassVar[bool] = False
+    # `export` works on the whole model (e.g. merging adapters): under FSDP the strategy then
+    # unshards the trained model on every process before the main process exports it
+    exports_whole_model: ClassVar[bool] = False
 
     def extra_loss(self, model: "torch.nn.Module") -> "Optional[torch.Tensor]":
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
@@ -85,6 +95,16 @@ class TrainingPlan:
             trainable[name] = None if mask is None or mask.all_trainable else mask
         return cls(model, trainable, summary=summary)
 
+    def restrict_rows(self, name: str, rows: "torch.Tensor") -> None:
+        """Leave only `rows` (bool over dim 0, True = may train) of the trainable parameter `name` trainable."""
+        shape = tuple(dict(self.model.named_parameters())[name].shape)
+        mask = self.trainable[name]
+        restricted = UpdateMask("row", rows.bool()) if mask is None else mask.restrict_rows(rows.bool(), shape)
+        if restricted.all_frozen:
+            del self.trainable[name]
+        else:
+            self.trainable[name] = restricted
+
     def counts(self) -> tuple[int, int]:
         """(trainable entries, all entries) of the planned model."""
         total = trainable = 0
@@ -130,6 +150,7 @@ class TrainingMethod(ABC):
     The class attributes declare the method for the registry (`adaptkit.specs.method_spec(Class)`):
     its name, a one-line summary, the paper reference, its pydantic parameter model, what the run must
     provide (`needs`, see adaptkit.specs.METHOD_NEEDS) and optional packages it imports (`extras`).
+    `freeze_special_tokens` is the method's default of the run setting of that name (engine/special_tokens.py).
     """
 
     name: ClassVar[str] = ""
@@ -138,6 +159,7 @@ class TrainingMethod(ABC):
     Params: ClassVar[type["Params"]] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset()
     extras: ClassVar[tuple[str, ...]] = ()
+    freeze_special_tokens: ClassVar[bool] = False
 
     def __init__(self, params: "Params"):
         self.params = params

@@ -34,7 +34,33 @@ def local_shard(param: "torch.Tensor") -> tuple["torch.Tensor", int]:
 
 
 def local_grad(param: "torch.Tensor") -> "torch.Tensor | None":
+    """This process's part of `param.grad` (None when there is no gradient)."""
+    return None if param.grad is None else local_grad_tensor(param.grad)
+
+
+def local_grad_tensor(tensor: "torch.Tensor") -> "torch.Tensor":
+    """This process's part of a gradient (its DTensor shard, or the tensor itself): writes to it change the gradient."""
     from torch.distributed.tensor import DTensor
 
-    grad = param.grad
-    return grad.to_local() if isinstance(grad, DTensor) else grad
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_tensor(tensor: "torch.Tensor") -> "torch.Tensor":
+    """The whole tensor: an FSDP2 DTensor all-gathered (a collective: every process must call it), a plain tensor as is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def held_state_dict(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    """The parameters (a tied one under each of its names) and persistent buffers the model holds now, by state-dict name.
+
+    Unlike `state_dict()`, which an FSDP2 module answers by resharding, this reads what an unsharded
+    model holds (engine/distributed.py unshard_model); for a plain model, the keys of its state dict.
+    """
+    state = {name: param.detach() for name, param in model.named_parameters(remove_duplicate=False)}
+    for module_name, module in model.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                state[f"{module_name}.{name}" if module_name else name] = buffer
+    return state

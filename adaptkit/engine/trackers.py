@@ -10,6 +10,9 @@ the main process only. Where each back-end writes:
 - mlflow: the store MLFLOW_TRACKING_URI names; without it a local SQLite store RUN_DIR/logs/mlflow.db
 - wandb: RUN_DIR/logs/wandb/ (WANDB_MODE=offline keeps it there; `wandb sync` uploads it later)
 - trackio: its local database (TRACKIO_DIR, default ~/.cache/huggingface/trackio)
+
+Rows are logged as they are written, wherever that is (engine/loop.py's training rows,
+engine/evaluation.py's evaluation rows).
 """
 
 from __future__ import annotations
@@ -48,8 +51,12 @@ def mlflow_default_uri(run_dir: Path) -> str:
 
 
 def flat_numbers(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """A metrics row as tracker scalars: nested dicts flattened to 'a/b', numbers only (bools as 0/1)."""
+    """A metrics row as tracker scalars: nested dicts flattened to 'a/b', numbers only (bools as 0/1).
+    A row's first text field names it: {"eval": "ha", "ppl": 3.1} logs 'eval/ha/ppl'."""
     out: dict[str, float] = {}
+    label = next(((k, v) for k, v in row.items() if isinstance(v, str)), None)
+    if label is not None:
+        prefix = f"{prefix}{label[0]}/{label[1]}/"
     for key, value in row.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):

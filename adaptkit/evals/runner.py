@@ -118,22 +118,41 @@ def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None
     if not task_args:
         raise InputError(f"{flag}: give at least one task, e.g. --task ppl:eng=en.txt")
     backends: dict[str, EvalBackend] = {}
+    shared: dict[str, set[str]] = {}  # shared section -> parameter names of the backends reading it
     tasks: list[EvalTask] = []
-    for text in task_args:
-        backend_name, spec_text = split_task_arg(text, flag)
+    parsed = [split_task_arg(text, flag) for text in task_args]
+    for backend_name, _ in parsed:
         spec = get_spec("eval backend", backend_name, flag)
         if backend_name not in backends:
-            validated = spec.validate_params(params.get(backend_name), where=f"--set {backend_name}.*")
+            where = f"--set {backend_name}.*" + (f" / {spec.shared_params}.*" if spec.shared_params in params else "")
+            validated = spec.validate_params(_backend_values(spec, params), where=where)
             backends[backend_name] = spec.load()(validated)
+            if spec.shared_params:
+                shared.setdefault(spec.shared_params, set()).update(spec.params.model_fields)
+    _check_shared(params, shared)
+    for backend_name, spec_text in parsed:
         for task in backends[backend_name].prepare(spec_text, flag):
             if any(t.name == task.name for t in tasks):
                 raise InputError(f"{flag}: two tasks are called '{task.name}'; name them (e.g. ppl:NAME=FILE)")
             tasks.append(task)
-    unknown = set(params) - set(backends)
+    unknown = set(params) - set(backends) - set(shared)
     if unknown:
         raise InputError(f"--set: settings for '{sorted(unknown)[0]}', which no --task uses (backends used: {', '.join(backends)})")
     used = {name: backends[name].params.model_dump() for name in backends}
     return PreparedTasks(tasks, backends, used)
+
+
+def _backend_values(spec: Any, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A backend's settings: the keys of its shared section (e.g. judge.*) it has, then its own section."""
+    common = params.get(spec.shared_params, {}) if spec.shared_params else {}
+    return {**{k: v for k, v in common.items() if k in spec.params.model_fields}, **(params.get(spec.name) or {})}
+
+
+def _check_shared(params: dict[str, dict[str, Any]], shared: dict[str, set[str]]) -> None:
+    for section, known in shared.items():
+        for key in params.get(section) or {}:
+            if key not in known:
+                raise InputError(f"--set {section}.{key}: no --task of this run has a '{key}' setting (known: {', '.join(sorted(known))})")
 
 
 def check_model_config(location: str, flag: str = "--model") -> None:

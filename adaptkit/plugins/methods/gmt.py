@@ -9,7 +9,8 @@ Definition used here (once per optimizer step, in this order):
 1. the engine accumulates the gradient of the whole optimizer batch (all micro-batches and,
    in multi-process runs, all processes: the all-reduced mean);
 2. GMT masks it, per parameter tensor: entries with |g| at or below the k-th smallest |g|,
-   k = floor(mask_ratio * numel), are set to zero;
+   k = floor(mask_ratio * numel), are set to zero (under FSDP: the k-th smallest of the whole
+   tensor, not of a shard);
 3. the engine clips the masked gradient (the clipping norm is that of what is applied),
    then the optimizer steps.
 The accumulation interval of the paper is therefore the engine's gradient accumulation: the
@@ -22,7 +23,9 @@ bypassing clipping; neither happens here.
 As in the paper, masking acts on the gradient: with AdamW, an entry masked at a step is not
 moved by that step's gradient, but momentum from earlier steps and weight decay still apply.
 Default mask ratio 0.5, as in the SSU repository's GMT baseline; the paper reports GMT to be
-insensitive to the ratio.
+insensitive to the ratio. As in that baseline (`--gmt_skip_embeddings_and_head`), the gradients of
+the token embeddings and the LM head are not masked (they train in full); `skip_embeddings_and_head=false`
+masks them like every other tensor.
 """
 
 from __future__ import annotations
@@ -36,21 +39,29 @@ from adaptkit.specs import Params, method_spec
 
 class GradientMaskParams(Params):
     mask_ratio: float = Field(0.5, gt=0, lt=1, description="Fraction of each tensor's gradient entries (the smallest |g|) set to zero every step.")
-    skip_embeddings_and_head: bool = Field(False, description="Leave the gradients of the embeddings and LM head unmasked (the SSU repository's GMT run).")
+    skip_embeddings_and_head: bool = Field(True, description="Leave the gradients of the embeddings and LM head unmasked, as the SSU repository's GMT run does (false: mask them too).")
 
 
 def mask_smallest(grad, ratio: float) -> None:
-    """Zero, in place, the entries of `grad` whose magnitude is at or below its k-th smallest, k = floor(ratio * numel)."""
+    """Zero, in place, the entries of `grad` whose magnitude is at or below its k-th smallest, k = floor(ratio * numel).
+
+    Under FSDP `grad` is a sharded DTensor: the threshold is the order statistic of the whole
+    tensor (its shards all-gathered, one tensor at a time), then each process masks its shard.
+    """
     from adaptkit.engine.select import kth_smallest
+    from adaptkit.engine.shards import full_tensor, local_grad_tensor
 
     k = int(grad.numel() * ratio)
     if k:
-        magnitude = grad.detach().abs()
-        grad.masked_fill_(magnitude <= kth_smallest([magnitude], k), 0)
+        threshold = kth_smallest([full_tensor(grad.detach()).abs()], k)
+        local = local_grad_tensor(grad)
+        local.masked_fill_(local.detach().abs() <= threshold, 0)
 
 
 class GradientMask(TrainingCallback):
     """Masks the accumulated gradients at each optimizer step (before the engine's clipping)."""
+
+    shard_aware = True  # the threshold of a sharded gradient is computed over the whole tensor
 
     def __init__(self, names: list[str], ratio: float):
         self.names = set(names)

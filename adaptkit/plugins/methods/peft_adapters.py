@@ -72,11 +72,23 @@ def adapter_plan(wrapped, summary: str, callbacks: list[TrainingCallback]) -> Tr
     count, total = plan.counts()
     plan.summary = f"{summary}: {count:,} trainable parameters ({count / max(1, total):.2%} of {total:,})"
     plan.callbacks.extend(callbacks)
+    if wrapped.peft_config["default"].modules_to_save:
+        for callback in plan.callbacks:  # peft reads fully trained modules through state_dict(), which reshards an FSDP2 model
+            if isinstance(callback, MergeAndSaveAdapter):
+                callback.shard_aware = False
     return plan
 
 
 class MergeAndSaveAdapter(TrainingCallback):
-    """Export the adapter merged into dense weights; save the PEFT adapter in final/adapter/."""
+    """Export the adapter merged into dense weights; save the PEFT adapter in final/adapter/.
+
+    Its only hook is the export, which needs the whole model: under FSDP the strategy unshards it first.
+    Not with fully trained modules (peft's modules_to_save: train_embeddings_and_head), which peft
+    exports through `state_dict()`; an FSDP2 module answers that by resharding (adapter_plan says so).
+    """
+
+    shard_aware = True
+    exports_whole_model = True
 
     def __init__(self, base_model: str):
         local = Path(base_model).expanduser()
@@ -90,11 +102,13 @@ class MergeAndSaveAdapter(TrainingCallback):
 
         from peft import get_peft_model_state_dict
 
+        from adaptkit.engine.shards import held_state_dict
+
         # get_peft_model_state_dict resizes AdaLoRA matrices to the allocated ranks (and records them in the
         # config); a matrix pruned to rank 0 is legitimate there, not the unsaved shard peft warns about
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*invalid shape.*")
-            state = get_peft_model_state_dict(model)
+            state = get_peft_model_state_dict(model, state_dict=held_state_dict(model))
         self.state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
         self.config = copy.deepcopy(model.peft_config["default"])
         self.config.inference_mode = True

@@ -18,7 +18,8 @@ optimizer step, before clipping: the same update as adding the penalty to the lo
 autograd graph over every weight. The logged loss is the language-modelling loss.
 
 Memory: a float32 copy of the regularized source weights (and, for EWC, the Fisher: as much
-again) stays on the training device; the run log and run card state how much.
+again) stays on the training device; the run log and run card state how much. Under FSDP each
+process keeps only its shard's rows of them after the first step.
 """
 
 from __future__ import annotations
@@ -74,25 +75,48 @@ def diagonal_fisher(model, names: set[str], blocks, batch_size: int, device) -> 
 
 
 class SourcePull(TrainingCallback):
-    """Adds 2 * strength * F * (theta - theta_source) to the accumulated gradients (F = 1 for L2-SP)."""
+    """Adds 2 * strength * F * (theta - theta_source) to the accumulated gradients (F = 1 for L2-SP).
 
-    def __init__(self, terms: list, strength: float):
-        self.terms = terms  # (parameter, source copy, Fisher or None)
+    The pull of an entry depends on that entry alone, so under FSDP each process adds it to its own
+    shard of the (already reduced) gradient: no communication. The first step keeps only this
+    process's rows of the source copy and Fisher, so their memory is sharded too.
+    """
+
+    shard_aware = True
+
+    def __init__(self, terms: dict, strength: float):
+        self.terms = terms  # parameter name -> (source copy, Fisher or None), whole tensors until first used
         self.strength = strength
+        self.cut: set[str] = set()  # names whose terms were cut to this process's rows
+
+    def _local_terms(self, name: str, offset: int, rows: int) -> tuple:
+        """The source copy and Fisher rows of this process's shard (cut on first use, then kept)."""
+        if name not in self.cut:
+            source, fisher = self.terms[name]
+            if (offset, rows) != (0, source.shape[0]):
+                self.terms[name] = (source[offset:offset + rows].clone(), None if fisher is None else fisher[offset:offset + rows].clone())
+            self.cut.add(name)
+        return self.terms[name]
 
     def transform_gradients(self, model, step: int) -> None:
         import torch
 
+        from adaptkit.engine.shards import local_grad, local_shard
+
         with torch.no_grad():
-            for param, source, fisher in self.terms:
-                pull = param.detach().float() - source
+            for name, param in model.named_parameters():
+                if name not in self.terms:
+                    continue
+                local, offset = local_shard(param)
+                source, fisher = self._local_terms(name, offset, local.shape[0])
+                pull = local.float() - source.to(local.device)
                 if fisher is not None:
-                    pull.mul_(fisher)
+                    pull.mul_(fisher.to(local.device))
                 pull.mul_(2 * self.strength)
                 if param.grad is None:
-                    param.grad = pull.to(param.dtype)
-                else:
-                    param.grad.add_(pull.to(param.grad.dtype))
+                    param.grad = torch.zeros_like(param)
+                grad = local_grad(param)
+                grad.add_(pull.to(grad.dtype))
 
 
 class SoftRegularization(TrainingMethod):
@@ -126,12 +150,10 @@ class SoftRegularization(TrainingMethod):
                 mean = sum(float(f.sum()) for f in fisher.values()) / sum(f.numel() for f in fisher.values())
                 for value in fisher.values():
                     value.div_(mean if mean > 0 else 1.0)
-        terms = []
         with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in names:
-                    terms.append((param, param.detach().float().clone(), None if fisher is None else fisher[name]))
-        entries = sum(t[1].numel() for t in terms)
+            terms = {name: (param.detach().float().clone(), None if fisher is None else fisher[name])
+                     for name, param in model.named_parameters() if name in names}
+        entries = sum(source.numel() for source, _ in terms.values())
         mib = entries * 4 * (2 if fisher is not None else 1) / 2**20
         ctx.log(f"soft-reg: {p.penalty} on {where}; source copy{' + Fisher' if fisher is not None else ''}: {mib:.1f} MiB on {ctx.device}")
         plan = TrainingPlan.full(model, summary=f"soft regularization ({p.penalty}, strength {p.strength:g}) on {where}; {mib:.1f} MiB of source weights{' and Fisher' if fisher is not None else ''} kept")

@@ -1,0 +1,116 @@
+"""Methods with training callbacks under FSDP2 (gloo, CPU): two sharded processes give the
+one-process weights, to the tolerance of the DDP test (float summation order differs).
+
+GMT's per-tensor threshold is an exact order statistic of the whole (sharded) gradient; soft
+regularization pulls each shard toward its rows of the source copy; LoTA calibrates its mask in
+every process and trains it through compact shards, its frozen entries bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _scale_helpers import env_with, launch
+
+STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2",
+         "--warmup-ratio", "0", "--quiet", "--json"]
+TOLERANCE = 2e-5  # as tests/test_distributed.py: float summation order differs between 1 and 2 processes
+METHODS = {
+    "gmt": ["--set", "mask_ratio=0.5"],
+    "soft-reg": ["--set", "penalty=l2sp", "--set", "strength=5"],
+    "lota": ["--set", "calibration_steps=2", "--set", "sparsity=0.5"],
+    "lora": ["--set", "dropout=0", "--set", "r=4"],  # dropout masks depend on how the batch is split
+    "layra": ["--set", "dropout=0", "--set", "first=1", "--set", "last=0", "--set", "train_embeddings_and_head=false"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_fsdp_matches_one_process(method, tmp_path, make_model_dir, corpora, invoke):
+    model = make_model_dir("llama")
+    args = ["train", "--model", model, "--data", corpora["ha"], "--method", method, *METHODS[method], *STEPS]
+    one = invoke(*args, "--micro-batch-size", "2", "-o", tmp_path / "one")
+    assert one.returncode == 0, one
+    env = env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache"))
+    result = launch("torchrun", 2, [*args, "--distributed", "fsdp", "-o", tmp_path / "fsdp"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["distributed"] == "fsdp"
+    reference = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    sharded = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
+    before = load_file(str(model / "model.safetensors"))
+    assert reference.keys() == sharded.keys()
+    moved = 0
+    for name, tensor in reference.items():
+        assert torch.allclose(sharded[name], tensor, atol=TOLERANCE, rtol=0), (name, (sharded[name] - tensor).abs().max())
+        frozen = tensor == before[name]  # entries the one-process run left untouched stay bit-identical
+        assert torch.equal(sharded[name][frozen], before[name][frozen]), name
+        moved += int((~frozen).sum())
+    assert moved > 0
+    adapter = tmp_path / "one" / "final" / "adapter"
+    if adapter.exists():  # the PEFT adapter exported from rank 0 matches the one-process adapter
+        ours, theirs = (load_file(str(run / "final" / "adapter" / "adapter_model.safetensors")) for run in (tmp_path / "fsdp", tmp_path / "one"))
+        assert ours.keys() == theirs.keys() and ours
+        assert all(torch.allclose(ours[k], theirs[k], atol=TOLERANCE, rtol=0) for k in ours)
+        configs = [json.loads((run / "final" / "adapter" / "adapter_config.json").read_text()) for run in (tmp_path / "fsdp", tmp_path / "one")]
+        for config in configs:  # peft keeps target_modules as a set: its order follows the process's hash seed
+            config["target_modules"] = sorted(config["target_modules"])
+        assert configs[0] == configs[1]
+    if method == "lota":  # half the entries frozen by the calibrated mask, the same mask in both runs
+        masks = load_file(str(tmp_path / "fsdp" / "lota" / "masks.safetensors"))
+        alone = load_file(str(tmp_path / "one" / "lota" / "masks.safetensors"))
+        assert masks.keys() == alone.keys() and all(torch.equal(masks[k], alone[k]) for k in masks)
+
+
+@pytest.mark.parametrize("method, settings, refused", [
+    ("lora", {}, None),
+    ("lora", {"train_embeddings_and_head": True}, "MergeAndSaveAdapter"),  # peft exports those through state_dict()
+    # its allocator ranks the singular values of whole matrices; by default (as the SSU reference) it also
+    # trains embeddings and head through peft's modules_to_save, exported through state_dict()
+    ("adalora", {}, "MergeAndSaveAdapter, RankAllocation"),
+    ("adalora", {"train_embeddings_and_head": False}, "RankAllocation"),
+    ("gmt", {}, None),
+    ("soft-reg", {}, None),
+])
+def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, refused, make_model_dir, tmp_path, monkeypatch):
+    """The sharded strategy checks the callbacks' capability (no method names): refused ones name the callback."""
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine import distributed
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.plan import MethodContext
+    from adaptkit.errors import InputError
+    from adaptkit.registry import get_spec
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama"))
+    config = TrainConfig(model="m", data={"paths": ["d"]}, method=method, max_steps=3)
+    ctx = MethodContext(None, config, None, tmp_path, 3, torch.device("cpu"), None, log=lambda m: None)
+    plan = get_spec("method", method, "--method").build(settings, "--set", {}).plan(model, ctx)
+    sharded = []
+    monkeypatch.setattr(distributed, "fully_shard_model", sharded.append)  # no process group here
+    strategy = distributed.ShardedStrategy(None, "fsdp")
+    if refused:
+        with pytest.raises(InputError, match=f"--distributed fsdp: method '{method}' uses training callbacks \\({refused}\\)"):
+            strategy.shard(plan, method)
+        assert not sharded
+    else:
+        strategy.shard(plan, method)
+        assert sharded == [plan.model]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_held_state_dict_is_the_state_dict_of_a_plain_model(tied, make_model_dir):
+    """What the export reads instead of state_dict() (which an FSDP2 model answers by resharding)."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine.shards import held_state_dict
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama", tie_word_embeddings=tied))
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"]))
+    expected, held = wrapped.state_dict(), held_state_dict(wrapped)
+    assert held.keys() == expected.keys()
+    assert all(held[k] is not None and torch.equal(held[k], expected[k]) for k in expected)
