@@ -15,8 +15,8 @@ RUN_NAME = "hausa-fft"
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, make_model_dir, corpora):
-    """One real training run (its own process) reporting to all four trackers; metrics rows carry a nested
-    extra value (as the data and eval rows do), added by a plugin-free hook: a sitecustomize on the path."""
+    """One real training run (its own process) reporting to all four trackers, with evaluation rows
+    (--eval-data) and, in the training rows, a nested extra value added by a sitecustomize on the path."""
     root = tmp_path_factory.mktemp("tracked")
     hook = root / "hook"
     hook.mkdir()
@@ -25,7 +25,7 @@ def tracked(tmp_path_factory, make_model_dir, corpora):
         "_flush = loop.Meter.flush\n"
         "def flush(self, step, lr, grad_norm):\n"
         "    row = _flush(self, step, lr, grad_norm)\n"
-        "    row['eval'] = {'ha_ppl': 100.0 / step, 'name': 'text is left out'}\n"
+        "    row['extra'] = {'score': 100.0 / step, 'name': 'text is left out'}\n"
         "    return row\n"
         "loop.Meter.flush = flush\n"
     )
@@ -36,11 +36,14 @@ def tracked(tmp_path_factory, make_model_dir, corpora):
            "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{hook}"}
     result = run_cli("train", "--model", make_model_dir("llama"), "--data", corpora["ha"], "-o", out, "--max-steps", str(STEPS),
                      "--seq-len", "32", "--batch-size", "4", "--set", "log_steps=1", "--quiet",
+                     "--eval-data", f"ha={corpora['ha-test']}:target", "--eval-steps", "1",
                      "--report-to", "tensorboard,mlflow,wandb,trackio", "--run-name", RUN_NAME, "--project", "adapt-test", env=env)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) and rows[0]["eval"]["ha_ppl"] == 100.0
-    return types.SimpleNamespace(out=out, rows=rows, root=root)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows, evals = [r for r in lines if "loss" in r], [r for r in lines if "eval" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) and rows[0]["extra"]["score"] == 100.0
+    assert [r["step"] for r in evals] == list(range(0, STEPS + 1))
+    return types.SimpleNamespace(out=out, rows=rows, evals=evals, root=root)
 
 
 def _expected(rows, key):
@@ -63,8 +66,10 @@ def test_tensorboard_event_files_hold_every_row_and_the_config(tracked):
     events.Reload()
     for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
         _same_series([(e.step, e.value) for e in events.Scalars(key)], tracked.rows, key)
-    assert [e.value for e in events.Scalars("eval/ha_ppl")] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
-    assert "eval/name" not in events.Tags()["scalars"]
+    assert [e.value for e in events.Scalars("extra/score")] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
+    assert "extra/name" not in events.Tags()["scalars"]
+    _same_series([(e.step, e.value) for e in events.Scalars("eval/ha/ppl")], tracked.evals, "ppl")
+    _same_series([(e.step, e.value) for e in events.Scalars("eval/ha/bits_per_byte")], tracked.evals, "bits_per_byte")
     found = []
     for sub in (p for p in directory.iterdir() if p.is_dir()):  # add_hparams writes a folder of its own
         hp = EventAccumulator(str(sub))
@@ -93,7 +98,8 @@ def test_mlflow_local_store_holds_the_run(tracked):
     assert run.data.params["optimizer.lr"] == "5e-05" and run.data.params["method"] == "fft"
     history = MlflowClient(uri).get_metric_history(run.info.run_id, "loss")
     _same_series(sorted((m.step, m.value) for m in history), tracked.rows, "loss")
-    assert run.data.metrics["eval/ha_ppl"] == pytest.approx(100.0 / STEPS)
+    assert run.data.metrics["extra/score"] == pytest.approx(100.0 / STEPS)
+    _same_series(sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run.info.run_id, "eval/ha/ppl")), tracked.evals, "ppl")
 
 
 def _wandb_records(run_dir):
@@ -133,8 +139,9 @@ def test_wandb_offline_run_files_hold_every_row_and_the_config(tracked):
             name = record.run.display_name
             config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
     assert name == RUN_NAME
-    _same_series([(h["_step"], h["loss"]) for h in history], tracked.rows, "loss")
-    assert [h["eval/ha_ppl"] for h in history] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
+    _same_series([(h["_step"], h["loss"]) for h in history if "loss" in h], tracked.rows, "loss")
+    assert [h["extra/score"] for h in history if "extra/score" in h] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
+    _same_series([(h["_step"], h["eval/ha/ppl"]) for h in history if "eval/ha/ppl" in h], tracked.evals, "ppl")
     assert config["optimizer.lr"] == pytest.approx(5e-5) and config["method"] == "fft"
 
 
@@ -151,8 +158,9 @@ def test_trackio_local_database_holds_every_row_and_the_config(tracked):
     assert read.returncode == 0, read.stderr
     found = json.loads(read.stdout.strip().splitlines()[-1])
     assert found["runs"] == [RUN_NAME]
-    _same_series([(r["step"], r["loss"]) for r in found["logs"]], tracked.rows, "loss")
-    assert [r["eval/ha_ppl"] for r in found["logs"]] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
+    _same_series([(r["step"], r["loss"]) for r in found["logs"] if "loss" in r], tracked.rows, "loss")
+    assert [r["extra/score"] for r in found["logs"] if "extra/score" in r] == pytest.approx([100.0 / s for s in range(1, STEPS + 1)])
+    _same_series([(r["step"], r["eval/ha/ppl"]) for r in found["logs"] if "eval/ha/ppl" in r], tracked.evals, "ppl")
     assert found["config"]["optimizer.lr"] == pytest.approx(5e-5)
 
 
@@ -188,6 +196,7 @@ def test_only_the_main_process_starts_and_logs():
 def test_rows_and_config_flatten_generically():
     from adaptkit.engine.trackers import flat_numbers, hyperparameters
 
-    assert flat_numbers({"loss": 1.5, "tokens": {"en": 3, "ha": {"udhr": 5}}, "note": "x", "ok": True}) == {
+    assert flat_numbers({"loss": 1.5, "tokens": {"en": 3, "ha": {"udhr": 5}}, "ok": True}) == {
         "loss": 1.5, "tokens/en": 3, "tokens/ha/udhr": 5, "ok": 1}
+    assert flat_numbers({"step": 2, "eval": "ha", "role": "target", "ppl": 3.5}) == {"eval/ha/step": 2, "eval/ha/ppl": 3.5}
     assert hyperparameters({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == {"a.b": 1, "a.c": "[1, 2]", "d": "null", "e": "{}"}
