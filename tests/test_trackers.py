@@ -196,7 +196,7 @@ def test_only_the_main_process_starts_and_logs():
 def test_rows_and_config_flatten_generically():
     from adaptkit.engine.trackers import flat_numbers, hyperparameters
 
-    assert flat_numbers({"loss": 1.5, "tokens": {"en": 3, "ha": {"udhr": 5}}, "ok": True}) == {
+    assert flat_numbers({"loss": 1.5, "tokens": {"en": 3, "ha": {"udhr": 5}, "note": "x"}, "ok": True}) == {
         "loss": 1.5, "tokens/en": 3, "tokens/ha/udhr": 5, "ok": 1}
     assert flat_numbers({"step": 2, "eval": "ha", "role": "target", "ppl": 3.5}) == {"eval/ha/step": 2, "eval/ha/ppl": 3.5}
     assert hyperparameters({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == {"a.b": 1, "a.c": "[1, 2]", "d": "null", "e": "{}"}

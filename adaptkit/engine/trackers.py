@@ -50,17 +50,19 @@ def mlflow_default_uri(run_dir: Path) -> str:
     return f"sqlite:///{(logging_dir(run_dir) / 'mlflow.db').resolve()}"
 
 
-def flat_numbers(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def flat_numbers(row: dict[str, Any]) -> dict[str, float]:
     """A metrics row as tracker scalars: nested dicts flattened to 'a/b', numbers only (bools as 0/1).
-    A row's first text field names it: {"eval": "ha", "ppl": 3.1} logs 'eval/ha/ppl'."""
-    out: dict[str, float] = {}
+    A row's first top-level text field names it: {"eval": "ha", "ppl": 3.1} logs 'eval/ha/ppl'."""
     label = next(((k, v) for k, v in row.items() if isinstance(v, str)), None)
-    if label is not None:
-        prefix = f"{prefix}{label[0]}/{label[1]}/"
-    for key, value in row.items():
+    return _numbers(row, f"{label[0]}/{label[1]}/" if label else "")
+
+
+def _numbers(values: dict[str, Any], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flat_numbers(value, f"{name}/"))
+            out.update(_numbers(value, f"{name}/"))
         elif isinstance(value, (int, float)):
             out[name] = float(value) if isinstance(value, float) else int(value)
     return out
