@@ -25,6 +25,9 @@ OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="Where to write 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings (flags and --set override it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set optimizer.lr=1e-4, --set log_steps=5, or a method parameter (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+PushOpt = Annotated[Optional[str], typer.Option("--push-to-hub", help="After a successful run, upload the output to this Hub model repository (OWNER/NAME); token from `hf auth login` or HF_TOKEN.")]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repository as private.")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="With --push-to-hub: the branch to upload to (created when missing).", show_default="main")]
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where to run: {DEVICE_HELP}")]
@@ -147,6 +150,18 @@ def _conventional_metavars(command: Any) -> None:
         param.metavar = METAVARS.get(word) or (f"[{inner}]" if "|" in inner else "TEXT")
     for sub in getattr(command, "commands", {}).values():
         _conventional_metavars(sub)
+
+
+def push_output(target: Any, files: dict[str, Path], console: "Console", message: str) -> Optional[str]:
+    """Upload an output to the Hub when --push-to-hub named a target (checked before the run); its URL."""
+    if target is None:
+        return None
+    from adaptkit.io.hub import push
+
+    console.print(f"uploading {len(files)} file(s) to the Hub repository {target.repo_id}")
+    url = push(target, files, message)
+    console.print(f"uploaded: {url}")
+    return url
 
 
 class Console:

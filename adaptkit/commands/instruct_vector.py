@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, OutputOpt, shared
-from adaptkit.commands.merge import ShardOpt
+from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, shared
+from adaptkit.commands.merge import ShardOpt, push_hub
 from adaptkit.io.atomic import check_output
 
 app = typer.Typer(
@@ -69,9 +69,13 @@ def apply(
     output: OutputOpt = ...,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --model")] = None,
     shard_size: ShardOpt = "5GB",
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """theta_model + alpha * vector (--vector), or theta_instruct + alpha (theta_model - theta_base) (--base, --instruct)."""
     from adaptkit.errors import InputError
+    from adaptkit.io.hub import check_target
     from adaptkit.merge import instruct as residual
 
     if model is None:
@@ -80,6 +84,7 @@ def apply(
         raise InputError("--vector: give either --vector or --base with --instruct (one-step form), not both")
     if vector is None and (base is None or instruct is None):
         raise InputError(f"{'--base' if base is None else '--instruct'}: required without --vector (one-step form needs --base and --instruct)")
+    target = check_target(push_to_hub, private, revision)
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
@@ -88,4 +93,5 @@ def apply(
         summary = residual.apply_vector(model, vector, alpha, output, options)
     else:
         summary = residual.apply_one_step(model, base, instruct, alpha, output, options)
+    push_hub(target, output, summary, console, options.command)
     console.result(summary, f"[green]applied[/green] the instruction residual (alpha={alpha}) -> {output}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args,
 
 import typer
 
-from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
+from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, push_output, shared
 from adaptkit.merge.base import option_name
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
@@ -57,6 +57,9 @@ def _from_config(
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="With --config: output dtype, float32, bfloat16 or float16.", show_default="the file's dtype")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="With --config: random seed (DARE).")] = None,
     shard_size: Annotated[str, typer.Option("--shard-size", help="With --config: largest output shard, e.g. 5GB or 500MB.")] = "5GB",
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Merge models; give a method subcommand, or --config merge.yaml (mergekit's format) and -o."""
     from adaptkit.errors import InputError
@@ -69,6 +72,9 @@ def _from_config(
         raise typer.Exit(0)
     if output is None:
         raise InputError("-o/--output: required with --config (where to write the merged model)")
+    from adaptkit.io.hub import check_target
+
+    target = check_target(push_to_hub, private, revision)
     from adaptkit.config import parse_set_overrides, read_yaml_mapping, set_nested
     from adaptkit.merge.mergekit_config import plan_config
 
@@ -91,6 +97,7 @@ def _from_config(
         command=f"adaptkit merge --config {config}",
         config_text=Path(config).read_text(encoding="utf-8"),
         where=str(config),
+        target=target,
     )
 
 
@@ -102,6 +109,9 @@ GROUP_OPTIONS = {
     "dtype": ("--dtype", "give it after the method name: adaptkit merge {method} --dtype ..."),
     "seed": ("--seed", "give it after the method name: adaptkit merge {method} --seed ..."),
     "shard_size": ("--shard-size", "give it after the method name: adaptkit merge {method} --shard-size ..."),
+    "push_to_hub": ("--push-to-hub", "give it after the method name: adaptkit merge {method} --push-to-hub REPO_ID"),
+    "private": ("--private", "give it after the method name: adaptkit merge {method} --private"),
+    "revision": ("--revision", "give it after the method name: adaptkit merge {method} --revision BRANCH"),
 }
 
 
@@ -114,7 +124,7 @@ def _refuse_group_options(ctx: typer.Context, method: str) -> None:
             raise InputError(f"{flag}: before the method name it applies only to `adaptkit merge --config`; {advice.format(method=method)}")
 
 
-def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
+def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None, target=None) -> None:
     from adaptkit.merge.api import merge
     from adaptkit.merge.executor import MergeOptions
     from adaptkit.merge.stream import parse_size
@@ -131,7 +141,17 @@ def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dty
         progress=console.show_progress,
     )
     summary = merge(method, list(models or []), output, base=base, params=params, options=options, tensor_params=tensor_params, where=where)
+    push_hub(target, output, summary, console, options.command)
     console.result(summary, f"[green]merged[/green] {summary['tensors']} tensors with {method} -> {output} ({summary['shards']} shard(s), {summary['seconds']:.1f} s)")
+
+
+def push_hub(target, output: Path, summary: dict[str, Any], console: Console, command: str) -> None:
+    """After a merge: upload the output directory when --push-to-hub named a target; its URL goes into the summary."""
+    from adaptkit.io.hub import output_files
+
+    url = push_output(target, output_files(output), console, command)
+    if url:
+        summary["hub"] = url
 
 
 def _method_command(spec) -> Callable[..., None]:
@@ -146,9 +166,15 @@ def _method_command(spec) -> Callable[..., None]:
         seed: SeedOpt = None,
         shard_size: ShardOpt = "5GB",
         tokenizer_from: TokenizerOpt = None,
+        push_to_hub: PushOpt = None,
+        private: PrivateOpt = False,
+        revision: RevisionOpt = None,
         params: Optional[dict[str, Any]] = None,
     ) -> None:
-        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from, ctx=ctx)
+        from adaptkit.io.hub import check_target
+
+        target = check_target(push_to_hub, private, revision)
+        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from, ctx=ctx, target=target)
 
     command = with_param_options(merge_with, spec.params)
     command.__name__ = spec.name.replace("-", "_")

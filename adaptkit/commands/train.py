@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, SetOpt, push_output, shared
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
@@ -36,6 +36,9 @@ FLAG_KEYS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
     "trust_remote_code": "trust_remote_code",
+    "report_to": "report_to",
+    "run_name": "run_name",
+    "project": "project",
     "eval_data": "eval.data",
     "eval_steps": "eval.steps",
     "validation_fraction": "data.validation_fraction",
@@ -194,15 +197,28 @@ def command(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an extra: pip install 'adaptkit[wandb]').")] = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run name in the trackers and the model card.", show_default="the -o directory's name")] = None,
+    project: Annotated[Optional[str], typer.Option("--project", help="Tracker project (W&B, trackio, TensorBoard folder) or MLflow experiment.", show_default="adaptkit")] = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the model without weights, make the method's plan and print the memory per process (1 and --processes N under DDP / FSDP); train nothing.")] = False,
+    processes: Annotated[int, typer.Option("--processes", min=1, help="With --dry-run: the number of processes to plan for.")] = 1,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
+    from adaptkit.io.hub import check_target
+
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS or k in DATA_FLAGS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
     train_config = build_config(config, flags, set_, method_flags)
     training_method = build_method(train_config, method_flags)
+    target = check_target(push_to_hub, private, revision)
+    if dry_run:
+        return print_memory_plan(train_config, training_method, processes, Console.of(ctx))
     use_device(train_config.device)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     console = Console.of(ctx)
@@ -211,7 +227,39 @@ def command(
     result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
-    console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+    url = push_output(target, upload_files(result.run_dir), console, f"adaptkit train --method {train_config.method}")
+    console.result({**result.as_dict(), **({"hub": url} if url else {})},
+                   f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def print_memory_plan(config, method, processes: int, console: Console) -> None:
+    """The --dry-run table: bytes per process for one process, and N under DDP and FSDP."""
+    from adaptkit.engine.memory_plan import dry_run, human_bytes
+
+    plan = dry_run(config, method, processes)
+    table = plan["bytes_per_process"]
+    keys = list(table["fsdp"])
+    columns = ["per process", "1 process", f"{processes} x DDP", f"{processes} x FSDP"]
+    rows = [[key, *(human_bytes(table[mode].get(key, 0)) for mode in ("single", "ddp", "fsdp"))] for key in keys]
+    if processes == 1:
+        rows = [row[:2] + ["-", "-"] for row in rows]
+    counts = plan["counts"]
+    title = (f"adaptkit train --dry-run: {config.method} on {config.model}: {counts['trainable']:,} of {counts['total']:,} entries train; "
+             f"weights {plan['weights_dtype']}, precision {plan['precision']}, micro-batch {plan['micro_batch_size']} x {plan['seq_len']}")
+    console.table(title, columns, rows)
+    console.result(plan)
+
+
+RUN_FILES = ("run_card.md", "config.yaml", "metrics.jsonl")
+
+
+def upload_files(run_dir: Path) -> dict:
+    """What --push-to-hub uploads from a run: final/ as the repository, the run's records under run/."""
+    from adaptkit.io.hub import output_files
+
+    files = output_files(run_dir / "final")
+    files.update({f"run/{name}": run_dir / name for name in RUN_FILES if (run_dir / name).is_file()})
+    return files
 
 
 def use_device(device: str) -> None:

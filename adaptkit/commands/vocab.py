@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
+from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, push_output, shared
 
 app = typer.Typer(help="Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).", no_args_is_help=True)
 
@@ -63,11 +63,16 @@ def extend(
     source_data: Annotated[Optional[Path], typer.Option("--source-data", help="Source-language text: report fertility and the share of its tokens that changed.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="An initializer parameter: --set KEY=VALUE (repeatable; see `adaptkit plugins --kind initializer`).")] = None,
     seed: SeedOpt = None,
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Learn --add new tokens from --data, append them to tokenizer and embeddings, write a model dir."""
     from adaptkit.config import parse_set_overrides
+    from adaptkit.io.hub import check_target, output_files
     from adaptkit.vocab.extend import ExtendOptions, extend as run_extend
 
+    target = check_target(push_to_hub, private, revision)
     console = Console.of(ctx)
     params = {".".join(path): value for path, value in parse_set_overrides(set_)}
     opts = ExtendOptions(
@@ -84,4 +89,5 @@ def extend(
     if changed is not None:
         summary += f"; source tokens changed: {changed:.2%}"
     result = {k: v for k, v in record.items() if k != "new_tokens"}
-    console.result({"output": str(output), **result}, summary)
+    url = push_output(target, output_files(output), console, f"adaptkit vocab extend --add {add} --init {init}")
+    console.result({"output": str(output), **result, **({"hub": url} if url else {})}, summary)

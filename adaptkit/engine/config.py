@@ -134,4 +134,15 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    language: list[str] = Field(default_factory=list, description="Language codes of the trained model for its model card (e.g. [ha]).")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list, description="Experiment trackers: tensorboard, mlflow, wandb, trackio.")
+    run_name: Optional[str] = Field(None, description="Run name in the trackers and the model card; default: the run directory's name.")
+    project: str = Field("adaptkit", description="Tracker project (W&B, trackio) or experiment (MLflow).")
+
+    @field_validator("language", "report_to", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
     eval: EvalConfig = Field(default_factory=EvalConfig)

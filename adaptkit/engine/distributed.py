@@ -32,7 +32,7 @@ def launched_world_size() -> int:
     return 1
 
 
-def make_accelerator(device: str):
+def make_accelerator(device: str, log_with: Optional[list[str]] = None, logging_dir: Optional[Path] = None):
     """An Accelerator that joins the launcher's process group: gloo on CPU, NCCL/RCCL on GPUs.
 
     accelerate treats a run as multi-process on CPU only when asked for the CPU, so a
@@ -40,12 +40,14 @@ def make_accelerator(device: str):
     """
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     from adaptkit.errors import AdaptkitError
 
     launched = launched_world_size()
     cpu = device == "cpu" or (launched > 1 and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=cpu)
+    project = ProjectConfiguration(project_dir=str(logging_dir), logging_dir=str(logging_dir)) if log_with else None
+    accelerator = Accelerator(cpu=cpu, log_with=log_with or None, project_config=project)  # trackers: engine/trackers.py
     if launched > 1 and accelerator.num_processes != launched:
         raise AdaptkitError(f"the launcher started {launched} processes but only {accelerator.num_processes} joined the process group")
     return accelerator

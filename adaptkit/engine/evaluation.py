@@ -184,6 +184,8 @@ def evaluate_now(run: Any, t: Any, step: int, meter: Any) -> None:
     if run.main:
         with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row) + "\n" for row in rows))
+        for row in rows:
+            run.trackers.log(row)
         plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
     run.log(f"eval at step {step}: " + ", ".join(f"{r['eval']} ppl {r['ppl']:.2f} ({r['bits_per_byte']:.3f} bits/byte)" for r in rows))
     meter.paused += time.perf_counter() - began

@@ -96,6 +96,7 @@ class Run:
     progress: Any
     sources: dict[str, Any] = field(default_factory=dict)  # the blocks of each named source (the mixture)
     created: bool = False  # this run made the run directory (removed again if planning fails)
+    trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
     evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
 
     @property
@@ -238,21 +239,25 @@ def train(
 ) -> TrainResult:
     """Run one training job: `config` says how, `method` (with its validated params) what trains."""
     run = set_up(config, Path(run_dir), resume, overwrite, log, progress)
-    plan, trainable = make_plan(run, method)
-    training = make_training(run, plan, trainable)
-    start_step, resumed_from = resume_from_checkpoint(run, training, resume)
-    meter = run_steps(run, training, start_step)
-    return export(run, training, meter, start_step, resumed_from)
+    try:
+        plan, trainable = make_plan(run, method)
+        training = make_training(run, plan, trainable)
+        start_step, resumed_from = resume_from_checkpoint(run, training, resume)
+        meter = run_steps(run, training, start_step)
+        return export(run, training, meter, start_step, resumed_from)
+    finally:
+        run.trackers.finish()
 
 
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
-    from adaptkit.engine import distributed
+    from adaptkit.engine import distributed, trackers
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.seeding import seed_everything
 
-    accelerator = distributed.make_accelerator(config.device)
+    report_to = trackers.check_available(config.report_to)
+    accelerator = distributed.make_accelerator(config.device, log_with=report_to, logging_dir=trackers.logging_dir(run_dir))
     if not accelerator.is_main_process:  # one voice: only the main process logs and shows progress
         log, progress = (lambda message: None), None
     prepare_run_dir(run_dir, resume, overwrite)
@@ -276,6 +281,8 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals)
     _open_run_dir(run, resume, overwrite)
+    run.trackers = trackers.Trackers(accelerator, report_to, config.project, config.run_name or run_dir.name, run_dir)
+    run.trackers.start(_resolved_config_dict(config))
     return run
 
 
@@ -401,6 +408,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
             if run.main:
                 with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+                run.trackers.log(record)
             if progress:
                 progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
         elif progress:
@@ -466,7 +474,10 @@ def _checkpoint_if_due(run: Run, t: Training, done: int, meter: Meter) -> None:
 
 
 def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: Optional[int]) -> TrainResult:
-    """Save final/ (what the callbacks export: a plain dense model) and the run card."""
+    """Save final/ (what the callbacks export: a plain dense model), its model card and the run card."""
+    from adaptkit.engine.cards import train_card
+    from adaptkit.io.model_card import write_model_card
+
     config, final_dir = run.config, run.run_dir / "final"
     result = TrainResult(run.run_dir, final_dir, run.steps, meter.tokens_per_step * (run.steps - start_step), meter.seconds,
                          meter.final_loss, *t.counts, resumed_from, meter.history, run.main, run.accelerator.num_processes, run.strategy.name)
@@ -479,6 +490,7 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
             exported = callback.export(exported)
         _save_final(exported, run.tokenizer, t.plan, final_dir, full_state if not whole_model else run.strategy.export_state(exported))
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location, _data_lines(config, t.batches, run.steps))
+        write_model_card(final_dir, train_card(config, t.plan, result, run.model_location))
     run.accelerator.wait_for_everyone()
     return result
 

@@ -39,6 +39,7 @@ from adaptkit import __version__
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import atomic_dir, check_output
 from adaptkit.io.mask_files import UnitFile
+from adaptkit.io.model_card import CardInfo, merged_languages, write_model_card
 from adaptkit.layers import layer_index
 from adaptkit.merge.base import MergeMethod, TensorContext, public_params
 from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
@@ -320,6 +321,8 @@ def run_merge(
         if options.finalize is not None:
             summary["notes"] = options.finalize(tmp, summary)
         (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
+        if options.write_config:  # a model (not an instruction vector): its Hub model card
+            write_model_card(tmp, merge_card_info(summary, options))
     return summary
 
 
@@ -450,6 +453,19 @@ def _copy_tokenizer(source: Path, directory: Path) -> None:
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, directory / name)
+
+
+def merge_card_info(summary: dict[str, Any], options: MergeOptions) -> CardInfo:
+    """The Hub model card of a merged model, from the merge summary (merge_card.md has the full record)."""
+    models = [item["path"] for item in summary["inputs"] if item["role"] in ("model", "base")]
+    others = [f"{item['role']} `{item['path']}`" for item in summary["inputs"] if item["role"] not in ("model", "base")]
+    text = f"Merged with adaptkit's `{summary['method']}` merge method from {len(models)} model(s)"
+    text += (f", with {', '.join(others)}" if others else "") + "; the full record (input weight hashes) is in `merge_card.md`."
+    facts = {"output dtype": summary["dtype"], "tensors": summary["tensors"], "seed": summary["seed"]}
+    facts.update({f"note {i + 1}": note for i, note in enumerate(summary.get("notes") or [])})
+    return CardInfo(title=f"{summary['method']} merge", method=summary["method"], relation="merge", summary=text,
+                    bases=models, languages=merged_languages(models), facts=facts, hyperparameters=dict(summary["params"]),
+                    reference=summary["reference"], command=options.command)
 
 
 def _card(summary: dict[str, Any], options: MergeOptions) -> str:

@@ -129,7 +129,30 @@ def extend(opts: ExtendOptions, log: Callable[[str], None] = lambda _: None) -> 
         from adaptkit.io.vocab_record import write_record
 
         write_record(tmp, record)
+        from adaptkit.io.model_card import write_model_card
+
+        write_model_card(tmp, extension_card(opts, source.location, record))
     return record
+
+
+def extension_card(opts: ExtendOptions, model_location: str, record: dict[str, Any]) -> Any:
+    """The Hub model card of an extended model: tokens added, initializer, fertility before and after."""
+    from adaptkit.io.model_card import CardInfo, merged_languages
+
+    text = (f"The vocabulary of `{model_location}` extended by {record['added']} BPE tokens learned from the target data "
+            f"(embedding rows {record['old_vocab_size']} -> {record['new_vocab_size']}), new rows initialized with `{opts.init}`; "
+            "not trained further. `adaptkit_vocab.json` lists the new token ids.")
+    results = [{"file": r["path"], "role": r["role"], "tokens/word before": r["before"]["tokens_per_word"],
+                "tokens/word after": r["after"]["tokens_per_word"]} for r in record["report"]]
+    facts = {"tokenizer kind": record["tokenizer_kind"], "merges added": record["merges_added"]}
+    if record.get("source_changed_share") is not None:
+        facts["source tokens changed"] = f"{record['source_changed_share']:.2%}"
+    hyper = {"added tokens": opts.add, "min frequency": opts.min_frequency, "initializer": opts.init,
+             "initializer parameters": opts.init_params, "pad to multiple of": opts.pad_to, "seed": opts.seed}
+    return CardInfo(title=f"{Path(str(opts.output)).name}: vocabulary extension", method="vocab-extend", relation="finetune",
+                    summary=text, bases=[model_location], data=[str(p) for p in opts.data],
+                    languages=merged_languages([model_location] if Path(model_location).is_dir() else []),
+                    facts=facts, hyperparameters=hyper, results=results)
 
 
 def _write_extension(opts: ExtendOptions, source: Any, tokenizer: Any, learned: Learned, kind: str, initializer: Any, tmp: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
