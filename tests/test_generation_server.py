@@ -84,3 +84,18 @@ def test_generation_server_bad_input_is_one_line_exit_2(server, chat_model_dir, 
     assert_input_error(cli("evaluate", "--model", chat_model_dir, "--task", f"mt:{mt}", "--generation-server", dead, "-o", out),
                        dead, "transformers serve")
     assert not out.exists()
+
+
+def test_lm_eval_generation_tasks_are_refused_with_a_server(server, chat_model_dir, tmp_path, cli):
+    pytest.importorskip("lm_eval")
+    from test_layerwise import _choice_task
+
+    url, _ = server
+    _choice_task(tmp_path / "gen-tasks", tmp_path / "gen.jsonl", output_type="generate_until")
+    out = tmp_path / "eval"
+    result = cli("evaluate", "--model", chat_model_dir, "--task", f"lm-eval:{tmp_path / 'gen-tasks'}", "--generation-server", url, "-o", out)
+    # refused when lm-eval asks for generations (its progress bars are on stderr too, as in test_layerwise)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and "--generation-server" in errors[0] and "generate_until" in errors[0]
+    assert not out.exists()
