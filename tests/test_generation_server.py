@@ -99,3 +99,20 @@ def test_lm_eval_generation_tasks_are_refused_with_a_server(server, chat_model_d
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(errors) == 1 and "--generation-server" in errors[0] and "generate_until" in errors[0]
     assert not out.exists()
+
+
+def test_judge_answers_through_the_server_equal_in_process(server, chat_model_dir, tmp_path, cli):
+    url, served = server
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": 81 + i, "category": "writing", "turns": [f"Question {i}?", f"Rewrite it {i}."]}) + "\n"
+                                 for i in range(2)))
+    answers = {}
+    for mode, extra in (("local", []), ("server", ["--generation-server", url])):
+        out = tmp_path / mode
+        result = cli("evaluate", "--model", f"m={chat_model_dir}", "--task", f"judge-single:mtb={questions}", "--set", f"judge.base_url={url}",
+                     "--set", f"judge.model={served}", "--set", "judge.max_new_tokens=6", "--set", "judge.judge_max_tokens=8",
+                     "--no-plots", "-o", out, *extra, env={"ADAPTKIT_CACHE": str(tmp_path / "cache")})
+        assert result.returncode == 0, result.stderr
+        answers[mode] = [r["answers"] for r in _lines(out / "details" / "m" / "mtb.jsonl")]
+    assert answers["server"] == answers["local"]  # both turns, the second seeing the first answer
+    assert any(a for turns in answers["local"] for a in turns)
