@@ -32,7 +32,7 @@ ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16
 DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread a model too large for one device over GPUs, CPU and disk (accelerate): auto, balanced, sequential; replaces --device.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.")]
 GenerationServerOpt = Annotated[Optional[str], typer.Option("--generation-server", help="OpenAI-compatible endpoint serving the evaluated model (e.g. http://127.0.0.1:8000/v1, from `vllm serve` or `transformers serve`): generation goes there instead of in-process.")]
-GenerationServerModelOpt = Annotated[Optional[str], typer.Option("--generation-server-model", help="With --generation-server: the served model's name as /v1/models lists it (default: the only one served).")]
+GenerationServerModelOpt = Annotated[Optional[str], typer.Option("--generation-server-model", help="With --generation-server: the served model's name as /v1/models lists it; without it, the only model served.")]
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
