@@ -34,6 +34,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where to run: {DEVICE
 ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread a model too large for one device over GPUs, CPU and disk (accelerate): auto, balanced, sequential; replaces --device.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.")]
+GenerationServerOpt = Annotated[Optional[str], typer.Option("--generation-server", help="OpenAI-compatible endpoint serving the evaluated model (e.g. http://127.0.0.1:8000/v1, from `vllm serve` or `transformers serve`): generation goes there instead of in-process.")]
+GenerationServerModelOpt = Annotated[Optional[str], typer.Option("--generation-server-model", help="With --generation-server: the served model's name as /v1/models lists it; without it, the only model served.")]
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -57,6 +59,24 @@ def check_compute_dtype(dtype: str, flag: str = "--dtype") -> str:
 
         raise InputError(f"{flag}: expected {', '.join(COMPUTE_DTYPES[:-1])} or {COMPUTE_DTYPES[-1]}, got '{dtype}'")
     return dtype
+
+
+def generation_server(url: Optional[str], served: Optional[str], refs: list[Any]) -> Any:
+    """The checked ServerGenerator of `--generation-server` (None without it) for the one --model,
+    whose tokenizer decides the chat-template handling as in-process."""
+    from adaptkit.errors import InputError
+
+    if url is None:
+        if served is not None:
+            raise InputError("--generation-server-model: applies only with --generation-server URL")
+        return None
+    if len(refs) != 1:
+        raise InputError(f"--generation-server: a server serves one evaluated model; give exactly one --model (got {len(refs)})")
+    from adaptkit.evals.server_generation import server_generator
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    tokenizer = refs[0].tokenizer or load_tokenizer(resolve_model_source(refs[0].location, "--model"))
+    return server_generator(url, served, tokenizer)
 
 
 @contextmanager

@@ -4,6 +4,9 @@ Tasks are `BACKEND:SPEC` (ppl, lm-eval, lighteval, mt, sum, or a plugin's backen
 read and checked once before any model loads; each model is loaded once for all tasks.
 Tag tasks with --source-task / --target-task to get the forgetting-vs-learning scatter
 (x: mean source change, y: mean target change vs --baseline, one point per model).
+With --generation-server URL, the text of mt, sum, judge tasks and --generate comes from that
+OpenAI-compatible server (serving the one --model); the model is still loaded for
+log-likelihood tasks (ppl, lm-eval) and a judge-pairwise reference model generates in-process.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, MaxMemoryOpt, OutputOpt, SeedOpt
+from adaptkit.commands.common import (ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, GenerationServerModelOpt, GenerationServerOpt, MaxMemoryOpt,
+                                     OutputOpt, SeedOpt)
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -63,10 +67,12 @@ def command(
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl and lm-eval log-likelihood tasks).")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML mapping of backend settings, e.g. ppl: {block_size: 512} (--set overrides it).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A backend setting: --set ppl.block_size=512, --set mt.max_new_tokens=64 (repeatable).")] = None,
+    generation_server: GenerationServerOpt = None,
+    generation_server_model: GenerationServerModelOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, shared
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, generation_server as server_of, shared
     from adaptkit.evals.report import check_task_roles
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
@@ -99,6 +105,7 @@ def command(
         from adaptkit.evals.runner import check_layer_by_layer
 
         check_layer_by_layer(prepared, generating=prompts is not None)
+    server = server_of(generation_server, generation_server_model, refs)
 
     from adaptkit.commands.common import offload_folder
     from adaptkit.evals.report import write_report
@@ -111,11 +118,11 @@ def command(
             from adaptkit.evals.generation import generate_records
 
             console.print(f"[dim]{name}: generating {len(prompts)} responses[/dim]")
-            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0))
+            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0, generator=server))
 
     with offload_folder(placement) as placement:
         run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
-                             on_model=on_model, layer_by_layer=layer_by_layer, placement=placement)
+                             on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
     with atomic_dir(output, overwrite) as tmp:
         results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)
         if prompts is not None:

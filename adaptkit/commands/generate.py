@@ -1,4 +1,8 @@
-"""`adaptkit generate`: responses of a model to a JSONL of prompts (input of `adaptkit codemix`)."""
+"""`adaptkit generate`: responses of a model to a JSONL of prompts (input of `adaptkit codemix`).
+
+With --generation-server URL the responses come from that OpenAI-compatible server (serving the
+one --model, whose tokenizer alone is loaded here for the chat-template handling).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DeviceOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt
+from adaptkit.commands.common import (ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, GenerationServerModelOpt, GenerationServerOpt, MaxMemoryOpt,
+                                     OutputOpt, SeedOpt)
 
 
 def command(
@@ -24,12 +29,14 @@ def command(
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
+    generation_server: GenerationServerOpt = None,
+    generation_server_model: GenerationServerModelOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records)."""
     import json
 
-    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, offload_folder, shared
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, generation_server as server_of, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
     from adaptkit.evals.generation import as_chat_records, generate_records, read_prompts
@@ -50,8 +57,11 @@ def command(
     for ref in refs:
         check_model_config(ref.location)
     rows = read_prompts(prompts)
+    server = server_of(generation_server, generation_server_model, refs)
     records = []
-    for ref in refs:  # one model in memory at a time
+    if server is not None:
+        records += generate_records(None, None, rows, refs[0].name, max_new_tokens, decoding, batch_size, chat_template, seed or 0, server)
+    for ref in refs if server is None else []:  # one model in memory at a time
         if len(refs) > 1:
             console.print(f"[dim]{ref.name}: generating {len(rows)} responses[/dim]")
         with offload_folder(placement) as placed:

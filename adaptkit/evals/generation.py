@@ -15,7 +15,7 @@ Scores: `chrf` and `chrf++` are means of sentence-level scores (sacrebleu
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 
 from pydantic import Field
 
@@ -128,21 +128,28 @@ def chrf_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[st
     return {"chrf": chrf, "chrf++": chrfpp, "corpus_chrf": corpus, "corpus_chrf++": corpus_pp}
 
 
+def generator_of(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", generator: "Callable[..., list[str]] | None" = None):
+    """`generator` (e.g. a ServerGenerator) when given, else in-process `generate` on the loaded model."""
+    from functools import partial
+
+    return generator if generator is not None else partial(generate, model, tokenizer)
+
+
 def run_generation_task(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
     items: list[dict[str, Any]],
     params: GenerationParams,
     seed: int,
+    generator: "Callable[..., list[str]] | None" = None,
 ) -> TaskOutput:
     """Generate for items ({'prompt', 'reference', ...}), score with chrF, keep per-item records."""
+    produce = generator_of(model, tokenizer, generator)
     runs = params.runs if params.decoding == "paper" else 1
     per_run: list[dict[str, float]] = []
     records: list[dict[str, Any]] = []
     for run in range(runs):
-        hyps = generate(
-            model,
-            tokenizer,
+        hyps = produce(
             [item["prompt"] for item in items],
             max_new_tokens=params.max_new_tokens,
             decoding=params.decoding,
@@ -178,10 +185,12 @@ def generate_records(
     batch_size: int = 8,
     chat_template: bool = True,
     seed: int = 0,
+    generator: "Callable[..., list[str]] | None" = None,
 ) -> list[dict[str, Any]]:
-    """Free-form responses (stopped by EOS or the budget) as records for `adaptkit codemix`."""
-    responses = generate(
-        model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, decoding=decoding,
+    """Free-form responses (stopped by EOS or the budget) as records for `adaptkit codemix`; `generator`
+    (e.g. `--generation-server`) replaces in-process generation on `model`."""
+    responses = generator_of(model, tokenizer, generator)(
+        [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, decoding=decoding,
         stop=(), batch_size=batch_size, chat_template=chat_template, seed=seed,
     )
     return [{**row, "model": model_name, "response": response} for row, response in zip(rows, responses)]
@@ -261,4 +270,4 @@ class GenerationBackend(EvalBackend):
         return [EvalTask(name or Path(path).stem, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        return {t.name: run_generation_task(model, tokenizer, t.payload, self.params, ctx.seed) for t in tasks}
+        return {t.name: run_generation_task(model, tokenizer, t.payload, self.params, ctx.seed, ctx.generator) for t in tasks}

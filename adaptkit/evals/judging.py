@@ -215,9 +215,10 @@ class JudgeBackend(EvalBackend):
         settings = judge_settings(self.params)
         return self.client.map(lambda messages: self.client.chat(self.params.model, messages, settings, tag=self.name), requests)
 
-    def answerer(self, model: Any, tokenizer: Any, seed: int):
-        """conversations -> the loaded model's answers, with this task's decoding and chat-template setting."""
-        generator, has_template = in_process(model, tokenizer)
+    def answerer(self, model: Any, tokenizer: Any, seed: int, server: Any = None):
+        """conversations -> the evaluated model's answers (the loaded model's, or those of `server`, a
+        ServerGenerator), with this task's decoding and chat-template setting."""
+        generator, has_template = (server, server.has_chat_template) if server is not None else in_process(model, tokenizer)
         templated = self.params.chat_template and has_template
         return lambda conversations: answer(generator, conversations, self.params, templated, seed)
 
@@ -231,11 +232,9 @@ def answer(generator: Any, conversations: list[list[dict[str, str]]], params: Ju
 
 def in_process(model: Any, tokenizer: Any):
     """(generator, whether prompts go under the chat template) for a loaded model."""
-    from functools import partial
+    from adaptkit.evals.generation import generator_of
 
-    from adaptkit.evals.generation import generate
-
-    return partial(generate, model, tokenizer), bool(getattr(tokenizer, "chat_template", None))
+    return generator_of(model, tokenizer), bool(getattr(tokenizer, "chat_template", None))
 
 
 def read_records(path: str | Path, flag: str, required: tuple[str, ...]) -> list[dict[str, Any]]:

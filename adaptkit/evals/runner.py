@@ -212,12 +212,14 @@ def run_evaluation(
     on_model: Callable[[str, Any, Any], None] | None = None,
     layer_by_layer: bool = False,
     placement: "Placement | None" = None,
+    generator: Any = None,
 ) -> EvalRun:
     """Score every model on every task; models are loaded one at a time and released after.
 
     `on_model(name, model, tokenizer)` runs once per loaded model (e.g. to generate responses).
     With `layer_by_layer`, models are read one decoder layer at a time (adaptkit.streamed_model;
-    backends that support it only); with a `placement`, spread over devices by accelerate.
+    backends that support it only); with a `placement`, spread over devices by accelerate. A
+    `generator` (a ServerGenerator, `--generation-server`) generates instead of the loaded model.
     """
     if layer_by_layer:
         check_layer_by_layer(prepared)
@@ -233,6 +235,7 @@ def run_evaluation(
         tasks=list(infos.values()),
         results={},
         config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer,
+                **({"generation_server": {"base_url": generator.client.base_url, "model": generator.model}} if generator is not None else {}),
                 **({"device_map": placement.device_map, "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}} if placement else {})},
     )
     for ref in models:
@@ -248,7 +251,7 @@ def run_evaluation(
             if progress:
                 progress(f"{ref.name}: {backend_name} ({', '.join(t.name for t in tasks)})")
             seed_everything(seed)
-            outputs = prepared.backends[backend_name].run(model, tokenizer, tasks, RunContext(device, seed, ref.name))
+            outputs = prepared.backends[backend_name].run(model, tokenizer, tasks, RunContext(device, seed, ref.name, generator))
             for task in tasks:
                 output: TaskOutput = outputs[task.name]
                 info = infos[task.name]

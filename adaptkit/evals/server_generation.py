@@ -73,11 +73,11 @@ def server_generator(base_url: str, model: str | None = None, tokenizer: Any = N
 
     client = OpenAIClient(base_url, timeout=timeout, concurrency=concurrency, flag="--generation-server")
     if model is not None:
-        client.check_model(model, "--generation-server")
+        client.check_model(model, "--generation-server-model")
     else:
         listed = client.models()
         if len(listed) != 1:
-            raise InputError(f"--generation-server: {base_url} serves {len(listed)} models ({', '.join(listed[:5])}); name the one to use")
+            raise InputError(f"--generation-server: {base_url} serves {len(listed)} models ({', '.join(listed[:5])}); name the one to use with --generation-server-model NAME")
         model = listed[0]
     has_template = True if tokenizer is None else bool(getattr(tokenizer, "chat_template", None))
     return ServerGenerator(client, model, has_template)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from adaptkit.errors import InputError
 
@@ -44,9 +44,15 @@ class TaskOutput:
 
 @dataclass
 class RunContext:
+    """Where and how a backend runs; `generator`, when set (`--generation-server`), generates the
+    evaluated model's text instead of the loaded model: a `ServerGenerator`
+    (adaptkit.evals.server_generation), called like `adaptkit.evals.generation.generate` without
+    model and tokenizer, whose `has_chat_template` mirrors the evaluated model's tokenizer."""
+
     device: str = "cpu"
     seed: int = 0
     model_name: str = "model"
+    generator: "Callable[..., list[str]] | None" = None
 
 
 class EvalBackend(ABC):

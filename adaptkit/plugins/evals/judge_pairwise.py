@@ -71,7 +71,7 @@ class PairwiseBackend(JudgeBackend):
         return [by_instruction[row["instruction"]] for row in rows]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        answers = self.answerer(model, tokenizer, ctx.seed)
+        answers = self.answerer(model, tokenizer, ctx.seed, ctx.generator)
         results = {}
         for task in tasks:
             conversations = [[{"role": "user", "content": item["instruction"]}] for item in task.payload]

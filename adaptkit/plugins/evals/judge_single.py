@@ -41,7 +41,7 @@ class SingleBackend(JudgeBackend):
         return [EvalTask(name or Path(path).stem, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        answers = self.answerer(model, tokenizer, ctx.seed)
+        answers = self.answerer(model, tokenizer, ctx.seed, ctx.generator)
         results = {}
         for task in tasks:
             first = [[{"role": "user", "content": item["turns"][0]}] for item in task.payload]

@@ -8,7 +8,8 @@ or the named ones). A local task may read a local file (`dataset_path: json`,
 
 The model is wrapped with lm-eval's `HFLM(pretrained=<loaded model>, tokenizer=...)`, or,
 under `evaluate --layer-by-layer`, with `adaptkit.evals.layerwise_lm.LayerwiseLM`
-(log-likelihood tasks only, scored like HFLM);
+(log-likelihood tasks only, scored like HFLM). With `--generation-server`, log-likelihood
+tasks still run on the loaded model and generate_until tasks are refused (exit 2);
 each requested task (or group) becomes one task in the report. The primary metric is
 the first of acc_norm, acc, exact_match, f1, bleu, chrf the task reports, else its first
 metric; its direction comes from lm-eval's `higher_is_better`.
@@ -46,6 +47,15 @@ def _split_dir_spec(spec: str) -> tuple[Path | None, list[str]]:
 
 def _metric_name(key: str) -> str:
     return key.split(",")[0]
+
+
+def refuse_server_generation(requests: list, disable_tqdm: bool = False) -> list[str]:
+    """lm-eval generate_until tasks are not routed through `--generation-server` (HFLM tokenizes
+    their contexts itself, which a completions endpoint would not reproduce exactly)."""
+    from adaptkit.errors import InputError
+
+    raise InputError("--generation-server: lm-eval generation (generate_until) tasks are not sent to the server; "
+                     "run them without --generation-server (log-likelihood tasks run on the loaded model)")
 
 
 class LmEvalBackend(EvalBackend):
@@ -110,6 +120,8 @@ class LmEvalBackend(EvalBackend):
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
             if getattr(model, "hf_device_map", None):  # placed by accelerate: HFLM took model.device, meta when offloaded
                 lm._device = input_device(model)
+            if ctx.generator is not None:
+                lm.generate_until = refuse_server_generation
         outputs: dict[str, TaskOutput] = {}
         by_manager: dict[str, list[EvalTask]] = {}
         for task in tasks:
