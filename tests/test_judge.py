@@ -333,3 +333,14 @@ def test_server_generation_equals_in_process_for_greedy(server, chat_model_dir):
         local = generate(model, tokenizer, texts, max_new_tokens=12, stop=stop, batch_size=1, chat_template=chat)
         assert remote(texts, max_new_tokens=12, stop=stop, chat_template=chat) == local
         assert any(local)
+
+
+def test_judge_cache_off_as_set_gives_it_arrives_as_false():
+    """`--set judge.cache=off` is parsed to the boolean false; it turns the reply cache off, like 'off'."""
+    from adaptkit.config import parse_set_overrides
+    from adaptkit.evals.judging import JudgeParams, _cache
+
+    [(path, value)] = parse_set_overrides(["judge.cache=off"])
+    assert value is False
+    assert _cache(JudgeParams(cache=value).cache) is None and _cache(JudgeParams(cache="off").cache) is None
+    assert _cache(JudgeParams().cache) is not None  # the default caches

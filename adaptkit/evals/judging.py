@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import Field
 
@@ -61,7 +61,7 @@ class JudgeParams(Params):
     concurrency: int = Field(4, ge=1, description="judge requests in flight at once")
     timeout: float = Field(300.0, gt=0, description="seconds per judge request")
     retries: int = Field(4, ge=0, description="retries on HTTP 429 / 5xx, with exponential backoff")
-    cache: str = Field("auto", description="reply cache: 'auto' ($ADAPTKIT_CACHE/judge/replies.sqlite), 'off', or a file")
+    cache: Union[bool, str] = Field("auto", description="reply cache: 'auto' ($ADAPTKIT_CACHE/judge/replies.sqlite), 'off' (or false), or a file")
     judge_max_tokens: int = Field(2048, ge=1, description="budget of each judge reply (MT-Bench: 2048)")
     max_new_tokens: int = Field(1024, ge=1, description="budget of the evaluated model's answers (MT-Bench: 1024)")
     decoding: Literal["greedy", "paper"] = "greedy"
@@ -171,12 +171,12 @@ def judge_client(params: JudgeParams, backend: str) -> "OpenAIClient":
     return client
 
 
-def _cache(setting: str):
+def _cache(setting: "bool | str"):
     from adaptkit.io.openai_client import ReplyCache
 
-    if setting == "off":
+    if setting in ("off", False):  # `--set judge.cache=off` arrives as the boolean false
         return None
-    if setting == "auto":
+    if setting in ("auto", True):
         from adaptkit.data.corpus import cache_dir
 
         return ReplyCache(cache_dir() / "judge" / "replies.sqlite")
