@@ -148,3 +148,18 @@ def test_ssu_embeddings_on_extended_model(invoke, extended_dirs, corpora, tmp_pa
     assert changed[old:].all()  # every entry of the new rows, frozen columns included
     assert not changed[:old][:, ~mask.trainable].any()
     assert changed[:old][:, mask.trainable].any()
+
+
+def test_train_embeddings_from_yaml_is_resume_invariant(invoke, extended_dirs, corpora, tmp_path):
+    """Set in a --config YAML; a resume with another value is refused, naming both."""
+    from conftest import assert_input_error
+
+    model, old = extended_dirs()
+    config = tmp_path / "run.yaml"
+    config.write_text("train_embeddings: new-only\n")
+    run = tmp_path / "run"
+    common = ["train", "--model", model, "--data", corpora["ha"], "-o", run, "--config", config, "--save-steps", "1", *STEPS]
+    run_ok(invoke, *common)
+    before, after = token_rows(model, old), token_rows(run / "final", old)
+    assert all(torch.equal(after[n][:old], t[:old]) and not torch.equal(after[n][old:], t[old:]) for n, t in before.items())
+    assert_input_error(invoke(*common, "--resume", "--set", "train_embeddings=all"), "--resume", "train_embeddings", "'new-only' there", "'all' now")
