@@ -80,5 +80,7 @@ def restrict_embedding_rows(plan: "TrainingPlan", setting: str, old_rows: Option
         rows = torch.zeros(params[name].shape[0], dtype=torch.bool)
         rows[old_rows:] = True
         plan.restrict_rows(name, rows)
-    log(f"train_embeddings={setting}: {', '.join(names)}" + (f" train rows {old_rows}.. only" if setting == "new-only" else " frozen"))
+    note = f"train_embeddings={setting}: {', '.join(names)}" + (f" train rows {old_rows}.. only" if setting == "new-only" else " frozen")
+    plan.summary = f"{plan.summary}; {note}"
+    log(note)
     return names
