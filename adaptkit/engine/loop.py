@@ -36,7 +36,7 @@ from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, bui
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 
-RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "optimizer", "schedule", "batch_size", "seed")
+RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "train_embeddings", "embedding_lr", "optimizer", "schedule", "batch_size", "seed")
 RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
@@ -98,6 +98,7 @@ class Run:
     created: bool = False  # this run made the run directory (removed again if planning fails)
     trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
     evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
+    old_vocab_size: Optional[int] = None  # rows before `vocab extend`, read when train_embeddings=new-only
 
     @property
     def main(self) -> bool:
@@ -252,6 +253,7 @@ def train(
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
+    from adaptkit.engine.embedding_rows import recorded_old_rows
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
     from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.seeding import seed_everything
@@ -272,6 +274,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     if config.batch_size % (micro * world):
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
     source = resolve_model_source(config.model, "--model")
+    old_rows = recorded_old_rows(config.train_embeddings, source)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     sources, blocks = load_data(config, tokenizer, log)
     sources, blocks, held_out = hold_out_validation(sources, blocks, config.data.validation_fraction, config.seed)
@@ -279,7 +282,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
-              total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals)
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals, old_vocab_size=old_rows)
     _open_run_dir(run, resume, overwrite)
     run.trackers = trackers.Trackers(accelerator, report_to, config.project, config.run_name or run_dir.name, run_dir)
     run.trackers.start(_resolved_config_dict(config))
@@ -321,6 +324,7 @@ def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
 def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The method's plan, distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
+    from adaptkit.engine.embedding_rows import restrict_embedding_rows
 
     config = run.config
     ctx = MethodContext(method.params, config, run.tokenizer, run.run_dir, run.steps, run.device, run.blocks, run.log,
@@ -328,6 +332,7 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
     try:
         plan = method.plan(run.model, ctx)
         _freeze_special_tokens_if_set(run, method, plan)
+        restrict_embedding_rows(plan, config.train_embeddings, run.old_vocab_size, run.log)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
@@ -353,11 +358,12 @@ def _freeze_special_tokens_if_set(run: Run, method: TrainingMethod, plan: Traini
 
 def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
     """Optimizer and schedule over the trainable set, the model the loop runs, the batches."""
+    from adaptkit.engine.special_tokens import token_row_parameters
     from adaptkit.io.models import model_fingerprint
 
     config = run.config
     counts = plan.counts()
-    optimizer = build_optimizer(trainable, config.optimizer, run.device)
+    optimizer = build_optimizer(trainable, config.optimizer, run.device, config.embedding_lr, frozenset(token_row_parameters(plan)))
     scheduler = build_schedule(optimizer, config.schedule, run.steps)
     train_model = run.strategy.prepare(plan.model)
     forward_model = torch.compile(train_model) if config.compile else train_model

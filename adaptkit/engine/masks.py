@@ -62,6 +62,13 @@ class UpdateMask:
             return UpdateMask("row", self.trainable & rows)
         return UpdateMask("element", self.expand(shape) & rows.reshape(-1, *([1] * (len(shape) - 1))))
 
+    def release_rows(self, rows: "torch.Tensor", shape: tuple[int, ...]) -> "UpdateMask":
+        """This mask with the rows `rows` (bool over dim 0) made wholly trainable too: a row mask stays
+        a row mask, a column or element mask becomes an element mask."""
+        if self.granularity == "row":
+            return UpdateMask("row", self.trainable | rows)
+        return UpdateMask("element", self.expand(shape) | rows.reshape(-1, *([1] * (len(shape) - 1))))
+
     def trainable_count(self, shape: tuple[int, ...]) -> int:
         other = 1
         if self.granularity == "column":

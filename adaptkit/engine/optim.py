@@ -158,11 +158,19 @@ def fused_available(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
-def build_optimizer(trainable: TrainableSet, config: OptimizerConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(trainable: TrainableSet, config: OptimizerConfig, device: torch.device,
+                    embedding_lr: Optional[float] = None, embedding_names: frozenset[str] = frozenset()) -> torch.optim.AdamW:
+    """AdamW over the trainable set: decay / no-decay groups at `config.lr`; with `embedding_lr`, the
+    tensors named in `embedding_names` (input embeddings, LM head) in groups of their own at that lr."""
     tensors = trainable.optimizer_tensors()
-    decay = [p for n, p in tensors.items() if _decays(n, trainable)]
-    no_decay = [p for n, p in tensors.items() if not _decays(n, trainable)]
-    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    separate = embedding_lr is not None
+    groups = []
+    for embedding in (False, True):
+        chosen = {n: p for n, p in tensors.items() if (separate and n.removesuffix("#compact") in embedding_names) == embedding}
+        lr = {"lr": embedding_lr} if embedding else {}
+        groups += [{"params": [p for n, p in chosen.items() if _decays(n, trainable)], "weight_decay": config.weight_decay, **lr},
+                   {"params": [p for n, p in chosen.items() if not _decays(n, trainable)], "weight_decay": 0.0, **lr}]
+    groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("the training plan leaves nothing to train")
     fused = fused_available(device) if config.fused is None else config.fused

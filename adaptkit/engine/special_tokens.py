@@ -48,13 +48,17 @@ def special_token_ids(tokenizer: Any) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-def token_row_parameters(plan: "TrainingPlan") -> list[str]:
-    """Names of the plan's trainable tensors that are the input embeddings or the LM head (one name when
-    tied; the trained copy when a wrapper such as peft's modules_to_save holds them)."""
-    model = plan.model
+def token_row_tensors(model: Any) -> list[str]:
+    """Names of the model's 2-D input-embedding and LM-head tensors (one name when tied; the trained
+    copy too when a wrapper such as peft's modules_to_save holds them)."""
     modules = [model.get_input_embeddings(), model.get_output_embeddings()]
     ids = {id(p) for module in modules if module is not None for p in module.parameters()}
-    return [name for name, param in model.named_parameters() if id(param) in ids and name in plan.trainable and param.ndim == 2]
+    return [name for name, param in model.named_parameters() if id(param) in ids and param.ndim == 2]
+
+
+def token_row_parameters(plan: "TrainingPlan") -> list[str]:
+    """Names of the plan's trainable tensors that are the input embeddings or the LM head."""
+    return [name for name in token_row_tensors(plan.model) if name in plan.trainable]
 
 
 def freeze_special_token_rows(plan: "TrainingPlan", tokenizer: Any, log: Callable[[str], None]) -> dict[int, str]:

@@ -10,7 +10,7 @@ same settings would, and the scores and masks are saved in the run directory
 
 Frozen entries get no update and no weight decay and the optimizer keeps no state for
 them (the engine's compact parameters); embeddings and the LM head are not scored and
-train in full unless `include_embeddings` is set, as in the paper, except the rows of the
+train in full unless `include_embeddings` is set (then the rows a `vocab extend` added train in full), as in the paper, except the rows of the
 special and chat-template tokens, which the SSU repository keeps fixed (`--freeze_chat_template_tokens`
 in every SSU script; the paper does not mention it): the run setting `freeze_special_tokens`, on by
 default for every ssu-* method (engine/special_tokens.py; `--set freeze_special_tokens=false` trains them).
@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field
 
+from adaptkit.engine.embedding_rows import extension_start, release_new_rows
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.scoring.freeze import FreezeRatio
@@ -61,6 +62,8 @@ class SourceShieldedUpdates(TrainingMethod):
         if self.params.mask and self.params.calib:
             raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
         masks = self._saved_masks(model, ctx) if self.params.mask else self._masks_on_the_fly(model, ctx)
+        if self.params.include_embeddings:  # rows added by `vocab extend` train in full
+            release_new_rows(model, masks, extension_start(ctx.config.model))
         plan = TrainingPlan.from_masks(model, masks)
         plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:
