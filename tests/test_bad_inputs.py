@@ -45,6 +45,11 @@ CASES = [
     # --- train: numbers -------------------------------------------------------------------
     ("lr-negative", train("--lr", "-1"), ["--lr", "greater than 0"]),
     ("lr-nan", train("--lr", "nan"), ["--lr"]),
+    ("lr-inf", train("--lr", "inf"), ["--lr", "finite", "inf"]),
+    ("set-lr-inf", train("--set", "optimizer.lr=inf"), ["--set", "optimizer.lr", "finite"]),
+    ("set-yaml-inf", train("--set", "max_grad_norm=.inf"), ["--set", "max_grad_norm", "finite"]),
+    ("max-grad-norm-nan", train("--max-grad-norm", "nan"), ["--max-grad-norm", "finite"]),
+    ("method-param-inf", train("--method", "lora", "--set", "lora.alpha=inf"), ["--set", "alpha", "finite"]),
     ("batch-size-zero", train(batch_size="0"), ["--batch-size"]),
     ("batch-not-multiple-of-micro", train("--micro-batch-size", "3", batch_size="4"), ["--batch-size", "--micro-batch-size"]),
     ("max-steps-negative", train(max_steps="-5"), ["--max-steps"]),

@@ -32,7 +32,7 @@ from adaptkit.engine.config import TrainConfig
 from adaptkit.engine.distributed import Strategy
 from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, build_schedule
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
-from adaptkit.errors import InputError
+from adaptkit.errors import AdaptkitError, InputError
 
 RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "optimizer", "schedule", "batch_size", "seed")
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
@@ -383,6 +383,8 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     optimizer_tensors = [p for group in t.optimizer.param_groups for p in group["params"]]
     grad_norm = run.strategy.clip(optimizer_tensors, run.config.max_grad_norm, run.device)
     lr = t.scheduler.get_last_lr()[0]
+    mean_loss = run.strategy.mean_loss(step_loss)
+    stop_if_diverged(run, step + 1, float(mean_loss), grad_norm)
     t.optimizer.step()
     t.trainable.push()
     for callback in callbacks:
@@ -390,7 +392,22 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     t.optimizer.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
     t.scheduler.step()
-    return run.strategy.mean_loss(step_loss), grad_norm, lr
+    return mean_loss, grad_norm, lr
+
+
+def stop_if_diverged(run: Run, step: int, loss: float, grad_norm: float) -> None:
+    """A non-finite loss or gradient norm stops the run before its update (every process sees the same
+    reduced values): exit 1, the checkpoints so far are kept, final/ is not written."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    raise AdaptkitError(f"training diverged at step {step}: loss {loss:.4g}, gradient norm {grad_norm:.4g}; "
+                        f"stopped before that update, final/ not written; {_kept_checkpoint(run.run_dir)}; "
+                        "lower --lr or clip gradients (--max-grad-norm)")
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    return f"the last good checkpoint {latest.name} in '{run_dir}' is kept" if latest else f"no checkpoint was saved in '{run_dir}' yet"
 
 
 def _add_callback_losses(loss: torch.Tensor, callbacks: list[TrainingCallback], model: torch.nn.Module) -> torch.Tensor:
@@ -424,10 +441,19 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
         exported = run.accelerator.unwrap_model(t.train_model)
         for callback in t.plan.callbacks:
             exported = callback.export(exported)
+        _refuse_non_finite(full_state if full_state is not None else exported.state_dict(), run.run_dir)
         _save_final(exported, run.tokenizer, t.plan, final_dir, full_state)
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location)
     run.accelerator.wait_for_everyone()
     return result
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], run_dir: Path) -> None:
+    """Never write a final/ with inf or NaN weights."""
+    bad = next((name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:
+        raise AdaptkitError(f"the trained weights are not finite ('{bad}'); final/ not written; {_kept_checkpoint(run_dir)}; "
+                            "lower --lr or clip gradients (--max-grad-norm)")
 
 
 def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
