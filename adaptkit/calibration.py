@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 BLOCKS_FILE = "blocks.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMATS = ("auto", "chat", "alpaca", "text")
+DEFAULT_BLOCK_SIZE = 2048  # the paper's; shorter where the model's context length is
 HUB_SHUFFLE_BUFFER = 10_000
 
 # Built-in chat templates for models without one (--template NAME).
@@ -222,15 +223,23 @@ def _sources(data: Any) -> list[str] | None:
     return None
 
 
-def _as_tokenizer(tokenizer_or_model: Any, trust_remote_code: bool) -> tuple[Any, str]:
-    """A tokenizer and a description, from a tokenizer object, a ModelSource or a model location."""
-    from adaptkit.io.models import ModelSource, load_tokenizer, resolve_model_source
+def _as_tokenizer(tokenizer_or_model: Any, trust_remote_code: bool, block_size: int | None) -> tuple[Any, str, int]:
+    """A tokenizer, a description and the block size, from a tokenizer object, a ModelSource or a model location.
+
+    The block size defaults to DEFAULT_BLOCK_SIZE, or the model's context length where that is shorter;
+    a block longer than the context length (config.json) is refused before anything is read.
+    """
+    from adaptkit.io.models import ModelSource, check_context_length, load_tokenizer, resolve_model_source, source_context_length
 
     if isinstance(tokenizer_or_model, (str, Path)):
         tokenizer_or_model = resolve_model_source(tokenizer_or_model, "--model")
+    limit = source_context_length(tokenizer_or_model) if isinstance(tokenizer_or_model, ModelSource) else None
+    if block_size is None:
+        block_size = min(DEFAULT_BLOCK_SIZE, limit or DEFAULT_BLOCK_SIZE)
+    check_context_length(block_size, limit, "--block-size")
     if isinstance(tokenizer_or_model, ModelSource):
-        return load_tokenizer(tokenizer_or_model, trust_remote_code), tokenizer_or_model.location
-    return tokenizer_or_model, getattr(tokenizer_or_model, "name_or_path", "") or "tokenizer"
+        return load_tokenizer(tokenizer_or_model, trust_remote_code), tokenizer_or_model.location, block_size
+    return tokenizer_or_model, getattr(tokenizer_or_model, "name_or_path", "") or "tokenizer", block_size
 
 
 def build_calibration(
@@ -239,7 +248,7 @@ def build_calibration(
     fmt: str = "auto",
     pool: int = 2000,
     num_samples: int = 500,
-    block_size: int = 2048,
+    block_size: int | None = None,
     seed: int = 42,
     template: str | None = None,
     text_field: str = "text",
@@ -261,9 +270,9 @@ def build_calibration(
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     for value, name in ((pool, "--pool"), (num_samples, "--num-samples"), (block_size, "--block-size")):
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{name}: must be at least 1 (got {value})")
-    tokenizer, model_name = _as_tokenizer(tokenizer_or_model, trust_remote_code)
+    tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
 
     # 1-2. raw examples and the seeded pool
     sources = _sources(data)
@@ -362,7 +371,10 @@ def build_calibration(
 
 
 def check_calibration_fits(calibration: CalibrationSet, model: Any, tokenizer: Any = None, flag: str = "--calib") -> None:
-    """Refuse token ids the model cannot embed, and blocks made with another tokenizer."""
+    """Refuse token ids the model cannot embed, blocks longer than its context, and blocks made with another tokenizer."""
+    from adaptkit.io.models import check_context_length, context_length
+
+    check_context_length(int(calibration.blocks.shape[1]), context_length(model.config), f"{flag} (its blocks)")
     vocab = model.get_input_embeddings().weight.shape[0]
     top = int(calibration.blocks.max())
     if top >= vocab:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,3 +37,34 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(tm
     assert f"checkpoint-{kept[-1]}" in line and "is kept" in line
     tensors = load_file(str(run / f"checkpoint-{kept[-1]}" / "trainable.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
+def test_context_length_is_checked_before_weights_load(tmp_path, make_model_dir, corpora, invoke, monkeypatch):
+    """A model with max_position_embeddings 8: --seq-len, --block-size and ppl windows above it are bad input;
+    at the limit they run; calibrate's default block is the context length."""
+    from adaptkit.io import models
+
+    short = make_model_dir("llama", max_position_embeddings=8)
+    load = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    line = _error_line(invoke("train", "-m", short, "-d", corpora["ha"], "-o", tmp_path / "run", "--seq-len", "9", "--batch-size", "2", "--quiet"), 2)
+    assert line.startswith("adaptkit: error: --seq-len: 9 tokens") and "context length of 8" in line, line
+    line = _error_line(invoke("evaluate", "-m", short, "--task", f"ppl:{corpora['ha']}", "--set", "ppl.block_size=9", "-o", tmp_path / "eval", "--quiet"), 2)
+    assert "--set ppl.block_size: 9 tokens" in line and "context length of 8" in line, line
+    monkeypatch.setattr(models, "load_causal_lm", load)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+    result = invoke("train", "-m", short, "-d", corpora["ha"], "-o", tmp_path / "run", "--seq-len", "8", "--batch-size", "2", "--max-steps", "1", "--quiet")
+    assert result.returncode == 0, result
+    result = invoke("calibrate", "-m", short, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4", "-o", tmp_path / "calib", "--json")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["block_size"] == 8
+    result = invoke("score", "-m", short, "--calib", tmp_path / "calib", "-o", tmp_path / "scores", "--quiet")
+    assert result.returncode == 0, result
+    nll = []
+    for name, extra in (("eval", []), ("eval8", ["--set", "ppl.block_size=8"])):  # the default window is the context length
+        result = invoke("evaluate", "-m", short, "--task", f"ppl:ha={corpora['ha-test']}", "-o", tmp_path / name, "--quiet", *extra)
+        assert result.returncode == 0, result
+        [scores] = json.loads((tmp_path / name / "results.json").read_text())["results"].values()
+        nll.append(scores["ha"]["nll_sum"])
+    assert nll[0] == nll[1]

@@ -238,7 +238,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.data.corpus import load_blocks
     from adaptkit.engine import distributed
-    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
 
     accelerator = distributed.make_accelerator(config.device)
@@ -256,11 +256,13 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     if config.batch_size % (micro * world):
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
     source = resolve_model_source(config.model, "--model")
-    tokenizer = load_tokenizer(source, config.trust_remote_code)
     data = config.data
+    check_context_length(data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
     blocks = load_blocks(data.paths, tokenizer, data.seq_len, data.text_field, data.format, data.cache)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, torch.float32, config.trust_remote_code, attn).to(device)
+    check_context_length(data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress)
     _open_run_dir(run, resume, overwrite)

@@ -122,17 +122,17 @@ def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None
     return PreparedTasks(tasks, backends, used)
 
 
-def check_model_config(location: str, flag: str = "--model") -> None:
-    """Resolve a model location and, for local directories, check that its config loads."""
+def check_model_config(location: str, flag: str = "--model") -> Any:
+    """Resolve a model location and, for local directories, check that its config loads; returns it (None for GGUF/Hub)."""
     from adaptkit.io.models import resolve_model_source
 
     source = resolve_model_source(location, flag)
     if source.kind != "dir":
-        return
+        return None
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source.location)
+        return AutoConfig.from_pretrained(source.location)
     except Exception as exc:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first_line(exc)})") from None
 
@@ -187,9 +187,11 @@ def run_evaluation(
     """
     if layer_by_layer:
         check_layer_by_layer(prepared)
-    for ref in models:  # fail on a bad path or config before spending time on the others
-        if ref.model is None:
-            check_model_config(ref.location)
+    for ref in models:  # fail on a bad path, config or setting (a window too long) before spending time on the others
+        config = check_model_config(ref.location) if ref.model is None else ref.model.config
+        for backend in prepared.backends.values():
+            if config is not None:
+                backend.check_model(config)
     by_backend: dict[str, list[EvalTask]] = {}
     for task in prepared.tasks:
         by_backend.setdefault(task.backend, []).append(task)
