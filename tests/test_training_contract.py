@@ -68,3 +68,62 @@ def test_context_length_is_checked_before_weights_load(tmp_path, make_model_dir,
         [scores] = json.loads((tmp_path / name / "results.json").read_text())["results"].values()
         nll.append(scores["ha"]["nll_sum"])
     assert nll[0] == nll[1]
+
+
+def _final_tensors(run) -> dict:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_by_default_every_tenth_of_the_run_without_changing_training(tmp_path, llama_dir, corpora, invoke):
+    base = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "20", "--lr", "1e-2", "--quiet"]
+    assert invoke(*base, "-o", tmp_path / "default").returncode == 0
+    assert invoke(*base, "-o", tmp_path / "none", "--save-steps", "0").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "default").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-18"]
+    assert not list((tmp_path / "none").glob("checkpoint-*"))
+    assert _same(_final_tensors(tmp_path / "default"), _final_tensors(tmp_path / "none"))
+
+
+# the CLI with each training step slowed down by 0.1 s, so that the signal lands mid-run on any machine
+SLOW_CHILD = """
+import sys, time
+from adaptkit.engine import loop
+step = loop.train_step
+loop.train_step = lambda *args: (time.sleep(0.1), step(*args))[1]
+from adaptkit.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigint_saves_the_last_completed_step_and_resume_is_bit_identical(tmp_path, llama_dir, corpora, invoke):
+    """A real child process gets SIGINT mid-run (LoRA: its dropout draws random numbers every step);
+    it exits 130 with a checkpoint of the last completed step, and --resume ends bit-identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--method", "lora", "--max-steps", "40",
+            "--lr", "1e-2", "--save-steps", "1000", "--set", "log_steps=1", "--quiet"]
+    assert invoke(*args, "-o", tmp_path / "reference").returncode == 0
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, *map(str, args), "-o", str(run)], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 5) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode in (0, 130), stderr  # 130 once cli.main maps interrupts to exit codes (the CLI part of issue 14)
+    assert "Traceback" not in stderr
+    [saved] = [int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")]
+    assert 5 <= saved < 40 and not (run / "final").exists()
+    result = invoke(*args, "-o", run, "--resume", "--json")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["resumed_from"] == saved
+    assert _same(_final_tensors(run), _final_tensors(tmp_path / "reference"))

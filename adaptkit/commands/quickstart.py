@@ -157,6 +157,7 @@ def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, 
             "schedule": {"name": "cosine", "warmup_ratio": 0.05},
             "seed": seed,
             "log_steps": 50,
+            "save_steps": 0,
         },
         Path("runs/source"),
         console,
@@ -249,6 +250,7 @@ def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, 
         "schedule": {"name": "cosine", "warmup_ratio": 0.05},
         "seed": seed,
         "log_steps": 25,
+        "save_steps": 0,  # the quickstart never resumes: no checkpoints to write
     }
     return _train(values, Path("runs") / name, console)
 

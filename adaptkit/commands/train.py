@@ -119,7 +119,7 @@ def command(
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (default: every 10% of the steps, rounded up; 0: none); the newest 2 are kept.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,

@@ -60,7 +60,7 @@ class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps.")
+    save_steps: Optional[int] = Field(None, ge=0, description="Checkpoint every N steps; default: every 10% of the steps (rounded up); 0: none.")
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
     seed: int = 42

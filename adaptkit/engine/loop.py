@@ -112,6 +112,7 @@ class Training:
     autocast: Callable[[], ContextManager]
     fingerprint: str  # architecture + trainable count: a checkpoint resumes only into the same plan
     counts: tuple[int, int]  # (trainable entries, all entries)
+    updating: bool = False  # inside train_step's update (optimizer step .. schedule step): no consistent state
 
 
 @dataclass
@@ -344,28 +345,52 @@ def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[
 
 
 def run_steps(run: Run, training: Training, start_step: int) -> Meter:
-    """The loop: one train_step per optimizer step, then its metrics row and checkpoint when due."""
+    """The loop: one train_step per optimizer step, then its metrics row and checkpoint when due.
+    An interrupt (Ctrl-C, SIGTERM) saves a checkpoint of the last completed step, then goes on up."""
     meter = Meter(run.config.batch_size * run.config.data.seq_len)
     progress = run.progress
     task = progress.add_task("training", total=run.steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
     training.train_model.train()
-    for step in range(start_step, run.steps):
-        loss, grad_norm, lr = train_step(run, training, step)
-        meter.add(float(loss))
-        done = step + 1
-        if done % run.config.log_steps == 0 or done == run.steps:
-            record = meter.flush(done, lr, grad_norm)
-            if run.main:
-                with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if progress:
-                progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
-        elif progress:
-            progress.update(task, completed=done)
-        _checkpoint_if_due(run, training, done, meter)
-        run.accelerator.wait_for_everyone()
+    completed, rng = start_step, ckpt.capture_rng()
+    try:
+        for step in range(start_step, run.steps):
+            loss, grad_norm, lr = train_step(run, training, step)
+            completed, rng = step + 1, ckpt.capture_rng()
+            meter.add(float(loss))
+            if completed % run.config.log_steps == 0 or completed == run.steps:
+                record = meter.flush(completed, lr, grad_norm)
+                if run.main:
+                    with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                if progress:
+                    progress.update(task, completed=completed, loss=record["loss"], tps=record["tokens_per_s"])
+            elif progress:
+                progress.update(task, completed=completed)
+            if _checkpoint_due(run, completed):
+                _save_checkpoint(run, training, completed, meter)
+            run.accelerator.wait_for_everyone()
+    except BaseException as exc:
+        if _is_interrupt(exc):
+            _save_interrupted(run, training, completed, rng, meter)
+        raise
     meter.seconds = time.perf_counter() - meter.started
     return meter
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """KeyboardInterrupt, or the CLI's exception for SIGINT/SIGTERM: BaseExceptions that are no Exception."""
+    return not isinstance(exc, (Exception, SystemExit, GeneratorExit))
+
+
+def _save_interrupted(run: Run, t: Training, completed: int, rng: Any, meter: Meter) -> None:
+    """Checkpoint the last completed step of an interrupted run, unless it is on disk already or the
+    interrupt came in the middle of an update (then the state is neither step; the last checkpoint stays)."""
+    if t.updating or run.strategy.checkpoint_shard is not None or (run.run_dir / f"checkpoint-{completed}").is_dir():
+        return  # a sharded save needs every process, which an interrupt does not coordinate
+    if completed == 0 or completed >= run.steps:
+        return
+    ckpt.restore_rng(*rng)  # the RNG as it was when that step completed (a forward pass may have drawn since)
+    _save_checkpoint(run, t, completed, meter)
 
 
 def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, float]:
@@ -387,6 +412,7 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     lr = t.scheduler.get_last_lr()[0]
     mean_loss = run.strategy.mean_loss(step_loss)
     stop_if_diverged(run, step + 1, float(mean_loss), grad_norm)
+    t.updating = True  # from here to the schedule step, an interrupt leaves the state between two steps
     t.optimizer.step()
     t.trainable.push()
     for callback in callbacks:
@@ -394,6 +420,7 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     t.optimizer.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
     t.scheduler.step()
+    t.updating = False
     return mean_loss, grad_norm, lr
 
 
@@ -421,11 +448,19 @@ def _add_callback_losses(loss: torch.Tensor, callbacks: list[TrainingCallback], 
     return loss
 
 
-def _checkpoint_if_due(run: Run, t: Training, done: int, meter: Meter) -> None:
-    """Every --save-steps steps (not at the end, where final/ is saved); its time is kept out of tokens/s."""
-    save_steps = run.config.save_steps
-    if not save_steps or done % save_steps or done >= run.steps:
-        return
+def checkpoint_interval(config: TrainConfig, steps: int) -> int:
+    """Steps between checkpoints: --save-steps, by default every 10% of the run's steps (rounded up); 0: none."""
+    return config.save_steps if config.save_steps is not None else math.ceil(steps / 10)
+
+
+def _checkpoint_due(run: Run, done: int) -> bool:
+    """Every checkpoint_interval steps, but not at the end, where final/ is saved."""
+    every = checkpoint_interval(run.config, run.steps)
+    return bool(every) and done % every == 0 and done < run.steps
+
+
+def _save_checkpoint(run: Run, t: Training, done: int, meter: Meter) -> None:
+    """checkpoint-<done>/, keeping the newest save_total_limit; its time is kept out of tokens/s."""
     began = time.perf_counter()
     metadata = {"loss": meter.last_loss, "fingerprint": t.fingerprint, "processes": run.accelerator.num_processes, "distributed": run.strategy.name}
     run.strategy.save_checkpoint(run.run_dir, done, t.trainable, t.optimizer, t.scheduler, t.plan.callbacks, metadata, run.config.save_total_limit)
