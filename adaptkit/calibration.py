@@ -32,7 +32,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from adaptkit.errors import InputError, first_line
 
@@ -255,6 +255,7 @@ def build_calibration(
     split: str = "train",
     trust_remote_code: bool = False,
     flag: str = "--data",
+    progress: Callable[[str], None] = lambda message: None,
 ) -> CalibrationSet:
     """Sample, render, tokenize and pack a calibration set (see the module docstring for the recipe).
 
@@ -291,6 +292,8 @@ def build_calibration(
         source_hash = hashlib.sha256("".join(file_hash(Path(s).expanduser()) for s in sources).encode()).hexdigest()
         records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
         sampled, seen = reservoir_sample(records, pool, seed)
+
+    progress(f"sampled {len(sampled):,} of {seen:,} examples from {source}")
 
     # 3-4. render and tokenize
     kinds = [record_kind(record, fmt, text_field) for record in sampled]
@@ -333,6 +336,8 @@ def build_calibration(
             f"{flag}: the {used} usable examples give {len(stream)} tokens, fewer than one block of {block_size} "
             "(--block-size); give more data, a larger --pool or a smaller --block-size"
         )
+
+    progress(f"tokenized {used:,} examples: {len(stream):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
 
     # 5. the seeded choice of blocks
     available = blocks.shape[0]

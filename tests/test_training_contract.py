@@ -127,3 +127,59 @@ def test_sigint_saves_the_last_completed_step_and_resume_is_bit_identical(tmp_pa
     assert result.returncode == 0, result
     assert json.loads(result.stdout)["resumed_from"] == saved
     assert _same(_final_tensors(run), _final_tensors(tmp_path / "reference"))
+
+
+def test_progress_lines_in_a_log_agree_with_the_metrics(tmp_path, llama_dir, corpora, cli):
+    """stderr is a pipe here (a job's log): a plain line per logging step; none with --quiet or --json."""
+    import re
+
+    base = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "6", "--set", "log_steps=2", "--lr", "1e-2"]
+    result = cli(*base, "-o", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train: step")]
+    assert len(lines) == len(rows) == 3, result.stderr
+    pattern = re.compile(r"train: step (\d+)/6 \(\d+%\), loss ([0-9.]+), lr ([0-9.e+-]+), ([0-9,]+) tok/s(, ETA \d+:\d\d:\d\d)?$")
+    for line, row in zip(lines, rows):
+        match = pattern.match(line)
+        assert match, line
+        assert int(match[1]) == row["step"] and match[2] == f"{row['loss']:.4f}" and float(match[3]) == float(f"{row['lr']:.2e}")
+        assert int(match[4].replace(",", "")) == round(row["tokens_per_s"])
+        assert (match[5] is not None) == (row["step"] < 6)
+    for flag in ("--quiet", "--json"):
+        result = cli(*base, "-o", tmp_path / flag, flag)
+        assert result.returncode == 0 and "train: step" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["steps"] == 6
+
+
+def test_progress_bar_shows_no_metrics_before_the_first_logging_step():
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from adaptkit.commands.progress import ProgressBar
+
+    screen = Console(file=StringIO(), force_terminal=True, width=120)
+    with Progress(TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[metrics]}"), console=screen, auto_refresh=False) as rich:
+        bar = ProgressBar(rich)
+        task = bar.add_task("training", total=10, completed=0)
+        bar.update(task, completed=3)
+        before = str(rich.columns[1].render(rich.tasks[0]))
+        bar.update(task, completed=5, loss=2.5, tps=1000.0, lr=1e-4)
+        after = str(rich.columns[1].render(rich.tasks[0]))
+    assert before == "" and after == "loss 2.5000, lr 1.00e-04, 1,000 tok/s"
+
+
+def test_calibrate_and_evaluate_report_their_stages_in_a_log(tmp_path, llama_dir, corpora, cli):
+    result = cli("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4", "--block-size", "16", "-o", tmp_path / "calib")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("calibrate: ")]
+    assert [line.split(" ")[1] for line in lines] == ["sampled", "tokenized"], result.stderr
+    assert "sampled 50 of" in lines[0] and "blocks of 16" in lines[1]
+    result = cli("evaluate", "-m", llama_dir, "--task", f"ppl:ha={corpora['ha-test']}", "-o", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("evaluate: ")]
+    assert len(lines) == 3 and "model 1/1: loading" in lines[0] and " done in " in lines[2], result.stderr
+    assert not [line for line in cli("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4",
+                                     "--block-size", "16", "-o", tmp_path / "calib2", "--quiet").stderr.splitlines() if line.startswith("calibrate: ")]

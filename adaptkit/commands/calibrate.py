@@ -33,7 +33,10 @@ def command(
 
     console = Console(json_out, quiet)
     check_output(output, overwrite)
-    calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code)
+    from adaptkit.commands.progress import notes
+
+    calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code,
+                                    progress=notes(console, "calibrate"))
     with atomic_dir(output, overwrite) as tmp:
         calibration.save(tmp)
     m = calibration.manifest

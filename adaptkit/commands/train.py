@@ -149,13 +149,9 @@ def command(
 
 
 def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):
-    """Run the engine with a progress bar when on a terminal."""
+    """Run the engine with a progress bar on a terminal, progress lines in a log, none with --quiet/--json."""
+    from adaptkit.commands.progress import training_progress
     from adaptkit.engine.loop import train
 
-    if not console.show_progress:
-        return train(config, method, output, resume, overwrite, log=lambda m: console.print(m))
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn()]
-    with Progress(*columns, console=console.rich, transient=False) as progress:
-        return train(config, method, output, resume, overwrite, log=lambda m: progress.console.print(m), progress=progress)
+    with training_progress(console, "train") as (progress, log):
+        return train(config, method, output, resume, overwrite, log=log, progress=progress)

@@ -349,7 +349,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
     An interrupt (Ctrl-C, SIGTERM) saves a checkpoint of the last completed step, then goes on up."""
     meter = Meter(run.config.batch_size * run.config.data.seq_len)
     progress = run.progress
-    task = progress.add_task("training", total=run.steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
+    task = progress.add_task("training", total=run.steps, completed=start_step) if progress else None
     training.train_model.train()
     completed, rng = start_step, ckpt.capture_rng()
     try:
@@ -363,7 +363,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
                     with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
                 if progress:
-                    progress.update(task, completed=completed, loss=record["loss"], tps=record["tokens_per_s"])
+                    progress.update(task, completed=completed, loss=record["loss"], tps=record["tokens_per_s"], lr=record["lr"])
             elif progress:
                 progress.update(task, completed=completed)
             if _checkpoint_due(run, completed):

@@ -203,9 +203,9 @@ def run_evaluation(
         config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer,
                 **({"device_map": placement.device_map, "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}} if placement else {})},
     )
-    for ref in models:
+    for number, ref in enumerate(models, 1):
         if progress:
-            progress(f"loading {ref.name}")
+            progress(f"model {number}/{len(models)}: loading {ref.name}")
         start = time.perf_counter()
         model, tokenizer = load_model_ref(ref, dtype, device, layer_by_layer, placement)
         if placement is not None and ref.model is None:  # where accelerate put the model's modules
@@ -227,6 +227,8 @@ def run_evaluation(
         if on_model is not None:
             on_model(ref.name, model, tokenizer)
         run.seconds[ref.name] = time.perf_counter() - start
+        if progress:
+            progress(f"model {number}/{len(models)}: {ref.name} done in {run.seconds[ref.name]:.1f} s")
         if ref.model is None:
             del model
     return run
