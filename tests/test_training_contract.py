@@ -183,3 +183,25 @@ def test_calibrate_and_evaluate_report_their_stages_in_a_log(tmp_path, llama_dir
     assert len(lines) == 3 and "model 1/1: loading" in lines[0] and " done in " in lines[2], result.stderr
     assert not [line for line in cli("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4",
                                      "--block-size", "16", "-o", tmp_path / "calib2", "--quiet").stderr.splitlines() if line.startswith("calibrate: ")]
+
+
+def _warnings(stderr: str) -> list[str]:
+    """The run's warnings (not those of plugins the environment may have installed)."""
+    return [line for line in stderr.splitlines() if line.startswith("warning:") and not line.startswith("warning: plugin")]
+
+
+def test_data_smaller_than_one_batch_warns_and_says_what_to_change(tmp_path, llama_dir, corpora, invoke):
+    """The README's first `train` with the paper's defaults (batch 32 x 512) on a small file: one step at lr 0."""
+    result = invoke("train", "-m", llama_dir, "-d", corpora["ha"], "-o", tmp_path / "run")
+    assert result.returncode == 0, result
+    warnings = _warnings(result.stderr)
+    assert len(warnings) == 2, result.stderr
+    assert "fewer than one batch of 32 x 512 tokens" in warnings[0] and "--batch-size" in warnings[0]
+    assert "stays 0 for all 1 optimizer step(s)" in warnings[1] and "--warmup-ratio 0" in warnings[1]
+    assert _same(_final_tensors(tmp_path / "run"), load_file(str(llama_dir / "model.safetensors")))  # what the warning says
+    result = invoke("train", "-m", llama_dir, "-d", corpora["ha"], "-o", tmp_path / "short", "--seq-len", "32", "--batch-size", "2",
+                    "--max-steps", "4", "--warmup-ratio", "0.9")
+    [warning] = _warnings(result.stderr)
+    assert "warmup takes 4 of the 4 optimizer steps" in warning and "never reaches --lr 5e-05" in warning
+    result = invoke("train", "-m", llama_dir, "-d", corpora["ha"], "-o", tmp_path / "fine", *SMALL, "--max-steps", "4")
+    assert result.returncode == 0 and not _warnings(result.stderr), result.stderr

@@ -266,8 +266,29 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     check_context_length(data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress)
+    for warning in data_warnings(config, blocks.shape[0], run.steps):
+        log(f"warning: {warning}")
     _open_run_dir(run, resume, overwrite)
     return run
+
+
+def data_warnings(config: TrainConfig, num_blocks: int, steps: int) -> list[str]:
+    """What makes a run train on less than it seems: data smaller than one batch, a learning rate that
+    never leaves 0 (warmup longer than the run) or never reaches its peak. Each says what to change."""
+    from adaptkit.engine.optim import lr_factor
+
+    warnings, seq_len, batch = [], config.data.seq_len, config.batch_size
+    if num_blocks < batch:
+        warnings.append(f"--data gives {num_blocks} block(s) of {seq_len} tokens ({num_blocks * seq_len:,} tokens), fewer than one batch of "
+                        f"{batch} x {seq_len} tokens: every step repeats them; give more text, or a smaller --batch-size or --seq-len")
+    warmup = math.ceil(steps * config.schedule.warmup_ratio)
+    if not any(lr_factor(step, steps, config.schedule) > 0 for step in range(steps)):
+        warnings.append(f"the learning rate stays 0 for all {steps} optimizer step(s) (warmup takes {warmup}), so the weights will not change; "
+                        "give more data, --max-steps or --epochs, or --warmup-ratio 0")
+    elif warmup >= steps:
+        warnings.append(f"warmup takes {warmup} of the {steps} optimizer steps, so the learning rate never reaches --lr {config.optimizer.lr:g}; "
+                        "give more data, --max-steps or --epochs, or a smaller --warmup-ratio")
+    return warnings
 
 
 def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
