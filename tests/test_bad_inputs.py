@@ -81,6 +81,9 @@ CASES = [
     # --- train: outputs and resume -------------------------------------------------------------
     ("output-is-file", train(o="{text_file}"), ["-o/--output", "is a file"]),
     ("resume-nothing", train("--resume"), ["--resume", "no run to resume"]),
+    ("output-missing", ["train", "--model", "{model}", "--data", "{data}", "--quiet"], ["-o/--output", "required"]),
+    ("model-missing-flag", ["train", "--data", "{data}", "-o", "{out}"], ["--model", "required"]),
+    ("print-config-unknown-key", ["train", "--print-config", "--set", "optimizer.lrr=1"], ["--set", "lrr"]),
     ("unknown-option", train("--learning-rate", "1"), ["--learning-rate"]),
     # --- plugins ------------------------------------------------------------------------------
     ("plugins-unknown-kind", ["plugins", "--kind", "metod"], ["--kind", "metod", "method"]),

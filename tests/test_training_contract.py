@@ -205,3 +205,33 @@ def test_data_smaller_than_one_batch_warns_and_says_what_to_change(tmp_path, lla
     assert "warmup takes 4 of the 4 optimizer steps" in warning and "never reaches --lr 5e-05" in warning
     result = invoke("train", "-m", llama_dir, "-d", corpora["ha"], "-o", tmp_path / "fine", *SMALL, "--max-steps", "4")
     assert result.returncode == 0 and not _warnings(result.stderr), result.stderr
+
+
+def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, invoke):
+    import yaml
+
+    result = invoke("train", "--print-config", "-m", llama_dir, "-d", corpora["ha"], "--method", "lora", *SMALL, "--max-steps", "2",
+                    "--lr", "1e-3", "--set", "r=4")
+    assert result.returncode == 0, result
+    printed = yaml.safe_load(result.stdout)
+    assert printed["method_params"] == {"r": 4, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear", "train_embeddings_and_head": False}
+    assert printed["optimizer"]["lr"] == 1e-3 and printed["schedule"]["warmup_ratio"] == 0.05 and printed["save_total_limit"] == 2
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "printed.yaml").write_text(result.stdout)
+    result = invoke("train", "--config", tmp_path / "printed.yaml", "-o", tmp_path / "run", "--quiet")
+    assert result.returncode == 0, result
+    assert (tmp_path / "run" / "config.yaml").read_text() == (tmp_path / "printed.yaml").read_text()
+    assert yaml.safe_load(invoke("train", "--print-config").stdout)["batch_size"] == 32  # the defaults alone
+
+
+def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, llama_dir, corpora, invoke):
+    args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "4", "-o", tmp_path / "run"]
+    assert invoke(*args, "--quiet").returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    result = invoke(*args, "--resume", "--json")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["finished"] is True
+    result = invoke(*args, "--resume")
+    message = " ".join(result.stderr.split())  # the console may wrap the line
+    assert result.returncode == 0 and "is a finished run" in message and "nothing to resume" in message, result
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before

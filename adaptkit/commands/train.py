@@ -38,11 +38,14 @@ FLAG_KEYS = {
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
 
 
-def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None):
+def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None,
+                 require_inputs: bool = True):
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
-    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`."""
+    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
+    `require_inputs`: --model and --data must be given (not for --print-config)."""
     from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
     from adaptkit.engine.config import TrainConfig
+    from adaptkit.errors import InputError
     from adaptkit.registry import get_spec
 
     data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
@@ -66,9 +69,9 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
         else:
             data.setdefault("method_params", {})[_method_key(path, spec, TrainConfig)] = value
     config = validate_config(TrainConfig, data, "--set")
-    if not config.model:
+    if require_inputs and not config.model:
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
-    if not config.data.paths:
+    if require_inputs and not config.data.paths:
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
     return config
 
@@ -105,7 +108,7 @@ def command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model); required unless --print-config.")] = None,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
@@ -120,7 +123,8 @@ def command(
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (default: every 10% of the steps, rounded up; 0: none); the newest 2 are kept.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
@@ -139,13 +143,35 @@ def command(
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
-    train_config = build_config(config, flags, set_, method_flags)
+    train_config = build_config(config, flags, set_, method_flags, require_inputs=not print_config)
     training_method = build_method(train_config, method_flags)
+    if print_config:
+        _print_config(train_config, training_method)
+        return
+    if output is None:
+        from adaptkit.errors import InputError
+
+        raise InputError("-o/--output: required (the run directory)")
     console = Console(json_out, quiet)
+    if resume and (output / "final").is_dir() and (output / "config.yaml").is_file():
+        console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
+                       f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
+                       f"To train further, start a new run with --model {output / 'final'}")
+        return
     result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
     console.result(result.as_dict(), f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")
+
+
+def _print_config(config, method) -> None:
+    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout."""
+    import sys
+
+    from adaptkit.engine.loop import config_yaml
+
+    sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
+    sys.stdout.flush()
 
 
 def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):

@@ -349,7 +349,7 @@ def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[
     from adaptkit.io.atomic import write_text_atomic
 
     if run.main:
-        write_text_atomic(run.run_dir / "config.yaml", _config_yaml(run.config))
+        write_text_atomic(run.run_dir / "config.yaml", config_yaml(run.config))
     start_step, resumed_from = 0, None
     latest = ckpt.latest_checkpoint(run.run_dir) if resume else None
     if latest is not None:
@@ -540,7 +540,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(row + "\n" for row in rows))
 
 
-def _config_yaml(config: TrainConfig) -> str:
+def config_yaml(config: TrainConfig) -> str:
+    """The resolved configuration as a run's config.yaml holds it (and `train --print-config` prints it)."""
     from adaptkit.config import dump_yaml
 
     return dump_yaml(_resolved_config_dict(config))
