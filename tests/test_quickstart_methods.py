@@ -19,7 +19,7 @@ def test_quickstart_runs_baselines_side_by_side(tmp_path, invoke):
     models = json.loads(result.stdout)["models"]
     assert set(models) == {"source", *methods.split(",")}
     for name in methods.split(","):
-        assert "source_gain_pct" in models[name] and "target_gain_pct" in models[name]
+        assert "source_gain_bpb" in models[name] and "target_gain_bpb" in models[name]
         assert 0 < models[name]["trainable_fraction"] <= 1
     assert (out / "runs" / "lora" / "final" / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "runs" / "lora" / "final" / "adapter" / "adapter_config.json").read_text())["r"] == 2
