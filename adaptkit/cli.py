@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import typer
@@ -20,7 +21,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from adaptkit import __version__
-from adaptkit.errors import AdaptkitError
+from adaptkit.commands.common import Shared, prepare_command
+from adaptkit.errors import AdaptkitError, Interrupted, one_line
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -33,8 +35,10 @@ BUILTIN_COMMANDS = {
     "evaluate": "adaptkit.commands.evaluate",
     "generate": "adaptkit.commands.generate",
     "codemix": "adaptkit.commands.codemix",
+    "vocab": "adaptkit.commands.vocab",
     "plugins": "adaptkit.commands.plugins",
     "quickstart": "adaptkit.commands.quickstart",
+    "data": "adaptkit.commands.data",
 }
 
 
@@ -64,17 +68,23 @@ class LazyGroup(TyperGroup):
             command = typer.main.get_command(target)
             command.name = name
             self.add_command(command, name)
-        return super().get_command(ctx, name)
+        command = super().get_command(ctx, name)
+        return prepare_command(command) if command is not None else None
+
+    def invoke(self, ctx):
+        """Run the command; Ctrl-C becomes `Interrupted` here, before typer turns it into a silent exit code."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(signal.SIGINT) from None
 
     def format_commands(self, ctx, formatter) -> None:
-        from typer._click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names), default=0)
         rows = []
         for name in names:
             if name in self.lazy_modules and name not in self.commands:
-                rows.append((name, make_default_short_help(_summary(self.lazy_modules[name]), limit)))
+                rows.append((name, short_help(_summary(self.lazy_modules[name]), limit)))
                 continue
             command = self.get_command(ctx, name)
             if command is not None and not command.hidden:
@@ -82,6 +92,15 @@ class LazyGroup(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def short_help(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to fit `limit` characters, with '...' when cut (as click shows commands)."""
+    text = one_line(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 3)].rsplit(" ", 1)[0].rstrip(" .,;:")
+    return cut + "..."
 
 
 def _summary(module_name: str) -> str:
@@ -179,42 +198,78 @@ def _plugin_commands() -> list:
     return list(get_registry().specs.get("command", {}).values())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupted_line(exc: Interrupted, options: Shared) -> str:
+    """One line: which signal stopped the command, what it kept and how to go on."""
+    kept = "partial outputs were removed; run the command again"
+    if options.on_interrupt is not None:
+        try:
+            kept = options.on_interrupt()
+        except Exception:  # the message must not hide the interrupt
+            pass
+    return f"adaptkit: interrupted ({exc.signal_name}); {kept}"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0")
+    options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"))
+    handlers = _install_signal_handlers()
     try:
-        command = typer.main.get_command(build_app())
-        command.main(args=args, prog_name="adaptkit", standalone_mode=False)
+        command = prepare_command(typer.main.get_command(build_app()), root=True)
+        code = command.main(args=args, prog_name="adaptkit", standalone_mode=False, obj=options)
+        if code == 130:  # typer's code for a Ctrl-C outside the command (while parsing)
+            raise Interrupted(signal.SIGINT)
+        if isinstance(code, int) and code:  # typer returns a typer.Exit's code instead of raising it
+            sys.exit(code)
+    except Interrupted as exc:
+        print(_interrupted_line(exc, options), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("adaptkit: aborted", file=sys.stderr)
         sys.exit(130)
     except click_exceptions.ClickException as exc:
-        if debug:
+        if options.debug:
             raise
-        if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `adaptkit` or a bare group: its help, exit 0
+            typer.echo(exc.ctx.get_help())
             sys.exit(0)
-        print(f"adaptkit: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        print(f"adaptkit: error: {one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
     except AdaptkitError as exc:
-        if debug:
+        if options.debug:
             raise
-        print(f"adaptkit: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"adaptkit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("adaptkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before the command ran (while its options were parsed)
+        print(_interrupted_line(Interrupted(signal.SIGINT), options), file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line unless --debug
-        if debug:
+        if options.debug:
             raise
         print(
-            f"adaptkit: error: {type(exc).__name__}: {_one_line(str(exc))} (run again with --debug for the traceback)",
+            f"adaptkit: error: {type(exc).__name__}: {one_line(str(exc))} (run again with --debug for the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _install_signal_handlers() -> dict[int, object]:
+    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it) and SIGTERM
+    raises Interrupted; returns the previous handlers. Only the main thread may set them."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    return previous

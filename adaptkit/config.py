@@ -19,6 +19,27 @@ from adaptkit.errors import InputError, first_line
 M = TypeVar("M", bound=BaseModel)
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the configuration presets shipped with adaptkit (`ssu-paper/ssu-wanda`, ...)."""
+    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.glob("*/*.yaml"))
+
+
+def resolve_config_file(path: Path, flag: str = "--config") -> Path:
+    """A YAML file as given, or a preset shipped inside the package: `ssu-paper/ssu-wanda` or the
+    source-tree path `configs/ssu-paper/ssu-wanda.yaml` -> adaptkit/configs/ssu-paper/ssu-wanda.yaml."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.as_posix().removeprefix("./").removeprefix("configs/").removesuffix(".yaml")
+    preset = PRESETS_DIR / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    raise InputError(f"{flag}: '{path}' is neither a readable file nor a preset (presets: {', '.join(presets())})")
+
+
 def read_yaml_mapping(path: Path, flag: str = "--config") -> dict[str, Any]:
     """Read a YAML file that must hold a mapping."""
     path = Path(path)

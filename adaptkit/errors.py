@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one-line messages and exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input. Raise `InputError`
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input, 130 interrupted (SIGINT,
+Ctrl-C), 143 terminated (SIGTERM). Raise `InputError`
 for anything the user can fix by changing a flag or a file; name the flag or file
 in the message and say what was expected.
 """
@@ -41,6 +42,20 @@ class PluginError(AdaptkitError):
     exit_code = 2
 
 
+class Interrupted(BaseException):
+    """The run was stopped by a signal (SIGINT or SIGTERM); exit code 128 + the signal number.
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` cleanup code lets it through.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + int(signum)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors."""
     text = str(exc).strip()
@@ -51,6 +66,11 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean: a, b?)' for the closest candidates, or ''."""
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def one_line(text: object) -> str:
+    """A message on one line: every run of whitespace (newlines included) becomes one space."""
+    return " ".join(str(text).split())
 
 
 def require(package: str, extra: str, purpose: str):

@@ -50,5 +50,10 @@ def register_lid_backends(register: Callable) -> None:
 
 
 @hookspec
+def register_initializers(register: Callable) -> None:
+    """Register embedding initializers with `register(InitializerSpec(...))` (used by `vocab extend`)."""
+
+
+@hookspec
 def register_commands(register: Callable) -> None:
     """Add CLI subcommands with `register(CommandSpec(name=..., factory="pkg.mod:typer_app_or_function"))`."""

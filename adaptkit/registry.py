@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "adaptkit.plugins.merges",
     "adaptkit.plugins.evals",
     "adaptkit.plugins.lid",
+    "adaptkit.plugins.initializers",
 )
 HOOK_FOR_KIND = {
     "scorer": "register_scorers",
@@ -38,6 +39,7 @@ HOOK_FOR_KIND = {
     "merge method": "register_merge_methods",
     "eval backend": "register_eval_backends",
     "lid backend": "register_lid_backends",
+    "initializer": "register_initializers",
     "command": "register_commands",
 }
 

@@ -84,13 +84,38 @@ class Spec:
             loc = ".".join(str(p) for p in err["loc"])
             raise InputError(f"{where}: {self.kind} '{self.name}' parameter '{loc}': {err['msg']}") from None
 
+    def parameters(self) -> list[dict[str, Any]]:
+        """One record per parameter: name, type, default (None when required), required, description."""
+        return [
+            {
+                "name": name,
+                "type": type_name(info.annotation),
+                "default": None if info.is_required() else info.get_default(call_default_factory=True),
+                "required": info.is_required(),
+                "description": info.description or "",
+            }
+            for name, info in self.params.model_fields.items()
+        ]
+
     def param_summary(self) -> str:
         """Parameter names with defaults, for listings."""
-        parts = []
-        for name, info in self.params.model_fields.items():
-            default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            parts.append(f"{name}={default}")
-        return ", ".join(parts)
+        return ", ".join(f"{p['name']}={'required' if p['required'] else repr(p['default'])}" for p in self.parameters())
+
+
+def type_name(annotation: Any) -> str:
+    """A parameter type as people write it: float, list[int], 'a' | 'b', str | None."""
+    from typing import Annotated, Literal, Union, get_args, get_origin
+
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        return " | ".join("None" if a is type(None) else type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
 @dataclass(frozen=True)
@@ -178,9 +203,15 @@ class MergeMethodSpec(Spec):
 
 @dataclass(frozen=True)
 class EvalBackendSpec(Spec):
-    """An evaluation backend: runs tasks of one family (ppl, lm-eval, mt ...) on a loaded model."""
+    """An evaluation backend: runs tasks of one family (ppl, lm-eval, mt ...) on a loaded model.
+
+    `shared_params` names a settings section several backends read (e.g. "judge": `--set
+    judge.model=X` reaches every judge-* backend whose parameters have that key); the
+    backend's own section (`--set judge-single.model=Y`) wins over it.
+    """
 
     kind: ClassVar[str] = "eval backend"
+    shared_params: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,6 +219,13 @@ class LIDBackendSpec(Spec):
     """A language-identification backend: text -> ranked (language, probability)."""
 
     kind: ClassVar[str] = "lid backend"
+
+
+@dataclass(frozen=True)
+class InitializerSpec(Spec):
+    """An embedding initializer: rows for tokens appended to a vocabulary (used by `vocab extend`)."""
+
+    kind: ClassVar[str] = "initializer"
 
 
 @dataclass(frozen=True)
@@ -215,5 +253,5 @@ def class_spec(spec_type: type[SpecT], implementation: type, **fields: Any) -> S
 
 SPEC_KINDS: dict[str, type[Spec]] = {
     cls.kind: cls
-    for cls in (ScorerSpec, MethodSpec, MergeMethodSpec, EvalBackendSpec, LIDBackendSpec, CommandSpec)
+    for cls in (ScorerSpec, MethodSpec, MergeMethodSpec, EvalBackendSpec, LIDBackendSpec, InitializerSpec, CommandSpec)
 }

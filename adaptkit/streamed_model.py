@@ -392,7 +392,7 @@ def for_each_logits(model: Any, inputs: Sequence[torch.Tensor], device: torch.de
         for group in batch_groups(inputs, hidden, element, HIDDEN_CACHE_BYTES):
             model.run([inputs[i] for i in group], on_output=lambda i, logits, offset=group.start: consume(offset + i, logits))
         return
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the model may be one in training (evaluation during training)
         for i, input_ids in enumerate(inputs):
             consume(i, model(input_ids=input_ids.to(device)).logits)
 

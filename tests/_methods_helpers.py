@@ -16,6 +16,7 @@ torch.set_num_threads(1)
 # tiny runs: 3 optimizer steps of 4 x 32 tokens; a large lr and weight decay so that every trainable
 # entry moves and a frozen entry touched by weight decay would show
 TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-2", "--weight-decay", "0.1", "--warmup-ratio", "0", "--quiet"]
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROBE = torch.tensor([[1, 5, 9, 40, 77, 120, 200, 300, 17, 60, 91, 250]])
 
 
@@ -69,6 +70,7 @@ class Capturing(TrainingMethod):
     def __init__(self, inner: TrainingMethod, key: str):
         super().__init__(inner.params)
         self.inner, self.key = inner, key
+        self.freeze_special_tokens = inner.freeze_special_tokens  # the wrapped method's default
 
     def plan(self, model, ctx):
         plan = self.inner.plan(model, ctx)
@@ -94,3 +96,62 @@ def train_capturing(args: list, run_dir: Path) -> torch.Tensor:
     config = build_config(None, flags, overrides)
     train(config, Capturing(build_method(config), str(run_dir)), run_dir, log=lambda message: None)
     return CaptureLogits.captured.pop(str(run_dir))
+
+
+def block_modules(block) -> dict[str, list[str]]:
+    """A transformer block's attention and MLP projections (nn.Linear children of self_attn / mlp, in
+    module order) and its norms (direct children whose class name has 'norm'), read off the HF module."""
+    return {
+        "attention": [f"self_attn.{n}" for n, m in block.self_attn.named_children() if isinstance(m, torch.nn.Linear)],
+        "mlp": [f"mlp.{n}" for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)],
+        "norms": [n for n, m in block.named_children() if "norm" in type(m).__name__.lower()],
+    }
+
+
+def hft_frozen_modules(model_dir: Path, seed: int) -> dict[int, list[str]]:
+    """HFT's rule (Hui et al. 2024, SSU repository variant), written here from its definition: with
+    random.Random(seed), shuffle the layer order; the first half of that order freezes ceil(3/2) = 2 MLP
+    projections, the rest floor(3/2) = 1; every layer freezes 2 of its 4 attention projections and 1 of
+    its 2 block norms, each drawn in that order with rng.sample."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    blocks = AutoModelForCausalLM.from_pretrained(model_dir).model.layers
+    rng = random.Random(seed)
+    order = list(range(len(blocks)))
+    rng.shuffle(order)
+    more = set(order[: len(blocks) // 2])
+    frozen = {}
+    for index, block in enumerate(blocks):
+        modules = block_modules(block)
+        mlp_count = (len(modules["mlp"]) + 1) // 2 if index in more else len(modules["mlp"]) // 2
+        frozen[index] = (rng.sample(modules["attention"], len(modules["attention"]) // 2) + rng.sample(modules["mlp"], mlp_count)
+                         + rng.sample(modules["norms"], len(modules["norms"]) // 2))
+    return frozen
+
+
+def frozen_modules_seen(before: dict, after: dict, model_dir: Path) -> dict[int, list[str]]:
+    """Per layer, the block modules (projections and norms) whose weights did not change at all."""
+    from transformers import AutoModelForCausalLM
+
+    blocks = AutoModelForCausalLM.from_pretrained(model_dir).model.layers
+    seen = {}
+    for index, block in enumerate(blocks):
+        names = [m for group in block_modules(block).values() for m in group]
+        seen[index] = [m for m in names if torch.equal(before[f"model.layers.{index}.{m}.weight"], after[f"model.layers.{index}.{m}.weight"])]
+    return seen
+
+
+def assert_hft_rule(before: dict, after: dict, model_dir: Path, seed: int) -> dict:
+    """The frozen modules seen in the weights follow HFT's rule and are the seeded draw; returns the trainable map."""
+    seen = frozen_modules_seen(before, after, model_dir)
+    expected = hft_frozen_modules(model_dir, seed)
+    for index, frozen in seen.items():
+        assert sum(m.startswith("self_attn.") for m in frozen) == 2, (index, frozen)
+        assert sum(m.startswith("mlp.") for m in frozen) in (1, 2) and sum("norm" in m and "." not in m for m in frozen) == 1, (index, frozen)
+        assert sorted(frozen) == sorted(expected[index]), (index, frozen, expected[index])
+    mlp_counts = sorted(sum(m.startswith("mlp.") for m in v) for v in seen.values())
+    assert mlp_counts == sorted([2] * (len(seen) // 2) + [1] * (len(seen) - len(seen) // 2)), mlp_counts
+    prefixes = tuple(f"model.layers.{i}.{m}." for i, names in expected.items() for m in names)
+    return {name: None for name in before if not name.startswith(prefixes)}

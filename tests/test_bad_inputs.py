@@ -19,6 +19,12 @@ from _scale_helpers import install_mask_file_plugin, write_mask_set
 TRAIN = ["train", "--model", "{model}", "--data", "{data}", "-o", "{out}", "--max-steps", "1", "--seq-len", "16", "--batch-size", "2", "--quiet"]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train(*extra: str, **replace: str) -> list[str]:
     """The train argv with some flags replaced (e.g. model="{missing}") and extra flags appended."""
     argv = list(TRAIN)
@@ -34,6 +40,8 @@ CASES = [
     ("model-is-text-file", train(model="{text_file}"), ["--model"]),
     ("model-corrupt-safetensors", train(model="{corrupt_model}"), ["--model"]),
     ("model-corrupt-gguf", train(model="{bad_gguf}"), ["--model", "GGUF"]),
+    ("model-hub-id-offline-not-cached", train(model="nobody/nothing"), ["--model", "nobody/nothing", "offline"]),
+    ("model-without-tokenizer", train(model="{model_no_tokenizer}"), ["--model", "no tokenizer files"]),
     # --- train: data --------------------------------------------------------------------
     ("data-missing", train(data="{missing}"), ["--data", "does not exist"]),
     ("data-empty", train(data="{empty_file}"), ["--data", "no text"]),
@@ -44,6 +52,13 @@ CASES = [
     ("data-shorter-than-block", train(data="{text_file}", seq_len="512"), ["--data", "--seq-len"]),
     ("seq-len-above-context", train(seq_len="100000"), ["--seq-len", "100000", "context length of 1024"]),
     ("seq-len-above-small-context", train(model="{short_model}", seq_len="16"), ["--seq-len", "16", "context length of 8"]),
+    # --- train: evaluation during training -------------------------------------------------
+    ("eval-steps-without-eval-data", train("--eval-steps", "2"), ["--eval-steps", "--eval-data", "--validation-fraction"]),
+    ("eval-data-empty", train("--eval-data", "dev={empty_file}:source"), ["--eval-data dev", "empty"]),
+    ("eval-data-missing", train("--eval-data", "dev={missing}"), ["--eval-data dev", "does not exist"]),
+    ("eval-data-duplicate-name", train("--eval-data", "dev={data}", "--eval-data", "dev={data}"), ["--eval-data", "duplicate", "'dev'"]),
+    ("eval-data-chat-no-assistant", train("--eval-data", "chat={chat_no_assistant}"), ["--eval-data chat", "line 1", "assistant"]),
+    ("validation-fraction-one", train("--validation-fraction", "1"), ["--validation-fraction"]),
     # --- train: numbers -------------------------------------------------------------------
     ("lr-negative", train("--lr", "-1"), ["--lr", "greater than 0"]),
     ("lr-nan", train("--lr", "nan"), ["--lr"]),
@@ -85,6 +100,26 @@ CASES = [
     ("model-missing-flag", ["train", "--data", "{data}", "-o", "{out}"], ["--model", "required"]),
     ("print-config-unknown-key", ["train", "--print-config", "--set", "optimizer.lrr=1"], ["--set", "lrr"]),
     ("unknown-option", train("--learning-rate", "1"), ["--learning-rate"]),
+    # --- outputs that cannot be written (every command with -o), refused before any work --------
+    ("train-output-in-proc", train(o="/proc/adaptkit-run"), ["-o/--output", "/proc/adaptkit-run", "cannot write"]),
+    ("train-output-in-sys", train(o="/sys/adaptkit/run"), ["-o/--output", "cannot write"]),
+    ("calibrate-output-in-proc", ["calibrate", "-m", "{model}", "-d", "{data}", "-o", "/proc/adaptkit-calib"], ["-o/--output", "cannot write"]),
+    ("score-output-in-sys", ["score", "-m", "{model}", "--scorer", "magnitude", "-o", "/sys/adaptkit-scores"], ["-o/--output", "cannot write"]),
+    ("mask-output-in-proc", ["mask", "--scores", "{scores}", "-o", "/proc/adaptkit-mask"], ["-o/--output", "cannot write"]),
+    ("merge-output-in-proc", ["merge", "linear", "-m", "{model}", "-m", "{model_b}", "-o", "/proc/adaptkit-merge"], ["-o/--output", "cannot write"]),
+    ("iv-extract-output-in-sys", ["instruct-vector", "extract", "--base", "{model}", "--instruct", "{model_b}", "-o", "/sys/adaptkit-iv"], ["-o/--output", "cannot write"]),
+    ("evaluate-output-in-proc", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "-o", "/proc/adaptkit-eval"], ["-o/--output", "cannot write"]),
+    ("generate-output-in-sys", ["generate", "-m", "{model}", "-p", "{prompts}", "-o", "/sys/adaptkit-gens.jsonl"], ["-o/--output", "cannot write"]),
+    ("codemix-output-in-proc", ["codemix", "-i", "{generations}", "--expected-lang", "en", "-o", "/proc/adaptkit-codemix"], ["-o/--output", "cannot write"]),
+    ("quickstart-output-in-proc", ["quickstart", "-o", "/proc/adaptkit-demo"], ["-o/--output", "cannot write"]),
+    # --- devices (every command with --device) ------------------------------------------------
+    ("train-device-absent-gpu", train("--device", "cuda:99"), ["--device", "cuda:99", "not available", "available: cpu"]),
+    ("train-device-unknown", train("--device", "tpu"), ["--device", "tpu", "cuda:N"]),
+    ("score-device-absent-gpu", ["score", "-m", "{model}", "--scorer", "magnitude", "--device", "cuda:99", "-o", "{out}"], ["--device", "not available"]),
+    ("evaluate-device-absent-gpu", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cuda:99", "-o", "{out}"], ["--device", "cuda:99", "available: cpu"]),
+    ("evaluate-device-unknown", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "gpu", "-o", "{out}"], ["--device", "gpu"]),
+    ("evaluate-device-and-device-map", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cpu", "--device-map", "auto", "-o", "{out}"], ["--device", "--device-map"]),
+    ("generate-device-absent-gpu", ["generate", "-m", "{model}", "-p", "{prompts}", "--device", "cuda:99", "-o", "{out}"], ["--device", "not available"]),
     # --- plugins ------------------------------------------------------------------------------
     ("plugins-unknown-kind", ["plugins", "--kind", "metod"], ["--kind", "metod", "method"]),
     ("plugins-empty-kind", ["plugins", "--kind", ""], ["--kind"]),
@@ -127,6 +162,14 @@ CASES = [
     ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "model_stock"]),
     ("merge-config-missing", ["merge", "--config", "{missing}", "-o", "{out}"], ["--config"]),
     ("merge-config-is-directory", ["merge", "--config", "{empty_dir}", "-o", "{out}"], ["--config"]),
+    ("merge-group-set-with-method", ["merge", "--set", "lambda=0.5", "task-arithmetic", "--base", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--set", "--config", "task-arithmetic"]),
+    ("merge-group-dtype-with-method", ["merge", "--dtype", "bfloat16", "linear", "-m", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--dtype", "after the method name"]),
+    ("merge-group-output-with-method", ["merge", "-o", "{out}", "linear", "-m", "{model}", "-m", "{model_b}", "-o", "{out}"], ["-o/--output", "after the method name"]),
+    ("merge-group-seed-with-method", ["merge", "--seed", "3", "dare-linear", "--base", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--seed"]),
+    ("merge-group-shard-size-with-method", ["merge", "--shard-size", "1MB", "linear", "-m", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--shard-size"]),
+    ("merge-group-config-with-method", ["merge", "--config", "{merge_yaml_bad_method}", "linear", "-m", "{model}", "-o", "{out}"], ["--config", "not both"]),
+    ("merge-set-after-method", ["merge", "task-arithmetic", "--set", "lambda=0.5", "--base", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--set"]),
+    ("evaluate-max-new-tokens-without-generate", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--max-new-tokens", "8", "-o", "{out}"], ["--max-new-tokens", "--generate"]),
     # --- instruct-vector ------------------------------------------------------------------------
     ("iv-extract-different-hidden-size", ["instruct-vector", "extract", "--base", "{model}", "--instruct", "{narrow_model}", "-o", "{out}"], ["shape"]),
     ("iv-extract-base-missing", ["instruct-vector", "extract", "--base", "{missing}", "--instruct", "{model}", "-o", "{out}"], ["--base"]),
@@ -152,6 +195,11 @@ CASES = [
     ("generate-prompts-no-field", ["generate", "-m", "{model}", "-p", "{jsonl_no_text}", "-o", "{out}"], ["--prompts", "prompt"]),
     ("generate-decoding-unknown", ["generate", "-m", "{model}", "-p", "{prompts}", "--decoding", "sample", "-o", "{out}"], ["--decoding", "sample"]),
     ("generate-max-new-tokens-zero", ["generate", "-m", "{model}", "-p", "{prompts}", "--max-new-tokens", "0", "-o", "{out}"], ["--max-new-tokens"]),
+    ("generate-model-without-tokenizer", ["generate", "-m", "{model_no_tokenizer}", "-p", "{prompts}", "-o", "{out}"], ["--model", "no tokenizer files"]),
+    ("generate-hub-id-offline-not-cached", ["generate", "-m", "nobody/nothing", "-p", "{prompts}", "-o", "{out}"], ["--model", "offline"]),
+    ("evaluate-model-without-tokenizer", ["evaluate", "-m", "{model_no_tokenizer}", "--task", "ppl:{data}", "-o", "{out}"], ["--model", "no tokenizer files"]),
+    ("calibrate-hub-id-offline-not-cached", ["calibrate", "-m", "nobody/nothing", "-d", "{data}", "-o", "{out}"], ["--model", "offline"]),
+    ("score-model-without-tokenizer", ["score", "-m", "{model_no_tokenizer}", "--scorer", "magnitude", "-o", "{out}"], ["--model", "no tokenizer files"]),
     # --- codemix --------------------------------------------------------------------------------
     ("codemix-threshold-two", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--threshold", "2", "-o", "{out}"], ["--threshold", "between 0 and 1"]),
     ("codemix-lid-unknown", ["codemix", "-i", "{generations}", "--expected-lang", "en", "--lid", "langid", "-o", "{out}"], ["--lid", "langid", "did you mean"]),
@@ -167,8 +215,16 @@ CASES = [
     ("quickstart-model-missing", ["quickstart", "-o", "{out}", "-m", "{missing}"], ["--model"]),
 ]
 
+if not _cuda_available():  # the issue's case: a machine without a GPU asked for one
+    CASES += [
+        ("train-device-cuda-without-gpu", train("--device", "cuda"), ["--device", "'cuda' is not available", "available: cpu"]),
+        ("evaluate-device-cuda-without-gpu", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--device", "cuda", "-o", "{out}"], ["--device", "available: cpu"]),
+    ]
+
 if os.geteuid() != 0:  # root reads everything: the permission case runs only as a normal user
     CASES.append(("data-unreadable", train(data="{unreadable}"), ["--data", "permission denied"]))
+    CASES.append(("train-output-read-only-parent", train(o="{read_only_dir}/run"), ["-o/--output", "not writable"]))
+    CASES.append(("evaluate-output-read-only-parent", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "-o", "{read_only_dir}/eval/x"], ["-o/--output", "not writable"]))
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +250,8 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["bad_jsonl"].write_text('{"text": "fine"}\n{"text": broken\n')
     files["jsonl_no_text"] = root / "notext.jsonl"
     files["jsonl_no_text"].write_text('{"body": "no text field"}\n')
+    files["chat_no_assistant"] = root / "chat_no_assistant.jsonl"
+    files["chat_no_assistant"].write_text('{"messages": [{"role": "user", "content": "hello"}]}\n')
     for name, text in {
         "bad_yaml": "batch_size: [1, 2\n",
         "yaml_list": "- a\n- b\n",
@@ -210,6 +268,9 @@ def bad_files(tmp_path_factory, make_model_dir, corpora) -> dict[str, Path]:
     files["unreadable"] = root / "secret.txt"
     files["unreadable"].write_text("hidden\n")
     files["unreadable"].chmod(0)
+    files["read_only_dir"] = root / "read-only"
+    files["read_only_dir"].mkdir()
+    files["read_only_dir"].chmod(0o555)
     _add_pipeline_files(root, files, make_model_dir, corpora)
     return files
 
@@ -245,6 +306,10 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     files["mt_file"] = root / "mt.jsonl"
     files["mt_file"].write_text('{"src": "All human beings are born free.", "tgt": "Dukkan mutane an haife su a yantacce.", "src_lang": "en", "tgt_lang": "ha"}\n')
     files["model_missing_tensor"] = _model_without(model, "model.layers.1.mlp.up_proj.weight", root / "model-missing-tensor")
+    files["model_no_tokenizer"] = root / "model-no-tokenizer"
+    files["model_no_tokenizer"].mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (files["model_no_tokenizer"] / name).write_bytes((model / name).read_bytes())
     files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
     files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
 
@@ -292,6 +357,3 @@ def test_bad_input(case_id, argv, fragments, bad_files, mask_file_method, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert result.stdout == ""
 
-
-def test_matrix_is_large_enough():
-    assert len(CASES) >= 90

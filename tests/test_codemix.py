@@ -59,6 +59,7 @@ def test_py3langid_confidence_is_normalized_over_candidates():
     assert sum(ranking.values()) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_codemix_cli_report(invoke, tmp_path):
     rows = [{"id": 0, "model": "fft", "response": MIXED}, {"id": 1, "model": "fft", "response": ENGLISH[1]},
             {"id": 2, "model": "ssu", "response": ENGLISH[0]}, {"id": 3, "model": "ssu", "response": ENGLISH[1]},

@@ -23,6 +23,7 @@ def _trials_module():
     return module
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, llama_dir, corpora):
     trials = _trials_module()
     [result] = trials.run_trials(1, seed=3, workdir=tmp_path, steps=10, window_s=1.0, setup=(llama_dir, corpora["ha"]))

@@ -35,7 +35,9 @@ def test_second_run_reads_the_cache(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("ADAPTKIT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "a.txt").write_text("Everyone has the right to life.\n" * 5)
     first = corpus.token_stream(tmp_path / "a.txt", tokenizer)
-    monkeypatch.setattr(corpus, "tokenize_documents", lambda *a, **k: pytest.fail("tokenized twice"))
+    from adaptkit.data import store
+
+    monkeypatch.setattr(store, "encode", lambda *a, **k: pytest.fail("tokenized twice"))
     assert torch.equal(first, corpus.token_stream(tmp_path / "a.txt", tokenizer))
     (tmp_path / "a.txt").write_text("changed text\n")
     with pytest.raises(pytest.fail.Exception):

@@ -85,6 +85,7 @@ def _interrupt(run, into):
     return into
 
 
+@pytest.mark.slow
 def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, invoke, plugin_here):
     root = setup["root"]
     result = launch("torchrun", 2, [*setup["args"], "-o", root / "ddp"], setup["env"])
@@ -111,6 +112,7 @@ def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, 
     _check_against(reference, _weights(alone), setup)
 
 
+@pytest.mark.slow
 def test_fsdp_matches_one_process_and_resumes(setup, reference, invoke, plugin_here):
     root = setup["root"]
     result = launch("torchrun", 2, [*setup["args"], "--distributed", "fsdp", "-o", root / "fsdp"], setup["env"])

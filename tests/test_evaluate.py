@@ -60,6 +60,25 @@ def test_perplexity_matches_a_plain_loop(tiny, corpora, block_size, stride, pref
     assert result.bits_per_byte == pytest.approx(nll / (math.log(2) * scored_bytes), rel=1e-6)
 
 
+def choice_accuracy(model, tokenizer, rows) -> float:
+    """Independent reference for lm-eval's multiple-choice `acc`: the choice (after the default ' ' target
+    delimiter) with the highest summed log-probability given the question, against the label."""
+    import torch
+
+    correct = 0
+    for row in rows:
+        context = tokenizer(row["question"])["input_ids"]
+        totals = []
+        for choice in row["choices"]:
+            whole = tokenizer(row["question"] + " " + choice)["input_ids"]
+            assert whole[: len(context)] == context  # the continuation's tokens follow the context's
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), -1)
+            totals.append(sum(logprobs[i - 1, whole[i]].item() for i in range(len(context), len(whole))))
+        correct += max(range(len(totals)), key=totals.__getitem__) == row["label"]
+    return correct / len(rows)
+
+
 def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
     """A local lm-eval task runs offline through the backend; ppl equals lm-eval's loglikelihood_rolling."""
     from adaptkit.evals.perplexity import perplexity
@@ -69,7 +88,10 @@ def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
     data = tmp_path / "choice.jsonl"
     rows = [{"question": "Kowa yana da", "choices": [" hakki", " zzzz"], "label": 0},
             {"question": "Everyone has the", "choices": [" qqq", " right"], "label": 1},
-            {"question": "All human beings are born", "choices": [" free", " xx"], "label": 0}]
+            {"question": "All human beings are born", "choices": [" free", " xx"], "label": 0},
+            {"question": "Kowa yana da", "choices": [" zzzz", " hakki", " 'yanci"], "label": 2},
+            {"question": "No one shall be held in", "choices": [" slavery", " life"], "label": 1},
+            {"question": "Everyone has the right to", "choices": [" life", " qqq"], "label": 1}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
@@ -83,7 +105,8 @@ def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
     run = run_evaluation([ModelRef("tiny", model=model, tokenizer=tokenizer)], prepared)
     assert run.task("tiny_choice").primary == "acc" and run.task("tiny_choice").higher_is_better
     scores = run.results["tiny"]["tiny_choice"]
-    assert 0.0 <= scores["acc"] <= 1.0 and scores["items"] == 3.0
+    assert scores["items"] == len(rows)
+    assert scores["acc"] == pytest.approx(choice_accuracy(model, tokenizer, rows), abs=1e-12)
 
     # lm-eval's rolling log-likelihood (EOT prefix, disjoint windows) on the same model and text
     from lm_eval.api.instance import Instance
@@ -151,14 +174,35 @@ def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir
     assert json.loads(result.stdout)["summary"]["other"].keys() == {"source_gain_bpb", "target_gain_bpb"}
 
 
-def test_generate_writes_records_for_codemix(invoke, make_model_dir, tmp_path):
+def greedy_decode(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Independent reference: one prompt at a time, no padding, argmax of a full forward pass per token."""
+    import torch
+
+    ids = tokenizer(prompt)["input_ids"]
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generate_writes_greedy_responses_for_codemix(invoke, make_model_dir, tiny, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"prompt": "Kowa yana da"}\n')
+    texts = ["Everyone has the right", "Kowa yana da", "All human beings are born free and equal in dignity"]
+    prompts.write_text('{"id": "a", "prompt": "%s"}\n{"prompt": "%s"}\n{"prompt": "%s"}\n' % tuple(texts))
     out = tmp_path / "gens.jsonl"
-    result = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--max-new-tokens", "5", "-o", out)
+    result = invoke("generate", "--model", f"tiny={make_model_dir('llama', seed=0)}", "--prompts", prompts, "--max-new-tokens", "8",
+                    "--batch-size", "2", "-o", out)  # batches of two prompts of different lengths: left padding
     assert result.returncode == 0, result
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["a", 1] and all(isinstance(r["response"], str) and r["model"] for r in rows)
+    assert [r["id"] for r in rows] == ["a", 1, 2] and [r["prompt"] for r in rows] == texts and {r["model"] for r in rows} == {"tiny"}
+    model, tokenizer = tiny
+    expected = [greedy_decode(model, tokenizer, text, 8) for text in texts]
+    assert [r["response"] for r in rows] == expected
+    assert any(expected), "the reference decodes are all empty: the comparison would be vacuous"
 
 
 def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str], list[str]]:
@@ -192,7 +236,8 @@ def _mt_file(tmp_path: Path, lang: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["backend", "syntax", "empty", "field", "lang", "lm-eval-task", "lighteval", "param", "role", "baseline", "model"])
+@pytest.mark.parametrize("case", ["backend", "syntax", "empty", "field", "lang", pytest.param("lm-eval-task", marks=pytest.mark.slow),  # lm-eval's task index
+                                  "lighteval", "param", "role", "baseline", "model"])
 def test_evaluate_bad_input(invoke, make_model_dir, corpora, tmp_path, case):
     if case == "lighteval":
         try:
@@ -233,3 +278,39 @@ def test_mt_and_sum_tasks_build_their_prompts_from_the_records(tmp_path):
     instruction, anchor = SUM_TEMPLATES["ha"]
     assert task.name == "sum" and task.info["languages"] == ["ha"]
     assert task.payload == [{"id": 0, "lang": "ha", "prompt": f"{instruction} long text {anchor}", "reference": "short"}]
+
+
+def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, make_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"id": "b", "prompt": "Kowa yana da"}\n')
+    first, second = make_model_dir("llama", seed=0), make_model_dir("llama", seed=1)
+    alone = {}
+    for name, directory in (("x", first), ("y", second)):
+        out = tmp_path / f"{name}.jsonl"
+        assert invoke("generate", "-m", f"{name}={directory}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "-q").returncode == 0
+        alone[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    out = tmp_path / "both.jsonl"
+    result = invoke("generate", "-m", f"x={first}", "-m", f"y={second}", "-p", prompts, "--max-new-tokens", "5", "-o", out, "--json")
+    assert result.returncode == 0, result
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == alone["x"] + alone["y"]
+    assert [r["model"] for r in rows] == ["x", "x", "y", "y"] and json.loads(result.stdout)["models"] == ["x", "y"]
+    assert [r["response"] for r in alone["x"]] != [r["response"] for r in alone["y"]]  # two models, two sets of responses
+
+
+def test_models_are_named_after_their_run_directories(invoke, make_model_dir, corpora, tmp_path):
+    import shutil
+
+    from adaptkit.evals.runner import default_names
+
+    base = tmp_path / "base"
+    shutil.copytree(make_model_dir("llama", seed=0), base)
+    for run in ("fft", "ssu"):
+        shutil.copytree(make_model_dir("llama", seed=1), tmp_path / "runs" / run / "final")
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "-m", base, "-m", tmp_path / "runs/fft/final", "-m", tmp_path / "runs/ssu/final/",
+                    "--task", f"ppl:hau={corpora['ha-test']}", "--set", "ppl.block_size=32", "--no-plots", "-o", out, "--json")
+    assert result.returncode == 0, result
+    assert list(json.loads(result.stdout)["results"]) == ["base", "fft", "ssu"]
+    assert default_names(["a/fft/final", "b/fft/final", "runs/fft/checkpoint-20", "org/model"]) == ["a/fft", "b/fft", "fft/checkpoint-20", "model"]
+    assert default_names(["x/m", "y/m", "z/m"]) == ["x/m", "y/m", "z/m"]  # every clashing name grows, not only the first

@@ -40,7 +40,7 @@ def _assert_same_scores(whole, layered) -> None:
     for name, by_granularity in whole.scores.items():
         for granularity, expected in by_granularity.items():
             got = layered.scores[name][granularity]
-            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (name, granularity, (got - expected).abs().max())
+            assert torch.equal(got, expected), (name, granularity, (got - expected).abs().max())  # bit-identical, as the README says
     for key in ("model_fingerprint", "shapes", "calibration_hash", "model_parameters"):
         assert whole.metadata[key] == layered.metadata[key], key
     assert layered.metadata["layer_by_layer"] == "true"
@@ -131,7 +131,7 @@ def test_layer_arguments_come_from_the_decoder_per_layer(tmp_path, tokenizer):
     layered = _logits(_open(tmp_path / "mixed"), inputs)
     full_only = _logits(demo.tiny_model("qwen2", len(tokenizer), layers=3).eval(), inputs)  # same weights (same seed), no sliding window
     for a, b, c in zip(whole, layered, full_only):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.equal(a, b), (a - b).abs().max()
         assert not torch.allclose(a, c, atol=1e-3)  # the sliding-window mask really matters here
 
 
@@ -148,7 +148,7 @@ def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tm
     monkeypatch.setattr(streamed_model, "HIDDEN_CACHE_BYTES", 4 * 32 * 64 * 4 * 2)  # two batches of hidden states per pass
     got = perplexity(_open(sharded), tokenizer, texts, block_size=32, stride=8, batch_size=4)
     assert got.tokens == expected.tokens and got.bytes == expected.bytes
-    assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-6)
+    assert got.nll_sum == expected.nll_sum
 
 
 def test_score_and_evaluate_commands_layer_by_layer(make_model_dir, calib_dir, corpora, tmp_path, invoke):
@@ -164,7 +164,7 @@ def test_score_and_evaluate_commands_layer_by_layer(make_model_dir, calib_dir, c
                         "--set", "ppl.block_size=32", "--no-plots", "-o", tmp_path / f"eval{len(flag)}", "--quiet", *flag)
         assert result.returncode == 0, result.stderr
     ppl = [json.loads((tmp_path / f"eval{i}" / "results.json").read_text())["results"]["m"]["ha"]["ppl"] for i in (0, 1)]
-    assert ppl[1] == pytest.approx(ppl[0], rel=1e-6)
+    assert ppl[1] == ppl[0]
 
 
 def _choice_task(directory, data, output_type: str = "multiple_choice") -> None:
@@ -212,12 +212,13 @@ def test_lm_eval_log_likelihoods_equal_hflm(make_model_dir):
     ours.max_length = 64  # the long context is truncated from the left, as in HFLM
     expected, got = reference.loglikelihood(requests, disable_tqdm=True), ours.loglikelihood(requests)
     assert [g for _, g in got] == [g for _, g in expected] and got[0][1]  # the greedy continuation is recognized
-    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], rel=1e-5)
+    assert [lp for lp, _ in got] == [lp for lp, _ in expected]
     texts = [("Everyone has the right to life, liberty and security of person. " * 6), "Kowa yana da hakki."]
     rolling = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
-    assert ours.loglikelihood_rolling(rolling) == pytest.approx(reference.loglikelihood_rolling(rolling, disable_tqdm=True), rel=1e-5)
+    assert ours.loglikelihood_rolling(rolling) == reference.loglikelihood_rolling(rolling, disable_tqdm=True)
 
 
+@pytest.mark.slow
 def test_evaluate_lm_eval_layer_by_layer(make_model_dir, tmp_path, invoke):
     directory = make_model_dir("llama", layers=LAYERS)
     _choice_task(tmp_path / "tasks", tmp_path / "choice.jsonl")
@@ -245,6 +246,7 @@ def test_prefetching_the_next_layer_changes_nothing(make_model_dir, calibration)
             assert torch.equal(tensor, results[1].scores[name][granularity])
 
 
+@pytest.mark.slow
 def test_device_map_with_offload_gives_the_same_results(make_model_dir, corpora, tmp_path, invoke):
     """--device-map auto with a tiny --max-memory puts the layers on disk (accelerate offload): same ppl, lm-eval and generations."""
     directory = make_model_dir("llama", layers=LAYERS)
@@ -262,7 +264,7 @@ def test_device_map_with_offload_gives_the_same_results(make_model_dir, corpora,
     plain, placed_results = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("plain", "placed"))
     assert placed_results["config"]["device_map"] == "auto" and placed_results["config"]["max_memory"] == {"cpu": "100KB"}
     assert "disk" in placed_results["config"]["placed_on"]["m"]  # really offloaded
-    assert placed_results["results"]["m"]["ha"]["ppl"] == pytest.approx(plain["results"]["m"]["ha"]["ppl"], rel=1e-6)
+    assert placed_results["results"]["m"]["ha"]["ppl"] == plain["results"]["m"]["ha"]["ppl"]
     assert placed_results["results"]["m"]["tiny_task"] == plain["results"]["m"]["tiny_task"]
     for a, b in [(tmp_path / "plain" / "generations.jsonl", tmp_path / "placed" / "generations.jsonl"), (tmp_path / "plain.jsonl", tmp_path / "placed.jsonl")]:
         responses = [[json.loads(line)["response"] for line in f.read_text().splitlines()] for f in (a, b)]

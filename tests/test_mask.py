@@ -62,7 +62,7 @@ def test_mask_command_table_and_files(tmp_path, scores_dir, llama_dir, invoke):
     result = invoke("mask", "--scores", scores_dir, "--freeze-ratio", "0.25", "-o", out, "--model", llama_dir)
     assert result.returncode == 0, result
     for module in ("q_proj", "down_proj", "input_layernorm", "norm", "total"):
-        assert module in result.stderr
+        assert module in result.stdout  # a result: on stdout
     masks = load_mask_set(out)
     assert masks.metadata["freeze_ratio"] == "0.25" and masks.metadata["mask_granularity"] == "column"
     column = masks.masks["model.layers.1.mlp.down_proj.weight"]

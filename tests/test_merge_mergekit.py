@@ -1,7 +1,10 @@
-"""Parity with mergekit (the optional extra) on tiny models: the same YAML, outputs within 1e-6.
+"""Parity with mergekit (the optional extra) on tiny models: the same YAML, the same weights.
 
-linear, task_arithmetic and ties are the required parity; conditional / gradient
-parameters and SLERP written as one slice of whole models are checked too.
+linear, task_arithmetic and ties are the required parity, promised to 1e-8 in the README: with
+`dtype: float32` both sides compute the textbook formulas; linear and ties are equal bit for bit,
+task_arithmetic (another order of the same float32 operations) within 1e-8. Conditional / gradient
+parameters and SLERP written as one slice of whole models are checked to 2e-8. Where CI is set (CI=true, as in CI, which installs the extra) a missing
+mergekit fails the tests instead of skipping them.
 
 mergekit runs once per config, in-process, in a module-scoped fixture (its import costs
 seconds); adaptkit reads the very same YAML files with `merge --config`.
@@ -9,9 +12,13 @@ seconds); adaptkit reads the very same YAML files with `merge --config`.
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import pytest
 import yaml
 
+import torch
 from _merge_helpers import close, weights
 
 
@@ -65,8 +72,13 @@ def configs(base, a, b, olmo_base, olmo_a, olmo_b) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def mergekit_outputs(make_model_dir, tmp_path_factory):
-    mergekit_config = pytest.importorskip("mergekit.config")
-    mergekit_merge = pytest.importorskip("mergekit.merge")
+    try:
+        mergekit_config = importlib.import_module("mergekit.config")
+        mergekit_merge = importlib.import_module("mergekit.merge")
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"mergekit parity is required in CI but mergekit does not import: {exc}")
+        pytest.skip(f"mergekit is not installed ({exc}); pip install 'adaptkit[mergekit]'")
     root = tmp_path_factory.mktemp("mergekit")
     models = [make_model_dir("llama", s) for s in range(3)] + [make_model_dir("olmo2", s) for s in range(3)]
     outputs = {}
@@ -82,12 +94,26 @@ def mergekit_outputs(make_model_dir, tmp_path_factory):
     return outputs
 
 
+EXACT = ("linear", "ties")  # equal bit for bit
+# gradient parameters and SLERP: mergekit's interpolation does its float32 operations in another order
+# (measured: 1.5e-8 at most, one or two float32 ulps of the largest weights)
+OTHER_ATOL = 2e-8
+
+
 @pytest.mark.parametrize("name", ["linear", "task_arithmetic", "ties", "gradients", "slerp"])
 def test_same_yaml_same_weights(invoke, mergekit_outputs, tmp_path, name):
     config, reference = mergekit_outputs[name]
     result = invoke("merge", "--config", config, "-o", tmp_path / "out", "-q")
     assert result.returncode == 0, result
-    close(weights(tmp_path / "out"), weights(reference), atol=1e-6)
+    ours, theirs = weights(tmp_path / "out"), weights(reference)
+    if name in EXACT:
+        assert ours.keys() == theirs.keys()
+        for tensor in theirs:
+            assert ours[tensor].dtype == theirs[tensor].dtype and torch.equal(ours[tensor], theirs[tensor]), (tensor, (ours[tensor] - theirs[tensor]).abs().max())
+    elif name == "task_arithmetic":  # a different order of float32 operations: within the promised 1e-8
+        close(ours, theirs, atol=1e-8)
+    else:
+        close(ours, theirs, atol=OTHER_ATOL)
     assert "## Config" in (tmp_path / "out" / "merge_card.md").read_text()
 
 
@@ -96,4 +122,5 @@ def test_cli_flags_match_mergekit_ties(invoke, mergekit_outputs, make_model_dir,
     result = invoke("merge", "ties", "--base", base, "-m", a, "-m", b, "--weight", "0.5", "--weight", "1.2",
                     "--density", "0.3", "--density", "0.6", "-o", tmp_path / "ties", "-q")
     assert result.returncode == 0, result
-    close(weights(tmp_path / "ties"), weights(mergekit_outputs["ties"][1]), atol=1e-6)
+    ours, theirs = weights(tmp_path / "ties"), weights(mergekit_outputs["ties"][1])
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in theirs)

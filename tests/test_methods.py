@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, assert_trains_exactly, weights
+from _methods_helpers import TRAIN, assert_hft_rule, assert_trains_exactly, weights
 from safetensors.torch import load_file
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -27,6 +27,17 @@ def _embeddings(name: str) -> bool:
     return name in ("model.embed_tokens.weight", "lm_head.weight")
 
 
+def _special_rows(model_dir) -> torch.Tensor:
+    """Row mask (True = trains) of the embeddings / LM head without the test tokenizer's four special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>", "<pad>")]
+    rows = torch.ones(len(tokenizer), dtype=torch.bool)
+    rows[ids] = False
+    return rows.reshape(-1, 1)
+
+
 def _changed_columns(before, after, name):
     return (before[name] != after[name]).any(dim=0)
 
@@ -36,26 +47,18 @@ def _all(before, run, model_dir):
     return {name: None for name in before}
 
 
-def _hft(before, run, model_dir):
-    from transformers import AutoModelForCausalLM
-
-    from adaptkit.plugins.methods.hft import hft_selection
-
-    selection = hft_selection(AutoModelForCausalLM.from_pretrained(model_dir), seed=42)
-    for index, frozen in selection.items():  # the rule itself, checked on the selection that was used
-        attention = [m for m in frozen if m.startswith("self_attn.")]
-        mlp = [m for m in frozen if m.startswith("mlp.")]
-        norms = [m for m in frozen if "norm" in m and "." not in m]
-        assert len(attention) == 2 and len(mlp) in (1, 2) and len(norms) == 1, (index, frozen)
-    assert sorted(len([m for m in v if m.startswith("mlp.")]) for v in selection.values()) == [1, 1, 2]
-    prefixes = tuple(f"model.layers.{i}.{m}." for i, names in selection.items() for m in names)
-    return {name: None for name in before if not name.startswith(prefixes)}
+def _hft(before, run, model_dir):  # the rule, checked on the frozen modules seen in the weights (seed 42: the run's default)
+    trainable = assert_hft_rule(before, weights(run / "final"), model_dir, seed=42)
+    rows = _special_rows(model_dir)  # hft freezes the special-token rows by default, as the SSU repository
+    return {name: rows if _embeddings(name) else mask for name, mask in trainable.items()}
 
 
 def _lota(before, run, model_dir):
     masks = load_file(str(run / "lota" / "masks.safetensors"))
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    assert all(bool(masks[name].all()) for name in before if _embeddings(name))  # trained in full, outside the ranking
+    ranked = [m for name, m in masks.items() if not _embeddings(name)]
+    total = sum(m.numel() for m in ranked)
+    kept = sum(int(m.sum()) for m in ranked)
     assert kept == int(0.1 * total) or abs(kept - 0.1 * total) <= 2, (kept, total)
     return {name: mask.bool() for name, mask in masks.items() if mask.any()}
 
@@ -68,6 +71,7 @@ def _s2ft(variant):
         columns = [_changed_columns(before, after, n) for n in down]
         assert sum(int(c.sum()) for c in columns) == int(0.05 * LAYERS * columns[0].numel())
         trainable.update({n: c.reshape(1, -1) for n, c in zip(down, columns)})
+        trainable.update({n: None for n in before if _embeddings(n)})  # trained in full, as the SSU repository
         if variant == "down+output":
             output = [n for n in before if n.endswith("self_attn.o_proj.weight")]
             heads = []
@@ -92,7 +96,8 @@ def _adalora(before, run, model_dir):
     pattern = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
     ranks = {key.split(".lora_E")[0]: sum(keep) for key, keep in pattern.items()}
     assert len(ranks) == 7 * LAYERS and sum(ranks.values()) == 2 * len(ranks) and min(ranks.values()) < 4
-    return {f"{module}.weight": None for module, rank in ranks.items() if rank > 0}
+    ends = {name: None for name in before if _embeddings(name)}  # modules_to_save, as the SSU repository
+    return {**ends, **{f"{module}.weight": None for module, rank in ranks.items() if rank > 0}}
 
 
 def _layra(before, run, model_dir):  # first=1, last=1: layers 0 and 2
@@ -123,6 +128,7 @@ METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 @pytest.mark.parametrize("label", list(METHODS))
 def test_method_trains_exactly_what_it_claims(tmp_path, make_model_dir, corpora, invoke, label, arch):
@@ -143,8 +149,9 @@ def test_plugins_lists_every_method_with_parameters(invoke):
     listed = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg"):
         assert name in listed and listed[name]["reference"], name
-    assert "mask_ratio=0.5" in listed["gmt"]["parameters"]
-    assert "sparsity=0.9" in listed["lota"]["parameters"] and "calibration_steps=100" in listed["lota"]["parameters"]
-    assert "first=10" in listed["layra"]["parameters"] and "last=2" in listed["layra"]["parameters"]
-    assert "layers=required" in listed["layer-freeze"]["parameters"]
+    defaults = {name: {p["name"]: (None if p["required"] else p["default"]) for p in entry["parameters"]} for name, entry in listed.items()}
+    assert defaults["gmt"]["mask_ratio"] == 0.5
+    assert defaults["lota"]["sparsity"] == 0.9 and defaults["lota"]["calibration_steps"] == 100
+    assert defaults["layra"]["first"] == 10 and defaults["layra"]["last"] == 2
+    assert next(p for p in listed["layer-freeze"]["parameters"] if p["name"] == "layers")["required"] is True
     assert listed["lora"]["extras"] == ["peft"]

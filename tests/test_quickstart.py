@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 
+@pytest.mark.slow
 def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
     out = tmp_path / "demo"
     result = invoke("quickstart", "-o", out, "--methods", "fft,ssu-wanda", "--source-steps", "30", "--steps", "6",
@@ -19,6 +22,17 @@ def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
     assert models["ssu-wanda"]["trainable_fraction"] < models["fft"]["trainable_fraction"] == 1.0
     for name in ("results.json", "results.md", "tasks.png", "forgetting_learning.png"):
         assert (out / "eval" / name).is_file()
+    # the curves of each method: held-out source and target sets evaluated while it trained
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("fft", "ssu-wanda"):
+        assert (out / "runs" / name / "curves.png").is_file()
+        rows = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        evals = [(r["step"], r["eval"], r["role"]) for r in rows if "eval" in r]
+        assert evals == [(s, lang, role) for s in range(0, 7) for lang, role in (("en", "source"), ("ha", "target"))]
+        last = {r["eval"]: r["ppl"] for r in rows if "eval" in r and r["step"] == 6}
+        # the last point of each curve is the perplexity the report gives for the trained model
+        assert last["en"] == pytest.approx(models[name]["en (source)"]["ppl"], rel=1e-9)
+        assert last["ha"] == pytest.approx(models[name]["ha (target)"]["ppl"], rel=1e-9)
     # every recorded path is relative to the demo directory, so the demo can be moved or resumed
     assert "model: runs/source/final" in (out / "runs" / "fft" / "config.yaml").read_text()
     assert not list(tmp_path.glob(".demo*"))

@@ -1,28 +1,109 @@
-"""`adaptkit quickstart --methods ...` runs the baselines side by side, with method parameters from --set."""
+"""`adaptkit quickstart --methods ...` runs the baselines side by side, with method parameters from --set.
+
+Each method's effect is checked on the saved models against the quickstart's source model: frozen
+entries bit-identical, trainable entries changed (derived independently of the method's code where the
+definition allows it), and the reported trainable fraction equal to the count of those entries (for
+PEFT adapters: the adapter's parameters over the base's plus the adapter's).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
-import _methods_helpers  # noqa: F401  (one intra-op thread)
+import pytest
+import torch
+from _methods_helpers import LINEAR, assert_hft_rule, assert_trains_exactly, weights
 from conftest import assert_input_error
+from safetensors.torch import load_file
 
 FAST = ["--source-steps", "2", "--steps", "2", "--seq-len", "32", "--batch-size", "4"]
+METHODS = ("hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg")
+ADAPTERS = ("lora", "adalora", "layra")
 
 
+def _layer(name: str):
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else None
+
+
+def _linear(name: str) -> bool:
+    return any(f".{p}." in name for p in LINEAR)
+
+
+def _embeddings(name: str) -> bool:
+    return name in ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def _s2ft(before, after):
+    """S2FT (default ratio 0.015, 'down'): whole down_proj input channels, floor(ratio * layers * channels) of them."""
+    down = [n for n in before if n.endswith("mlp.down_proj.weight")]
+    columns = {n: (before[n] != after[n]).any(dim=0) for n in down}
+    assert sum(int(c.sum()) for c in columns.values()) == math.floor(0.015 * len(down) * before[down[0]].shape[1])
+    return {n: c.reshape(1, -1) for n, c in columns.items()}
+
+
+def _lota(run, total):
+    masks = load_file(str(run / "lota" / "masks.safetensors"))
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert abs(kept - 0.1 * total) <= 2, (kept, total)  # sparsity 0.9 over all entries
+    return {name: mask.bool() for name, mask in masks.items() if mask.any()}
+
+
+def _adalora(run, before):
+    pattern = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text()).get("rank_pattern")
+    if not pattern:
+        return {n: None for n in before if _linear(n)}
+    return {f"{key.split('.lora_E')[0].removeprefix('base_model.model.')}.weight": None for key, keep in pattern.items() if sum(keep)}
+
+
+def _expected(name, before, after, run, source):
+    layers = 1 + max(i for i in map(_layer, before) if i is not None)
+    total = sum(t.numel() for t in before.values())
+    return {
+        "hft": lambda: assert_hft_rule(before, after, source, seed=0),  # quickstart's --seed default
+        "gmt": lambda: {n: None for n in before},
+        "lota": lambda: _lota(run, total),
+        "s2ft": lambda: _s2ft(before, after),
+        "lora": lambda: {n: None for n in before if _linear(n)},
+        "adalora": lambda: _adalora(run, before),
+        "layra": lambda: {n: None for n in before if _embeddings(n) or _linear(n)},  # first=10, last=2: every layer here
+        "layer-selective": lambda: {n: None for n in before if _embeddings(n) or _layer(n) in (0, layers - 1)},
+        "layer-freeze": lambda: {n: None for n in before if _layer(n) not in (0, 1)},  # --set layer-freeze.layers=0-1
+        "soft-reg": lambda: {n: None for n in before},
+    }[name]()
+
+
+@pytest.mark.slow
 def test_quickstart_runs_baselines_side_by_side(tmp_path, invoke):
     out = tmp_path / "demo"
-    methods = "hft,gmt,lota,s2ft,lora,adalora,layra,layer-selective,layer-freeze,soft-reg"
-    result = invoke("quickstart", "-o", out, "--methods", methods, "--set", "lota.calibration_steps=2", "--set", "layer-freeze.layers=0-1",
+    result = invoke("quickstart", "-o", out, "--methods", ",".join(METHODS), "--set", "lota.calibration_steps=2", "--set", "layer-freeze.layers=0-1",
                     "--set", "adalora.tinit=0", "--set", "adalora.tfinal=0", "--set", "lora.r=2", *FAST, "--json")
     assert result.returncode == 0, result
     models = json.loads(result.stdout)["models"]
-    assert set(models) == {"source", *methods.split(",")}
-    for name in methods.split(","):
+    assert set(models) == {"source", *METHODS}
+    source = out / "runs" / "source" / "final"
+    before = weights(source)
+    total = sum(t.numel() for t in before.values())
+    for name in METHODS:
         assert "source_gain_bpb" in models[name] and "target_gain_bpb" in models[name]
-        assert 0 < models[name]["trainable_fraction"] <= 1
-    assert (out / "runs" / "lora" / "final" / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((out / "runs" / "lora" / "final" / "adapter" / "adapter_config.json").read_text())["r"] == 2
+        run = out / "runs" / name
+        after = weights(run / "final")
+        trainable = _expected(name, before, after, run, source)
+        assert_trains_exactly(before, after, trainable)
+        fraction = models[name]["trainable_fraction"]
+        if name in ADAPTERS:  # the PEFT model's trainable parameters: the adapter (and its full copies of embeddings / head)
+            saved = load_file(str(run / "final" / "adapter" / "adapter_model.safetensors"))
+            adapter = sum(t.numel() for t in saved.values())
+            ranknum = sum(k.endswith("lora_E") for k in saved)  # AdaLoRA: one frozen rank-count scalar per adapted module, not saved
+            assert fraction == pytest.approx(adapter / (total + adapter + ranknum), rel=1e-12), name
+        else:
+            entries = sum(before[n].numel() if m is None else int(m.expand(before[n].shape).sum()) for n, m in trainable.items())
+            assert round(fraction * total) == entries, (name, fraction * total, entries)
+    config = json.loads((out / "runs" / "lora" / "final" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 2
+    lora = load_file(str(out / "runs" / "lora" / "final" / "adapter" / "adapter_model.safetensors"))
+    assert {t.shape[0] for k, t in lora.items() if "lora_A" in k} == {2}
 
 
 def test_quickstart_method_parameters_are_checked_before_anything_is_written(tmp_path, invoke):

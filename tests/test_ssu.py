@@ -64,6 +64,7 @@ def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, m
 METHODS = ["ssu-wanda", "ssu-mag", "ssu-rand", "ssu-sparsegpt", "ssu-fisher"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["column", "row", "element"])
 @pytest.mark.parametrize("method", METHODS)
 def test_frozen_entries_stay_bit_identical(tmp_path, make_model_dir, calib_dir, corpora, invoke, method, granularity):

@@ -6,15 +6,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, OutputOpt, shared
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer (and chat template) renders the data: directory, .gguf or Hub id.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Chat / Alpaca JSONL, plain text, a saved dataset directory or a Hub dataset id.")],
     output: OutputOpt,
     fmt: Annotated[str, typer.Option("--format", help="auto, chat (`messages`), alpaca (`instruction`/`input`/`output`) or text.")] = "auto",
-    template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (default), chatml, plain, or a .jinja file.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (the tokenizer's own), chatml, plain, or a .jinja file.", show_default="model")] = None,
     pool: Annotated[int, typer.Option("--pool", help="Raw examples to sample (paper: 2000).")] = 2000,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Blocks to keep (paper: 500; 128 is its cheaper setting).")] = 500,
     block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per block (paper: 2048; default 2048, or the model's context length when that is shorter).")] = None,
@@ -22,16 +23,13 @@ def command(
     split: Annotated[str, typer.Option("--split", help="Split of a dataset directory or Hub dataset.")] = "train",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the example and block sampling.")] = 42,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow tokenizer code from the Hub.")] = False,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Sample source-side examples, render them with the chat template and pack them into token blocks."""
     from adaptkit.calibration import build_calibration
     from adaptkit.io.atomic import atomic_dir, check_output
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     from adaptkit.commands.progress import notes
 

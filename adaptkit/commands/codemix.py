@@ -12,27 +12,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, SetOpt
+from adaptkit.commands.common import OutputOpt
 
 
 def command(
+    ctx: typer.Context,
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL with generations (e.g. from `adaptkit generate`).")],
     expected_lang: Annotated[str, typer.Option("--expected-lang", help="Language the responses should be in (ISO 639-1/3: en, eng, ha...).")],
     output: OutputOpt,
     threshold: Annotated[float, typer.Option("--threshold", help="Code-mixed when the expected language's confidence is below this (paper: 0.9).")] = 0.9,
-    other_lang: Annotated[Optional[list[str]], typer.Option("--other-lang", help="Restrict identification to the expected language and these (paper: the target language); default: all languages (repeatable).")] = None,
+    other_lang: Annotated[Optional[list[str]], typer.Option("--other-lang", help="Restrict identification to the expected language and these (paper: the target language; repeatable).", show_default="all languages")] = None,
     lid: Annotated[str, typer.Option("--lid", help="LID backend: py3langid, pycld2, fasttext (GlotLID; --set model_path=...).")] = "py3langid",
     field: Annotated[str, typer.Option("--field", help="Record field holding the response text.")] = "response",
     details: Annotated[bool, typer.Option("--details/--no-details", help="Per-sentence and per-word breakdown.")] = True,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write codemix.png.")] = True,
-    set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="An LID backend setting: --set model_path=glotlid.bin for fasttext (repeatable).")] = None,
 ) -> None:
     """Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9)."""
-    from adaptkit.commands.common import Console
+    from adaptkit.commands.common import Console, shared
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.evals.codemix import analyze, write_codemix_report
@@ -41,7 +38,8 @@ def command(
     from adaptkit.evals.lid import load_lid
     from adaptkit.io.atomic import atomic_dir, check_output
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold: must be between 0 and 1, got {threshold}")

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, ConfigOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, MaxMemoryOpt, OutputOpt, SeedOpt
 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
@@ -46,6 +46,7 @@ def resolve_baseline(baseline: Optional[str], refs) -> Optional[str]:
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable).")],
     task: Annotated[list[str], typer.Option("--task", "-t", help="BACKEND:SPEC, e.g. ppl:eng=en.txt, lm-eval:xnli_sw, lm-eval:./tasks, mt:flores.jsonl, sum:xlsum.jsonl (repeatable).")],
     output: OutputOpt,
@@ -54,22 +55,18 @@ def command(
     target_task: Annotated[Optional[list[str]], typer.Option("--target-task", help="Task name measuring target ability (learning axis; repeatable).")] = None,
     generate: Annotated[Optional[Path], typer.Option("--generate", help="Also generate responses to these prompts (JSONL with 'prompt') with every model, for `adaptkit codemix`.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
+    device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; ppl and lm-eval log-likelihood tasks).")] = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML mapping of backend settings, e.g. ppl: {block_size: 512} (--set overrides it).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A backend setting: --set ppl.block_size=512, --set mt.max_new_tokens=64 (repeatable).")] = None,
     seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console, check_compute_dtype
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, shared
     from adaptkit.evals.report import check_task_roles
     from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
     from adaptkit.io.atomic import atomic_dir, check_output
@@ -77,10 +74,12 @@ def command(
     from adaptkit.errors import InputError
     from adaptkit.io.models import Placement
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
+    device = check_device_or_map(ctx, device, placement)
     if placement is not None and layer_by_layer:
         raise InputError("--device-map: choose either --device-map (spread over devices) or --layer-by-layer (one layer at a time)")
     refs = model_names(model)
@@ -88,6 +87,8 @@ def command(
         check_model_config(ref.location)
     baseline_name = resolve_baseline(baseline, refs)
     prompts = None
+    if generate is None and ctx.get_parameter_source("max_new_tokens").name != "DEFAULT":
+        raise InputError("--max-new-tokens: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
     if generate is not None:
         from adaptkit.evals.generation import read_prompts
 

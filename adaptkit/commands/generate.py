@@ -7,50 +7,61 @@ from typing import Annotated
 
 import typer
 
-from adaptkit.commands.common import ComputeDtypeOpt, DebugOpt, DeviceMapOpt, JsonOpt, MaxMemoryOpt, OutputOpt, OverwriteOpt, QuietOpt, SeedOpt
+from adaptkit.commands.common import ComputeDtypeOpt, DeviceOpt, DeviceMapOpt, MaxMemoryOpt, OutputOpt, SeedOpt
 
 
 def command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it.")],
+    ctx: typer.Context,
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable: responses of every model, tagged by name).")],
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
     output: OutputOpt,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per response.")] = 256,
     decoding: Annotated[str, typer.Option("--decoding", help="greedy, or paper (SSU: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1).")] = "greedy",
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 8,
+    format: Annotated[str, typer.Option("--format", help="records ({id, prompt, model, response}, for `adaptkit codemix`) or chat ({id, model, messages}: a user and an assistant turn, for `train --eval-data` and `evaluate`'s ppl task).")] = "records",
+    device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
-    """Generate one response per prompt; writes JSONL records {id, prompt, model, response}."""
+    """Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records)."""
     import json
 
-    from adaptkit.commands.common import Console, check_compute_dtype, offload_folder
+    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
-    from adaptkit.evals.generation import generate_records, read_prompts
+    from adaptkit.evals.generation import as_chat_records, generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
     from adaptkit.io.atomic import atomic_file, check_output
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
+    if format not in ("records", "chat"):
+        raise InputError(f"--format: expected records or chat, got '{format}'")
     check_compute_dtype(dtype)
     placement = Placement.from_options(device_map, max_memory)
-    ref = model_names([model])[0]
-    check_model_config(ref.location)
+    device = check_device_or_map(ctx, device, placement)
+    refs = model_names(list(model))
+    for ref in refs:
+        check_model_config(ref.location)
     rows = read_prompts(prompts)
-    with offload_folder(placement) as placement:
-        loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placement)
-        records = generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+    records = []
+    for ref in refs:  # one model in memory at a time
+        if len(refs) > 1:
+            console.print(f"[dim]{ref.name}: generating {len(rows)} responses[/dim]")
+        with offload_folder(placement) as placed:
+            loaded, tokenizer = load_model_ref(ref, dtype, device, placement=placed)
+            records += generate_records(loaded, tokenizer, rows, ref.name, max_new_tokens, decoding, batch_size, chat_template, seed or 0)
+        del loaded
+    if format == "chat":
+        records = as_chat_records(records)
     with atomic_file(output, overwrite) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    console.result({"output": str(output), "responses": len(records), "model": ref.name},
-                   f"[green]wrote[/green] {len(records)} responses to {output}")
+    names = [ref.name for ref in refs]
+    console.result({"output": str(output), "responses": len(records), "model": names[0], "models": names},
+                   f"[green]wrote[/green] {len(records)} responses of {', '.join(names)} to {output}")

@@ -15,8 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
-from adaptkit.commands.merge import DtypeOpt, ShardOpt
+from adaptkit.commands.common import Console, OutputOpt, shared
+from adaptkit.commands.merge import ShardOpt
+from adaptkit.io.atomic import check_output
 
 app = typer.Typer(
     help="Instruction residuals (chat vectors): extract theta_instruct - theta_base once, apply it with any alpha.",
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the instruct model was tuned from.")]
+DTYPE_HELP = "Output dtype of floating tensors: float32, bfloat16 or float16."
 InstructOpt = Annotated[Optional[Path], typer.Option("--instruct", help="The instruct model (same architecture as the base).")]
 
 
@@ -36,15 +38,12 @@ def _options(overwrite: bool, dtype: Optional[str], shard_size: str, console: Co
 
 @app.command("extract")
 def extract(
+    ctx: typer.Context,
     base: BaseOpt = None,
     instruct: InstructOpt = None,
     output: OutputOpt = ...,
-    dtype: DtypeOpt = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --instruct")] = None,
     shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Write theta_instruct - theta_base as an instruction-vector directory (safetensors)."""
     from adaptkit.errors import InputError
@@ -52,25 +51,24 @@ def extract(
 
     if base is None or instruct is None:
         raise InputError(f"{'--base' if base is None else '--instruct'}: required (extract computes theta_instruct - theta_base)")
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
+    check_output(output, overwrite)
     summary = residual.extract(base, instruct, output, _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector extract"))
     console.result(summary, f"[green]instruction vector[/green] of {summary['tensors']} tensors -> {output}")
 
 
 @app.command("apply")
 def apply(
+    ctx: typer.Context,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The (adapted) model to give instruction following.")] = None,
     vector: Annotated[Optional[Path], typer.Option("--vector", help="An instruction vector from `extract` (two-step form).")] = None,
     base: BaseOpt = None,
     instruct: InstructOpt = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Scale in [-10, 10]: of the vector (two steps) or of the language vector (one step).")] = 1.0,
     output: OutputOpt = ...,
-    dtype: DtypeOpt = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --model")] = None,
     shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """theta_model + alpha * vector (--vector), or theta_instruct + alpha (theta_model - theta_base) (--base, --instruct)."""
     from adaptkit.errors import InputError
@@ -82,7 +80,9 @@ def apply(
         raise InputError("--vector: give either --vector or --base with --instruct (one-step form), not both")
     if vector is None and (base is None or instruct is None):
         raise InputError(f"{'--base' if base is None else '--instruct'}: required without --vector (one-step form needs --base and --instruct)")
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
+    check_output(output, overwrite)
     options = _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector apply")
     if vector is not None:
         summary = residual.apply_vector(model, vector, alpha, output, options)

@@ -7,26 +7,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, OutputOpt, shared
 
 
 def command(
+    ctx: typer.Context,
     scores: Annotated[Path, typer.Option("--scores", help="Score directory from `adaptkit score`.")],
     output: OutputOpt,
     freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction of each matrix's units to freeze, 0 to 1 (paper: 0.5; ablations 0.125 to 0.875).")] = 0.5,
     granularity: Annotated[str, typer.Option("--granularity", help="column (SSU), row or element; 1-D parameters are always element-wise.")] = "column",
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Optionally check that the scores fit this model (directory).")] = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Turn scores into masks (k = round-half-up(ratio x units) frozen per matrix) and print the frozen fraction per module type."""
     from adaptkit.io.atomic import atomic_dir, check_output
     from adaptkit.scoring.freeze import build_mask_set, check_granularity, check_ratio, frozen_table
     from adaptkit.scoring.score_set import load_scores
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_ratio(freeze_ratio)
     check_granularity(granularity)
     check_output(output, overwrite)
@@ -60,6 +58,6 @@ def _check_model(model: str, masks) -> None:
 
     name, kwargs = resolve_model_source(model, "--model").load_args
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name, **kwargs))
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name, trust_remote_code=False, **kwargs))
     check_fingerprint(masks.metadata, skeleton, "--scores")
     masks.check_fits(skeleton, "--scores")

@@ -10,31 +10,20 @@ runs a mergekit-style YAML file. Light at import: torch loads when a merge runs.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import typer
 
-from adaptkit.commands.common import (
-    ConfigOpt,
-    Console,
-    DebugOpt,
-    JsonOpt,
-    OptionalOutputOpt,
-    OutputOpt,
-    OverwriteOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-)
+from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
+from adaptkit.merge.base import option_name
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the task vectors are taken from.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16, float16 (default: as the first --model).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16 or float16.", show_default="as the first --model")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB or 500MB.")]
-TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory (default: the first --model).")]
-
-COMMON = ("models", "base", "output", "dtype", "seed", "shard_size", "tokenizer_from", "overwrite", "json_out", "quiet", "debug")
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory.", show_default="the first --model")]
 
 
 def __getattr__(name: str) -> Any:
@@ -62,23 +51,18 @@ def build_app() -> typer.Typer:
 
 def _from_config(
     ctx: typer.Context,
-    config: ConfigOpt = None,
-    output: OptionalOutputOpt = None,
-    set_: SetOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    shard_size: ShardOpt = "5GB",
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A mergekit-style YAML file to run (instead of a method subcommand).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="With --config: where to write the merged model.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="With --config: override a key of the file, e.g. --set parameters.lambda=0.5 (repeatable).")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="With --config: output dtype, float32, bfloat16 or float16.", show_default="the file's dtype")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="With --config: random seed (DARE).")] = None,
+    shard_size: Annotated[str, typer.Option("--shard-size", help="With --config: largest output shard, e.g. 5GB or 500MB.")] = "5GB",
 ) -> None:
     """Merge models; give a method subcommand, or --config merge.yaml (mergekit's format) and -o."""
     from adaptkit.errors import InputError
 
     if ctx.invoked_subcommand is not None:
-        if config is not None:
-            raise InputError("--config: give either a method subcommand or --config, not both")
+        _refuse_group_options(ctx, ctx.invoked_subcommand)
         return
     if config is None:
         typer.echo(ctx.get_help())
@@ -102,9 +86,7 @@ def _from_config(
         seed=seed,
         shard_size=shard_size,
         tokenizer_from=plan.tokenizer_from,
-        overwrite=overwrite,
-        json_out=json_out,
-        quiet=quiet,
+        ctx=ctx,
         tensor_params=plan.tensor_params,
         command=f"adaptkit merge --config {config}",
         config_text=Path(config).read_text(encoding="utf-8"),
@@ -112,14 +94,34 @@ def _from_config(
     )
 
 
-def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, overwrite, json_out, quiet, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
+# the options of `adaptkit merge --config` itself, and where each goes with a method subcommand
+GROUP_OPTIONS = {
+    "config": ("--config", "give either a method subcommand or --config, not both"),
+    "output": ("-o/--output", "give it after the method name: adaptkit merge {method} -o DIR"),
+    "set_": ("--set", "it edits a --config file; give the method's parameters after its name (adaptkit merge {method} --help lists them)"),
+    "dtype": ("--dtype", "give it after the method name: adaptkit merge {method} --dtype ..."),
+    "seed": ("--seed", "give it after the method name: adaptkit merge {method} --seed ..."),
+    "shard_size": ("--shard-size", "give it after the method name: adaptkit merge {method} --shard-size ..."),
+}
+
+
+def _refuse_group_options(ctx: typer.Context, method: str) -> None:
+    """With a method subcommand, an option placed before it (meant for --config) would be ignored: refuse it."""
+    from adaptkit.errors import InputError
+
+    for name, (flag, advice) in GROUP_OPTIONS.items():
+        if ctx.get_parameter_source(name).name != "DEFAULT":
+            raise InputError(f"{flag}: before the method name it applies only to `adaptkit merge --config`; {advice.format(method=method)}")
+
+
+def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None) -> None:
     from adaptkit.merge.api import merge
     from adaptkit.merge.executor import MergeOptions
     from adaptkit.merge.stream import parse_size
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
     options = MergeOptions(
-        overwrite=overwrite,
+        overwrite=shared(ctx).overwrite,
         dtype=dtype,
         seed=seed if seed is not None else 0,
         shard_size=parse_size(shard_size),
@@ -132,67 +134,100 @@ def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dty
     console.result(summary, f"[green]merged[/green] {summary['tensors']} tensors with {method} -> {output} ({summary['shards']} shard(s), {summary['seconds']:.1f} s)")
 
 
-def _method_command(spec):
-    """A Typer command whose options are the shared ones plus one per parameter of `spec`."""
-    fields = spec.params.model_fields
-    method_options = []
-    list_of_str = set()
-    for field, info in fields.items():
-        if field in COMMON:
-            raise RuntimeError(f"merge method '{spec.name}' parameter '{field}' clashes with a shared option")
-        cli_type, choices = _cli_type(info.annotation)
-        if cli_type == list[str]:
-            list_of_str.add(field)
-        option = _option_name(field)
-        help_text = info.description or ""
-        if choices:
-            help_text += f" Choices: {', '.join(choices)}."
-        if not info.is_required():
-            default = info.get_default(call_default_factory=True)
-            help_text += f" (default: {_show(default)})"
-        else:
-            help_text += " (required)"
-        decls = (f"--{option}/--no-{option}",) if cli_type is bool else (f"--{option}",)
-        annotation = Annotated[Optional[cli_type], typer.Option(*decls, help=help_text, show_default=False)]
-        method_options.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+def _method_command(spec) -> Callable[..., None]:
+    """`adaptkit merge NAME`: the shared merge options below plus one option per parameter of the method."""
 
-    def command(**values: Any) -> None:
-        common = {key: values.pop(key) for key in COMMON}
-        params = {}
-        for field, value in values.items():
-            if value is None or (isinstance(value, (list, tuple)) and not value):
-                continue
-            if field in list_of_str:
-                value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
-            params[field] = list(value) if isinstance(value, tuple) else value
-        common.pop("debug")
-        _run(spec.name, common.pop("models"), common.pop("base"), params, **common)
+    def merge_with(
+        ctx: typer.Context,
+        models: ModelsOpt = None,
+        base: BaseOpt = None,
+        output: OutputOpt = ...,
+        dtype: DtypeOpt = None,
+        seed: SeedOpt = None,
+        shard_size: ShardOpt = "5GB",
+        tokenizer_from: TokenizerOpt = None,
+        params: Optional[dict[str, Any]] = None,
+    ) -> None:
+        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from, ctx=ctx)
 
-    shared = [
-        inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ModelsOpt),
-        inspect.Parameter("base", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=BaseOpt),
-    ]
-    tail = [
-        inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=OutputOpt),
-        inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DtypeOpt),
-        inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SeedOpt),
-        inspect.Parameter("shard_size", inspect.Parameter.KEYWORD_ONLY, default="5GB", annotation=ShardOpt),
-        inspect.Parameter("tokenizer_from", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TokenizerOpt),
-        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=OverwriteOpt),
-        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
-        inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOpt),
-    ]
-    parameters = shared + method_options + tail
-    command.__signature__ = inspect.Signature(parameters)
-    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command = with_param_options(merge_with, spec.params)
     command.__name__ = spec.name.replace("-", "_")
     command.__doc__ = spec.summary
     return command
 
 
-def _option_name(field: str) -> str:
-    return field.rstrip("_").replace("_", "-")
+def with_param_options(function: Callable[..., None], model: Any, into: str = "params") -> Callable[..., None]:
+    """`function` as a Typer command with one more option per field of the pydantic `model`.
+
+    `lambda_` becomes `--lambda` (`option_name`), a list is a repeatable option that also takes
+    commas (`--layers 0-3,8`), a bool is `--x/--no-x`; --help shows each field's default. The
+    options given on the command line reach `function` as one dict in its `into` argument
+    (pydantic validates them there, so a method can tell what was given); `function` must take
+    `ctx: typer.Context`, its other parameters keep their options and `into` is not an option.
+    """
+    hints = get_type_hints(function, include_extras=True)  # the Annotated options, not their names as strings
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(function).parameters.values() if p.name != into]
+    names = {p.name for p in own}
+    fields = list(model.model_fields.items())
+    for field, _ in fields:
+        if field in names or option_name(field) in {option_name(n) for n in names}:
+            raise RuntimeError(f"parameter '{field}' of {model.__name__} clashes with an option of the command")
+    added = [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(info), annotation=_option(field, info)) for field, info in fields]
+
+    def command(**values: Any) -> None:
+        ctx = values["ctx"]
+        given = {field: _given(values.pop(field)) for field, _ in fields}
+        given = {k: v for k, v in given.items() if v is not None and ctx.get_parameter_source(k).name != "DEFAULT"}
+        return function(**values, **{into: given})
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__name__, command.__doc__ = function.__name__, function.__doc__
+    return command
+
+
+def _option(field: str, info: Any) -> Any:
+    """The Typer annotation of one parameter's option: its type, flag names and help with the default."""
+    cli_type, choices = _cli_type(info.annotation)
+    help_text, described = _split_default(info.description or "")
+    if choices:
+        help_text += f" Choices: {', '.join(choices)}."
+    if info.is_required():
+        help_text += " (required)"
+    name = option_name(field)
+    decls = (f"--{name}/--no-{name}",) if cli_type is bool else (f"--{name}",)
+    shown = True if _cli_default(info) is not None else (described or False)  # what a None default means, from the description
+    return Annotated[Optional[cli_type], typer.Option(*decls, help=help_text.strip(), show_default=shown)]
+
+
+def _cli_default(info: Any) -> Any:
+    """The default --help shows (the field's own; None when required or none)."""
+    if info.is_required():
+        return None
+    default = info.get_default(call_default_factory=True)
+    return None if default == [] else default
+
+
+_DESCRIBED_DEFAULT = re.compile(r"\s*\(default:?\s+([^)]*)\)|;\s*default:\s*([^.;)]+)")
+
+
+def _split_default(description: str) -> tuple[str, str | None]:
+    """A description without its '(default ...)' words, and those words, shown as [default: ...] like every default."""
+    match = _DESCRIBED_DEFAULT.search(description)
+    if match is None:
+        return description, None
+    return (description[: match.start()] + description[match.end():]).strip(), (match.group(1) or match.group(2)).strip()
+
+
+def _given(value: Any) -> Any:
+    """An option's value as the parameter model takes it: None when not given, lists split at commas."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+        return [part.strip() if isinstance(part, str) else part for part in parts if not isinstance(part, str) or part.strip()]
+    return value
 
 
 def _cli_type(annotation: Any) -> tuple[Any, list[str]]:
@@ -210,9 +245,3 @@ def _cli_type(annotation: Any) -> tuple[Any, list[str]]:
     if annotation in (bool, int, float, str):
         return annotation, []
     return str, []
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        return str(value[0])
-    return "none" if value is None else str(value)

@@ -4,8 +4,11 @@ With no `--model`, it builds the embedded default: a byte-level BPE tokenizer an
 Llama pre-trained on the English UDHR (the "source" model, which knows an English-like
 source language). It then continues pre-training that model on the target language's
 UDHR with each method in `--methods` (default: FFT and SSU-Wanda), and reports source
-and target perplexity on held-out paragraphs before and after. With `--model` (a Hub
-id, a local directory or a GGUF file) the same comparison runs on a real model.
+and target perplexity on held-out paragraphs before and after. While each method trains,
+the held-out source and target sets are evaluated (`train --eval-data`) and drawn over the
+steps: each run's `runs/NAME/curves.png`, and all methods side by side in `curves.png`.
+With `--model` (a Hub id, a local directory or a GGUF file) the same comparison runs on a
+real model.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, shared
 
 
 @contextlib.contextmanager
@@ -33,6 +36,7 @@ def _inside(directory: Path):
 
 
 def command(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("-o", "--output", help="Demo directory (data, models, runs, eval report).")] = Path("demo"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A real model instead of the embedded default: Hub id, local dir or .gguf file.")] = None,
     target_lang: Annotated[str, typer.Option("--target-lang", help="Target language of the UDHR text (e.g. ha, ig, am, ky, ne, sw, yo).")] = "ha",
@@ -42,24 +46,22 @@ def command(
     source_steps: Annotated[int, typer.Option("--source-steps", min=1, help="Pre-training steps of the embedded source model.")] = 150,
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per block.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate (default: 1e-3 embedded model, 5e-5 real model as in the SSU paper).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adaptation learning rate.", show_default="1e-3 for the embedded model, 5e-5 with --model (the SSU paper's)")] = None,
     freeze_ratio: Annotated[float, typer.Option("--freeze-ratio", help="Fraction frozen by methods that have this parameter (ssu-*).")] = 0.5,
     calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, help="Calibration blocks for methods that need them.")] = 32,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A method parameter: --set lora.r=16, --set layer-freeze.layers=0-1 (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
     from adaptkit import demo
+    from adaptkit.engine.evaluation import plot_methods
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir
     from adaptkit.scoring.freeze import check_ratio
     from adaptkit.registry import get_spec
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     method_names = [m.strip() for m in methods.split(",") if m.strip()]
     if not method_names:
         raise InputError("--methods: give at least one method name")
@@ -89,11 +91,13 @@ def command(
             files["chat-test"] = chat_file
         _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
         rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
+        evals = _eval_sets(files, source_lang, target_lang, steps, seq_len)
         for name, spec in specs.items():
             console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
             run = _adapt(name, spec, source_dir, files["target"], steps, seq_len, batch_size,
-                         lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console)
+                         lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console, evals)
             rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
+        plot_methods({name: Path("runs") / name / "metrics.jsonl" for name in specs}, Path("curves.png"))
         report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
     _print_table(report, source_lang, target_lang, console)
     summary = {"output": str(output), "models": report, "seconds": round(time.perf_counter() - started, 1)}
@@ -238,7 +242,16 @@ def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -
     return params
 
 
-def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, params, seed, console):
+def _eval_sets(files: dict[str, Path], source_lang: str, target_lang: str, steps: int, seq_len: int) -> dict[str, Any]:
+    """The held-out sets evaluated while each method trains (about six points per run), with the
+    final evaluation's windows, so each curve ends at the perplexity the table reports."""
+    data = [f"{source_lang}={files['source-test']}:source", f"{target_lang}={files['target-test']}:target"]
+    if "chat-test" in files:
+        data.append(f"{source_lang}-chat={files['chat-test']}:source")
+    return {"data": data, "steps": max(1, steps // 5), "block_size": seq_len}
+
+
+def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, params, seed, console, evals=None):
     values = {
         "model": str(source_dir),
         "data": {"paths": [str(target_text)], "seq_len": seq_len},
@@ -249,7 +262,8 @@ def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, 
         "optimizer": {"lr": lr, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup_ratio": 0.05},
         "seed": seed,
-        "log_steps": 25,
+        "log_steps": min(25, max(1, steps // 20)),  # about 20 points of the training-loss curve
+        "eval": evals or {},
         "save_steps": 0,  # the quickstart never resumes: no checkpoints to write
     }
     return _train(values, Path("runs") / name, console)

@@ -7,27 +7,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import Console, DebugOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt
+from adaptkit.commands.common import Console, DeviceOpt, OutputOpt, shared
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to score: directory, .gguf or Hub id.")],
     output: OutputOpt,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate` (needed by wanda, sparsegpt, fisher).")] = None,
     scorer: Annotated[str, typer.Option("--scorer", help="wanda (SSU default), magnitude, random, sparsegpt, fisher (see `adaptkit plugins --kind scorer`).")] = "wanda",
     include_embeddings: Annotated[bool, typer.Option("--include-embeddings", help="Also score the embeddings and LM head (trained in full by default).")] = False,
-    element_scores: Annotated[bool, typer.Option("--element-scores", help="Also store per-element scores of matrices (for --granularity element masks; as large as the model in float32).")] = False,
+    element_scores: Annotated[bool, typer.Option("--element-scores", help="Also store per-element scores of matrices (for `adaptkit mask --granularity element`; as large as the model in float32).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass (fisher: per gradient).")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="Model dtype while scoring: float32 or bfloat16 (statistics are float32 either way).")] = "float32",
-    device: Annotated[str, typer.Option("--device", help="auto (GPU when available) or cpu.")] = "auto",
+    device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed (random scorer).")] = 42,
     layer_by_layer: Annotated[bool, typer.Option("--layer-by-layer", help="Read and run one decoder layer at a time (models larger than memory; needs a safetensors model directory; not fisher).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Scorer parameter: --set damp=0.02 (repeatable).")] = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Score every parameter's columns (and rows) by importance to the source model."""
     import time
@@ -40,12 +37,14 @@ def command(
     from adaptkit.config import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir, check_output
+    from adaptkit.io.devices import resolve_device
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source
     from adaptkit.streamed_model import LayerwiseModel
     from adaptkit.registry import get_spec
     from adaptkit.scoring.run import compute_scores, require_layer_by_layer
 
-    console = Console(json_out, quiet)
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     spec = get_spec("scorer", scorer, "--scorer")
     params = {".".join(path): value for path, value in parse_set_overrides(set_)}
@@ -53,14 +52,12 @@ def command(
     dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in dtypes:
         raise InputError(f"--dtype: unknown dtype '{dtype}' (choose from float32, bfloat16)")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise InputError(f"--device: unknown device '{device}' (auto, cpu or cuda[:N])")
+    target = torch.device(resolve_device(device))
     calibration = load_calibration(calib, "--calib") if calib is not None else None
     if spec.needs_calibration and calibration is None:
         raise InputError(f"--calib: scorer '{scorer}' scores on calibration data; give --calib DIR (from `adaptkit calibrate`)")
     source = resolve_model_source(model, "--model")
     tokenizer = load_tokenizer(source, trust_remote_code)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     if layer_by_layer:
         require_layer_by_layer(scorer)
     granularities = ("column", "row", "element") if element_scores else ("column", "row")

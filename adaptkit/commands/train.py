@@ -7,7 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, DebugOpt, JsonOpt, OverwriteOpt, QuietOpt, SeedOpt, SetOpt
+from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.io.atomic import check_writable
+from adaptkit.io.devices import DEVICE_HELP
 
 # CLI flag -> dotted TrainConfig key
 FLAG_KEYS = {
@@ -33,6 +35,9 @@ FLAG_KEYS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "compile": "compile",
     "trust_remote_code": "trust_remote_code",
+    "eval_data": "eval.data",
+    "eval_steps": "eval.steps",
+    "validation_fraction": "data.validation_fraction",
 }
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
@@ -43,12 +48,13 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
     from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
     `require_inputs`: --model and --data must be given (not for --print-config)."""
-    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, set_nested, validate_config
+    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
+    from adaptkit.engine.evaluation import check_eval_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.errors import InputError
     from adaptkit.registry import get_spec
 
-    data: dict[str, Any] = read_yaml_mapping(config_file) if config_file else {}
+    data: dict[str, Any] = read_yaml_mapping(resolve_config_file(config_file)) if config_file else {}
     for key in METHOD_FLAGS:  # config files of earlier versions kept these at the top level
         if key in data and key not in TrainConfig.model_fields:
             value = data.pop(key)
@@ -73,6 +79,7 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
     if require_inputs and not config.data.paths:
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
+    check_eval_config(config)
     return config
 
 
@@ -105,14 +112,15 @@ def build_method(config, method_flags: Optional[dict[str, Any]] = None):
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="Training text: .txt (a document per line), .jsonl, or HF dataset dir. Repeatable.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`). Default: fft.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`).", show_default="fft")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model); required unless --print-config.")] = None,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (default: one epoch).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps.", show_default="one epoch")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).")] = None,
@@ -125,20 +133,19 @@ def command(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (default: every 10% of the steps, rounded up; 0: none); the newest 2 are kept.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto or cpu.")] = None,
-    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp (default) or fsdp (shards parameters, gradients and optimizer state).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
+    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="JSONL / dataset text field.")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval set NAME=SPEC[:ROLE] (ROLE source or target; text, JSONL or chat JSONL with 'messages'): perplexity and bits per byte at step 0, every --eval-steps and at the end, in metrics.jsonl and curves.png. Repeatable.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate the eval sets every N steps (also at step 0 and the end).")] = None,
+    validation_fraction: Annotated[Optional[float], typer.Option("--validation-fraction", help="Hold out this fraction of the training blocks (seeded, not trained on) as the eval set 'validation'.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Activation checkpointing.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the Hub.")] = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS}
@@ -152,7 +159,11 @@ def command(
         from adaptkit.errors import InputError
 
         raise InputError("-o/--output: required (the run directory)")
-    console = Console(json_out, quiet)
+    use_device(train_config.device)
+    check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
+    console = Console.of(ctx)
+    overwrite = shared(ctx).overwrite
+    shared(ctx).on_interrupt = lambda: interrupted_note(output)
     if resume and (output / "final").is_dir() and (output / "config.yaml").is_file():
         console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
                        f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
@@ -172,6 +183,27 @@ def _print_config(config, method) -> None:
 
     sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
     sys.stdout.flush()
+
+
+def use_device(device: str) -> None:
+    """Refuse a device this machine lacks before the engine runs; `cuda:N` becomes the current CUDA device."""
+    from adaptkit.io.devices import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(resolved)  # the engine (accelerate) trains one process on the current device
+
+
+def interrupted_note(output: Path) -> str:
+    """What an interrupted run kept and how to continue it."""
+    from adaptkit.engine.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is None:
+        return f"no checkpoint was saved in {output} yet, so there is nothing to resume"
+    return f"kept {checkpoint}; continue with the same command and --resume"
 
 
 def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):

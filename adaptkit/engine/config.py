@@ -25,6 +25,7 @@ class DataConfig(Section):
     seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
     format: Literal["auto", "text", "jsonl", "hf"] = "auto"
     cache: bool = True
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -46,12 +47,30 @@ class ScheduleConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
+class EvalConfig(Section):
+    """Evaluation during training: perplexity and bits per byte of each set (the `ppl` task's accounting)."""
+
+    data: list[str] = Field(default_factory=list, description="Eval sets NAME=SPEC[:ROLE], ROLE source or target.")
+    steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps (and at step 0 and the end).")
+    block_size: Optional[int] = Field(None, ge=2, description="Window of model inputs (default: as `adaptkit evaluate`'s ppl).")
+    batch_size: int = Field(8, gt=0, description="Windows per forward pass.")
+    text_field: str = "text"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class TrainConfig(Section):
     model: str = Field("", description="Local HF directory, .gguf file or Hub id.")
     trust_remote_code: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     method: str = "fft"
     method_params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (--set KEY=V, --mask, --calib, --freeze-ratio).")
+    freeze_special_tokens: Optional[bool] = Field(
+        None, description="Keep the embedding and LM-head rows of the special and chat-template tokens fixed (any method); default: the method's (on for ssu-* and hft, as the SSU reference)."
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")
@@ -59,7 +78,9 @@ class TrainConfig(Section):
     max_steps: Optional[int] = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "bf16-pure"] = Field(
+        "auto", description="fp32; bf16 (autocast, fp32 master weights); bf16-pure (bf16 weights and optimizer state, the HF Trainer's --bf16 on a bf16 model); auto = bf16 on a GPU that has it, else fp32."
+    )
     save_steps: Optional[int] = Field(None, ge=0, description="Checkpoint every N steps; default: every 10% of the steps (rounded up); 0: none.")
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
@@ -71,3 +92,4 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    eval: EvalConfig = Field(default_factory=EvalConfig)

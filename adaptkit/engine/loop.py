@@ -5,7 +5,7 @@
     make_training   optimizer, schedule, the prepared (and compiled) model, the batches
     resume          config.yaml; with --resume, the newest checkpoint
     run_steps       for each step: train_step (micro-batches, callbacks, clip, step, write-back),
-                    then log and checkpoint
+                    then log, evaluate (engine/evaluation.py) and checkpoint
     export          final/ (dense model, plus what callbacks save) and the run card
 
 Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks);
@@ -30,11 +30,12 @@ from adaptkit.engine import checkpoint as ckpt
 from adaptkit.engine.batches import Batches
 from adaptkit.engine.config import TrainConfig
 from adaptkit.engine.distributed import Strategy
+from adaptkit.engine.evaluation import evaluate_now
 from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, build_schedule
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import AdaptkitError, InputError
 
-RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "optimizer", "schedule", "batch_size", "seed")
+RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "optimizer", "schedule", "batch_size", "seed")
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
 
@@ -92,6 +93,7 @@ class Run:
     log: Callable[[str], None]
     progress: Any
     created: bool = False  # this run made the run directory (removed again if planning fails)
+    evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
 
     @property
     def main(self) -> bool:
@@ -173,8 +175,14 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
-    """A factory of the forward pass's autocast context (bf16 autocast, or none)."""
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    """A factory of the forward pass's autocast context (bf16 autocast for bf16 and bf16-pure, or none)."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision.startswith("bf16") else nullcontext
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights and of what the optimizer updates: bf16 in bf16-pure (no fp32 master
+    copy, as the SSU reference trains a bf16-loaded model with the HF Trainer's --bf16), else float32."""
+    return torch.bfloat16 if precision == "bf16-pure" else torch.float32
 
 
 def _resolved_config_dict(config: TrainConfig) -> dict[str, Any]:
@@ -239,6 +247,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.data.corpus import load_blocks
     from adaptkit.engine import distributed
+    from adaptkit.engine.evaluation import load_eval_sets, split_validation
     from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
 
@@ -261,11 +270,13 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     check_context_length(data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     blocks = load_blocks(data.paths, tokenizer, data.seq_len, data.text_field, data.format, data.cache)
+    blocks, held_out = split_validation(blocks, data.validation_fraction, config.seed)
+    evals = load_eval_sets(config, tokenizer, held_out)
     attn = config.attn_implementation or default_attn_implementation(device)
-    model = load_causal_lm(source, torch.float32, config.trust_remote_code, attn).to(device)
+    model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     check_context_length(data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
-              total_steps(config, blocks.shape[0]), model, source.location, log, progress)
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress, evals=evals)
     for warning in data_warnings(config, blocks.shape[0], run.steps):
         log(f"warning: {warning}")
     _open_run_dir(run, resume, overwrite)
@@ -315,8 +326,9 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
                         is_main_process=run.main)
     try:
         plan = method.plan(run.model, ctx)
+        _freeze_special_tokens_if_set(run, method, plan)
         run.strategy.shard(plan, config.method)
-        trainable = apply_plan(plan, sharded=run.strategy.sharded)
+        trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
         if run.created and run.main:
             shutil.rmtree(run.run_dir, ignore_errors=True)
@@ -325,6 +337,17 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
         (getattr(plan.model, "activation_checkpointing_enable", None) or plan.model.gradient_checkpointing_enable)()
     return plan, trainable
+
+
+def _freeze_special_tokens_if_set(run: Run, method: TrainingMethod, plan: TrainingPlan) -> None:
+    """The run's freeze_special_tokens setting (default: the method's): special-token rows of the
+    embeddings and LM head leave the plan (engine/special_tokens.py)."""
+    from adaptkit.engine.special_tokens import freeze_special_token_rows
+
+    wanted = run.config.freeze_special_tokens
+    if method.freeze_special_tokens if wanted is None else wanted:
+        tokens = freeze_special_token_rows(plan, run.tokenizer, run.log)
+        plan.summary = f"{plan.summary}; embedding/head rows of {len(tokens)} special tokens frozen"
 
 
 def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
@@ -372,6 +395,8 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
     progress = run.progress
     task = progress.add_task("training", total=run.steps, completed=start_step) if progress else None
     training.train_model.train()
+    if start_step == 0:
+        evaluate_now(run, training, 0, meter)
     completed, rng = start_step, ckpt.capture_rng()
     try:
         for step in range(start_step, run.steps):
@@ -387,6 +412,7 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
                     progress.update(task, completed=completed, loss=record["loss"], tps=record["tokens_per_s"], lr=record["lr"])
             elif progress:
                 progress.update(task, completed=completed)
+            evaluate_now(run, training, completed, meter)
             if _checkpoint_due(run, completed):
                 _save_checkpoint(run, training, completed, meter)
             run.accelerator.wait_for_everyone()

@@ -34,7 +34,7 @@ class _CompactLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, compact, selector, dim):
         y = F.linear(x, weight, bias)  # under autocast this runs in the autocast dtype, as a plain linear would
         ctx.save_for_backward(x, weight, selector)
-        ctx.dim, ctx.bias_dtype = dim, None if bias is None else bias.dtype
+        ctx.dim, ctx.bias_dtype, ctx.compact_dtype = dim, None if bias is None else bias.dtype, compact.dtype
         return y
 
     @staticmethod
@@ -48,7 +48,7 @@ class _CompactLinear(torch.autograd.Function):
             grad = dy.T @ xs.index_select(1, selector)
         else:  # trainable rows: dW[R, :] = dY[:, R]^T X
             grad = dy.index_select(1, selector).T @ xs
-        return grad_x, None, grad_bias, grad.float(), None, None
+        return grad_x, None, grad_bias, grad.to(ctx.compact_dtype), None, None
 
 
 def _compact_forward(compact: "CompactParameter"):

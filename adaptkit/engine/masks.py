@@ -55,6 +55,13 @@ class UpdateMask:
             return self.trainable.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
         return self.trainable
 
+    def restrict_rows(self, rows: "torch.Tensor", shape: tuple[int, ...]) -> "UpdateMask":
+        """This mask with only the rows `rows` (bool over dim 0, True = may train) left trainable:
+        a row mask stays a row mask, a column or element mask becomes an element mask."""
+        if self.granularity == "row":
+            return UpdateMask("row", self.trainable & rows)
+        return UpdateMask("element", self.expand(shape) & rows.reshape(-1, *([1] * (len(shape) - 1))))
+
     def trainable_count(self, shape: tuple[int, ...]) -> int:
         other = 1
         if self.granularity == "column":

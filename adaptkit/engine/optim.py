@@ -1,7 +1,7 @@
 """Optimizer, learning-rate schedule and masked (compact) parameters.
 
 A parameter that trains only partly (an UpdateMask) is optimized through a compact
-float32 copy of its trainable entries: the optimizer holds state only for those
+copy of its trainable entries (float32 master copy; in bf16-pure precision bf16, like the weights): the optimizer holds state only for those
 entries, weight decay touches only them, and after each step they are written back
 into the model. Frozen entries are never written, so they stay bit-identical to the
 source weights, weight decay included.
@@ -21,14 +21,15 @@ from adaptkit.engine.plan import TrainingPlan
 
 
 class CompactParameter:
-    """The trainable entries of one model parameter, as an fp32 nn.Parameter the optimizer updates.
+    """The trainable entries of one model parameter, as an nn.Parameter of `dtype` (float32 master
+    copy, or bf16 in bf16-pure precision) that the optimizer updates.
 
     Works on the part of the parameter this process owns: the whole tensor, or under FSDP
     its dim-0 shard (see engine/distributed.py). With no mask (a whole parameter under
     FSDP), the compact parameter is the fp32 shard itself, sharing its storage.
     """
 
-    def __init__(self, name: str, param: torch.nn.Parameter, mask: Optional[UpdateMask]):
+    def __init__(self, name: str, param: torch.nn.Parameter, mask: Optional[UpdateMask], dtype: torch.dtype = torch.float32):
         from adaptkit.engine.shards import local_shard
 
         self.name = name
@@ -45,8 +46,8 @@ class CompactParameter:
             self.selector = mask.trainable[rows].nonzero().squeeze(1).to(param.device)
         else:
             self.selector = mask.trainable.nonzero().squeeze(1).to(param.device)
-        self.shares_storage = self.selector is None and local.dtype == torch.float32
-        self.compact = torch.nn.Parameter(local if self.shares_storage else self.take(local).float().clone())
+        self.shares_storage = self.selector is None and local.dtype == dtype
+        self.compact = torch.nn.Parameter(local if self.shares_storage else self.take(local).to(dtype, copy=True))
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.selector is None:
@@ -64,7 +65,7 @@ class CompactParameter:
 
         grad = local_grad(self.param)
         if grad is not None:
-            self.compact.grad = self.take(grad).float()
+            self.compact.grad = self.take(grad).to(self.compact.dtype)
             self.param.grad = None
 
     @torch.no_grad()
@@ -119,8 +120,8 @@ class TrainableSet:
             c.push()
 
 
-def apply_plan(plan: TrainingPlan, sharded: bool = False) -> TrainableSet:
-    """Set requires_grad from the plan and build compact copies for masked parameters.
+def apply_plan(plan: TrainingPlan, sharded: bool = False, dtype: torch.dtype = torch.float32) -> TrainableSet:
+    """Set requires_grad from the plan and build compact copies (of `dtype`) for masked parameters.
 
     `sharded` (FSDP): every trainable parameter goes through a CompactParameter over its local shard.
     """
@@ -140,7 +141,7 @@ def apply_plan(plan: TrainingPlan, sharded: bool = False) -> TrainableSet:
         else:
             if mask is not None:
                 mask.check_fits(name, tuple(param.shape), "training plan")
-            trainable.compact[name] = CompactParameter(name, param, mask)
+            trainable.compact[name] = CompactParameter(name, param, mask, dtype)
     return trainable
 
 

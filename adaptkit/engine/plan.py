@@ -85,6 +85,16 @@ class TrainingPlan:
             trainable[name] = None if mask is None or mask.all_trainable else mask
         return cls(model, trainable, summary=summary)
 
+    def restrict_rows(self, name: str, rows: "torch.Tensor") -> None:
+        """Leave only `rows` (bool over dim 0, True = may train) of the trainable parameter `name` trainable."""
+        shape = tuple(dict(self.model.named_parameters())[name].shape)
+        mask = self.trainable[name]
+        restricted = UpdateMask("row", rows.bool()) if mask is None else mask.restrict_rows(rows.bool(), shape)
+        if restricted.all_frozen:
+            del self.trainable[name]
+        else:
+            self.trainable[name] = restricted
+
     def counts(self) -> tuple[int, int]:
         """(trainable entries, all entries) of the planned model."""
         total = trainable = 0
@@ -130,6 +140,7 @@ class TrainingMethod(ABC):
     The class attributes declare the method for the registry (`adaptkit.specs.method_spec(Class)`):
     its name, a one-line summary, the paper reference, its pydantic parameter model, what the run must
     provide (`needs`, see adaptkit.specs.METHOD_NEEDS) and optional packages it imports (`extras`).
+    `freeze_special_tokens` is the method's default of the run setting of that name (engine/special_tokens.py).
     """
 
     name: ClassVar[str] = ""
@@ -138,6 +149,7 @@ class TrainingMethod(ABC):
     Params: ClassVar[type["Params"]] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset()
     extras: ClassVar[tuple[str, ...]] = ()
+    freeze_special_tokens: ClassVar[bool] = False
 
     def __init__(self, params: "Params"):
         self.params = params

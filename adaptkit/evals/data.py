@@ -48,6 +48,34 @@ def read_documents(path: Path, flag: str, text_field: str = "text") -> list[str]
     return documents
 
 
+def read_eval_items(path: Path, flag: str, text_field: str = "text") -> list:
+    """What a perplexity set holds: chat conversations (a JSONL file whose records have `messages`,
+    a list of {role, content} strings) or else documents (`read_documents`)."""
+    from adaptkit.data.corpus import detect_format, iter_records
+
+    path = Path(path)
+    if not path.exists() or path.is_dir() or detect_format(path) != "jsonl":
+        return read_documents(path, flag, text_field)
+    first = next(iter_records(path, "jsonl", flag), None)
+    if first is None or not (isinstance(first[1], dict) and "messages" in first[1]):
+        return read_documents(path, flag, text_field)
+    return [_messages(record, path, number, flag) for number, record in iter_records(path, "jsonl", flag)]
+
+
+def _messages(record: Any, path: Path, number: int, flag: str) -> list[dict[str, str]]:
+    """The `messages` of one chat record, checked: a list of {role, content} strings with an assistant turn."""
+    messages = record.get("messages") if isinstance(record, dict) else None
+    where = f"{flag}: {path} line {number}"
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"{where} has no 'messages' list (expected chat records: {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}})")
+    for message in messages:
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+            raise InputError(f"{where}: each message must be an object with 'role' and 'content' strings")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise InputError(f"{where} has no assistant turn to score")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def _check_file(path: Path, flag: str) -> None:
     if not path.is_file():
         raise InputError(f"{flag}: '{path}' is not a readable file")

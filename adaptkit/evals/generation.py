@@ -41,10 +41,11 @@ class GenerationParams(Params):
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items")
 
 
-def format_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: str, chat_template: bool) -> tuple[str, bool]:
-    """(text to tokenize, whether special tokens still need adding)."""
+def format_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: "str | list[dict[str, str]]", chat_template: bool) -> tuple[str, bool]:
+    """(text to tokenize, whether special tokens still need adding); a list of role/content messages is a conversation."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text, False
     return prompt, True
 
@@ -61,7 +62,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def generate(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
-    prompts: Sequence[str],
+    prompts: "Sequence[str | list[dict[str, str]]]",
     max_new_tokens: int = 128,
     decoding: str = "greedy",
     stop: Sequence[str] = ("\n",),
@@ -69,7 +70,11 @@ def generate(
     chat_template: bool = True,
     seed: int = 0,
 ) -> list[str]:
-    """Continuations of `prompts` (left-padded batches), each cut at the first stop string."""
+    """Continuations of `prompts` (left-padded batches), each cut at the first stop string.
+
+    A prompt is a text (one user turn under the chat template) or, with a chat template, a
+    conversation (a list of role/content messages ending with a user turn).
+    """
     import torch
 
     from adaptkit.io.models import input_device
@@ -180,6 +185,13 @@ def generate_records(
         stop=(), batch_size=batch_size, chat_template=chat_template, seed=seed,
     )
     return [{**row, "model": model_name, "response": response} for row, response in zip(rows, responses)]
+
+
+def as_chat_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generated records as chat records {id, model, messages: [user prompt, assistant response]}: a model's own
+    answers, whose perplexity during training (`train --eval-data chat=FILE:source`) tracks chat forgetting."""
+    return [{"id": r["id"], "model": r["model"], "messages": [{"role": "user", "content": r["prompt"]},
+                                                              {"role": "assistant", "content": r["response"]}]} for r in records]
 
 
 def record_languages(rows: list[dict[str, Any]], keys: tuple[str, ...], params: Params, where: str, backend: str) -> list[tuple[str, ...]]:

@@ -10,6 +10,8 @@ this); otherwise it is loaded from `location` with `adaptkit.io.models`.
 
 from __future__ import annotations
 
+import re
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +71,7 @@ class EvalRun:
 
 
 def model_names(locations: list[str], flag: str = "--model") -> list[ModelRef]:
-    """ModelRefs for `NAME=PATH` or `PATH` arguments; names default to the shortest unique path tail."""
+    """ModelRefs for `NAME=PATH` or `PATH` arguments; a PATH is named by `default_names`."""
     refs = []
     for text in locations:
         name, sep, path = text.partition("=")
@@ -77,23 +79,35 @@ def model_names(locations: list[str], flag: str = "--model") -> list[ModelRef]:
             refs.append(ModelRef(name.strip(), path.strip()))
         else:
             refs.append(ModelRef("", text))
-    for ref in refs:
-        if not ref.name:
-            parts = Path(ref.location.rstrip("/")).parts or (ref.location,)
-            depth = 1
-            while True:
-                candidate = "/".join(parts[-depth:])
-                others = ["/".join(Path(r.location.rstrip("/")).parts[-depth:]) for r in refs if r is not ref and not r.name]
-                if candidate not in others or depth >= len(parts):
-                    ref.name = candidate
-                    break
-                depth += 1
+    unnamed = [ref for ref in refs if not ref.name]
+    for ref, name in zip(unnamed, default_names([ref.location for ref in unnamed])):
+        ref.name = name
     seen: set[str] = set()
     for ref in refs:
         if ref.name in seen:
             raise InputError(f"{flag}: two models are called '{ref.name}'; name them with NAME=PATH")
         seen.add(ref.name)
     return refs
+
+
+def default_names(locations: list[str]) -> list[str]:
+    """Names for model paths: a run's model is named after its run directory (`runs/fft/final` ->
+    `fft`, `runs/fft/checkpoint-200` -> `fft/checkpoint-200`), any other path after its last part;
+    names that clash get more of their path, all of them alike (`a/fft`, `b/fft`)."""
+    tails = []
+    for location in locations:
+        parts = list(Path(location.rstrip("/")).parts) or [location]
+        if len(parts) > 1 and parts[-1] == "final":
+            parts = parts[:-1]
+        tails.append((parts, 2 if len(parts) > 1 and re.fullmatch(r"checkpoint-\d+", parts[-1]) else 1))
+    depths = [depth for _, depth in tails]
+    while True:
+        names = ["/".join(parts[-depth:]) for (parts, _), depth in zip(tails, depths)]
+        grow = [i for i, name in enumerate(names) if names.count(name) > 1 and depths[i] < len(tails[i][0])]
+        if not grow:
+            return names
+        for i in grow:
+            depths[i] += 1
 
 
 def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None = None, flag: str = "--task") -> PreparedTasks:
@@ -104,35 +118,56 @@ def prepare_tasks(task_args: list[str], params: dict[str, dict[str, Any]] | None
     if not task_args:
         raise InputError(f"{flag}: give at least one task, e.g. --task ppl:eng=en.txt")
     backends: dict[str, EvalBackend] = {}
+    shared: dict[str, set[str]] = {}  # shared section -> parameter names of the backends reading it
     tasks: list[EvalTask] = []
-    for text in task_args:
-        backend_name, spec_text = split_task_arg(text, flag)
+    parsed = [split_task_arg(text, flag) for text in task_args]
+    for backend_name, _ in parsed:
         spec = get_spec("eval backend", backend_name, flag)
         if backend_name not in backends:
-            validated = spec.validate_params(params.get(backend_name), where=f"--set {backend_name}.*")
+            where = f"--set {backend_name}.*" + (f" / {spec.shared_params}.*" if spec.shared_params in params else "")
+            validated = spec.validate_params(_backend_values(spec, params), where=where)
             backends[backend_name] = spec.load()(validated)
+            if spec.shared_params:
+                shared.setdefault(spec.shared_params, set()).update(spec.params.model_fields)
+    _check_shared(params, shared)
+    for backend_name, spec_text in parsed:
         for task in backends[backend_name].prepare(spec_text, flag):
             if any(t.name == task.name for t in tasks):
                 raise InputError(f"{flag}: two tasks are called '{task.name}'; name them (e.g. ppl:NAME=FILE)")
             tasks.append(task)
-    unknown = set(params) - set(backends)
+    unknown = set(params) - set(backends) - set(shared)
     if unknown:
         raise InputError(f"--set: settings for '{sorted(unknown)[0]}', which no --task uses (backends used: {', '.join(backends)})")
     used = {name: backends[name].params.model_dump() for name in backends}
     return PreparedTasks(tasks, backends, used)
 
 
+def _backend_values(spec: Any, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A backend's settings: the keys of its shared section (e.g. judge.*) it has, then its own section."""
+    common = params.get(spec.shared_params, {}) if spec.shared_params else {}
+    return {**{k: v for k, v in common.items() if k in spec.params.model_fields}, **(params.get(spec.name) or {})}
+
+
+def _check_shared(params: dict[str, dict[str, Any]], shared: dict[str, set[str]]) -> None:
+    for section, known in shared.items():
+        for key in params.get(section) or {}:
+            if key not in known:
+                raise InputError(f"--set {section}.{key}: no --task of this run has a '{key}' setting (known: {', '.join(sorted(known))})")
+
+
 def check_model_config(location: str, flag: str = "--model") -> Any:
-    """Resolve a model location and, for local directories, check that its config loads; returns it (None for GGUF/Hub)."""
-    from adaptkit.io.models import resolve_model_source
+    """Resolve a model location and, for local directories, check that its config loads and a tokenizer is there;
+    returns the config (None for GGUF files and Hub ids)."""
+    from adaptkit.io.models import check_tokenizer_files, resolve_model_source
 
     source = resolve_model_source(location, flag)
     if source.kind != "dir":
         return None
+    check_tokenizer_files(source)
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.location)
+        return AutoConfig.from_pretrained(source.location, trust_remote_code=False)  # None would prompt on stdin
     except Exception as exc:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first_line(exc)})") from None
 

@@ -7,6 +7,7 @@ complete (temporary siblings start with '.' and end with '.partial').
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -25,10 +26,33 @@ def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path
                 raise InputError(f"{flag}: '{path}' exists and is not empty; pass --overwrite or choose another path")
         elif not overwrite:
             raise InputError(f"{flag}: '{path}' exists; pass --overwrite or choose another path")
-    parent = path.resolve().parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{flag}: '{parent}' is not a directory")
+    check_writable(path, flag)
     return path
+
+
+def check_writable(path: Path, flag: str = "-o/--output") -> None:
+    """Refuse, before any work, an output whose directory cannot be created or written (/proc, /sys,
+    a read-only parent): the nearest existing ancestor must be a directory that takes a new file."""
+    path = Path(path).expanduser().resolve()
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{flag}: '{ancestor}' is not a directory")
+    try:  # a probe file, removed at once: permission bits alone miss read-only and virtual file systems
+        fd, probe = tempfile.mkstemp(prefix=".adaptkit-write-test-", dir=ancestor)
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot write '{path}': {ancestor} {_reason(exc)}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "is not writable"
+    if exc.errno == errno.EROFS:
+        return "is on a read-only file system"
+    return f"does not take new files ({exc.strerror or exc})"
 
 
 def _partial_sibling(path: Path, is_dir: bool) -> Path:

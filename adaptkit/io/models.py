@@ -40,7 +40,31 @@ class ModelSource:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith((".gguf", ".safetensors"))
+    """A local path, not a Hub id (`org/name`): starts with . / ~, has no or several '/', a
+    backslash, a model-file suffix, or its first part is a local directory (`models/instrcut`)."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1 or text.endswith((".gguf", ".safetensors")):
+        return True
+    return Path(text.split("/")[0]).expanduser().is_dir()
+
+
+def _hub_offline() -> bool:
+    """Whether the Hugging Face Hub may not be contacted (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    import os
+
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a config.json of `repo_id`."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except Exception:  # an id the Hub would refuse (bad characters): not in the cache
+        return False
+    return isinstance(found, str)
 
 
 def _check_gguf(path: Path, flag: str) -> None:
@@ -70,6 +94,9 @@ def resolve_model_source(location: str | Path, flag: str = "--model") -> ModelSo
         return ModelSource("dir", str(path), flag)
     if _looks_like_path(text):
         raise InputError(f"{flag}: '{text}' does not exist (expected a model directory, a .gguf file or a Hub id)")
+    if _hub_offline() and not _in_hub_cache(text):
+        raise InputError(f"{flag}: '{text}' is not a local path and not in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE); "
+                         "give a model directory or .gguf file, or download the model first")
     return ModelSource("hub", text, flag)
 
 
@@ -96,9 +123,20 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_tokenizer_files(source: ModelSource) -> None:
+    """A model directory must hold a tokenizer (transformers' own error names none of the files)."""
+    if source.kind == "dir" and not any((Path(source.location) / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"{source.flag}: '{source.location}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+                         "copy them from the model it was trained from")
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(source)
     name, kwargs = source.load_args
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)

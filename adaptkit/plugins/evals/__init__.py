@@ -1,9 +1,9 @@
 """Built-in eval backends: one module each; this entry point registers their specs."""
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit.plugins.evals import lighteval, lm_eval, mt, ppl, sum
+from adaptkit.plugins.evals import judge_pairwise, judge_single, lighteval, lm_eval, mt, ppl, sum
 
-MODULES: tuple = (ppl, lm_eval, lighteval, mt, sum)
+MODULES: tuple = (ppl, lm_eval, lighteval, mt, sum, judge_pairwise, judge_single)
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """`ppl`: per-token perplexity and bits per byte on text or JSONL files (sliding window).
 
 Task spec: `ppl:NAME=FILE` or `ppl:FILE` (name = file stem). A .jsonl file is read
-record by record (`text_field`, default "text"), a saved HF dataset directory by column,
-any other file line by line. The exact
+record by record (`text_field`, default "text"; records with `messages` are chat
+conversations, scored over their assistant turns only), a saved HF dataset directory by
+column, any other file line by line. The exact
 definition is in `adaptkit.evals.perplexity`.
 """
 
@@ -34,13 +35,13 @@ class PplBackend(EvalBackend):
     layer_by_layer = True
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
-        from adaptkit.evals.data import read_documents
+        from adaptkit.evals.data import read_eval_items
 
         name, path = named_file(spec)
-        documents = read_documents(Path(path), f"{flag} ppl:{spec}", self.params.text_field)
+        documents = read_eval_items(Path(path), f"{flag} ppl:{spec}", self.params.text_field)
         if self.params.max_documents:
             documents = documents[: self.params.max_documents]
-        info = {"file": str(path), "documents": len(documents), "bytes": sum(len(d.encode("utf-8")) for d in documents)}
+        info = {"file": str(path), "documents": len(documents), "bytes": _text_bytes(documents)}
         return [EvalTask(name or Path(path).stem, "ppl", spec, documents, info)]
 
     def check_model(self, config) -> None:
@@ -64,6 +65,12 @@ class PplBackend(EvalBackend):
             )
             outputs[task.name] = TaskOutput(result.metrics(), primary="ppl", higher_is_better=False)
         return outputs
+
+
+def _text_bytes(documents: list) -> int:
+    """UTF-8 bytes of the documents (of a conversation: of all its messages)."""
+    texts = [d if isinstance(d, str) else "".join(m["content"] for m in d) for d in documents]
+    return sum(len(t.encode("utf-8")) for t in texts)
 
 
 SPEC = EvalBackendSpec(

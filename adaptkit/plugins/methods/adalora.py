@@ -11,7 +11,8 @@ Schedule (fractions of the run's steps): no pruning during the first `tinit` fra
 falls cubically from init_r to target_r per matrix until the last `tfinal` fraction, during which
 the final allocation is fixed. Defaults follow the SSU repository's AdaLoRA baseline: init_r 12,
 target_r 8, alpha 32, dropout 0.05, tinit 1000 / tfinal 8546 of 12208 steps, deltaT 20,
-beta1 = beta2 = 0.85, orthogonality regularization 0.5 (added to the loss by peft).
+beta1 = beta2 = 0.85, orthogonality regularization 0.5 (added to the loss by peft), and the token
+embeddings and LM head trained in full (`modules_to_save`; `train_embeddings_and_head=false` leaves them frozen).
 Saved like `lora`; the adapter in final/adapter/ carries the allocated ranks (`rank_pattern`).
 """
 
@@ -37,7 +38,7 @@ class AdaLoRAParams(Params):
     beta1: float = Field(0.85, gt=0, lt=1, description="EMA coefficient of the sensitivity.")
     beta2: float = Field(0.85, gt=0, lt=1, description="EMA coefficient of the uncertainty.")
     orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality regularizer of P and Q.")
-    train_embeddings_and_head: bool = Field(False, description="Also train the token embeddings and LM head in full.")
+    train_embeddings_and_head: bool = Field(True, description="Also train the token embeddings and LM head in full (peft modules_to_save), as the SSU repository's AdaLoRA run does.")
 
 
 class RankAllocation(TrainingCallback):
@@ -104,6 +105,8 @@ class AdaLoRA(TrainingMethod):
         extra = {}
         if p.train_embeddings_and_head:
             extra = dict(modules_to_save=embedding_module_names(model))
+            if getattr(model.config, "tie_word_embeddings", False):
+                extra["ensure_weight_tying"] = True  # the trained copies stay tied (peft >= 0.18)
         config = peft.AdaLoraConfig(
             task_type="CAUSAL_LM", init_r=p.init_r, target_r=p.target_r, lora_alpha=p.alpha, lora_dropout=p.dropout,
             target_modules=resolve_targets(model, p.target_modules), tinit=tinit, tfinal=tfinal, deltaT=p.delta_t, beta1=p.beta1, beta2=p.beta2,

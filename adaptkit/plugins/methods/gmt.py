@@ -22,7 +22,9 @@ bypassing clipping; neither happens here.
 As in the paper, masking acts on the gradient: with AdamW, an entry masked at a step is not
 moved by that step's gradient, but momentum from earlier steps and weight decay still apply.
 Default mask ratio 0.5, as in the SSU repository's GMT baseline; the paper reports GMT to be
-insensitive to the ratio.
+insensitive to the ratio. As in that baseline (`--gmt_skip_embeddings_and_head`), the gradients of
+the token embeddings and the LM head are not masked (they train in full); `skip_embeddings_and_head=false`
+masks them like every other tensor.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from adaptkit.specs import Params, method_spec
 
 class GradientMaskParams(Params):
     mask_ratio: float = Field(0.5, gt=0, lt=1, description="Fraction of each tensor's gradient entries (the smallest |g|) set to zero every step.")
-    skip_embeddings_and_head: bool = Field(False, description="Leave the gradients of the embeddings and LM head unmasked (the SSU repository's GMT run).")
+    skip_embeddings_and_head: bool = Field(True, description="Leave the gradients of the embeddings and LM head unmasked, as the SSU repository's GMT run does (false: mask them too).")
 
 
 def mask_smallest(grad, ratio: float) -> None:

@@ -10,7 +10,9 @@ is what SSU compares against:
   projections, and ceil/floor of half its MLP projections in alternate halves of the layers;
 - block norms: 1 of the 2 norms of each layer (`freeze_norms`, on by default as in the SSU
   repository; Llama: input/post-attention norm, OLMo-2: post-attention/post-feedforward norm);
-- embeddings, the final norm and the LM head are trained.
+- embeddings, the final norm and the LM head are trained, except the rows of the special and
+  chat-template tokens (the run setting `freeze_special_tokens`, on by default for hft as in the
+  SSU repository's HFT runs; engine/special_tokens.py).
 
 A frozen projection freezes its weight and bias. The choice is made with `random.Random(seed)`
 (default: the run's --seed), so the same seed gives the same selection on any machine.
@@ -65,6 +67,7 @@ class HalfFineTuning(TrainingMethod):
     summary = "Half Fine-Tuning: freeze half of each layer's attention and MLP matrices, chosen at random (seeded)"
     reference = "Hui et al., HFT, arXiv 2404.18466; SSU repository variant (github.com/gucci-j/ssu)"
     Params = HalfFineTuningParams
+    freeze_special_tokens = True  # as the SSU repository's HFT runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         seed = ctx.seed if self.params.seed is None else self.params.seed

@@ -16,7 +16,9 @@ arXiv 2406.16797 (github.com/kiddyboots216/lottery-ticket-adaptation):
 
 The mask is saved as `<run>/lota/masks.safetensors` (the format of `adaptkit mask`, usable with
 `--mask`); a `--resume` reuses it instead of redoing the calibration fine-tune.
-Ties at the threshold are all kept, so the trainable count can exceed the target by the number
+As in the SSU repository's LoTA baseline (`--lota_skip_embeddings_and_head`), the token embeddings and
+the LM head stay outside the ranking and train in full (`skip_embeddings_and_head=false` ranks them with
+the rest). Ties at the threshold are all kept, so the trainable count can exceed the target by the number
 of entries equal to the threshold (none in practice for float weights).
 """
 
@@ -34,7 +36,7 @@ MASK_DIR = "lota"
 class LotteryTicketParams(Params):
     sparsity: float = Field(0.9, gt=0, lt=1, description="Fraction of entries frozen (0.9: the top 10% of |delta| train; paper also uses 0.5).")
     calibration_steps: int = Field(100, gt=0, description="Steps of the calibration fine-tune on the target data.")
-    skip_embeddings_and_head: bool = Field(False, description="Train embeddings and LM head in full, outside the sparse mask (the SSU repository's LoTA run).")
+    skip_embeddings_and_head: bool = Field(True, description="Train embeddings and LM head in full, outside the sparse mask, as the SSU repository's LoTA run does (false: rank them with the rest).")
 
 
 def lota_masks(model, base: dict, sparsity: float, skip: set[int]) -> dict:

@@ -13,6 +13,8 @@ NeurIPS 2024 (arXiv 2412.06289), in the variants the SSU repository compares aga
   parameters as LoRA of rank r on every linear projection of every layer (the SSU scripts'
   s2ft_down_16/32/64 match LoRA ranks 16/32/64 this way); with `down+output` one ratio is
   applied to both pools so that the total matches the LoRA budget;
+- the token embeddings and the LM head train in full, as the SSU repository's S2FT runs unfreeze
+  them (`train_embeddings_and_head=false` freezes them: S2FT's own definition);
 - everything else is frozen. Default: ratio 0.015 (the SSU repository's s2ft_down setting).
 
 The engine trains the selected columns through compact copies and writes them back into the
@@ -32,7 +34,7 @@ from pydantic import Field, model_validator
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
-from adaptkit.layers import ATTENTION_OUTPUT, MLP_DOWN, block_linears, find_layers, find_projection
+from adaptkit.layers import ATTENTION_OUTPUT, MLP_DOWN, block_linears, embedding_parameter_ids, find_layers, find_projection
 from adaptkit.specs import Params, method_spec
 
 DEFAULT_RATIO = 0.015
@@ -44,6 +46,7 @@ class StructuredSparseParams(Params):
     lora_rank: Optional[int] = Field(None, gt=0, description="Budget as LoRA of this rank on all linear projections (e.g. 16, 32, 64); instead of ratio.")
     seed: Optional[int] = Field(None, description="Seed of the random selection (default: the run's --seed).")
     fast_backward: bool = Field(True, description="Compute weight gradients only for the selected channels (single-process runs).")
+    train_embeddings_and_head: bool = Field(True, description="Also train the token embeddings and LM head in full, as the SSU repository's S2FT runs do.")
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -119,6 +122,9 @@ class StructuredSparseFineTuning(TrainingMethod):
                 for unit in chosen:
                     columns[unit * width:(unit + 1) * width] = True
                 trainable[names[layer]] = UpdateMask("column", columns)
+        if params.train_embeddings_and_head:
+            ends = embedding_parameter_ids(model)
+            trainable.update({name: None for name, param in model.named_parameters() if id(param) in ends})
         plan = TrainingPlan(model, trainable, compact_linear_grads=params.fast_backward)
         count, total = plan.counts()
         plan.summary = f"S2FT ({params.variant}, ratio {ratio:.4f}): {count:,} of {total:,} parameters train ({count / total:.2%})"

@@ -10,7 +10,10 @@ same settings would, and the scores and masks are saved in the run directory
 
 Frozen entries get no update and no weight decay and the optimizer keeps no state for
 them (the engine's compact parameters); embeddings and the LM head are not scored and
-train in full unless `include_embeddings` is set, as in the paper.
+train in full unless `include_embeddings` is set, as in the paper, except the rows of the
+special and chat-template tokens, which the SSU repository keeps fixed (`--freeze_chat_template_tokens`
+in every SSU script; the paper does not mention it): the run setting `freeze_special_tokens`, on by
+default for every ssu-* method (engine/special_tokens.py; `--set freeze_special_tokens=false` trains them).
 
 Reference: Yamaguchi et al. 2025, "Mitigating Catastrophic Forgetting in Target Language
 Adaptation of LLMs via Source-Shielded Updates" (github.com/gucci-j/ssu).
@@ -50,6 +53,7 @@ class SourceShieldedUpdates(TrainingMethod):
     reference = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
     Params = SSUParams
     needs = frozenset({"mask"})
+    freeze_special_tokens = True  # as the SSU repository's SSU runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         from adaptkit.scoring.freeze import frozen_table
@@ -149,7 +153,7 @@ class SSURandom(SourceShieldedUpdates):
 
 class SSUSparseGPT(SourceShieldedUpdates):
     name, scorer = "ssu-sparsegpt", "sparsegpt"
-    summary = "SSU ablation: freeze the top columns by SparseGPT-style OBS saliency"
+    summary = "SSU ablation: freeze the top columns by the SparseGPT-style score E[x_j^2] (SSU paper, App. B)"
 
 
 class SSUFisher(SourceShieldedUpdates):

@@ -1,0 +1,87 @@
+"""`adaptkit vocab`: how a tokenizer cuts target-language text, and extending it for that language.
+
+`inspect` prints, per file, tokens per word (fertility), bytes per token and the share of
+unknown / partial-character (byte) tokens. `extend` learns `--add N` new BPE tokens from
+target text, appends them (entries and merges) to the tokenizer, gives them embedding and LM
+head rows with an initializer plugin (`--init`: subword-mean, mean, random, or a plugin's) and
+writes a normal model directory plus `adaptkit_vocab.json` (old vocabulary size, new ids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adaptkit.commands.common import Console, OutputOpt, SeedOpt, shared
+
+app = typer.Typer(help="Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).", no_args_is_help=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")]
+DataOpt = Annotated[list[Path], typer.Option("--data", help="Text or JSONL file (repeatable).")]
+
+
+def _stats_row(path: str, stats: dict) -> list:
+    return [path, stats["tokens"], stats["tokens_per_word"], stats["bytes_per_token"], stats["unknown_share"], stats["byte_share"]]
+
+
+@app.command()
+def inspect(
+    ctx: typer.Context,
+    model: ModelOpt,
+    data: DataOpt,
+) -> None:
+    """Tokens per word, bytes per token, unknown and byte-token shares of each --data file."""
+    from adaptkit.io.models import resolve_model_source
+    from adaptkit.vocab.extend import read_texts
+    from adaptkit.vocab.stats import text_stats
+    from adaptkit.vocab.tokenizer import load_tokenizer_as_is
+
+    console = Console.of(ctx)
+    texts = {str(p): read_texts(p, "--data") for p in data}
+    tokenizer = load_tokenizer_as_is(resolve_model_source(model))
+    files = [{"path": path, **text_stats(t, tokenizer)} for path, t in texts.items()]
+    console.table(
+        f"adaptkit vocab inspect ({len(tokenizer)} tokens)",
+        ["file", "tokens", "tokens/word", "bytes/token", "unknown", "byte tokens"],
+        [_stats_row(f["path"], f) for f in files],
+    )
+    console.result({"model": model, "vocab_size": len(tokenizer), "files": files})
+
+
+@app.command()
+def extend(
+    ctx: typer.Context,
+    model: ModelOpt,
+    data: DataOpt,
+    add: Annotated[int, typer.Option("--add", help="Exact number of new tokens (tokens the vocabulary has are skipped).")],
+    output: OutputOpt,
+    min_frequency: Annotated[int, typer.Option("--min-frequency", help="A new token's pair must occur at least this often.")] = 2,
+    init: Annotated[str, typer.Option("--init", help="Initializer of the new rows: subword-mean (FVT), mean, random, or a plugin's.")] = "subword-mean",
+    pad_to_multiple_of: Annotated[Optional[int], typer.Option("--pad-to-multiple-of", help="Pad the embedding rows to a multiple (e.g. 64).")] = None,
+    source_data: Annotated[Optional[Path], typer.Option("--source-data", help="Source-language text: report fertility and the share of its tokens that changed.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="An initializer parameter: --set KEY=VALUE (repeatable; see `adaptkit plugins --kind initializer`).")] = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Learn --add new tokens from --data, append them to tokenizer and embeddings, write a model dir."""
+    from adaptkit.config import parse_set_overrides
+    from adaptkit.vocab.extend import ExtendOptions, extend as run_extend
+
+    console = Console.of(ctx)
+    params = {".".join(path): value for path, value in parse_set_overrides(set_)}
+    opts = ExtendOptions(
+        model=model, data=list(data), add=add, output=output, min_frequency=min_frequency, init=init,
+        init_params=params, pad_to=pad_to_multiple_of, source_data=source_data, seed=0 if seed is None else seed,
+        overwrite=shared(ctx).overwrite,
+    )
+    record = run_extend(opts, log=lambda message: console.print(message))
+    rows = [[r["path"], r["role"], r["before"]["tokens_per_word"], r["after"]["tokens_per_word"],
+             1 - r["after"]["tokens"] / r["before"]["tokens"]] for r in record["report"]]
+    console.table("adaptkit vocab extend: tokens per word", ["file", "role", "before", "after", "fewer tokens"], rows)
+    changed = record.get("source_changed_share")
+    summary = f"[green]wrote[/green] {output}: {record['added']} new tokens, rows {record['old_vocab_size']} -> {record['new_vocab_size']}"
+    if changed is not None:
+        summary += f"; source tokens changed: {changed:.2%}"
+    result = {k: v for k, v in record.items() if k != "new_tokens"}
+    console.result({"output": str(output), **result}, summary)

@@ -1,0 +1,302 @@
+"""Fidelity to the SSU reference code and the papers (issue 15): embeddings and LM head in the baselines,
+special-token rows frozen for ssu-*/hft, pure-bf16 training, and the shipped paper presets.
+
+Each claim is checked against an independent computation on tiny Llama and OLMo-2 models, with and
+without tied embeddings: the token set from the tokenizer's own tables, rows compared bit for bit,
+dtypes read from the optimizer and the saved files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _methods_helpers import TRAIN, weights
+from conftest import assert_input_error
+
+ENDS = ("model.embed_tokens.weight", "lm_head.weight")
+SPECIAL = ("<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>", "<|user|>")  # what the tokenizer below must yield
+TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory, tokenizer):
+    """(arch, tied) -> a tiny model directory whose tokenizer has chat special tokens and a chat template:
+    <|im_start|>/<|im_end|> special, <|user|> an added (non-special) token used by the template, and
+    <|assistant|> only text of the template (several ordinary pieces, so never frozen)."""
+    from transformers import AutoTokenizer
+
+    from adaptkit import demo
+
+    base = tmp_path_factory.mktemp("chat-tokenizer")
+    tokenizer.save_pretrained(base)
+    chat = AutoTokenizer.from_pretrained(base)
+    chat.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    chat.add_tokens(["<|user|>"])
+    chat.chat_template = TEMPLATE
+    assert len(chat.encode("<|assistant|>", add_special_tokens=False)) > 1
+    cache = {}
+    for arch in ("llama", "olmo2"):
+        for tied in (False, True):
+            directory = tmp_path_factory.mktemp(f"chat-{arch}-{tied}")
+            demo.tiny_model(arch, len(chat), tie_word_embeddings=tied).save_pretrained(directory)
+            chat.save_pretrained(directory)
+            cache[arch, tied] = directory
+    return cache
+
+
+def _expected_rows(model_dir: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return sorted(tok.convert_tokens_to_ids(t) for t in SPECIAL)
+
+
+def test_special_token_set_comes_from_the_tokenizer(chat_models):
+    from transformers import AutoTokenizer
+
+    from adaptkit.engine.special_tokens import special_token_ids
+
+    model_dir = chat_models["llama", False]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    found = special_token_ids(tok)
+    assert sorted(found) == _expected_rows(model_dir)
+    assert sorted(found.values()) == sorted(SPECIAL)
+    pieces = {i for word in ("user", "\n", "assistant", "<|assistant|>") for i in tok.encode(word, add_special_tokens=False)}
+    assert pieces and not pieces & set(found)  # ordinary pieces of the template's text are never frozen
+    tok.chat_template = None  # without a template: the declared special tokens only
+    assert sorted(special_token_ids(tok).values()) == sorted(t for t in SPECIAL if t != "<|user|>")
+
+
+@pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", False), ("llama", True), ("olmo2", True)])
+@pytest.mark.parametrize("method, args, frozen", [
+    ("ssu-wanda", [], True),
+    ("hft", [], True),
+    ("fft", ["--set", "freeze_special_tokens=true"], True),
+    ("fft", [], False),
+    ("lora", ["--set", "train_embeddings_and_head=true", "--set", "freeze_special_tokens=true"], True),
+])
+def test_special_token_rows_are_bit_identical(tmp_path, chat_models, corpora, invoke, arch, tied, method, args, frozen):
+    from transformers import AutoConfig
+
+    from adaptkit.calibration import build_calibration
+
+    model_dir = chat_models[arch, tied]
+    if method.startswith("ssu-"):
+        from transformers import AutoTokenizer
+
+        calib = tmp_path / "calib"
+        build_calibration(AutoTokenizer.from_pretrained(model_dir), corpora["en"], fmt="text", pool=200, num_samples=6, block_size=32, seed=0).save(calib)
+        args = ["--calib", str(calib), *args]
+    run = tmp_path / "run"
+    result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", method, "-o", run, *args, *TRAIN[:-1])
+    assert result.returncode == 0, result
+    before, after = weights(model_dir), weights(run / "final")
+    rows = torch.tensor(_expected_rows(model_dir))
+    others = torch.ones(before[ENDS[0]].shape[0], dtype=torch.bool)
+    others[rows] = False
+    names = [n for n in ENDS if n in before]
+    assert names == ([ENDS[0]] if tied else list(ENDS))
+    for name in names:
+        changed = (before[name] != after[name]).any(dim=1)
+        if frozen:
+            assert torch.equal(before[name][rows], after[name][rows]), name
+        else:  # all but the padding row, which is zero (padding_idx) and gets no gradient
+            pad = AutoConfig.from_pretrained(model_dir).pad_token_id
+            assert changed[[r for r in rows.tolist() if r != pad]].all(), name
+        assert changed[others].all(), f"{name}: {int((~changed[others]).sum())} ordinary rows did not train"
+    if frozen:
+        assert f"freeze_special_tokens: {len(SPECIAL)} token rows frozen" in result.stderr
+        assert all(f"'{t}'" in result.stderr for t in SPECIAL)
+    else:
+        assert "freeze_special_tokens" not in result.stderr
+
+
+@pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", True)])
+@pytest.mark.parametrize("method, args, rule", [
+    ("s2ft", ["--set", "ratio=0.05"], "down-columns"),
+    ("adalora", ["--set", "tinit=0", "--set", "tfinal=0.34", "--set", "delta_t=1", "--set", "init_r=4", "--set", "target_r=2"], "adapted"),
+    ("lota", ["--set", "calibration_steps=2"], "mask"),
+])
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys")
+def test_baselines_train_embeddings_and_head_by_default(tmp_path, make_model_dir, corpora, invoke, arch, tied, method, args, rule):
+    """Embeddings and LM head (one tensor when tied) train in full; the rest follows the method's rule;
+    `train_embeddings_and_head=false` / `skip_embeddings_and_head=false` turns it off."""
+    from safetensors.torch import load_file
+
+    model_dir = make_model_dir(arch, layers=2, tie_word_embeddings=tied)
+    before = weights(model_dir)
+    off = "skip_embeddings_and_head=false" if method == "lota" else "train_embeddings_and_head=false"
+    runs = {}
+    for label, extra in (("on", []), ("off", ["--set", off])):
+        runs[label] = tmp_path / label
+        result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", method, "-o", runs[label], *args, *extra, *TRAIN)
+        assert result.returncode == 0, result
+    on, off_weights = weights(runs["on"] / "final"), weights(runs["off"] / "final")
+    for name in (n for n in ENDS if n in before):
+        assert (before[name] != on[name]).float().mean() > 0.99, name
+        moved = float((before[name] != off_weights[name]).float().mean())
+        assert moved == 0.0 if method != "lota" else moved < 0.5, (name, moved)
+    for name, old in before.items():  # everything else follows the method's rule
+        if name in ENDS:
+            continue
+        if rule == "mask":  # LoTA: exactly the saved mask's entries may move; the ends are all-trainable there
+            keep = load_file(str(runs["on"] / "lota" / "masks.safetensors"))[name].bool()
+            assert torch.equal(old[~keep], on[name][~keep]) and not bool(keep.all()), name
+        elif rule == "down-columns":  # S2FT: only (whole) columns of the down projections
+            if name.endswith("mlp.down_proj.weight"):
+                columns = (old != on[name]).any(dim=0)
+                assert 0 < int(columns.sum()) < columns.numel() and torch.equal(old[:, ~columns], on[name][:, ~columns]), name
+            else:
+                assert torch.equal(old, on[name]), name
+        elif "norm" in name:  # AdaLoRA: adapters merged into the block linears; norms stay
+            assert torch.equal(old, on[name]), name
+
+
+# ---------------------------------------------------------------- pure bf16
+
+
+def _engine_step(tmp_path, model_dir, data, precision, method):
+    """The engine's phases up to one optimizer step; returns (training state, model)."""
+    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.engine import loop
+
+    config = build_config(None, {"model": str(model_dir), "data": [str(data)], "method": method, "seq_len": 32, "batch_size": 4,
+                                 "max_steps": 1, "lr": 1e-2, "warmup_ratio": 0.0, "precision": precision, "device": "cpu"},
+                          ["ratio=0.25"] if method == "s2ft" else None)
+    run = loop.set_up(config, tmp_path / f"step-{precision}", False, False, lambda m: None, None)
+    plan, trainable = loop.make_plan(run, build_method(config))
+    training = loop.make_training(run, plan, trainable)
+    loop.train_step(run, training, 0)
+    return training, run.model
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+def test_bf16_pure_keeps_bf16_weights_and_optimizer_state(tmp_path, make_model_dir, corpora, arch):
+    model_dir = make_model_dir(arch)
+    for precision, dtype in (("bf16-pure", torch.bfloat16), ("bf16", torch.float32)):
+        training, model = _engine_step(tmp_path, model_dir, corpora["ha"], precision, "s2ft")
+        optimized = [p for group in training.optimizer.param_groups for p in group["params"]]
+        assert optimized and all(p.dtype == dtype for p in optimized), precision
+        states = [v for s in training.optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
+        assert len(states) == 2 * len(optimized) and all(v.dtype == dtype for v in states), precision
+        assert all(p.dtype == dtype for p in model.parameters()), precision
+
+
+@pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", True)])
+def test_bf16_pure_output_is_bf16_and_frozen_entries_bit_identical(tmp_path, make_model_dir, corpora, invoke, arch, tied):
+    model_dir = make_model_dir(arch, tie_word_embeddings=tied)
+    run = tmp_path / "run"
+    result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", "s2ft", "--set", "ratio=0.25",
+                    "--precision", "bf16-pure", "-o", run, *TRAIN)
+    assert result.returncode == 0, result
+    before, after = weights(model_dir), weights(run / "final")
+    assert all(t.dtype == torch.bfloat16 for t in after.values())
+    for name, old in before.items():
+        source = old.to(torch.bfloat16)  # the model as loaded in bf16
+        if name in ENDS:  # trained; rows of tokens absent from the batches only decay, which bf16 rounding swallows
+            assert (source != after[name]).float().mean() > (0.5 if name == "lm_head.weight" or tied else 0.2), name
+        elif name.endswith("mlp.down_proj.weight"):
+            columns = (source != after[name]).any(dim=0)
+            assert 0 < int(columns.sum()) < columns.numel(), name
+            assert torch.equal(source[:, ~columns], after[name][:, ~columns]), name
+        else:
+            assert torch.equal(source, after[name]), name
+
+
+# ---------------------------------------------------------------- presets
+
+STEPS, BATCH = 12208, 32
+COMMON = {"data.seq_len": 512, "batch_size": 32, "max_steps": 12208, "optimizer.lr": 5e-5, "optimizer.weight_decay": 0.01,
+          "optimizer.betas": (0.9, 0.999), "optimizer.eps": 1e-8, "schedule.name": "cosine", "schedule.warmup_ratio": 0.05,
+          "precision": "bf16-pure", "max_grad_norm": 1.0, "seed": 42}
+SSU_PAPER = {
+    "fft": ("fft", {}, False),
+    "ssu-wanda": ("ssu-wanda", {"freeze_ratio": 0.5}, True),
+    "ssu-mag": ("ssu-mag", {"freeze_ratio": 0.5}, True),
+    "ssu-rand": ("ssu-rand", {"freeze_ratio": 0.5}, True),
+    "ssu-sparsegpt": ("ssu-sparsegpt", {"freeze_ratio": 0.5}, True),
+    "ssu-fisher": ("ssu-fisher", {"freeze_ratio": 0.5}, True),
+    "hft": ("hft", {}, True),
+    "gmt": ("gmt", {"mask_ratio": 0.5, "skip_embeddings_and_head": True}, False),
+    "lota": ("lota", {"calibration_steps": 100, "sparsity": 0.9, "skip_embeddings_and_head": True}, False),
+    "s2ft": ("s2ft", {"variant": "down", "ratio": 0.015, "train_embeddings_and_head": True}, False),
+    "s2ft-down-output": ("s2ft", {"variant": "down+output", "ratio": 0.015, "train_embeddings_and_head": True}, False),
+    "adalora": ("adalora", {"init_r": 12, "target_r": 8, "alpha": 32, "dropout": 0.05, "delta_t": 20, "train_embeddings_and_head": True}, False),
+}
+
+
+def _value(config, dotted):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def test_every_shipped_preset_is_tested():
+    from adaptkit.config import presets
+
+    assert presets() == sorted([f"ssu-paper/{n}" for n in SSU_PAPER] + ["layra-paper/layra"])
+
+
+@pytest.mark.parametrize("name", list(SSU_PAPER))
+def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora):
+    from adaptkit.commands.train import build_config
+    from adaptkit.config import PRESETS_DIR
+    from adaptkit.registry import get_spec
+
+    flags = {"model": str(llama_dir), "data": [str(corpora["ha"])]}
+    by_name = build_config(Path(f"ssu-paper/{name}"), flags, None)
+    for spelled in (Path(f"configs/ssu-paper/{name}.yaml"), PRESETS_DIR / "ssu-paper" / f"{name}.yaml"):
+        assert build_config(spelled, flags, None) == by_name
+    method, params, freeze = SSU_PAPER[name]
+    assert by_name.method == method and by_name.freeze_special_tokens is freeze
+    for key, expected in COMMON.items():
+        assert _value(by_name, key) == expected, key
+    resolved = get_spec("method", method).validate_params(by_name.method_params)
+    for key, expected in params.items():
+        assert getattr(resolved, key) == expected, key
+    micro = by_name.micro_batch_size or BATCH
+    assert BATCH // micro == (4 if name == "gmt" else 1)  # GMT's accumulation interval
+    if name == "adalora":
+        assert (int(resolved.tinit * STEPS), int(resolved.tfinal * STEPS)) == (1000, 8546)
+        assert resolved.target_modules == "all-linear"
+
+
+def test_layra_preset_resolves_to_the_papers_setup(llama_dir, corpora):
+    from adaptkit.commands.train import build_config
+    from adaptkit.registry import get_spec
+
+    config = build_config(Path("layra-paper/layra"), {"model": str(llama_dir), "data": [str(corpora["ha"])]}, None)
+    params = get_spec("method", "layra").validate_params(config.method_params)
+    assert config.method == "layra" and (params.first, params.last, params.r, params.alpha, params.dropout) == (10, 2, 8, 16, 0.05)
+    assert params.train_embeddings_and_head and params.target_modules == "all-linear"
+
+
+def test_a_preset_trains_with_flags_overriding_it(tmp_path, make_model_dir, corpora, invoke):
+    """The issue's command with the preset path; the tiny run overrides only the run length and sizes."""
+    from transformers import AutoTokenizer
+
+    from adaptkit.calibration import build_calibration
+
+    model_dir = make_model_dir("olmo2")
+    calib = tmp_path / "calib"
+    build_calibration(AutoTokenizer.from_pretrained(model_dir), corpora["en"], fmt="text", pool=200, num_samples=6, block_size=32, seed=0).save(calib)
+    run = tmp_path / "run"
+    result = invoke("train", "--config", "configs/ssu-paper/ssu-wanda.yaml", "--model", model_dir, "--data", corpora["ha"], "--calib", calib,
+                    "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--no-gradient-checkpointing", "-o", run, "--quiet")
+    assert result.returncode == 0, result
+    saved = (run / "config.yaml").read_text()
+    assert "precision: bf16-pure" in saved and "freeze_ratio: 0.5" in saved and "lr: 5.0e-05" in saved
+    assert all(t.dtype == torch.bfloat16 for t in weights(run / "final").values())
+
+
+def test_unknown_preset_is_one_line_naming_the_presets(tmp_path, llama_dir, corpora, invoke):
+    result = invoke("train", "--config", "ssu-paper/ssu-wandaa", "--model", llama_dir, "--data", corpora["ha"], "-o", tmp_path / "run")
+    assert_input_error(result, "--config", "ssu-paper/ssu-wandaa", "ssu-paper/ssu-wanda")
+    assert not (tmp_path / "run").exists()
