@@ -293,8 +293,6 @@ def build_calibration(
         records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
         sampled, seen = reservoir_sample(records, pool, seed)
 
-    progress(f"sampled {len(sampled):,} of {seen:,} examples from {source}")
-
     # 3-4. render and tokenize
     kinds = [record_kind(record, fmt, text_field) for record in sampled]
     template_name = template_text = None
@@ -337,6 +335,7 @@ def build_calibration(
             "(--block-size); give more data, a larger --pool or a smaller --block-size"
         )
 
+    progress(f"sampled {len(sampled):,} of {seen:,} examples from {source}")  # reported once the input is known to be good
     progress(f"tokenized {used:,} examples: {len(stream):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
 
     # 5. the seeded choice of blocks
