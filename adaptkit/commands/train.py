@@ -202,7 +202,7 @@ def interrupted_note(output: Path) -> str:
 
     checkpoint = latest_checkpoint(output)
     if checkpoint is None:
-        return f"no checkpoint was saved in {output} yet, so there is nothing to resume"
+        return f"no checkpoint was saved in {output} yet (the first comes after 10% of the steps, or --save-steps N), so there is nothing to resume"
     return f"kept {checkpoint}; continue with the same command and --resume"
 
 
