@@ -32,7 +32,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from adaptkit.errors import InputError, first_line
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 BLOCKS_FILE = "blocks.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMATS = ("auto", "chat", "alpaca", "text")
+DEFAULT_BLOCK_SIZE = 2048  # the paper's; shorter where the model's context length is
 HUB_SHUFFLE_BUFFER = 10_000
 
 # Built-in chat templates for models without one (--template NAME).
@@ -227,15 +228,23 @@ def _sources(data: Any) -> list[str] | None:
     return None
 
 
-def _as_tokenizer(tokenizer_or_model: Any, trust_remote_code: bool) -> tuple[Any, str]:
-    """A tokenizer and a description, from a tokenizer object, a ModelSource or a model location."""
-    from adaptkit.io.models import ModelSource, load_tokenizer, resolve_model_source
+def _as_tokenizer(tokenizer_or_model: Any, trust_remote_code: bool, block_size: int | None) -> tuple[Any, str, int]:
+    """A tokenizer, a description and the block size, from a tokenizer object, a ModelSource or a model location.
+
+    The block size defaults to DEFAULT_BLOCK_SIZE, or the model's context length where that is shorter;
+    a block longer than the context length (config.json) is refused before anything is read.
+    """
+    from adaptkit.io.models import ModelSource, check_context_length, load_tokenizer, resolve_model_source, source_context_length
 
     if isinstance(tokenizer_or_model, (str, Path)):
         tokenizer_or_model = resolve_model_source(tokenizer_or_model, "--model")
+    limit = source_context_length(tokenizer_or_model) if isinstance(tokenizer_or_model, ModelSource) else None
+    if block_size is None:
+        block_size = min(DEFAULT_BLOCK_SIZE, limit or DEFAULT_BLOCK_SIZE)
+    check_context_length(block_size, limit, "--block-size")
     if isinstance(tokenizer_or_model, ModelSource):
-        return load_tokenizer(tokenizer_or_model, trust_remote_code), tokenizer_or_model.location
-    return tokenizer_or_model, getattr(tokenizer_or_model, "name_or_path", "") or "tokenizer"
+        return load_tokenizer(tokenizer_or_model, trust_remote_code), tokenizer_or_model.location, block_size
+    return tokenizer_or_model, getattr(tokenizer_or_model, "name_or_path", "") or "tokenizer", block_size
 
 
 def build_calibration(
@@ -244,13 +253,14 @@ def build_calibration(
     fmt: str = "auto",
     pool: int = 2000,
     num_samples: int = 500,
-    block_size: int = 2048,
+    block_size: int | None = None,
     seed: int = 42,
     template: str | None = None,
     text_field: str = "text",
     split: str = "train",
     trust_remote_code: bool = False,
     flag: str = "--data",
+    progress: Callable[[str], None] = lambda message: None,
 ) -> CalibrationSet:
     """Sample, render, tokenize and pack a calibration set (see the module docstring for the recipe).
 
@@ -266,9 +276,9 @@ def build_calibration(
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     for value, name in ((pool, "--pool"), (num_samples, "--num-samples"), (block_size, "--block-size")):
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{name}: must be at least 1 (got {value})")
-    tokenizer, model_name = _as_tokenizer(tokenizer_or_model, trust_remote_code)
+    tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
 
     # 1-2. raw examples and the seeded pool
     sources = _sources(data)
@@ -330,6 +340,9 @@ def build_calibration(
             "(--block-size); give more data, a larger --pool or a smaller --block-size"
         )
 
+    progress(f"sampled {len(sampled):,} of {seen:,} examples from {source}")  # reported once the input is known to be good
+    progress(f"tokenized {used:,} examples: {len(stream):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
+
     # 5. the seeded choice of blocks
     available = blocks.shape[0]
     if available > num_samples:
@@ -367,7 +380,10 @@ def build_calibration(
 
 
 def check_calibration_fits(calibration: CalibrationSet, model: Any, tokenizer: Any = None, flag: str = "--calib") -> None:
-    """Refuse token ids the model cannot embed, and blocks made with another tokenizer."""
+    """Refuse token ids the model cannot embed, blocks longer than its context, and blocks made with another tokenizer."""
+    from adaptkit.io.models import check_context_length, context_length
+
+    check_context_length(int(calibration.blocks.shape[1]), context_length(model.config), f"{flag} (its blocks)")
     vocab = model.get_input_embeddings().weight.shape[0]
     top = int(calibration.blocks.max())
     if top >= vocab:

@@ -18,9 +18,9 @@ from adaptkit.errors import InputError, PluginError, did_you_mean
 
 
 class Params(BaseModel):
-    """Base class for parameter models: unknown keys are errors."""
+    """Base class for parameter models: unknown keys and non-finite numbers (inf, nan) are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NoParams(Params):

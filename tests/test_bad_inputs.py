@@ -49,7 +49,9 @@ CASES = [
     ("data-binary", train(data="{binary_file}"), ["--data", "UTF-8"]),
     ("data-bad-jsonl", train(data="{bad_jsonl}"), ["--data", "line 2", "JSON"]),
     ("data-jsonl-no-field", train(data="{jsonl_no_text}"), ["--data", "text"]),
-    ("data-shorter-than-block", train("--seq-len", "100000"), ["--data", "--seq-len"]),
+    ("data-shorter-than-block", train(data="{text_file}", seq_len="512"), ["--data", "--seq-len"]),
+    ("seq-len-above-context", train(seq_len="100000"), ["--seq-len", "100000", "context length of 1024"]),
+    ("seq-len-above-small-context", train(model="{short_model}", seq_len="16"), ["--seq-len", "16", "context length of 8"]),
     # --- train: evaluation during training -------------------------------------------------
     ("eval-steps-without-eval-data", train("--eval-steps", "2"), ["--eval-steps", "--eval-data", "--validation-fraction"]),
     ("eval-data-empty", train("--eval-data", "dev={empty_file}:source"), ["--eval-data dev", "empty"]),
@@ -71,6 +73,11 @@ CASES = [
     # --- train: numbers -------------------------------------------------------------------
     ("lr-negative", train("--lr", "-1"), ["--lr", "greater than 0"]),
     ("lr-nan", train("--lr", "nan"), ["--lr"]),
+    ("lr-inf", train("--lr", "inf"), ["--lr", "finite", "inf"]),
+    ("set-lr-inf", train("--set", "optimizer.lr=inf"), ["--set", "optimizer.lr", "finite"]),
+    ("set-yaml-inf", train("--set", "max_grad_norm=.inf"), ["--set", "max_grad_norm", "finite"]),
+    ("max-grad-norm-nan", train("--max-grad-norm", "nan"), ["--max-grad-norm", "finite"]),
+    ("method-param-inf", train("--method", "lora", "--set", "lora.alpha=inf"), ["--set", "alpha", "finite"]),
     ("batch-size-zero", train(batch_size="0"), ["--batch-size"]),
     ("batch-not-multiple-of-micro", train("--micro-batch-size", "3", batch_size="4"), ["--batch-size", "--micro-batch-size"]),
     ("max-steps-negative", train(max_steps="-5"), ["--max-steps"]),
@@ -103,6 +110,9 @@ CASES = [
     # --- train: outputs and resume -------------------------------------------------------------
     ("output-is-file", train(o="{text_file}"), ["-o/--output", "is a file"]),
     ("resume-nothing", train("--resume"), ["--resume", "no run to resume"]),
+    ("output-missing", ["train", "--model", "{model}", "--data", "{data}", "--quiet"], ["-o/--output", "required"]),
+    ("model-missing-flag", ["train", "--data", "{data}", "-o", "{out}"], ["--model", "required"]),
+    ("print-config-unknown-key", ["train", "--print-config", "--set", "optimizer.lrr=1"], ["--set", "lrr"]),
     ("unknown-option", train("--learning-rate", "1"), ["--learning-rate"]),
     # --- outputs that cannot be written (every command with -o), refused before any work --------
     ("train-output-in-proc", train(o="/proc/adaptkit-run"), ["-o/--output", "/proc/adaptkit-run", "cannot write"]),
@@ -134,11 +144,14 @@ CASES = [
     ("calibrate-data-empty", ["calibrate", "-m", "{model}", "-d", "{empty_file}", "-o", "{out}"], ["--data"]),
     ("calibrate-data-bad-jsonl", ["calibrate", "-m", "{model}", "-d", "{bad_jsonl}", "-o", "{out}"], ["--data", "line 2"]),
     ("calibrate-format-unknown", ["calibrate", "-m", "{model}", "-d", "{data}", "--format", "chatt", "-o", "{out}"], ["--format", "chatt"]),
+    ("calibrate-block-size-above-context", ["calibrate", "-m", "{model}", "-d", "{data}", "--block-size", "4096", "-o", "{out}"], ["--block-size", "4096", "context length of 1024"]),
+    ("calibrate-block-size-above-small-context", ["calibrate", "-m", "{short_model}", "-d", "{data}", "--block-size", "16", "-o", "{out}"], ["--block-size", "16", "context length of 8"]),
     ("calibrate-block-size-zero", ["calibrate", "-m", "{model}", "-d", "{data}", "--block-size", "0", "-o", "{out}"], ["--block-size"]),
     ("calibrate-template-missing-file", ["calibrate", "-m", "{model}", "-d", "{chat_jsonl}", "--template", "{missing}.jinja", "-o", "{out}"], ["--template"]),
     ("calibrate-template-file-missing-text-data", ["calibrate", "-m", "{model}", "-d", "{data}", "--format", "text", "--template", "{missing}", "-o", "{out}"], ["--template", "Jinja template file"]),
     # --- score --------------------------------------------------------------------------------
     ("score-scorer-unknown", ["score", "-m", "{model}", "--calib", "{calib}", "--scorer", "wandaa", "-o", "{out}"], ["--scorer", "wandaa", "did you mean", "wanda"]),
+    ("score-calib-longer-than-context", ["score", "-m", "{short_model}", "--calib", "{calib}", "-o", "{out}"], ["--calib", "16 tokens", "context length of 8"]),
     ("score-calib-empty-dir", ["score", "-m", "{model}", "--calib", "{empty_dir}", "-o", "{out}"], ["--calib", "not a calibration directory"]),
     ("score-calib-is-file", ["score", "-m", "{model}", "--calib", "{text_file}", "-o", "{out}"], ["--calib"]),
     ("score-model-corrupt", ["score", "-m", "{corrupt_model}", "--scorer", "magnitude", "-o", "{out}"], ["--model"]),
@@ -179,6 +192,8 @@ CASES = [
     ("iv-apply-vector-other-model", ["instruct-vector", "apply", "-m", "{narrow_model}", "--vector", "{vector}", "-o", "{out}"], ["shape"]),
     # --- evaluate -------------------------------------------------------------------------------
     ("evaluate-backend-unknown", ["evaluate", "-m", "{model}", "--task", "ppx:{data}", "-o", "{out}"], ["--task", "ppx", "did you mean: ppl"]),
+    ("evaluate-ppl-window-above-context", ["evaluate", "-m", "{short_model}", "--task", "ppl:{data}", "--set", "ppl.block_size=64", "-o", "{out}"], ["ppl.block_size", "64", "context length of 8"]),
+    ("evaluate-ppl-stride-above-window", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--set", "ppl.block_size=32", "--set", "ppl.stride=64", "-o", "{out}"], ["ppl.stride", "64", "32"]),
     ("evaluate-task-file-empty", ["evaluate", "-m", "{model}", "--task", "ppl:{empty_file}", "-o", "{out}"], ["--task", "is empty"]),
     ("evaluate-task-no-spec", ["evaluate", "-m", "{model}", "--task", "ppl", "-o", "{out}"], ["--task", "BACKEND:SPEC"]),
     ("evaluate-model-corrupt", ["evaluate", "-m", "{corrupt_model}", "--task", "ppl:{data}", "-o", "{out}"], ["--model"]),
@@ -301,6 +316,7 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     model = files["model"]
     files["model_b"] = make_model_dir("llama", 1)
     files["narrow_model"] = make_model_dir("llama", 1, hidden=32)
+    files["short_model"] = make_model_dir("llama", max_position_embeddings=8)  # a context of 8 tokens
     files["calib"] = root / "calib"
     _run_ok("calibrate", "-m", model, "-d", corpora["en"], "--format", "text", "--pool", "200", "--num-samples", "4", "--block-size", "16", "-o", files["calib"])
     files["scores"] = root / "scores"

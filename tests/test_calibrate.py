@@ -122,7 +122,7 @@ def test_bad_calibration_data(tmp_path, llama_dir, invoke):
     too_short.write_text("A short line.\n")
     cases = [
         (["--data", no_usable], ["--data", "no usable examples"]),
-        (["--data", too_short, "--block-size", "2048"], ["--data", "fewer than one block", "--block-size"]),
+        (["--data", too_short, "--block-size", "512"], ["--data", "fewer than one block", "--block-size"]),
         (["--data", too_short, "--format", "xml"], ["--format", "xml"]),
         (["--data", tmp_path / "missing.jsonl"], ["--data", "does not exist"]),
         (["--data", too_short, "--num-samples", "0"], ["--num-samples"]),

@@ -121,6 +121,10 @@ def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
     assert ours.nll_sum == pytest.approx(reference, rel=1e-5)
 
 
+def _signed(value: float) -> str:
+    return f"{value:+.3g}"
+
+
 def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir, corpora, tmp_path):
     import sacrebleu
 
@@ -145,8 +149,15 @@ def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir
     value, baseline = results["results"]["other"]["hau"]["ppl"], results["results"]["base"]["hau"]["ppl"]
     assert change["abs_change"] == pytest.approx(value - baseline)
     assert change["rel_change_pct"] == pytest.approx(100 * (value - baseline) / baseline)
-    assert change["gain_pct"] == pytest.approx(-change["rel_change_pct"])  # lower perplexity is better
-    assert results["summary"]["other"]["source_gain_pct"] == pytest.approx(results["changes"]["other"]["eng"]["gain_pct"])
+    # perplexity tasks: the change in bits per byte (symmetric in log space), gain = bits per byte saved
+    bpb = {m: results["results"][m]["hau"]["nll_sum"] / (math.log(2) * results["results"][m]["hau"]["bytes"]) for m in ("other", "base")}
+    assert change["gain_unit"] == "bits/byte" and change["bpb_change"] == pytest.approx(bpb["other"] - bpb["base"])
+    assert change["gain"] == pytest.approx(-change["bpb_change"]) and "gain_pct" not in change
+    assert results["summary"]["other"]["source_gain_bpb"] == pytest.approx(results["changes"]["other"]["eng"]["gain"])
+    assert results["summary"]["other"]["target_gain_bpb"] == pytest.approx(change["gain"])
+    # a bounded metric (chrF++) keeps its relative change in %
+    mt_change = results["changes"]["other"]["flores-like"]
+    assert mt_change["gain_unit"] == "%" and mt_change["gain"] == pytest.approx(mt_change["rel_change_pct"])
     # chrF / chrF++ from the saved generations, computed with sacrebleu directly
     records = [json.loads(line) for line in (out / "details" / "other" / "flores-like.jsonl").read_text().splitlines()]
     assert len(records) == 4 and records[0]["prompt"].startswith("Fassara Turanci zuwa Hausa:\n")
@@ -156,10 +167,11 @@ def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir
     assert metrics["chrf"] == pytest.approx(sum(sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)) / 4)
     assert metrics["corpus_chrf++"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
     markdown = (out / "results.md").read_text()
-    assert "| base (baseline) |" in markdown and "hau (ppl ↓) [target]" in markdown and "gain" in markdown
+    assert "| base (baseline) |" in markdown and "hau (ppl ↓) [target]" in markdown
+    assert "| source gain (bits/byte) | target gain (bits/byte) |" in markdown and f"{_signed(change['bpb_change'])} bits/byte" in markdown
     for png in ("tasks.png", "forgetting_learning.png"):
         assert (out / png).read_bytes()[:8] == PNG
-    assert json.loads(result.stdout)["summary"]["other"].keys() == {"source_gain_pct", "target_gain_pct"}
+    assert json.loads(result.stdout)["summary"]["other"].keys() == {"source_gain_bpb", "target_gain_bpb"}
 
 
 def greedy_decode(model, tokenizer, prompt: str, max_new_tokens: int) -> str:

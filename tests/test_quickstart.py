@@ -17,7 +17,7 @@ def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
     models = summary["models"]
     assert set(models) == {"source", "fft", "ssu-wanda"}
     for name in ("fft", "ssu-wanda"):
-        assert "source_gain_pct" in models[name] and "target_gain_pct" in models[name]
+        assert "source_gain_bpb" in models[name] and "target_gain_bpb" in models[name]
         assert (out / "runs" / name / "final" / "model.safetensors").is_file()
     assert models["ssu-wanda"]["trainable_fraction"] < models["fft"]["trainable_fraction"] == 1.0
     for name in ("results.json", "results.md", "tasks.png", "forgetting_learning.png"):

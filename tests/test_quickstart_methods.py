@@ -101,7 +101,7 @@ def test_quickstart_runs_baselines_side_by_side(tmp_path, invoke):
     before = weights(source)
     total = sum(t.numel() for t in before.values())
     for name in METHODS:
-        assert "source_gain_pct" in models[name] and "target_gain_pct" in models[name]
+        assert "source_gain_bpb" in models[name] and "target_gain_bpb" in models[name]
         run = out / "runs" / name
         after = weights(run / "final")
         trainable = _expected(name, before, after, run, source)

@@ -18,7 +18,7 @@ def command(
     template: Annotated[Optional[str], typer.Option("--template", help="Chat template: model (the tokenizer's own), chatml, plain, or a .jinja file.", show_default="model")] = None,
     pool: Annotated[int, typer.Option("--pool", help="Raw examples to sample (paper: 2000).")] = 2000,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Blocks to keep (paper: 500; 128 is its cheaper setting).")] = 500,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per block (paper: 2048).")] = 2048,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per block (paper: 2048; default 2048, or the model's context length when that is shorter).")] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Field of plain-text JSONL records.")] = "text",
     split: Annotated[str, typer.Option("--split", help="Split of a dataset directory or Hub dataset.")] = "train",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the example and block sampling.")] = 42,
@@ -31,15 +31,18 @@ def command(
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
-    calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code)
+    from adaptkit.commands.progress import notes
+
+    calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code,
+                                    progress=notes(console, "calibrate"))
     with atomic_dir(output, overwrite) as tmp:
         calibration.save(tmp)
     m = calibration.manifest
     if m["num_samples"] < m["num_samples_requested"]:
-        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {block_size} tokens could be made (asked for {num_samples}); raise --pool for more")
+        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {m['block_size']} tokens could be made (asked for {num_samples}); raise --pool for more")
     kinds = ", ".join(f"{n} {k}" for k, n in m["examples_by_format"].items() if n)
     console.result(
         {"output": str(output), **m},
-        f"[green]done[/green]: {m['num_samples']} blocks x {block_size} tokens ({m['tokens']:,} tokens) from {m['examples_used']} examples ({kinds}); "
+        f"[green]done[/green]: {m['num_samples']} blocks x {m['block_size']} tokens ({m['tokens']:,} tokens) from {m['examples_used']} examples ({kinds}); "
         f"template {m['template'] or 'none'}; written to {output}",
     )

@@ -111,17 +111,20 @@ def command(
     from adaptkit.evals.report import write_report
     from adaptkit.evals.runner import run_evaluation
 
+    from adaptkit.commands.progress import notes
+
+    note = notes(console, "evaluate")
     generations: list[dict] = []
 
     def on_model(name, loaded, tokenizer):
         if prompts is not None:
             from adaptkit.evals.generation import generate_records
 
-            console.print(f"[dim]{name}: generating {len(prompts)} responses[/dim]")
+            note(f"{name}: generating {len(prompts)} responses")
             generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0, generator=server))
 
     with offload_folder(placement) as placement:
-        run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+        run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=note,
                              on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
     with atomic_dir(output, overwrite) as tmp:
         results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)

@@ -105,19 +105,19 @@ def command(
 
 
 def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
-    """The forgetting/learning trade-off at a glance."""
+    """The forgetting/learning trade-off at a glance: gains in bits per byte (perplexity tasks)."""
     tasks = [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
     rows = []
     for name, row in report.items():
-        gain = lambda key: f"{row[key]:+.1f}%" if key in row else "-"  # noqa: E731
+        gain = lambda key: f"{row[key]:+.3f}" if key in row else "-"  # noqa: E731
         fraction = row.get("trainable_fraction")
         rows.append([
-            name, *[f"{row[task]['ppl']:.1f}" for task in tasks], gain("source_gain_pct"), gain("target_gain_pct"),
+            name, *[f"{row[task]['ppl']:.1f}" for task in tasks], gain("source_gain_bpb"), gain("target_gain_bpb"),
             f"{100 * fraction:.0f}%" if fraction is not None else "-", f"{row.get('seconds', 0):.1f}",
         ])
     console.table(
-        f"held-out perplexity; gain = change vs the source model ({source_lang}: forgetting, {target_lang}: learning), positive = better",
-        ["model", *[f"{task} ppl" for task in tasks], "source gain", "target gain", "trainable", "train s"],
+        f"held-out perplexity; gain = bits per byte saved vs the source model ({source_lang}: forgetting, {target_lang}: learning), positive = better",
+        ["model", *[f"{task} ppl" for task in tasks], "source gain (bits/byte)", "target gain (bits/byte)", "trainable", "train s"],
         rows,
     )
 
@@ -161,6 +161,7 @@ def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, 
             "schedule": {"name": "cosine", "warmup_ratio": 0.05},
             "seed": seed,
             "log_steps": 50,
+            "save_steps": 0,
         },
         Path("runs/source"),
         console,
@@ -263,6 +264,7 @@ def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, 
         "seed": seed,
         "log_steps": min(25, max(1, steps // 20)),  # about 20 points of the training-loss curve
         "eval": evals or {},
+        "save_steps": 0,  # the quickstart never resumes: no checkpoints to write
     }
     return _train(values, Path("runs") / name, console)
 

@@ -48,14 +48,16 @@ DATA_FLAGS = ("data", "text_field", "max_tokens")  # CLI flags -> `data` setting
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
 
 
-def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None):
+def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None,
+                 require_inputs: bool = True):
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
     from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
-    The DATA_FLAGS (--data, --text-field, --max-tokens) become `data` settings by `data_settings`."""
+    The DATA_FLAGS (--data, --text-field, --max-tokens) become `data` settings by `data_settings`.
+    `require_inputs`: --model and --data must be given (not for --print-config)."""
     from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
     from adaptkit.engine.evaluation import check_eval_config
-    from adaptkit.errors import InputError
     from adaptkit.engine.config import TrainConfig
+    from adaptkit.errors import InputError
     from adaptkit.registry import get_spec
 
     data: dict[str, Any] = read_yaml_mapping(resolve_config_file(config_file)) if config_file else {}
@@ -89,9 +91,9 @@ def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: 
         else:
             data.setdefault("method_params", {})[_method_key(path, spec, TrainConfig)] = value
     config = validate_config(TrainConfig, data, "--set")
-    if not config.model:
+    if require_inputs and not config.model:
         raise InputError("--model: required (a model directory, .gguf file or Hub id)")
-    if not config.data.mixture():
+    if require_inputs and not config.data.mixture():
         raise InputError("--data: required (text, JSONL or HF dataset directory)")
     check_eval_config(config)
     return config
@@ -168,7 +170,7 @@ def command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: a .txt (a document per line), .jsonl, .parquet (also .gz/.zst), directory, glob, token store, saved HF dataset or hub:ID[:CONFIG][@SPLIT]. Repeatable: NAME=SPEC[:WEIGHT] mixes named sources by weight (e.g. --data ha=tokens/hau --data en=en.txt:0.05 replays 5% English).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Training method (see `adaptkit plugins --kind method`).", show_default="fft")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model).")] = ...,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run directory (checkpoints, metrics, final/ model); required unless --print-config.")] = None,
     mask: Annotated[Optional[str], typer.Option("--mask", help="Mask directory from `adaptkit mask`: the method's `mask` parameter (ssu-*).")] = None,
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
@@ -182,8 +184,9 @@ def command(
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o.")] = False,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (default: every 10% of the steps, rounded up; 0: none); the newest 2 are kept.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
@@ -214,8 +217,15 @@ def command(
 
     flags = {k: v for k, v in locals().items() if k in FLAG_KEYS or k in DATA_FLAGS}
     method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
-    train_config = build_config(config, flags, set_, method_flags)
+    train_config = build_config(config, flags, set_, method_flags, require_inputs=not print_config)
     training_method = build_method(train_config, method_flags)
+    if print_config:
+        _print_config(train_config, training_method)
+        return
+    if output is None:
+        from adaptkit.errors import InputError
+
+        raise InputError("-o/--output: required (the run directory)")
     target = check_target(push_to_hub, private, revision)
     if dry_run:
         return print_memory_plan(train_config, training_method, processes, Console.of(ctx))
@@ -224,6 +234,11 @@ def command(
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
+    if resume and (output / "final").is_dir() and (output / "config.yaml").is_file():
+        console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
+                       f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
+                       f"To train further, start a new run with --model {output / 'final'}")
+        return
     result = run_training(train_config, training_method, output, resume, overwrite, console)
     if not result.main_process:  # the other processes of a multi-process run stay silent
         return
@@ -262,6 +277,16 @@ def upload_files(run_dir: Path) -> dict:
     return files
 
 
+def _print_config(config, method) -> None:
+    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout."""
+    import sys
+
+    from adaptkit.engine.loop import config_yaml
+
+    sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
+    sys.stdout.flush()
+
+
 def use_device(device: str) -> None:
     """Refuse a device this machine lacks before the engine runs; `cuda:N` becomes the current CUDA device."""
     from adaptkit.io.devices import resolve_device
@@ -279,18 +304,14 @@ def interrupted_note(output: Path) -> str:
 
     checkpoint = latest_checkpoint(output)
     if checkpoint is None:
-        return f"no checkpoint was saved in {output} yet, so there is nothing to resume (--save-steps N saves one every N steps)"
+        return f"no checkpoint was saved in {output} yet (the first comes after 10% of the steps, or --save-steps N), so there is nothing to resume"
     return f"kept {checkpoint}; continue with the same command and --resume"
 
 
 def run_training(config, method, output: Path, resume: bool, overwrite: bool, console: Console):
-    """Run the engine with a progress bar when on a terminal."""
+    """Run the engine with a progress bar on a terminal, progress lines in a log, none with --quiet/--json."""
+    from adaptkit.commands.progress import training_progress
     from adaptkit.engine.loop import train
 
-    if not console.show_progress:
-        return train(config, method, output, resume, overwrite, log=lambda m: console.print(m))
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn()]
-    with Progress(*columns, console=console.rich, transient=False) as progress:
-        return train(config, method, output, resume, overwrite, log=lambda m: progress.console.print(m), progress=progress)
+    with training_progress(console, "train") as (progress, log):
+        return train(config, method, output, resume, overwrite, log=log, progress=progress)

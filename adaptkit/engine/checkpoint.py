@@ -68,7 +68,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": groups}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The torch (CPU and CUDA) and Python RNG states, as a checkpoint stores them."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -77,7 +78,8 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, {"python": [py_state[0], list(py_state[1]), py_state[2]]}
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Set the RNG states that `capture_rng` returned."""
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
     if cuda and torch.cuda.is_available():
@@ -121,7 +123,7 @@ def save_checkpoint(
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
         save_tensors(opt_tensors, tmp / f"optimizer{suffix}.safetensors")
         if main:
-            rng_tensors, rng_meta = _rng_state()
+            rng_tensors, rng_meta = capture_rng()
             save_tensors(rng_tensors, tmp / "rng.safetensors")
             callback_tensors = {f"{i}.{k}": v.detach().cpu() for i, cb in enumerate(callbacks) for k, v in cb.state_dict().items()}
             save_tensors(callback_tensors, tmp / "callbacks.safetensors")
@@ -215,5 +217,5 @@ def load_checkpoint(
         mine = {k[len(prefix):]: v for k, v in callback_tensors.items() if k.startswith(prefix)}
         if mine:
             cb.load_state_dict(mine)
-    _set_rng_state(load_tensors(path / "rng.safetensors", flag), state["rng"])
+    restore_rng(load_tensors(path / "rng.safetensors", flag), state["rng"])
     return state

@@ -14,7 +14,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; so is a non-finite number (`--lr inf` would train to NaN weights)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _parse_count(value: Any) -> Any:
@@ -127,7 +129,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "bf16-pure"] = Field(
         "auto", description="fp32; bf16 (autocast, fp32 master weights); bf16-pure (bf16 weights and optimizer state, the HF Trainer's --bf16 on a bf16 model); auto = bf16 on a GPU that has it, else fp32."
     )
-    save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps.")
+    save_steps: Optional[int] = Field(None, ge=0, description="Checkpoint every N steps; default: every 10% of the steps (rounded up); 0: none.")
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
     seed: int = 42

@@ -34,7 +34,7 @@ from adaptkit.engine.distributed import Strategy
 from adaptkit.engine.evaluation import evaluate_now
 from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, build_schedule
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
-from adaptkit.errors import InputError
+from adaptkit.errors import AdaptkitError, InputError
 
 RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "train_embeddings", "embedding_lr", "optimizer", "schedule", "batch_size", "seed")
 RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
@@ -119,6 +119,7 @@ class Training:
     autocast: Callable[[], ContextManager]
     fingerprint: str  # architecture + trainable count: a checkpoint resumes only into the same plan
     counts: tuple[int, int]  # (trainable entries, all entries)
+    updating: bool = False  # inside train_step's update (optimizer step .. schedule step): no consistent state
 
 
 @dataclass
@@ -255,7 +256,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     from adaptkit.engine import distributed, trackers
     from adaptkit.engine.embedding_rows import recorded_old_rows
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
-    from adaptkit.io.models import default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source
+    from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
 
     report_to = trackers.check_available(config.report_to)
@@ -275,14 +276,18 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
     source = resolve_model_source(config.model, "--model")
     old_rows = recorded_old_rows(config.train_embeddings, source)
+    check_context_length(config.data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     sources, blocks = load_data(config, tokenizer, log)
     sources, blocks, held_out = hold_out_validation(sources, blocks, config.data.validation_fraction, config.seed)
     evals = load_eval_sets(config, tokenizer, held_out)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
+    check_context_length(config.data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
               total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals, old_vocab_size=old_rows)
+    for warning in data_warnings(config, blocks.shape[0], run.steps):
+        log(f"warning: {warning}")
     _open_run_dir(run, resume, overwrite)
     run.trackers = trackers.Trackers(accelerator, report_to, config.project, config.run_name or run_dir.name, run_dir)
     run.trackers.start(_resolved_config_dict(config))
@@ -304,6 +309,25 @@ def load_data(config: TrainConfig, tokenizer: Any, log: Callable[[str], None]) -
                           data.format, data.cache, "--data", data.num_proc, log)
     together = StoreBlocks([segment for b in blocks for segment in b.segments], data.seq_len)
     return {s.name: b for s, b in zip(mixture, blocks)}, together
+
+
+def data_warnings(config: TrainConfig, num_blocks: int, steps: int) -> list[str]:
+    """What makes a run train on less than it seems: data smaller than one batch, a learning rate that
+    never leaves 0 (warmup longer than the run) or never reaches its peak. Each says what to change."""
+    from adaptkit.engine.optim import lr_factor
+
+    warnings, seq_len, batch = [], config.data.seq_len, config.batch_size
+    if num_blocks < batch:
+        warnings.append(f"--data gives {num_blocks} block(s) of {seq_len} tokens ({num_blocks * seq_len:,} tokens), fewer than one batch of "
+                        f"{batch} x {seq_len} tokens: every step repeats them; give more text, or a smaller --batch-size or --seq-len")
+    warmup = math.ceil(steps * config.schedule.warmup_ratio)
+    if not any(lr_factor(step, steps, config.schedule) > 0 for step in range(steps)):
+        warnings.append(f"the learning rate stays 0 for all {steps} optimizer step(s) (warmup takes {warmup}), so the weights will not change; "
+                        "give more data, --max-steps or --epochs, or --warmup-ratio 0")
+    elif warmup >= steps:
+        warnings.append(f"warmup takes {warmup} of the {steps} optimizer steps, so the learning rate never reaches --lr {config.optimizer.lr:g}; "
+                        "give more data, --max-steps or --epochs, or a smaller --warmup-ratio")
+    return warnings
 
 
 def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
@@ -380,7 +404,7 @@ def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[
     from adaptkit.io.atomic import write_text_atomic
 
     if run.main:
-        write_text_atomic(run.run_dir / "config.yaml", _config_yaml(run.config))
+        write_text_atomic(run.run_dir / "config.yaml", config_yaml(run.config))
     start_step, resumed_from = 0, None
     latest = ckpt.latest_checkpoint(run.run_dir) if resume else None
     if latest is not None:
@@ -397,31 +421,39 @@ def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[
 
 
 def run_steps(run: Run, training: Training, start_step: int) -> Meter:
-    """The loop: one train_step per optimizer step, then its metrics row and checkpoint when due."""
+    """The loop: one train_step per optimizer step, then its metrics row and checkpoint when due.
+    An interrupt (Ctrl-C, SIGTERM) saves a checkpoint of the last completed step, then goes on up."""
     meter = Meter(run.config.batch_size * run.config.data.seq_len)
     progress = run.progress
-    task = progress.add_task("training", total=run.steps, completed=start_step, loss=float("nan"), tps=0.0) if progress else None
+    task = progress.add_task("training", total=run.steps, completed=start_step) if progress else None
     training.train_model.train()
     if start_step == 0:
         evaluate_now(run, training, 0, meter)
-    for step in range(start_step, run.steps):
-        loss, grad_norm, lr = train_step(run, training, step)
-        meter.add(float(loss))
-        done = step + 1
-        if done % run.config.log_steps == 0 or done == run.steps:
-            record = meter.flush(done, lr, grad_norm)
-            record["tokens_by_source"] = tokens_by_source(run, training, done)
-            if run.main:
-                with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                run.trackers.log(record)
-            if progress:
-                progress.update(task, completed=done, loss=record["loss"], tps=record["tokens_per_s"])
-        elif progress:
-            progress.update(task, completed=done)
-        evaluate_now(run, training, done, meter)
-        _checkpoint_if_due(run, training, done, meter)
-        run.accelerator.wait_for_everyone()
+    completed, rng = start_step, ckpt.capture_rng()
+    try:
+        for step in range(start_step, run.steps):
+            loss, grad_norm, lr = train_step(run, training, step)
+            completed, rng = step + 1, ckpt.capture_rng()
+            meter.add(float(loss))
+            if completed % run.config.log_steps == 0 or completed == run.steps:
+                record = meter.flush(completed, lr, grad_norm)
+                record["tokens_by_source"] = tokens_by_source(run, training, completed)
+                if run.main:
+                    with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    run.trackers.log(record)
+                if progress:
+                    progress.update(task, completed=completed, loss=record["loss"], tps=record["tokens_per_s"], lr=record["lr"])
+            elif progress:
+                progress.update(task, completed=completed)
+            evaluate_now(run, training, completed, meter)
+            if _checkpoint_due(run, completed):
+                _save_checkpoint(run, training, completed, meter)
+            run.accelerator.wait_for_everyone()
+    except BaseException as exc:
+        if _is_interrupt(exc):
+            _save_interrupted(run, training, completed, rng, meter)
+        raise
     meter.seconds = time.perf_counter() - meter.started
     return meter
 
@@ -429,6 +461,22 @@ def run_steps(run: Run, training: Training, start_step: int) -> Meter:
 def tokens_by_source(run: Run, training: Training, done: int) -> dict[str, int]:
     """Tokens of each source trained on in the first `done` steps (all processes together)."""
     return {name: seen["tokens"] for name, seen in training.batches.seen(done * run.config.batch_size).items()}
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """KeyboardInterrupt, or the CLI's exception for SIGINT/SIGTERM: BaseExceptions that are no Exception."""
+    return not isinstance(exc, (Exception, SystemExit, GeneratorExit))
+
+
+def _save_interrupted(run: Run, t: Training, completed: int, rng: Any, meter: Meter) -> None:
+    """Checkpoint the last completed step of an interrupted run, unless it is on disk already or the
+    interrupt came in the middle of an update (then the state is neither step; the last checkpoint stays)."""
+    if t.updating or run.strategy.checkpoint_shard is not None or (run.run_dir / f"checkpoint-{completed}").is_dir():
+        return  # a sharded save needs every process, which an interrupt does not coordinate
+    if completed == 0 or completed >= run.steps:
+        return
+    ckpt.restore_rng(*rng)  # the RNG as it was when that step completed (a forward pass may have drawn since)
+    _save_checkpoint(run, t, completed, meter)
 
 
 def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, float]:
@@ -449,6 +497,9 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     optimizer_tensors = [p for group in t.optimizer.param_groups for p in group["params"]]
     grad_norm = run.strategy.clip(optimizer_tensors, run.config.max_grad_norm, run.device)
     lr = t.scheduler.get_last_lr()[0]
+    mean_loss = run.strategy.mean_loss(step_loss)
+    stop_if_diverged(run, step + 1, float(mean_loss), grad_norm)
+    t.updating = True  # from here to the schedule step, an interrupt leaves the state between two steps
     t.optimizer.step()
     t.trainable.push()
     for callback in callbacks:
@@ -456,7 +507,23 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
     t.optimizer.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
     t.scheduler.step()
-    return run.strategy.mean_loss(step_loss), grad_norm, lr
+    t.updating = False
+    return mean_loss, grad_norm, lr
+
+
+def stop_if_diverged(run: Run, step: int, loss: float, grad_norm: float) -> None:
+    """A non-finite loss or gradient norm stops the run before its update (every process sees the same
+    reduced values): exit 1, the checkpoints so far are kept, final/ is not written."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    raise AdaptkitError(f"training diverged at step {step}: loss {loss:.4g}, gradient norm {grad_norm:.4g}; "
+                        f"stopped before that update, final/ not written; {_kept_checkpoint(run.run_dir)}; "
+                        "lower --lr or clip gradients (--max-grad-norm)")
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    return f"the last good checkpoint {latest.name} in '{run_dir}' is kept" if latest else f"no checkpoint was saved in '{run_dir}' yet"
 
 
 def _add_callback_losses(loss: torch.Tensor, callbacks: list[TrainingCallback], model: torch.nn.Module) -> torch.Tensor:
@@ -468,11 +535,19 @@ def _add_callback_losses(loss: torch.Tensor, callbacks: list[TrainingCallback], 
     return loss
 
 
-def _checkpoint_if_due(run: Run, t: Training, done: int, meter: Meter) -> None:
-    """Every --save-steps steps (not at the end, where final/ is saved); its time is kept out of tokens/s."""
-    save_steps = run.config.save_steps
-    if not save_steps or done % save_steps or done >= run.steps:
-        return
+def checkpoint_interval(config: TrainConfig, steps: int) -> int:
+    """Steps between checkpoints: --save-steps, by default every 10% of the run's steps (rounded up); 0: none."""
+    return config.save_steps if config.save_steps is not None else math.ceil(steps / 10)
+
+
+def _checkpoint_due(run: Run, done: int) -> bool:
+    """Every checkpoint_interval steps, but not at the end, where final/ is saved."""
+    every = checkpoint_interval(run.config, run.steps)
+    return bool(every) and done % every == 0 and done < run.steps
+
+
+def _save_checkpoint(run: Run, t: Training, done: int, meter: Meter) -> None:
+    """checkpoint-<done>/, keeping the newest save_total_limit; its time is kept out of tokens/s."""
     began = time.perf_counter()
     metadata = {"loss": meter.last_loss, "fingerprint": t.fingerprint, "processes": run.accelerator.num_processes, "distributed": run.strategy.name}
     run.strategy.save_checkpoint(run.run_dir, done, t.trainable, t.optimizer, t.scheduler, t.plan.callbacks, metadata, run.config.save_total_limit)
@@ -494,11 +569,20 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
         exported = run.accelerator.unwrap_model(t.train_model)
         for callback in t.plan.callbacks:
             exported = callback.export(exported)
+        _refuse_non_finite(full_state if full_state is not None else exported.state_dict(), run.run_dir)
         _save_final(exported, run.tokenizer, t.plan, final_dir, full_state if not whole_model else run.strategy.export_state(exported))
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location, _data_lines(config, t.batches, run.steps))
         write_model_card(final_dir, train_card(config, t.plan, result, run.model_location))
     run.accelerator.wait_for_everyone()
     return result
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], run_dir: Path) -> None:
+    """Never write a final/ with inf or NaN weights."""
+    bad = next((name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:
+        raise AdaptkitError(f"the trained weights are not finite ('{bad}'); final/ not written; {_kept_checkpoint(run_dir)}; "
+                            "lower --lr or clip gradients (--max-grad-norm)")
 
 
 def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -527,7 +611,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(row + "\n" for row in rows))
 
 
-def _config_yaml(config: TrainConfig) -> str:
+def config_yaml(config: TrainConfig) -> str:
+    """The resolved configuration as a run's config.yaml holds it (and `train --print-config` prints it)."""
     from adaptkit.config import dump_yaml
 
     return dump_yaml(_resolved_config_dict(config))

@@ -136,6 +136,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups = report["groups"] or {"all": report["summary"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -143,9 +144,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     names = list(groups)
     values = [groups[n]["pct_code_mixed"] for n in names]
     bars = left.bar(range(len(names)), values, color=[colors[i % 10] for i in range(len(names))])
-    left.bar_label(bars, labels=[f"{v:.1f}%" for v in values], fontsize=8, padding=2)
+    counts = [f"{v:.0f}% ({groups[n]['code_mixed']}/{groups[n]['responses'] - groups[n]['empty']})" for n, v in zip(names, values)]
+    left.bar_label(bars, labels=counts, fontsize=8, padding=2)
     left.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-    left.set_ylim(0, max(values + [10.0]) * 1.2)
+    left.set_ylim(0, 110)  # a share: the axis ends at 100%, with room for the labels
+    left.set_yticks(range(0, 101, 20))
     left.set_ylabel("% code-mixed responses")
     left.set_title(f"code-mixed (confidence of '{report['settings']['expected']}' < {report['settings']['threshold']})", fontsize=9)
     bins = [i / 20 for i in range(21)]
@@ -156,6 +159,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.axvline(report["settings"]["threshold"], color="red", ls="--", lw=1, label="threshold")
     right.set_xlabel(f"confidence of the expected language ({report['settings']['expected']})")
     right.set_ylabel("responses")
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole responses, never 0.5
     right.legend(fontsize=8)
     right.set_title("confidence distribution", fontsize=9)
     fig.tight_layout()

@@ -103,9 +103,27 @@ class EncodedDocuments:
             self.counted = [None] * len(self.ids)
 
 
-def default_block_size(model: "PreTrainedModel", cap: int = 2048) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or cap
-    return int(min(limit, cap))
+DEFAULT_WINDOW = 2048
+
+
+def default_block_size(model: "PreTrainedModel") -> int:
+    """The model's context length, at most DEFAULT_WINDOW."""
+    return check_windows(model.config, None, None)[0]
+
+
+def check_windows(config: Any, block_size: int | None, stride: int | None) -> tuple[int, int]:
+    """(block_size, stride) for a model's config: the window defaults to its context length (at most DEFAULT_WINDOW);
+    a window longer than the context length, or a stride outside 1..block_size, is refused."""
+    from adaptkit.io.models import check_context_length, context_length
+
+    limit = context_length(config)
+    if block_size is not None:
+        check_context_length(block_size, limit, "--set ppl.block_size")
+    block_size = block_size or min(limit or DEFAULT_WINDOW, DEFAULT_WINDOW)
+    stride = stride or block_size
+    if not 1 <= stride <= block_size:
+        raise InputError(f"--set ppl.stride: must be between 1 and block_size ({block_size}), got {stride}")
+    return block_size, stride
 
 
 def prefix_token_id(tokenizer: "PreTrainedTokenizerBase", prefix: str) -> int | None:
@@ -262,10 +280,7 @@ def score_documents(
 
     if not encoded.ids:
         raise InputError("perplexity: no documents to score")
-    block_size = block_size or default_block_size(model)
-    stride = stride or block_size
-    if not 1 <= stride <= block_size:
-        raise InputError(f"ppl: stride must be between 1 and block_size ({block_size}), got {stride}")
+    block_size, stride = check_windows(model.config, block_size, stride)
     device = device if device is not None else input_device(model)
     windows = [w for d, (ids, keep) in enumerate(zip(encoded.ids, encoded.counted)) for w in document_windows(ids, block_size, stride, d, keep)]
     windows.sort(key=lambda w: len(w.ids), reverse=True)

@@ -6,8 +6,9 @@
                       block_size=128, output=Path("eval"))
 
 Writes results.json, results.md, tasks.png and forgetting_learning.png into `output` and
-returns, per model, the perplexity and bits per byte of each task, its gains vs the
-baseline (%, positive = better) and the `extra` facts given for it.
+returns, per model, the perplexity and bits per byte of each task, its mean source and
+target gains vs the baseline (`source_gain_bpb`, `target_gain_bpb`: bits per byte saved,
+positive = better) and the `extra` facts given for it.
 """
 
 from __future__ import annotations

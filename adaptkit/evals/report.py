@@ -1,12 +1,20 @@
 """The evaluation report: results.json, results.md and PNG plots.
 
-Changes against a baseline model are given both ways the SSU paper reports them:
-the absolute change (`value - baseline`) and the relative change in percent
-(`100 * (value - baseline) / |baseline|`). `gain_pct` is the relative change signed so
-that positive always means better (for perplexity and bits per byte, where lower is
-better, the sign is flipped). The forgetting-vs-learning scatter plots, for each model,
-the mean gain over the source tasks (x: negative = forgetting) against the mean gain over
-the target tasks (y: positive = learning).
+Changes against a baseline model are reported in the unit that suits the metric:
+
+- perplexity tasks (those with a `bits_per_byte` metric): the change in bits per byte
+  (`bpb_change = value - baseline`, lower is better) and `gain = -bpb_change` in bits/byte.
+  A percent change of perplexity is not symmetric (doubling is +100%, halving -50%, and a
+  model that forgets can show -353% next to +97% learning); bits per byte is the log of
+  perplexity per byte, so equal steps mean equal factors and tokenizers compare.
+- bounded metrics (accuracy, chrF, ...): the absolute change (`value - baseline`) and the
+  relative change in percent (`100 * (value - baseline) / |baseline|`), the way the SSU paper
+  reports them; `gain` is that relative change signed so that positive means better.
+
+Every change row says its `gain_unit` ("bits/byte" or "%"). The summary averages the gains of
+the source tasks and of the target tasks per unit (`source_gain_bpb`, `source_gain_pct`, ...).
+The forgetting-vs-learning scatter plots, for each model, the mean source gain (x: negative =
+forgetting) against the mean target gain (y: positive = learning).
 """
 
 from __future__ import annotations
@@ -62,40 +70,55 @@ def check_task_roles(task_names: list[str], source_tasks: list[str], target_task
         raise InputError(f"--source-task/--target-task: '{sorted(both)[0]}' is tagged as both source and target")
 
 
-def compute_changes(run: EvalRun, baseline: str) -> dict[str, dict[str, dict[str, float]]]:
-    """model -> task -> {metric, value, baseline, abs_change, rel_change_pct, gain_pct} (primary metric)."""
+BPB, PCT = "bits/byte", "%"
+UNIT_KEYS = {BPB: "bpb", PCT: "pct"}
+
+
+def is_perplexity_task(run: EvalRun, task: str) -> bool:
+    """A task whose changes are reported in bits per byte: its metrics include `bits_per_byte`."""
+    return all("bits_per_byte" in run.results[m["name"]][task] for m in run.models)
+
+
+def compute_changes(run: EvalRun, baseline: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """model -> task -> the change vs the baseline: bits per byte for perplexity tasks, % for bounded metrics."""
     changes: dict[str, dict[str, dict[str, Any]]] = {}
-    for model in run.models:
-        name = model["name"]
-        if name == baseline:
-            continue
-        changes[name] = {}
+    for model in (m["name"] for m in run.models if m["name"] != baseline):
+        changes[model] = {}
         for task in run.tasks:
-            value = run.primary(name, task.name)
-            base = run.primary(baseline, task.name)
+            value, base = run.primary(model, task.name), run.primary(baseline, task.name)
             rel = 100.0 * (value - base) / abs(base) if base else float("nan")
-            changes[name][task.name] = {
-                "metric": task.primary,
-                "value": value,
-                "baseline": base,
-                "abs_change": value - base,
-                "rel_change_pct": rel,
-                "gain_pct": rel if task.higher_is_better else -rel,
-            }
+            row = {"metric": task.primary, "value": value, "baseline": base, "abs_change": value - base, "rel_change_pct": rel}
+            if is_perplexity_task(run, task.name):
+                change = run.results[model][task.name]["bits_per_byte"] - run.results[baseline][task.name]["bits_per_byte"]
+                row.update(bpb_change=change, gain=-change, gain_unit=BPB)
+            else:
+                row.update(gain=rel if task.higher_is_better else -rel, gain_unit=PCT)
+            changes[model][task.name] = row
     return changes
 
 
 def summarize(changes: dict[str, dict[str, dict[str, Any]]], source_tasks: list[str], target_tasks: list[str]) -> dict[str, dict[str, float]]:
-    """Mean gain (%) over the source tasks and over the target tasks, per model."""
+    """Per model: the mean gain over the source tasks and over the target tasks, per unit
+    (`source_gain_bpb` over perplexity tasks, `source_gain_pct` over bounded metrics, and the same for target)."""
     summary = {}
     for model, per_task in changes.items():
         row = {}
-        for key, tagged in (("source_gain_pct", source_tasks), ("target_gain_pct", target_tasks)):
-            values = [per_task[t]["gain_pct"] for t in tagged if not math.isnan(per_task[t]["gain_pct"])]
-            if values:
-                row[key] = sum(values) / len(values)
+        for role, tagged in (("source", source_tasks), ("target", target_tasks)):
+            for unit, suffix in UNIT_KEYS.items():
+                values = [per_task[t]["gain"] for t in tagged if per_task[t]["gain_unit"] == unit and not math.isnan(per_task[t]["gain"])]
+                if values:
+                    row[f"{role}_gain_{suffix}"] = sum(values) / len(values)
         summary[model] = row
     return summary
+
+
+def role_gain(summary_row: dict[str, float], role: str) -> tuple[float, str] | None:
+    """(mean gain, unit) of a role for a plot axis or a table column: bits/byte when the role has
+    perplexity tasks, else %."""
+    for unit, suffix in UNIT_KEYS.items():
+        if f"{role}_gain_{suffix}" in summary_row:
+            return summary_row[f"{role}_gain_{suffix}"], unit
+    return None
 
 
 def build_results(
@@ -165,18 +188,7 @@ def markdown(results: dict[str, Any]) -> str:
         label = f"{model} (baseline)" if model == results.get("baseline") else model
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if results.get("changes"):
-        lines += ["", f"## Change vs baseline `{results['baseline']}`", "",
-                  "Absolute change, then relative change in % (gain: positive = better, whatever the metric's direction).", ""]
-        lines += ["| model | " + " | ".join(t["name"] for t in tasks) + " | source gain % | target gain % |",
-                  "|" + "---|" * (len(tasks) + 3)]
-        for model, per_task in results["changes"].items():
-            cells = [
-                f"{_signed(per_task[t['name']]['abs_change'])} ({_signed(per_task[t['name']]['rel_change_pct'], '%')}, gain {_signed(per_task[t['name']]['gain_pct'], '%')})"
-                for t in tasks
-            ]
-            summary = results["summary"].get(model, {})
-            cells += [_signed(summary.get("source_gain_pct", float("nan")), "%"), _signed(summary.get("target_gain_pct", float("nan")), "%")]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines += _change_table(results, tasks)
     infos = {m["name"]: m["info"] for m in results["models"] if m.get("info")}
     if infos:
         keys = sorted({k for info in infos.values() for k in info})
@@ -195,6 +207,30 @@ def markdown(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     lines += [f"Versions: {versions}.", ""]
     return "\n".join(lines)
+
+
+def _change_cell(change: dict[str, Any]) -> str:
+    if change["gain_unit"] == BPB:
+        return f"{_signed(change['bpb_change'])} bits/byte ({change['metric']} {_signed(change['abs_change'])})"
+    return f"{_signed(change['abs_change'])} ({_signed(change['rel_change_pct'], '%')}, gain {_signed(change['gain'], '%')})"
+
+
+def _change_table(results: dict[str, Any], tasks: list[dict[str, Any]]) -> list[str]:
+    """The changes vs the baseline, each in its unit, and the mean gains per role and unit."""
+    columns = [(f"{role} gain ({unit})", f"{role}_gain_{suffix}", unit) for role in ("source", "target") for unit, suffix in UNIT_KEYS.items()
+               if any(f"{role}_gain_{suffix}" in row for row in results["summary"].values())]
+    lines = ["", f"## Change vs baseline `{results['baseline']}`", "",
+             "Perplexity tasks: change in bits per byte (lower is better; a percent change of perplexity is not symmetric). "
+             "Other metrics: absolute change, relative change in %, and gain (positive = better, whatever the metric's direction). "
+             "Gain columns: the mean gain over the tasks of that role, positive = better (source: negative = forgetting).", ""]
+    lines += ["| model | " + " | ".join(t["name"] for t in tasks) + "".join(f" | {title}" for title, _, _ in columns) + " |",
+              "|" + "---|" * (len(tasks) + 1 + len(columns))]
+    for model, per_task in results["changes"].items():
+        summary = results["summary"].get(model, {})
+        cells = [_change_cell(per_task[t["name"]]) for t in tasks]
+        cells += [_signed(summary.get(key, float("nan")), "%" if unit == PCT else "") for _, key, unit in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_tasks(results: dict[str, Any], path: Path) -> None:
@@ -226,15 +262,24 @@ def plot_tasks(results: dict[str, Any], path: Path) -> None:
         ax.margins(y=0.15)
     for k in range(len(tasks), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.tight_layout()
+    if results.get("baseline"):
+        from matplotlib.patches import Patch
+
+        key = Patch(facecolor="white", edgecolor="black", hatch="//", label=f"hatched: the baseline ({results['baseline']}), changes are measured against it")
+        fig.legend(handles=[key], loc="lower center", fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_forgetting_learning(results: dict[str, Any], path: Path) -> bool:
-    """Scatter: mean source gain % (x) vs mean target gain % (y) per model; False if not drawable."""
+    """Scatter: mean source gain (x) vs mean target gain (y) per model, in bits/byte for perplexity
+    tasks (else %), one marker and legend entry per model; False if not drawable."""
     summary = results.get("summary") or {}
-    points = {m: s for m, s in summary.items() if "source_gain_pct" in s and "target_gain_pct" in s}
+    points = {m: (role_gain(s, "source"), role_gain(s, "target")) for m, s in summary.items()}
+    points = {m: (x, y) for m, (x, y) in points.items() if x is not None and y is not None}
     if not points:
         return False
     import matplotlib
@@ -242,11 +287,11 @@ def plot_forgetting_learning(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.2, 5.0))
-    xs = [0.0] + [p["source_gain_pct"] for p in points.values()]
-    ys = [0.0] + [p["target_gain_pct"] for p in points.values()]
-    span_x = max(1.0, max(abs(v) for v in xs)) * 1.3
-    span_y = max(1.0, max(abs(v) for v in ys)) * 1.3
+    (_, x_unit), (_, y_unit) = next(iter(points.values()))
+    points = {m: (x[0], y[0]) for m, (x, y) in points.items() if x[1] == x_unit and y[1] == y_unit}
+    fig, ax = plt.subplots(figsize=(6.6, 5.2))
+    span_x = max([abs(x) for x, _ in points.values()] + [1e-3 if x_unit == BPB else 1.0]) * 1.3
+    span_y = max([abs(y) for _, y in points.values()] + [1e-3 if y_unit == BPB else 1.0]) * 1.3
     ax.set_xlim(-span_x, span_x)
     ax.set_ylim(-span_y, span_y)
     ax.axhline(0, color="grey", lw=0.8)
@@ -254,23 +299,28 @@ def plot_forgetting_learning(results: dict[str, Any], path: Path) -> bool:
     ax.fill_between([0, span_x], 0, span_y, color="tab:green", alpha=0.07)
     ax.text(span_x * 0.97, span_y * 0.95, "learns, keeps source", ha="right", va="top", fontsize=8, color="darkgreen")
     ax.text(-span_x * 0.97, span_y * 0.95, "learns, forgets source", ha="left", va="top", fontsize=8, color="darkred")
-    ax.scatter([0], [0], marker="*", s=180, color="black", zorder=3)
-    ax.annotate(f"{results['baseline']} (baseline)", (0, 0), textcoords="offset points", xytext=(6, -12), fontsize=8)
-    colors = plt.get_cmap("tab10").colors
-    for i, (model, p) in enumerate(points.items()):
-        ax.scatter([p["source_gain_pct"]], [p["target_gain_pct"]], s=70, color=colors[(i + 1) % len(colors)], zorder=3)
-        ax.annotate(model, (p["source_gain_pct"], p["target_gain_pct"]), textcoords="offset points", xytext=(6, 5), fontsize=9)
+    ax.scatter([0], [0], marker="*", s=180, color="black", zorder=4, label=f"{results['baseline']} (baseline)")
+    number = (lambda v, unit: f"{v:+.3f}" if unit == BPB else f"{v:+.1f}%")  # noqa: E731
+    colors, markers = plt.get_cmap("tab10").colors, "osD^vP<>Xh"
+    for i, (model, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], s=70, color=colors[(i + 1) % len(colors)], marker=markers[i % len(markers)], zorder=3,
+                   edgecolors="black", linewidths=0.5, label=f"{model} ({number(x, x_unit)}, {number(y, y_unit)})")
+    ax.legend(loc="lower right", fontsize=8, title="model (source, target gain)", title_fontsize=8)
     roles = {"source": [], "target": []}
     for t in results["tasks"]:
         if t["role"]:
             roles[t["role"]].append(t["name"])
-    ax.set_xlabel(f"source change, mean gain % ({', '.join(roles['source'])})  ← forgetting")
-    ax.set_ylabel(f"target change, mean gain % ({', '.join(roles['target'])})  learning →")
-    ax.set_title("Forgetting vs learning (relative to the baseline)", fontsize=10)
+    ax.set_xlabel(f"source gain, {_unit_words(x_unit)} ({', '.join(roles['source'])})  ← forgetting")
+    ax.set_ylabel(f"target gain, {_unit_words(y_unit)} ({', '.join(roles['target'])})  learning →")
+    ax.set_title("Forgetting vs learning (relative to the baseline; positive = better)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _unit_words(unit: str) -> str:
+    return "bits per byte saved" if unit == BPB else "mean change in %"
 
 
 def write_report(

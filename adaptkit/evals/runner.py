@@ -155,18 +155,19 @@ def _check_shared(params: dict[str, dict[str, Any]], shared: dict[str, set[str]]
                 raise InputError(f"--set {section}.{key}: no --task of this run has a '{key}' setting (known: {', '.join(sorted(known))})")
 
 
-def check_model_config(location: str, flag: str = "--model") -> None:
-    """Resolve a model location and, for local directories, check that its config loads and a tokenizer is there."""
+def check_model_config(location: str, flag: str = "--model") -> Any:
+    """Resolve a model location and, for local directories, check that its config loads and a tokenizer is there;
+    returns the config (None for GGUF files and Hub ids)."""
     from adaptkit.io.models import check_tokenizer_files, resolve_model_source
 
     source = resolve_model_source(location, flag)
     if source.kind != "dir":
-        return
+        return None
     check_tokenizer_files(source)
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source.location, trust_remote_code=False)  # None would prompt on stdin
+        return AutoConfig.from_pretrained(source.location, trust_remote_code=False)  # None would prompt on stdin
     except Exception as exc:
         raise InputError(f"{flag}: '{location}' does not load: its config.json is invalid ({first_line(exc)})") from None
 
@@ -223,9 +224,11 @@ def run_evaluation(
     """
     if layer_by_layer:
         check_layer_by_layer(prepared)
-    for ref in models:  # fail on a bad path or config before spending time on the others
-        if ref.model is None:
-            check_model_config(ref.location)
+    for ref in models:  # fail on a bad path, config or setting (a window too long) before spending time on the others
+        config = check_model_config(ref.location) if ref.model is None else ref.model.config
+        for backend in prepared.backends.values():
+            if config is not None:
+                backend.check_model(config)
     by_backend: dict[str, list[EvalTask]] = {}
     for task in prepared.tasks:
         by_backend.setdefault(task.backend, []).append(task)
@@ -238,9 +241,9 @@ def run_evaluation(
                 **({"generation_server": {"base_url": generator.client.base_url, "model": generator.model}} if generator is not None else {}),
                 **({"device_map": placement.device_map, "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}} if placement else {})},
     )
-    for ref in models:
+    for number, ref in enumerate(models, 1):
         if progress:
-            progress(f"loading {ref.name}")
+            progress(f"model {number}/{len(models)}: loading {ref.name}")
         start = time.perf_counter()
         model, tokenizer = load_model_ref(ref, dtype, device, layer_by_layer, placement)
         if placement is not None and ref.model is None:  # where accelerate put the model's modules
@@ -262,6 +265,8 @@ def run_evaluation(
         if on_model is not None:
             on_model(ref.name, model, tokenizer)
         run.seconds[ref.name] = time.perf_counter() - start
+        if progress:
+            progress(f"model {number}/{len(models)}: {ref.name} done in {run.seconds[ref.name]:.1f} s")
         if ref.model is None:
             del model
     return run

@@ -85,6 +85,9 @@ class EvalBackend(ABC):
     ) -> dict[str, TaskOutput]:
         """Implemented by each backend."""
 
+    def check_model(self, config: Any) -> None:
+        """Refuse settings a model cannot take, from its transformers config, before its weights load (default: none)."""
+
 
 def split_task_arg(text: str, flag: str = "--task") -> tuple[str, str]:
     """'BACKEND:SPEC' -> (backend, spec)."""

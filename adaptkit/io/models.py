@@ -274,3 +274,35 @@ def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | N
 
 def read_config(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / "config.json").read_text())
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(config: Any) -> int | None:
+    """The longest input a model takes, from its config (object or config.json dict): max_position_embeddings
+    or an older name of it, also inside a multimodal `text_config`; None when the config does not say."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    for key in CONTEXT_KEYS:
+        value = get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    text_config = get("text_config")
+    return context_length(text_config) if text_config else None
+
+
+def source_context_length(source: ModelSource) -> int | None:
+    """The context length from a model directory's config.json, before any weights load (None for GGUF and Hub ids)."""
+    if source.kind != "dir":
+        return None
+    try:
+        return context_length(read_config(Path(source.location)))
+    except (OSError, ValueError):
+        return None
+
+
+def check_context_length(length: int, limit: int | None, flag: str) -> None:
+    """A window, block or sequence length must fit the model's context length."""
+    if limit is not None and length > limit:
+        raise InputError(f"{flag}: {length} tokens is longer than the model's context length of {limit} tokens "
+                         f"(max_position_embeddings in its config); use at most {limit}")

@@ -44,6 +44,11 @@ class PplBackend(EvalBackend):
         info = {"file": str(path), "documents": len(documents), "bytes": _text_bytes(documents)}
         return [EvalTask(name or Path(path).stem, "ppl", spec, documents, info)]
 
+    def check_model(self, config) -> None:
+        from adaptkit.evals.perplexity import check_windows
+
+        check_windows(config, self.params.block_size, self.params.stride)
+
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         from adaptkit.evals.perplexity import perplexity
 
