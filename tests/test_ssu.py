@@ -99,15 +99,17 @@ def test_no_optimizer_state_for_frozen_entries(make_model_dir, calib_dir):
 
 def test_ssu_bad_input(tmp_path, llama_dir, olmo2_dir, calib_dir, corpora, invoke):
     out = tmp_path / "run"
-    olmo_mask, mag_mask = tmp_path / "olmo-mask", tmp_path / "mag-mask"
-    for model_dir, scorer, target in ((olmo2_dir, "wanda", olmo_mask), (llama_dir, "magnitude", mag_mask)):
-        assert invoke("score", "--model", model_dir, "--calib", calib_dir, "--scorer", scorer, "-o", tmp_path / f"s-{scorer}", "--quiet").returncode == 0
-        assert invoke("mask", "--scores", tmp_path / f"s-{scorer}", "-o", target, "--quiet").returncode == 0
+    olmo_mask, mag_mask, olmo_mag_mask = tmp_path / "olmo-mask", tmp_path / "mag-mask", tmp_path / "olmo-mag-mask"
+    for model_dir, scorer, target in ((olmo2_dir, "wanda", olmo_mask), (llama_dir, "magnitude", mag_mask), (olmo2_dir, "magnitude", olmo_mag_mask)):
+        assert invoke("score", "--model", model_dir, "--calib", calib_dir, "--scorer", scorer, "-o", tmp_path / f"s-{target.name}", "--quiet").returncode == 0
+        assert invoke("mask", "--scores", tmp_path / f"s-{target.name}", "-o", target, "--quiet").returncode == 0
     base = ["train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, *TRAIN]
     cases = [
         (["--method", "ssu-wanda"], ["--method ssu-wanda", "--mask", "--calib"]),
         (["--method", "ssu-wanda", "--mask", olmo_mask], ["--mask", "different model"]),
         (["--method", "ssu-wanda", "--mask", mag_mask], ["--mask", "magnitude", "ssu-mag"]),
+        # another model AND another scorer: the model is named first (no ssu-* method would fit it)
+        (["--method", "ssu-wanda", "--mask", olmo_mag_mask], ["--mask", "different model"]),
         (["--method", "ssu-mag", "--mask", mag_mask, "--freeze-ratio", "0.25"], ["--freeze-ratio", "0.25"]),
         (["--method", "ssu-wanda", "--calib", calib_dir, "--freeze-ratio", "1.5"], ["--freeze-ratio:", "freeze_ratio", "between 0 and 1"]),
         (["--method", "ssu-wanda", "--calib", calib_dir, "--set", "granularity=block"], ["granularity"]),

@@ -86,10 +86,10 @@ class SourceShieldedUpdates(TrainingMethod):
 
         masks = ctx.mask_set()
         meta = masks.metadata
+        check_fingerprint(meta, model, "--mask")  # another model first: no other method would fit it either
         if meta.get("scorer") and meta["scorer"] != self.scorer:
             matching = METHOD_FOR_SCORER.get(meta["scorer"], "the matching ssu-* method")
             raise InputError(f"--mask: made from '{meta['scorer']}' scores, but --method {self.name} scores with '{self.scorer}' (use --method {matching})")
-        check_fingerprint(meta, model, "--mask")
         masks.check_fits(model, "--mask")
         ratio = self.params.freeze_ratio
         if ratio is not None and "freeze_ratio" in meta and float(meta["freeze_ratio"]) != ratio:
