@@ -67,6 +67,8 @@ class LazyGroup(TyperGroup):
             target.rich_markup_mode = None  # plain help: rich's help renderer costs more than the whole start-up
             command = typer.main.get_command(target)
             command.name = name
+            if hasattr(module, "adjust_command"):  # e.g. train shows the engine's defaults in its --help
+                module.adjust_command(command)
             self.add_command(command, name)
         command = super().get_command(ctx, name)
         return prepare_command(command) if command is not None else None

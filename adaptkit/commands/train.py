@@ -48,6 +48,24 @@ DATA_FLAGS = ("data", "text_field", "max_tokens")  # CLI flags -> `data` setting
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
 
 
+def adjust_command(command: Any) -> None:
+    """Show the engine's default of each setting flag in --help: the flags themselves default to None,
+    so that a --config file can set what a flag does not."""
+    from adaptkit.engine.config import TrainConfig
+
+    for param in command.params:
+        key = FLAG_KEYS.get(param.name or "")
+        if key is None or getattr(param, "show_default", None) not in (None, False, True):
+            continue
+        model, default = TrainConfig, None
+        for part in key.split("."):
+            info = model.model_fields[part]
+            default = info.get_default(call_default_factory=True)
+            model = info.annotation if isinstance(info.annotation, type) else None
+        if default not in (None, "", [], False):
+            param.show_default = str(default)
+
+
 def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None,
                  require_inputs: bool = True):
     """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
@@ -184,7 +202,7 @@ def command(
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (default: every 10% of the steps, rounded up; 0: none); the newest 2 are kept.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none); the newest 2 are kept.", show_default="every 10% of the steps, rounded up")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
