@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
@@ -245,6 +246,7 @@ def _interrupt_training(signum, tmp_path, model_dir, data, name: str):
     return child.returncode, stdout, stderr, out
 
 
+@pytest.mark.slow  # signals to real training processes
 def test_ctrl_c_exits_130_and_sigterm_143_with_what_was_kept(tmp_path, llama_dir, corpora):
     import signal
 

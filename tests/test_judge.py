@@ -226,6 +226,7 @@ def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_di
 # ----------------------------------------------------------------- bad input, before any model loads
 
 
+@pytest.mark.slow  # starts a real `transformers serve`
 @pytest.mark.parametrize("case", ["no-reference", "no-instruction", "one-turn", "unknown-judge", "unknown-key"])
 def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, cli):
     url, judge = server
@@ -252,6 +253,7 @@ def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, c
 # ----------------------------------------------------------------- end to end against the real server
 
 
+@pytest.mark.slow  # starts a real `transformers serve`
 def test_judge_tasks_end_to_end_through_evaluate(server, tmp_path, chat_model_dir, make_model_dir, cli):
     from adaptkit.evals.judge_stats import lc_win_rate
 
@@ -301,6 +303,7 @@ def test_judge_tasks_end_to_end_through_evaluate(server, tmp_path, chat_model_di
     assert [j["reply"] for r in rerun for j in r["judgments"]] == [j["reply"] for r in single_records for j in r["judgments"]]
 
 
+@pytest.mark.slow  # starts a real `transformers serve`
 def test_reply_cache_saves_server_requests(server, tmp_path):
     from adaptkit.io.openai_client import OpenAIClient, ReplyCache
 
@@ -315,6 +318,7 @@ def test_reply_cache_saves_server_requests(server, tmp_path):
     assert second.requests_sent == 1
 
 
+@pytest.mark.slow  # starts a real `transformers serve`
 def test_server_generation_equals_in_process_for_greedy(server, chat_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
