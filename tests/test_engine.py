@@ -249,15 +249,15 @@ def test_method_flags_and_set_syntax_map_onto_method_parameters(tmp_path, llama_
 
 def test_resume_with_changed_settings_names_each_difference(tmp_path):
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.engine.loop import _check_resume_config, config_yaml
+    from adaptkit.engine.loop import check_resume_config, config_yaml
     from adaptkit.errors import InputError
 
     saved = TrainConfig(model="m", data={"paths": ["a.txt"]}, optimizer={"lr": 0.01}, method_params={"r": 4})
     (tmp_path / "config.yaml").write_text(config_yaml(saved))
-    _check_resume_config(tmp_path, saved)  # the same settings resume
+    check_resume_config(tmp_path, saved)  # the same settings resume
     changed = saved.model_copy(update={"seed": 7, "optimizer": saved.optimizer.model_copy(update={"lr": 0.001}), "method_params": {"r": 8}})
     with pytest.raises(InputError) as error:
-        _check_resume_config(tmp_path, changed)
+        check_resume_config(tmp_path, changed)
     message = str(error.value)
     for part in ("method_params.r: 4 there, 8 now", "optimizer.lr: 0.01 there, 0.001 now", "seed: 42 there, 7 now"):
         assert part in message, message

@@ -253,6 +253,9 @@ def command(
     overwrite = shared(ctx).overwrite
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
     if resume and (output / "final").is_dir() and (output / "config.yaml").is_file():
+        from adaptkit.engine.loop import check_resume_config
+
+        check_resume_config(output, train_config)  # changed settings are an error even on a finished run
         console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
                        f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
                        f"To train further, start a new run with --model {output / 'final'}")

@@ -200,7 +200,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: value}
 
 
-def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+def check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     """The settings a checkpoint depends on are those of the run; each difference is named with both values."""
     from adaptkit.config import read_yaml_mapping
 
@@ -265,7 +265,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
         log, progress = (lambda message: None), None
     prepare_run_dir(run_dir, resume, overwrite)
     if resume:
-        _check_resume_config(run_dir, config)
+        check_resume_config(run_dir, config)
     device = accelerator.device
     precision = resolve_precision(config, device)
     seed_everything(config.seed)
