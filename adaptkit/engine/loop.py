@@ -569,8 +569,10 @@ def export(run: Run, t: Training, meter: Meter, start_step: int, resumed_from: O
         exported = run.accelerator.unwrap_model(t.train_model)
         for callback in t.plan.callbacks:
             exported = callback.export(exported)
-        _refuse_non_finite(full_state if full_state is not None else exported.state_dict(), run.run_dir)
-        _save_final(exported, run.tokenizer, t.plan, final_dir, full_state if not whole_model else run.strategy.export_state(exported))
+        state = full_state if not whole_model else run.strategy.export_state(exported)  # None: the model's own state_dict
+        # (under FSDP the exported module's state_dict() would reshard it: check exactly what is saved)
+        _refuse_non_finite(state if state is not None else exported.state_dict(), run.run_dir)
+        _save_final(exported, run.tokenizer, t.plan, final_dir, state)
         _write_run_card(run.run_dir, config, t.plan, result, run.model_location, _data_lines(config, t.batches, run.steps))
         write_model_card(final_dir, train_card(config, t.plan, result, run.model_location))
     run.accelerator.wait_for_everyone()
