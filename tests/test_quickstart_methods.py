@@ -36,25 +36,32 @@ def _embeddings(name: str) -> bool:
 
 
 def _s2ft(before, after):
-    """S2FT (default ratio 0.015, 'down'): whole down_proj input channels, floor(ratio * layers * channels) of them."""
+    """S2FT (default ratio 0.015, 'down'): whole down_proj input channels, floor(ratio * layers * channels) of them;
+    and, as the SSU reference, the embeddings and LM head in full."""
     down = [n for n in before if n.endswith("mlp.down_proj.weight")]
     columns = {n: (before[n] != after[n]).any(dim=0) for n in down}
     assert sum(int(c.sum()) for c in columns.values()) == math.floor(0.015 * len(down) * before[down[0]].shape[1])
-    return {n: c.reshape(1, -1) for n, c in columns.items()}
+    return {**{n: c.reshape(1, -1) for n, c in columns.items()}, **{n: None for n in before if _embeddings(n)}}
 
 
 def _lota(run, total):
     masks = load_file(str(run / "lota" / "masks.safetensors"))
-    kept = sum(int(m.sum()) for m in masks.values())
-    assert abs(kept - 0.1 * total) <= 2, (kept, total)  # sparsity 0.9 over all entries
+    # as the SSU reference: embeddings and LM head train in full; sparsity 0.9 over all other entries
+    dense = {name: m for name, m in masks.items() if _embeddings(name)}
+    assert dense and all(bool(m.all()) for m in dense.values()), sorted(dense)
+    dense_entries = sum(m.numel() for m in dense.values())
+    kept = sum(int(m.sum()) for name, m in masks.items() if name not in dense)
+    assert abs(kept - 0.1 * (total - dense_entries)) <= 2, (kept, total, dense_entries)
     return {name: mask.bool() for name, mask in masks.items() if mask.any()}
 
 
 def _adalora(run, before):
     pattern = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text()).get("rank_pattern")
+    embeddings = {n: None for n in before if _embeddings(n)}  # modules_to_save, as the SSU reference
     if not pattern:
-        return {n: None for n in before if _linear(n)}
-    return {f"{key.split('.lora_E')[0].removeprefix('base_model.model.')}.weight": None for key, keep in pattern.items() if sum(keep)}
+        return {**{n: None for n in before if _linear(n)}, **embeddings}
+    kept = {f"{key.split('.lora_E')[0].removeprefix('base_model.model.')}.weight": None for key, keep in pattern.items() if sum(keep)}
+    return {**kept, **embeddings}
 
 
 def _without_special_rows(trainable, before, source):
