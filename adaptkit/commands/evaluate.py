@@ -49,11 +49,37 @@ def resolve_baseline(baseline: Optional[str], refs) -> Optional[str]:
     raise InputError(f"--baseline: '{baseline}' is not one of the --model values ({', '.join(r.name for r in refs)})")
 
 
+def suite_tasks(suite: Optional[str], tasks: list[str], params: dict[str, dict], source: list[str], target: list[str]):
+    """(tasks, params, source tasks, target tasks, suite report) with `--suite`'s runnable tasks added and tagged;
+    each task the suite cannot run is one warning line on stderr; a suite with nothing to run is bad input."""
+    from adaptkit.errors import InputError
+    from adaptkit.registry import warn
+
+    settings = params.pop("suite", None)
+    if suite is None:
+        if settings is not None:
+            raise InputError("--set suite.*: applies only with --suite NAME (e.g. --suite ssu-paper)")
+        return tasks, params, source, target, None
+    from adaptkit.evals.suites import expand_suite
+
+    expanded = expand_suite(suite, settings or {})
+    for entry in expanded.entries:
+        if entry.task is None:
+            warn(f"--suite {suite}: not run: {entry.name} ({entry.role}): {entry.missing}")
+    if not expanded.runnable:
+        raise InputError(f"--suite {suite}: no task of the suite has its data here ({len(expanded.entries)} listed above); "
+                         "give --set suite.flores=DIR, --set suite.xlsum=DIR or --set suite.hub=true")
+    source += [e.name for e in expanded.runnable if e.role == "source" and e.name not in source]
+    target += [e.name for e in expanded.runnable if e.role == "target" and e.name not in target]
+    return tasks + [e.task for e in expanded.runnable], expanded.params(params), source, target, expanded.report()
+
+
 def command(
     ctx: typer.Context,
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model directory, .gguf or Hub id; NAME=PATH to name it (repeatable).")],
-    task: Annotated[list[str], typer.Option("--task", "-t", help="BACKEND:SPEC, e.g. ppl:eng=en.txt, lm-eval:xnli_sw, lm-eval:./tasks, mt:flores.jsonl, sum:xlsum.jsonl (repeatable).")],
     output: OutputOpt,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="BACKEND:SPEC, e.g. ppl:eng=en.txt, lm-eval:xnli_sw, lm-eval:./tasks, mt:flores200_dataset:ha-en, mt:pairs.jsonl, sum:xlsum:ha (repeatable).")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="A paper's task suite, tagged source/target: ssu-paper (--set suite.lang=ha --set suite.flores=DIR --set suite.xlsum=DIR [--set suite.hub=true]).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The model (name or path) that changes are measured against.")] = None,
     source_task: Annotated[Optional[list[str]], typer.Option("--source-task", help="Task name measuring source ability (forgetting axis; repeatable).")] = None,
     target_task: Annotated[Optional[list[str]], typer.Option("--target-task", help="Task name measuring target ability (learning axis; repeatable).")] = None,
@@ -99,8 +125,10 @@ def command(
         from adaptkit.evals.generation import read_prompts
 
         prompts = read_prompts(generate, "--generate")
-    prepared = prepare_tasks(list(task), backend_params(config, set_))
-    check_task_roles([t.name for t in prepared.tasks], list(source_task or []), list(target_task or []))
+    tasks, params, source_task, target_task, suite_info = suite_tasks(suite, list(task or []), backend_params(config, set_),
+                                                                      list(source_task or []), list(target_task or []))
+    prepared = prepare_tasks(tasks, params)
+    check_task_roles([t.name for t in prepared.tasks], source_task, target_task)
     if layer_by_layer:
         from adaptkit.evals.runner import check_layer_by_layer
 
@@ -127,7 +155,7 @@ def command(
         run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=note,
                              on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
     with atomic_dir(output, overwrite) as tmp:
-        results = write_report(run, tmp, baseline_name, list(source_task or []), list(target_task or []), plots=plots)
+        results = write_report(run, tmp, baseline_name, source_task, target_task, plots=plots, suite=suite_info)
         if prompts is not None:
             import json
 

@@ -1,44 +1,73 @@
 """Generation for the `mt` / `sum` tasks and `adaptkit generate`, scored with chrF / chrF++.
 
-Decoding: `greedy` (default, deterministic) or `paper`: the sampling the SSU paper's
-evaluation scripts pass to lm-eval (temperature 0.8, top-p 0.8, top-k 40, repetition
-penalty 1.1); the paper repeats sampled generation runs and averages them (`runs`).
-Prompts are wrapped as one user turn of the tokenizer's chat template when it has one
-and `chat_template` is on (the paper evaluates instruct models with their template).
-Each output is cut at the first stop string (newline, as in the paper) and stripped.
+Two protocols (`--set mt.protocol=...`, `--set sum.protocol=...`):
+
+- `single-turn` (default): greedy decoding, one run, the shots written inline in one user
+  turn (`instruction`, `source = target` blank-line separated, then `source =`).
+- `ssu-paper`: the SSU paper's evaluation (Yamaguchi et al. 2025, arXiv:2512.04844, Sec. 4,
+  Tables 7 and 9; LightEval with `--use-chat-template`): sampling (`decoding=paper`:
+  temperature 0.8, top-p 0.9, top-k 40, repetition penalty 1.1), 128 new tokens, mean of
+  three runs (seeds `seed`, `seed+1`, `seed+2`) reported with their spread, 500 items, and
+  the shots as user/assistant turns (the instruction prefixed to the first user turn, as
+  LightEval renders few-shot examples under a chat template), drawn from the data's dev
+  split. Any setting given explicitly wins over the preset.
+
+Prompts go under the tokenizer's chat template when it has one and `chat_template` is on
+(the paper evaluates instruct models with their template); without a template, turns are
+flattened into the single-turn text. Each output is cut at the first stop string (newline,
+as in the paper) and stripped.
 
 Scores: `chrf` and `chrf++` are means of sentence-level scores (sacrebleu
 `sentence_chrf`, chrF++ = word_order 2), as in the paper; `corpus_chrf` and
-`corpus_chrf++` are sacrebleu's corpus-level scores, for reference. Light at import.
+`corpus_chrf++` are sacrebleu's corpus-level scores, for reference. Over several runs every
+score is the mean of the runs; `chrf_std`/`chrf++_std` (sample standard deviation),
+`_min` and `_max` give the spread of the sentence-level scores. Light at import.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adaptkit.errors import require
 from adaptkit.evals.tasks import EvalBackend, EvalTask, RunContext, TaskOutput, named_file
 from adaptkit.specs import Params
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1}
+PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+# what `protocol: ssu-paper` sets unless given explicitly (SSU paper, Sec. 4 and Tables 7, 9)
+SSU_PAPER_PROTOCOL: dict[str, Any] = {"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}
+SPREAD_METRICS = ("chrf", "chrf++")
 
 
 class GenerationParams(Params):
-    """Settings shared by generation tasks."""
+    """Settings shared by generation tasks; `protocol: ssu-paper` presets the paper's evaluation."""
 
+    protocol: Literal["single-turn", "ssu-paper"] = Field(
+        "single-turn", description="single-turn: greedy, 1 run, inline shots; ssu-paper: sampled, 3 runs, 500 items, shots as chat turns from the dev split")
     max_new_tokens: int = Field(128, ge=1, description="generation budget (paper: 128)")
     decoding: Literal["greedy", "paper"] = "greedy"
     runs: int = Field(1, ge=1, description="generation runs averaged (the paper averages sampled runs)")
     batch_size: int = Field(8, ge=1)
     chat_template: bool = True
-    limit: int | None = Field(None, ge=1, description="evaluate only the first N items")
+    shot_turns: bool = Field(False, description="shots as user/assistant turns (paper) instead of inline in one user turn")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N items (paper: 500)")
+    shot_seed: int = Field(0, description="seed of the shot draw (each item's shots are fixed for it and this seed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("protocol") == "ssu-paper":
+            return {**SSU_PAPER_PROTOCOL, **values}
+        return values
 
 
 def format_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: "str | list[dict[str, str]]", chat_template: bool) -> tuple[str, bool]:
@@ -135,6 +164,26 @@ def generator_of(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     return generator if generator is not None else partial(generate, model, tokenizer)
 
 
+def has_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: Any = None) -> bool:
+    """Whether prompts go under a chat template: the server's (`generator.has_chat_template`) or the tokenizer's."""
+    if generator is not None and hasattr(generator, "has_chat_template"):
+        return bool(generator.has_chat_template)
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def run_metrics(per_run: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each score over runs and, over several runs, the spread (sample std, min, max) of the
+    sentence-level chrF scores."""
+    import statistics
+
+    metrics = {k: sum(r[k] for r in per_run) / len(per_run) for k in per_run[0]}
+    for key in SPREAD_METRICS if len(per_run) > 1 else ():
+        values = [r[key] for r in per_run]
+        metrics[f"{key}_std"] = statistics.stdev(values)
+        metrics[f"{key}_min"], metrics[f"{key}_max"] = min(values), max(values)
+    return metrics
+
+
 def run_generation_task(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
@@ -143,14 +192,20 @@ def run_generation_task(
     seed: int,
     generator: "Callable[..., list[str]] | None" = None,
 ) -> TaskOutput:
-    """Generate for items ({'prompt', 'reference', ...}), score with chrF, keep per-item records."""
+    """Generate for items ({'prompt', 'reference', ['messages'], ...}), score with chrF, keep per-item records.
+
+    An item's `messages` (shots as turns) are sent under a chat template; without one, its
+    `prompt` (the same conversation flattened into one text) is.
+    """
     produce = generator_of(model, tokenizer, generator)
     runs = params.runs if params.decoding == "paper" else 1
+    turns = params.chat_template and has_chat_template(tokenizer, generator)
+    prompts = [item["messages"] if turns and "messages" in item else item["prompt"] for item in items]
     per_run: list[dict[str, float]] = []
     records: list[dict[str, Any]] = []
     for run in range(runs):
         hyps = produce(
-            [item["prompt"] for item in items],
+            prompts,
             max_new_tokens=params.max_new_tokens,
             decoding=params.decoding,
             batch_size=params.batch_size,
@@ -158,8 +213,8 @@ def run_generation_task(
             seed=seed + run,
         )
         per_run.append(chrf_scores(hyps, [item["reference"] for item in items]))
-        records += [{**item, "run": run, "response": h} for item, h in zip(items, hyps)]
-    metrics = {k: sum(r[k] for r in per_run) / runs for k in per_run[0]}
+        records += [{**item, "run": run, "seed": seed + run, "response": h} for item, h in zip(items, hyps)]
+    metrics = run_metrics(per_run)
     metrics["items"] = float(len(items))
     metrics["runs"] = float(runs)
     return TaskOutput(metrics=metrics, primary="chrf++", higher_is_better=True, records=records)
@@ -220,54 +275,97 @@ def record_languages(rows: list[dict[str, Any]], keys: tuple[str, ...], params: 
     return result
 
 
-def pick_shots(languages: list[tuple[str, ...]], item: int, shots: int, seed: int = 0) -> list[int]:
-    """`shots` other records with the same languages as `item`, fixed for (item, seed)."""
+def pick_shots(languages: list[tuple[str, ...]], item: int, shots: int, seed: int = 0, pool: int | None = None) -> list[int]:
+    """Indices of `shots` examples for `item`, fixed for (item, seed): from a separate pool of `pool` examples
+    (a dev split), else other records with the same languages as `item`."""
     import random
 
-    others = [i for i, langs in enumerate(languages) if langs == languages[item] and i != item]
+    if pool is not None:
+        others = list(range(pool))
+    else:
+        others = [i for i, langs in enumerate(languages) if langs == languages[item] and i != item]
     return random.Random(seed * 1_000_003 + item).sample(others, min(shots, len(others)))
 
 
+@dataclass
+class GenerationData:
+    """What one task spec reads: evaluated (input, reference, id) rows, their languages, and the
+    shot pool (a dev split; None: the other evaluated rows of the same languages)."""
+
+    name: str
+    rows: list[tuple[str, str, Any]]
+    languages: list[tuple[str, ...]]
+    pool: list[tuple[str, str, Any]] | None
+    info: dict[str, Any]
+
+
 class GenerationBackend(EvalBackend):
-    """A generation task family (`mt`, `sum`): JSONL records -> prompts with in-context shots ->
+    """A generation task family (`mt`, `sum`): records -> prompts with in-context shots ->
     generations scored with chrF / chrF++ against the references.
 
-    Subclasses name the record fields (`fields`: the input text and the reference, then any
-    other required field), the language fields of a record (`language_keys`, else taken from
-    the backend's parameters of the same names), and build the prompt; shots are other records
-    of the same languages (`pick_shots`).
+    A spec is `[NAME=]FILE.jsonl` (records with the `fields`: input text and reference; the
+    language fields `language_keys`, else the backend's parameters of the same names; shots are
+    other records of the same languages) or `[NAME=]DIR:LANGS`, a released dataset layout read by
+    `read_layout` (shots from its dev split, never from the evaluated items). Subclasses give the
+    instruction and the query of an input; `adaptkit.evals.templates` renders them inline or as turns.
     """
 
     fields: ClassVar[tuple[str, str]]
     language_keys: ClassVar[tuple[str, ...]]
 
     @abstractmethod
-    def prompt(self, languages: tuple[str, ...], text: str, shots: list[tuple[str, str]]) -> str:
-        """The prompt of one record in `languages`, with (input, reference) shots."""
+    def instruction(self, languages: tuple[str, ...]) -> str:
+        """The task instruction that begins the prompt (may be empty)."""
+
+    @abstractmethod
+    def query(self, languages: tuple[str, ...], text: str) -> str:
+        """One input as the model sees it, to be continued by its reference."""
+
+    @abstractmethod
+    def read_layout(self, root: "Path", languages: str, where: str) -> GenerationData:
+        """The evaluated rows and the shot pool of a released dataset directory for `languages`."""
 
     def describe(self, languages: list[tuple[str, ...]]) -> dict[str, Any]:
         """Task info beyond the file and item count (e.g. the translation directions)."""
         return {}
 
-    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+    def read_jsonl(self, path: str, where: str) -> GenerationData:
         from pathlib import Path
 
+        from adaptkit.errors import InputError
         from adaptkit.evals.data import read_jsonl
+
+        if self.params.protocol == "ssu-paper" and self.params.shots:
+            raise InputError(f"{where}: the ssu-paper protocol draws its shots from a dev split, never from the evaluated items; "
+                             f"give a dataset directory ({self.name}:DIR:LANGS) or --set {self.name}.shots=0")
+        records = read_jsonl(Path(path), where, self.fields)
+        text, reference = self.fields
+        rows = [(r[text], r[reference], r.get("id", i)) for i, r in enumerate(records)]
+        languages = record_languages(records, self.language_keys, self.params, where, self.name)
+        return GenerationData(Path(path).stem, rows, languages, None, {"file": path})
+
+    def prepare(self, spec: str, flag: str) -> list[EvalTask]:
+        from adaptkit.evals.layouts import split_layout_spec
+        from adaptkit.evals.templates import render_inline, render_turns
 
         name, path = named_file(spec)
         where = f"{flag} {self.name}:{spec}"
-        rows = read_jsonl(Path(path), where, self.fields)
-        languages = record_languages(rows, self.language_keys, self.params, where, self.name)
-        text, reference = self.fields
+        layout = split_layout_spec(path, where)
+        data = self.read_layout(*layout, where) if layout else self.read_jsonl(path, where)
+        count = min(len(data.rows), self.params.limit or len(data.rows))
+        pool = data.pool if data.pool is not None else data.rows
         items = []
-        for i, row in enumerate(rows):
-            shots = [(rows[j][text], rows[j][reference]) for j in pick_shots(languages, i, self.params.shots)]
-            items.append({"id": row.get("id", i), **dict(zip(self.language_keys, languages[i])),
-                          "prompt": self.prompt(languages[i], row[text], shots), "reference": row[reference]})
-        if self.params.limit:
-            items = items[: self.params.limit]
-        info = {"file": path, "items": len(items), **self.describe(languages)}
-        return [EvalTask(name or Path(path).stem, self.name, spec, items, info)]
+        for i, (text, reference, key) in enumerate(data.rows[:count]):
+            langs = data.languages[i]
+            picked = pick_shots(data.languages, i, self.params.shots, self.params.shot_seed, None if data.pool is None else len(pool))
+            shots = [(self.query(langs, pool[j][0]), pool[j][1]) for j in picked]
+            instruction, query = self.instruction(langs), self.query(langs, text)
+            item = {"id": key, **dict(zip(self.language_keys, langs)), "prompt": render_inline(instruction, shots, query), "reference": reference}
+            if self.params.shot_turns:
+                item["messages"] = render_turns(instruction, shots, query)
+            items.append(item)
+        info = {**data.info, "items": len(items), **self.describe(data.languages[:count])}
+        return [EvalTask(name or data.name, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
         return {t.name: run_generation_task(model, tokenizer, t.payload, self.params, ctx.seed, ctx.generator) for t in tasks}

@@ -195,6 +195,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Models", "", "| model | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
         for name, info in infos.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(info[k]) if isinstance(info.get(k), float) else str(info.get(k, "")) for k in keys) + " |")
+    if results.get("suite"):
+        lines += _suite_section(results["suite"])
     lines += ["", "## All metrics", ""]
     for t in tasks:
         metric_names = [k for k, v in results["results"][models[0]][t["name"]].items() if isinstance(v, (int, float))]
@@ -207,6 +209,14 @@ def markdown(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     lines += [f"Versions: {versions}.", ""]
     return "\n".join(lines)
+
+
+def _suite_section(suite: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Suite `{suite['name']}`", "", f"Ran: {', '.join(e['name'] for e in suite['run'])}."]
+    if suite["not_run"]:
+        lines += ["", "Not run (data or tools absent here):", "", "| task | role | why / how to get it |", "|---|---|---|"]
+        lines += [f"| {e['name']} | {e['role']} | {e['reason'].replace('|', '/')} |" for e in suite["not_run"]]
+    return lines
 
 
 def _change_cell(change: dict[str, Any]) -> str:
@@ -331,15 +341,19 @@ def write_report(
     target_tasks: list[str] | None = None,
     plots: bool = True,
     model_info: dict[str, dict[str, Any]] | None = None,
+    suite: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write results.json, results.md, tasks.png (and forgetting_learning.png) into `directory`.
 
     `model_info` adds facts about each model (method, training seconds, trainable share...)
-    to results.json and to a table in results.md.
+    to results.json and to a table in results.md; `suite` (adaptkit.evals.suites.Suite.report)
+    says which suite ran and lists the tasks it could not run, with why.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     results = build_results(run, baseline, source_tasks, target_tasks, model_info)
+    if suite is not None:
+        results["suite"] = suite
     files = ["results.json", "results.md"]
     if plots:
         plot_tasks(results, directory / "tasks.png")

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from adaptkit.io.openai_client import OpenAIClient
 
+from adaptkit.evals.generation import PAPER_SAMPLING
+
 GREEDY_REQUEST: dict[str, Any] = {"temperature": 0.0}
-PAPER_REQUEST: dict[str, Any] = {"temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1}
+PAPER_REQUEST: dict[str, Any] = {k: v for k, v in PAPER_SAMPLING.items() if k != "do_sample"}  # the in-process settings, one home
 
 
 class ServerGenerator:

@@ -2,13 +2,16 @@
 
 MT: an instruction written in the prompt's source language ("Fassara Turanci zuwa Hausa:"
 for English -> Hausa), a newline, the source sentence and " =": the model continues
-with the translation. The paper evaluates 3-shot for MT and 0-shot for summarization,
-with a 128-token budget and a newline stop. SUM: "<instruction> <article> <anchor>"
-with the instruction and anchor in the summary's language. Languages outside the
-paper's set get an English instruction of the same shape.
+with the translation (the reference code's `mt.py` LightEval tasks). The paper evaluates
+3-shot for MT and 0-shot for summarization, with a 128-token budget and a newline stop.
+SUM: "<instruction> <article> <anchor>" with the instruction and anchor in the summary's
+language. Languages outside the paper's set get an English instruction of the same shape.
+Shots are rendered inline in one prompt (`render_inline`) or as chat turns (`render_turns`).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 from adaptkit.evals.langcodes import name_of
 
@@ -41,13 +44,30 @@ def mt_instruction(src: str, tgt: str) -> str:
     return MT_INSTRUCTIONS.get((src, tgt), f"Translate {name_of(src)} into {name_of(tgt)}:\n")
 
 
-def mt_prompt(src: str, tgt: str, text: str, shots: list[tuple[str, str]] = ()) -> str:
-    """Instruction, then `shots` solved examples ('source = target'), then 'source ='."""
-    examples = "".join(f"{s} = {t}\n\n" for s, t in shots)
-    return f"{mt_instruction(src, tgt)}{examples}{text} ="
+def mt_query(text: str) -> str:
+    """A source sentence as the model sees it: 'source =' (the reference code's LightEval prompt)."""
+    return f"{text} ="
 
 
-def sum_prompt(lang: str, text: str, shots: list[tuple[str, str]] = ()) -> str:
+def sum_query(lang: str, text: str) -> str:
+    """'<instruction> <article> <anchor>' in the summary's language."""
     instruction, anchor = SUM_TEMPLATES.get(lang, (f"Summarize the following text in {name_of(lang)}:", "Summary:"))
-    examples = "".join(f"{instruction} {t} {anchor} {s}\n\n" for t, s in shots)
-    return f"{examples}{instruction} {text} {anchor}"
+    return f"{instruction} {text} {anchor}"
+
+
+def render_inline(instruction: str, shots: Sequence[tuple[str, str]], query: str) -> str:
+    """One prompt: the instruction, each solved shot ('query reference' and a blank line), then the query."""
+    return instruction + "".join(f"{q} {r}\n\n" for q, r in shots) + query
+
+
+def render_turns(instruction: str, shots: Sequence[tuple[str, str]], query: str) -> list[dict[str, str]]:
+    """A conversation: per shot a user turn (its query) and an assistant turn (its reference), then the
+    query as the last user turn; the instruction begins the first user turn. This is how LightEval
+    renders few-shot examples under a chat template (PromptManager, `--use-chat-template`), which the
+    SSU paper's evaluation used; flattened (user, space, assistant, blank line) it is `render_inline`."""
+    messages: list[dict[str, str]] = []
+    for q, r in shots:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+    messages.append({"role": "user", "content": query})
+    messages[0]["content"] = instruction + messages[0]["content"]
+    return messages

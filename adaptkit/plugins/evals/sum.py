@@ -1,14 +1,17 @@
 """`sum`: summarization with the SSU paper's prompts, scored with chrF / chrF++.
 
-Task spec: `sum:NAME=FILE.jsonl` or `sum:FILE.jsonl`; records hold `text`, `summary`
-and `lang` (or `--set sum.lang=ha`). The paper evaluates summarization 0-shot.
+Task spec: `sum:[NAME=]XLSUM_DIR:LANG` reads the XL-SUM layout (`<language>_<split>.jsonl`;
+`adaptkit.evals.layouts`): the test split is evaluated, shots (if any) come from val (e.g.
+`sum:xlsum:ha`). Or `sum:[NAME=]FILE.jsonl`: records hold `text`, `summary` and `lang` (or
+`--set sum.lang=ha`). The paper evaluates summarization 0-shot; `--set sum.protocol=ssu-paper`
+is its evaluation (adaptkit.evals.generation).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from adaptkit.evals.generation import GenerationBackend, GenerationParams
+from adaptkit.evals.generation import GenerationBackend, GenerationData, GenerationParams
 from adaptkit.specs import EvalBackendSpec
 
 
@@ -22,10 +25,23 @@ class SumBackend(GenerationBackend):
     fields = ("text", "summary")
     language_keys = ("lang",)
 
-    def prompt(self, languages, text, shots):
-        from adaptkit.evals.templates import sum_prompt
+    def instruction(self, languages):
+        return ""  # the instruction is part of each query
 
-        return sum_prompt(languages[0], text, shots)
+    def query(self, languages, text):
+        from adaptkit.evals.templates import sum_query
+
+        return sum_query(languages[0], text)
+
+    def read_layout(self, root, languages, where) -> GenerationData:
+        from adaptkit.evals.langcodes import resolve_language
+        from adaptkit.evals.layouts import read_xlsum
+
+        lang = resolve_language(languages, where)
+        rows = read_xlsum(root, lang, "test", where)
+        pool = read_xlsum(root, lang, "val", where) if self.params.shots else []
+        info = {"dataset": "xl-sum", "dir": str(root), "split": "test", **({"shots_from": "val"} if self.params.shots else {})}
+        return GenerationData(f"xlsum-{lang}", rows, [(lang,)] * len(rows), pool, info)
 
     def describe(self, languages):
         return {"languages": sorted({l[0] for l in languages})}
@@ -35,7 +51,7 @@ SPEC = EvalBackendSpec(
     name="sum",
     factory="adaptkit.plugins.evals.sum:SumBackend",
     summary="Summarization with the SSU paper's per-language prompts, chrF/chrF++ via sacrebleu",
-    reference="Yamaguchi et al. 2025 (SSU), arXiv:2512.04844",
+    reference="Yamaguchi et al. 2025 (SSU), arXiv:2512.04844; Hasan et al. 2021 (XL-SUM)",
     params=SumParams,
     extras=("sacrebleu",),
 )
