@@ -101,8 +101,8 @@ def test_codemix_bad_input(invoke, tmp_path, args, fragments):
     assert not out.exists()
 
 
-def _tiny_fasttext_model(fasttext, tmp_path: Path) -> Path:
-    """Train a tiny GlotLID-style fastText classifier on UDHR English and Hausa.
+def _tiny_fasttext_model(fasttext, tmp_path: Path, languages=(("en", "eng_Latn"), ("ha", "hau_Latn"))) -> Path:
+    """Train a tiny GlotLID-style fastText classifier on UDHR paragraphs (default: English and Hausa).
 
     Trained in a fresh interpreter: fastText's trainer can hit NaN in a process whose
     floating-point state other libraries (torch) have already changed.
@@ -112,10 +112,10 @@ def _tiny_fasttext_model(fasttext, tmp_path: Path) -> Path:
 
     from adaptkit import demo
 
-    lines = [f"__label__{label} {p}" for lang, label in (("en", "eng_Latn"), ("ha", "hau_Latn")) for p in demo.udhr_paragraphs(lang)]
+    lines = [f"__label__{label} {p}" for lang, label in languages for p in demo.udhr_paragraphs(lang)]
     train = tmp_path / "lid-train.txt"
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path = tmp_path / "lid.bin"
+    path = tmp_path / f"lid-{len(languages)}.bin"
     code = (
         "import fasttext, sys\n"
         "model = fasttext.train_supervised(sys.argv[1], dim=16, epoch=60, lr=0.2, minn=2, maxn=4, bucket=20000, thread=1, seed=0, verbose=0)\n"
@@ -143,6 +143,49 @@ def test_fasttext_backend_with_a_tiny_glotlid_style_model(tmp_path):
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     labels = raw.get_labels()
     assert dict(lid.rank(MIXED, ["en", "ha"]))["en"] == pytest.approx(float(probs[labels.index("__label__eng_Latn")]), rel=1e-5)
+
+
+def test_fasttext_restriction_is_the_softmax_renormalised_over_the_label_set(tmp_path):
+    fasttext = pytest.importorskip("fasttext", reason="the glotlid extra (fasttext) is not installed")
+    import numpy as np
+
+    from adaptkit.evals.lid import load_lid
+
+    path = _tiny_fasttext_model(fasttext, tmp_path, (("en", "eng_Latn"), ("ha", "hau_Latn"), ("sw", "swh_Latn")))
+    lid = load_lid("fasttext", {"model_path": str(path)})
+    raw = fasttext.load_model(str(path))
+    labels = raw.get_labels()
+    logits = (raw.get_output_matrix() @ raw.get_sentence_vector(MIXED)).astype(np.float64)
+    full = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()  # every label, then restricted below
+    predicted = dict(zip(*raw.predict(MIXED, k=-1)))
+    assert all(abs(predicted[label] - full[i]) < 2e-5 for i, label in enumerate(labels))  # the same distribution fastText predicts
+    en, ha = full[labels.index("__label__eng_Latn")], full[labels.index("__label__hau_Latn")]
+    restricted = dict(lid.rank(MIXED, ["en", "ha"]))
+    assert set(restricted) == {"en", "ha"} and restricted["en"] == pytest.approx(en / (en + ha), rel=1e-5)
+    unrestricted = dict(lid.rank(MIXED))
+    assert unrestricted["en"] == pytest.approx(en, rel=1e-4) and abs(unrestricted["en"] - restricted["en"]) > 1e-3
+    assert "lid-3.bin" in lid.describe() and "3 labels" in lid.describe()
+
+
+def test_label_set_defaults_to_the_papers_pair_and_the_report_names_it():
+    from adaptkit.evals.codemix import analyze, markdown
+    from adaptkit.evals.lid import load_lid
+
+    lid = load_lid("py3langid")
+    rows = [{"response": HAUSA[0]}, {"response": MIXED}]
+    paired = analyze(rows, lid, "ha")
+    assert paired["settings"]["candidates"] == ["en", "ha"] and "English" in paired["settings"]["label_set"]
+    assert analyze(rows, lid, "ha", ["sw"])["settings"]["candidates"] == ["ha", "sw"]
+    everything = analyze(rows, lid, "ha", ["sw"], restrict=False)
+    assert everything["settings"]["candidates"] == "all" and "--no-restrict" in everything["settings"]["label_set"]
+    # the confidence is the expected language's probability over the set, as py3langid restricted natively computes it
+    import py3langid.langid as langid
+
+    reference = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
+    reference.set_languages(["en", "ha"])
+    assert paired["responses"][1]["expected_confidence"] == pytest.approx(dict(reference.rank(MIXED))["ha"], abs=1e-6)
+    text = markdown(paired)
+    assert "LID: py3langid (" in text and "label set: en, ha (the expected language and English" in text
 
 
 def test_fasttext_backend_needs_its_extra_or_a_model_file(invoke, tmp_path):

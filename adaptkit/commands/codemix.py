@@ -21,7 +21,8 @@ def command(
     expected_lang: Annotated[str, typer.Option("--expected-lang", help="Language the responses should be in (ISO 639-1/3: en, eng, ha...).")],
     output: OutputOpt,
     threshold: Annotated[float, typer.Option("--threshold", help="Code-mixed when the expected language's confidence is below this (paper: 0.9).")] = 0.9,
-    other_lang: Annotated[Optional[list[str]], typer.Option("--other-lang", help="Restrict identification to the expected language and these (paper: the target language; repeatable).", show_default="all languages")] = None,
+    other_lang: Annotated[Optional[list[str]], typer.Option("--other-lang", help="Restrict identification to the expected language and these (paper: the target language; repeatable).", show_default="English")] = None,
+    restrict: Annotated[bool, typer.Option("--restrict/--no-restrict", help="Restrict the identifier to the expected language and --other-lang (default English) before normalising, as the SSU paper restricts GlotLID; --no-restrict: all its languages.")] = True,
     lid: Annotated[str, typer.Option("--lid", help="LID backend: py3langid, pycld2, fasttext (GlotLID; --set model_path=...).")] = "py3langid",
     field: Annotated[str, typer.Option("--field", help="Record field holding the response text.")] = "response",
     details: Annotated[bool, typer.Option("--details/--no-details", help="Per-sentence and per-word breakdown.")] = True,
@@ -37,6 +38,7 @@ def command(
     from adaptkit.evals.langcodes import resolve_language
     from adaptkit.evals.lid import load_lid
     from adaptkit.io.atomic import atomic_dir, check_output
+    from adaptkit.registry import warn
 
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
@@ -49,7 +51,9 @@ def command(
     known = backend.languages()
     expected = resolve_language(expected_lang, "--expected-lang", known)
     others = [resolve_language(code, "--other-lang", known) for code in (other_lang or [])]
-    report = analyze(rows, backend, expected, others, threshold, field=field, detail=details)
+    if restrict and expected == "en" and not others:
+        warn("--expected-lang en without --other-lang: identifying over all languages; the SSU paper restricts to English plus the target language (--other-lang CODE)")
+    report = analyze(rows, backend, expected, others, threshold, field=field, detail=details, restrict=restrict)
     with atomic_dir(output, overwrite) as tmp:
         files = write_codemix_report(report, tmp, plots)
     summary = report["summary"]

@@ -1,10 +1,11 @@
 """Code-mixing of generated responses, as measured in the SSU paper (arXiv:2512.04844, §analysis).
 
-For each response: newlines become spaces, a LID backend ranks the text over the candidate
-languages (`expected` plus `others`; every language of the backend when `others` is empty),
-and the normalized probability of the expected language is its confidence. The response
-is code-mixed when that confidence is below `threshold` (paper: 0.9, GlotLID restricted to
-English + the target language). A breakdown says which languages appear: each sentence's
+For each response: newlines become spaces, a LID backend ranks the text over the label set
+and the normalized probability of the expected language is its confidence. As in the paper
+(GlotLID restricted to English + the target language before normalising, threshold 0.9) the
+label set is restricted by default (`label_set`): the expected language plus `others`, or,
+with no others, plus English; unrestricted, every language of the backend. The response
+is code-mixed when that confidence is below `threshold`. A breakdown says which languages appear: each sentence's
 top language, and the share of words whose top language is each language (word-level LID
 is noisy; it shows where mixing happens, the decision uses the whole response).
 Responses that are empty are reported as such and left out of the percentages.
@@ -74,6 +75,17 @@ def _summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     }
 
 
+def label_set(expected: str, others: Sequence[str] = (), restrict: bool = True) -> tuple[list[str] | None, str]:
+    """(the languages the identifier is restricted to, None for all of them; how that set was chosen)."""
+    if not restrict:
+        return None, "all languages of the identifier (--no-restrict)"
+    if others:
+        return sorted({expected, *others}), "the expected language and --other-lang"
+    if expected != "en":
+        return sorted({expected, "en"}), "the expected language and English (the SSU paper's pair)"
+    return None, "all languages of the identifier (expected English and no --other-lang to pair it with)"
+
+
 def analyze(
     rows: list[dict[str, Any]],
     lid: LIDBackend,
@@ -83,9 +95,10 @@ def analyze(
     field: str = "response",
     group_field: str = "model",
     detail: bool = True,
+    restrict: bool = True,
 ) -> dict[str, Any]:
     """Per-response results and summaries (overall and per `group_field` value, e.g. per model)."""
-    candidates = sorted({expected, *others}) if others else None
+    candidates, chosen = label_set(expected, others, restrict)
     records = []
     for index, row in enumerate(rows):
         record = {"index": index, **{k: row[k] for k in ("id", group_field) if k in row}}
@@ -96,7 +109,8 @@ def analyze(
         if group_field in record:
             groups.setdefault(str(record[group_field]), []).append(record)
     return {
-        "settings": {"lid": lid.name, "expected": expected, "candidates": candidates or "all", "threshold": threshold, "field": field},
+        "settings": {"lid": lid.name, "identifier": lid.describe(), "expected": expected, "candidates": candidates or "all",
+                     "label_set": chosen, "threshold": threshold, "field": field},
         "summary": _summary(records, threshold),
         "groups": {name: _summary(group, threshold) for name, group in groups.items()},
         "responses": records,
@@ -109,8 +123,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Code-mixing",
         "",
-        f"LID: {s['lid']}; expected language: {s['expected']}; candidates: {candidates}; "
-        f"code-mixed when the expected language's confidence < {s['threshold']}.",
+        f"LID: {s.get('identifier', s['lid'])}; expected language: {s['expected']}; label set: {candidates}"
+        + (f" ({s['label_set']})" if s.get("label_set") else "")
+        + f", normalised over it; code-mixed when the expected language's confidence < {s['threshold']}.",
         "",
         "| group | responses | empty | code-mixed | % code-mixed | mean confidence | top languages |",
         "|---|---|---|---|---|---|---|",

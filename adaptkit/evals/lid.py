@@ -30,6 +30,10 @@ class LIDBackend(ABC):
     def rank(self, text: str, candidates: Sequence[str] | None = None) -> list[tuple[str, float]]:
         """Implemented by each backend."""
 
+    def describe(self) -> str:
+        """The identifier as a report names it (e.g. its model file); default: the backend name."""
+        return self.name
+
 
 def normalize(pairs: Iterable[tuple[str, float]], candidates: Sequence[str] | None) -> list[tuple[str, float]]:
     """Sum (code, score) pairs per code, keep `candidates` (all when None), rescale to sum 1, best first."""

@@ -2,10 +2,12 @@
 
 `--set model_path=/path/to/glotlid/model.bin` (required; nothing is downloaded). Labels
 like `__label__hau_Latn` map to canonical codes (scripts of one language are summed).
-As in the SSU paper's analysis, the softmax is taken over the candidate languages only
-("restrict before softmax"): the sentence vector times the output matrix rows of the
-candidates' labels. Models trained with a loss other than softmax (no usable output
-matrix) fall back to `predict(k=-1)` probabilities renormalized over the candidates.
+As in the SSU paper's analysis, the identifier is restricted to the label set before
+normalising: the softmax over the sentence vector times the output-matrix rows of the
+set's labels, which equals the full softmax renormalised over those labels (computed
+directly, it keeps the precision `predict` loses: fastText adds 1e-5 to each probability
+it returns). Models trained with a loss other than softmax (no usable output matrix)
+fall back to `predict(k=-1)` probabilities renormalised over the set.
 Newlines are replaced by spaces (fastText predicts one line).
 """
 
@@ -47,6 +49,9 @@ class FasttextBackend(LIDBackend):
 
     def languages(self) -> list[str]:
         return sorted(set(self._codes))
+
+    def describe(self) -> str:
+        return f"fasttext ({self.params.model_path}, {len(self._labels)} labels)"
 
     def rank(self, text: str, candidates: Sequence[str] | None = None) -> list[tuple[str, float]]:
         import numpy as np

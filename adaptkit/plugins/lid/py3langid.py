@@ -24,6 +24,9 @@ class Py3LangidBackend(LIDBackend):
         self._all = list(self._identifier.nb_classes)
         self._current: tuple[str, ...] | None = None
 
+    def describe(self) -> str:
+        return f"py3langid ({len(self._all)} languages)"
+
     def languages(self) -> list[str]:
         from adaptkit.evals.langcodes import canonical
 
