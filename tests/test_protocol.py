@@ -199,3 +199,22 @@ def test_suite_without_data_is_bad_input(invoke, make_model_dir, tmp_path):
                             (["--task", "ppl:x.txt", "--set", "suite.lang=ha"], ["--set suite.*", "only with --suite"])):
         assert_input_error(invoke("evaluate", "--model", model, *args, "-o", out), *fragments)
         assert not out.exists()
+
+
+def test_suite_with_the_hub_runs_the_lm_eval_tasks_lm_eval_knows(flores):
+    from adaptkit.evals.suites import SuiteSettings, ssu_paper
+
+    known = {"ifeval", "gsm8k", "ssu-belebele-npi"}
+    suite = ssu_paper(SuiteSettings(lang="ne", hub=True, flores=str(flores[0])),
+                      check=lambda task: "" if task in known else f"unknown lm-eval task '{task}'")
+    runnable = {e.name: (e.role, e.task) for e in suite.runnable}
+    assert runnable == {"ifeval": ("source", "lm-eval:ifeval"), "gsm8k": ("source", "lm-eval:gsm8k"),
+                        "ssu-belebele-npi": ("target", "lm-eval:ssu-belebele-npi")}  # no FLORES files for Nepali here
+    missing = {e["name"]: e["reason"] for e in suite.report()["not_run"]}
+    assert "unknown lm-eval task 'ssu-global-mmlu-npi'" in missing["ssu-global-mmlu-npi"]
+    assert "npi_Deva.dev' is missing" in missing["flores-ne-en"] and "flores200_dataset.tar.gz" in missing["flores-ne-en"]
+    # presets only for the backends that run; an explicit setting wins
+    assert suite.params({"lm-eval": {"apply_chat_template": False}}) == {"lm-eval": {"apply_chat_template": False}}
+    assert suite.params({}) == {"lm-eval": {"apply_chat_template": True}}
+    other = ssu_paper(SuiteSettings(lang="sw"), check=lambda task: "")
+    assert "cover am, ha, ig, ky, ne only" in {e.name: e.missing for e in other.entries}["ssu-belebele-sw"]

@@ -22,7 +22,7 @@ def command(
     output: OutputOpt,
     threshold: Annotated[float, typer.Option("--threshold", help="Code-mixed when the expected language's confidence is below this (paper: 0.9).")] = 0.9,
     other_lang: Annotated[Optional[list[str]], typer.Option("--other-lang", help="Restrict identification to the expected language and these (paper: the target language; repeatable).", show_default="English")] = None,
-    restrict: Annotated[bool, typer.Option("--restrict/--no-restrict", help="Restrict the identifier to the expected language and --other-lang (default English) before normalising, as the SSU paper restricts GlotLID; --no-restrict: all its languages.")] = True,
+    restrict: Annotated[bool, typer.Option("--restrict/--no-restrict", help="Restrict the identifier to the expected language and --other-lang, else English, before normalising, as the SSU paper restricts GlotLID (off: all its languages).")] = True,
     lid: Annotated[str, typer.Option("--lid", help="LID backend: py3langid, pycld2, fasttext (GlotLID; --set model_path=...).")] = "py3langid",
     field: Annotated[str, typer.Option("--field", help="Record field holding the response text.")] = "response",
     details: Annotated[bool, typer.Option("--details/--no-details", help="Per-sentence and per-word breakdown.")] = True,

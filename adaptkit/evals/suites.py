@@ -114,9 +114,10 @@ def _lm_eval(settings: SuiteSettings, task: str, dataset: str, role: str, check:
 
 def lm_eval_checker() -> Callable[[str], str]:
     """check(task): '' when lm-eval knows `task`, else why not (one line); one task index for all checks."""
-    from adaptkit.plugins.evals.lm_eval import LmEvalBackend, LmEvalParams
+    from adaptkit.registry import get_spec
 
-    backend = LmEvalBackend(LmEvalParams())
+    spec = get_spec("eval backend", "lm-eval", "--suite")
+    backend = spec.load()(spec.validate_params({}))
 
     def check(task: str) -> str:
         try:
