@@ -218,3 +218,38 @@ def test_suite_with_the_hub_runs_the_lm_eval_tasks_lm_eval_knows(flores):
     assert suite.params({}) == {"lm-eval": {"apply_chat_template": True}}
     other = ssu_paper(SuiteSettings(lang="sw"), check=lambda task: "")
     assert "cover am, ha, ig, ky, ne only" in {e.name: e.missing for e in other.entries}["ssu-belebele-sw"]
+
+
+def test_generation_server_gets_the_turns_and_the_paper_sampling(flores):
+    from adaptkit.evals.server_generation import PAPER_REQUEST, ServerGenerator
+    from adaptkit.evals.tasks import RunContext
+    from adaptkit.plugins.evals.mt import MTBackend, MTParams
+
+    class Client:  # records what an OpenAI-compatible server would receive
+        base_url = "http://server/v1"
+
+        def __init__(self):
+            self.calls = []
+
+        def chat(self, model, messages, settings, tag=""):
+            self.calls.append(("chat", messages, settings))
+            return f"reply {len(self.calls)}\nignored after the stop"
+
+        def complete(self, model, prompt, settings, tag=""):
+            self.calls.append(("complete", prompt, settings))
+            return "text"
+
+        def map(self, function, items):
+            return [function(item) for item in items]
+
+    backend = MTBackend(MTParams(protocol="ssu-paper", runs=2))
+    [task] = backend.prepare(f"{flores[0]}:ha-en", "--task")
+    for templated, kind in ((True, "chat"), (False, "complete")):
+        client = Client()
+        output = backend.run(None, None, [task], RunContext(seed=3, generator=ServerGenerator(client, "m", templated)))[task.name]
+        assert len(client.calls) == 2 * len(task.payload) and {c[0] for c in client.calls} == {kind}
+        sent = [c[1] for c in client.calls[: len(task.payload)]]
+        assert sent == [item["messages"] if templated else item["prompt"] for item in task.payload]
+        assert [c[2] for c in client.calls] == [{**PAPER_REQUEST, "max_tokens": 128, "seed": seed, "stop": ["\n"]}
+                                                for seed in (3, 4) for _ in task.payload]
+        assert output.metrics["runs"] == 2
