@@ -4,6 +4,8 @@ Tasks are `BACKEND:SPEC` (ppl, lm-eval, lighteval, mt, sum, or a plugin's backen
 read and checked once before any model loads; each model is loaded once for all tasks.
 Tag tasks with --source-task / --target-task to get the forgetting-vs-learning scatter
 (x: mean source change, y: mean target change vs --baseline, one point per model).
+`--suite ssu-paper` adds a paper's tagged tasks (adaptkit.evals.suites) from the data given
+with `--set suite.*`; each task it cannot run is one warning line and a row of the report.
 With --generation-server URL, the text of mt, sum, judge tasks and --generate comes from that
 OpenAI-compatible server (serving the one --model); the model is still loaded for
 log-likelihood tasks (ppl, lm-eval) and a judge-pairwise reference model generates in-process.
