@@ -200,3 +200,16 @@ def test_fasttext_backend_needs_its_extra_or_a_model_file(invoke, tmp_path):
     except ImportError:
         assert_input_error(result, "fasttext", "pip install 'adaptkit[glotlid]'")
     assert not (tmp_path / "o").exists()
+
+
+def test_codemix_cli_label_set_flags(invoke, tmp_path):
+    gens = write_jsonl(tmp_path / "gens.jsonl", [{"response": MIXED}, {"response": HAUSA[1]}])
+    settings = {}
+    for name, args in (("paired", ["--expected-lang", "ha"]), ("all", ["--expected-lang", "ha", "--no-restrict"]),
+                       ("english", ["--expected-lang", "en"])):
+        result = invoke("codemix", "--input", gens, *args, "--no-plots", "--no-details", "-o", tmp_path / name)
+        assert result.returncode == 0, result
+        settings[name] = (json.loads((tmp_path / name / "codemix.json").read_text())["settings"], result.stderr)
+    assert settings["paired"][0]["candidates"] == ["en", "ha"] and "warning" not in settings["paired"][1]
+    assert settings["all"][0]["candidates"] == "all" and settings["all"][0]["identifier"].startswith("py3langid (")
+    assert settings["english"][0]["candidates"] == "all" and "warning: --expected-lang en without --other-lang" in settings["english"][1]
