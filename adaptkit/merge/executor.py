@@ -18,7 +18,9 @@ method then runs on the shared rows, and the rows only the `--model`s have (toke
 by adaptation) are copied unchanged from the first `--model`. Token ids are assumed to be
 kept by the extension (new tokens appended), as tokenizer extension does.
 
-Non-floating tensors (integer buffers) are copied from the first `--model`.
+Non-floating tensors (integer buffers) are copied from the first `--model`. A model output
+keeps the first `--model`'s vocabulary-extension record (`adaptkit_vocab.json`): its rows,
+and so the record's extension rows, are the output's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from adaptkit.errors import InputError
 from adaptkit.io.atomic import atomic_dir, check_output
 from adaptkit.io.mask_files import UnitFile
 from adaptkit.io.model_card import CardInfo, merged_languages, write_model_card
+from adaptkit.io.vocab_record import copy_record
 from adaptkit.layers import layer_index
 from adaptkit.merge.base import MergeMethod, TensorContext, public_params
 from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
@@ -316,6 +319,7 @@ def run_merge(
         summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
         if options.write_config:
             _write_config(reference, tmp, options.dtype)
+            copy_record(Path(reference.input.path), tmp)
         if options.copy_tokenizer:
             _copy_tokenizer(Path(options.tokenizer_from or reference.input.path), tmp)
         if options.finalize is not None:
