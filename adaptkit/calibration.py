@@ -271,7 +271,7 @@ def build_calibration(
     """
     import torch
 
-    from adaptkit.data.corpus import pack_blocks, tokenizer_fingerprint
+    from adaptkit.data.corpus import pack_blocks
 
     _check_settings(fmt, pool, num_samples, block_size)
     tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
@@ -289,31 +289,8 @@ def build_calibration(
     progress(f"tokenized {stream.used:,} examples: {len(stream.ids):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
     available = blocks.shape[0]
     blocks = _choose_blocks(blocks, num_samples, seed)  # 5. the seeded choice of blocks
-    manifest = {
-        "format_version": 1,
-        "source": pooled.source,
-        "source_sha256": pooled.source_hash,
-        "split": split if pooled.source != "<in-memory>" else None,
-        "format": fmt,
-        "examples_by_format": stream.counts,
-        "template": stream.template_name,
-        "template_sha256": hashlib.sha256(stream.template_text.encode()).hexdigest() if stream.template_text else None,
-        "pool_requested": pool,
-        "examples_seen": pooled.seen,
-        "pool_sampled": len(pooled.sampled),
-        "examples_used": stream.used,
-        "examples_skipped": stream.skipped,
-        "stream_tokens": len(stream.ids),
-        "blocks_available": available,
-        "num_samples_requested": num_samples,
-        "num_samples": int(blocks.shape[0]),
-        "block_size": block_size,
-        "tokens": int(blocks.numel()),
-        "seed": seed,
-        "model": model_name,
-        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
-        "vocab_size": len(tokenizer),
-    }
+    settings = {"format": fmt, "pool": pool, "num_samples": num_samples, "block_size": block_size, "seed": seed, "split": split}
+    manifest = _manifest(pooled, stream, blocks, available, settings, model_name, tokenizer)
     calibration = CalibrationSet(blocks.long(), manifest)
     manifest["blocks_sha256"] = blocks_hash(calibration.blocks)
     return calibration
@@ -419,6 +396,37 @@ def _choose_blocks(blocks: "torch.Tensor", num_samples: int, seed: int) -> "torc
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(available, generator=generator)[:num_samples].sort().values
     return blocks[chosen]
+
+
+def _manifest(pooled: _Pool, stream: _Stream, blocks: "torch.Tensor", available: int, settings: dict[str, Any], model_name: str, tokenizer: Any) -> dict[str, Any]:
+    """The manifest of a calibration set: source, recipe settings, counts at each step and the tokenizer."""
+    from adaptkit.data.corpus import tokenizer_fingerprint
+
+    return {
+        "format_version": 1,
+        "source": pooled.source,
+        "source_sha256": pooled.source_hash,
+        "split": settings["split"] if pooled.source != "<in-memory>" else None,
+        "format": settings["format"],
+        "examples_by_format": stream.counts,
+        "template": stream.template_name,
+        "template_sha256": hashlib.sha256(stream.template_text.encode()).hexdigest() if stream.template_text else None,
+        "pool_requested": settings["pool"],
+        "examples_seen": pooled.seen,
+        "pool_sampled": len(pooled.sampled),
+        "examples_used": stream.used,
+        "examples_skipped": stream.skipped,
+        "stream_tokens": len(stream.ids),
+        "blocks_available": available,
+        "num_samples_requested": settings["num_samples"],
+        "num_samples": int(blocks.shape[0]),
+        "block_size": settings["block_size"],
+        "tokens": int(blocks.numel()),
+        "seed": settings["seed"],
+        "model": model_name,
+        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
+        "vocab_size": len(tokenizer),
+    }
 
 
 def check_calibration_fits(calibration: CalibrationSet, model: Any, tokenizer: Any = None, flag: str = "--calib") -> None:
