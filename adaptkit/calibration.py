@@ -271,112 +271,162 @@ def build_calibration(
     """
     import torch
 
-    from adaptkit.data.corpus import file_hash, iter_records, pack_blocks, tokenizer_fingerprint
+    from adaptkit.data.corpus import pack_blocks
 
+    _check_settings(fmt, pool, num_samples, block_size)
+    tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
+    pooled = _sample_pool(data, pool, seed, split, flag)  # 1-2. raw examples and the seeded pool
+    stream = _token_stream(tokenizer, pooled.sampled, fmt, text_field, template)  # 3-4. render and tokenize
+    if stream.used == 0:
+        raise InputError(_no_usable_examples(fmt, text_field, pooled, stream, flag))
+    blocks = pack_blocks(torch.tensor(stream.ids, dtype=torch.int32), block_size)
+    if blocks.shape[0] == 0:
+        raise InputError(
+            f"{flag}: the {stream.used} usable examples give {len(stream.ids)} tokens, fewer than one block of {block_size} "
+            "(--block-size); give more data, a larger --pool or a smaller --block-size"
+        )
+    progress(f"sampled {len(pooled.sampled):,} of {pooled.seen:,} examples from {pooled.source}")  # reported once the input is known to be good
+    progress(f"tokenized {stream.used:,} examples: {len(stream.ids):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
+    available = blocks.shape[0]
+    blocks = _choose_blocks(blocks, num_samples, seed)  # 5. the seeded choice of blocks
+    settings = {"format": fmt, "pool": pool, "num_samples": num_samples, "block_size": block_size, "seed": seed, "split": split}
+    manifest = _manifest(pooled, stream, blocks, available, settings, model_name, tokenizer)
+    calibration = CalibrationSet(blocks.long(), manifest)
+    manifest["blocks_sha256"] = blocks_hash(calibration.blocks)
+    return calibration
+
+
+def _check_settings(fmt: str, pool: int, num_samples: int, block_size: int | None) -> None:
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     for value, name in ((pool, "--pool"), (num_samples, "--num-samples"), (block_size, "--block-size")):
         if value is not None and value < 1:
             raise InputError(f"{name}: must be at least 1 (got {value})")
-    tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
 
-    # 1-2. raw examples and the seeded pool
+
+@dataclass
+class _Pool:
+    """The seeded pool of raw examples and where it came from."""
+
+    source: str
+    source_hash: str | None
+    sampled: list[Record]
+    seen: int
+
+
+def _sample_pool(data: Any, pool: int, seed: int, split: str, flag: str) -> _Pool:
+    """Steps 1-2: read the examples (files one after the other, a Hub dataset, or in-memory records) and sample the pool."""
+    from adaptkit.data.corpus import file_hash, iter_records
+
     sources = _sources(data)
     if sources is None:
-        source, source_hash = "<in-memory>", hashlib.sha256(json.dumps(list(data), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        sampled, seen = reservoir_sample(data, pool, seed)
-    elif len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _hub_spec(sources[0], split):
-        source, source_hash = sources[0], None
+        source_hash = hashlib.sha256(json.dumps(list(data), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return _Pool("<in-memory>", source_hash, *reservoir_sample(data, pool, seed))
+    if len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _hub_spec(sources[0], split):
         sampled = _hub_pool(_hub_spec(sources[0], split), pool, seed, flag)
-        seen = len(sampled)
-    else:
-        missing = [s for s in sources if not Path(s).expanduser().exists()]
-        if missing:
-            raise InputError(f"{flag}: '{missing[0]}' does not exist (expected a .jsonl/.txt file, a dataset directory or a Hub dataset id)")
-        source = ",".join(sources)
-        source_hash = hashlib.sha256("".join(file_hash(Path(s).expanduser()) for s in sources).encode()).hexdigest()
-        records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
-        sampled, seen = reservoir_sample(records, pool, seed)
+        return _Pool(sources[0], None, sampled, len(sampled))
+    missing = [s for s in sources if not Path(s).expanduser().exists()]
+    if missing:
+        raise InputError(f"{flag}: '{missing[0]}' does not exist (expected a .jsonl/.txt file, a dataset directory or a Hub dataset id)")
+    source_hash = hashlib.sha256("".join(file_hash(Path(s).expanduser()) for s in sources).encode()).hexdigest()
+    records = (record for s in sources for _, record in iter_records(Path(s).expanduser(), "auto", flag, split))
+    return _Pool(",".join(sources), source_hash, *reservoir_sample(records, pool, seed))
 
-    # 3-4. render and tokenize
+
+@dataclass
+class _Stream:
+    """The token stream of the pool: ids, examples used by kind, examples skipped by reason, the template used."""
+
+    ids: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"chat": 0, "alpaca": 0, "text": 0})
+    skipped: dict[str, int] = field(default_factory=lambda: {"unrecognized": 0, "template_failed": 0, "empty": 0})
+    template_name: str | None = None
+    template_text: str | None = None
+
+    @property
+    def used(self) -> int:
+        return sum(self.counts.values())
+
+
+def _token_stream(tokenizer: Any, sampled: list[Record], fmt: str, text_field: str, template: str | None) -> _Stream:
+    """Steps 3-4: render each example (chat and Alpaca under the template, text + EOS) and tokenize it into one stream."""
     kinds = [record_kind(record, fmt, text_field) for record in sampled]
-    template_name = template_text = None
+    stream = _Stream()
     if template not in (None, "", "model"):  # an explicit template is checked even when the data is plain text
         resolve_template(tokenizer, template)
     if any(kind in ("chat", "alpaca") for kind in kinds):
-        template_name, template_text = resolve_template(tokenizer, template)
+        stream.template_name, stream.template_text = resolve_template(tokenizer, template)
     eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    counts = {"chat": 0, "alpaca": 0, "text": 0}
-    skipped = {"unrecognized": 0, "template_failed": 0, "empty": 0}
     for record, kind in zip(sampled, kinds):
         if kind is None:
-            skipped["unrecognized"] += 1
+            stream.skipped["unrecognized"] += 1
             continue
         if kind == "text":
             text = record if isinstance(record, str) else record[text_field]
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
         else:
             messages = record["messages"] if kind == "chat" else alpaca_messages(record)
-            rendered = _render_chat(tokenizer, messages, template_text)
+            rendered = _render_chat(tokenizer, messages, stream.template_text)
             if rendered is None:
-                skipped["template_failed"] += 1
+                stream.skipped["template_failed"] += 1
                 continue
             ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if not ids:
-            skipped["empty"] += 1
+            stream.skipped["empty"] += 1
             continue
-        counts[kind] += 1
-        stream.extend(ids)
-    used = sum(counts.values())
-    if used == 0:
-        wanted = {"auto": "chat `messages`, Alpaca `instruction`/`output` or text", "chat": "chat `messages` lists of {role, content}", "alpaca": "Alpaca `instruction`/`output` fields", "text": f"text (lines or a '{text_field}' field)"}[fmt]
-        extra = f"; the chat template failed on all {skipped['template_failed']}" if skipped["template_failed"] else ""
-        raise InputError(f"{flag}: '{source}' has no usable examples among the {len(sampled)} sampled (expected {wanted}{extra})")
-    blocks = pack_blocks(torch.tensor(stream, dtype=torch.int32), block_size)
-    if blocks.shape[0] == 0:
-        raise InputError(
-            f"{flag}: the {used} usable examples give {len(stream)} tokens, fewer than one block of {block_size} "
-            "(--block-size); give more data, a larger --pool or a smaller --block-size"
-        )
+        stream.counts[kind] += 1
+        stream.ids.extend(ids)
+    return stream
 
-    progress(f"sampled {len(sampled):,} of {seen:,} examples from {source}")  # reported once the input is known to be good
-    progress(f"tokenized {used:,} examples: {len(stream):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
 
-    # 5. the seeded choice of blocks
+def _no_usable_examples(fmt: str, text_field: str, pooled: _Pool, stream: _Stream, flag: str) -> str:
+    wanted = {"auto": "chat `messages`, Alpaca `instruction`/`output` or text", "chat": "chat `messages` lists of {role, content}", "alpaca": "Alpaca `instruction`/`output` fields", "text": f"text (lines or a '{text_field}' field)"}[fmt]
+    failed = stream.skipped["template_failed"]
+    extra = f"; the chat template failed on all {failed}" if failed else ""
+    return f"{flag}: '{pooled.source}' has no usable examples among the {len(pooled.sampled)} sampled (expected {wanted}{extra})"
+
+
+def _choose_blocks(blocks: "torch.Tensor", num_samples: int, seed: int) -> "torch.Tensor":
+    """Step 5: `num_samples` blocks chosen with a generator seeded by `seed`, in their stream order (all when fewer)."""
+    import torch
+
     available = blocks.shape[0]
-    if available > num_samples:
-        generator = torch.Generator().manual_seed(seed)
-        chosen = torch.randperm(available, generator=generator)[:num_samples].sort().values
-        blocks = blocks[chosen]
-    manifest = {
+    if available <= num_samples:
+        return blocks
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(available, generator=generator)[:num_samples].sort().values
+    return blocks[chosen]
+
+
+def _manifest(pooled: _Pool, stream: _Stream, blocks: "torch.Tensor", available: int, settings: dict[str, Any], model_name: str, tokenizer: Any) -> dict[str, Any]:
+    """The manifest of a calibration set: source, recipe settings, counts at each step and the tokenizer."""
+    from adaptkit.data.corpus import tokenizer_fingerprint
+
+    return {
         "format_version": 1,
-        "source": source,
-        "source_sha256": source_hash,
-        "split": split if source != "<in-memory>" else None,
-        "format": fmt,
-        "examples_by_format": counts,
-        "template": template_name,
-        "template_sha256": hashlib.sha256(template_text.encode()).hexdigest() if template_text else None,
-        "pool_requested": pool,
-        "examples_seen": seen,
-        "pool_sampled": len(sampled),
-        "examples_used": used,
-        "examples_skipped": skipped,
-        "stream_tokens": len(stream),
+        "source": pooled.source,
+        "source_sha256": pooled.source_hash,
+        "split": settings["split"] if pooled.source != "<in-memory>" else None,
+        "format": settings["format"],
+        "examples_by_format": stream.counts,
+        "template": stream.template_name,
+        "template_sha256": hashlib.sha256(stream.template_text.encode()).hexdigest() if stream.template_text else None,
+        "pool_requested": settings["pool"],
+        "examples_seen": pooled.seen,
+        "pool_sampled": len(pooled.sampled),
+        "examples_used": stream.used,
+        "examples_skipped": stream.skipped,
+        "stream_tokens": len(stream.ids),
         "blocks_available": available,
-        "num_samples_requested": num_samples,
+        "num_samples_requested": settings["num_samples"],
         "num_samples": int(blocks.shape[0]),
-        "block_size": block_size,
+        "block_size": settings["block_size"],
         "tokens": int(blocks.numel()),
-        "seed": seed,
+        "seed": settings["seed"],
         "model": model_name,
         "tokenizer_sha": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
     }
-    calibration = CalibrationSet(blocks.long(), manifest)
-    manifest["blocks_sha256"] = blocks_hash(calibration.blocks)
-    return calibration
 
 
 def check_calibration_fits(calibration: CalibrationSet, model: Any, tokenizer: Any = None, flag: str = "--calib") -> None:

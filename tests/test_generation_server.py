@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from _serve_helpers import chat_model_dir, free_port, server  # noqa: F401 (fixtures)
 from conftest import assert_input_error
@@ -86,19 +87,67 @@ def test_generation_server_bad_input_is_one_line_exit_2(server, chat_model_dir, 
     assert not out.exists()
 
 
-def test_lm_eval_generation_tasks_are_refused_with_a_server(server, chat_model_dir, tmp_path, cli):
-    pytest.importorskip("lm_eval")
-    from test_layerwise import _choice_task
+QUESTIONS = ["Kowa yana da", "Everyone has the right", "All human beings are born", "The sea is"]
 
-    url, _ = server
-    _choice_task(tmp_path / "gen-tasks", tmp_path / "gen.jsonl", output_type="generate_until")
-    out = tmp_path / "eval"
-    result = cli("evaluate", "--model", chat_model_dir, "--task", f"lm-eval:{tmp_path / 'gen-tasks'}", "--generation-server", url, "-o", out)
-    # refused when lm-eval asks for generations (its progress bars are on stderr too, as in test_layerwise)
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert len(errors) == 1 and "--generation-server" in errors[0] and "generate_until" in errors[0]
-    assert not out.exists()
+
+def _generation_task(directory: Path, data: Path, answers: list[str]) -> Path:
+    """A local lm-eval generate_until task (offline, dataset_path json): greedy, stop at a newline, 5 tokens."""
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(QUESTIONS, answers)), encoding="utf-8")
+    directory.mkdir(exist_ok=True)
+    (directory / "tiny_gen.yaml").write_text(
+        f"task: tiny_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 5\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n", encoding="utf-8")
+    return directory
+
+
+def _lm_eval_generations(model_dir: Path, tasks: Path, generator, chat_template: bool) -> list[str]:
+    """lm-eval's own pipeline on HFLM (in-process, or with generate_until through `generator`): each doc's generation."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from adaptkit.evals.lm_eval_server import server_generate_until
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(resolve_model_source(str(model_dir))), batch_size=8, device="cpu")
+    if generator is not None:
+        lm.generate_until = server_generate_until(lm, generator, 0)
+    result = simple_evaluate(model=lm, tasks=["tiny_gen"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+                             apply_chat_template=chat_template, log_samples=True, bootstrap_iters=0)
+    samples = sorted(result["samples"]["tiny_gen"], key=lambda s: s["doc_id"])
+    return [s["resps"][0][0] for s in samples]
+
+
+def test_lm_eval_generation_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, cli):
+    """generate_until requests go to the server: the same greedy generations (with and without the chat template) and score."""
+    pytest.importorskip("lm_eval")
+    from adaptkit.evals.server_generation import server_generator
+
+    url, served = server
+    torch.set_num_threads(1)
+    tasks = _generation_task(tmp_path / "tasks", tmp_path / "gen.jsonl", ["-"] * len(QUESTIONS))
+    generator = server_generator(url, served)
+    local = {}
+    for chat in (False, True):
+        local[chat] = _lm_eval_generations(chat_model_dir, tasks, None, chat)
+        assert _lm_eval_generations(chat_model_dir, tasks, generator, chat) == local[chat]
+        assert sum(bool(g.strip()) for g in local[chat]) >= 2  # a comparison of real texts
+    assert local[True] != local[False]  # the chat template reached the prompts
+    answers = [local[False][0], local[False][1], "zzz", local[False][3] + "zzz"]  # exact match on 2 of 4
+    _generation_task(tasks, tmp_path / "gen.jsonl", answers)
+    results = {}
+    for mode, extra in (("local", []), ("server", ["--generation-server", url]), ("layerwise", ["--generation-server", url, "--layer-by-layer"])):
+        out = tmp_path / mode
+        result = cli("evaluate", "--model", f"m={chat_model_dir}", "--task", f"lm-eval:{tasks}", "--no-plots", "-o", out, *extra)
+        assert result.returncode == 0, result.stderr
+        results[mode] = json.loads((out / "results.json").read_text())["results"]
+    assert results["local"]["m"]["tiny_gen"]["exact_match"] == pytest.approx(0.5)
+    assert results["server"] == results["local"]
+    assert results["layerwise"] == results["local"]  # log-likelihoods layer by layer, generations on the server
 
 
 def test_judge_answers_through_the_server_equal_in_process(server, chat_model_dir, tmp_path, cli):

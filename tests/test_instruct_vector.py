@@ -71,3 +71,44 @@ def test_rows_of_tokens_added_by_adaptation_are_kept(invoke, family, tmp_path):
         assert torch.equal(two[n][old:], we[n][old:]) and torch.equal(one[n][old:], we[n][old:])
     assert "tokens added by adaptation" in (tmp_path / "two" / "merge_card.md").read_text()
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config.vocab_size == old + 8
+
+
+@pytest.mark.parametrize("arch,tied", [("olmo2", False), ("qwen2", True)])
+def test_a_model_extended_by_vocab_extend_takes_the_vector(invoke, make_model_dir, tmp_path, arch, tied):
+    """`vocab extend` (new rows appended, padded to a multiple of 64), then extract/apply and the one-step form:
+    old rows follow the residual arithmetic, new and filler rows stay the extended model's, the output is still extended."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptkit import demo
+
+    config = {"tie_word_embeddings": True} if tied else {}
+    base, instruct, adapted = (make_model_dir(arch, seed, **config) for seed in (0, 1, 2))
+    text = demo.write_lines(demo.split_corpus("ha")[0], tmp_path / "ha.txt")
+    extended = tmp_path / "extended"
+    run_ok(invoke, "vocab", "extend", "--model", adapted, "--data", text, "--add", "30", "--pad-to-multiple-of", "64", "-o", extended, "-q")
+    record = json.loads((extended / "adaptkit_vocab.json").read_text())
+    old, rows = record["old_vocab_size"], record["new_vocab_size"]
+    assert rows % 64 == 0 and rows - old >= 30
+    run_ok(invoke, "instruct-vector", "extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv", "-q")
+    run_ok(invoke, "instruct-vector", "apply", "--model", extended, "--vector", tmp_path / "iv", "--alpha", "0.8", "-o", tmp_path / "two", "-q")
+    run_ok(invoke, "instruct-vector", "apply", "--model", extended, "--base", base, "--instruct", instruct, "--alpha", "0.8", "-o", tmp_path / "one", "-q")
+    w0, wi, we = weights(base), weights(instruct), weights(extended)
+    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
+    assert two.keys() == one.keys() == we.keys() == w0.keys()
+    vocab_tensors = [n for n in w0 if we[n].shape != w0[n].shape]
+    assert sorted(vocab_tensors) == (["model.embed_tokens.weight"] if tied else ["lm_head.weight", "model.embed_tokens.weight"])
+    for n in w0:
+        shared = w0[n].shape[0] if n in vocab_tensors else None  # all of a tensor the extension did not touch
+        residual = wi[n] - w0[n]
+        assert torch.allclose(two[n][:shared], we[n][:shared] + 0.8 * residual, atol=1e-6), n
+        assert torch.allclose(one[n][:shared], wi[n] + 0.8 * (we[n][:shared] - w0[n]), atol=1e-6), n
+        if shared is not None:
+            assert two[n].shape[0] == one[n].shape[0] == rows and shared == old
+            assert torch.equal(two[n][old:], we[n][old:]) and torch.equal(one[n][old:], we[n][old:]), n
+    for out in (tmp_path / "two", tmp_path / "one"):
+        assert json.loads((out / "adaptkit_vocab.json").read_text()) == record  # still an extended model (train_embeddings=new-only)
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        ids = tokenizer(text.read_text(encoding="utf-8").splitlines()[0], add_special_tokens=False)["input_ids"]
+        assert any(i >= old for i in ids)  # the extended tokenizer came along
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        assert model.config.vocab_size == rows and model(torch.tensor([ids])).logits.shape[-1] == rows

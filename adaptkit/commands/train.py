@@ -238,31 +238,38 @@ def command(
     train_config = build_config(config, flags, set_, method_flags, require_inputs=not print_config)
     training_method = build_method(train_config, method_flags)
     if print_config:
-        _print_config(train_config, training_method)
-        return
+        return _print_config(train_config, training_method)
     if output is None:
-        from adaptkit.errors import InputError
-
         raise InputError("-o/--output: required (the run directory)")
     target = check_target(push_to_hub, private, revision)
+    console = Console.of(ctx)
     if dry_run:
-        return print_memory_plan(train_config, training_method, processes, Console.of(ctx))
+        return print_memory_plan(train_config, training_method, processes, console)
     use_device(train_config.device)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
-    console = Console.of(ctx)
-    overwrite = shared(ctx).overwrite
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
-    if resume and (output / "final").is_dir() and (output / "config.yaml").is_file():
-        from adaptkit.engine.loop import check_resume_config
+    if resume and _report_finished_run(output, train_config, console):
+        return
+    result = run_training(train_config, training_method, output, resume, shared(ctx).overwrite, console)
+    if result.main_process:  # the other processes of a multi-process run stay silent
+        _report(result, target, train_config, console)
 
-        check_resume_config(output, train_config)  # changed settings are an error even on a finished run
-        console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
-                       f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
-                       f"To train further, start a new run with --model {output / 'final'}")
-        return
-    result = run_training(train_config, training_method, output, resume, overwrite, console)
-    if not result.main_process:  # the other processes of a multi-process run stay silent
-        return
+
+def _report_finished_run(output: Path, train_config: Any, console: Console) -> bool:
+    """With --resume on a finished run: check the settings against it, say so, and return True (nothing to train)."""
+    if not ((output / "final").is_dir() and (output / "config.yaml").is_file()):
+        return False
+    from adaptkit.engine.loop import check_resume_config
+
+    check_resume_config(output, train_config)  # changed settings are an error even on a finished run
+    console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
+                   f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
+                   f"To train further, start a new run with --model {output / 'final'}")
+    return True
+
+
+def _report(result: Any, target: Any, train_config: Any, console: Console) -> None:
+    """Push the run when asked (--push-to-hub) and print its result."""
     url = push_output(target, upload_files(result.run_dir), console, f"adaptkit train --method {train_config.method}")
     console.result({**result.as_dict(), **({"hub": url} if url else {})},
                    f"[green]done[/green]: {result.steps} steps, final loss {result.final_loss:.4f}, model in {result.final_dir}")

@@ -5,7 +5,8 @@ Used by the `lm-eval` backend under `evaluate --layer-by-layer`. Log-likelihood 
 log-likelihoods (perplexity tasks) need only the logits of token batches, so all requests of
 a task go through the model together, in one layer-by-layer pass (several when their hidden
 states exceed `adaptkit.streamed_model.HIDDEN_CACHE_BYTES`). Generation tasks need the whole
-model at every new token and are refused with a one-line error.
+model at every new token and are refused with a one-line error, unless `--generation-server`
+answers them (the lm-eval backend then replaces `generate_until`).
 
 Tokenization, truncation and scoring follow lm-eval's HFLM for causal models, so scores
 match it (tested): context and continuation are encoded by lm-eval's `TemplateLM` (whole
@@ -107,4 +108,5 @@ class LayerwiseLM(TemplateLM):
         return totals
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        raise InputError("--layer-by-layer: this lm-eval task generates text, which needs the whole model; run it without --layer-by-layer")
+        raise InputError("--layer-by-layer: this lm-eval task generates text, which needs the whole model; run it without --layer-by-layer "
+                         "or send its generations to a server with --generation-server URL")

@@ -9,6 +9,7 @@ fertility report. Rows [old_vocab_size, new_vocab_size) are the extension.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,12 @@ def read_record(directory: Path, flag: str = "--model") -> dict[str, Any] | None
     if record.get("format") != FORMAT or not {"old_vocab_size", "new_vocab_size"} <= set(record):
         raise InputError(f"{flag}: '{path}' is not an {FORMAT} record")
     return record
+
+
+def copy_record(source: Path, target: Path) -> bool:
+    """Give the model directory `target` the record of `source` (an output with `source`'s rows); False when it has none."""
+    path = Path(source) / VOCAB_RECORD
+    if not path.is_file():
+        return False
+    shutil.copyfile(path, Path(target) / VOCAB_RECORD)
+    return True

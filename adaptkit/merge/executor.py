@@ -18,7 +18,9 @@ method then runs on the shared rows, and the rows only the `--model`s have (toke
 by adaptation) are copied unchanged from the first `--model`. Token ids are assumed to be
 kept by the extension (new tokens appended), as tokenizer extension does.
 
-Non-floating tensors (integer buffers) are copied from the first `--model`.
+Non-floating tensors (integer buffers) are copied from the first `--model`. A model output
+keeps the first `--model`'s vocabulary-extension record (`adaptkit_vocab.json`): its rows,
+and so the record's extension rows, are the output's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from adaptkit.errors import InputError
 from adaptkit.io.atomic import atomic_dir, check_output
 from adaptkit.io.mask_files import UnitFile
 from adaptkit.io.model_card import CardInfo, merged_languages, write_model_card
+from adaptkit.io.vocab_record import copy_record
 from adaptkit.layers import layer_index
 from adaptkit.merge.base import MergeMethod, TensorContext, public_params
 from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
@@ -241,12 +244,7 @@ def run_merge(
     options = options or MergeOptions()
     aux = aux or []
     started = time.perf_counter()
-    check_output(output, options.overwrite)
-    if options.dtype is not None and options.dtype not in OUTPUT_DTYPES:
-        raise InputError(f"--dtype: '{options.dtype}' is not supported (choose from {', '.join(OUTPUT_DTYPES)})")
-    if options.tokenizer_from is not None and not Path(options.tokenizer_from).is_dir():
-        raise InputError(f"--tokenizer-from: '{options.tokenizer_from}' is not a directory")
-
+    _check_options(output, options)
     sources = [_open(item) for item in models]
     reference = sources[0]
     if not reference.tensors.tensors:
@@ -256,74 +254,101 @@ def run_merge(
     params_for = _param_table(method, params, tensor_params, names, num_layers, len(sources), base is not None)
     base_source = _open(base) if base is not None else None
     aux_sources = [_open(item) for item in aux]
+    shared_rows = _check_inputs(reference, sources[1:], base_source, aux_sources, options.vocab_rule)
+    plan = [_planned(reference, name, options.dtype) for name in names]
+    everything = sources + ([base_source] if base_source else []) + aux_sources
+    hashers = {id(source): _Hasher() for source in everything}
+
+    def merge_one(item: PlannedTensor, hash_pool: ThreadPoolExecutor) -> torch.Tensor:
+        return _merge_one(method, params_for(item.name), item, sources, base_source, aux_sources,
+                          shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool)
+
+    with atomic_dir(output, options.overwrite) as tmp:
+        files = _write_merged(tmp, plan, options, merge_one, everything)
+        seconds = time.perf_counter() - started
+        summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
+        _finish_directory(tmp, reference, summary, options)
+    return summary
+
+
+def _check_options(output: Path, options: MergeOptions) -> None:
+    check_output(output, options.overwrite)
+    if options.dtype is not None and options.dtype not in OUTPUT_DTYPES:
+        raise InputError(f"--dtype: '{options.dtype}' is not supported (choose from {', '.join(OUTPUT_DTYPES)})")
+    if options.tokenizer_from is not None and not Path(options.tokenizer_from).is_dir():
+        raise InputError(f"--tokenizer-from: '{options.tokenizer_from}' is not a directory")
+
+
+def _check_inputs(reference: _Source, others: list[_Source], base: _Source | None, aux: list[_Source], vocab_rule: bool) -> dict[str, int]:
+    """Every input aligned with the first --model; returns the vocabulary tensors' shared rows (the vocabulary rule)."""
     shared_rows: dict[str, int] = {}
-    for other in sources[1:]:
+    for other in others:
         _check_alignment(reference, other, strict=True)
-    for other in ([base_source] if base_source else []) + [s for s in aux_sources if s.input.kind != "tensors"]:
-        for name, rows in _check_alignment(reference, other, strict=not options.vocab_rule).items():
+    for other in ([base] if base else []) + [s for s in aux if s.input.kind != "tensors"]:
+        for name, rows in _check_alignment(reference, other, strict=not vocab_rule).items():
             shared_rows[name] = min(rows, shared_rows.get(name, rows))
-    for other in [s for s in aux_sources if s.input.kind == "tensors"]:
+    for other in [s for s in aux if s.input.kind == "tensors"]:
         stray = [name for name in other.units.entries if name not in reference.tensors.tensors]
         if stray:
             raise InputError(f"{other.input.flag}: '{stray[0]}' in '{other.tensors.path}' is not a parameter of {reference.describe()}; made for another model?")
+    return shared_rows
 
-    plan = []
-    for name in names:
-        info = reference.tensors.tensors[name]
-        floating = DTYPES[info.dtype].is_floating_point
-        dtype = OUTPUT_DTYPES[options.dtype] if (options.dtype and floating) else info.dtype
-        plan.append(PlannedTensor(name, dtype, info.shape))
 
-    everything = sources + ([base_source] if base_source else []) + aux_sources
-    hashers = {id(source): _Hasher() for source in everything}
-    with atomic_dir(output, options.overwrite) as tmp:
-        writer = ShardedWriter(tmp, plan, options.shard_size, prefix=options.prefix)
-        # Inputs are hashed on two threads and each output is written on a third while the
-        # next tensor is merged (hashing, file writes and torch release the GIL); at most
-        # one written tensor is in flight. Torch computes on one thread: the work is
-        # elementwise and memory-bound, and an OpenMP team stalls at every operation when
-        # a core is busy (our I/O threads, or other processes on a shared machine).
-        hash_pool, write_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        pending = None
-        try:
-            with _progress(options.progress, len(plan)) as advance:
-                for item in plan:
-                    out = _merge_one(
-                        method, params_for(item.name), item, sources, base_source, aux_sources,
-                        shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool,
-                    )
-                    if pending is not None:
-                        pending.result()
-                    pending = write_pool.submit(writer.write, item.name, out)
-                    del out
-                    advance()
-            if pending is not None:
-                pending.result()
-            files = writer.finish()
-        except BaseException:
-            write_pool.shutdown(wait=True, cancel_futures=True)
-            writer.abort()
-            raise
-        finally:
-            torch.set_num_threads(torch_threads)
-            hash_pool.shutdown()
-            write_pool.shutdown()
-            for source in everything:
-                source.tensors.close()
-        seconds = time.perf_counter() - started
-        summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
-        if options.write_config:
-            _write_config(reference, tmp, options.dtype)
-        if options.copy_tokenizer:
-            _copy_tokenizer(Path(options.tokenizer_from or reference.input.path), tmp)
-        if options.finalize is not None:
-            summary["notes"] = options.finalize(tmp, summary)
-        (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
-        if options.write_config:  # a model (not an instruction vector): its Hub model card
-            write_model_card(tmp, merge_card_info(summary, options))
-    return summary
+def _planned(reference: _Source, name: str, dtype: str | None) -> PlannedTensor:
+    """The output tensor `name`: the first --model's shape, in `dtype` when floating (else as stored)."""
+    info = reference.tensors.tensors[name]
+    floating = DTYPES[info.dtype].is_floating_point
+    return PlannedTensor(name, OUTPUT_DTYPES[dtype] if (dtype and floating) else info.dtype, info.shape)
+
+
+def _write_merged(tmp: Path, plan: list[PlannedTensor], options: MergeOptions, merge_one: Callable, everything: list[_Source]) -> list[str]:
+    """Merge and write every planned tensor into `tmp`; returns the shard files. Closes every input."""
+    writer = ShardedWriter(tmp, plan, options.shard_size, prefix=options.prefix)
+    # Inputs are hashed on two threads and each output is written on a third while the
+    # next tensor is merged (hashing, file writes and torch release the GIL); at most
+    # one written tensor is in flight. Torch computes on one thread: the work is
+    # elementwise and memory-bound, and an OpenMP team stalls at every operation when
+    # a core is busy (our I/O threads, or other processes on a shared machine).
+    hash_pool, write_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pending = None
+    try:
+        with _progress(options.progress, len(plan)) as advance:
+            for item in plan:
+                out = merge_one(item, hash_pool)
+                if pending is not None:
+                    pending.result()
+                pending = write_pool.submit(writer.write, item.name, out)
+                del out
+                advance()
+        if pending is not None:
+            pending.result()
+        return writer.finish()
+    except BaseException:
+        write_pool.shutdown(wait=True, cancel_futures=True)
+        writer.abort()
+        raise
+    finally:
+        torch.set_num_threads(torch_threads)
+        hash_pool.shutdown()
+        write_pool.shutdown()
+        for source in everything:
+            source.tensors.close()
+
+
+def _finish_directory(tmp: Path, reference: _Source, summary: dict[str, Any], options: MergeOptions) -> None:
+    """Config, vocabulary record, tokenizer, the finalize step's files, merge card and (for a model) its Hub card."""
+    if options.write_config:
+        _write_config(reference, tmp, options.dtype)
+        copy_record(Path(reference.input.path), tmp)
+    if options.copy_tokenizer:
+        _copy_tokenizer(Path(options.tokenizer_from or reference.input.path), tmp)
+    if options.finalize is not None:
+        summary["notes"] = options.finalize(tmp, summary)
+    (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
+    if options.write_config:  # a model (not an instruction vector): its Hub model card
+        write_model_card(tmp, merge_card_info(summary, options))
 
 
 def _param_table(method, params, tensor_params, names, num_layers, n_models, has_base) -> Callable[[str], Params]:

@@ -73,49 +73,13 @@ def supported_methods() -> str:
 def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPlan:
     """Validate a mergekit-style mapping and resolve it into a merge plan (nothing is read yet)."""
     data = _slices_as_models(data, source, config_dir)
-    for key in data:
-        if key in REFUSED:
-            raise InputError(f"{source}: '{key}': {REFUSED[key]}")
-        if key not in KEYS:
-            raise InputError(f"{source}: unknown key '{key}'{did_you_mean(key, KEYS)} (keys: {', '.join(KEYS)})")
-    raw_method = str(data.get("merge_method") or "")
-    if not raw_method:
-        raise InputError(f"{source}: 'merge_method' is missing (supported: {supported_methods()})")
-    mergekit_name = raw_method if raw_method in MERGEKIT_METHODS else None
-    method = MERGEKIT_METHODS.get(raw_method, raw_method.replace("_", "-"))
-    registry = get_registry()
-    if method not in registry.names("merge method"):
-        raise InputError(f"{source}: merge_method '{raw_method}' is not supported; supported: {supported_methods()}")
-    spec = registry.get("merge method", method)
+    _check_keys(data, source)
+    raw_method, method, spec = _merge_method(data, source)
     implementation = spec.load()
-
     base = _path(data.get("base_model"), f"{source}: base_model", config_dir) if data.get("base_model") else None
-    entries = data.get("models")
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"{source}: 'models' must be a non-empty list of {{model: PATH, parameters: {{...}}}}")
-    models: list[Path] = []
-    model_settings: list[dict[str, Any]] = []
-    for i, entry in enumerate(entries):
-        where = f"{source}: models[{i}]"
-        if isinstance(entry, str):
-            entry = {"model": entry}
-        if not isinstance(entry, dict) or "model" not in entry or set(entry) - {"model", "parameters"}:
-            raise InputError(f"{where}: expected {{model: PATH, parameters: {{...}}}}")
-        models.append(_path(entry["model"], f"{where}.model", config_dir))
-        model_settings.append(_mapping(entry.get("parameters"), f"{where}.parameters"))
+    models, model_settings = _models(data, source, config_dir)
     global_settings = _mapping(data.get("parameters"), f"{source}: parameters")
-
-    tokenizer_from = None
-    tokenizer_source = data.get("tokenizer_source")
-    if tokenizer_source == "union":
-        raise InputError(f"{source}: tokenizer_source 'union' is not supported; use 'base' or a model path")
-    if tokenizer_source == "base":
-        if base is None:
-            raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
-        tokenizer_from = base
-    elif tokenizer_source:
-        tokenizer_from = _path(tokenizer_source, f"{source}: tokenizer_source", config_dir)
-
+    tokenizer_from = _tokenizer_from(data.get("tokenizer_source"), base, source, config_dir)
     # Roles as mergekit sees them: the base is not merged as a model (listed or not).
     if base is not None:
         keep = [i for i, model in enumerate(models) if model.resolve() != base.resolve()]
@@ -129,8 +93,7 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
             models, model_settings = [models[i] for i in keep], [model_settings[i] for i in keep]
     elif implementation.base == "required":
         raise InputError(f"{source}: merge_method '{raw_method}' needs a base_model")
-
-    defaults = MERGEKIT_DEFAULTS.get(mergekit_name or "", {})
+    defaults = MERGEKIT_DEFAULTS.get(raw_method if raw_method in MERGEKIT_METHODS else "", {})
     resolver = _Resolver(spec, source, global_settings, model_settings, defaults)
     return ConfigPlan(
         method=method,
@@ -141,6 +104,55 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
         dtype=str(data.get("out_dtype") or data.get("dtype") or "") or None,
         tokenizer_from=tokenizer_from,
     )
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    for key in data:
+        if key in REFUSED:
+            raise InputError(f"{source}: '{key}': {REFUSED[key]}")
+        if key not in KEYS:
+            raise InputError(f"{source}: unknown key '{key}'{did_you_mean(key, KEYS)} (keys: {', '.join(KEYS)})")
+
+
+def _merge_method(data: dict[str, Any], source: str) -> tuple[str, str, Spec]:
+    """(merge_method as written, our name for it, its spec): mergekit's names map to ours."""
+    raw_method = str(data.get("merge_method") or "")
+    if not raw_method:
+        raise InputError(f"{source}: 'merge_method' is missing (supported: {supported_methods()})")
+    method = MERGEKIT_METHODS.get(raw_method, raw_method.replace("_", "-"))
+    registry = get_registry()
+    if method not in registry.names("merge method"):
+        raise InputError(f"{source}: merge_method '{raw_method}' is not supported; supported: {supported_methods()}")
+    return raw_method, method, registry.get("merge method", method)
+
+
+def _models(data: dict[str, Any], source: str, config_dir: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The `models` entries: their paths and per-model parameters."""
+    entries = data.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{source}: 'models' must be a non-empty list of {{model: PATH, parameters: {{...}}}}")
+    models: list[Path] = []
+    model_settings: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: models[{i}]"
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or "model" not in entry or set(entry) - {"model", "parameters"}:
+            raise InputError(f"{where}: expected {{model: PATH, parameters: {{...}}}}")
+        models.append(_path(entry["model"], f"{where}.model", config_dir))
+        model_settings.append(_mapping(entry.get("parameters"), f"{where}.parameters"))
+    return models, model_settings
+
+
+def _tokenizer_from(tokenizer_source: Any, base: Path | None, source: str, config_dir: Path) -> Path | None:
+    """Where the output's tokenizer comes from (`tokenizer_source`: 'base' or a model path; default the first model)."""
+    if tokenizer_source == "union":
+        raise InputError(f"{source}: tokenizer_source 'union' is not supported; use 'base' or a model path")
+    if tokenizer_source == "base":
+        if base is None:
+            raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
+        return base
+    return _path(tokenizer_source, f"{source}: tokenizer_source", config_dir) if tokenizer_source else None
 
 
 class _Resolver:

@@ -9,8 +9,9 @@ or the named ones). A local task may read a local file (`dataset_path: json`,
 The model is wrapped with lm-eval's `HFLM(pretrained=<loaded model>, tokenizer=...)`, or,
 under `evaluate --layer-by-layer`, with `adaptkit.evals.layerwise_lm.LayerwiseLM`
 (log-likelihood tasks only, scored like HFLM). With `--generation-server`, log-likelihood
-tasks still run on the loaded model and generate_until tasks are refused (exit 2);
-each requested task (or group) becomes one task in the report. The primary metric is
+requests still run on the loaded model and generate_until requests go to the server as
+completions built like HFLM's in-process generation (adaptkit.evals.lm_eval_server), also
+under `--layer-by-layer`; each requested task (or group) becomes one task in the report. The primary metric is
 the first of acc_norm, acc, exact_match, f1, bleu, chrf the task reports, else its first
 metric; its direction comes from lm-eval's `higher_is_better`.
 """
@@ -49,18 +50,9 @@ def _metric_name(key: str) -> str:
     return key.split(",")[0]
 
 
-def refuse_server_generation(requests: list, disable_tqdm: bool = False) -> list[str]:
-    """lm-eval generate_until tasks are not routed through `--generation-server` (HFLM tokenizes
-    their contexts itself, which a completions endpoint would not reproduce exactly)."""
-    from adaptkit.errors import InputError
-
-    raise InputError("--generation-server: lm-eval generation (generate_until) tasks are not sent to the server; "
-                     "run them without --generation-server (log-likelihood tasks run on the loaded model)")
-
-
 class LmEvalBackend(EvalBackend):
     name = "lm-eval"
-    layer_by_layer = True  # log-likelihood tasks; generation tasks are refused (adaptkit.evals.layerwise_lm)
+    layer_by_layer = True  # log-likelihood tasks; generation tasks only with --generation-server (adaptkit.evals.layerwise_lm)
 
     def __init__(self, params: LmEvalParams):
         super().__init__(params)
@@ -120,8 +112,10 @@ class LmEvalBackend(EvalBackend):
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.params.batch_size, device=str(ctx.device))
             if getattr(model, "hf_device_map", None):  # placed by accelerate: HFLM took model.device, meta when offloaded
                 lm._device = input_device(model)
-            if ctx.generator is not None:
-                lm.generate_until = refuse_server_generation
+        if ctx.generator is not None:
+            from adaptkit.evals.lm_eval_server import server_generate_until
+
+            lm.generate_until = server_generate_until(lm, ctx.generator, ctx.seed)
         outputs: dict[str, TaskOutput] = {}
         by_manager: dict[str, list[EvalTask]] = {}
         for task in tasks:
