@@ -79,12 +79,13 @@ def _load_planner(chunks: dict[str, Chunk], where: Path) -> Any:
         def create_local_plan(self):
             items = []
             for fqn, c in chunks.items():
+                if not c.tensor.numel():
+                    continue  # this process holds none of it
                 saved = self.metadata.state_dict_metadata.get(fqn)
                 if saved is None or tuple(saved.size) != tuple(c.shape):
                     found = "is missing" if saved is None else f"has shape {tuple(saved.size)}"
                     raise InputError(f"--resume: '{where}': tensor '{fqn}' {found}; this run expects {tuple(c.shape)}")
-                if c.tensor.numel():
-                    items += create_read_items_for_chunk_list(fqn, saved, [c.box()])
+                items += create_read_items_for_chunk_list(fqn, saved, [c.box()])
             return LoadPlan(items)
 
         def create_global_plan(self, global_plan):
