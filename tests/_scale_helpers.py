@@ -125,7 +125,7 @@ def launch_runs(launcher: str, nproc: int, runs: list[dict], env: dict, workdir:
     "stop": [run dir, copy, step]} (stop_copy made by the main process before the run).
     Returns each run's JSON summary (the --json line rank 0 printed); a failed run fails the launch."""
     plan = workdir / f"runs-{launcher}-{nproc}.json"
-    plan.write_text(json.dumps([{**r, "args": [str(a) for a in r["args"]]} for r in runs]))
+    plan.write_text(json.dumps(runs, default=str))
     bindir = Path(sys.executable).parent
     script = str(Path(__file__).resolve())
     if launcher == "torchrun":

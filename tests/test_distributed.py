@@ -1,9 +1,10 @@
 """Multi-process training on CPU with gloo: DDP and FSDP2 give the one-process weights, and a
 checkpoint resumes with another process count or between DDP and FSDP.
 
-Every run uses the same global batch of 6 sequences: one process accumulates three
-micro-batches of 2, two processes take 3 each, three processes 2 each (the data order is a pure
-function of the step, whatever the process count). A mask set with column, row and element masks
+Every run uses the same global batch of 12 sequences in micro-batches of 2: one process
+accumulates six, two processes three each, three processes two each (the data order is a pure
+function of the step, whatever the process count; the micro-batch size is the same everywhere
+because a forward pass over another number of sequences rounds differently). A mask set with column, row and element masks
 (and one parameter frozen whole) is trained through the entry-point test plugin `mask-file`;
 frozen entries must stay bit-identical everywhere. A resume with the same layout is bit-identical
 to the uninterrupted run; a resume with another process count or another strategy sums the
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from _scale_helpers import env_with, install_mask_file_plugin, launch_runs, stop_copy, write_mask_set
 
-STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "6", "--lr", "1e-2",
+STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "12", "--micro-batch-size", "2", "--lr", "1e-2",
          "--weight-decay", "0.5", "--warmup-ratio", "0", "--quiet", "--json"]
 TOLERANCE = 2e-5  # float summation order differs between process counts (and between DDP and FSDP)
 
@@ -65,7 +66,7 @@ def _main(*args) -> None:
 @pytest.fixture(scope="module")
 def reference(setup, plugin_here):
     """The one-process run (in this process), with its checkpoints."""
-    _main(*setup["args"], "--micro-batch-size", "2", "-o", setup["root"] / "one")
+    _main(*setup["args"], "-o", setup["root"] / "one")
     return _weights(setup["root"] / "one")
 
 
@@ -122,7 +123,7 @@ def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, 
 
     # a DDP checkpoint resumes in one process too (same global batch: to float tolerance)
     alone = stop_copy(root / "ddp", root / "ddp-alone", 4)
-    result = invoke(*setup["args"], "--micro-batch-size", "2", "-o", alone, "--resume")
+    result = invoke(*setup["args"], "-o", alone, "--resume")
     assert result.returncode == 0, result
     _check_against(reference, _weights(alone), setup)
 
