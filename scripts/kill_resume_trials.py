@@ -24,21 +24,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT_FILES = {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "callbacks.safetensors", "state.json"}
+CHECKPOINT_FILES = {"tensors", "rng.safetensors", "callbacks.safetensors", "state.json"}  # tensors/: the DCP files
 SAVE_DELAY_S = 0.04  # per file written by a checkpoint save in the child
 
 
 def child_main(argv: list[str]) -> None:
     """Run the CLI with slowed-down checkpoint writes (so that kills land inside saves)."""
-    from adaptkit.engine import checkpoint
+    from adaptkit.engine import checkpoint, chunked
 
-    original = checkpoint.save_tensors
+    original, original_chunks = checkpoint.save_tensors, chunked.save_chunks
 
     def slow_save(*args, **kwargs):
         time.sleep(SAVE_DELAY_S)
         return original(*args, **kwargs)
 
-    checkpoint.save_tensors = slow_save
+    def slow_chunks(*args, **kwargs):
+        time.sleep(SAVE_DELAY_S)
+        return original_chunks(*args, **kwargs)
+
+    checkpoint.save_tensors, checkpoint.save_chunks = slow_save, slow_chunks
     from adaptkit.cli import main
 
     main(argv)
@@ -86,7 +90,8 @@ def kill_at_random(args: list[str], out: Path, rng: random.Random, window_s: flo
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = sorted(p.name for p in out.glob(".checkpoint-*.partial")) if out.exists() else []
-    broken = [p.name for p in out.glob("checkpoint-*") if {f.name for f in p.iterdir()} != CHECKPOINT_FILES]
+    broken = [p.name for p in out.glob("checkpoint-*")
+              if {f.name for f in p.iterdir()} != CHECKPOINT_FILES or not any((p / "tensors").glob("*.safetensors"))]
     if broken:
         raise AssertionError(f"incomplete checkpoint directories after the kill: {broken}")
     return {"delay_s": round(delay, 3), "finished_before_kill": finished, "killed_during_save": bool(partial and not finished),

@@ -1,9 +1,16 @@
 """Helpers for the multi-process, crash and bad-input tests: a mask-file method plugin that
-subprocesses find through an entry point, mask sets with every granularity, and launchers."""
+subprocesses find through an entry point, mask sets with every granularity, and launchers.
+
+Run as a script under a launcher (`launch_runs`), this file is a driver that makes several
+`adaptkit` runs in one launch (one torch import and one process group for all of them):
+    torchrun --nproc_per_node=N tests/_scale_helpers.py RUNS.json
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +109,70 @@ def launch(launcher: str, nproc: int, args: list, env: dict, timeout: int = 300)
 def frozen_entries(masks: dict, name: str, shape: tuple) -> torch.Tensor:
     """Bool tensor of the entries of `name` that must not change."""
     return ~masks[name].expand(shape)
+
+
+def stop_copy(run: Path, into: Path, at: int) -> Path:
+    """A copy of `run` as if killed while it saved checkpoint-<at>: it resumes from the checkpoint before."""
+    shutil.copytree(run, into)
+    shutil.rmtree(into / "final")
+    shutil.rmtree(into / f"checkpoint-{at}")
+    (into / f".checkpoint-{at}.partial").mkdir()
+    return into
+
+
+def launch_runs(launcher: str, nproc: int, runs: list[dict], env: dict, workdir: Path, timeout: int = 900) -> dict[str, dict]:
+    """Several `adaptkit` runs in one launch, in order; each run is {"name", "args", and optionally
+    "stop": [run dir, copy, step]} (stop_copy made by the main process before the run).
+    Returns each run's JSON summary (the --json line rank 0 printed); a failed run fails the launch."""
+    plan = workdir / f"runs-{launcher}-{nproc}.json"
+    plan.write_text(json.dumps(runs, default=str))
+    bindir = Path(sys.executable).parent
+    script = str(Path(__file__).resolve())
+    if launcher == "torchrun":
+        cmd = [str(bindir / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", script, str(plan)]
+    else:
+        cmd = [str(bindir / "accelerate"), "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+               "--mixed_precision=no", "--dynamo_backend=no", script, str(plan)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summaries: dict[str, list] = {}
+    name = None
+    for line in done.stdout.splitlines():
+        if line.startswith("@@run "):
+            name = line.split(" ", 1)[1]
+            summaries[name] = []
+        elif line.startswith("{") and name is not None:
+            summaries[name].append(json.loads(line))
+    assert list(summaries) == [r["name"] for r in runs], done.stdout[-3000:]
+    assert all(len(lines) == 1 for lines in summaries.values()), summaries  # rank 0 alone reports
+    return {k: v[0] for k, v in summaries.items()}
+
+
+def _drive(plan_file: str) -> None:
+    """The driver: every process makes the runs of `plan_file` one after the other."""
+    import torch.distributed as dist
+
+    from adaptkit.cli import main
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    for run in json.loads(Path(plan_file).read_text()):
+        if run.get("stop") and rank == 0:
+            source, into, at = run["stop"]
+            stop_copy(Path(source), Path(into), int(at))
+        dist.barrier()
+        if rank == 0:
+            print(f"@@run {run['name']}", flush=True)
+        try:
+            main(run["args"])
+        except SystemExit as exc:
+            if exc.code:
+                print(f"run {run['name']} failed on rank {rank} (exit {exc.code})", file=sys.stderr, flush=True)
+                raise
+        sys.stdout.flush()
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _drive(sys.argv[1])

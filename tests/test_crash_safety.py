@@ -41,23 +41,26 @@ def _one_error_line(result, *fragments):
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, llama_dir, corpora, invoke, monkeypatch):
-    from adaptkit.engine import checkpoint
+    from adaptkit.engine import chunked
 
-    original = checkpoint.save_tensors
+    original = chunked.storage_writer
 
-    def full_disk(tensors, path, *args, **kwargs):
-        if ".checkpoint-4." in str(path) and "optimizer" in Path(path).name:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(tensors, path, *args, **kwargs)
+    def full_disk(path):
+        writer = original(path)
+        if ".checkpoint-4." in str(path):  # the tensors of checkpoint-4 (DCP reports the failure as its own exception)
+            def write_data(plan, planner):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            writer.write_data = write_data
+        return writer
 
-    monkeypatch.setattr(checkpoint, "save_tensors", full_disk)
+    monkeypatch.setattr(chunked, "storage_writer", full_disk)
     run = tmp_path / "run"
     args = ["train", "--model", llama_dir, "--data", corpora["ha"], *ARGS, "-o", run]
     _one_error_line(invoke(*args), "checkpoint-4", "no space left on device", "checkpoint-2 is kept")
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
     assert (run / "checkpoint-2" / "state.json").is_file() and not (run / "final").exists()
 
-    monkeypatch.setattr(checkpoint, "save_tensors", original)  # space freed: resume from checkpoint-2
+    monkeypatch.setattr(chunked, "storage_writer", original)  # space freed: resume from checkpoint-2
     result = invoke(*args, "--resume", "--json")
     assert result.returncode == 0, result
     assert '"resumed_from": 2' in result.stdout and (run / "final" / "model.safetensors").is_file()

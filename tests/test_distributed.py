@@ -1,27 +1,32 @@
-"""Multi-process training on CPU with gloo: DDP and FSDP2 give the one-process weights.
+"""Multi-process training on CPU with gloo: DDP and FSDP2 give the one-process weights, and a
+checkpoint resumes with another process count or between DDP and FSDP.
 
-Every run uses the same global batch (4 sequences): one process accumulates two
-micro-batches of 2, two processes take one micro-batch of 2 each. A mask set with
-column, row and element masks (and one parameter frozen whole) is trained through the
-entry-point test plugin `mask-file`; frozen entries must stay bit-identical everywhere.
-Checkpoints are resumed across processes: a DDP run with `accelerate launch`, a DDP
-checkpoint by one process, an FSDP run with the same number of processes.
+Every run uses the same global batch of 12 sequences in micro-batches of 2: one process
+accumulates six, two processes three each, three processes two each (the data order is a pure
+function of the step, whatever the process count; the micro-batch size is the same everywhere
+because a forward pass over another number of sequences rounds differently). A mask set with column, row and element masks
+(and one parameter frozen whole) is trained through the entry-point test plugin `mask-file`;
+frozen entries must stay bit-identical everywhere. A resume with the same layout is bit-identical
+to the uninterrupted run; a resume with another process count or another strategy sums the
+gradients in another order, so it matches within TOLERANCE.
+
+The runs of one launcher and process count share one launch (tests/_scale_helpers.py's driver):
+the module-scoped fixtures make them once, the tests check them.
 """
 
 from __future__ import annotations
-
-import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _scale_helpers import env_with, install_mask_file_plugin, launch, write_mask_set
+from _scale_helpers import env_with, install_mask_file_plugin, launch_runs, stop_copy, write_mask_set
 
-STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2",
+STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "12", "--micro-batch-size", "2", "--lr", "1e-2",
          "--weight-decay", "0.5", "--warmup-ratio", "0", "--quiet", "--json"]
-TOLERANCE = 2e-5  # float summation order differs between 1 and 2 processes
+TOLERANCE = 2e-5  # float summation order differs between process counts (and between DDP and FSDP)
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +54,39 @@ def plugin_here(setup):
     reset_registry()
 
 
-@pytest.fixture(scope="module")
-def reference(setup, plugin_here):
-    """The one-process run (in this process: the comparisons allow for float summation order)."""
+def _main(*args) -> None:
     from adaptkit.cli import main
 
-    out = setup["root"] / "one"
     try:
-        main([str(a) for a in [*setup["args"], "--micro-batch-size", "2", "-o", out]])
+        main([str(a) for a in args])
     except SystemExit as exc:
         assert not exc.code, exc.code
-    return load_file(str(out / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(setup, plugin_here):
+    """The one-process run (in this process), with its checkpoints."""
+    _main(*setup["args"], "-o", setup["root"] / "one")
+    return _weights(setup["root"] / "one")
+
+
+@pytest.fixture(scope="module")
+def two(setup, reference):
+    """One torchrun launch of 2 processes: DDP and FSDP runs, and resumes across layouts."""
+    root, args = setup["root"], setup["args"]
+    runs = [
+        {"name": "ddp", "args": [*args, "-o", root / "ddp"]},
+        {"name": "fsdp", "args": [*args, "--distributed", "fsdp", "-o", root / "fsdp"]},
+        {"name": "fsdp-again", "stop": [root / "fsdp", root / "fsdp-again", 4],
+         "args": [*args, "--distributed", "fsdp", "-o", root / "fsdp-again", "--resume"]},
+        {"name": "one-to-fsdp", "stop": [root / "one", root / "one-to-fsdp", 4],
+         "args": [*args, "--distributed", "fsdp", "-o", root / "one-to-fsdp", "--resume"]},
+        {"name": "ddp-to-fsdp", "stop": [root / "ddp", root / "ddp-to-fsdp", 4],
+         "args": [*args, "--distributed", "fsdp", "-o", root / "ddp-to-fsdp", "--resume"]},
+        {"name": "fsdp-to-ddp", "stop": [root / "fsdp", root / "fsdp-to-ddp", 4],
+         "args": [*args, "--distributed", "ddp", "-o", root / "fsdp-to-ddp", "--resume"]},
+    ]
+    return launch_runs("torchrun", 2, runs, setup["env"], root)
 
 
 def _weights(run):
@@ -74,64 +101,97 @@ def _check_against(reference, weights, setup):
             frozen = ~setup["masks"][name].expand(tuple(tensor.shape))
             assert torch.equal(weights[name][frozen], before[name][frozen]), name
     assert torch.equal(weights["model.layers.1.self_attn.k_proj.weight"], before["model.layers.1.self_attn.k_proj.weight"])
+    assert any(not torch.equal(weights[name], before[name]) for name in reference)
 
 
-def _interrupt(run, into):
-    """A copy of `run` as if killed during the save of checkpoint-4."""
-    shutil.copytree(run, into)
-    shutil.rmtree(into / "final")
-    shutil.rmtree(into / "checkpoint-4")
-    (into / ".checkpoint-4.partial").mkdir()
-    return into
+def _identical(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, invoke, plugin_here):
+def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, two, invoke, plugin_here):
     root = setup["root"]
-    result = launch("torchrun", 2, [*setup["args"], "-o", root / "ddp"], setup["env"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1 and lines[0]["processes"] == 2 and lines[0]["distributed"] == "ddp"  # rank 0 alone reports
+    assert two["ddp"]["processes"] == 2 and two["ddp"]["distributed"] == "ddp"
     ddp = _weights(root / "ddp")
     _check_against(reference, ddp, setup)
 
     # resume the same run with `accelerate launch` (2 processes): bit-identical to the uninterrupted run
-    stopped = _interrupt(root / "ddp", root / "ddp-stopped")
-    resumed = launch("accelerate", 2, [*setup["args"], "-o", stopped, "--resume"], setup["env"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout.splitlines()[-1])
-    assert summary["resumed_from"] == 2 and summary["processes"] == 2
-    again = _weights(stopped)
-    assert all(torch.equal(again[k], ddp[k]) for k in ddp)
-    assert not (stopped / ".checkpoint-4.partial").exists()
+    resumed = launch_runs("accelerate", 2, [{"name": "again", "stop": [root / "ddp", root / "ddp-again", 4],
+                                             "args": [*setup["args"], "-o", root / "ddp-again", "--resume"]}], setup["env"], root)
+    assert resumed["again"]["resumed_from"] == 2 and resumed["again"]["processes"] == 2
+    assert _identical(_weights(root / "ddp-again"), ddp)
+    assert not (root / "ddp-again" / ".checkpoint-4.partial").exists()
 
     # a DDP checkpoint resumes in one process too (same global batch: to float tolerance)
-    alone = _interrupt(root / "ddp", root / "ddp-alone")
-    result = invoke(*setup["args"], "--micro-batch-size", "2", "-o", alone, "--resume")
+    alone = stop_copy(root / "ddp", root / "ddp-alone", 4)
+    result = invoke(*setup["args"], "-o", alone, "--resume")
     assert result.returncode == 0, result
     _check_against(reference, _weights(alone), setup)
 
 
-@pytest.mark.slow
-def test_fsdp_matches_one_process_and_resumes(setup, reference, invoke, plugin_here):
+def test_fsdp_matches_one_process_and_resumes_bit_identically(setup, reference, two):
     root = setup["root"]
-    result = launch("torchrun", 2, [*setup["args"], "--distributed", "fsdp", "-o", root / "fsdp"], setup["env"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[-1])["distributed"] == "fsdp"
+    assert two["fsdp"]["distributed"] == "fsdp"
     fsdp = _weights(root / "fsdp")
     _check_against(reference, fsdp, setup)
-    shards = sorted(p.name for p in (root / "fsdp" / "checkpoint-4").glob("*.rank*"))
-    assert shards == [f"{kind}.rank{r}-of-2.safetensors" for kind in ("optimizer", "trainable") for r in (0, 1)]
+    # each process wrote its own part of the tensors (DCP safetensors), the main process the rest
+    checkpoint = root / "fsdp" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["callbacks.safetensors", "rng.safetensors", "state.json", "tensors"]
+    assert len(list((checkpoint / "tensors").glob("*.safetensors"))) == 2
+    assert two["fsdp-again"]["resumed_from"] == 2
+    assert _identical(_weights(root / "fsdp-again"), fsdp)
 
-    stopped = _interrupt(root / "fsdp", root / "fsdp-stopped")
-    resumed = launch("torchrun", 2, [*setup["args"], "--distributed", "fsdp", "-o", stopped, "--resume"], setup["env"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = _weights(stopped)
-    assert all(torch.equal(again[k], fsdp[k]) for k in fsdp)
 
-    # a sharded checkpoint cannot be resumed by another layout: one clear line
+def _saved_parts(run_dir, step, name):
+    """The pieces of tensor `name` in a checkpoint's DCP files: (file, first row, rows)."""
+    import json
+
+    from safetensors import safe_open
+
+    parts = []
+    for path in sorted((run_dir / f"checkpoint-{step}" / "tensors").glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            offsets = json.loads(handle.metadata()["DCP_SHARDING_INFO"])
+            if name in handle.keys():
+                parts.append((path.name, offsets[name]["saved_offsets"][0], handle.get_slice(name).get_shape()[0]))
+    return parts
+
+
+def test_checkpoints_reshard_between_process_counts_and_strategies(setup, reference, two, invoke, plugin_here):
+    """1 -> 2 (FSDP), 2 -> 3 (FSDP), 2 (FSDP) -> 1, DDP -> FSDP and FSDP -> DDP, each to the uninterrupted weights."""
+    root, args = setup["root"], setup["args"]
+    # the compact state stays compact: a row mask's optimizer state holds its trainable rows only, split over the processes
+    down = "model.layers.1.mlp.down_proj.weight"
+    rows = int(setup["masks"][down].trainable.sum())
+    parts = _saved_parts(root / "fsdp", 4, f"optimizer/{down}/exp_avg")
+    assert len(parts) == 2 and parts[0][1] == 0 and parts[1][1] == parts[0][2] and parts[0][2] + parts[1][2] == rows
+    assert [p[1:] for p in _saved_parts(root / "one", 4, f"optimizer/{down}/exp_avg")] == [(0, rows)]
+
+    for name in ("one-to-fsdp", "ddp-to-fsdp", "fsdp-to-ddp"):
+        assert two[name]["resumed_from"] == 2, name
+        _check_against(reference, _weights(root / name), setup)
+    assert two["fsdp-to-ddp"]["distributed"] == "ddp" and two["ddp-to-fsdp"]["distributed"] == "fsdp"
+
+    three = launch_runs("torchrun", 3, [{"name": "fsdp-3", "stop": [root / "fsdp", root / "fsdp-3", 4],
+                                         "args": [*args, "--distributed", "fsdp", "-o", root / "fsdp-3", "--resume"]}], setup["env"], root)
+    assert three["fsdp-3"]["processes"] == 3 and three["fsdp-3"]["resumed_from"] == 2
+    _check_against(reference, _weights(root / "fsdp-3"), setup)
+    assert len(_saved_parts(root / "fsdp-3", 4, f"optimizer/{down}/exp_avg")) == 3  # saved again by 3 processes
+
+    alone = stop_copy(root / "fsdp", root / "fsdp-alone", 4)
+    result = invoke(*args, "--distributed", "fsdp", "-o", alone, "--resume", "--json")
+    assert result.returncode == 0, result
+    _check_against(reference, _weights(alone), setup)
+
+
+def test_resume_into_another_training_plan_is_refused(setup, two, invoke, plugin_here, tmp_path):
+    """A checkpoint whose trainable tensors do not fit this run's plan: one line, exit 2."""
+    import json
+
     from conftest import assert_input_error
 
-    other = _interrupt(root / "fsdp", root / "fsdp-alone")
-    assert_input_error(invoke(*setup["args"], "-o", other, "--resume", "--distributed", "fsdp"),
-                       "--resume", "sharded over 2 processes")
+    other = stop_copy(setup["root"] / "fsdp", tmp_path / "other", 4)
+    state_file = other / "checkpoint-2" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["optimizer"]["state"]["model.extra.weight"] = state["optimizer"]["state"].pop("model.norm.weight")
+    state_file.write_text(json.dumps(state))
+    assert_input_error(invoke(*setup["args"], "-o", other, "--resume"), "--resume", "other trainable parameters")

@@ -1,5 +1,6 @@
 """Methods with training callbacks under FSDP2 (gloo, CPU): two sharded processes give the
 one-process weights, to the tolerance of the DDP test (float summation order differs).
+The FSDP runs of all methods share one torchrun launch.
 
 GMT's per-tensor threshold is an exact order statistic of the whole (sharded) gradient; soft
 regularization pulls each shard toward its rows of the source copy; LoTA calibrates its mask in
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _scale_helpers import env_with, launch
+from _scale_helpers import env_with, launch_runs
 
 STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2",
          "--warmup-ratio", "0", "--quiet", "--json"]
@@ -28,17 +29,29 @@ METHODS = {
 }
 
 
+def _args(method, model, corpora):
+    return ["train", "--model", model, "--data", corpora["ha"], "--method", method, *METHODS[method], *STEPS]
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory, make_model_dir, corpora):
+    """The 2-process FSDP run of every method, all in one torchrun launch (tests/_scale_helpers.py's driver)."""
+    root = tmp_path_factory.mktemp("fsdp-methods")
+    model = make_model_dir("llama")
+    runs = [{"name": m, "args": [*_args(m, model, corpora), "--distributed", "fsdp", "-o", root / m / "fsdp"]} for m in sorted(METHODS)]
+    summaries = launch_runs("torchrun", 2, runs, env_with(None, ADAPTKIT_CACHE=str(root / "cache")), root)
+    return root, summaries
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_fsdp_matches_one_process(method, tmp_path, make_model_dir, corpora, invoke):
+def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, invoke):
     model = make_model_dir("llama")
-    args = ["train", "--model", model, "--data", corpora["ha"], "--method", method, *METHODS[method], *STEPS]
-    one = invoke(*args, "--micro-batch-size", "2", "-o", tmp_path / "one")
+    root, summaries = fsdp_runs
+    tmp_path = root / method
+    one = invoke(*_args(method, model, corpora), "--micro-batch-size", "2", "-o", tmp_path / "one")
     assert one.returncode == 0, one
-    env = env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache"))
-    result = launch("torchrun", 2, [*args, "--distributed", "fsdp", "-o", tmp_path / "fsdp"], env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[-1])["distributed"] == "fsdp"
+    assert summaries[method]["distributed"] == "fsdp" and summaries[method]["processes"] == 2
     reference = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     sharded = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
     before = load_file(str(model / "model.safetensors"))

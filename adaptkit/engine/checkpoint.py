@@ -1,8 +1,10 @@
 """Checkpoints: everything a run needs to continue exactly, in safetensors + JSON (no pickle).
 
 A checkpoint directory `checkpoint-<step>/` holds the trained tensors (whole trainable
-parameters and compact copies), the optimizer state, the scheduler state, RNG states
-and callback state. It is written into a hidden `.checkpoint-<step>.partial` sibling and
+parameters and compact copies) and the optimizer state in `tensors/` (torch.distributed.checkpoint,
+safetensors files in global coordinates, so a run resumes with another process count or
+between DDP and FSDP), the scheduler, RNG and optimizer scalars in state.json, and callback
+state. It is written into a hidden `.checkpoint-<step>.partial` sibling and
 renamed when complete, so a half-written checkpoint is never picked up on resume.
 """
 
@@ -19,12 +21,14 @@ from typing import Any, Callable
 
 import torch
 
+from adaptkit.engine.chunked import Chunk, load_chunks, save_chunks
 from adaptkit.engine.optim import TrainableSet
 from adaptkit.engine.plan import TrainingCallback
 from adaptkit.errors import AdaptkitError, InputError
 from adaptkit.io.tensors import load_tensors, save_tensors
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TENSORS = "tensors"  # the DCP directory: trainable tensors and optimizer state in global coordinates
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -41,31 +45,50 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu()
+def _placed_state(trainable: TrainableSet, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Chunk], dict[str, Any]]:
+    """The trainable tensors and the optimizer state as chunks in global coordinates, and the rest
+    of the optimizer state (hyperparameters, step counts) for state.json, all by parameter name."""
+    chunks: dict[str, Chunk] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for name, (tensor, offset, shape) in trainable.placed().items():
+        chunks[f"trainable/{name}"] = Chunk(tensor.detach().cpu(), offset, shape)
+        saved: dict[str, Any] = {"tensors": [], "scalars": {}}
+        for key, value in optimizer.state.get(tensor, {}).items():
+            if torch.is_tensor(value) and value.shape == tensor.shape and value.ndim:
+                chunks[f"optimizer/{name}/{key}"] = Chunk(value.detach().cpu(), offset, shape)
+                saved["tensors"].append(key)
+            elif torch.is_tensor(value):
+                saved["scalars"][key] = [value.item(), str(value.dtype).removeprefix("torch.")]
             else:
-                scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+                saved["scalars"][key] = [value, None]
+        per_param[name] = saved
+    names = {id(tensor): name for name, (tensor, _, _) in trainable.placed().items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return chunks, {"param_groups": groups, "state": per_param}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _load_optimizer(optimizer: torch.optim.Optimizer, trainable: TrainableSet, saved: dict[str, Any],
+                    tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Restore the optimizer from _placed_state's pieces (this process's part of every tensor)."""
+    placed = trainable.placed()
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    names = {id(tensor): name for name, (tensor, _, _) in placed.items()}
+    mine = [sorted(names[id(p)] for p in g["params"]) for g in optimizer.param_groups]
+    if mine != [sorted(g["params"]) for g in saved["param_groups"]]:
+        raise InputError(f"--resume: '{path}' was saved with other optimizer groups than this run's training plan")
     state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, values in meta["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = meta["param_groups"]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    return {"state": state, "param_groups": groups}
+    for name, (tensor, _, _) in placed.items():
+        entry = saved["state"].get(name, {"tensors": [], "scalars": {}})
+        values = {key: tensors[f"optimizer/{name}/{key}"] for key in entry["tensors"]}
+        for key, (value, dtype) in entry["scalars"].items():
+            values[key] = value if dtype is None else torch.tensor(value, dtype=getattr(torch, dtype))
+        if values:
+            state[index[id(tensor)]] = values
+    groups = []
+    for group, current in zip(saved["param_groups"], optimizer.state_dict()["param_groups"]):
+        groups.append({**group, "params": current["params"], **({"betas": tuple(group["betas"])} if "betas" in group else {})})
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -97,37 +120,34 @@ def save_checkpoint(
     callbacks: list[TrainingCallback],
     metadata: dict[str, Any],
     keep: int | None,
-    shard: tuple[int, int] | None = None,
+    main: bool = True,
+    collective: bool = False,
     barrier: Callable[[], None] = lambda: None,
 ) -> Path:
     """Write checkpoint-<step>/ via a hidden partial sibling; the rename is the commit point.
 
     `metadata` (loss, plan fingerprint, process layout) is stored in state.json beside the step.
-
-    Unsharded (one process, or DDP): only the main process calls this. Sharded (FSDP):
-    every process calls it with shard=(rank, world) and writes its own trainable and
-    optimizer files; `barrier` synchronises the processes around the rename.
-    A full disk (or any OSError) removes the partial directory, keeps the previous
-    checkpoints and raises an AdaptkitError naming the problem.
+    The tensors go to tensors/ through DCP in global coordinates (engine/chunked.py), so any
+    layout resumes them. Replicated (one process, or DDP): only the main process calls this.
+    `collective` (FSDP): every process calls it and writes its own chunks; `barrier`
+    synchronises the processes around the rename. A full disk (or any OSError) removes the
+    partial directory, keeps the previous checkpoints and raises an AdaptkitError naming the problem.
     """
     final = Path(run_dir) / f"checkpoint-{step}"
     tmp = Path(run_dir) / f".checkpoint-{step}.partial"
-    main = shard is None or shard[0] == 0
     try:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            (tmp / TENSORS).mkdir(parents=True)
         barrier()
-        suffix = "" if shard is None else f".rank{shard[0]}-of-{shard[1]}"
-        save_tensors({k: v.cpu() for k, v in trainable.state_tensors().items()}, tmp / f"trainable{suffix}.safetensors")
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-        save_tensors(opt_tensors, tmp / f"optimizer{suffix}.safetensors")
+        chunks, opt_meta = _placed_state(trainable, optimizer)
+        save_chunks(tmp / TENSORS, chunks, collective)
         if main:
             rng_tensors, rng_meta = capture_rng()
             save_tensors(rng_tensors, tmp / "rng.safetensors")
             callback_tensors = {f"{i}.{k}": v.detach().cpu() for i, cb in enumerate(callbacks) for k, v in cb.state_dict().items()}
             save_tensors(callback_tensors, tmp / "callbacks.safetensors")
-            state = {"step": step, "shards": shard[1] if shard else None, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **metadata}
+            state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **metadata}
             (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -189,27 +209,28 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     callbacks: list[TrainingCallback],
-    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Restore a checkpoint in place; returns its state.json (step and metadata).
+    """Restore a checkpoint in place, whatever layout saved it; returns its state.json (step and metadata).
 
-    A sharded (FSDP) checkpoint resumes only with the same number of processes and FSDP.
+    Each process reads its own part of every tensor (one process, DDP or FSDP with any number of
+    processes); the RNG and callback states are the main process's, restored on every process.
     """
     flag = "--resume"
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{flag}: '{path / 'state.json'}' is unreadable ({exc})") from None
-    saved = state.get("shards")
-    now = shard[1] if shard else None
-    if saved != now:
-        def describe(n: int | None) -> str:
-            return f"sharded over {n} processes (--distributed fsdp)" if n else "unsharded (one process or DDP)"
-
-        raise InputError(f"{flag}: '{path}' was saved {describe(saved)}; this run is {describe(now)}; resume it the same way")
-    suffix = "" if shard is None else f".rank{shard[0]}-of-{shard[1]}"
-    trainable.load_state_tensors(load_tensors(path / f"trainable{suffix}.safetensors", flag))
-    optimizer.load_state_dict(_unflatten_optimizer(load_tensors(path / f"optimizer{suffix}.safetensors", flag), state["optimizer"]))
+    placed = trainable.placed()
+    saved = state["optimizer"]["state"]
+    if sorted(saved) != sorted(placed):
+        raise InputError(f"{flag}: '{path}' holds other trainable parameters than this run's training plan")
+    chunks = {}
+    for name, (tensor, offset, shape) in placed.items():
+        for fqn in [f"trainable/{name}", *(f"optimizer/{name}/{k}" for k in saved[name]["tensors"])]:
+            chunks[fqn] = Chunk(torch.empty(tensor.shape, dtype=tensor.dtype), offset, shape)
+    load_chunks(path / TENSORS, chunks)
+    trainable.load_placed({name: chunks[f"trainable/{name}"].tensor for name in placed})
+    _load_optimizer(optimizer, trainable, state["optimizer"], {k: c.tensor for k, c in chunks.items()}, path)
     scheduler.load_state_dict(state["scheduler"])
     callback_tensors = load_tensors(path / "callbacks.safetensors", flag)
     for i, cb in enumerate(callbacks):

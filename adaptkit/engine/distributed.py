@@ -107,25 +107,23 @@ class Strategy:
         """The tensors to save of a model exported from the whole model (see full_state), or None: its own state_dict."""
         return None
 
-    @property
-    def checkpoint_shard(self) -> Optional[tuple[int, int]]:
-        """(rank, world) when every process writes its own checkpoint files; None when the main process writes them all."""
-        return None
-
     def save_checkpoint(self, run_dir: Path, step: int, trainable: "TrainableSet", optimizer: Any, scheduler: Any,
                         callbacks: list, metadata: dict[str, Any], keep: Optional[int]) -> None:
+        """Write checkpoint-<step>/ (engine/checkpoint.py): replicated, the main process writes it all;
+        sharded, every process writes its chunks (a collective)."""
         from adaptkit.engine import checkpoint
 
-        shard = self.checkpoint_shard
-        if shard is None and not self.accelerator.is_main_process:
+        main = self.accelerator.is_main_process
+        if not (self.sharded or main):
             return
-        barrier = self.accelerator.wait_for_everyone if shard else (lambda: None)
-        checkpoint.save_checkpoint(run_dir, step, trainable, optimizer, scheduler, callbacks, metadata, keep, shard, barrier)
+        barrier = self.accelerator.wait_for_everyone if self.sharded else (lambda: None)
+        checkpoint.save_checkpoint(run_dir, step, trainable, optimizer, scheduler, callbacks, metadata, keep, main, self.sharded, barrier)
 
     def load_checkpoint(self, path: Path, trainable: "TrainableSet", optimizer: Any, scheduler: Any, callbacks: list) -> dict[str, Any]:
+        """Restore a checkpoint saved by any layout (each process reads its own part)."""
         from adaptkit.engine import checkpoint
 
-        return checkpoint.load_checkpoint(path, trainable, optimizer, scheduler, callbacks, self.checkpoint_shard)
+        return checkpoint.load_checkpoint(path, trainable, optimizer, scheduler, callbacks)
 
 
 class ShardedStrategy(Strategy):
@@ -160,10 +158,6 @@ class ShardedStrategy(Strategy):
         from adaptkit.engine.shards import held_state_dict
 
         return held_state_dict(exported)
-
-    @property
-    def checkpoint_shard(self) -> Optional[tuple[int, int]]:
-        return (self.accelerator.process_index, self.accelerator.num_processes)
 
 
 def make_strategy(accelerator: Any, requested: str) -> Strategy:

@@ -471,7 +471,7 @@ def _is_interrupt(exc: BaseException) -> bool:
 def _save_interrupted(run: Run, t: Training, completed: int, rng: Any, meter: Meter) -> None:
     """Checkpoint the last completed step of an interrupted run, unless it is on disk already or the
     interrupt came in the middle of an update (then the state is neither step; the last checkpoint stays)."""
-    if t.updating or run.strategy.checkpoint_shard is not None or (run.run_dir / f"checkpoint-{completed}").is_dir():
+    if t.updating or run.strategy.sharded or (run.run_dir / f"checkpoint-{completed}").is_dir():
         return  # a sharded save needs every process, which an interrupt does not coordinate
     if completed == 0 or completed >= run.steps:
         return

@@ -48,6 +48,21 @@ class CompactParameter:
             self.selector = mask.trainable.nonzero().squeeze(1).to(param.device)
         self.shares_storage = self.selector is None and local.dtype == dtype
         self.compact = torch.nn.Parameter(local if self.shares_storage else self.take(local).to(dtype, copy=True))
+        self.offset, self.global_shape = self._global_place(mask, offset, tuple(param.shape))
+
+    def _global_place(self, mask: Optional[UpdateMask], offset: int, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        """(first row, shape) of this compact copy within the compact copy of the whole parameter.
+
+        The processes' compact copies, in rank order, concatenate along dim 0 to the one a single
+        process holds (shards are consecutive rows; a row or element mask keeps the row order), so a
+        checkpoint in these coordinates is the same for any number of processes."""
+        if mask is None:
+            return offset, shape
+        kept = int(mask.trainable.sum())
+        if mask.granularity == "column":
+            return offset, (shape[0], kept, *shape[2:])
+        before = int(mask.trainable[:offset].sum())
+        return before, ((kept, *shape[1:]) if mask.granularity == "row" else (kept,))
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.selector is None:
@@ -105,18 +120,21 @@ class TrainableSet:
         for c in self.compact.values():
             c.push()
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything training changes, for checkpoints."""
-        tensors = {name: p.detach() for name, p in self.whole.items()}
-        tensors.update({f"{name}#compact": c.compact.detach() for name, c in self.compact.items()})
-        return tensors
+    def placed(self) -> dict[str, tuple[torch.nn.Parameter, int, tuple[int, ...]]]:
+        """Each trainable parameter's optimizer tensor with its place in global coordinates,
+        (tensor, first row, global shape), by parameter name: the same names and global shapes
+        for one process, DDP and FSDP with any number of processes (checkpoints)."""
+        places = {name: (p, 0, tuple(p.shape)) for name, p in self.whole.items()}
+        places.update({name: (c.compact, c.offset, c.global_shape) for name, c in self.compact.items()})
+        return places
 
     @torch.no_grad()
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_placed(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set every optimizer tensor (by parameter name, this process's part) and write it into the model."""
         for name, p in self.whole.items():
             p.copy_(tensors[name])
         for name, c in self.compact.items():
-            c.compact.copy_(tensors[f"{name}#compact"])
+            c.compact.copy_(tensors[name])
             c.push()
 
 
