@@ -126,10 +126,7 @@ def _tasks(ssu_data: Path, names: list[str]) -> dict:
     from adaptkit.evals.lm_tasks import TASKS_DIR
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": str(ssu_data)})
-    flat: dict = {}
-    for name, entry in manager.load_task_or_group(names).items():
-        flat.update({t.config.task: t for t in entry.values()} if isinstance(entry, dict) else {name: entry})
-    return flat
+    return manager.load(names)["tasks"]
 
 
 def test_rendered_prompts_match_the_templates(ssu_data):

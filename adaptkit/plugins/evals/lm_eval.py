@@ -118,6 +118,7 @@ class LmEvalBackend(EvalBackend):
         for name in names:
             if name not in known:
                 raise InputError(f"{flag}: unknown lm-eval task '{name}'{did_you_mean(name, known)}")
+        manager.load(names)  # builds the tasks, so their data is read (and missing files reported) before any model loads
         key = str(include_path) if include_path else ""
         return [EvalTask(name, "lm-eval", spec, {"manager": key}, {"lm_eval_task": name, **({"include_path": key} if key else {})})
                 for name in names]
