@@ -14,6 +14,11 @@ completions built like HFLM's in-process generation (adaptkit.evals.lm_eval_serv
 under `--layer-by-layer`; each requested task (or group) becomes one task in the report. The primary metric is
 the first of acc_norm, acc, exact_match, f1, bleu, chrf the task reports, else its first
 metric; its direction comes from lm-eval's `higher_is_better`.
+
+Tasks shipped with adaptkit (adaptkit/evals/lm_tasks) are known by name next to lm-eval's:
+the SSU paper's `ssu-belebele-LANG`, `ssu-mmlu-en` and `ssu-global-mmlu-LANG` (LANG: eng, hau,
+amh, npi, kir, ibo). They read the Hub datasets, or local copies under `--set lm-eval.data_dir=DIR`
+(layout in adaptkit/evals/lm_tasks/ssu_prompts.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class LmEvalParams(Params):
     batch_size: int = Field(8, ge=1)
     apply_chat_template: bool = False
     bootstrap_iters: int = Field(0, ge=0, description="lm-eval stderr bootstrap (0: off, fast)")
+    data_dir: str | None = Field(None, description="local copies of the datasets adaptkit's tasks read (DIR/<dataset>/<config>/<split>.jsonl)")
 
 
 def _split_dir_spec(spec: str) -> tuple[Path | None, list[str]]:
@@ -67,13 +73,23 @@ class LmEvalBackend(EvalBackend):
         from lm_eval.tasks import TaskManager
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        from adaptkit.evals.lm_tasks import TASKS_DIR
+
         key = str(include_path) if include_path else ""
+        metadata = {"data_dir": str(Path(self.params.data_dir).resolve())} if self.params.data_dir else None
         if key not in self._managers:
             if include_path:
-                self._managers[key] = TaskManager(include_path=str(include_path.resolve()), include_defaults=False)
-            else:
-                self._managers[key] = TaskManager()
+                self._managers[key] = TaskManager(include_path=str(include_path.resolve()), include_defaults=False, metadata=metadata)
+            else:  # lm-eval's registry and the tasks shipped with adaptkit
+                self._managers[key] = TaskManager(include_path=str(TASKS_DIR), metadata=metadata)
         return self._managers[key]
+
+    def _shipped(self, names: list[str]) -> Path | None:
+        """adaptkit's task folder when every name is one of its tasks (indexing only it is fast), else None."""
+        from adaptkit.evals.lm_tasks import TASKS_DIR
+
+        shipped = {path.stem for path in TASKS_DIR.glob("*.yaml")}
+        return TASKS_DIR if names and all(name in shipped for name in names) else None
 
     def prepare(self, spec: str, flag: str) -> list[EvalTask]:
         from adaptkit.errors import InputError
@@ -82,6 +98,9 @@ class LmEvalBackend(EvalBackend):
         include_path, names = _split_dir_spec(spec)
         if include_path is None and (spec.startswith(("/", ".", "~")) or spec.endswith((".yaml", ".yml"))):
             raise InputError(f"{flag} lm-eval:{spec}: '{spec}' is not a directory of lm-eval task YAMLs")
+        if self.params.data_dir and not Path(self.params.data_dir).is_dir():
+            raise InputError(f"--set lm-eval.data_dir: '{self.params.data_dir}' is not a directory")
+        include_path = include_path or self._shipped(names)
         manager = self._task_manager(include_path)
         known = list(manager.all_tasks)
         if include_path is not None and not names:
@@ -91,6 +110,7 @@ class LmEvalBackend(EvalBackend):
         for name in names:
             if name not in known:
                 raise InputError(f"{flag}: unknown lm-eval task '{name}'{did_you_mean(name, known)}")
+        manager.load(names)  # builds the tasks, so their data is read (and missing files reported) before any model loads
         key = str(include_path) if include_path else ""
         return [EvalTask(name, "lm-eval", spec, {"manager": key}, {"lm_eval_task": name, **({"include_path": key} if key else {})})
                 for name in names]
