@@ -253,3 +253,18 @@ def test_generation_server_gets_the_turns_and_the_paper_sampling(flores):
         assert [c[2] for c in client.calls] == [{**PAPER_REQUEST, "max_tokens": 128, "seed": seed, "stop": ["\n"]}
                                                 for seed in (3, 4) for _ in task.payload]
         assert output.metrics["runs"] == 2
+
+
+def test_suite_with_local_lm_eval_data_runs_the_packaged_tasks(tmp_path):
+    from test_lm_tasks import write_ssu_data
+
+    from adaptkit.evals.suites import SuiteSettings, ssu_paper
+
+    data = write_ssu_data(tmp_path / "ssu-data")  # Belebele hau/amh, Global MMLU ha, English MMLU; no Belebele English
+    suite = ssu_paper(SuiteSettings(lang="ha", lm_eval_data=str(data)))
+    runnable = {e.name: (e.role, e.task) for e in suite.runnable}
+    assert runnable == {"ssu-mmlu-en": ("source", "lm-eval:ssu-mmlu-en"), "ssu-belebele-hau": ("target", "lm-eval:ssu-belebele-hau"),
+                        "ssu-global-mmlu-hau": ("target", "lm-eval:ssu-global-mmlu-hau")}
+    missing = {e["name"]: e["reason"] for e in suite.report()["not_run"]}
+    assert "eng_Latn" in missing["ssu-belebele-eng"] and "suite.hub=true" in missing["ifeval"]
+    assert suite.params({})["lm-eval"] == {"apply_chat_template": True, "data_dir": str(data)}

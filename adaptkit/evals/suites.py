@@ -10,8 +10,9 @@ target language (`--set suite.lang=ha`; the paper: am, ha, ig, ky, ne):
   chrF++), XL-SUM in the target language (0-shot chrF++), Global MMLU (5-shot) and Belebele (3-shot).
 
 Data locations are suite settings: `suite.flores=DIR` (FLORES-200 layout), `suite.xlsum=DIR`
-(XL-SUM layout), `suite.hub=true` when the Hub (or its local cache) serves the lm-eval tasks'
-datasets. What can run runs, with the paper's protocol preset (`mt.protocol=ssu-paper`,
+(XL-SUM layout), `suite.lm_eval_data=DIR` for local copies of Belebele, MMLU and Global MMLU
+(the layout of `--set lm-eval.data_dir`), `suite.hub=true` when the Hub (or its local cache) serves
+the lm-eval tasks' datasets. What can run runs, with the paper's protocol preset (`mt.protocol=ssu-paper`,
 `sum.protocol=ssu-paper`, `lm-eval.apply_chat_template=true`; an explicit `--set` wins); every
 task that cannot is listed with why and how to get it. Belebele/MMLU tasks are the package's
 lm-eval task definitions `ssu-belebele-<lang>`, `ssu-mmlu-en`, `ssu-global-mmlu-<lang>`.
@@ -29,14 +30,16 @@ from adaptkit.errors import InputError
 from adaptkit.specs import Params, Spec
 
 LM_EVAL_LANGS = {"ha": "hau", "am": "amh", "ne": "npi", "ky": "kir", "ig": "ibo"}
-HUB_DATASETS = {"belebele": "facebook/belebele", "mmlu": "cais/mmlu", "global-mmlu": "CohereLabs/Global-MMLU",
+HUB_DATASETS = {"belebele": "facebook/belebele", "mmlu": "cais/mmlu", "global-mmlu": "CohereForAI/Global-MMLU",
                 "ifeval": "google/IFEval", "gsm8k": "openai/gsm8k"}
+LOCAL_DATASETS = ("belebele", "mmlu", "global-mmlu")  # the package's ssu-* tasks read these from lm-eval.data_dir
 
 
 class SuiteSettings(Params):
     lang: str = Field(description="the target language (ISO 639-1/3; paper: am, ha, ig, ky, ne)")
     flores: str | None = Field(None, description="FLORES-200 directory (dev/, devtest/)")
     xlsum: str | None = Field(None, description="XL-SUM directory (<language>_<split>.jsonl)")
+    lm_eval_data: str | None = Field(None, description="local Belebele/MMLU/Global MMLU copies (DIR/<dataset>/<config>/<split>.jsonl)")
     hub: bool = Field(False, description="the Hub or its cache serves the lm-eval tasks' datasets")
 
 
@@ -104,20 +107,22 @@ def _xlsum(settings: SuiteSettings, lang: str, role: str) -> SuiteEntry:
 
 def _lm_eval(settings: SuiteSettings, task: str, dataset: str, role: str, check: Callable[[str], str]) -> SuiteEntry:
     hub = HUB_DATASETS[dataset]
-    if not settings.hub:
-        return SuiteEntry(task, role, missing=f"needs the Hub dataset {hub} (lm-eval task {task}): run online (or with it in the HF cache) and --set suite.hub=true")
+    local = settings.lm_eval_data is not None and dataset in LOCAL_DATASETS
+    if not settings.hub and not local:
+        where = " or local copies with --set suite.lm_eval_data=DIR" if dataset in LOCAL_DATASETS else ""
+        return SuiteEntry(task, role, missing=f"needs the Hub dataset {hub} (lm-eval task {task}): run online (or with it in the HF cache) and --set suite.hub=true{where}")
     problem = check(task)
     if problem:
         return SuiteEntry(task, role, missing=f"{problem}: install lm-eval and adaptkit's SSU task definitions (pip install 'adaptkit[lm-eval]')")
     return SuiteEntry(task, role, f"lm-eval:{task}")
 
 
-def lm_eval_checker() -> Callable[[str], str]:
-    """check(task): '' when lm-eval knows `task`, else why not (one line); one task index for all checks."""
+def lm_eval_checker(data_dir: str | None = None) -> Callable[[str], str]:
+    """check(task): '' when lm-eval knows `task` (and finds its data), else why not (one line); one task index for all checks."""
     from adaptkit.registry import get_spec
 
     spec = get_spec("eval backend", "lm-eval", "--suite")
-    backend = spec.load()(spec.validate_params({}))
+    backend = spec.load()(spec.validate_params({"data_dir": data_dir} if data_dir else {}))
 
     def check(task: str) -> str:
         try:
@@ -140,7 +145,8 @@ def ssu_paper(settings: SuiteSettings, check: Callable[[str], str] | None = None
     """The SSU paper's source and target suites for `settings.lang` (`check` tells whether lm-eval knows a task)."""
     from adaptkit.evals.langcodes import resolve_language
 
-    check = check or (lm_eval_checker() if settings.hub else (lambda task: ""))
+    if check is None:
+        check = lm_eval_checker(settings.lm_eval_data) if settings.hub or settings.lm_eval_data else (lambda task: "")
     lang = resolve_language(settings.lang, "--set suite.lang")
     if lang == "en":
         raise InputError("--set suite.lang: the target language must not be English (the source language of the paper's models)")
@@ -158,6 +164,8 @@ def ssu_paper(settings: SuiteSettings, check: Callable[[str], str] | None = None
         else:
             entries.append(_lm_eval(settings, task, dataset, "target", check))
     presets = {"mt": {"protocol": "ssu-paper"}, "sum": {"protocol": "ssu-paper"}, "lm-eval": {"apply_chat_template": True}}
+    if settings.lm_eval_data:
+        presets["lm-eval"]["data_dir"] = settings.lm_eval_data
     return Suite("ssu-paper", settings.model_dump(), entries, presets)
 
 
