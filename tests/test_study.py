@@ -158,7 +158,7 @@ def test_study_trains_evaluates_and_reports(finished_study):
     # one token store and one calibration set for all runs
     assert sorted(p.name for p in (out / "tokens").iterdir()) == ["ha"] and (out / "calib").is_dir()
     for name in ("fft", "ssu-wanda-freeze_ratio0.5"):
-        assert yaml.safe_load((out / "runs" / name / "config.yaml").read_text())["data"]["sources"][0]["spec"] == str((out / "tokens" / "ha").resolve())
+        assert yaml.safe_load((out / "runs" / name / "config.yaml").read_text())["data"]["sources"][0]["spec"] == [str((out / "tokens" / "ha").resolve())]
 
 
 @pytest.mark.slow

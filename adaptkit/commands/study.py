@@ -37,7 +37,7 @@ def command(
     state.execute(study, output, say)
     say(f"study: evaluating {len(study.runs)} runs and the base on {len(study.evaluate)} sets")
     rows = report.study_rows(study, output, report.evaluate_study(study, output, console))
-    result = report.write_report(study, output, rows)
+    result = report.write_study_report(study, output, rows)
     sets = [s.split("=", 1)[0] for s in study.evaluate]
     console.table("study: held-out perplexity; gain = bits per byte saved vs the base model (source: forgetting, target: learning), positive = better",
                   *report.table(rows, sets))

@@ -49,21 +49,25 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def study_rows(study: Study, output: Path, evaluation: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model (the base first): settings, scores, gains, trainable share, training time, on the front."""
-    sets = [s.split("=", 1)[0] for s in study.evaluate]
-    runs = {run.name: run for run in study.runs}
+    """The report's rows of a study: each run's method, seed, parameters, mixture, trainable share and time."""
+    info = {}
+    for run in study.runs:
+        record = result_record(output, run) or {}
+        info[run.name] = {"method": run.method, "seed": run.seed, "params": {k: v for k, v in run.params.items() if v != CALIB_DIR},
+                          "mixture": run.mixture, "trainable_fraction": record.get("trainable_fraction"), "train_seconds": record.get("seconds")}
+    return model_rows(evaluation, [s.split("=", 1)[0] for s in study.evaluate], info)
+
+
+def model_rows(evaluation: dict[str, dict[str, Any]], sets: list[str], info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per evaluated model (perplexity_report's summary), in its order: `info` about it, its
+    perplexity and bits per byte per set, its source / target gains, and whether it is on the Pareto front."""
     rows = []
     for name, scores in evaluation.items():
-        run, record = runs.get(name), result_record(output, runs[name]) if name in runs else None
-        row: dict[str, Any] = {"model": name, "method": run.method if run else None, "seed": run.seed if run else None,
-                               "params": {k: v for k, v in run.params.items() if v != CALIB_DIR} if run else {},
-                               "mixture": run.mixture if run else {}}
-        for task in sets:
-            row[task] = {"ppl": scores[task]["ppl"], "bits_per_byte": scores[task]["bits_per_byte"]}
+        row: dict[str, Any] = {"model": name, "method": None, "seed": None, "params": {}, "mixture": {}}
+        row.update({task: {"ppl": scores[task]["ppl"], "bits_per_byte": scores[task]["bits_per_byte"]} for task in sets})
         row["source_gain_bpb"] = scores.get("source_gain_bpb", 0.0)
         row["target_gain_bpb"] = scores.get("target_gain_bpb", 0.0)
-        row["trainable_fraction"] = (record or {}).get("trainable_fraction") if run else None
-        row["train_seconds"] = (record or {}).get("seconds") if run else None
+        row.update({"trainable_fraction": None, "train_seconds": None, **info.get(name, {})})
         rows.append(row)
     front = set(pareto_front({r["model"]: (r["source_gain_bpb"], r["target_gain_bpb"]) for r in rows}))
     for row in rows:
@@ -71,19 +75,24 @@ def study_rows(study: Study, output: Path, evaluation: dict[str, dict[str, Any]]
     return rows
 
 
-def write_report(study: Study, output: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json, results.md, frontier.png and curves.png in STUDY/report."""
+def write_report(directory: Path, rows: list[dict[str, Any]], sets: list[str], metrics: dict[str, Path], facts: dict[str, Any]) -> dict[str, Any]:
+    """results.json (`facts` and the rows), results.md, frontier.png and curves.png (from each run's metrics.jsonl) in `directory`."""
     from adaptkit.io.atomic import write_text_atomic
 
-    directory = output / "report"
     directory.mkdir(exist_ok=True)
-    sets = [s.split("=", 1)[0] for s in study.evaluate]
-    report = {"study": str(study.path), "baseline": BASE, "eval_sets": study.evaluate, "models": rows}
+    report = {**facts, "models": rows}
     write_text_atomic(directory / "results.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(directory / "results.md", markdown(rows, sets))
     plot_frontier(rows, directory / "frontier.png")
-    plot_all_curves({run.name: output / "runs" / run.name / "metrics.jsonl" for run in study.runs}, directory / "curves.png")
+    plot_all_curves(metrics, directory / "curves.png")
     return report
+
+
+def write_study_report(study: Study, output: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's report in STUDY/report."""
+    metrics = {run.name: output / "runs" / run.name / "metrics.jsonl" for run in study.runs}
+    facts = {"study": str(study.path), "baseline": BASE, "eval_sets": study.evaluate}
+    return write_report(output / "report", rows, [s.split("=", 1)[0] for s in study.evaluate], metrics, facts)
 
 
 def table(rows: list[dict[str, Any]], sets: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -108,7 +117,7 @@ def markdown(rows: list[dict[str, Any]], sets: list[str]) -> str:
 
 
 def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
-    """Forgetting vs learning, one point per model, the Pareto front as a dashed staircase."""
+    """Forgetting vs learning, one point per model (a star for models without a method: the base), the Pareto front as a dashed staircase."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +126,7 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     from adaptkit.io.atomic import atomic_file
 
     points = {r["model"]: (r["source_gain_bpb"], r["target_gain_bpb"]) for r in rows}
+    row_of = {r["model"]: r for r in rows}
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 5.2))
     ax.axhline(0, color="grey", lw=0.8)
@@ -125,7 +135,7 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     ax.step(xs, ys, where="post", color="tab:red", ls="--", lw=1.2, label="Pareto front", zorder=2)
     colours = matplotlib.colormaps["tab10"]
     for i, (name, (x, y)) in enumerate(points.items()):
-        ax.scatter([x], [y], s=110 if name in front else 60, marker="*" if name == BASE else "o", color=colours(i % 10),
+        ax.scatter([x], [y], s=110 if name in front else 60, marker="o" if row_of[name]["method"] else "*", color=colours(i % 10),
                    edgecolors="black", linewidths=1.2 if name in front else 0.4, zorder=3)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("source gain, bits per byte saved  (← forgetting)")
