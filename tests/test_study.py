@@ -117,7 +117,8 @@ def _env() -> dict:
 
 
 def _study(path: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "adaptkit", "study", str(path), "-o", str(out), "--json"],
+    """The study in a subprocess, without --json so that its progress lines (stderr) can be read."""
+    return subprocess.run([sys.executable, "-m", "adaptkit", "study", str(path), "-o", str(out)],
                           capture_output=True, text=True, env=_env(), timeout=1200)
 
 
@@ -130,7 +131,8 @@ def finished_study(tmp_path_factory, make_model_dir, corpora):
     path = study_yaml(root / "study.yaml", make_model_dir("llama"), corpora, GRID, steps=8)
     result = _study(path, root / "out")
     assert result.returncode == 0, result.stderr[-3000:]
-    return path, root / "out", json.loads(result.stdout)
+    assert "Pareto front:" in result.stdout and "study: run 2/2" in result.stderr
+    return path, root / "out", json.loads((root / "out" / "report" / "results.json").read_text())
 
 
 def _numbers(report: dict) -> list:
@@ -150,8 +152,7 @@ def test_study_trains_evaluates_and_reports(finished_study):
         # the final evaluation scores the same models on the same windows as the last eval during training
         assert last["en"] == pytest.approx(rows[name]["en"]["ppl"], rel=1e-9) and last["ha"] == pytest.approx(rows[name]["ha"]["ppl"], rel=1e-9)
     assert rows["base"]["source_gain_bpb"] == 0.0 and rows["fft"]["target_gain_bpb"] > 0
-    stored = json.loads((out / "report" / "results.json").read_text())
-    assert _numbers(stored) == _numbers(report)
+    assert f"{rows['fft']['ha']['ppl']:.2f}" in (out / "report" / "results.md").read_text()
     assert "| fft | fft | 0 |" in (out / "report" / "results.md").read_text()
     for name in ("frontier.png", "curves.png"):
         assert (out / "report" / name).read_bytes()[:4] == b"\x89PNG"
@@ -169,7 +170,7 @@ def test_finished_runs_are_skipped(finished_study):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("finished, skipped") == 2 and "preparing" not in result.stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/final/model.safetensors")} == finals
-    assert _numbers(json.loads(result.stdout)) == _numbers(report)
+    assert _numbers(json.loads((out / "report" / "results.json").read_text())) == _numbers(report)
 
 
 @pytest.mark.slow
@@ -189,7 +190,7 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
     result = _study(path, out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fft: finished, skipped" in result.stderr and "ssu-wanda-freeze_ratio0.5: resuming" in result.stderr
-    assert _numbers(json.loads(result.stdout)) == _numbers(report)
+    assert _numbers(json.loads((out / "report" / "results.json").read_text())) == _numbers(report)
     for name in ("fft", "ssu-wanda-freeze_ratio0.5"):
         rows = lambda d: [json.loads(l) for l in (d / "runs" / name / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]  # noqa: E731,E741
         assert rows(out) == rows(reference)
