@@ -39,6 +39,7 @@ BUILTIN_COMMANDS = {
     "plugins": "adaptkit.commands.plugins",
     "quickstart": "adaptkit.commands.quickstart",
     "data": "adaptkit.commands.data",
+    "study": "adaptkit.commands.study",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 import typer
 
 HEAVY = ("torch", "transformers", "peft", "mergekit", "lm_eval", "lighteval", "accelerate", "safetensors")
-COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "generate", "codemix", "plugins", "quickstart", "data", "vocab")
+COMMANDS = ("calibrate", "score", "mask", "train", "merge", "instruct-vector", "evaluate", "generate", "codemix", "plugins", "quickstart", "data", "vocab", "study")
 
 
 def _imports_after(args: list[str]) -> tuple[int, str, list[str]]:

@@ -22,6 +22,15 @@ def test_quickstart_compares_methods_and_writes_the_report(tmp_path, invoke):
     assert models["ssu-wanda"]["trainable_fraction"] < models["fft"]["trainable_fraction"] == 1.0
     for name in ("results.json", "results.md", "tasks.png", "forgetting_learning.png"):
         assert (out / "eval" / name).is_file()
+    # the study report: one row per model with the eval's numbers, the Pareto front, the frontier and all curves
+    study = json.loads((out / "report" / "results.json").read_text())
+    assert [row["model"] for row in study["models"]] == ["source", "fft", "ssu-wanda"]
+    for row in study["models"]:
+        assert row["en (source)"]["ppl"] == models[row["model"]]["en (source)"]["ppl"]
+        assert row["target_gain_bpb"] == models[row["model"]].get("target_gain_bpb", 0.0)
+    assert summary["pareto_front"] == [row["model"] for row in study["models"] if row["pareto"]] != []
+    for name in ("results.md", "frontier.png", "curves.png"):
+        assert (out / "report" / name).is_file()
     # the curves of each method: held-out source and target sets evaluated while it trained
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("fft", "ssu-wanda"):

@@ -6,7 +6,9 @@ source language). It then continues pre-training that model on the target langua
 UDHR with each method in `--methods` (default: FFT and SSU-Wanda), and reports source
 and target perplexity on held-out paragraphs before and after. While each method trains,
 the held-out source and target sets are evaluated (`train --eval-data`) and drawn over the
-steps: each run's `runs/NAME/curves.png`, and all methods side by side in `curves.png`.
+steps: each run's `runs/NAME/curves.png`, and all methods side by side in `curves.png`. As a small
+study (`adaptkit study`), it also writes the study report in `report/`: the results table with the
+Pareto front, `frontier.png` (forgetting vs learning, the front drawn) and every run's curves in `curves.png`.
 With `--model` (a Hub id, a local directory or a GGUF file) the same comparison runs on a
 real model.
 """
@@ -99,14 +101,32 @@ def command(
             rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
         plot_methods({name: Path("runs") / name / "metrics.jsonl" for name in specs}, Path("curves.png"))
         report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
+        front = _study_report(report, specs, method_params, seed)
     _print_table(report, source_lang, target_lang, console)
-    summary = {"output": str(output), "models": report, "seconds": round(time.perf_counter() - started, 1)}
-    console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/")
+    summary = {"output": str(output), "models": report, "pareto_front": front, "seconds": round(time.perf_counter() - started, 1)}
+    console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/ and {output}/report/ (Pareto front: {', '.join(front)})")
+
+
+def _tasks(report: dict[str, Any]) -> list[str]:
+    """The held-out sets of the report, in order."""
+    return [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
+
+
+def _study_report(report: dict[str, Any], specs, method_params, seed: int) -> list[str]:
+    """The quickstart as a small study: the study report (results table, Pareto frontier, all curves) in report/."""
+    from adaptkit.study.report import model_rows, write_report
+
+    tasks = _tasks(report)
+    info = {name: {"method": name, "seed": seed, "params": {k: v for k, v in method_params[name].items() if v != CALIB_DIR},
+                   "trainable_fraction": report[name].get("trainable_fraction"), "train_seconds": report[name].get("seconds")} for name in specs}
+    rows = model_rows(report, tasks, info)
+    write_report(Path("report"), rows, tasks, {name: Path("runs") / name / "metrics.jsonl" for name in specs}, {"baseline": "source"})
+    return [row["model"] for row in rows if row["pareto"]]
 
 
 def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
     """The forgetting/learning trade-off at a glance: gains in bits per byte (perplexity tasks)."""
-    tasks = [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
+    tasks = _tasks(report)
     rows = []
     for name, row in report.items():
         gain = lambda key: f"{row[key]:+.3f}" if key in row else "-"  # noqa: E731
