@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from _serve_helpers import chat_model_dir, server  # noqa: F401 (session fixtures: one `transformers serve` per session)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

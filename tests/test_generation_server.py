@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve_helpers import chat_model_dir, free_port, server  # noqa: F401 (fixtures)
+from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 pytestmark = pytest.mark.slow  # starts a server and several CLI processes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve_helpers import chat_model_dir, free_port, server  # noqa: F401 (fixtures)
+from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 from adaptkit.errors import AdaptkitError, InputError
@@ -203,22 +203,23 @@ def test_client_sends_the_key_but_never_stores_it(scripted, tmp_path, monkeypatc
     assert again.cache.key(url, "t", {"a": 1}) != again.cache.key(url, "other template", {"a": 1})
 
 
-def test_auth_refused_is_one_line_exit_2(scripted, tmp_path, llama_dir, cli):
+def test_auth_refused_is_one_line_exit_2(scripted, tmp_path, llama_dir, invoke, monkeypatch):
     url, handler = scripted
     handler.script += [(401, {"error": "bad key"})]
     out = tmp_path / "eval"
-    result = cli("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}", "--set", f"judge.base_url={url}",
-                 "--set", "judge.model=judge", "--set", "judge.api_key_env=MY_JUDGE_KEY", "-o", out, env={"MY_JUDGE_KEY": SECRET})
+    monkeypatch.setenv("MY_JUDGE_KEY", SECRET)
+    result = invoke("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}", "--set", f"judge.base_url={url}",
+                    "--set", "judge.model=judge", "--set", "judge.api_key_env=MY_JUDGE_KEY", "-o", out)
     assert_input_error(result, "judge.base_url", "HTTP 401", "$MY_JUDGE_KEY")
     assert SECRET not in result.stderr + result.stdout
     assert not out.exists()
 
 
-def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_dir, cli):
+def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_dir, invoke):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     out = tmp_path / "eval"
-    result = cli("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}",
-                 "--set", f"judge.base_url={url}", "--set", "judge.model=j", "-o", out)
+    result = invoke("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}",
+                    "--set", f"judge.base_url={url}", "--set", "judge.model=j", "-o", out)
     assert_input_error(result, url, "transformers serve", "vllm serve")
     assert not out.exists()
 
