@@ -1,6 +1,7 @@
 """A real OpenAI-compatible server for the tests: `transformers serve` (the `serving` extra) on
-127.0.0.1, serving a tiny chat model built here. Import the fixtures into a test module
-(`from _serve_helpers import chat_model_dir, server`); each module starts and stops its own server.
+127.0.0.1, serving a tiny chat model built here. conftest.py imports the fixtures, so every test
+module that asks for `server` shares one server for the whole session (started on first use,
+stopped at the end); a test module must not import them again (that would start its own).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chat_model_dir(make_model_dir, tmp_path_factory) -> Path:
     """The tiny Llama with a chat template (the judge, the served model and the evaluated model)."""
     from transformers import AutoTokenizer
@@ -38,7 +39,7 @@ def chat_model_dir(make_model_dir, tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(chat_model_dir, tmp_path_factory):
     """`transformers serve DIR` on 127.0.0.1:PORT; yields (base_url, model id); stopped at the end."""
     executable = Path(sys.executable).parent / "transformers"

@@ -10,15 +10,22 @@ import atexit
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from _serve_helpers import chat_model_dir, server  # noqa: F401 (session fixtures: one `transformers serve` per session)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one intra-op thread here and in every CLI subprocess: tiny models gain nothing from more, and OpenMP
+# teams on busy cores stall training steps up to 100x (docs: PITFALLS)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
+    sys.modules["torch"].set_num_threads(1)
 if "ADAPTKIT_CACHE" not in os.environ:  # a private token cache, removed when the session ends
     _CACHE = tempfile.mkdtemp(prefix="adaptkit-test-cache-")
     atexit.register(shutil.rmtree, _CACHE, True)

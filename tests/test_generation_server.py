@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from _serve_helpers import chat_model_dir, free_port, server  # noqa: F401 (fixtures)
+from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
-pytestmark = pytest.mark.slow  # starts a server and several CLI processes
+pytestmark = pytest.mark.slow  # starts a server (the CLI runs in this process)
 
 
 def _lines(path: Path) -> list[dict]:
@@ -30,21 +30,21 @@ def _mt_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_generate_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, cli):
+def test_generate_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, invoke):
     url, _ = server
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(["Write about the sea.", "Say hello."])))
     outputs = {}
     for mode, extra in (("local", []), ("server", ["--generation-server", url])):
         out = tmp_path / f"{mode}.jsonl"
-        result = cli("generate", "--model", chat_model_dir, "--prompts", prompts, "--max-new-tokens", "10", "-o", out, *extra)
+        result = invoke("generate", "--model", chat_model_dir, "--prompts", prompts, "--max-new-tokens", "10", "-o", out, *extra)
         assert result.returncode == 0, result.stderr
         outputs[mode] = _lines(out)
     assert outputs["server"] == outputs["local"]
     assert any(r["response"] for r in outputs["local"])  # a comparison of non-empty texts
 
 
-def test_evaluate_mt_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, cli):
+def test_evaluate_mt_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, invoke):
     url, served = server
     mt = _mt_file(tmp_path)
     text = tmp_path / "eng.txt"
@@ -52,8 +52,8 @@ def test_evaluate_mt_through_the_server_equals_in_process(server, chat_model_dir
     runs = {}
     for mode, extra in (("local", []), ("server", ["--generation-server", url, "--generation-server-model", served])):
         out = tmp_path / mode
-        result = cli("evaluate", "--model", f"m={chat_model_dir}", "--task", f"mt:fl={mt}", "--task", f"ppl:eng={text}",
-                     "--set", "mt.max_new_tokens=8", "--set", "mt.shots=1", "--set", "ppl.block_size=32", "--no-plots", "-o", out, *extra)
+        result = invoke("evaluate", "--model", f"m={chat_model_dir}", "--task", f"mt:fl={mt}", "--task", f"ppl:eng={text}",
+                        "--set", "mt.max_new_tokens=8", "--set", "mt.shots=1", "--set", "ppl.block_size=32", "--no-plots", "-o", out, *extra)
         assert result.returncode == 0, result.stderr
         runs[mode] = (json.loads((out / "results.json").read_text()), _lines(out / "details" / "m" / "fl.jsonl"))
     (local, local_records), (remote, remote_records) = runs["local"], runs["server"]
@@ -63,7 +63,7 @@ def test_evaluate_mt_through_the_server_equals_in_process(server, chat_model_dir
     assert "generation_server" not in local["config"]
 
 
-def test_generation_server_bad_input_is_one_line_exit_2(server, chat_model_dir, tmp_path, cli):
+def test_generation_server_bad_input_is_one_line_exit_2(server, chat_model_dir, tmp_path, invoke):
     url, served = server
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
@@ -78,11 +78,11 @@ def test_generation_server_bad_input_is_one_line_exit_2(server, chat_model_dir, 
     ]
     for args, fragments in cases:
         out = tmp_path / "out.jsonl"
-        assert_input_error(cli(*args, "--prompts", prompts, "-o", out), *fragments)
+        assert_input_error(invoke(*args, "--prompts", prompts, "-o", out), *fragments)
         assert not out.exists()
     out = tmp_path / "eval"
     mt = _mt_file(tmp_path)
-    assert_input_error(cli("evaluate", "--model", chat_model_dir, "--task", f"mt:{mt}", "--generation-server", dead, "-o", out),
+    assert_input_error(invoke("evaluate", "--model", chat_model_dir, "--task", f"mt:{mt}", "--generation-server", dead, "-o", out),
                        dead, "transformers serve")
     assert not out.exists()
 
@@ -122,7 +122,7 @@ def _lm_eval_generations(model_dir: Path, tasks: Path, generator, chat_template:
     return [s["resps"][0][0] for s in samples]
 
 
-def test_lm_eval_generation_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, cli):
+def test_lm_eval_generation_through_the_server_equals_in_process(server, chat_model_dir, tmp_path, invoke):
     """generate_until requests go to the server: the same greedy generations (with and without the chat template) and score."""
     pytest.importorskip("lm_eval")
     from adaptkit.evals.server_generation import server_generator
@@ -142,7 +142,7 @@ def test_lm_eval_generation_through_the_server_equals_in_process(server, chat_mo
     results = {}
     for mode, extra in (("local", []), ("server", ["--generation-server", url]), ("layerwise", ["--generation-server", url, "--layer-by-layer"])):
         out = tmp_path / mode
-        result = cli("evaluate", "--model", f"m={chat_model_dir}", "--task", f"lm-eval:{tasks}", "--no-plots", "-o", out, *extra)
+        result = invoke("evaluate", "--model", f"m={chat_model_dir}", "--task", f"lm-eval:{tasks}", "--no-plots", "-o", out, *extra)
         assert result.returncode == 0, result.stderr
         results[mode] = json.loads((out / "results.json").read_text())["results"]
     assert results["local"]["m"]["tiny_gen"]["exact_match"] == pytest.approx(0.5)
@@ -150,17 +150,18 @@ def test_lm_eval_generation_through_the_server_equals_in_process(server, chat_mo
     assert results["layerwise"] == results["local"]  # log-likelihoods layer by layer, generations on the server
 
 
-def test_judge_answers_through_the_server_equal_in_process(server, chat_model_dir, tmp_path, cli):
+def test_judge_answers_through_the_server_equal_in_process(server, chat_model_dir, tmp_path, invoke, monkeypatch):
     url, served = server
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(json.dumps({"question_id": 81 + i, "category": "writing", "turns": [f"Question {i}?", f"Rewrite it {i}."]}) + "\n"
                                  for i in range(2)))
     answers = {}
+    monkeypatch.setenv("ADAPTKIT_CACHE", str(tmp_path / "cache"))
     for mode, extra in (("local", []), ("server", ["--generation-server", url])):
         out = tmp_path / mode
-        result = cli("evaluate", "--model", f"m={chat_model_dir}", "--task", f"judge-single:mtb={questions}", "--set", f"judge.base_url={url}",
-                     "--set", f"judge.model={served}", "--set", "judge.max_new_tokens=6", "--set", "judge.judge_max_tokens=8",
-                     "--no-plots", "-o", out, *extra, env={"ADAPTKIT_CACHE": str(tmp_path / "cache")})
+        result = invoke("evaluate", "--model", f"m={chat_model_dir}", "--task", f"judge-single:mtb={questions}", "--set", f"judge.base_url={url}",
+                        "--set", f"judge.model={served}", "--set", "judge.max_new_tokens=6", "--set", "judge.judge_max_tokens=8",
+                        "--no-plots", "-o", out, *extra)
         assert result.returncode == 0, result.stderr
         answers[mode] = [r["answers"] for r in _lines(out / "details" / "m" / "mtb.jsonl")]
     assert answers["server"] == answers["local"]  # both turns, the second seeing the first answer

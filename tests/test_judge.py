@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve_helpers import chat_model_dir, free_port, server  # noqa: F401 (fixtures)
+from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 from adaptkit.errors import AdaptkitError, InputError
@@ -203,22 +203,23 @@ def test_client_sends_the_key_but_never_stores_it(scripted, tmp_path, monkeypatc
     assert again.cache.key(url, "t", {"a": 1}) != again.cache.key(url, "other template", {"a": 1})
 
 
-def test_auth_refused_is_one_line_exit_2(scripted, tmp_path, llama_dir, cli):
+def test_auth_refused_is_one_line_exit_2(scripted, tmp_path, llama_dir, invoke, monkeypatch):
     url, handler = scripted
     handler.script += [(401, {"error": "bad key"})]
     out = tmp_path / "eval"
-    result = cli("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}", "--set", f"judge.base_url={url}",
-                 "--set", "judge.model=judge", "--set", "judge.api_key_env=MY_JUDGE_KEY", "-o", out, env={"MY_JUDGE_KEY": SECRET})
+    monkeypatch.setenv("MY_JUDGE_KEY", SECRET)
+    result = invoke("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}", "--set", f"judge.base_url={url}",
+                    "--set", "judge.model=judge", "--set", "judge.api_key_env=MY_JUDGE_KEY", "-o", out)
     assert_input_error(result, "judge.base_url", "HTTP 401", "$MY_JUDGE_KEY")
     assert SECRET not in result.stderr + result.stdout
     assert not out.exists()
 
 
-def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_dir, cli):
+def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_dir, invoke):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     out = tmp_path / "eval"
-    result = cli("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}",
-                 "--set", f"judge.base_url={url}", "--set", "judge.model=j", "-o", out)
+    result = invoke("evaluate", "--model", llama_dir, "--task", f"judge-single:{mt_bench_file(tmp_path)}",
+                    "--set", f"judge.base_url={url}", "--set", "judge.model=j", "-o", out)
     assert_input_error(result, url, "transformers serve", "vllm serve")
     assert not out.exists()
 
@@ -226,9 +227,9 @@ def test_unreachable_endpoint_names_the_url_and_what_to_start(tmp_path, llama_di
 # ----------------------------------------------------------------- bad input, before any model loads
 
 
-@pytest.mark.slow  # starts a real `transformers serve`
+@pytest.mark.slow  # needs the real `transformers serve` (the CLI runs in this process)
 @pytest.mark.parametrize("case", ["no-reference", "no-instruction", "one-turn", "unknown-judge", "unknown-key"])
-def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, cli):
+def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, invoke):
     url, judge = server
     out = tmp_path / "eval"
     common = ["--set", f"judge.base_url={url}", "--set", f"judge.model={judge}", "-o", out]
@@ -245,7 +246,7 @@ def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, c
         common[3] = "judge.model=no-such-judge"
     else:
         args, fragments = ["--task", f"judge-single:{mt_bench_file(tmp_path)}", "--set", f"judge.reference={llama_dir}"], ("judge.reference",)
-    result = cli("evaluate", "--model", llama_dir, *args, *common)
+    result = invoke("evaluate", "--model", llama_dir, *args, *common)
     assert_input_error(result, *fragments)
     assert not out.exists()
 
@@ -253,19 +254,20 @@ def test_bad_judge_input_is_one_line_exit_2(case, server, tmp_path, llama_dir, c
 # ----------------------------------------------------------------- end to end against the real server
 
 
-@pytest.mark.slow  # starts a real `transformers serve`
-def test_judge_tasks_end_to_end_through_evaluate(server, tmp_path, chat_model_dir, make_model_dir, cli):
+@pytest.mark.slow  # needs the real `transformers serve` (the CLI runs in this process)
+def test_judge_tasks_end_to_end_through_evaluate(server, tmp_path, chat_model_dir, make_model_dir, invoke, monkeypatch):
     from adaptkit.evals.judge_stats import lc_win_rate
 
     url, judge = server
     out = tmp_path / "eval"
     cache = tmp_path / "cache"
     reference = make_model_dir("llama", seed=1)
-    result = cli("evaluate", "--model", f"chat={chat_model_dir}", "--task", f"judge-pairwise:ae={alpaca_file(tmp_path)}",
-                 "--task", f"judge-single:mtb={mt_bench_file(tmp_path)}", "--set", f"judge.reference={reference}",
-                 "--set", f"judge.base_url={url}", "--set", f"judge.model={judge}", "--set", "judge.judge_max_tokens=6",
-                 "--set", "judge.max_new_tokens=6", "--set", "judge.concurrency=2", "-o", out,
-                 env={"ADAPTKIT_CACHE": str(cache), "ADAPTKIT_JUDGE_API_KEY": SECRET})
+    monkeypatch.setenv("ADAPTKIT_CACHE", str(cache))
+    monkeypatch.setenv("ADAPTKIT_JUDGE_API_KEY", SECRET)
+    result = invoke("evaluate", "--model", f"chat={chat_model_dir}", "--task", f"judge-pairwise:ae={alpaca_file(tmp_path)}",
+                    "--task", f"judge-single:mtb={mt_bench_file(tmp_path)}", "--set", f"judge.reference={reference}",
+                    "--set", f"judge.base_url={url}", "--set", f"judge.model={judge}", "--set", "judge.judge_max_tokens=6",
+                    "--set", "judge.max_new_tokens=6", "--set", "judge.concurrency=2", "-o", out)
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     ae, mtb = results["results"]["chat"]["ae"], results["results"]["chat"]["mtb"]
@@ -295,15 +297,16 @@ def test_judge_tasks_end_to_end_through_evaluate(server, tmp_path, chat_model_di
         if path.is_file():
             assert SECRET not in path.read_text(errors="replace"), path
     # a re-run is answered from the judge cache: the same replies
-    again = cli("evaluate", "--model", f"chat={chat_model_dir}", "--task", f"judge-single:mtb={mt_bench_file(tmp_path)}",
-                "--set", f"judge.base_url={url}", "--set", f"judge.model={judge}", "--set", "judge.judge_max_tokens=6",
-                "--set", "judge.max_new_tokens=6", "-o", tmp_path / "again", env={"ADAPTKIT_CACHE": str(cache)})
+    monkeypatch.delenv("ADAPTKIT_JUDGE_API_KEY")
+    again = invoke("evaluate", "--model", f"chat={chat_model_dir}", "--task", f"judge-single:mtb={mt_bench_file(tmp_path)}",
+                   "--set", f"judge.base_url={url}", "--set", f"judge.model={judge}", "--set", "judge.judge_max_tokens=6",
+                   "--set", "judge.max_new_tokens=6", "-o", tmp_path / "again")
     assert again.returncode == 0, again.stderr
     rerun = [json.loads(l) for l in (tmp_path / "again" / "details" / "chat" / "mtb.jsonl").read_text().splitlines()]
     assert [j["reply"] for r in rerun for j in r["judgments"]] == [j["reply"] for r in single_records for j in r["judgments"]]
 
 
-@pytest.mark.slow  # starts a real `transformers serve`
+@pytest.mark.slow  # needs the real `transformers serve` (the CLI runs in this process)
 def test_reply_cache_saves_server_requests(server, tmp_path):
     from adaptkit.io.openai_client import OpenAIClient, ReplyCache
 
@@ -318,7 +321,7 @@ def test_reply_cache_saves_server_requests(server, tmp_path):
     assert second.requests_sent == 1
 
 
-@pytest.mark.slow  # starts a real `transformers serve`
+@pytest.mark.slow  # needs the real `transformers serve` (the CLI runs in this process)
 def test_server_generation_equals_in_process_for_greedy(server, chat_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

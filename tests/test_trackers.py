@@ -57,6 +57,7 @@ def _same_series(got, rows, key):
     assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6)
 
 
+@pytest.mark.slow  # reads the module's real training process, reporting to four trackers
 def test_tensorboard_event_files_hold_every_row_and_the_config(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -83,6 +84,7 @@ def test_tensorboard_event_files_hold_every_row_and_the_config(tracked):
     assert values["method"].string_value == "fft" and values["data.seq_len"].number_value == 32
 
 
+@pytest.mark.slow  # reads the module's real training process, reporting to four trackers
 def test_mlflow_local_store_holds_the_run(tracked):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -125,6 +127,7 @@ def _wandb_records(run_dir):
             yield record
 
 
+@pytest.mark.slow  # reads the module's real training process, reporting to four trackers
 def test_wandb_offline_run_files_hold_every_row_and_the_config(tracked):
     runs = list((tracked.out / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -145,6 +148,7 @@ def test_wandb_offline_run_files_hold_every_row_and_the_config(tracked):
     assert config["optimizer.lr"] == pytest.approx(5e-5) and config["method"] == "fft"
 
 
+@pytest.mark.slow  # reads the module's real training process, reporting to four trackers
 def test_trackio_local_database_holds_every_row_and_the_config(tracked):
     code = (
         "import json; from trackio.sqlite_storage import SQLiteStorage as S;"

@@ -99,6 +99,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a real child process and a signal
 def test_sigint_saves_the_last_completed_step_and_resume_is_bit_identical(tmp_path, llama_dir, corpora, invoke):
     """A real child process gets SIGINT mid-run (LoRA: its dropout draws random numbers every step);
     it exits 130 with a checkpoint of the last completed step, and --resume ends bit-identical."""
@@ -133,12 +134,14 @@ def test_sigint_saves_the_last_completed_step_and_resume_is_bit_identical(tmp_pa
     assert _same(_final_tensors(run), _final_tensors(tmp_path / "reference"))
 
 
-def test_progress_lines_in_a_log_agree_with_the_metrics(tmp_path, llama_dir, corpora, cli):
-    """stderr is a pipe here (a job's log): a plain line per logging step; none with --quiet or --json."""
+def test_progress_lines_in_a_log_agree_with_the_metrics(tmp_path, llama_dir, corpora, invoke):
+    """stderr is no terminal here (a job's log): a plain line per logging step; none with --quiet or --json."""
     import re
+    import sys
 
+    assert not sys.stderr.isatty()  # captured, as a pipe would be
     base = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "6", "--set", "log_steps=2", "--lr", "1e-2"]
-    result = cli(*base, "-o", tmp_path / "run")
+    result = invoke(*base, "-o", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lines = [line for line in result.stderr.splitlines() if line.startswith("train: step")]
@@ -151,7 +154,7 @@ def test_progress_lines_in_a_log_agree_with_the_metrics(tmp_path, llama_dir, cor
         assert int(match[4].replace(",", "")) == round(row["tokens_per_s"])
         assert (match[5] is not None) == (row["step"] < 6)
     for flag in ("--quiet", "--json"):
-        result = cli(*base, "-o", tmp_path / flag, flag)
+        result = invoke(*base, "-o", tmp_path / flag, flag)
         assert result.returncode == 0 and "train: step" not in result.stderr, result.stderr
     assert json.loads(result.stdout)["steps"] == 6
 
@@ -175,18 +178,18 @@ def test_progress_bar_shows_no_metrics_before_the_first_logging_step():
     assert before == "" and after == "loss 2.5000, lr 1.00e-04, 1,000 tok/s"
 
 
-def test_calibrate_and_evaluate_report_their_stages_in_a_log(tmp_path, llama_dir, corpora, cli):
-    result = cli("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4", "--block-size", "16", "-o", tmp_path / "calib")
+def test_calibrate_and_evaluate_report_their_stages_in_a_log(tmp_path, llama_dir, corpora, invoke):
+    result = invoke("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4", "--block-size", "16", "-o", tmp_path / "calib")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("calibrate: ")]
     assert [line.split(" ")[1] for line in lines] == ["sampled", "tokenized"], result.stderr
     assert "sampled 50 of" in lines[0] and "blocks of 16" in lines[1]
-    result = cli("evaluate", "-m", llama_dir, "--task", f"ppl:ha={corpora['ha-test']}", "-o", tmp_path / "eval")
+    result = invoke("evaluate", "-m", llama_dir, "--task", f"ppl:ha={corpora['ha-test']}", "-o", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("evaluate: ")]
     assert len(lines) == 3 and "model 1/1: loading" in lines[0] and " done in " in lines[2], result.stderr
-    assert not [line for line in cli("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4",
-                                     "--block-size", "16", "-o", tmp_path / "calib2", "--quiet").stderr.splitlines() if line.startswith("calibrate: ")]
+    assert not [line for line in invoke("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4",
+                                        "--block-size", "16", "-o", tmp_path / "calib2", "--quiet").stderr.splitlines() if line.startswith("calibrate: ")]
 
 
 def _warnings(stderr: str) -> list[str]:

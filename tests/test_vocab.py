@@ -228,11 +228,11 @@ def test_bad_input(invoke, make_model_dir, texts, tmp_path):
     assert not out.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
-def test_help(cli):
-    root = cli("--help")
+def test_help(invoke):
+    root = invoke("--help")
     assert root.returncode == 0 and "vocab" in root.stdout
-    group = cli("vocab", "--help")
+    group = invoke("vocab", "--help")
     assert group.returncode == 0 and "inspect" in group.stdout and "extend" in group.stdout
-    extend = cli("vocab", "extend", "--help")
+    extend = invoke("vocab", "extend", "--help")
     for flag in ("--add", "--min-frequency", "--init", "--pad-to-multiple-of", "--source-data", "--data", "--output"):
         assert flag in extend.stdout, flag
