@@ -30,27 +30,32 @@ def adaptkit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "adaptkit", *args, "--overwrite"], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-def frozen_units(mask_dir: Path) -> dict[str, "object"]:
-    """Parameter name -> bool tensor, True where the unit is frozen."""
+def frozen_units(mask_dir: Path) -> dict[str, tuple[str, "object"]]:
+    """Parameter name -> (granularity, bool tensor True where the unit is frozen)."""
     from adaptkit.io.mask_files import load_mask_file
 
     masks, _ = load_mask_file(mask_dir)
-    return {name: ~trainable.bool() for name, (_, trainable) in masks.items()}
+    return {name: (unit, ~trainable.bool()) for name, (unit, trainable) in masks.items()}
 
 
 def overlap_rows(paper: dict, reference: dict) -> list[dict]:
-    """Rows [kind, parameters, frozen units, shared frozen units, share] per module kind, then the total."""
+    """Rows {kind, parameters, frozen, shared, share} per module kind, then matrices, 1-D parameters and the total."""
     from adaptkit.scoring.parameters import module_group
 
     groups: dict[str, list[int]] = {}
-    for name, frozen in paper.items():
+    units: dict[str, str] = {}
+    for name, (unit, frozen) in paper.items():
+        units[module_group(name)] = unit
         row = groups.setdefault(module_group(name), [0, 0, 0])
         row[0] += 1
         row[1] += int(frozen.sum())
-        row[2] += int((frozen & reference[name]).sum())
+        row[2] += int((frozen & reference[name][1]).sum())
     rows = [{"kind": kind, "parameters": n, "frozen": f, "shared": s, "share": s / max(f, 1)} for kind, (n, f, s) in groups.items()]
-    total = [sum(r[key] for r in rows) for key in ("parameters", "frozen", "shared")]
-    rows.append({"kind": "total", "parameters": total[0], "frozen": total[1], "shared": total[2], "share": total[2] / max(total[1], 1)})
+    subsets = {"matrices (columns)": [r for r in rows if units[r["kind"]] == "column"],
+               "1-D (entries)": [r for r in rows if units[r["kind"]] == "element"], "total": list(rows)}
+    for label, members in subsets.items():
+        n, f, s = (sum(r[key] for r in members) for key in ("parameters", "frozen", "shared"))
+        rows.append({"kind": label, "parameters": n, "frozen": f, "shared": s, "share": s / max(f, 1)})
     return rows
 
 
@@ -83,9 +88,9 @@ def main() -> None:
                           "freeze_ratio": args.freeze_ratio, "rows": rows}, indent=1))
         return
     print(f"wanda paper vs reference, freeze ratio {args.freeze_ratio}, {args.blocks} x {args.block_size} tokens (UDHR en+ha)")
-    print(f"{'kind':<18}{'params':>7}{'frozen units':>14}{'shared':>12}{'share':>9}")
+    print(f"{'kind':<26}{'params':>7}{'frozen units':>14}{'shared':>12}{'share':>9}")
     for r in rows:
-        print(f"{r['kind']:<18}{r['parameters']:>7}{r['frozen']:>14,}{r['shared']:>12,}{r['share']:>9.2%}")
+        print(f"{r['kind']:<26}{r['parameters']:>7}{r['frozen']:>14,}{r['shared']:>12,}{r['share']:>9.2%}")
     print(f"(two independent random masks freezing the same k per parameter would share {args.freeze_ratio:.0%} in expectation)")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 LIGHTEVAL = "lighteval==0.13.0"
+PINS = (LIGHTEVAL, "xxhash<4")  # lighteval 0.13 hashes str with xxhash, which xxhash 4 refuses
 TIMEOUT = 1500  # seconds for each step; lighteval imports every built-in task module (minutes on a busy CPU)
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def lighteval_python(tmp_path_factory) -> Path:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     (Path(purelib) / "_adaptkit_base_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    install = _pip(python, "install", LIGHTEVAL, cache=cache)
+    install = _pip(python, "install", *PINS, cache=cache)
     assert install.returncode == 0, install.stderr[-2000:]
     frozen = subprocess.run([str(python), "-c", "import torch, transformers, huggingface_hub as h; print(torch.__version__, transformers.__version__, h.__version__)"],
                             capture_output=True, text=True, check=True).stdout.split()

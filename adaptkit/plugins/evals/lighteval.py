@@ -16,6 +16,7 @@ Reference: Fourrier et al., Hugging Face lighteval (the SSU paper's MT-Bench pro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field
@@ -78,7 +79,7 @@ def _outputs(results: dict[str, dict[str, float]], tasks: list[EvalTask]) -> dic
 
     outputs = {}
     for task in tasks:
-        key = next((k for k in results if task.name in k.split("|")), None)
+        key = next((k for k in results if task.name in re.split(r"[|:]", k)), None)  # 0.13: 'name:0'; older: 'suite|name|0'
         if key is None:
             raise AdaptkitError(f"lighteval returned no result for task '{task.payload}' (it reported: {', '.join(results) or 'nothing'})")
         metrics = {k: v for k, v in results[key].items() if "stderr" not in k}
