@@ -95,7 +95,9 @@ def make_tokenizer(directory: Path) -> Path:
 def measure(cmd: list[str], env: dict) -> dict:
     """Wall time and peak RSS (largest process, whole tree) of a command, polling its process tree."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file: a child's progress bars can fill a pipe that is read only at the end, and block it
+    errors = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     root = psutil.Process(proc.pid)
     largest = total = 0
     while proc.poll() is None:
@@ -111,8 +113,11 @@ def measure(cmd: list[str], env: dict) -> dict:
         except psutil.Error:
             pass
         time.sleep(0.1)
-    out, err = proc.communicate()
+    out, _ = proc.communicate()
     wall = time.perf_counter() - start
+    errors.seek(0)
+    err = errors.read()
+    errors.close()
     if proc.returncode:
         raise RuntimeError(f"{cmd[:3]} failed: {err[-2000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_largest_mib": round(largest / 2**20), "peak_rss_tree_mib": round(total / 2**20), "output": out.strip()}
