@@ -16,6 +16,9 @@ import pytest
 
 from _scale_helpers import install_mask_file_plugin, write_mask_set
 
+pytestmark = pytest.mark.slow  # the CLI bad-input matrix: ~130 CLI runs over models, calibration and score files built once
+
+
 TRAIN = ["train", "--model", "{model}", "--data", "{data}", "-o", "{out}", "--max-steps", "1", "--seq-len", "16", "--batch-size", "2", "--quiet"]
 
 

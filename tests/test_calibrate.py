@@ -38,6 +38,7 @@ def _write_jsonl(path, records):
     return path
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_text_calibration_blocks_are_the_packed_stream_seeded_and_reproducible(tmp_path, corpora, tokenizer, llama_dir, invoke):
     out = tmp_path / "calib"
     args = ["calibrate", "--model", llama_dir, "--data", corpora["en"], "--pool", "1000", "--num-samples", "8", "--block-size", "32", "--quiet"]
@@ -106,6 +107,7 @@ def test_chat_data_without_a_template_is_refused_unless_one_is_chosen(tmp_path, 
     assert load_calibration(out).manifest["template"] == "chatml" and "chatml" in BUILTIN_TEMPLATES
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_dataset_directory_input(tmp_path, corpora, tokenizer):
     import datasets
 

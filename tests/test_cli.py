@@ -34,6 +34,7 @@ def _imports_after(args: list[str]) -> tuple[int, str, list[str]]:
     return int(rc), done.stdout, [] if heavy == "-" else heavy.split()
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_help_lists_every_command_without_heavy_imports():
     rc, out, heavy = _imports_after(["--help"])
     assert rc == 0
@@ -42,6 +43,7 @@ def test_help_lists_every_command_without_heavy_imports():
     assert heavy == []
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_plugins_listing_without_heavy_imports():
     rc, out, heavy = _imports_after(["plugins", "--json"])
     assert rc == 0
@@ -74,6 +76,7 @@ def _command_tree():
     return found
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_every_command_and_subcommand_help_lists_its_options(invoke):
     tree = _command_tree()
     paths = {path for path, _ in tree}
@@ -144,6 +147,7 @@ def test_shared_options_work_before_and_after_the_command_name(invoke):
         assert result.returncode == 0 and result.stdout == "" and result.stderr == "", (argv, result)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_overwrite_before_or_after_the_command_name_and_only_where_there_is_an_output(invoke, llama_dir, corpora, tmp_path):
     from conftest import assert_input_error
 
@@ -278,6 +282,7 @@ def test_bare_command_and_bare_groups_print_their_help(invoke):
         assert usage in result.stdout and listed in result.stdout, (argv, result.stdout)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_plugins_listing_goes_to_stdout_with_whole_values_in_a_pipe(cli):
     from adaptkit.registry import get_registry
 
@@ -386,6 +391,7 @@ def _every_command():
     return found
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_every_help_text_is_conventional():
     import re
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # CLI runs and LID model loads
+
+
 ENGLISH = [
     "Whereas disregard and contempt for human rights have resulted in barbarous acts which have outraged "
     "the conscience of mankind, and the advent of a world in which human beings shall enjoy freedom of speech "

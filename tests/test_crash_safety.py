@@ -40,6 +40,7 @@ def _one_error_line(result, *fragments):
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, llama_dir, corpora, invoke, monkeypatch):
     from adaptkit.engine import chunked
 
@@ -66,6 +67,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, llama_dir,
     assert '"resumed_from": 2' in result.stdout and (run / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_disk_full_during_final_save(tmp_path, llama_dir, corpora, invoke, monkeypatch):
     from adaptkit.io import models
 

@@ -13,6 +13,9 @@ from adaptkit.engine.loop import Batches
 from adaptkit.errors import InputError
 
 
+pytestmark = pytest.mark.slow  # CLI trainings over mixtures
+
+
 def _blocks(n, seq_len=4, base=0):
     return torch.arange(base, base + n * seq_len).reshape(n, seq_len)
 

@@ -58,6 +58,7 @@ def test_document_ids_split_after_each_eos():
     assert document_ids(ids, None).tolist() == [[0] * 6, [0] * 6]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_train_with_doc_mask_packing(tmp_path, llama_dir, corpora, invoke):
     args = ["--model", llama_dir, "--data", corpora["ha"], "--max-steps", "3", "--seq-len", "64", "--batch-size", "2",
             "--lr", "1e-2", "--quiet", "--json"]

@@ -49,6 +49,7 @@ def _measure(monkeypatch):
 
 
 @pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32")])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, monkeypatch, method_name, precision):
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
@@ -85,6 +86,7 @@ def test_processes_divide_what_fsdp_shards_and_checkpointing_cuts_activations(ll
     assert plan["micro_batch_size"] == 2
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_cli_dry_run_reads_no_weights_and_writes_nothing(tmp_path, llama_dir, corpora, invoke, monkeypatch):
     import shutil
 

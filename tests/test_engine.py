@@ -58,6 +58,7 @@ def train_directly(method: TrainingMethod, run_dir, model_dir, data, **settings)
     return train(config, method, run_dir, log=lambda message: None)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, corpora):
     out = tmp_path / "run"
     train_directly(MaskedTestMethod(NoParams()), out, llama_dir, corpora["ha"], max_steps=4,
@@ -99,6 +100,7 @@ def test_optimizer_keeps_state_only_for_trainable_entries(make_model_dir):
     assert trainable.compact[q].compact.shape == (model.config.hidden_size, int(masks[q].trainable.sum()))
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_stop_and_resume_gives_identical_weights(tmp_path, llama_dir, corpora, invoke):
     args = ["--model", llama_dir, "--data", corpora["ha"], "--max-steps", "9", "--lr", "1e-2",
             "--micro-batch-size", "2", "--save-steps", "4", *COMMON]
@@ -148,6 +150,7 @@ def test_schedule_matches_transformers(name):
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2", "qwen2"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_trains_and_saves_loadable_model(tmp_path, make_model_dir, corpora, invoke, arch):
     from transformers import AutoModelForCausalLM
 
@@ -195,6 +198,7 @@ def heldout_perplexity(model_dir, path, block: int = 32) -> float:
     return math.exp(nll / count)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_loss_goes_down_and_target_ppl_improves(tmp_path, llama_dir, corpora, invoke):
     out = tmp_path / "run"
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "30",
@@ -264,6 +268,7 @@ def test_resume_with_changed_settings_names_each_difference(tmp_path):
     assert "weight_decay" not in message and "\n" not in message
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_tokens_per_s_excludes_checkpoints_and_final_loss_is_the_last_row(tmp_path, llama_dir, corpora, monkeypatch):
     """On a fake clock each step takes 1 s and each checkpoint 1000 s: every window's rate is one step's tokens per second."""
     from adaptkit.engine import loop

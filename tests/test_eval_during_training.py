@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 
 from _scale_helpers import env_with, launch
 
+pytestmark = pytest.mark.slow  # CLI trainings with evaluation
+
+
 TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}<|assistant|>\n{% generation %}{{ m['content'] }}</s>\n{% endgeneration %}"
     "{% else %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"

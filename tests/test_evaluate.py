@@ -42,6 +42,7 @@ def plain_loop_nll(model, tokenizer, texts, block_size, stride, prefix=True):
 
 
 @pytest.mark.parametrize("block_size, stride, prefix", [(512, None, "bos"), (12, 12, "bos"), (12, 5, "none")])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_perplexity_matches_a_plain_loop(tiny, corpora, block_size, stride, prefix):
     from adaptkit.evals.perplexity import perplexity
 
@@ -79,6 +80,7 @@ def choice_accuracy(model, tokenizer, rows) -> float:
     return correct / len(rows)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_lm_eval_local_task_offline_and_rolling_parity(tiny, corpora, tmp_path):
     """A local lm-eval task runs offline through the backend; ppl equals lm-eval's loglikelihood_rolling."""
     from adaptkit.evals.perplexity import perplexity
@@ -125,6 +127,7 @@ def _signed(value: float) -> str:
     return f"{value:+.3g}"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_evaluate_cli_report_with_baseline_roles_and_chrf(invoke, make_model_dir, corpora, tmp_path):
     import sacrebleu
 
@@ -280,6 +283,7 @@ def test_mt_and_sum_tasks_build_their_prompts_from_the_records(tmp_path):
     assert task.payload == [{"id": 0, "lang": "ha", "prompt": f"{instruction} long text {anchor}", "reference": "short"}]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, make_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Everyone has the right"}\n{"id": "b", "prompt": "Kowa yana da"}\n')
@@ -298,6 +302,7 @@ def test_generate_with_several_models_writes_every_model_tagged_by_name(invoke, 
     assert [r["response"] for r in alone["x"]] != [r["response"] for r in alone["y"]]  # two models, two sets of responses
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_models_are_named_after_their_run_directories(invoke, make_model_dir, corpora, tmp_path):
     import shutil
 

@@ -22,6 +22,7 @@ def acceptance():
     return module
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_refuses_without_a_gpu(tmp_path):
     from _scale_helpers import env_with
 
@@ -68,6 +69,7 @@ def test_matmul_parameters_of_the_1b_llama(acceptance, tied):
     assert 0.9e9 < expected < 1.2e9  # "~1B"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_masked_linear_check_runs_against_this_engine(acceptance):
     outcome = acceptance.check_masked_linear("cpu")
     assert outcome["status"] == "pass", outcome

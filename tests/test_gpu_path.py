@@ -39,6 +39,7 @@ def _record_optimizer_dtypes(monkeypatch) -> set:
     return seen
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, llama_dir, corpora, monkeypatch):
     seen = _record_optimizer_dtypes(monkeypatch)
     result = train_directly(MaskedTestMethod(NoParams()), tmp_path / "bf16", llama_dir, corpora["ha"], precision="bf16", **SETTINGS)
@@ -82,6 +83,7 @@ def test_bf16_updates_below_bf16_resolution_accumulate(tmp_path, llama_dir, corp
     assert deltas[4].mean() > 1.5 * deltas[1].mean() and deltas[4].max() > 2.5e-5  # and four steps added up (more than two steps' worth)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, llama_dir, corpora, invoke):
     base = ["train", "--model", llama_dir, "--data", corpora["ha"], *ARGS]
     assert invoke(*base, "-o", tmp_path / "plain").returncode == 0

@@ -3,6 +3,7 @@ and the library never imports commands or the CLI. Read from the source with ast
 
 from __future__ import annotations
 
+import pytest
 import ast
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     return found
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_no_two_modules_import_each_other():
     assert set(cycles(import_graph())) <= KNOWN_CYCLES
 
@@ -81,6 +83,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_library_and_io_do_not_import_upwards():
     graph = import_graph()
     upward = []

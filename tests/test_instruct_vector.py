@@ -23,6 +23,7 @@ def family(make_model_dir, tmp_path_factory):
     return make_model_dir("olmo2", 0), instruct, make_model_dir("olmo2", 2)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_extract_apply_and_one_step(invoke, family, tmp_path):
     base, instruct, adapted = family
     result = run_ok(invoke, "instruct-vector", "extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv", "--json")
@@ -74,6 +75,7 @@ def test_rows_of_tokens_added_by_adaptation_are_kept(invoke, family, tmp_path):
 
 
 @pytest.mark.parametrize("arch,tied", [("olmo2", False), ("qwen2", True)])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_a_model_extended_by_vocab_extend_takes_the_vector(invoke, make_model_dir, tmp_path, arch, tied):
     """`vocab extend` (new rows appended, padded to a multiple of 64), then extract/apply and the one-step form:
     old rows follow the residual arithmetic, new and filler rows stay the extended model's, the output is still extended."""

@@ -169,6 +169,7 @@ def test_builtin_templates_and_a_bad_template(tmp_path):
 # ----------------------------------------------------------------- the client against scripted answers
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_client_retries_429_and_5xx_then_succeeds(scripted, tmp_path):
     from adaptkit.io.openai_client import OpenAIClient
 
@@ -185,6 +186,7 @@ def test_client_retries_429_and_5xx_then_succeeds(scripted, tmp_path):
     assert not isinstance(caught.value, InputError)  # a runtime failure (exit 1)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_client_sends_the_key_but_never_stores_it(scripted, tmp_path, monkeypatch):
     from adaptkit.io.openai_client import OpenAIClient, ReplyCache
 
@@ -203,6 +205,7 @@ def test_client_sends_the_key_but_never_stores_it(scripted, tmp_path, monkeypatc
     assert again.cache.key(url, "t", {"a": 1}) != again.cache.key(url, "other template", {"a": 1})
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_auth_refused_is_one_line_exit_2(scripted, tmp_path, llama_dir, invoke, monkeypatch):
     url, handler = scripted
     handler.script += [(401, {"error": "bad key"})]

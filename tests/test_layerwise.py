@@ -52,6 +52,7 @@ ARCHITECTURES = {"llama": {}, "qwen2": {"tie_word_embeddings": True}, "olmo2": {
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("scorer", ["wanda", "sparsegpt", "sparsegpt:saliency=obs", "magnitude", "random"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_layer_by_layer_scores_equal_whole_model_scores(make_model_dir, calibration, arch, scorer):
     directory = make_model_dir(arch, layers=LAYERS, **ARCHITECTURES[arch])
     scorer, _, setting = scorer.partition(":")
@@ -135,6 +136,7 @@ def test_layer_arguments_come_from_the_decoder_per_layer(tmp_path, tokenizer):
         assert not torch.allclose(a, c, atol=1e-3)  # the sliding-window mask really matters here
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tmp_path, corpora, tokenizer, monkeypatch):
     import adaptkit.streamed_model as streamed_model
 
@@ -151,6 +153,7 @@ def test_sharded_checkpoints_and_perplexity_in_several_passes(make_model_dir, tm
     assert got.nll_sum == expected.nll_sum
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_score_and_evaluate_commands_layer_by_layer(make_model_dir, calib_dir, corpora, tmp_path, invoke):
     directory = make_model_dir("llama", layers=LAYERS)
     for flag in ([], ["--layer-by-layer"]):

@@ -14,6 +14,9 @@ from conftest import assert_input_error
 
 pytest.importorskip("lm_eval")
 
+pytestmark = pytest.mark.slow  # builds the 57-subject MMLU task groups through lm-eval
+
+
 SUBJECTS = """abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology college_chemistry
 college_computer_science college_mathematics college_medicine college_physics computer_security conceptual_physics
 econometrics electrical_engineering elementary_mathematics formal_logic global_facts high_school_biology

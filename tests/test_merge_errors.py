@@ -30,6 +30,7 @@ def refused(invoke, out, *args_and_fragments):
     assert not out.exists() and no_partial_outputs(out.parent)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_inputs_that_do_not_align(invoke, models, tmp_path):
     out = tmp_path / "out"
     refused(invoke, out, "merge", "linear", "-m", models["a"], "-m", models["olmo"], ("'olmo2' model", "'llama'", "one architecture"))
@@ -38,6 +39,7 @@ def test_inputs_that_do_not_align(invoke, models, tmp_path):
     refused(invoke, out, "merge", "linear", "-m", models["a"], "-m", tmp_path / "missing", ("--model", "missing", "not a local model directory"))
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_parameters_out_of_range_or_inconsistent(invoke, models, tmp_path):
     out = tmp_path / "out"
     base, a, b = models["base"], models["a"], models["b"]
@@ -81,6 +83,7 @@ def test_corrupt_or_truncated_safetensors(invoke, models, tmp_path):
     refused(invoke, out, "merge", "task-arithmetic", "--base", garbage, "-m", models["b"], ("--base", "not a valid safetensors"))
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_yaml_configs(invoke, models, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "merge.yaml"

@@ -101,6 +101,7 @@ OTHER_ATOL = 2e-8
 
 
 @pytest.mark.parametrize("name", ["linear", "task_arithmetic", "ties", "gradients", "slerp"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_same_yaml_same_weights(invoke, mergekit_outputs, tmp_path, name):
     config, reference = mergekit_outputs[name]
     result = invoke("merge", "--config", config, "-o", tmp_path / "out", "-q")

@@ -85,6 +85,7 @@ def dare_keep_masks(name: str, seed: int, shape, densities: list[float]) -> list
     return [torch.rand(shape, generator=generator) < density for density in densities]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_dare_is_seeded_and_is_drop_rescale_then_combine(invoke, trio, tmp_path):
     """Yu et al. 2024: each task-vector entry kept with probability p and divided by p; dare-linear adds the
     dropped vectors to the base, dare-ties merges them with TIES's sign election (no trimming)."""
@@ -111,6 +112,7 @@ def test_dare_is_seeded_and_is_drop_rescale_then_combine(invoke, trio, tmp_path)
         assert torch.allclose(t7[n], expected, rtol=0, atol=1e-6), (n, (t7[n] - expected).abs().max())
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_slerp_endpoints_and_midpoint(invoke, trio, tmp_path):
     _, a, b = trio
     for t in ("0", "1", "0.3"):
@@ -128,6 +130,7 @@ def test_slerp_endpoints_and_midpoint(invoke, trio, tmp_path):
     assert torch.allclose(mid[norm], 0.7 * wa[norm] + 0.3 * wb[norm])
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_revert_layers_modules_and_fractions_on_olmo2(invoke, make_model_dir, tmp_path):
     base, adapted = make_model_dir("olmo2", 0), make_model_dir("olmo2", 1)
     run_ok(invoke, "merge", "revert", "--base", base, "--model", adapted, "--layers", "embed,1", "-o", tmp_path / "layers", "-q")
@@ -209,6 +212,7 @@ def test_layer_swap(invoke, trio, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_layra_formulas(invoke, make_model_dir, tmp_path, arch):
     """The LayRA paper's merge (average by default), series and instruct formulas, by explicit arithmetic."""
     base, a, b, c = (make_model_dir(arch, seed, layers=2) for seed in (0, 1, 2, 3))

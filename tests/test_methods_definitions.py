@@ -94,6 +94,7 @@ ENDS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 @pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_gmt_masks_the_accumulated_gradient_then_clips(tmp_path, llama_dir, corpora, invoke, skip):
     """skip (the default, as the SSU repository): embeddings and LM head unmasked; otherwise masked like the rest."""
     out = tmp_path / "gmt"
@@ -166,6 +167,7 @@ def _plain_finetune(model_dir, data, steps: int, lr: float, weight_decay: float,
 
 
 @pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_lota_mask_is_the_top_delta_of_the_calibration_finetune(tmp_path, llama_dir, corpora, invoke, skip):
     """Panda et al. 2024: calibrate with T fine-tuning steps, keep the top (1 - sparsity) of |theta_T - theta_0|
     ranked over all entries, reset to theta_0 and train only those entries. skip (the default, as the SSU
@@ -199,6 +201,7 @@ def test_lota_mask_is_the_top_delta_of_the_calibration_finetune(tmp_path, llama_
     assert disagree <= 0.001 * k, disagree
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_lota_selection_is_reproducible_by_seed(tmp_path, llama_dir, corpora, invoke):
     settings = ["--model", llama_dir, "--data", corpora["ha"], "--method", "lota", "--set", "calibration_steps=2", *TRAIN]
     masks = {}
@@ -209,6 +212,7 @@ def test_lota_selection_is_reproducible_by_seed(tmp_path, llama_dir, corpora, in
     assert any(not torch.equal(masks["a"][n], masks["c"][n]) for n in masks["a"])
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_lota_resume_reuses_the_saved_mask(tmp_path, llama_dir, corpora, invoke, monkeypatch):
     args = ["--model", llama_dir, "--data", corpora["ha"], "--method", "lota", "--set", "calibration_steps=2",
             "--seq-len", "32", "--batch-size", "4", "--max-steps", "4", "--save-steps", "2", "--lr", "1e-2", "--quiet"]
@@ -281,6 +285,7 @@ def test_ewc_fisher_is_the_mean_squared_per_block_gradient(make_model_dir):
         torch.testing.assert_close(fisher[name], torch.stack(squares).mean(0))
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_ewc_trains_with_a_calibration_set_and_pulls_toward_the_source(tmp_path, llama_dir, corpora, invoke):
     from adaptkit.calibration import CalibrationSet
 

@@ -81,6 +81,7 @@ def test_special_token_set_comes_from_the_tokenizer(chat_models):
     ("fft", [], False),
     ("lora", ["--set", "train_embeddings_and_head=true", "--set", "freeze_special_tokens=true"], True),
 ])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_special_token_rows_are_bit_identical(tmp_path, chat_models, corpora, invoke, arch, tied, method, args, frozen):
     from transformers import AutoConfig
 
@@ -124,6 +125,7 @@ def test_special_token_rows_are_bit_identical(tmp_path, chat_models, corpora, in
     ("lota", ["--set", "calibration_steps=2"], "mask"),
 ])
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys")
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_baselines_train_embeddings_and_head_by_default(tmp_path, make_model_dir, corpora, invoke, arch, tied, method, args, rule):
     """Embeddings and LM head (one tensor when tied) train in full; the rest follows the method's rule;
     `train_embeddings_and_head=false` / `skip_embeddings_and_head=false` turns it off."""
@@ -278,6 +280,7 @@ def test_layra_preset_resolves_to_the_papers_setup(llama_dir, corpora):
     assert params.train_embeddings_and_head and params.target_modules == "all-linear"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_a_preset_trains_with_flags_overriding_it(tmp_path, make_model_dir, corpora, invoke):
     """The issue's command with the preset path; the tiny run overrides only the run length and sizes."""
     from transformers import AutoTokenizer

@@ -22,6 +22,7 @@ ADALORA_FAST = ["--set", "tinit=0", "--set", "tfinal=0.34", "--set", "delta_t=1"
     ("layra-tied", ["--set", "first=0", "--set", "last=1"]),
 ])
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft checks AdaLoRA rank patterns like LoRA ones
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corpora, method, args):
     from transformers import AutoModelForCausalLM
 
@@ -42,6 +43,7 @@ def test_outputs_reload_with_the_in_memory_logits(tmp_path, make_model_dir, corp
     torch.testing.assert_close(logits_of(adapter), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_adalora_resume_is_exact(tmp_path, llama_dir, corpora, invoke):
     args = ["--model", llama_dir, "--data", corpora["ha"], "--method", "adalora", *ADALORA_FAST, "--set", "tfinal=0.25",
             "--seq-len", "32", "--batch-size", "4", "--max-steps", "4", "--save-steps", "2", "--lr", "1e-2", "--quiet"]
@@ -82,6 +84,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, llama_dir, co
     assert not out.exists()
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_missing_peft_says_how_to_install_it(tmp_path, llama_dir, corpora, invoke, monkeypatch):
     for name in [m for m in sys.modules if m == "peft" or m.startswith("peft.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -17,6 +17,7 @@ def _card(directory):
     return card
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_train_final_has_a_hub_model_card(tmp_path, llama_dir, corpora, invoke):
     out = tmp_path / "run"
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "2",
@@ -169,6 +170,7 @@ def test_train_push_uploads_final_and_run_records(tmp_path, llama_dir, corpora, 
     _no_token_anywhere(result, out)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_merge_vocab_and_instruct_vector_push_their_output_directory(tmp_path, make_model_dir, corpora, invoke, hub):
     a, b = make_model_dir("llama", 1), make_model_dir("llama", 2)
     result = invoke("merge", "linear", "--model", a, "--model", b, "-o", tmp_path / "m", "--push-to-hub", "me/m", "-q")
@@ -190,6 +192,7 @@ def test_merge_vocab_and_instruct_vector_push_their_output_directory(tmp_path, m
 
 
 @pytest.mark.parametrize("command", ["train", "merge", "vocab", "instruct-vector"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_push_refused_before_any_work(tmp_path, llama_dir, corpora, invoke, monkeypatch, command):
     """Offline mode, no login, a bad id, --private alone: one line, exit 2, nothing written, no model loaded."""
     from conftest import assert_input_error

@@ -11,6 +11,9 @@ import pytest
 
 from conftest import assert_input_error
 
+pytestmark = pytest.mark.slow  # generation runs and lm-eval task builds
+
+
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 
 

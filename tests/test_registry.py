@@ -126,6 +126,7 @@ def _fake_distribution(site: Path, dist: str, entry_points: dict[str, str]) -> N
     (info / "entry_points.txt").write_text(f"[adaptkit]\n{lines}\n")
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_broken_entry_point_is_reported_and_cli_keeps_working(tmp_path, cli):
     _fake_distribution(tmp_path, "broken-plugin", {"broken": "module_that_does_not_exist"})
     (tmp_path / "good_plugin.py").write_text(

@@ -3,6 +3,7 @@ remote model code runs only when asked, and a pickled checkpoint's payload never
 
 from __future__ import annotations
 
+import pytest
 import ast
 import json
 import pickle
@@ -18,6 +19,7 @@ def _calls(tree):
             yield node
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_no_pickle_and_safe_torch_load():
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -36,6 +36,7 @@ def _check_frozen_bit_identical(source_dir, run_dir) -> int:
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, make_model_dir, corpora, invoke, arch):
     model_dir = make_model_dir(arch)
     calib, scores, mask = tmp_path / "calib", tmp_path / "scores", tmp_path / "mask"
@@ -97,6 +98,7 @@ def test_no_optimizer_state_for_frozen_entries(make_model_dir, calib_dir):
     assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == trainable < total
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_ssu_bad_input(tmp_path, llama_dir, olmo2_dir, calib_dir, corpora, invoke):
     out = tmp_path / "run"
     olmo_mask, mag_mask, olmo_mag_mask = tmp_path / "olmo-mask", tmp_path / "mag-mask", tmp_path / "olmo-mag-mask"
@@ -152,6 +154,7 @@ def test_compact_linear_backward_equals_the_full_gradient_restricted(granularity
     assert torch.allclose(compact.take(reference.weight.grad), compact.compact.grad, atol=atol, rtol=1e-2)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_fast_and_plain_backward_train_the_same(tmp_path, llama_dir, calib_dir, corpora, invoke):
     finals = []
     for fast in ("true", "false"):

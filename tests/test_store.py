@@ -200,6 +200,7 @@ def test_uint32_ids_for_large_vocabularies():
     assert store.id_dtype(Big()) == np.uint32 and store.id_dtype(Small()) == np.uint16
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_other_local_ranks_wait_for_rank_zero_and_share_its_failure(files, tokenizer, monkeypatch):
     monkeypatch.setattr(store, "_local_rank", lambda: (1, 2))
     key = "waiting-test"

@@ -20,6 +20,7 @@ def _error_line(result, code: int) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, llama_dir, corpora, invoke):
     """lr 1e3 without clipping on the tiny Llama: the gradient norm overflows within a few steps."""
     run = tmp_path / "run"
@@ -40,6 +41,7 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(tm
     assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors.values())
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_context_length_is_checked_before_weights_load(tmp_path, make_model_dir, corpora, invoke, monkeypatch):
     """A model with max_position_embeddings 8: --seq-len, --block-size and ppl windows above it are bad input;
     at the limit they run; calibrate's default block is the context length."""
@@ -79,6 +81,7 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_checkpoints_by_default_every_tenth_of_the_run_without_changing_training(tmp_path, llama_dir, corpora, invoke):
     base = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "20", "--lr", "1e-2", "--quiet"]
     assert invoke(*base, "-o", tmp_path / "default").returncode == 0
@@ -134,6 +137,7 @@ def test_sigint_saves_the_last_completed_step_and_resume_is_bit_identical(tmp_pa
     assert _same(_final_tensors(run), _final_tensors(tmp_path / "reference"))
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_progress_lines_in_a_log_agree_with_the_metrics(tmp_path, llama_dir, corpora, invoke):
     """stderr is no terminal here (a job's log): a plain line per logging step; none with --quiet or --json."""
     import re
@@ -178,6 +182,7 @@ def test_progress_bar_shows_no_metrics_before_the_first_logging_step():
     assert before == "" and after == "loss 2.5000, lr 1.00e-04, 1,000 tok/s"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_calibrate_and_evaluate_report_their_stages_in_a_log(tmp_path, llama_dir, corpora, invoke):
     result = invoke("calibrate", "-m", llama_dir, "-d", corpora["en"], "--format", "text", "--pool", "50", "--num-samples", "4", "--block-size", "16", "-o", tmp_path / "calib")
     assert result.returncode == 0, result.stderr
@@ -197,6 +202,7 @@ def _warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("warning:") and not line.startswith("warning: plugin")]
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_data_smaller_than_one_batch_warns_and_says_what_to_change(tmp_path, llama_dir, corpora, invoke):
     """The README's first `train` with the paper's defaults (batch 32 x 512) on a small file: one step at lr 0."""
     result = invoke("train", "-m", llama_dir, "-d", corpora["ha"], "-o", tmp_path / "run")
@@ -214,6 +220,7 @@ def test_data_smaller_than_one_batch_warns_and_says_what_to_change(tmp_path, lla
     assert result.returncode == 0 and not _warnings(result.stderr), result.stderr
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, invoke):
     import yaml
 
@@ -231,6 +238,7 @@ def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, i
     assert yaml.safe_load(invoke("train", "--print-config").stdout)["batch_size"] == 32  # the defaults alone
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, llama_dir, corpora, invoke):
     args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "4", "-o", tmp_path / "run"]
     assert invoke(*args, "--quiet").returncode == 0

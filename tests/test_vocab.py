@@ -75,6 +75,7 @@ def check_extended(source: Path, out: Path, added: int, target: Path) -> None:
 
 
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True), ("olmo2", False)])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_extend_byte_level(invoke, make_model_dir, texts, tmp_path, arch, tied):
     source = tmp_path / "source"
     shutil.copytree(make_model_dir(arch, **({"tie_word_embeddings": True} if tied else {})), source)
@@ -148,6 +149,7 @@ def fallback_dir(tmp_path_factory, texts):
     return directory
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_extend_byte_fallback(invoke, fallback_dir, texts, tmp_path):
     out = tmp_path / "out"
     result = run_ok(invoke, "vocab", "extend", "--model", fallback_dir, "--data", texts["am"], "--data", texts["ha"], "--add", "120",
@@ -165,6 +167,7 @@ def test_extend_byte_fallback(invoke, fallback_dir, texts, tmp_path):
     assert info["source_changed_share"] < 0.1
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_extend_pads_rows_and_merges(invoke, make_model_dir, texts, tmp_path):
     base = make_model_dir("llama")
     out = tmp_path / "out"
@@ -204,6 +207,7 @@ def _unsupported_tokenizer_dir(root: Path, kind: str) -> Path:
     return directory
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_bad_input(invoke, make_model_dir, texts, tmp_path):
     model = make_model_dir("llama")
     out = tmp_path / "out"

@@ -81,6 +81,7 @@ def test_mean_is_transformers_mean_resizing(invoke, make_model_dir, hausa, tmp_p
         assert not torch.equal(after[name][old], after[name][old + 1])  # seeded noise, not a constant row
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_random_is_normal_with_initializer_range(invoke, make_model_dir, hausa, tmp_path):
     source = make_model_dir("llama")
     record = extend(invoke, source, hausa, tmp_path / "out", "--init", "random", "--seed", "5")

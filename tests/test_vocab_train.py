@@ -56,6 +56,7 @@ def calibrate(invoke, model: Path, corpora, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("method,tied", [("fft", False), ("fft", True), ("ssu-wanda", False)])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_new_only_keeps_old_rows(invoke, extended_dirs, corpora, tmp_path, method, tied):
     model, old = extended_dirs(tied)
     args = calibrate(invoke, model, corpora, tmp_path / "calib") if method == "ssu-wanda" else ["--method", "fft"]
@@ -71,6 +72,7 @@ def test_new_only_keeps_old_rows(invoke, extended_dirs, corpora, tmp_path, metho
 
 
 @pytest.mark.parametrize("method", ["fft", "ssu-wanda"])
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_none_keeps_embeddings(invoke, extended_dirs, corpora, tmp_path, method):
     model, old = extended_dirs()
     args = calibrate(invoke, model, corpora, tmp_path / "calib") if method == "ssu-wanda" else ["--method", "fft"]
@@ -131,6 +133,7 @@ def test_embedding_lr_groups_follow_the_schedule(make_model_dir):
         scheduler.step()
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_ssu_embeddings_on_extended_model(invoke, extended_dirs, corpora, tmp_path):
     """Not scored by default; with include_embeddings the new rows of the column-masked head all train,
     while its old rows keep the frozen columns of the saved mask."""
