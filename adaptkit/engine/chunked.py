@@ -116,6 +116,16 @@ def storage_writer(path: Path) -> Any:
     return HuggingFaceStorageWriter(str(path), save_distributed=True)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The errors behind a DCP CheckpointException; an interrupt among them (Ctrl-C, SIGTERM: a
+    BaseException that is no Exception) is raised again as itself, so the run exits 130/143."""
+    causes = [failure[0] if isinstance(failure, tuple) else failure for failure in exc.failures.values()]
+    interrupt = next((c for c in causes if isinstance(c, BaseException) and not isinstance(c, Exception)), None)
+    if interrupt is not None:
+        raise interrupt
+    return causes
+
+
 def save_chunks(path: Path, chunks: dict[str, Chunk], collective: bool) -> None:
     """Write this process's chunks under `path` (a directory). `collective`: every process of the
     process group calls this with its own chunks; otherwise this process alone writes them all.
@@ -129,7 +139,7 @@ def save_chunks(path: Path, chunks: dict[str, Chunk], collective: bool) -> None:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save({}, storage_writer=storage_writer(path), planner=_save_planner(chunks), no_dist=not collective)
     except CheckpointException as exc:
-        causes = [failure[0] if isinstance(failure, tuple) else failure for failure in exc.failures.values()]
+        causes = _causes(exc)
         cause = next((c for c in causes if isinstance(c, OSError)), None)
         raise (cause or OSError(errno.EIO, f"writing the checkpoint tensors failed: {causes[0] if causes else exc}")) from None
 
@@ -149,6 +159,6 @@ def load_chunks(path: Path, chunks: dict[str, Chunk]) -> None:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load({}, storage_reader=HuggingFaceStorageReader(str(path)), planner=_load_planner(chunks, path), no_dist=True)
     except CheckpointException as exc:
-        causes = [failure[0] if isinstance(failure, tuple) else failure for failure in exc.failures.values()]
+        causes = _causes(exc)
         bad = next((c for c in causes if isinstance(c, InputError)), None)
         raise (bad or InputError(f"--resume: '{path}' is unreadable ({causes[0] if causes else exc})")) from None
