@@ -70,7 +70,7 @@ def suite_tasks(suite: Optional[str], tasks: list[str], params: dict[str, dict],
             warn(f"--suite {suite}: not run: {entry.name} ({entry.role}): {entry.missing}")
     if not expanded.runnable:
         raise InputError(f"--suite {suite}: no task of the suite has its data here ({len(expanded.entries)} listed above); "
-                         "give --set suite.flores=DIR, --set suite.xlsum=DIR or --set suite.hub=true")
+                         "give --set suite.flores=DIR, --set suite.xlsum=DIR, --set suite.lm_eval_data=DIR or --set suite.hub=true")
     source += [e.name for e in expanded.runnable if e.role == "source" and e.name not in source]
     target += [e.name for e in expanded.runnable if e.role == "target" and e.name not in target]
     return tasks + [e.task for e in expanded.runnable], expanded.params(params), source, target, expanded.report()
@@ -100,33 +100,20 @@ def command(
     seed: SeedOpt = None,
 ) -> None:
     """Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline."""
-    from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, generation_server as server_of, shared
+    from adaptkit.commands.common import Console, generation_server as server_of, offload_folder, shared
+    from adaptkit.commands.progress import notes
     from adaptkit.evals.report import check_task_roles
-    from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks
-    from adaptkit.io.atomic import atomic_dir, check_output
-
-    from adaptkit.errors import InputError
-    from adaptkit.io.models import Placement
+    from adaptkit.evals.runner import check_model_config, model_names, prepare_tasks, run_evaluation
+    from adaptkit.io.atomic import check_output
 
     console = Console.of(ctx)
-    overwrite = shared(ctx).overwrite
-    check_output(output, overwrite)
-    check_compute_dtype(dtype)
-    placement = Placement.from_options(device_map, max_memory)
-    device = check_device_or_map(ctx, device, placement)
-    if placement is not None and layer_by_layer:
-        raise InputError("--device-map: choose either --device-map (spread over devices) or --layer-by-layer (one layer at a time)")
+    check_output(output, shared(ctx).overwrite)
+    placement, device = _placement_and_device(ctx, device, dtype, device_map, max_memory, layer_by_layer)
     refs = model_names(model)
     for ref in refs:
         check_model_config(ref.location)
     baseline_name = resolve_baseline(baseline, refs)
-    prompts = None
-    if generate is None and ctx.get_parameter_source("max_new_tokens").name != "DEFAULT":
-        raise InputError("--max-new-tokens: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
-    if generate is not None:
-        from adaptkit.evals.generation import read_prompts
-
-        prompts = read_prompts(generate, "--generate")
+    prompts = _prompts(ctx, generate)
     tasks, params, source_task, target_task, suite_info = suite_tasks(suite, list(task or []), backend_params(config, set_),
                                                                       list(source_task or []), list(target_task or []))
     prepared = prepare_tasks(tasks, params)
@@ -136,36 +123,74 @@ def command(
 
         check_layer_by_layer(prepared, generating=prompts is not None)
     server = server_of(generation_server, generation_server_model, refs)
-
-    from adaptkit.commands.common import offload_folder
-    from adaptkit.evals.report import write_report
-    from adaptkit.evals.runner import run_evaluation
-
-    from adaptkit.commands.progress import notes
-
     note = notes(console, "evaluate")
     generations: list[dict] = []
+    on_model = _generating(prompts, generations, note, max_new_tokens, seed or 0, server)
+    with offload_folder(placement) as placement:
+        run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=note,
+                             on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
+    results = _write_results(output, shared(ctx).overwrite, run, baseline_name, source_task, target_task, plots, suite_info,
+                             generations if prompts is not None else None)
+    _print_results(console, [r.name for r in refs], results, output, plots)
 
+
+def _placement_and_device(ctx: typer.Context, device: str, dtype: str, device_map, max_memory, layer_by_layer: bool):
+    """(placement over devices or None, the checked device) from --device, --dtype, --device-map and --max-memory."""
+    from adaptkit.commands.common import check_compute_dtype, check_device_or_map
+    from adaptkit.errors import InputError
+    from adaptkit.io.models import Placement
+
+    check_compute_dtype(dtype)
+    placement = Placement.from_options(device_map, max_memory)
+    device = check_device_or_map(ctx, device, placement)
+    if placement is not None and layer_by_layer:
+        raise InputError("--device-map: choose either --device-map (spread over devices) or --layer-by-layer (one layer at a time)")
+    return placement, device
+
+
+def _prompts(ctx: typer.Context, generate: Optional[Path]):
+    """The --generate prompts (None without it); --max-new-tokens alone is bad input."""
+    from adaptkit.errors import InputError
+
+    if generate is None:
+        if ctx.get_parameter_source("max_new_tokens").name != "DEFAULT":
+            raise InputError("--max-new-tokens: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
+        return None
+    from adaptkit.evals.generation import read_prompts
+
+    return read_prompts(generate, "--generate")
+
+
+def _generating(prompts, generations: list[dict], note, max_new_tokens: int, seed: int, server):
+    """The runner's per-model hook: each model's responses to the --generate prompts, appended to `generations`."""
     def on_model(name, loaded, tokenizer):
         if prompts is not None:
             from adaptkit.evals.generation import generate_records
 
             note(f"{name}: generating {len(prompts)} responses")
-            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed or 0, generator=server))
+            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed, generator=server))
 
-    with offload_folder(placement) as placement:
-        run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=note,
-                             on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
+    return on_model
+
+
+def _write_results(output: Path, overwrite: bool, run, baseline, source_task, target_task, plots: bool, suite_info, generations):
+    """results.json, results.md, plots (and generations.jsonl) written whole into `output`."""
+    import json
+
+    from adaptkit.evals.report import write_report
+    from adaptkit.io.atomic import atomic_dir
+
     with atomic_dir(output, overwrite) as tmp:
-        results = write_report(run, tmp, baseline_name, source_task, target_task, plots=plots, suite=suite_info)
-        if prompts is not None:
-            import json
-
+        results = write_report(run, tmp, baseline, source_task, target_task, plots=plots, suite=suite_info)
+        if generations is not None:
             (tmp / "generations.jsonl").write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")
             results["files"].append("generations.jsonl")
-    rows = []
-    for name in [r.name for r in refs]:
-        rows.append([name] + [results["results"][name][t["name"]][t["primary_metric"]] for t in results["tasks"]])
+    return results
+
+
+def _print_results(console, names: list[str], results: dict, output: Path, plots: bool) -> None:
+    """The results table on stdout (or the --json record)."""
+    rows = [[name] + [results["results"][name][t["name"]][t["primary_metric"]] for t in results["tasks"]] for name in names]
     console.table("adaptkit evaluate", ["model"] + [f"{t['name']} ({t['primary_metric']})" for t in results["tasks"]], rows)
     console.result(
         {"output": str(output), "files": results["files"], "results": results["results"], "summary": results.get("summary")},
