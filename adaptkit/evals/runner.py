@@ -203,6 +203,37 @@ def check_layer_by_layer(prepared: PreparedTasks, generating: bool = False) -> N
         raise InputError("--layer-by-layer: --generate needs the whole model; generate in a run without --layer-by-layer")
 
 
+def _check_models(models: list[ModelRef], prepared: PreparedTasks) -> None:
+    """Fail on a bad path, config or setting (a window too long) before spending time on any model."""
+    for ref in models:
+        config = check_model_config(ref.location) if ref.model is None else ref.model.config
+        for backend in prepared.backends.values():
+            if config is not None:
+                backend.check_model(config)
+
+
+def _run_config(prepared: PreparedTasks, device: str, dtype: str, seed: int, layer_by_layer: bool,
+                placement: "Placement | None", generator: Any) -> dict[str, Any]:
+    """The settings of an evaluation, as results.json records them."""
+    config = {"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer}
+    if generator is not None:
+        config["generation_server"] = {"base_url": generator.client.base_url, "model": generator.model}
+    if placement:
+        config.update(device_map=placement.device_map, max_memory={str(k): v for k, v in (placement.max_memory or {}).items()})
+    return config
+
+
+def _record_outputs(run: "EvalRun", name: str, tasks: list[EvalTask], outputs: dict, infos: dict) -> None:
+    """One backend's outputs for model `name`: metrics, records, and each task's primary metric."""
+    for task in tasks:
+        output: TaskOutput = outputs[task.name]
+        info = infos[task.name]
+        info.primary, info.higher_is_better = output.primary, output.higher_is_better
+        run.results[name][task.name] = output.metrics
+        if output.records:
+            run.records[name][task.name] = output.records
+
+
 def run_evaluation(
     models: list[ModelRef],
     prepared: PreparedTasks,
@@ -224,11 +255,7 @@ def run_evaluation(
     """
     if layer_by_layer:
         check_layer_by_layer(prepared)
-    for ref in models:  # fail on a bad path, config or setting (a window too long) before spending time on the others
-        config = check_model_config(ref.location) if ref.model is None else ref.model.config
-        for backend in prepared.backends.values():
-            if config is not None:
-                backend.check_model(config)
+    _check_models(models, prepared)
     by_backend: dict[str, list[EvalTask]] = {}
     for task in prepared.tasks:
         by_backend.setdefault(task.backend, []).append(task)
@@ -237,9 +264,7 @@ def run_evaluation(
         models=[{"name": r.name, "location": r.location} for r in models],
         tasks=list(infos.values()),
         results={},
-        config={"device": device, "dtype": dtype, "seed": seed, "params": prepared.params, "layer_by_layer": layer_by_layer,
-                **({"generation_server": {"base_url": generator.client.base_url, "model": generator.model}} if generator is not None else {}),
-                **({"device_map": placement.device_map, "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}} if placement else {})},
+        config=_run_config(prepared, device, dtype, seed, layer_by_layer, placement, generator),
     )
     for number, ref in enumerate(models, 1):
         if progress:
@@ -255,13 +280,7 @@ def run_evaluation(
                 progress(f"{ref.name}: {backend_name} ({', '.join(t.name for t in tasks)})")
             seed_everything(seed)
             outputs = prepared.backends[backend_name].run(model, tokenizer, tasks, RunContext(device, seed, ref.name, generator))
-            for task in tasks:
-                output: TaskOutput = outputs[task.name]
-                info = infos[task.name]
-                info.primary, info.higher_is_better = output.primary, output.higher_is_better
-                run.results[ref.name][task.name] = output.metrics
-                if output.records:
-                    run.records[ref.name][task.name] = output.records
+            _record_outputs(run, ref.name, tasks, outputs, infos)
         if on_model is not None:
             on_model(ref.name, model, tokenizer)
         run.seconds[ref.name] = time.perf_counter() - start
