@@ -255,6 +255,13 @@ def perplexity(
     return score_documents(model, encoded, block_size, stride, batch_size, pad, device)
 
 
+def _batches(encoded: EncodedDocuments, block_size: int, stride: int, batch_size: int, pad: int) -> list:
+    """Every document's windows, longest first, in batches of `batch_size` (inputs, targets, score mask)."""
+    windows = [w for d, (ids, keep) in enumerate(zip(encoded.ids, encoded.counted)) for w in document_windows(ids, block_size, stride, d, keep)]
+    windows.sort(key=lambda w: len(w.ids), reverse=True)
+    return [_window_batch(windows[begin : begin + batch_size], pad) for begin in range(0, len(windows), batch_size)]
+
+
 def score_documents(
     model: "PreTrainedModel",
     encoded: EncodedDocuments,
@@ -282,9 +289,7 @@ def score_documents(
         raise InputError("perplexity: no documents to score")
     block_size, stride = check_windows(model.config, block_size, stride)
     device = device if device is not None else input_device(model)
-    windows = [w for d, (ids, keep) in enumerate(zip(encoded.ids, encoded.counted)) for w in document_windows(ids, block_size, stride, d, keep)]
-    windows.sort(key=lambda w: len(w.ids), reverse=True)
-    batches = [_window_batch(windows[begin : begin + batch_size], pad) for begin in range(0, len(windows), batch_size)]
+    batches = _batches(encoded, block_size, stride, batch_size, pad)
     rank, world = process
     mine = list(range(rank, len(batches), world))
     rounds = -(-len(batches) // world)
