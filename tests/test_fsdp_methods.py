@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from _scale_helpers import env_with, launch_runs
 
+from adaptkit.engine.plan import TrainingCallback
+
 STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2",
          "--warmup-ratio", "0", "--quiet", "--json"]
 TOLERANCE = 2e-5  # as tests/test_distributed.py: float summation order differs between 1 and 2 processes
@@ -26,11 +28,16 @@ METHODS = {
     "lota": ["--set", "calibration_steps=2", "--set", "sparsity=0.5"],
     "lora": ["--set", "dropout=0", "--set", "r=4"],  # dropout masks depend on how the batch is split
     "layra": ["--set", "dropout=0", "--set", "first=1", "--set", "last=0", "--set", "train_embeddings_and_head=false"],
+    # embeddings and head trained in full (peft's modules_to_save, trained in place)
+    "lora-ends": ["--set", "dropout=0", "--set", "r=4", "--set", "train_embeddings_and_head=true"],
+    # the allocator ranks whole matrices (all-gathered), the orthogonality penalty too; allocation every step,
+    # the final ranks fixed for the last step; embeddings and head trained in full (the default)
+    "adalora": ["--set", "dropout=0", "--set", "tinit=0", "--set", "tfinal=0.25", "--set", "delta_t=1", "--set", "init_r=4", "--set", "target_r=2"],
 }
 
 
 def _args(method, model, corpora):
-    return ["train", "--model", model, "--data", corpora["ha"], "--method", method, *METHODS[method], *STEPS]
+    return ["train", "--model", model, "--data", corpora["ha"], "--method", method.removesuffix("-ends"), *METHODS[method], *STEPS]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +51,7 @@ def fsdp_runs(tmp_path_factory, make_model_dir, corpora):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft checks AdaLoRA rank patterns like LoRA ones
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, invoke):
     model = make_model_dir("llama")
@@ -78,18 +86,17 @@ def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, in
         assert masks.keys() == alone.keys() and all(torch.equal(masks[k], alone[k]) for k in masks)
 
 
-@pytest.mark.parametrize("method, settings, refused", [
-    ("lora", {}, None),
-    ("lora", {"train_embeddings_and_head": True}, "MergeAndSaveAdapter"),  # peft exports those through state_dict()
-    # its allocator ranks the singular values of whole matrices; by default (as the SSU reference) it also
-    # trains embeddings and head through peft's modules_to_save, exported through state_dict()
-    ("adalora", {}, "MergeAndSaveAdapter, RankAllocation"),
-    ("adalora", {"train_embeddings_and_head": False}, "RankAllocation"),
-    ("gmt", {}, None),
-    ("soft-reg", {}, None),
+class _WholeTensorCallback(TrainingCallback):
+    """A plugin's callback that does not say it works on shards."""
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("lora", {}), ("lora", {"train_embeddings_and_head": True}), ("adalora", {}), ("adalora", {"train_embeddings_and_head": False}),
+    ("layra", {}), ("gmt", {}), ("soft-reg", {}),
 ])
-def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, refused, make_model_dir, tmp_path, monkeypatch):
-    """The sharded strategy checks the callbacks' capability (no method names): refused ones name the callback."""
+def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, make_model_dir, tmp_path, monkeypatch):
+    """The sharded strategy checks the callbacks' capability (no method names): every built-in plan passes;
+    one callback that is not shard-aware is refused by its name, before anything is sharded."""
     from transformers import AutoModelForCausalLM
 
     from adaptkit.engine import distributed
@@ -105,13 +112,35 @@ def test_fsdp_admits_exactly_the_shard_aware_callbacks(method, settings, refused
     sharded = []
     monkeypatch.setattr(distributed, "fully_shard_model", sharded.append)  # no process group here
     strategy = distributed.ShardedStrategy(None, "fsdp")
-    if refused:
-        with pytest.raises(InputError, match=f"--distributed fsdp: method '{method}' uses training callbacks \\({refused}\\)"):
-            strategy.shard(plan, method)
-        assert not sharded
-    else:
+    strategy.shard(plan, method)
+    assert sharded == [plan.model]
+    plan.callbacks.append(_WholeTensorCallback())
+    with pytest.raises(InputError, match=f"--distributed fsdp: method '{method}' uses training callbacks \\(_WholeTensorCallback\\)"):
         strategy.shard(plan, method)
-        assert sharded == [plan.model]
+    assert sharded == [plan.model]
+
+
+def test_orthogonality_penalty_is_the_one_peft_adds_in_its_forward(make_model_dir):
+    """AdaLoRA's penalty as the engine's loss term: bit-identical to what peft's AdaLoraModel.forward adds."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.plugins.methods.adalora import OrthogonalityPenalty
+
+    model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama"))
+    config = peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=4, target_r=2, target_modules=["q_proj", "down_proj"], total_step=10,
+                                tinit=1, tfinal=2, orth_reg_weight=0.5)
+    wrapped = peft.get_peft_model(model, config)
+    with torch.no_grad():  # far from orthogonal, so that the penalty is large
+        for name, param in wrapped.named_parameters():
+            if "lora_" in name:
+                param.normal_(generator=torch.Generator().manual_seed(len(name)))
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with_penalty = wrapped(input_ids=ids, labels=ids).loss  # peft's forward
+    plain = wrapped.base_model.model(input_ids=ids, labels=ids).loss
+    ours = OrthogonalityPenalty(0.5).extra_loss(wrapped)
+    assert float(with_penalty - plain) > 1.0
+    assert torch.equal(plain + ours, with_penalty)
 
 
 @pytest.mark.parametrize("tied", [False, True])

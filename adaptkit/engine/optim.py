@@ -75,13 +75,16 @@ class CompactParameter:
         """Move the trainable part of this process's gradient onto the compact copy.
 
         An empty model gradient (a layer that wrote the compact gradient itself) leaves nothing to move.
+        A whole (unmasked) parameter keeps its gradient until zero_grad, as in one process, so that
+        on_step_end callbacks read it (AdaLoRA's allocator); under FSDP it is the same storage.
         """
         from adaptkit.engine.shards import local_grad
 
         grad = local_grad(self.param)
         if grad is not None:
             self.compact.grad = self.take(grad).to(self.compact.dtype)
-            self.param.grad = None
+            if self.selector is not None:
+                self.param.grad = None
 
     @torch.no_grad()
     def push(self) -> None:

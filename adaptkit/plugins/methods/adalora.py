@@ -11,18 +11,26 @@ Schedule (fractions of the run's steps): no pruning during the first `tinit` fra
 falls cubically from init_r to target_r per matrix until the last `tfinal` fraction, during which
 the final allocation is fixed. Defaults follow the SSU repository's AdaLoRA baseline: init_r 12,
 target_r 8, alpha 32, dropout 0.05, tinit 1000 / tfinal 8546 of 12208 steps, deltaT 20,
-beta1 = beta2 = 0.85, orthogonality regularization 0.5 (added to the loss by peft), and the token
-embeddings and LM head trained in full (`modules_to_save`; `train_embeddings_and_head=false` leaves them frozen).
-Saved like `lora`; the adapter in final/adapter/ carries the allocated ranks (`rank_pattern`).
+beta1 = beta2 = 0.85, orthogonality regularization 0.5, and the token embeddings and LM head trained
+in full (`modules_to_save`, trained in place as in `lora`; `train_embeddings_and_head=false` leaves them
+frozen). Saved like `lora`; the adapter in final/adapter/ carries the allocated ranks (`rank_pattern`).
+
+Under FSDP: peft's allocator ranks the singular values of whole matrices, so it runs on all-gathered
+adapter tensors and gradients (the same numbers on every process, exactly the one-process ones), and
+each process writes its rows of the masked singular values back. The orthogonality penalty, which
+peft adds inside its forward, is the engine's loss term instead, in every layout (OrthogonalityPenalty, the same formula
+and summation order), computed on whole matrices all-gathered with autograd.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
-from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, embedding_module_names, import_peft, resolve_targets, wrap
+from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, import_peft, resolve_targets, train_ends_in_place, wrap
 from adaptkit.specs import Params, method_spec
 
 
@@ -45,13 +53,21 @@ class RankAllocation(TrainingCallback):
     """Runs peft's AdaLoRA rank allocator after every optimizer step and checkpoints its state."""
 
     FIELDS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+    shard_aware = True  # sharded: the allocator sees whole tensors (WholeAdapters)
 
     def __init__(self, model, log):
         self.model = model  # the peft model
         self.log = log
 
     def on_step_end(self, model, step: int) -> None:
-        self.model.base_model.update_and_allocate(step)
+        adalora = self.model.base_model
+        whole = WholeAdapters(adalora.model)
+        if whole.sharded:  # peft's own update_and_allocate, on the whole tensors
+            type(adalora).update_and_allocate(SimpleNamespace(peft_config=adalora.peft_config, rankallocator=adalora.rankallocator,
+                                                              trainable_adapter_name=adalora.trainable_adapter_name, model=whole), step)
+            whole.write_back_singular_values()
+        else:
+            adalora.update_and_allocate(step)
 
     def ranks(self) -> dict[str, int]:
         """Allocated rank of every adapted matrix (empty until the first allocation)."""
@@ -86,6 +102,74 @@ class RankAllocation(TrainingCallback):
             self.model.peft_config["default"].rank_pattern = pattern
 
 
+class WholeAdapters:
+    """The adapter tensors of a (possibly FSDP-sharded) model as whole tensors with whole gradients,
+    named as in the model: what peft's rank allocator reads (named_parameters) and masks in place.
+    Building it is a collective under FSDP (every process all-gathers the same tensors in the same order)."""
+
+    def __init__(self, model):
+        import torch
+
+        from adaptkit.engine.shards import full_tensor
+
+        self.params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        self.sharded = any(_is_dtensor(p) for p in self.params.values())
+        self.whole: dict[str, torch.Tensor] = {}
+        if self.sharded:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    tensor = full_tensor(param.detach()).clone()
+                    tensor.grad = None if param.grad is None else full_tensor(param.grad)
+                    self.whole[name] = tensor
+
+    def named_parameters(self):
+        return iter(self.whole.items())
+
+    def write_back_singular_values(self) -> None:
+        """Copy this process's rows of the (masked) singular values into its shards."""
+        import torch
+
+        from adaptkit.engine.shards import local_shard
+
+        with torch.no_grad():
+            for name, param in self.params.items():
+                if "lora_E" in name:
+                    local, offset = local_shard(param)
+                    local.copy_(self.whole[name][offset:offset + local.shape[0]])
+
+
+class OrthogonalityPenalty(TrainingCallback):
+    """AdaLoRA's regularizer, weight * mean over adapted matrices of ||P P^T - I||_F (lora_A) and ||Q^T Q - I||_F
+    (lora_B), as peft's AdaLoraModel.forward adds it (same order of terms); on whole matrices, all-gathered
+    with autograd under FSDP, so every process adds the same value and gets its shard's gradient."""
+
+    shard_aware = True
+
+    def __init__(self, weight: float, adapter: str = "default"):
+        self.weight = weight
+        self.adapter = adapter
+
+    def extra_loss(self, model):
+        import torch
+
+        from adaptkit.engine.shards import full_tensor
+
+        total, count = 0, 0
+        for name, param in model.base_model.model.named_parameters():
+            if ("lora_A" in name or "lora_B" in name) and self.adapter in name:
+                whole = full_tensor(param)
+                cov = whole @ whole.T if "lora_A" in name else whole.T @ whole
+                total += torch.norm(cov - torch.eye(*cov.size(), dtype=cov.dtype, device=cov.device), p="fro")
+                count += 1
+        return self.weight * (total / count) if count and self.weight else None
+
+
+def _is_dtensor(tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 class AdaLoRA(TrainingMethod):
     name = "adalora"
     summary = "AdaLoRA (peft) with its rank allocator run every step; saved merged and as a PEFT adapter"
@@ -102,18 +186,16 @@ class AdaLoRA(TrainingMethod):
             raise InputError(f"--set tinit/tfinal: with {total} steps, tinit {tinit} and tfinal {tfinal} leave no steps for rank allocation; lower them or train longer")
         if p.target_r > p.init_r:
             raise InputError(f"--set target_r: {p.target_r} is above init_r {p.init_r}; AdaLoRA only lowers ranks")
-        extra = {}
-        if p.train_embeddings_and_head:
-            extra = dict(modules_to_save=embedding_module_names(model))
-            if getattr(model.config, "tie_word_embeddings", False):
-                extra["ensure_weight_tying"] = True  # the trained copies stay tied (peft >= 0.18)
         config = peft.AdaLoraConfig(
             task_type="CAUSAL_LM", init_r=p.init_r, target_r=p.target_r, lora_alpha=p.alpha, lora_dropout=p.dropout,
             target_modules=resolve_targets(model, p.target_modules), tinit=tinit, tfinal=tfinal, deltaT=p.delta_t, beta1=p.beta1, beta2=p.beta2,
-            orth_reg_weight=p.orth_reg_weight, total_step=total, **extra,
+            orth_reg_weight=p.orth_reg_weight, total_step=total,
         )
         wrapped = wrap(model, config, "adalora")
-        callbacks = [RankAllocation(wrapped, ctx.log), MergeAndSaveAdapter(ctx.config.model)]
+        # peft's AdaLoraModel.forward adds the penalty (on sharded tensors under FSDP): OrthogonalityPenalty adds it instead
+        wrapped.base_model.forward = wrapped.base_model.model.forward
+        saved = train_ends_in_place(wrapped, model) if p.train_embeddings_and_head else {}
+        callbacks = [OrthogonalityPenalty(p.orth_reg_weight), RankAllocation(wrapped, ctx.log), MergeAndSaveAdapter(ctx.config.model, saved)]
         return adapter_plan(wrapped, f"adalora (r {p.init_r} -> {p.target_r}, allocation at steps {tinit}-{total - tfinal})", callbacks)
 
 

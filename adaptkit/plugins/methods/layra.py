@@ -2,7 +2,7 @@
 
 Owodunni & Kumar, arXiv 2509.11414: rank 8, alpha 16, dropout 0.05 on the linear projections of
 the first 10 and the last 2 layers, and the token embeddings and LM head trained in full (peft
-`modules_to_save`, kept tied when the model ties them). The layers are configurable with
+`modules_to_save`, kept tied when the model ties them; trained in place as in `lora`). The layers are configurable with
 `first`/`last` or an explicit `layers` selection ('0-9,30-31'). Saved like `lora`: merged dense
 model in final/, PEFT adapter in final/adapter/.
 """

@@ -4,7 +4,9 @@ Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXi
 through Hugging Face peft (optional extra `peft`). Defaults follow the SSU repository's LoRA
 baseline: rank 8, alpha 16, all seven linear projections of every block; dropout 0.05.
 `train_embeddings_and_head` adds the token embeddings and the LM head as fully trained modules
-(peft `modules_to_save`), as the SSU repository's PEFT runs do.
+(peft `modules_to_save`), as the SSU repository's PEFT runs do; they train in place in the base model
+(the same weights as peft's trained copies, and they shard under FSDP) and are saved in the adapter as
+peft saves modules_to_save.
 
 Outputs: `final/` is the adapter merged into a plain dense model; `final/adapter/` is a standard
 PEFT adapter (`PeftModel.from_pretrained(base, "final/adapter")`).
@@ -15,7 +17,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
-from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, embedding_module_names, import_peft, resolve_targets, wrap
+from adaptkit.plugins.methods.peft_adapters import ALL_LINEAR, MergeAndSaveAdapter, TargetModules, adapter_plan, import_peft, resolve_targets, train_ends_in_place, wrap
 from adaptkit.specs import Params, method_spec
 
 
@@ -37,18 +39,14 @@ class LoRA(TrainingMethod):
     def lora_settings(self, model, ctx: MethodContext) -> dict:
         """Keyword arguments of peft's LoraConfig for this run."""
         p = self.params
-        settings = dict(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=resolve_targets(model, p.target_modules))
-        if p.train_embeddings_and_head:
-            settings["modules_to_save"] = embedding_module_names(model)
-            if getattr(model.config, "tie_word_embeddings", False):
-                settings["ensure_weight_tying"] = True  # the trained copies stay tied (peft >= 0.18)
-        return settings
+        return dict(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=resolve_targets(model, p.target_modules))
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         peft = import_peft(self.name)
         config = peft.LoraConfig(task_type="CAUSAL_LM", **self.lora_settings(model, ctx))
         wrapped = wrap(model, config, self.name)
-        return adapter_plan(wrapped, f"{self.name} (r {self.params.r}, alpha {self.params.alpha:g})", [MergeAndSaveAdapter(ctx.config.model)])
+        saved = train_ends_in_place(wrapped, model) if self.params.train_embeddings_and_head else {}
+        return adapter_plan(wrapped, f"{self.name} (r {self.params.r}, alpha {self.params.alpha:g})", [MergeAndSaveAdapter(ctx.config.model, saved)])
 
 
 SPEC = method_spec(LoRA)

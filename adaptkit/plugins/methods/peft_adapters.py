@@ -66,16 +66,31 @@ def wrap(model, config, method: str):
         raise InputError(f"--set target_modules: {first_line(exc)}") from None
 
 
+def train_ends_in_place(wrapped, model) -> dict[str, Any]:
+    """Train the token embeddings and LM head of the wrapped model in full, in place (one tensor when tied).
+
+    What peft's `modules_to_save` does, without its wrapper: peft trains a copy of each module, which starts
+    equal to the original, so training the original gives the same weights; and the base model's own
+    parameters shard under FSDP2 like any other (the wrapper does not). Returns the adapter-config fields
+    that make the saved adapter load the trained modules as peft's modules_to_save.
+    """
+    base = wrapped.get_base_model()
+    for module in (base.get_input_embeddings(), base.get_output_embeddings()):
+        if module is not None:
+            for param in module.parameters():
+                param.requires_grad_(True)
+    fields: dict[str, Any] = {"modules_to_save": embedding_module_names(model)}
+    if getattr(model.config, "tie_word_embeddings", False):
+        fields["ensure_weight_tying"] = True  # peft keeps the loaded copies tied (peft >= 0.18)
+    return fields
+
+
 def adapter_plan(wrapped, summary: str, callbacks: list[TrainingCallback]) -> TrainingPlan:
-    """Train what peft made trainable (adapters and modules_to_save); the base model stays frozen."""
+    """Train what requires a gradient (adapters, and the embeddings and head if train_ends_in_place ran); the base model stays frozen."""
     plan = TrainingPlan.only(wrapped, lambda _, param: param.requires_grad)
     count, total = plan.counts()
     plan.summary = f"{summary}: {count:,} trainable parameters ({count / max(1, total):.2%} of {total:,})"
     plan.callbacks.extend(callbacks)
-    if wrapped.peft_config["default"].modules_to_save:
-        for callback in plan.callbacks:  # peft reads fully trained modules through state_dict(), which reshards an FSDP2 model
-            if isinstance(callback, MergeAndSaveAdapter):
-                callback.shard_aware = False
     return plan
 
 
@@ -83,16 +98,17 @@ class MergeAndSaveAdapter(TrainingCallback):
     """Export the adapter merged into dense weights; save the PEFT adapter in final/adapter/.
 
     Its only hook is the export, which needs the whole model: under FSDP the strategy unshards it first.
-    Not with fully trained modules (peft's modules_to_save: train_embeddings_and_head), which peft
-    exports through `state_dict()`; an FSDP2 module answers that by resharding (adapter_plan says so).
+    `saved_config`: adapter-config fields for the saved adapter that differ from the training config
+    (modules_to_save for embeddings trained in place; AdaLoRA's orthogonality weight, applied by the engine).
     """
 
     shard_aware = True
     exports_whole_model = True
 
-    def __init__(self, base_model: str):
+    def __init__(self, base_model: str, saved_config: dict[str, Any] | None = None):
         local = Path(base_model).expanduser()
         self.base_model = str(local.resolve()) if local.exists() else base_model
+        self.saved_config = dict(saved_config or {})
         self.config = None
         self.state: dict = {}
 
@@ -104,13 +120,17 @@ class MergeAndSaveAdapter(TrainingCallback):
 
         from adaptkit.engine.shards import held_state_dict
 
+        held = held_state_dict(model)
         # get_peft_model_state_dict resizes AdaLoRA matrices to the allocated ranks (and records them in the
         # config); a matrix pruned to rank 0 is legitimate there, not the unsaved shard peft warns about
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*invalid shape.*")
-            state = get_peft_model_state_dict(model, state_dict=held_state_dict(model))
+            state = get_peft_model_state_dict(model, state_dict=held)
+        state.update(_in_place_modules(model, held, self.saved_config.get("modules_to_save", [])))
         self.state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
         self.config = copy.deepcopy(model.peft_config["default"])
+        for key, value in self.saved_config.items():
+            setattr(self.config, key, value)
         self.config.inference_mode = True
         self.config.base_model_name_or_path = self.base_model
         return model.merge_and_unload()
@@ -122,3 +142,10 @@ class MergeAndSaveAdapter(TrainingCallback):
         target.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(str(target))
         save_file(self.state, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def _in_place_modules(model, held: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The tensors of the modules trained in place, under the keys peft saves modules_to_save with
+    (the module's state-dict name in the peft model: base_model.model.<path>.weight)."""
+    prefixes = tuple(f"{path}." for path, _ in model.named_modules() if path.rsplit(".", 1)[-1] in names)
+    return {key: tensor for key, tensor in held.items() if key.startswith(prefixes) and "lora_" not in key}
