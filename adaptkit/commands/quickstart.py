@@ -9,7 +9,7 @@ paragraphs (and, for an instruct model, the source paragraphs in its chat format
 source and target perplexity before and after, in bits per byte saved. With `--model` (a Hub id,
 a local directory or a GGUF file) the same comparison runs on a real model.
 
-The demo directory (every recorded path relative to it, so it can be moved):
+The demo directory (every path it records relative to it, but a --model directory, so it can be moved):
 
     DEMO/data/               LANG-train.txt and LANG-test.txt per language (LANG-chat-test.jsonl: instruct models)
     DEMO/init/, runs/source/ the embedded source model: its tokenizer and initial weights, its pre-training run,
