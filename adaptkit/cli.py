@@ -265,6 +265,22 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signum, handler)
 
 
+def run_in_process(argv: list[str]) -> tuple[int, str]:
+    """`adaptkit ARGV` run by `main` in this process: its exit code and its stdout (stderr passes through).
+    For a command that runs other adaptkit commands without a fresh interpreter's imports for each."""
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, stdout.getvalue()
+
+
 def _install_signal_handlers() -> dict[int, object]:
     """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it) and SIGTERM
     raises Interrupted; returns the previous handlers. Only the main thread may set them."""

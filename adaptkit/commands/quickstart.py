@@ -2,15 +2,27 @@
 
 With no `--model`, it builds the embedded default: a byte-level BPE tokenizer and a tiny
 Llama pre-trained on the English UDHR (the "source" model, which knows an English-like
-source language). It then continues pre-training that model on the target language's
-UDHR with each method in `--methods` (default: FFT and SSU-Wanda), and reports source
-and target perplexity on held-out paragraphs before and after. While each method trains,
-the held-out source and target sets are evaluated (`train --eval-data`) and drawn over the
-steps: each run's `runs/NAME/curves.png`, and all methods side by side in `curves.png`. As a small
-study (`adaptkit study`), it also writes the study report in `report/`: the results table with the
-Pareto front, `frontier.png` (forgetting vs learning, the front drawn) and every run's curves in `curves.png`.
-With `--model` (a Hub id, a local directory or a GGUF file) the same comparison runs on a
-real model.
+source language). It then runs a small study with `adaptkit study`'s runner: one run per
+method in `--methods` (default: FFT and SSU-Wanda), each continuing the source model on the
+target language's UDHR, evaluated while it trains and at the end on held-out source and target
+paragraphs (and, for an instruct model, the source paragraphs in its chat format), and it reports
+source and target perplexity before and after, in bits per byte saved. With `--model` (a Hub id,
+a local directory or a GGUF file) the same comparison runs on a real model.
+
+The demo directory (every path it records relative to it, but a --model directory, so it can be moved):
+
+    DEMO/data/               LANG-train.txt and LANG-test.txt per language (LANG-chat-test.jsonl: instruct models)
+    DEMO/init/, runs/source/ the embedded source model: its tokenizer and initial weights, its pre-training run,
+                             whose final/ is the source model (a --model Hub id or .gguf is saved as DEMO/source/)
+    DEMO/plan.json           the study (adaptkit/study/state.py's layout): its plan; tokens/LANG/ the target text's
+    DEMO/tokens/, calib/     token store and calib/ the calibration set (source text), shared by the runs;
+    DEMO/configs/, results/  configs/METHOD.yaml each run's `adaptkit train --config`, results/METHOD.json its result
+    DEMO/runs/METHOD/        each run: metrics.jsonl (with the held-out sets), curves.png, final/
+    DEMO/eval/               the source model and every final model on the held-out sets (results.json, results.md,
+                             tasks.png, forgetting_learning.png)
+    DEMO/report/             the study report: results.json, results.md (the table, Pareto front marked),
+                             frontier.png (forgetting vs learning) and curves.png (every run's curves)
+    DEMO/curves.png          the held-out sets' perplexity over the steps, all methods side by side
 """
 
 from __future__ import annotations
@@ -18,12 +30,32 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from adaptkit.commands.common import Console, shared
+
+if TYPE_CHECKING:
+    from adaptkit.study.spec import Study
+
+SOURCE = "source"  # the source model's name in the study's evaluation and report
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the quickstart adapts with: its options."""
+
+    source_lang: str
+    target_lang: str
+    steps: int
+    seq_len: int
+    batch_size: int
+    lr: float
+    calib_samples: int
+    seed: int
 
 
 @contextlib.contextmanager
@@ -55,137 +87,175 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning."""
-    from adaptkit import demo
-    from adaptkit.engine.evaluation import plot_methods
-    from adaptkit.errors import InputError
     from adaptkit.io.atomic import atomic_dir
-    from adaptkit.scoring.freeze import check_ratio
-    from adaptkit.registry import get_spec
 
     console = Console.of(ctx)
-    overwrite = shared(ctx).overwrite
-    method_names = [m.strip() for m in methods.split(",") if m.strip()]
-    if not method_names:
-        raise InputError("--methods: give at least one method name")
-    specs = {name: get_spec("method", name, "--methods") for name in method_names}
-    check_ratio(freeze_ratio)  # checked before any training runs, also when no method has the parameter
-    method_params = _method_params(specs, set_, freeze_ratio)
-    texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
-    if source_lang == target_lang:
-        raise InputError("--target-lang: must differ from --source-lang")
-    if model:  # checked, and made absolute, before anything is written or the directory changes
-        from adaptkit.io.models import resolve_model_source
-
-        source = resolve_model_source(model, "--model")
-        model = source.location if source.kind == "hub" else str(Path(source.location).resolve())
+    params = _method_params(methods, set_, freeze_ratio)
+    texts = _texts(source_lang, target_lang)
+    model = _model_location(model)
+    settings = Settings(source_lang, target_lang, steps, seq_len, batch_size, lr if lr is not None else (5e-5 if model else 1e-3), calib_samples, seed)
     started = time.perf_counter()
-    with atomic_dir(output, overwrite) as work, _inside(work):
-        data = Path("data")
-        data.mkdir()
-        files = {}
-        for role, lang in (("source", source_lang), ("target", target_lang)):
-            train, test = texts[lang]
-            files[role] = demo.write_lines(train, data / f"{lang}-train.txt")
-            files[f"{role}-test"] = demo.write_lines(test, data / f"{lang}-test.txt")
-        source_dir = _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console)
-        chat_file = _chat_rendered(source_dir, texts[source_lang][1], data / f"{source_lang}-chat-test.jsonl")
-        if chat_file is not None:
-            files["chat-test"] = chat_file
-        _calibration(specs, source_dir, files["source"], seq_len, calib_samples, seed, console)
-        rows: dict[str, Any] = {"source": {"dir": str(source_dir), "seconds": 0.0}}
-        evals = _eval_sets(files, source_lang, target_lang, steps, seq_len)
-        for name, spec in specs.items():
-            console.print(f"[bold]adapting[/bold] with {name} ({steps} steps on {target_lang})")
-            run = _adapt(name, spec, source_dir, files["target"], steps, seq_len, batch_size,
-                         lr if lr is not None else (5e-5 if model else 1e-3), method_params[name], seed, console, evals)
-            rows[name] = {"dir": str(run.final_dir), "seconds": run.seconds, "trainable_fraction": run.trainable / max(1, run.total)}
-        plot_methods({name: Path("runs") / name / "metrics.jsonl" for name in specs}, Path("curves.png"))
-        report = _evaluate(rows, files, source_lang, target_lang, seq_len, console)
-        front = _study_report(report, specs, method_params, seed)
-    _print_table(report, source_lang, target_lang, console)
-    summary = {"output": str(output), "models": report, "pareto_front": front, "seconds": round(time.perf_counter() - started, 1)}
+    with atomic_dir(output, shared(ctx).overwrite) as work, _inside(work):
+        files = _write_data(texts, settings)
+        source_dir = _source_model(model, files, texts, source_steps, settings, console)
+        chat_file = _chat_rendered(source_dir, texts[source_lang][1], Path("data") / f"{source_lang}-chat-test.jsonl")
+        files.update({"chat-test": chat_file} if chat_file is not None else {})
+        study = build_study(source_dir, files, params, settings)
+        models = _summary(study, _run_study(study, console))
+    _print_table(models, settings, console)
+    front = [name for name, row in models.items() if row["pareto"]]
+    summary = {"output": str(output), "models": models, "pareto_front": front, "seconds": round(time.perf_counter() - started, 1)}
     console.result(summary, f"[green]done[/green] in {summary['seconds']} s: report in {output}/eval/ and {output}/report/ (Pareto front: {', '.join(front)})")
 
 
-def _tasks(report: dict[str, Any]) -> list[str]:
-    """The held-out sets of the report, in order."""
-    return [t for t in next(iter(report.values())) if isinstance(t, str) and t.endswith(("(source)", "(target)"))]
+def _texts(source_lang: str, target_lang: str) -> dict[str, tuple[list[str], list[str]]]:
+    """The UDHR paragraphs of both languages, split into training and held-out ones."""
+    from adaptkit import demo
+    from adaptkit.errors import InputError
+
+    texts = {lang: demo.split_corpus(lang) for lang in (source_lang, target_lang)}
+    if source_lang == target_lang:
+        raise InputError("--target-lang: must differ from --source-lang")
+    return texts
 
 
-def _study_report(report: dict[str, Any], specs, method_params, seed: int) -> list[str]:
-    """The quickstart as a small study: the study report (results table, Pareto frontier, all curves) in report/."""
-    from adaptkit.study.report import model_rows, write_report
+def _model_location(model: Optional[str]) -> Optional[str]:
+    """--model checked, and made absolute, before anything is written or the directory changes."""
+    if not model:
+        return None
+    from adaptkit.io.models import resolve_model_source
 
-    tasks = _tasks(report)
-    info = {name: {"method": name, "seed": seed, "params": {k: v for k, v in method_params[name].items() if v != CALIB_DIR},
-                   "trainable_fraction": report[name].get("trainable_fraction"), "train_seconds": report[name].get("seconds")} for name in specs}
-    rows = model_rows(report, tasks, info)
-    write_report(Path("report"), rows, tasks, {name: Path("runs") / name / "metrics.jsonl" for name in specs}, {"baseline": "source"})
-    return [row["model"] for row in rows if row["pareto"]]
+    source = resolve_model_source(model, "--model")
+    return source.location if source.kind == "hub" else str(Path(source.location).resolve())
 
 
-def _print_table(report: dict[str, Any], source_lang: str, target_lang: str, console: Console) -> None:
+def _write_data(texts: dict[str, tuple[list[str], list[str]]], settings: Settings) -> dict[str, Path]:
+    """data/LANG-train.txt and data/LANG-test.txt, by role: source, source-test, target, target-test."""
+    from adaptkit import demo
+
+    data = Path("data")
+    data.mkdir()
+    files = {}
+    for role, lang in (("source", settings.source_lang), ("target", settings.target_lang)):
+        train, test = texts[lang]
+        files[role] = demo.write_lines(train, data / f"{lang}-train.txt")
+        files[f"{role}-test"] = demo.write_lines(test, data / f"{lang}-test.txt")
+    return files
+
+
+def build_study(source_dir: Path, files: dict[str, Path], params: dict[str, dict[str, Any]], settings: Settings) -> "Study":
+    """The quickstart as a study: one grid entry per method, each continuing the source model (the study's
+    base) on the target text, the held-out sets evaluated while it trains (about six points per run, with the
+    final evaluation's windows) and at the end, calibrated on the source text where the method needs it."""
+    from adaptkit.study.spec import Study, expand_grid
+
+    s = settings
+    evals = [f"{s.source_lang}={files['source-test']}:source", f"{s.target_lang}={files['target-test']}:target"]
+    evals += [f"{s.source_lang}-chat={files['chat-test']}:source"] if "chat-test" in files else []
+    train = {
+        "data": {"seq_len": s.seq_len}, "max_steps": s.steps, "batch_size": s.batch_size,
+        "optimizer": {"lr": s.lr, "weight_decay": 0.01}, "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+        "log_steps": min(25, max(1, s.steps // 20)),  # about 20 points of the training-loss curve
+        "eval": {"data": evals, "steps": max(1, s.steps // 5), "block_size": s.seq_len},
+        "save_steps": 0,  # the quickstart never resumes: no checkpoints to write
+    }
+    calibration = {"data": str(files["source"]), "format": "text", "pool": 10_000, "num_samples": s.calib_samples, "block_size": s.seq_len, "seed": s.seed}
+    study = Study(Path("quickstart"), str(source_dir), {s.target_lang: {"spec": str(files["target"])}}, train, calibration, evals, base=SOURCE)
+    study.runs = expand_grid([{"method": name, "params": dict(p)} for name, p in params.items()], study, {s.target_lang: 1.0}, [s.seed], [])
+    return study
+
+
+def _run_study(study: "Study", console: Console) -> list[dict[str, Any]]:
+    """The study in the working directory, as `adaptkit study` runs one (its steps in this process): shared data,
+    each run (`adaptkit train`), one evaluation and the report; then all methods' curves side by side. The report's rows."""
+    from adaptkit.engine.evaluation import plot_methods
+    from adaptkit.study import report, state
+
+    here = Path(".")
+    state.write_plan(study, here)
+    state.write_configs(study, here, root=here)
+    state.execute(study, here, lambda message: console.print(message), call=_in_process)
+    rows = report.study_rows(study, here, report.evaluate_study(study, here, console))
+    report.write_study_report(study, here, rows)
+    plot_methods({run.name: Path("runs") / run.name / "metrics.jsonl" for run in study.runs}, Path("curves.png"))
+    return rows
+
+
+def _in_process(command: list[str], what: str) -> str:
+    """A step of the study (`adaptkit train ...`) run by this process's CLI: the same command and results as
+    the study's subprocess, without the 6-9 s of imports a fresh interpreter pays for each step."""
+    from adaptkit.cli import run_in_process
+    from adaptkit.study.state import cli, step_failed
+
+    code, stdout = run_in_process(command[len(cli()):])
+    if code:
+        raise step_failed(command, what, code)
+    return stdout
+
+
+def _summary(study: "Study", rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, what the quickstart reports: perplexity and bits per byte per held-out set (keyed
+    'en (source)'), the source and target gains, the trainable share, the training seconds, Pareto membership."""
+    from adaptkit.engine.evaluation import parse_eval_data
+
+    labels = {s.name: f"{s.name} ({s.role})" for s in parse_eval_data(study.evaluate)}
+    return {
+        row["model"]: {**{label: row[name] for name, label in labels.items()}, "source_gain_bpb": row["source_gain_bpb"],
+                       "target_gain_bpb": row["target_gain_bpb"], "trainable_fraction": row["trainable_fraction"],
+                       "seconds": row["train_seconds"], "pareto": row["pareto"]}
+        for row in rows
+    }
+
+
+def _print_table(models: dict[str, dict[str, Any]], settings: Settings, console: Console) -> None:
     """The forgetting/learning trade-off at a glance: gains in bits per byte (perplexity tasks)."""
-    tasks = _tasks(report)
+    sets = [key for key, value in next(iter(models.values())).items() if isinstance(value, dict)]
     rows = []
-    for name, row in report.items():
-        gain = lambda key: f"{row[key]:+.3f}" if key in row else "-"  # noqa: E731
-        fraction = row.get("trainable_fraction")
-        rows.append([
-            name, *[f"{row[task]['ppl']:.1f}" for task in tasks], gain("source_gain_bpb"), gain("target_gain_bpb"),
-            f"{100 * fraction:.0f}%" if fraction is not None else "-", f"{row.get('seconds', 0):.1f}",
-        ])
+    for name, row in models.items():
+        gain = lambda key: "-" if name == SOURCE else f"{row[key]:+.3f}"  # noqa: E731
+        fraction, seconds = row["trainable_fraction"], row["seconds"]
+        rows.append([name, *[f"{row[s]['ppl']:.1f}" for s in sets], gain("source_gain_bpb"), gain("target_gain_bpb"),
+                     "-" if fraction is None else f"{100 * fraction:.0f}%", "-" if seconds is None else f"{seconds:.1f}"])
     console.table(
-        f"held-out perplexity; gain = bits per byte saved vs the source model ({source_lang}: forgetting, {target_lang}: learning), positive = better",
-        ["model", *[f"{task} ppl" for task in tasks], "source gain (bits/byte)", "target gain (bits/byte)", "trainable", "train s"],
+        f"held-out perplexity; gain = bits per byte saved vs the source model ({settings.source_lang}: forgetting, {settings.target_lang}: learning), positive = better",
+        ["model", *[f"{s} ppl" for s in sets], "source gain (bits/byte)", "target gain (bits/byte)", "trainable", "train s"],
         rows,
     )
 
 
-def _train(config_values: dict[str, Any], run_dir: Path, console: Console):
-    """One engine run; its method parameters were validated up front (_method_params)."""
-    from adaptkit.engine.config import TrainConfig
-    from adaptkit.engine.loop import train
-    from adaptkit.registry import get_spec
-
-    config = TrainConfig.model_validate(config_values)
-    method = get_spec("method", config.method).build(config.method_params, f"--set {config.method}.*")
-    return train(config, method, run_dir, log=lambda m: console.print(m))
-
-
-def _source_model(model, files, texts, source_steps, seq_len, batch_size, seed, console) -> Path:
+def _source_model(model: Optional[str], files: dict[str, Path], texts, source_steps: int, settings: Settings, console: Console) -> Path:
     """The model that knows the source language: given with --model, or built and pre-trained here."""
-    from adaptkit import demo
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model_source, save_model
 
-    if model:
-        source = resolve_model_source(model, "--model")
-        if source.kind == "dir":
-            return Path(source.location).resolve()
-        console.print(f"loading {model}")
-        target = Path("source")
-        save_model(load_causal_lm(source), load_tokenizer(source), target)
-        return target
+    if not model:
+        return _pretrained_source(files["source"], texts, source_steps, settings, console)
+    source = resolve_model_source(model, "--model")
+    if source.kind == "dir":
+        return Path(source.location).resolve()
+    console.print(f"loading {model}")
+    target = Path("source")
+    save_model(load_causal_lm(source), load_tokenizer(source), target)
+    return target
+
+
+def _pretrained_source(source_text: Path, texts, source_steps: int, settings: Settings, console: Console) -> Path:
+    """The embedded source model: a byte-level BPE on both languages' training text, a tiny Llama pre-trained on the source text."""
+    from adaptkit import demo
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+    from adaptkit.io.models import save_model
+    from adaptkit.registry import get_spec
+
     console.print("building the embedded source model (tiny Llama pre-trained on the English UDHR)")
-    all_text = [p for train, test in texts.values() for p in train]
-    tokenizer = demo.train_tokenizer(all_text, vocab_size=512)
+    tokenizer = demo.train_tokenizer([p for train_text, _ in texts.values() for p in train_text], vocab_size=512)
     init = Path("init")
-    save_model(demo.tiny_model("llama", len(tokenizer), seed=seed, hidden=128, layers=4), tokenizer, init)
-    run = _train(
-        {
-            "model": str(init),
-            "data": {"paths": [str(files["source"])], "seq_len": seq_len},
-            "max_steps": source_steps,
-            "batch_size": batch_size,
-            "optimizer": {"lr": 3e-3, "weight_decay": 0.01},
-            "schedule": {"name": "cosine", "warmup_ratio": 0.05},
-            "seed": seed,
-            "log_steps": 50,
-            "save_steps": 0,
-        },
-        Path("runs/source"),
-        console,
-    )
+    save_model(demo.tiny_model("llama", len(tokenizer), seed=settings.seed, hidden=128, layers=4), tokenizer, init)
+    config = TrainConfig.model_validate({
+        "model": str(init), "data": {"paths": [str(source_text)], "seq_len": settings.seq_len}, "max_steps": source_steps,
+        "batch_size": settings.batch_size, "optimizer": {"lr": 3e-3, "weight_decay": 0.01}, "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+        "seed": settings.seed, "log_steps": 50, "save_steps": 0,
+    })
+    run = train(config, get_spec("method", config.method).build(config.method_params, f"--set {config.method}.*"), Path("runs/source"), log=lambda m: console.print(m))
     return run.final_dir
 
 
@@ -211,42 +281,21 @@ def _chat_rendered(model_dir: Path, paragraphs: list[str], path: Path) -> Option
     return path
 
 
-def _calibration(specs, source_dir, source_text, seq_len, samples, seed, console) -> Optional[Path]:
-    """A calibration set (in CALIB_DIR) from source-side text, for methods that need one."""
-    if not any(_needs_calibration(spec) for spec in specs.values()):
-        return None
-    from adaptkit.calibration import build_calibration
-    from adaptkit.io.models import load_tokenizer, resolve_model_source
-
-    console.print(f"building a calibration set ({samples} blocks of {seq_len} source tokens)")
-    tokenizer = load_tokenizer(resolve_model_source(str(source_dir)))
-    calibration = build_calibration(
-        tokenizer, [str(source_text)], fmt="text", pool=10_000, num_samples=samples, block_size=seq_len, seed=seed
-    )
-    path = Path(CALIB_DIR)
-    calibration.save(path)
-    return path
-
-
-CALIB_DIR = "calib"  # in the demo directory
-
-
-def _needs_calibration(spec) -> bool:
-    return bool(spec.needs & {"mask", "calibration"})
-
-
-def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -> dict[str, dict[str, Any]]:
-    """Each method's parameters: --freeze-ratio where it applies, the demo's calibration set for methods
-    that need one, then `--set METHOD.KEY=VALUE` (one method) or `--set KEY=VALUE` (every method in --methods
-    that has KEY), as `train` accepts them; validated (needs included) before anything is written."""
+def _method_params(methods: str, overrides: Optional[list[str]], freeze_ratio: float) -> dict[str, dict[str, Any]]:
+    """Each method of --methods with its parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`
+    (one method) or `--set KEY=VALUE` (every method in --methods that has KEY), as `train` accepts them; validated
+    before anything is written (the calibration set, for methods that need one, is the study's)."""
     from adaptkit.config import parse_set_overrides
-    from adaptkit.errors import InputError
-    from adaptkit.errors import did_you_mean
+    from adaptkit.errors import InputError, did_you_mean
+    from adaptkit.registry import get_spec
+    from adaptkit.scoring.freeze import check_ratio
 
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise InputError("--methods: give at least one method name")
+    specs = {name: get_spec("method", name, "--methods") for name in names}
+    check_ratio(freeze_ratio)  # checked before any training runs, also when no method has the parameter
     params = {name: ({"freeze_ratio": freeze_ratio} if "freeze_ratio" in spec.params.model_fields else {}) for name, spec in specs.items()}
-    for name, spec in specs.items():
-        if _needs_calibration(spec):
-            params[name]["calib"] = CALIB_DIR
     for path, value in parse_set_overrides(overrides):
         having = [name for name, spec in specs.items() if len(path) == 1 and path[0] in spec.params.model_fields]
         if having:
@@ -258,52 +307,5 @@ def _method_params(specs, overrides: Optional[list[str]], freeze_ratio: float) -
         else:
             params[path[0]][path[1]] = value
     for name, spec in specs.items():
-        spec.check_needs(spec.validate_params(params[name], f"--set {name}.*"))
+        spec.validate_params(params[name], f"--set {name}.*")
     return params
-
-
-def _eval_sets(files: dict[str, Path], source_lang: str, target_lang: str, steps: int, seq_len: int) -> dict[str, Any]:
-    """The held-out sets evaluated while each method trains (about six points per run), with the
-    final evaluation's windows, so each curve ends at the perplexity the table reports."""
-    data = [f"{source_lang}={files['source-test']}:source", f"{target_lang}={files['target-test']}:target"]
-    if "chat-test" in files:
-        data.append(f"{source_lang}-chat={files['chat-test']}:source")
-    return {"data": data, "steps": max(1, steps // 5), "block_size": seq_len}
-
-
-def _adapt(name, spec, source_dir, target_text, steps, seq_len, batch_size, lr, params, seed, console, evals=None):
-    values = {
-        "model": str(source_dir),
-        "data": {"paths": [str(target_text)], "seq_len": seq_len},
-        "method": name,
-        "method_params": params,
-        "max_steps": steps,
-        "batch_size": batch_size,
-        "optimizer": {"lr": lr, "weight_decay": 0.01},
-        "schedule": {"name": "cosine", "warmup_ratio": 0.05},
-        "seed": seed,
-        "log_steps": min(25, max(1, steps // 20)),  # about 20 points of the training-loss curve
-        "eval": evals or {},
-        "save_steps": 0,  # the quickstart never resumes: no checkpoints to write
-    }
-    return _train(values, Path("runs") / name, console)
-
-
-def _evaluate(rows, files, source_lang, target_lang, seq_len, console) -> dict[str, Any]:
-    """Source and target perplexity of every model on held-out text, and the report files."""
-    from adaptkit.evals.quick import perplexity_report
-
-    tasks = {f"{source_lang} (source)": files["source-test"], f"{target_lang} (target)": files["target-test"]}
-    if "chat-test" in files:
-        tasks[f"{source_lang} chat (source)"] = files["chat-test"]
-    return perplexity_report(
-        {name: Path(row["dir"]) for name, row in rows.items()},
-        tasks,
-        source_task=[task for task in tasks if task.endswith("(source)")],
-        target_task=f"{target_lang} (target)",
-        baseline="source",
-        block_size=seq_len,
-        output=Path("eval"),
-        extra={name: {k: v for k, v in row.items() if k != "dir"} for name, row in rows.items()},
-        console=console,
-    )

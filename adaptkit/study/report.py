@@ -21,8 +21,6 @@ from typing import Any, Optional
 from adaptkit.study.spec import CALIB_DIR, Study
 from adaptkit.study.state import result_record
 
-BASE = "base"
-
 
 def evaluate_study(study: Study, output: Path, say: Any = None) -> dict[str, dict[str, Any]]:
     """Perplexity of the base and every run's final model on the study's eval sets (STUDY/eval)."""
@@ -30,12 +28,12 @@ def evaluate_study(study: Study, output: Path, say: Any = None) -> dict[str, dic
     from adaptkit.evals.quick import perplexity_report
 
     sets = parse_eval_data(study.evaluate)
-    models = {BASE: Path(study.model), **{run.name: output / "runs" / run.name / "final" for run in study.runs}}
+    models = {study.base: Path(study.model), **{run.name: output / "runs" / run.name / "final" for run in study.runs}}
     block_size = study.train.get("eval", {}).get("block_size")
     return perplexity_report(
         models, {s.name: Path(s.spec) for s in sets},
         source_task=[s.name for s in sets if s.role == "source"], target_task=[s.name for s in sets if s.role == "target"],
-        baseline=BASE, block_size=block_size, output=output / "eval", console=say,
+        baseline=study.base, block_size=block_size, output=output / "eval", console=say,
     )
 
 
@@ -91,7 +89,7 @@ def write_report(directory: Path, rows: list[dict[str, Any]], sets: list[str], m
 def write_study_report(study: Study, output: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The study's report in STUDY/report."""
     metrics = {run.name: output / "runs" / run.name / "metrics.jsonl" for run in study.runs}
-    facts = {"study": str(study.path), "baseline": BASE, "eval_sets": study.evaluate}
+    facts = {"study": str(study.path), "baseline": study.base, "eval_sets": study.evaluate}
     return write_report(output / "report", rows, [s.split("=", 1)[0] for s in study.evaluate], metrics, facts)
 
 

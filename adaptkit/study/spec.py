@@ -32,6 +32,7 @@ SOURCE_KEYS = ("spec", "text_field", "max_tokens")
 CALIBRATION_KEYS = ("data", "format", "template", "pool", "num_samples", "block_size", "text_field", "seed")
 OWNED = ("model", "method", "method_params", "seed")  # set by the study for each run, not in `train:`
 CALIB_DIR = "calib"
+BASE = "base"  # the base model's name in a study's evaluation and report
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Study:
     calibration: Optional[dict[str, Any]]
     evaluate: list[str]
     runs: list[Run] = field(default_factory=list)
+    base: str = BASE
 
     @property
     def needs_calibration(self) -> bool:

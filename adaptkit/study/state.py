@@ -7,8 +7,9 @@
     STUDY/runs/RUN/          each run (`adaptkit train`; checkpoints, metrics.jsonl, final/)
     STUDY/results/RUN.json   what `adaptkit train --json` said when the run finished
 
-Every step is a subprocess of the adaptkit CLI, so each can be resumed by itself: a finished step
-is skipped, an interrupted run continues from its newest checkpoint (`train --resume`).
+Every step is a command of the adaptkit CLI (a subprocess; the quickstart runs them in its own process),
+so each can be resumed by itself: a finished step is skipped, an interrupted run continues from its
+newest checkpoint (`train --resume`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
     elif output.exists() and any(output.iterdir()):
         raise InputError(f"-o/--output: '{output}' exists and is not a study directory; pass --overwrite or choose another path")
     output.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(plan, indent=2) + "\n")
+    write_plan(study, output)
+
+
+def write_plan(study: Study, output: Path) -> None:
+    """STUDY/plan.json, against which open_study_dir checks a rerun."""
+    write_text_atomic(output / "plan.json", json.dumps(plan_record(study), indent=2) + "\n")
 
 
 def prepare_commands(study: Study, output: Path) -> list[tuple[Path, list[str]]]:
@@ -78,14 +84,17 @@ def prepare_commands(study: Study, output: Path) -> list[tuple[Path, list[str]]]
     return steps
 
 
-def write_configs(study: Study, output: Path) -> None:
-    """Each run's train config, with absolute paths to the shared stores and calibration set."""
+def write_configs(study: Study, output: Path, root: Optional[Path] = None) -> None:
+    """Each run's train config, naming the shared stores and calibration set under `root`: by default
+    the study directory as an absolute path; `Path(".")` keeps them relative, for a study run from inside
+    its directory that may be moved (the quickstart's)."""
     from adaptkit.config import dump_yaml
 
+    root = output.resolve() if root is None else root
     configs = output / "configs"
     configs.mkdir(exist_ok=True)
     for run in study.runs:
-        values = train_values(study, run, (output / "tokens").resolve(), (output / "calib").resolve())
+        values = train_values(study, run, root / "tokens", root / "calib")
         write_text_atomic(configs / f"{run.name}.yaml", dump_yaml(values))
 
 
@@ -117,13 +126,15 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def execute(study: Study, output: Path, say: Callable[[str], None]) -> None:
-    """Prepare what is missing, then train each run that is not finished, one after another."""
+def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None) -> None:
+    """Prepare what is missing, then train each run that is not finished, one after another. Each step is an
+    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command)."""
+    call = call or run_command
     for made, command in prepare_commands(study, output):
         if made.is_dir():
             continue
         say(f"study: preparing {made.relative_to(output)}")
-        _call(command, f"preparing {made.name}")
+        call(command, f"preparing {made.name}")
     (output / "results").mkdir(exist_ok=True)
     for i, run in enumerate(study.runs, 1):
         state = run_state(output, run)
@@ -131,20 +142,24 @@ def execute(study: Study, output: Path, say: Callable[[str], None]) -> None:
             say(f"study: run {i}/{len(study.runs)} {run.name}: finished, skipped")
             continue
         say(f"study: run {i}/{len(study.runs)} {run.name}: {'resuming' if state == 'resume' else 'training'} ({run.method})")
-        stdout = _call(train_command(output, run, state), f"run {run.name}")
+        stdout = call(train_command(output, run, state), f"run {run.name}")
         record = json.loads(stdout.strip().splitlines()[-1])
         write_text_atomic(output / "results" / f"{run.name}.json", json.dumps(record, indent=2) + "\n")
 
 
-def _call(command: list[str], what: str) -> str:
-    """Run one adaptkit command (stderr passes through); its failure stops the study with its exit code."""
+def run_command(command: list[str], what: str) -> str:
+    """Run one adaptkit command in a subprocess (stderr passes through); its stdout."""
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        code = 128 - result.returncode if result.returncode < 0 else result.returncode  # killed by a signal: 128 + its number
-        error = AdaptkitError(f"study: {what} failed (exit {code}): {shlex.join(command)}")
-        error.exit_code = 1 if code == 2 else code  # its bad input was the study's runtime failure
-        raise error
+        raise step_failed(command, what, 128 - result.returncode if result.returncode < 0 else result.returncode)  # a signal: 128 + its number
     return result.stdout
+
+
+def step_failed(command: list[str], what: str, code: int) -> AdaptkitError:
+    """A failed step stops the study with the step's exit code; its bad input (2) is the study's runtime failure."""
+    error = AdaptkitError(f"study: {what} failed (exit {code}): {shlex.join(command)}")
+    error.exit_code = 1 if code == 2 else code
+    return error
 
 
 def result_record(output: Path, run: Run) -> Optional[dict[str, Any]]:
