@@ -219,7 +219,7 @@ def _interrupted_line(exc: Interrupted, options: Shared) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"))
+    options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"), run_command=run_in_process)
     handlers = _install_signal_handlers()
     try:
         command = prepare_command(typer.main.get_command(build_app()), root=True)

@@ -124,9 +124,12 @@ def test_chat_rendered_source_text_for_instruct_models(tmp_path, llama_dir, toke
 def test_study_steps_run_in_process_give_their_stdout_or_fail_as_the_study(tmp_path, capfd):
     """The quickstart runs the study's commands through its own CLI: the command's stdout comes back whole, a
     failed step stops the study (its bad input is the study's runtime failure, exit 1) naming the command."""
-    from adaptkit.commands.quickstart import _in_process
+    from adaptkit.cli import run_in_process
+    from adaptkit.commands.quickstart import steps_in_process
     from adaptkit.errors import AdaptkitError
     from adaptkit.study.state import cli
+
+    _in_process = steps_in_process(run_in_process)
 
     listed = json.loads(_in_process([*cli(), "plugins", "--kind", "method", "--json"], "listing"))
     assert {"fft", "ssu-wanda"} <= {p["name"] for p in listed["plugins"]}

@@ -101,6 +101,9 @@ class Shared:
     quiet: bool = False
     debug: bool = False
     on_interrupt: Optional[Callable[[], str]] = None  # what an interrupted command kept and how to go on
+    # `adaptkit ARGV` in this process -> (exit code, stdout): set by the CLI (cli.run_in_process), for a
+    # command that runs other adaptkit commands without a fresh interpreter for each (the quickstart's study)
+    run_command: Optional[Callable[[list[str]], tuple[int, str]]] = None
 
 
 def _shared_declarations(

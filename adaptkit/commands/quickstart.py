@@ -101,7 +101,7 @@ def command(
         chat_file = _chat_rendered(source_dir, texts[source_lang][1], Path("data") / f"{source_lang}-chat-test.jsonl")
         files.update({"chat-test": chat_file} if chat_file is not None else {})
         study = build_study(source_dir, files, params, settings)
-        models = _summary(study, _run_study(study, console))
+        models = _summary(study, _run_study(study, console, shared(ctx).run_command))
     _print_table(models, settings, console)
     front = [name for name, row in models.items() if row["pareto"]]
     summary = {"output": str(output), "models": models, "pareto_front": front, "seconds": round(time.perf_counter() - started, 1)}
@@ -165,7 +165,7 @@ def build_study(source_dir: Path, files: dict[str, Path], params: dict[str, dict
     return study
 
 
-def _run_study(study: "Study", console: Console) -> list[dict[str, Any]]:
+def _run_study(study: "Study", console: Console, run_command: Any) -> list[dict[str, Any]]:
     """The study in the working directory, as `adaptkit study` runs one (its steps in this process): shared data,
     each run (`adaptkit train`), one evaluation and the report; then all methods' curves side by side. The report's rows."""
     from adaptkit.engine.evaluation import plot_methods
@@ -174,23 +174,26 @@ def _run_study(study: "Study", console: Console) -> list[dict[str, Any]]:
     here = Path(".")
     state.write_plan(study, here)
     state.write_configs(study, here, root=here)
-    state.execute(study, here, lambda message: console.print(message), call=_in_process)
+    state.execute(study, here, lambda message: console.print(message), call=steps_in_process(run_command))
     rows = report.study_rows(study, here, report.evaluate_study(study, here, console))
     report.write_study_report(study, here, rows)
     plot_methods({run.name: Path("runs") / run.name / "metrics.jsonl" for run in study.runs}, Path("curves.png"))
     return rows
 
 
-def _in_process(command: list[str], what: str) -> str:
-    """A step of the study (`adaptkit train ...`) run by this process's CLI: the same command and results as
-    the study's subprocess, without the 6-9 s of imports a fresh interpreter pays for each step."""
-    from adaptkit.cli import run_in_process
+def steps_in_process(run_command: Any) -> Any:
+    """A study step runner (`adaptkit train ...`) through this process's CLI (`run_command`: argv -> (exit code,
+    stdout), Shared.run_command): the same commands and results as the study's subprocesses, without the
+    6-9 s of imports a fresh interpreter pays for each step."""
     from adaptkit.study.state import cli, step_failed
 
-    code, stdout = run_in_process(command[len(cli()):])
-    if code:
-        raise step_failed(command, what, code)
-    return stdout
+    def call(command: list[str], what: str) -> str:
+        code, stdout = run_command(command[len(cli()):])
+        if code:
+            raise step_failed(command, what, code)
+        return stdout
+
+    return call
 
 
 def _summary(study: "Study", rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
