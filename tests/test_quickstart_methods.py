@@ -114,11 +114,13 @@ def test_quickstart_runs_baselines_side_by_side(tmp_path, invoke):
         trainable = _expected(name, before, after, run, source)
         assert_trains_exactly(before, after, trainable)
         fraction = models[name]["trainable_fraction"]
-        if name in ADAPTERS:  # the PEFT model's trainable parameters: the adapter (and its full copies of embeddings / head)
+        if name in ADAPTERS:  # the PEFT model's trainable parameters: the adapters, and the embeddings / head trained in place
             saved = load_file(str(run / "final" / "adapter" / "adapter_model.safetensors"))
-            adapter = sum(t.numel() for t in saved.values())
+            adapter = sum(t.numel() for k, t in saved.items() if "lora_" in k)
+            ends = sum(before[n].numel() for n in trainable if _embeddings(n))
+            assert ends == 0 or any("lora_" not in k for k in saved), name  # trained ends are saved in the adapter
             ranknum = sum(k.endswith("lora_E") for k in saved)  # AdaLoRA: one frozen rank-count scalar per adapted module, not saved
-            assert fraction == pytest.approx(adapter / (total + adapter + ranknum), rel=1e-12), name
+            assert fraction == pytest.approx((adapter + ends) / (total + adapter + ranknum), rel=1e-12), name
         else:
             entries = sum(before[n].numel() if m is None else int(m.expand(before[n].shape).sum()) for n, m in trainable.items())
             assert round(fraction * total) == entries, (name, fraction * total, entries)
