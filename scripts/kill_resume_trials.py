@@ -1,6 +1,6 @@
 """Kill -9 trials: SIGKILL `adaptkit train` at random moments, `--resume`, compare bit for bit.
 
-    python scripts/kill_resume_trials.py [--trials 6] [--seed 0] [--workdir DIR]
+    python scripts/kill_resume_trials.py [--trials 6] [--jobs 2] [--seed 0] [--workdir DIR]
 
 One uninterrupted reference run, then per trial: a fresh run is killed with SIGKILL at a
 random moment after it starts training (checkpoint saves are slowed down so that many
@@ -8,6 +8,8 @@ kills land inside a save), then resumed — killed again at random in half of th
 and finally resumed to the end. Checks after every kill: no `checkpoint-N/` directory is
 incomplete; after the last resume: no half-written sibling is left and final/ is
 bit-identical to the reference. Prints one JSON line per trial and exits 1 on a mismatch.
+`--jobs N` runs N trials at a time (each in its own directory, with its own random draws from
+the seed and the trial's index, so the draws do not depend on N).
 """
 
 from __future__ import annotations
@@ -124,15 +126,22 @@ def make_setup(workdir: Path) -> tuple[Path, Path]:
     return workdir / "model", data
 
 
-def run_trials(trials: int, seed: int, workdir: Path, steps: int = 16, window_s: float = 1.5, setup: tuple[Path, Path] | None = None) -> list[dict]:
+def run_trials(trials: int, seed: int, workdir: Path, steps: int = 16, window_s: float = 1.5, setup: tuple[Path, Path] | None = None,
+               jobs: int = 1) -> list[dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from safetensors.torch import load_file
 
     os.environ.setdefault("ADAPTKIT_CACHE", str(workdir / "cache"))
     model, data = setup or make_setup(workdir)
     run_to_end([*train_args(model, data, workdir / "reference", steps)])
     reference = load_file(str(workdir / "reference" / "final" / "model.safetensors"))
-    rng = random.Random(seed)
-    return [trial(i, model, data, workdir, reference, rng, steps, window_s) for i in range(trials)]
+
+    def one(index: int) -> dict:
+        return trial(index, model, data, workdir, reference, random.Random(f"{seed}:{index}"), steps, window_s)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # the trials are child processes: threads only wait
+        return list(pool.map(one, range(trials)))
 
 
 def main() -> None:
@@ -143,12 +152,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=1, help="trials at a time")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="adaptkit-kill-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = run_trials(args.trials, args.seed, workdir, args.steps)
+    results = run_trials(args.trials, args.seed, workdir, args.steps, jobs=args.jobs)
     for result in results:
         print(json.dumps(result))
     ok = all(r["bit_identical"] and not r["leftovers"] for r in results)
