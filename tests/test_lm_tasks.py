@@ -209,10 +209,10 @@ def test_layer_by_layer_equals_the_whole_model(tiny, ssu_data, tmp_path, invoke)
     assert results[0]["items"] == 4 and results[0] == results[1]
 
 
-def test_bad_data_dir_is_an_input_error(tiny, ssu_data, tmp_path, cli):
+def test_bad_data_dir_is_an_input_error(tiny, ssu_data, tmp_path, invoke):
     out = tmp_path / "eval"
-    result = cli("evaluate", "-m", str(tiny[0]), "--task", "lm-eval:ssu-belebele-hau", "--set", f"lm-eval.data_dir={tmp_path / 'absent'}", "-o", str(out))
+    result = invoke("evaluate", "-m", str(tiny[0]), "--task", "lm-eval:ssu-belebele-hau", "--set", f"lm-eval.data_dir={tmp_path / 'absent'}", "-o", str(out))
     assert_input_error(result, "lm-eval.data_dir", "is not a directory")
-    result = cli("evaluate", "-m", str(tiny[0]), "--task", "lm-eval:ssu-belebele-kir", "--set", f"lm-eval.data_dir={ssu_data}", "-o", str(out))
+    result = invoke("evaluate", "-m", str(tiny[0]), "--task", "lm-eval:ssu-belebele-kir", "--set", f"lm-eval.data_dir={ssu_data}", "-o", str(out))
     assert_input_error(result, "lm-eval.data_dir", "kir_Cyrl", "belebele")
     assert not out.exists()
