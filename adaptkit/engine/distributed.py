@@ -213,11 +213,11 @@ def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float |
 def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:
     """The full (unsharded) tensors of a sharded model. Every process must call this (each
     tensor is an all-gather); only where `keep` is true (the main process) are they kept."""
-    from torch.distributed.tensor import DTensor
+    from adaptkit.engine.shards import full_tensor
 
     state = {}
     for name, tensor in model.state_dict().items():
-        full = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()
+        full = full_tensor(tensor).detach().cpu()
         if keep:
             state[name] = full
     return state

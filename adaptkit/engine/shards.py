@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     import torch
 
 
+def is_sharded(tensor: "torch.Tensor") -> bool:
+    """Whether `tensor` is an FSDP2 DTensor (this process holds only its shard)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 def local_shard(param: "torch.Tensor") -> tuple["torch.Tensor", int]:
     """(the tensor this process owns, its first row in the full parameter).
 

@@ -110,10 +110,10 @@ class WholeAdapters:
     def __init__(self, model):
         import torch
 
-        from adaptkit.engine.shards import full_tensor
+        from adaptkit.engine.shards import full_tensor, is_sharded
 
         self.params = {n: p for n, p in model.named_parameters() if "lora_" in n}
-        self.sharded = any(_is_dtensor(p) for p in self.params.values())
+        self.sharded = any(is_sharded(p) for p in self.params.values())
         self.whole: dict[str, torch.Tensor] = {}
         if self.sharded:
             with torch.no_grad():
@@ -162,12 +162,6 @@ class OrthogonalityPenalty(TrainingCallback):
                 total += torch.norm(cov - torch.eye(*cov.size(), dtype=cov.dtype, device=cov.device), p="fro")
                 count += 1
         return self.weight * (total / count) if count and self.weight else None
-
-
-def _is_dtensor(tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensor, DTensor)
 
 
 class AdaLoRA(TrainingMethod):
