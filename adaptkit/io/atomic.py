@@ -55,13 +55,37 @@ def _reason(exc: OSError) -> str:
     return f"does not take new files ({exc.strerror or exc})"
 
 
-def _partial_sibling(path: Path, is_dir: bool) -> Path:
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(is_dir: bool) -> int:
+    """The mode a plain open() (0666) or mkdir() (0777) gives under the current umask."""
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
+def temp_sibling(path: Path, is_dir: bool) -> Path:
+    """A fresh hidden `.NAME.*.partial` sibling of `path` with the mode a plain open()/mkdir() would give:
+    mkstemp/mkdtemp create 0600/0700, which a rename would carry into the output (unreadable to others)."""
     path = Path(path)
-    path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    parent = path.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
-    os.close(fd)
+        name = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+        os.close(fd)
+    os.chmod(name, plain_mode(is_dir))
     return Path(name)
 
 
@@ -87,7 +111,7 @@ def replace_path(tmp: Path, final: Path) -> None:
 @contextlib.contextmanager
 def _atomic(path: Path, overwrite: bool, flag: str, is_dir: bool) -> Iterator[Path]:
     path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir)
+    tmp = temp_sibling(path, is_dir)
     try:
         yield tmp
     except BaseException:
