@@ -238,6 +238,16 @@ def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, i
     assert yaml.safe_load(invoke("train", "--print-config").stdout)["batch_size"] == 32  # the defaults alone
 
 
+def test_print_config_with_json_prints_the_same_settings_as_json(invoke):
+    import yaml
+
+    as_yaml = invoke("train", "--print-config", "--set", "threads=3", "--lr", "1e-3")
+    as_json = invoke("train", "--print-config", "--set", "threads=3", "--lr", "1e-3", "--json")
+    assert as_yaml.returncode == as_json.returncode == 0, (as_yaml, as_json)
+    assert json.loads(as_json.stdout) == yaml.safe_load(as_yaml.stdout)
+    assert json.loads(as_json.stdout)["threads"] == 3 and json.loads(as_json.stdout)["optimizer"]["lr"] == 1e-3
+
+
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, llama_dir, corpora, invoke):
     args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "4", "-o", tmp_path / "run"]

@@ -17,8 +17,9 @@ def read_jsonl(path: Path, flag: str, required: tuple[str, ...] = ()) -> list[di
     path = Path(path)
     _check_file(path, flag)
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = _decoded(raw, path, number, flag)
             if not line.strip():
                 continue
             try:
@@ -36,6 +37,14 @@ def read_jsonl(path: Path, flag: str, required: tuple[str, ...] = ()) -> list[di
     if not rows:
         raise InputError(f"{flag}: {path} is empty; expected at least one JSON record")
     return rows
+
+
+def _decoded(raw: bytes, path: Path, number: int, flag: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{flag}: {path} line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                         "expected UTF-8 JSON lines") from None
 
 
 def read_documents(path: Path, flag: str, text_field: str = "text") -> list[str]:
