@@ -9,8 +9,9 @@ must live in modules that do not import torch, so `adaptkit plugins` stays fast.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -39,6 +40,28 @@ def resolve(target: Any) -> Any:
     return obj
 
 
+def missing_package(extra: str) -> Optional[str]:
+    """The first distribution of adaptkit's optional extra `extra` that is not installed, None if all are;
+    an extra adaptkit does not define (a plugin's) is taken as the name of an importable module."""
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("adaptkit") or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    marker = re.compile(r"""extra\s*==\s*['"]%s['"]""" % re.escape(extra))
+    packages = [re.match(r"[A-Za-z0-9_.\-]+", r).group(0) for r in requirements if marker.search(r)]
+    for package in packages:
+        try:
+            metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return package
+    if not packages and importlib.util.find_spec(extra.replace("-", "_")) is None:
+        return extra
+    return None
+
+
 @dataclass(frozen=True)
 class Spec:
     """Common fields of every registered component."""
@@ -65,6 +88,14 @@ class Spec:
                     f"install it with `pip install 'adaptkit[{extra}]'`"
                 ) from exc
             raise PluginError(f"{self.kind} '{self.name}' (plugin {self.plugin}) failed to import: {exc}") from exc
+
+    def check_extras(self, where: str) -> None:
+        """Every optional extra it declares is installed (checked without importing it): a missing one is bad input."""
+        for extra in self.extras:
+            missing = missing_package(extra)
+            if missing:
+                raise InputError(f"{where}: {self.kind} '{self.name}' needs the optional package '{missing}': "
+                                 f"install it with `pip install 'adaptkit[{extra}]'`")
 
     def validate_params(self, values: dict[str, Any] | None, where: str = "parameters") -> Params:
         """Validate user parameters against this spec's model; unknown keys get suggestions."""

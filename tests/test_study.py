@@ -96,20 +96,108 @@ def test_print_commands_lists_the_study_and_runs_nothing(tmp_path, make_model_di
     result = invoke("study", path, "-o", out, "--print-commands")
     assert result.returncode == 0, result
     lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert [line.split(" -m adaptkit ")[1].split()[0:2] for line in lines] == [
+    assert [line.split(" -m adaptkit ")[1].split()[0:2] for line in lines if not line.startswith("mkdir")] == [
         ["data", "prepare"], ["calibrate", "--model"], ["train", "--config"], ["train", "--config"], ["study", str(path)]]
     assert f"-o {out / 'tokens' / 'ha'}" in lines[0] and "en" not in [p.name for p in (out / "tokens").glob("*")]
     config = yaml.safe_load((out / "configs" / "ssu-wanda-freeze_ratio0.5.yaml").read_text())
     assert config["method_params"] == {"calib": str((out / "calib").resolve()), "freeze_ratio": 0.5}
     assert not (out / "runs").exists() and not (out / "tokens").exists()
+    assert lines[2] == f"mkdir -p {out / 'results'}" and all(f"> {out / 'results'}" in line for line in lines[3:5])
+
+
+@pytest.mark.slow  # the whole study through the shell: data, a training, the evaluation and report
+def test_printed_commands_run_as_printed(tmp_path, make_model_dir, corpora, invoke):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}], steps=2)
+    out = tmp_path / "out"
+    result = invoke("study", path, "-o", out, "--print-commands")
+    assert result.returncode == 0, result
+    script = tmp_path / "study.sh"
+    script.write_text("set -e\n" + result.stdout)
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=_env(), timeout=1200, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((out / "results" / "fft.json").read_text())["steps"] == 2
+    assert (out / "report" / "results.json").is_file()
 
 
 def test_another_study_in_the_same_directory_is_refused(tmp_path, make_model_dir, corpora, invoke):
     model = make_model_dir("llama")
     out = tmp_path / "out"
     assert invoke("study", study_yaml(tmp_path / "a.yaml", model, corpora, [{"method": "fft"}]), "-o", out, "--print-commands").returncode == 0
+    (out / "runs" / "fft").mkdir(parents=True)  # its work has begun (a scheduler started the printed run)
     other = study_yaml(tmp_path / "b.yaml", model, corpora, [{"method": "fft"}], steps=7)
     assert_input_error(invoke("study", other, "-o", out), "-o/--output", "holds another study", "runs")
+
+
+def test_a_study_directory_with_no_work_yet_takes_the_corrected_study(tmp_path, make_model_dir, corpora, invoke):
+    model = make_model_dir("llama")
+    out = tmp_path / "out"
+    assert invoke("study", study_yaml(tmp_path / "a.yaml", model, corpora, [{"method": "fft"}]), "-o", out, "--print-commands").returncode == 0
+    fixed = study_yaml(tmp_path / "b.yaml", model, corpora, [{"method": "fft"}], steps=7)
+    assert invoke("study", fixed, "-o", out, "--print-commands").returncode == 0
+    assert json.loads((out / "plan.json").read_text())["runs"]["fft"]["max_steps"] == 7
+
+
+def _break(data: dict, case: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.txt")
+    if case == "model":
+        data["model"] = str(tmp_path / "no-model")
+    elif case == "source":
+        data["sources"]["en"]["spec"] = missing
+        data["mixture"] = {"ha": 0.95, "en": 0.05}
+    elif case == "calibration":
+        data["calibration"]["data"] = missing
+    elif case == "evaluate":
+        data["evaluate"] = [data["train"]["eval"]["data"][0], f"late={missing}:target"]
+    elif case == "train-eval":
+        data["evaluate"] = list(data["train"]["eval"]["data"])
+        data["train"]["eval"]["data"].append(f"extra={missing}")
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("model", ["'model'", "no-model", "does not exist"]),
+    ("source", ["'sources.en'", "missing.txt", "does not exist"]),
+    ("calibration", ["'calibration.data'", "missing.txt", "does not exist"]),
+    ("evaluate", ["'evaluate' set 'late'", "missing.txt", "does not exist"]),
+    ("train-eval", ["'train.eval.data' set 'extra'", "missing.txt", "does not exist"]),
+])
+def test_every_input_is_checked_before_anything_is_written_and_the_fix_reruns_in_the_same_directory(
+        tmp_path, make_model_dir, corpora, invoke, case, fragments):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "ssu-wanda"}])
+    good = yaml.safe_load(path.read_text())
+    broken = yaml.safe_load(path.read_text())
+    _break(broken, case, tmp_path)
+    path.write_text(yaml.safe_dump(broken))
+    out = tmp_path / "out"
+    assert_input_error(invoke("study", path, "-o", out), str(path), *fragments)
+    assert not out.exists()
+    path.write_text(yaml.safe_dump(good))
+    assert invoke("study", path, "-o", out, "--print-commands").returncode == 0
+
+
+def test_a_method_whose_extra_is_missing_is_refused_before_anything_is_written(tmp_path, make_model_dir, corpora, invoke, monkeypatch):
+    from adaptkit import specs
+
+    real = specs.missing_package
+    monkeypatch.setattr(specs, "missing_package", lambda extra: "peft" if extra == "peft" else real(extra))
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}, {"method": "lora"}])
+    out = tmp_path / "out"
+    assert_input_error(invoke("study", path, "-o", out), "grid entry 2", "method 'lora'", "'peft'", "adaptkit[peft]")
+    assert not out.exists()
+
+
+def test_missing_package_reads_adaptkit_extras_without_importing_them():
+    from adaptkit.specs import missing_package
+
+    assert missing_package("peft") is None  # installed with the test extra
+    assert missing_package("no-such-module-here") == "no-such-module-here"  # a plugin's own extra: a module name
+    before = set(sys.modules)
+    missing_package("mergekit")
+    assert "mergekit" not in set(sys.modules) - before
+
+
+def test_an_unwritable_output_is_named_before_anything_runs(tmp_path, make_model_dir, corpora, invoke):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}])
+    assert_input_error(invoke("study", path, "-o", "/proc/adaptkit-study"), "-o/--output", "/proc/adaptkit-study", "cannot write")
 
 
 def _env() -> dict:

@@ -50,7 +50,7 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         shutil.rmtree(output)
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved != json.loads(json.dumps(plan)):
+        if saved != json.loads(json.dumps(plan)) and started(output):  # with no work made yet, the new plan replaces it
             changed = sorted(k for k in plan if saved.get(k) != json.loads(json.dumps(plan[k])))
             raise InputError(f"-o/--output: '{output}' holds another study (its {', '.join(changed)} differ); "
                              f"rerun with that study's file, pass --overwrite to start again, or choose another directory")
@@ -58,6 +58,11 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         raise InputError(f"-o/--output: '{output}' exists and is not a study directory; pass --overwrite or choose another path")
     output.mkdir(parents=True, exist_ok=True)
     write_plan(study, output)
+
+
+def started(output: Path) -> bool:
+    """Whether a study directory holds any of its work: a token store, the calibration set, a run or a result."""
+    return any((output / part).is_dir() and any((output / part).iterdir()) for part in ("tokens", "calib", "runs", "results"))
 
 
 def write_plan(study: Study, output: Path) -> None:
@@ -118,6 +123,7 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     lines = ["# shared data (run first)"]
     lines += [shlex.join(command) for _, command in prepare_commands(study, output)]
     lines.append("# the runs (any order, in parallel; rerun a line with --resume after a crash)")
+    lines.append(shlex.join(["mkdir", "-p", str(output / "results")]))
     for run in study.runs:
         command = train_command(output, run, "fresh")
         lines.append(shlex.join(command) + f" > {shlex.quote(str(output / 'results' / (run.name + '.json')))}")
