@@ -310,5 +310,6 @@ def _method_params(methods: str, overrides: Optional[list[str]], freeze_ratio: f
         else:
             params[path[0]][path[1]] = value
     for name, spec in specs.items():
+        spec.check_extras("--methods")
         spec.validate_params(params[name], f"--set {name}.*")
     return params
