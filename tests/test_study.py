@@ -119,6 +119,20 @@ def test_printed_commands_run_as_printed(tmp_path, make_model_dir, corpora, invo
     assert (out / "report" / "results.json").is_file()
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_study_steps_report_progress_unless_the_study_is_quiet(tmp_path, make_model_dir, corpora, progress):
+    from adaptkit.study import state
+    from adaptkit.study.spec import load_study
+
+    study = load_study(study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "ssu-wanda"}]))
+    (tmp_path / "out" / "configs").mkdir(parents=True)
+    calls = []
+    state.execute(study, tmp_path / "out", lambda message: None, call=lambda command, what: calls.append(command) or '{"steps": 6}',
+                  progress=progress)
+    assert [c[c.index("adaptkit") + 1] for c in calls] == ["data", "calibrate", "train"]
+    assert all(("--quiet" in c) != progress for c in calls) and ("--progress" in calls[-1]) == progress and "--json" in calls[-1]
+
+
 def test_another_study_in_the_same_directory_is_refused(tmp_path, make_model_dir, corpora, invoke):
     model = make_model_dir("llama")
     out = tmp_path / "out"
@@ -220,6 +234,7 @@ def finished_study(tmp_path_factory, make_model_dir, corpora):
     result = _study(path, root / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Pareto front:" in result.stdout and "study: run 2/2" in result.stderr
+    assert "train: step 8/8 (100%)" in result.stderr  # each run's progress lines, not minutes of silence
     return path, root / "out", json.loads((root / "out" / "report" / "results.json").read_text())
 
 

@@ -238,6 +238,16 @@ def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, i
     assert yaml.safe_load(invoke("train", "--print-config").stdout)["batch_size"] == 32  # the defaults alone
 
 
+@pytest.mark.slow  # over ~0.3 s: a training
+def test_json_with_progress_keeps_progress_lines_on_stderr(tmp_path, llama_dir, corpora, invoke):
+    args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "2", "--set", "log_steps=1", "--json"]
+    plain = invoke(*args, "-o", tmp_path / "plain")
+    progress = invoke(*args, "--progress", "-o", tmp_path / "progress")
+    assert plain.returncode == progress.returncode == 0, (plain, progress)
+    assert json.loads(plain.stdout)["steps"] == json.loads(progress.stdout)["steps"] == 2  # stdout: the JSON alone
+    assert "train: step" not in plain.stderr and "train: step 2/2 (100%)" in progress.stderr
+
+
 def test_print_config_with_json_prints_the_same_settings_as_json(invoke):
     import yaml
 

@@ -37,7 +37,7 @@ def command(
         sys.stdout.write(state.print_commands(study, output, study_file))
         return
     say = lambda message: console.print(message)  # noqa: E731
-    state.execute(study, output, say)
+    state.execute(study, output, say, progress=not console.silent)
     say(f"study: evaluating {len(study.runs)} runs and the base on {len(study.evaluate)} sets")
     rows = report.study_rows(study, output, report.evaluate_study(study, output, console))
     result = report.write_study_report(study, output, rows)
