@@ -115,11 +115,15 @@ class Spec:
             loc = ".".join(str(p) for p in err["loc"])
             raise InputError(f"{where}: {self.kind} '{self.name}' parameter '{loc}': {err['msg']}") from None
 
+    def param_name(self, field_name: str) -> str:
+        """A parameter's name as users write it (`--set KEY=V`): the field's name."""
+        return field_name
+
     def parameters(self) -> list[dict[str, Any]]:
-        """One record per parameter: name, type, default (None when required), required, description."""
+        """One record per parameter: name (as users write it), type, default (None when required), required, description."""
         return [
             {
-                "name": name,
+                "name": self.param_name(name),
                 "type": type_name(info.annotation),
                 "default": None if info.is_required() else info.get_default(call_default_factory=True),
                 "required": info.is_required(),
@@ -224,12 +228,21 @@ def method_spec(method: type) -> MethodSpec:
     )
 
 
+def option_name(field_name: str) -> str:
+    """The public name of a parameter: `lambda_` -> `lambda`, `lambda_prime` -> `lambda-prime`."""
+    return field_name.rstrip("_").replace("_", "-")
+
+
 @dataclass(frozen=True)
 class MergeMethodSpec(Spec):
     """A merge method: a per-tensor function over aligned tensors of several models (whether it
     needs a base is the method class's `base`)."""
 
     kind: ClassVar[str] = "merge method"
+
+    def param_name(self, field_name: str) -> str:
+        """Its option's name without the dashes: `lambda_` -> `lambda` (--lambda), `lambda_prime` -> `lambda-prime`."""
+        return option_name(field_name)
 
 
 @dataclass(frozen=True)

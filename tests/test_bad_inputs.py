@@ -212,6 +212,8 @@ CASES = [
     ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
     # --- generate -------------------------------------------------------------------------------
     ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),
+    ("generate-output-is-dir-overwrite", ["generate", "-m", "{model}", "-p", "{prompts}", "-o", "{results_dir}", "--overwrite"],
+     ["-o/--output", "is a directory", "expected a file path"]),
     ("generate-prompts-not-utf8", ["generate", "-m", "{model}", "-p", "{latin1_prompts}", "-o", "{out}"], ["--prompts", "latin1-prompts.jsonl", "line 2", "not UTF-8"]),
     ("codemix-input-not-utf8", ["codemix", "-i", "{latin1_generations}", "--expected-lang", "en", "-o", "{out}"], ["--input", "latin1-generations.jsonl", "line 2", "not UTF-8"]),
     ("generate-prompts-no-field", ["generate", "-m", "{model}", "-p", "{jsonl_no_text}", "-o", "{out}"], ["--prompts", "prompt"]),
@@ -337,6 +339,9 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     files["chat_jsonl"].write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
     files["generations"] = root / "generations.jsonl"
     files["generations"].write_text('{"id": "1", "response": "All human beings are born free and equal in dignity and rights."}\n')
+    files["results_dir"] = root / "results-dir"  # a directory that --overwrite must not turn into a file
+    files["results_dir"].mkdir()
+    (files["results_dir"] / "keep.txt").write_text("kept\n")
     for name in ("prompts", "generations"):  # a Latin-1 'é' on line 2
         files[f"latin1_{name}"] = root / f"latin1-{name}.jsonl"
         files[f"latin1_{name}"].write_bytes(files[name].read_bytes() + '{"prompt": "caf\xe9", "response": "caf\xe9"}\n'.encode("latin-1"))
@@ -393,4 +398,5 @@ def test_bad_input(case_id, argv, fragments, bad_files, mask_file_method, tmp_pa
     assert not out.exists(), f"{case_id}: wrote {out}"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert result.stdout == ""
+    assert (bad_files["results_dir"] / "keep.txt").is_file()
 

@@ -45,7 +45,7 @@ def command(
 
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
-    check_output(output, overwrite)
+    check_output(output, overwrite, is_dir=False)
     if decoding not in ("greedy", "paper"):
         raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
     if format not in ("records", "chat"):

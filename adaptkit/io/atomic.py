@@ -17,9 +17,14 @@ from typing import Iterator
 from adaptkit.errors import InputError
 
 
-def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path:
-    """Refuse an existing non-empty output unless `overwrite`; refuse a file where a dir is expected."""
+def check_output(path: Path, overwrite: bool, flag: str = "-o/--output", is_dir: bool | None = None) -> Path:
+    """Refuse an existing non-empty output unless `overwrite`; refuse, even with `overwrite`, a directory where
+    a file is expected (`is_dir` False) or a file where a directory is (`is_dir` True): --overwrite replaces
+    an output by one of its kind, never a directory's contents by a file."""
     path = Path(path)
+    if path.exists() and is_dir is not None and path.is_dir() != is_dir:
+        found, expected = ("a directory", "a file path") if path.is_dir() else ("a file", "a directory")
+        raise InputError(f"{flag}: '{path}' is {found}; expected {expected} (--overwrite replaces an output of the same kind only)")
     if path.exists():
         if path.is_dir():
             if any(path.iterdir()) and not overwrite:
@@ -110,7 +115,7 @@ def replace_path(tmp: Path, final: Path) -> None:
 
 @contextlib.contextmanager
 def _atomic(path: Path, overwrite: bool, flag: str, is_dir: bool) -> Iterator[Path]:
-    path = check_output(Path(path), overwrite, flag)
+    path = check_output(Path(path), overwrite, flag, is_dir)
     tmp = temp_sibling(path, is_dir)
     try:
         yield tmp
