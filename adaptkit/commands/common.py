@@ -199,7 +199,7 @@ class Console:
         self.json_mode = json_mode
         self.quiet = quiet or json_mode  # no results but the JSON
         self.silent = quiet or (json_mode and not progress)  # no progress or logs: --quiet, or --json without --progress
-        self.rich = RichConsole(stderr=True, quiet=self.silent)  # progress and logs
+        self.rich = RichConsole(stderr=True, quiet=self.silent, soft_wrap=True)  # progress and logs, lines whole in a log file
         self.out = RichConsole(quiet=self.quiet, soft_wrap=True)  # results
 
     @classmethod
