@@ -394,6 +394,8 @@ def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Trai
     accelerator = run.accelerator
     weights = {s.name: s.weight for s in config.data.mixture()}
     batches = Mixture(run.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    for warning in batches.starved(run.steps * config.batch_size) if run.main else []:
+        run.log(f"warning: {warning}")
     fingerprint = f"{model_fingerprint(plan.model)}:{counts[0]}"
     return Training(plan, trainable, optimizer, scheduler, train_model, forward_model, batches,
                     autocast_for(run.precision, run.device), fingerprint, counts)
