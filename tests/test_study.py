@@ -297,3 +297,42 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
     for name in ("fft", "ssu-wanda-freeze_ratio0.5"):
         rows = lambda d: [json.loads(l) for l in (d / "runs" / name / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]  # noqa: E731,E741
         assert rows(out) == rows(reference)
+
+
+def _metrics(path: Path, losses: list[tuple[int, float]], ppl: list[tuple[int, float]]) -> Path:
+    rows = [{"step": s, "loss": v} for s, v in losses] + [{"step": s, "eval": "ha", "role": "target", "ppl": v} for s, v in ppl]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_curves_of_runs_shorter_than_log_steps_show_what_exists(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from adaptkit.study.report import curves_figure
+
+    none = curves_figure({"a": _metrics(tmp_path / "a.jsonl", [], [(0, 9.0), (4, 7.0)])})
+    texts = [t.get_text() for t in none.axes[0].texts]
+    assert any("no training loss logged" in t and "log_steps" in t for t in texts)
+    one = curves_figure({"a": _metrics(tmp_path / "b.jsonl", [(4, 3.5)], [(0, 9.0), (4, 7.0)])})
+    (line,) = one.axes[0].lines
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [4] and not one.axes[0].texts  # the one point shows
+    plt.close("all")
+
+
+def test_frontier_labels_of_nearby_points_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from adaptkit.study.report import frontier_figure
+
+    rows = [{"model": "base", "method": None, "source_gain_bpb": 0.0, "target_gain_bpb": 0.0}]
+    rows += [{"model": f"ssu-wanda-freeze_ratio0.{i}", "method": "ssu-wanda", "source_gain_bpb": -0.010 - 0.0001 * i,
+              "target_gain_bpb": 0.300 + 0.0001 * i} for i in range(1, 6)]
+    rows += [{"model": "fft", "method": "fft", "source_gain_bpb": -0.2, "target_gain_bpb": 0.35}]
+    fig = frontier_figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts]
+    assert sorted(t.get_text() for t in labels) == sorted(r["model"] for r in rows)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not [(a.get_text(), b.get_text()) for i, (a, x) in enumerate(zip(labels, boxes)) for b, y in zip(labels[i + 1:], boxes[i + 1:]) if x.overlaps(y)]
+    plt.close(fig)
