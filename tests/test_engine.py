@@ -303,13 +303,13 @@ def loop_fft():
 
 
 def test_methods_declare_their_spec_from_class_attributes():
-    from adaptkit.plugins.methods import MODULES, ssu
+    from adaptkit.plugins.methods import modules, ssu
     from adaptkit.specs import method_spec
 
     spec = method_spec(ssu.SSUMagnitude)
     assert (spec.name, spec.factory, spec.params, spec.needs) == ("ssu-mag", "adaptkit.plugins.methods.ssu:SSUMagnitude", ssu.SSUParams, frozenset({"mask"}))
     assert spec.load() is ssu.SSUMagnitude
-    for module in MODULES:
+    for module in modules():
         for declared in getattr(module, "SPECS", None) or [module.SPEC]:
             cls = declared.load()
             assert declared == method_spec(cls) and declared.reference and declared.summary, declared.name

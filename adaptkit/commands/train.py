@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, SetOpt, push_output, shared
+from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SetOpt, push_output, shared
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
@@ -46,24 +46,6 @@ FLAG_KEYS = {
 DATA_FLAGS = ("data", "text_field", "max_tokens")  # CLI flags -> `data` settings (see data_settings)
 # CLI flag -> the method parameter it sets (for methods that have that parameter)
 METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
-
-
-def adjust_command(command: Any) -> None:
-    """Show the engine's default of each setting flag in --help: the flags themselves default to None,
-    so that a --config file can set what a flag does not."""
-    from adaptkit.engine.config import TrainConfig
-
-    for param in command.params:
-        key = FLAG_KEYS.get(param.name or "")
-        if key is None or getattr(param, "show_default", None) not in (None, False, True):
-            continue
-        model, default = TrainConfig, None
-        for part in key.split("."):
-            info = model.model_fields[part]
-            default = info.get_default(call_default_factory=True)
-            model = info.annotation if isinstance(info.annotation, type) else None
-        if default not in (None, "", [], False):
-            param.show_default = str(default)
 
 
 def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None,
@@ -193,19 +175,19 @@ def command(
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps.", show_default="one epoch")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.", show_default="1.0")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).", show_default="512")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).", show_default="32")] = None,
     micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="Sequences per forward pass and process (gradient accumulation makes up the rest).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
-    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).", show_default="5e-05")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).", show_default="0.01")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.", show_default="cosine")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).", show_default="0.05")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.", show_default="1.0")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none); the newest 2 are kept.", show_default="every 10% of the steps, rounded up")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).", show_default="auto")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="JSONL / parquet / dataset text field: FIELD for all sources or NAME=FIELD for one. Repeatable.", show_default="text")] = None,
@@ -221,7 +203,7 @@ def command(
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an extra: pip install 'adaptkit[wandb]').")] = None,
     run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run name in the trackers and the model card.", show_default="the -o directory's name")] = None,
     project: Annotated[Optional[str], typer.Option("--project", help="Tracker project (W&B, trackio, TensorBoard folder) or MLflow experiment.", show_default="adaptkit")] = None,
-    seed: SeedOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default="42")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     push_to_hub: PushOpt = None,

@@ -199,18 +199,17 @@ def public_params(params: Params) -> dict[str, Any]:
 def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | None = None) -> Params:
     """Validate merge parameters; errors name the option (`--lambda: ...`) or, with `where`
     (a config file), the parameter (`merge.yaml: parameter 'lambda': ...`)."""
-    from pydantic import ValidationError
+    from adaptkit.params import FieldError, validate
 
     if any(key not in spec.params.model_fields for key in values):
         return spec.validate_params(values, where or f"merge {spec.name}")  # unknown key: did-you-mean error
-    try:
-        return spec.params(**values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = option_name(str(error["loc"][0])) if error["loc"] else ""
-        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+
+    def describe(error: FieldError) -> str:
+        field = option_name(error.loc.split(".")[0]) if error.loc else ""
         label = f"{where}: parameter '{field}'" if where else f"--{field}"
-        raise InputError(f"{label}: {error['msg']}{got}") from None
+        return f"{label}: {error.msg}{error.got()}"
+
+    return validate(spec.params, values, describe)
 
 
 def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:

@@ -126,12 +126,9 @@ def apply_one_step(model: Path, base: Path, instruct: Path, alpha: float, output
 
 
 def _alpha(alpha: float) -> AlphaParams:
-    from pydantic import ValidationError
+    from adaptkit.params import validate
 
-    try:
-        return AlphaParams(alpha=alpha)
-    except ValidationError as exc:
-        raise InputError(f"--alpha: {exc.errors()[0]['msg']} (got {alpha})") from None
+    return validate(AlphaParams, {"alpha": alpha}, lambda error: f"--alpha: {error.msg} (got {alpha})")
 
 
 def _chat_template_from(source: Path):
