@@ -131,31 +131,31 @@ class ScorerSpec(Spec):
     needs_calibration: bool = True
 
 
-# What a method may declare in `needs`: the parameters, one of which the run must set, and the flags for them.
-METHOD_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "mask": (("mask", "calib"), "--mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)"),
-    "calibration": (("calib",), "--calib DIR (from `adaptkit calibrate`)"),
-}
+@dataclass(frozen=True)
+class Need:
+    """What a run of a method must provide before the model loads: one of the method's parameters
+    `one_of` set; `how` tells the user how (it completes "--method NAME: needs ...")."""
+
+    one_of: tuple[str, ...]
+    how: str
 
 
 @dataclass(frozen=True)
 class MethodSpec(Spec):
     """A training method: turns (model, context) into a TrainingPlan for the one engine.
 
-    `needs` names what the run must provide before the model is loaded (see METHOD_NEEDS):
-    "mask" (its `mask` or `calib` parameter set), "calibration" (its `calib` parameter set).
+    `needs` (each a `Need`) says what the run must provide before the model is loaded: one of some
+    of the method's parameters set (ssu-*: `mask` or `calib`).
     """
 
     kind: ClassVar[str] = "method"
-    needs: frozenset[str] = frozenset()
+    needs: tuple[Need, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for need in self.needs:
-            fields = METHOD_NEEDS.get(need, ((), ""))[0]
-            if not fields or not any(f in self.params.model_fields for f in fields):
-                raise PluginError(f"method '{self.name}': declares need '{need}' but "
-                                  + (f"has none of the parameters {', '.join(fields)}" if fields else f"the known needs are {', '.join(METHOD_NEEDS)}"))
+            if not any(f in self.params.model_fields for f in need.one_of):
+                raise PluginError(f"method '{self.name}': declares a need of {', '.join(need.one_of)} but has none of the parameters {', '.join(need.one_of)}")
 
     def validate_params(self, values: dict[str, Any] | None, where: str = "parameters", flags: dict[str, str] | None = None) -> Params:
         """As Spec.validate_params; `flags` maps a parameter to the option that set it (freeze_ratio:
@@ -173,10 +173,9 @@ class MethodSpec(Spec):
 
     def check_needs(self, params: Params) -> None:
         """Every declared need is met by the validated parameters (before anything heavy is loaded)."""
-        for need in sorted(self.needs):
-            fields, flags = METHOD_NEEDS[need]
-            if not any(getattr(params, f, None) for f in fields):
-                raise InputError(f"--method {self.name}: needs {flags}")
+        for need in self.needs:
+            if not any(getattr(params, f, None) for f in need.one_of):
+                raise InputError(f"--method {self.name}: needs {need.how}")
 
     def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None) -> Any:
         """The method instance for these parameters: validated, needs checked, implementation loaded."""
@@ -188,7 +187,7 @@ class MethodSpec(Spec):
 def method_spec(method: type) -> MethodSpec:
     """The registry spec of a training method class (adaptkit.engine.plan.TrainingMethod), from its
     class attributes: name, summary, reference, Params, needs, extras. Its factory is the class itself."""
-    return class_spec(MethodSpec, method, needs=frozenset(method.needs), extras=tuple(method.extras))
+    return class_spec(MethodSpec, method, needs=tuple(method.needs), extras=tuple(method.extras))
 
 
 @dataclass(frozen=True)
@@ -265,8 +264,6 @@ class CataloguedSpec:
         entry = dict(entry)
         self._parameters = entry.pop("parameters")
         self._real: Spec | None = None
-        if "needs" in entry:
-            entry["needs"] = frozenset(entry["needs"])
         if "extras" in entry:
             entry["extras"] = tuple(entry["extras"])
         self.__dict__.update(entry)  # kind, name, module, plugin, summary, reference, extras, ...
@@ -297,13 +294,15 @@ class CataloguedSpec:
 
 
 def catalog_entry(spec: Spec, module: str) -> dict[str, Any]:
-    """What the catalog records of a spec registered by `module`: every plain field and the parameters."""
+    """What the catalog records of a spec registered by `module`: its plain fields (text, flags, lists of
+    names) and the parameters; anything else (params, needs) is read from the spec itself when used."""
     from dataclasses import fields
 
     entry: dict[str, Any] = {"kind": spec.kind, "name": spec.name, "module": module, "plugin": spec.plugin}
     for f in fields(spec):
-        if f.name not in ("name", "factory", "params", "plugin"):
-            value = getattr(spec, f.name)
-            entry[f.name] = sorted(value) if isinstance(value, frozenset) else list(value) if isinstance(value, tuple) else value
+        value = getattr(spec, f.name)
+        if f.name in ("name", "factory", "params", "plugin", "needs"):
+            continue
+        entry[f.name] = list(value) if isinstance(value, tuple) else value
     entry["parameters"] = spec.parameters()
     return entry

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.specs import Params
+    from adaptkit.specs import Need, Params
 
 
 class TrainingCallback:
@@ -149,7 +149,7 @@ class TrainingMethod(ABC):
 
     The class attributes declare the method for the registry (`adaptkit.specs.method_spec(Class)`):
     its name, a one-line summary, the paper reference, its pydantic parameter model, what the run must
-    provide (`needs`, see adaptkit.specs.METHOD_NEEDS) and optional packages it imports (`extras`).
+    provide (`needs`: adaptkit.specs.Need) and optional packages it imports (`extras`).
     `freeze_special_tokens` is the method's default of the run setting of that name (engine/special_tokens.py).
     """
 
@@ -157,7 +157,7 @@ class TrainingMethod(ABC):
     summary: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Params: ClassVar[type["Params"]] = NoParams
-    needs: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[tuple["Need", ...]] = ()
     extras: ClassVar[tuple[str, ...]] = ()
     freeze_special_tokens: ClassVar[bool] = False
 

@@ -141,7 +141,8 @@ class MergeMethod(ABC):
     like a base); those in `tensor_params` name safetensors files, or directories holding
     the file named in the mapping (masks, scores), whose tensor of the same name, when
     present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
-    `adaptkit.io.mask_files` for the file formats).
+    `adaptkit.io.mask_files` for the file formats). `base_model_is_first_model`: in a mergekit YAML,
+    `base_model` is this method's first model (SLERP's t = 0 end), not a base.
     """
 
     name: ClassVar[str]
@@ -153,6 +154,7 @@ class MergeMethod(ABC):
     max_models: ClassVar[int | None] = None
     model_params: ClassVar[tuple[str, ...]] = ()
     tensor_params: ClassVar[dict[str, str]] = {}
+    base_model_is_first_model: ClassVar[bool] = False
 
     def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
         """Refuse inputs the method cannot use (counts, missing base) and run every parameter's
