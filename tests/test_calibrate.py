@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaptkit.calibration import BUILTIN_TEMPLATES, build_calibration, load_calibration
-from adaptkit.data.corpus import pack_blocks, tokenize_documents
+from adaptkit.data.corpus import pack_blocks
 from adaptkit.errors import InputError
 from conftest import assert_input_error
 from _ssu_helpers import calib_dir  # noqa: F401  (shared fixture)
@@ -48,7 +48,8 @@ def test_text_calibration_blocks_are_the_packed_stream_seeded_and_reproducible(t
     calibration = load_calibration(out)
     assert calibration.blocks.shape == (8, 32) and reported["num_samples"] == 8 and reported["blocks_sha256"] == calibration.hash
     documents = corpora["en"].read_text().splitlines()
-    packed = pack_blocks(torch.tensor(tokenize_documents(documents, tokenizer)), 32)  # pool > file: every document in order
+    stream = [t for d in documents for t in tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    packed = pack_blocks(torch.tensor(stream), 32)  # pool > file: every document in order, each followed by EOS
     assert calibration.manifest["blocks_available"] == packed.shape[0] and calibration.manifest["examples_used"] == len(documents)
     rows = [int((packed == block).all(1).nonzero()[0]) for block in calibration.blocks]
     assert rows == sorted(rows) and len(set(rows)) == 8  # distinct blocks of the stream, in stream order

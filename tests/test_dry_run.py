@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_input_error
-from test_engine import MaskedTestMethod
+from helpers import MaskedTestMethod
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 

@@ -165,7 +165,7 @@ def test_baselines_train_embeddings_and_head_by_default(tmp_path, make_model_dir
 
 def _engine_step(tmp_path, model_dir, data, precision, method):
     """The engine's phases up to one optimizer step; returns (training state, model)."""
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
     from adaptkit.engine import loop
 
     config = build_config(None, {"model": str(model_dir), "data": [str(data)], "method": method, "seq_len": 32, "batch_size": 4,
@@ -241,15 +241,15 @@ def _value(config, dotted):
 
 
 def test_every_shipped_preset_is_tested():
-    from adaptkit.config import presets
+    from adaptkit.settings import presets
 
     assert presets() == sorted([f"ssu-paper/{n}" for n in SSU_PAPER] + ["layra-paper/layra"])
 
 
 @pytest.mark.parametrize("name", list(SSU_PAPER))
 def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora):
-    from adaptkit.commands.train import build_config
-    from adaptkit.config import PRESETS_DIR
+    from adaptkit.train_settings import build_config
+    from adaptkit.settings import PRESETS_DIR
     from adaptkit.registry import get_spec
 
     flags = {"model": str(llama_dir), "data": [str(corpora["ha"])]}
@@ -271,7 +271,7 @@ def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora
 
 
 def test_layra_preset_resolves_to_the_papers_setup(llama_dir, corpora):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
     from adaptkit.registry import get_spec
 
     config = build_config(Path("layra-paper/layra"), {"model": str(llama_dir), "data": [str(corpora["ha"])]}, None)

@@ -259,7 +259,7 @@ def test_generation_server_gets_the_turns_and_the_paper_sampling(flores):
 
 
 def test_suite_with_local_lm_eval_data_runs_the_packaged_tasks(tmp_path):
-    from test_lm_tasks import write_ssu_data
+    from helpers import write_ssu_data
 
     from adaptkit.evals.suites import SuiteSettings, ssu_paper
 

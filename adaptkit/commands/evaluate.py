@@ -24,7 +24,7 @@ from adaptkit.commands.common import (ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
     """Per-backend settings: a YAML mapping {backend: {key: value}} then `--set backend.key=value`."""
-    from adaptkit.config import parse_set_overrides, read_yaml_mapping
+    from adaptkit.settings import parse_set_overrides, read_yaml_mapping
     from adaptkit.errors import InputError
 
     params: dict[str, dict] = {}

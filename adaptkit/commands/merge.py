@@ -103,7 +103,7 @@ def _from_config(
     from adaptkit.io.hub import check_target
 
     target = check_target(push_to_hub, private, revision)
-    from adaptkit.config import parse_set_overrides, read_yaml_mapping, set_nested
+    from adaptkit.settings import parse_set_overrides, read_yaml_mapping, set_nested
     from adaptkit.merge.mergekit_config import plan_config
 
     data = read_yaml_mapping(config)

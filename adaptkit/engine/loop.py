@@ -202,7 +202,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 def check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     """The settings a checkpoint depends on are those of the run; each difference is named with both values."""
-    from adaptkit.config import read_yaml_mapping
+    from adaptkit.settings import read_yaml_mapping
 
     saved = read_yaml_mapping(run_dir / "config.yaml", "--resume")
     current = _resolved_config_dict(config)
@@ -615,7 +615,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def config_yaml(config: TrainConfig) -> str:
     """The resolved configuration as a run's config.yaml holds it (and `train --print-config` prints it)."""
-    from adaptkit.config import dump_yaml
+    from adaptkit.settings import dump_yaml
 
     return dump_yaml(_resolved_config_dict(config))
 

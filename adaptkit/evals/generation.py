@@ -43,18 +43,34 @@ if TYPE_CHECKING:
 
 PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-# what `protocol: ssu-paper` sets unless given explicitly (SSU paper, Sec. 4 and Tables 7, 9)
-SSU_PAPER_PROTOCOL: dict[str, Any] = {"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}
+# the named decodings (`decoding: NAME`) and their `generate` settings; "paper": the SSU paper's sampling
+DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named evaluation protocol (`protocol: NAME`): the settings it presets unless given explicitly,
+    and whether its shots come only from a dataset's dev split (never from the evaluated file)."""
+
+    presets: dict[str, Any]
+    shots_from_dev_split: bool = False
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "single-turn": Protocol({}),  # the defaults: greedy, one run, the shots inline in one user turn
+    # the SSU paper's evaluation (Sec. 4 and Tables 7, 9): sampled, 3 runs, 500 items, shots as chat turns
+    "ssu-paper": Protocol({"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}, shots_from_dev_split=True),
+}
 SPREAD_METRICS = ("chrf", "chrf++")
 
 
 class GenerationParams(Params):
     """Settings shared by generation tasks; `protocol: ssu-paper` presets the paper's evaluation."""
 
-    protocol: Literal["single-turn", "ssu-paper"] = Field(
+    protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
         "single-turn", description="single-turn: greedy, 1 run, inline shots; ssu-paper: sampled, 3 runs, 500 items, shots as chat turns from the dev split")
     max_new_tokens: int = Field(128, ge=1, description="generation budget (paper: 128)")
-    decoding: Literal["greedy", "paper"] = "greedy"
+    decoding: Literal[tuple(DECODINGS)] = "greedy"  # type: ignore[valid-type]
     runs: int = Field(1, ge=1, description="generation runs averaged (the paper averages sampled runs)")
     batch_size: int = Field(8, ge=1)
     chat_template: bool = True
@@ -65,9 +81,8 @@ class GenerationParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
-        if isinstance(values, dict) and values.get("protocol") == "ssu-paper":
-            return {**SSU_PAPER_PROTOCOL, **values}
-        return values
+        protocol = PROTOCOLS.get(values.get("protocol", "")) if isinstance(values, dict) else None
+        return {**protocol.presets, **values} if protocol is not None else values
 
 
 def format_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: "str | list[dict[str, str]]", chat_template: bool) -> tuple[str, bool]:
@@ -108,7 +123,7 @@ def generate(
 
     from adaptkit.io.models import input_device
 
-    settings = dict(PAPER_SAMPLING if decoding == "paper" else GREEDY)
+    settings = dict(DECODINGS[decoding])
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     old_side = tokenizer.padding_side
@@ -164,7 +179,7 @@ def generator_of(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     return generator if generator is not None else partial(generate, model, tokenizer)
 
 
-def has_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: Any = None) -> bool:
+def uses_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: Any = None) -> bool:
     """Whether prompts go under a chat template: the server's (`generator.has_chat_template`) or the tokenizer's."""
     if generator is not None and hasattr(generator, "has_chat_template"):
         return bool(generator.has_chat_template)
@@ -198,8 +213,8 @@ def run_generation_task(
     `prompt` (the same conversation flattened into one text) is.
     """
     produce = generator_of(model, tokenizer, generator)
-    runs = params.runs if params.decoding == "paper" else 1
-    turns = params.chat_template and has_chat_template(tokenizer, generator)
+    runs = params.runs if DECODINGS[params.decoding]["do_sample"] else 1  # greedy runs are all the same
+    turns = params.chat_template and uses_chat_template(tokenizer, generator)
     prompts = [item["messages"] if turns and "messages" in item else item["prompt"] for item in items]
     per_run: list[dict[str, float]] = []
     records: list[dict[str, Any]] = []
@@ -335,8 +350,8 @@ class GenerationBackend(EvalBackend):
         from adaptkit.errors import InputError
         from adaptkit.evals.data import read_jsonl
 
-        if self.params.protocol == "ssu-paper" and self.params.shots:
-            raise InputError(f"{where}: the ssu-paper protocol draws its shots from a dev split, never from the evaluated items; "
+        if PROTOCOLS[self.params.protocol].shots_from_dev_split and self.params.shots:
+            raise InputError(f"{where}: the {self.params.protocol} protocol draws its shots from a dev split, never from the evaluated items; "
                              f"give a dataset directory ({self.name}:DIR:LANGS) or --set {self.name}.shots=0")
         records = read_jsonl(Path(path), where, self.fields)
         text, reference = self.fields

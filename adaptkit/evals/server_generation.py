@@ -23,6 +23,7 @@ from adaptkit.evals.generation import PAPER_SAMPLING
 
 GREEDY_REQUEST: dict[str, Any] = {"temperature": 0.0}
 PAPER_REQUEST: dict[str, Any] = {k: v for k, v in PAPER_SAMPLING.items() if k != "do_sample"}  # the in-process settings, one home
+REQUESTS: dict[str, dict[str, Any]] = {"greedy": GREEDY_REQUEST, "paper": PAPER_REQUEST}  # by decoding name (generation.DECODINGS)
 
 
 class ServerGenerator:
@@ -46,7 +47,7 @@ class ServerGenerator:
         from adaptkit.errors import InputError
         from adaptkit.evals.generation import cut_at_stop
 
-        settings = {**(PAPER_REQUEST if decoding == "paper" else GREEDY_REQUEST), "max_tokens": max_new_tokens, "seed": seed}
+        settings = {**REQUESTS[decoding], "max_tokens": max_new_tokens, "seed": seed}
         if stop:
             settings["stop"] = list(stop)
         templated = chat_template and self.has_chat_template

@@ -140,7 +140,7 @@ def _chat_template_from(source: Path):
     return finalize
 
 
-def has_chat_template(directory: Path) -> bool:
+def directory_has_chat_template(directory: Path) -> bool:
     if (directory / CHAT_TEMPLATE).is_file():
         return True
     config = directory / "tokenizer_config.json"
@@ -154,7 +154,7 @@ def has_chat_template(directory: Path) -> bool:
 
 def copy_chat_template(source: Path, target: Path, force: bool) -> bool:
     """Give `target` the chat template of `source` (as chat_template.jinja) unless it has one."""
-    if not force and has_chat_template(target):
+    if not force and directory_has_chat_template(target):
         return False
     if (source / CHAT_TEMPLATE).is_file():
         shutil.copyfile(source / CHAT_TEMPLATE, target / CHAT_TEMPLATE)

@@ -1,4 +1,4 @@
-"""Configs: pydantic models, YAML files and `--set a.b=value` overrides.
+"""Settings: YAML files (and the packaged presets), `--set a.b=value` overrides, validation into pydantic models.
 
 Precedence, lowest first: the model's defaults, the YAML file given with `--config`,
 the command's explicit flags, then `--set` overrides. Every key is validated by the
@@ -98,7 +98,7 @@ def fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def check_key(model: type[BaseModel], path: list[str], flag: str = "--set") -> bool:
+def check_key(model: type[BaseModel], path: list[str]) -> bool:
     """True if `path` names a field of `model` (descending into nested models)."""
     current: Any = model
     for i, part in enumerate(path):
