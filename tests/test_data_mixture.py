@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptkit.data.mixture import Mixture, apportion, parse_mixture, parse_source
-from adaptkit.engine.loop import Batches
+from adaptkit.engine.batches import Batches
 from adaptkit.errors import InputError
 
 

@@ -60,7 +60,7 @@ def test_optimizer_keeps_state_only_for_trainable_entries(make_model_dir):
 
 
 def test_batches_are_the_same_for_any_number_of_processes():
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     blocks = torch.arange(7 * 3).reshape(7, 3)
     single = Batches(blocks, batch_size=4, micro_batch_size=2, seed=1)

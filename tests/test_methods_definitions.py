@@ -70,7 +70,7 @@ def _micro_grads(model_dir, data, seq_len, batch, micro, seed=42):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     blocks = load_blocks([str(data)], AutoTokenizer.from_pretrained(model_dir), seq_len)
@@ -149,7 +149,7 @@ def _plain_finetune(model_dir, data, steps: int, lr: float, weight_decay: float,
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     batches = Batches(load_blocks([str(data)], AutoTokenizer.from_pretrained(model_dir), seq_len), batch, batch, seed)
