@@ -75,6 +75,16 @@ def plan_counts(plan: Any) -> PlanCounts:
     return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest)
 
 
+def held_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """What a run really holds (reported beside the plan): bytes of the parameters this process holds
+    (its shards under FSDP) and of its optimizer state."""
+    from adaptkit.engine.shards import local_shard
+
+    params = sum(local_shard(p)[0].nbytes for p in model.parameters())
+    state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return params + state
+
+
 def activation_bytes(config: Any, micro_batch: int, seq_len: int, precision: str, checkpointing: bool) -> int:
     """The activation estimate of the module doc for one micro-batch."""
     text = getattr(config, "text_config", None) or config
@@ -110,11 +120,13 @@ def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int
     return table
 
 
-def meta_model(config: Any) -> tuple[torch.nn.Module, Any]:
-    """The configured model on the meta device (config.json only) and its tokenizer."""
+def meta_model(config: Any) -> tuple[torch.nn.Module, Any, Any]:
+    """The configured model on the meta device (config.json only), its tokenizer, and the rows it had
+    before `vocab extend` where train_embeddings=new-only needs them."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from adaptkit.engine.embedding_rows import recorded_old_rows
     from adaptkit.io.models import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(config.model, "--model")
@@ -126,23 +138,22 @@ def meta_model(config: Any) -> tuple[torch.nn.Module, Any]:
             model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"--model: '{source.location}' does not build as a causal LM ({first_line(exc)})") from None
-    return model, load_tokenizer(source, config.trust_remote_code)
+    return model, load_tokenizer(source, config.trust_remote_code), recorded_old_rows(config.train_embeddings, source)
 
 
 def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
-    """The memory plan of a run: counts, bytes per process and the settings they depend on."""
-    from types import SimpleNamespace
-
-    from adaptkit.engine.loop import _freeze_special_tokens_if_set, resolve_precision, weight_dtype
+    """The memory plan of a run: counts, bytes per process and the settings they depend on. The plan
+    is the run's own (engine/planner.py's build_plan, on the meta device)."""
     from adaptkit.engine.plan import MethodContext
+    from adaptkit.engine.planner import build_plan
+    from adaptkit.engine.precision import micro_batch_size, resolve_precision, weight_dtype
 
-    model, tokenizer = meta_model(config)
-    micro = config.micro_batch_size or max(1, config.batch_size // max(1, processes))
+    model, tokenizer, old_rows = meta_model(config)
+    micro = micro_batch_size(config, processes)
     ctx = MethodContext(method.params, config, tokenizer, Path("."), config.max_steps or 1, torch.device("meta"),
-                        torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None)
+                        torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None, dry_run=True)
     try:
-        plan = method.plan(model, ctx)
-        _freeze_special_tokens_if_set(SimpleNamespace(config=config, tokenizer=tokenizer, log=lambda m: None), method, plan)
+        plan = build_plan(method, model, ctx, old_rows)
     except InputError:
         raise
     except Exception as exc:  # the method needed weights or data: on the meta device there are none
