@@ -178,3 +178,30 @@ def test_dry_run_of_ssu_with_calibration_plans_from_the_ratio(tmp_path, llama_di
     plan = json.loads(result.stdout)
     assert "freeze ratio 0.25" in plan["plan"] and plan["counts"]["trainable"] < plan["counts"]["total"]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow  # dry runs and a short training
+def test_a_batch_that_does_not_fit_is_refused_before_loading_naming_a_micro_batch_that_fits(tmp_path, llama_dir, corpora, invoke, monkeypatch):
+    from adaptkit.engine import memory_plan
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.io import models
+    from adaptkit.registry import get_spec
+
+    def needs(micro):
+        config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, micro_batch_size=micro)
+        return memory_plan.dry_run(config, get_spec("method", "fft").build({}))["bytes_per_process"]["single"]["total"]
+
+    assert needs(4) > needs(2) > needs(1)
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: (needs(4) + needs(2)) // 2)
+    load = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    out = tmp_path / "run"
+    args = ["train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "1", *COMMON]
+    assert_input_error(invoke(*args), "--batch-size 4 (micro-batch 4 x 32 tokens)", "--micro-batch-size 2 fits", "memory_check=false")
+    assert not out.exists()
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: needs(1) - 1)
+    assert_input_error(invoke(*args), "even a micro-batch of 1 does not fit", "--gradient-checkpointing")
+    monkeypatch.setattr(models, "load_causal_lm", load)
+    assert invoke(*args, "--set", "memory_check=false").returncode == 0
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: (needs(4) + needs(2)) // 2)
+    assert invoke(*args[:-len(COMMON)], "-o", tmp_path / "micro", "--micro-batch-size", "2", *COMMON).returncode == 0

@@ -2,9 +2,8 @@
 
     set_up          processes, run directory (engine/rundir.py), device, precision, seed, tokenizer, data, model
     make_plan       the one plan (engine/planner.py), distributed by the strategy, and its trainable set
-    make_training   optimizer, schedule, the prepared (and compiled) model, the batches; the metrics log
-                    (engine/metrics.py), the evaluator (engine/evaluation.py) and the checkpointer
-                    (engine/checkpointer.py)
+    make_training   optimizer, schedule, prepared model, batches; MetricsLog (engine/metrics.py),
+                    Evaluator (engine/evaluation.py), Checkpointer (engine/checkpointer.py)
     resume          config.yaml; with --resume, the newest checkpoint
     run_steps       for each step: train_step, then log, evaluate and checkpoint when due
     export          final/ (dense model, plus what callbacks save) and the cards (engine/cards.py)
@@ -83,16 +82,16 @@ class Training:
     fingerprint: str = ""  # architecture + trainable count: a checkpoint resumes only into the same plan
     counts: tuple[int, int] = (0, 0)  # (trainable entries, all entries)
     updating: bool = False  # inside train_step's update (optimizer step .. schedule step): no consistent state
-    metrics: Any = None  # MetricsLog
-    evaluator: Any = None  # Evaluator
-    checkpointer: Any = None  # Checkpointer
+    metrics: Optional[MetricsLog] = None
+    evaluator: Optional[Evaluator] = None
+    checkpointer: Optional[Checkpointer] = None
     optimizer_tensors: list[torch.Tensor] = field(default_factory=list)
 
 
 def train(config: TrainConfig, method: TrainingMethod, run_dir: Path, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print, progress: Any = None) -> TrainResult:
     """Run one training job: `config` says how, `method` (with its validated params) what trains."""
-    run = set_up(config, Path(run_dir), resume, overwrite, log, progress)
+    run = set_up(config, Path(run_dir), resume, overwrite, log, progress, method)
     try:
         plan, trainable = make_plan(run, method)
         training = make_training(run, plan, trainable)
@@ -104,10 +103,12 @@ def train(config: TrainConfig, method: TrainingMethod, run_dir: Path, resume: bo
         run.dir.release()
 
 
-def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
-    """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
+def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any,
+           method: Optional[TrainingMethod] = None) -> Run:
+    """Processes, run-directory checks, memory plan, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
     from adaptkit.engine.embedding_rows import recorded_old_rows
+    from adaptkit.engine.memory_plan import check_fits
     from adaptkit.engine.precision import micro_batch_size, resolve_precision
     from adaptkit.engine.rundir import resolved_config_dict
     from adaptkit.engine.training_data import data_warnings, load_training_data, total_steps
@@ -120,6 +121,8 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
         log, progress = (lambda message: None), None
     RunDir.check(run_dir, config, resume, overwrite)
     device, precision = accelerator.device, resolve_precision(config, accelerator.device)
+    if method is not None:  # the memory plan against the device's free memory, before anything loads
+        check_fits(config, method, accelerator.num_processes, distributed.resolve_mode(config.distributed, accelerator.num_processes), device)
     seed_everything(config.seed)
     micro = micro_batch_size(config, accelerator.num_processes)
     source = resolve_model_source(config.model, "--model")
@@ -231,9 +234,8 @@ def run_steps(run: Run, t: Training, start_step: int) -> None:
 
 
 def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One optimizer step: micro-batches (forward, callback losses, backward), gradient transforms,
-    compact gradients, clip, the device-side non-finite check, optimizer step, write-back, step-end
-    callbacks. Returns (mean loss, grad norm) as device tensors (no host synchronisation) and the lr."""
+    """One optimizer step: micro-batches (forward, callback losses, backward), gradient transforms, compact gradients,
+    clip, non-finite check, update, write-back, step-end callbacks. Returns device tensors (mean loss, grad norm) and lr."""
     model, callbacks, accumulation = t.plan.model, t.plan.callbacks, t.batches.accumulation
     step_loss = torch.zeros((), device=run.device)
     for micro in range(accumulation):

@@ -170,3 +170,59 @@ def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
         "weights_dtype": str(dtype).removeprefix("torch."), "micro_batch_size": micro, "seq_len": config.data.seq_len, "processes": processes,
         "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes, dtype.itemsize),
     }
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run may still take on `device`: free GPU memory, or on a CPU the kernel's MemAvailable
+    (less where a cgroup limit is lower); None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def needed_bytes(plan: dict[str, Any], mode: str, checkpointing: bool) -> int:
+    """The plan's total per process for a distributed mode ('none' or 'single', 'ddp', 'fsdp')."""
+    row = plan["bytes_per_process"]["single" if mode == "none" else mode]
+    return row["total_with_checkpointing"] if checkpointing else row["total"]
+
+
+def check_fits(config: Any, method: Any, processes: int, mode: str, device: torch.device) -> None:
+    """Before anything loads: refuse a run whose memory plan (per process) exceeds what `device` has
+    free, naming --batch-size and the largest --micro-batch-size that fits. `--set memory_check=false`
+    skips it; so does a method that cannot plan without weights (then nothing is known)."""
+    free = available_bytes(device)
+    if not config.memory_check or free is None:
+        return
+    try:
+        plan = dry_run(config, method, processes)
+    except Exception:  # noqa: BLE001 (a plan the dry run cannot make is no reason to refuse the run)
+        return
+    needed = needed_bytes(plan, mode, config.gradient_checkpointing)
+    if needed <= free:
+        return
+    micro = plan["micro_batch_size"]
+    fits = None
+    for smaller in range(micro - 1, 0, -1):
+        if config.batch_size % (smaller * max(1, processes)) == 0:
+            trial = config.model_copy(update={"micro_batch_size": smaller})
+            if needed_bytes(dry_run(trial, method, processes), mode, config.gradient_checkpointing) <= free:
+                fits = smaller
+                break
+    where = f"{human_bytes(needed)} per process are planned (train --dry-run) but {human_bytes(free)} is free on {device.type}"
+    advice = (f"--micro-batch-size {fits} fits (gradient accumulation keeps --batch-size {config.batch_size})" if fits else
+              "even a micro-batch of 1 does not fit: try --gradient-checkpointing, --distributed fsdp, a smaller --seq-len or another method")
+    raise InputError(f"--batch-size {config.batch_size} (micro-batch {micro} x {config.data.seq_len} tokens): {where}; {advice}; "
+                     "--set memory_check=false runs it anyway")
