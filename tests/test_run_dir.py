@@ -57,6 +57,7 @@ def test_a_lock_of_a_reused_pid_is_stale(tmp_path):
     assert lock_owner(tmp_path) == f"pid {os.getppid()} on another-host"
 
 
+@pytest.mark.slow  # the CLI in process (torch imports)
 def test_resume_with_overwrite_is_refused(tmp_path, llama_dir, corpora, invoke):
     out = tmp_path / "run"
     assert_input_error(invoke(*_train(llama_dir, corpora, out, "--resume"), "--overwrite"), "--resume", "--overwrite")
@@ -105,3 +106,20 @@ def test_two_commands_into_one_directory_one_refuses(tmp_path, llama_dir, corpor
     assert (out / "final").is_dir() and not (out / LOCK).exists()
     steps = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 30  # one row per step: the second command wrote none
+
+
+def test_a_killed_owner_not_yet_reaped_holds_no_lock(tmp_path):
+    """SIGKILL leaves the lock behind and, until its parent waits for it, a zombie with the owner's pid: stale."""
+    import signal
+
+    from adaptkit.engine.rundir import LOCK, lock_owner
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (tmp_path / LOCK).write_text(f"{child.pid} {socket.gethostname()}\n")
+    assert lock_owner(tmp_path) == f"pid {child.pid} on {socket.gethostname()}"
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while lock_owner(tmp_path) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lock_owner(tmp_path) is None
+    child.wait(timeout=30)

@@ -41,7 +41,7 @@ __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
 
 @dataclass
-class Run:
+class TrainingRun:
     """What set-up establishes before planning: processes, device, data and the loaded model."""
 
     config: TrainConfig
@@ -104,7 +104,7 @@ def train(config: TrainConfig, method: TrainingMethod, run_dir: Path, resume: bo
 
 
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any,
-           method: Optional[TrainingMethod] = None) -> Run:
+           method: Optional[TrainingMethod] = None) -> TrainingRun:
     """Processes, run-directory checks, memory plan, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
     from adaptkit.engine.embedding_rows import recorded_old_rows
@@ -115,11 +115,11 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
 
+    RunDir.check(run_dir, config, resume, overwrite)
     report_to = trackers.check_available(config.report_to)
     accelerator = distributed.make_accelerator(config.device, log_with=report_to, logging_dir=trackers.logging_dir(run_dir))
     if not accelerator.is_main_process:  # one voice: only the main process logs and shows progress
         log, progress = (lambda message: None), None
-    RunDir.check(run_dir, config, resume, overwrite)
     device, precision = accelerator.device, resolve_precision(config, accelerator.device)
     if method is not None:  # the memory plan against the device's free memory, before anything loads
         check_fits(config, method, accelerator.num_processes, distributed.resolve_mode(config.distributed, accelerator.num_processes), device)
@@ -133,7 +133,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     check_context_length(config.data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
-    run = Run(config, RunDir(run_dir, accelerator.is_main_process, log), distributed.make_strategy(accelerator, config.distributed), device,
+    run = TrainingRun(config, RunDir(run_dir, accelerator.is_main_process, log), distributed.make_strategy(accelerator, config.distributed), device,
               tokenizer, model, data, total_steps(config, data.blocks.shape[0]), accelerator, precision, micro, source.location, log,
               progress, old_vocab_size=old_rows)
     for warning in data_warnings(config, data.blocks.shape[0], run.steps):
@@ -144,7 +144,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     return run
 
 
-def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
+def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The one plan (engine/planner.py), distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
     from adaptkit.engine.planner import build_plan
@@ -165,7 +165,7 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
     return plan, trainable
 
 
-def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
+def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet) -> Training:
     """Optimizer and schedule over the trainable set, the model the loop runs, the batches; the
     metrics log, the evaluator and the checkpointer."""
     from adaptkit.engine.special_tokens import token_row_parameters
@@ -187,7 +187,7 @@ def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Trai
     return t
 
 
-def make_metrics(run: Run, t: Training) -> MetricsLog:
+def make_metrics(run: TrainingRun, t: Training) -> MetricsLog:
     """The metrics log of the run: rows every log_steps, tokens by source, throughput and MFU."""
     from adaptkit.engine.throughput import device_peak_tflops, model_flops_per_token
 
@@ -200,7 +200,7 @@ def make_metrics(run: Run, t: Training) -> MetricsLog:
     return metrics
 
 
-def resume_run(run: Run, t: Training, resume: bool) -> tuple[int, Optional[int]]:
+def resume_run(run: TrainingRun, t: Training, resume: bool) -> tuple[int, Optional[int]]:
     """Write config.yaml; with --resume, restore the newest checkpoint and trim metrics.jsonl to it.
     Returns (first step, step resumed from)."""
     run.dir.write_config(run.config)
@@ -211,7 +211,7 @@ def resume_run(run: Run, t: Training, resume: bool) -> tuple[int, Optional[int]]
     return resumed_from or 0, resumed_from
 
 
-def run_steps(run: Run, t: Training, start_step: int) -> None:
+def run_steps(run: TrainingRun, t: Training, start_step: int) -> None:
     """The loop: one train_step per optimizer step, then its metrics row, evaluation and checkpoint when due.
     An interrupt (Ctrl-C, SIGTERM) saves a checkpoint of the last completed step, then goes on up."""
     metrics, evaluator, checkpointer = t.metrics, t.evaluator, t.checkpointer
@@ -233,7 +233,7 @@ def run_steps(run: Run, t: Training, start_step: int) -> None:
     metrics.finish()
 
 
-def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+def train_step(run: TrainingRun, t: Training, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step: micro-batches (forward, callback losses, backward), gradient transforms, compact gradients,
     clip, non-finite check, update, write-back, step-end callbacks. Returns device tensors (mean loss, grad norm) and lr."""
     model, callbacks, accumulation = t.plan.model, t.plan.callbacks, t.batches.accumulation
@@ -275,7 +275,7 @@ def step_loss_of(forward_model: torch.nn.Module, inputs: dict[str, torch.Tensor]
     return loss
 
 
-def export(run: Run, t: Training, metrics: MetricsLog, start_step: int, resumed_from: Optional[int]) -> TrainResult:
+def export(run: TrainingRun, t: Training, metrics: MetricsLog, start_step: int, resumed_from: Optional[int]) -> TrainResult:
     """Save final/ (what the callbacks export: a plain dense model), its model card and the run card."""
     from adaptkit.engine.cards import data_lines, train_card, write_run_card
     from adaptkit.engine.memory_plan import held_state_bytes

@@ -32,7 +32,7 @@ def pilot_finetune(model: torch.nn.Module, ctx: "MethodContext", steps: int) -> 
     from adaptkit.engine.batches import Batches
     from adaptkit.engine.distributed import LocalStrategy
     from adaptkit.engine.divergence import Divergence
-    from adaptkit.engine.loop import Run, Training, train_step
+    from adaptkit.engine.loop import Training, TrainingRun, train_step
     from adaptkit.engine.optim import apply_plan, build_optimizer, build_schedule
     from adaptkit.engine.plan import TrainingPlan
     from adaptkit.engine.precision import autocast_for, micro_batch_size, resolve_precision
@@ -43,7 +43,7 @@ def pilot_finetune(model: torch.nn.Module, ctx: "MethodContext", steps: int) -> 
     trainable = apply_plan(plan)
     optimizer = build_optimizer(trainable, config.optimizer, ctx.device)
     batches = Batches(ctx.train_blocks, config.batch_size, micro_batch_size(config, _world_size()), config.seed)
-    run = Run(config, RunDir(ctx.output_dir, main=False), LocalStrategy(), ctx.device, ctx.tokenizer, model,
+    run = TrainingRun(config, RunDir(ctx.output_dir, main=False), LocalStrategy(), ctx.device, ctx.tokenizer, model,
               TrainingData({}, ctx.train_blocks), steps, log=ctx.log)
     t = Training(plan, trainable, optimizer, build_schedule(optimizer, config.schedule, steps), model, model, batches,
                  autocast_for(resolve_precision(config, ctx.device), ctx.device), Divergence(optimizer, ctx.device, lambda: "no checkpoint is kept by a pilot run"),

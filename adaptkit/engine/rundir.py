@@ -73,22 +73,29 @@ def check_resume_config(run_dir: Path, config: "TrainConfig") -> None:
         raise InputError(f"--resume: settings differ from the run in '{run_dir}' ({'; '.join(differences)}); resume with the run's settings or start a new run")
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """The start time of process `pid` (clock ticks since boot, Linux /proc), or None where unknown."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (Linux), or [] where unknown."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The start time of process `pid` (clock ticks since boot), or None where unknown."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def _alive(pid: int) -> bool:
+    """A process that runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    return _stat(pid)[:1] != ["Z"]
 
 
 def lock_owner(run_dir: Path) -> Optional[str]:
