@@ -9,7 +9,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from adaptkit.engine import checkpoint as ckpt
-from adaptkit.errors import InputError
+from adaptkit.errors import AdaptkitError, InputError
 
 if TYPE_CHECKING:
     from adaptkit.engine.config import TrainConfig
@@ -65,6 +65,10 @@ class Checkpointer:
         if (self.run_dir.path / f"checkpoint-{done}").is_dir():
             return
         ckpt.restore_rng(*self.rng)  # the RNG as it was when that step completed (a forward pass may have drawn since)
+        try:
+            self.before_save()
+        except AdaptkitError:  # a run that diverged before the interrupt saves nothing; the interrupt goes on up
+            return
         self.save(done)
 
     def resume(self) -> Optional[int]:

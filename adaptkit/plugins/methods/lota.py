@@ -71,7 +71,12 @@ def ratio_masks(model, sparsity: float, skip: set[int]) -> dict:
     by_remainder = sorted(considered, key=lambda n: -(k * considered[n].numel() % total))
     for name in by_remainder[:k - sum(shares.values())]:
         shares[name] += 1
-    return {name: UpdateMask("element", (torch.arange(p.numel()) < shares[name]).reshape(tuple(p.shape))) for name, p in considered.items()}
+    masks = {}
+    for name, param in considered.items():
+        trainable = torch.zeros(param.numel(), dtype=torch.bool)
+        trainable[:shares[name]] = True
+        masks[name] = UpdateMask("element", trainable.reshape(tuple(param.shape)))
+    return masks
 
 
 class LotteryTicketAdaptation(TrainingMethod):
