@@ -164,7 +164,7 @@ def test_plugins_lists_every_method_with_parameters(invoke):
     for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg"):
         assert name in listed and listed[name]["reference"], name
     defaults = {name: {p["name"]: (None if p["required"] else p["default"]) for p in entry["parameters"]} for name, entry in listed.items()}
-    assert defaults["gmt"]["mask_ratio"] == 0.5
+    assert defaults["gmt"]["keep_ratio"] == 0.5
     assert defaults["lota"]["sparsity"] == 0.9 and defaults["lota"]["calibration_steps"] == 100
     assert defaults["layra"]["first"] == 10 and defaults["layra"]["last"] == 2
     assert next(p for p in listed["layer-freeze"]["parameters"] if p["name"] == "layers")["required"] is True

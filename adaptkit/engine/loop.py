@@ -491,6 +491,8 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
             loss = _add_callback_losses(t.forward_model(**inputs).loss, callbacks, model)
         run.accelerator.backward(loss / accumulation)
         step_loss += loss.detach() / accumulation
+        for callback in callbacks:
+            callback.after_backward(model, step, micro)
     for callback in callbacks:
         callback.transform_gradients(model, step)
     t.trainable.pull_grads()

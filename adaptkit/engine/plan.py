@@ -43,6 +43,9 @@ class TrainingCallback:
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
         return None
 
+    def after_backward(self, model: "torch.nn.Module", step: int, micro: int) -> None:
+        """After each micro-batch's backward: the gradients accumulated so far (e.g. GMT's reference mode)."""
+
     def transform_gradients(self, model: "torch.nn.Module", step: int) -> None:
         """Change accumulated gradients in place, before masking and clipping (e.g. GMT)."""
 
