@@ -326,6 +326,64 @@ def test_lota_resume_reuses_the_saved_mask(tmp_path, llama_dir, corpora, invoke,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _reference_s2ft_draw(layers, units, ratio, seed):
+    """s2ft_select_ffn_up_down / s2ft_select_mha_heads (SSU code), transcribed: a fresh random.Random(seed) per pool,
+    k = int(total * ratio) (1 if that is 0), sorted global indices split into (layer, unit)."""
+    import random
+
+    total = layers * units
+    k = int(total * ratio) or 1
+    chosen = {i: [] for i in range(layers)}
+    for index in sorted(random.Random(seed).sample(list(range(total)), k)):
+        chosen[index // units].append(index % units)
+    return chosen
+
+
+@pytest.mark.parametrize("variant", ["down", "down+output"])
+def test_s2ft_selection_is_the_reference_draw(tmp_path, make_model_dir, variant):
+    from adaptkit.plugins.methods.s2ft import StructuredSparseFineTuning, StructuredSparseParams
+
+    model = _model(make_model_dir, layers=3)
+    plan = StructuredSparseFineTuning(StructuredSparseParams(ratio=0.07, variant=variant)).plan(model, _context(tmp_path, seed=7))
+    config = model.config
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    pools = [("mlp.down_proj", config.intermediate_size, 1)] + ([("self_attn.o_proj", heads, head_dim)] if variant == "down+output" else [])
+    for module, units, width in pools:
+        for layer, chosen in _reference_s2ft_draw(3, units, 0.07, 7).items():
+            expected = torch.zeros(units * width, dtype=torch.bool)
+            for unit in chosen:
+                expected[unit * width:(unit + 1) * width] = True
+            mask = plan.trainable.get(f"model.layers.{layer}.{module}.weight")
+            got = mask.trainable if mask is not None else torch.zeros_like(expected)
+            assert torch.equal(got, expected), (module, layer)
+
+
+def test_reference_head_permutation_changes_olmo2_but_not_llama(make_model_dir):
+    """What the reference's convert_mha_layer_to_s2 does to the model before training, transcribed: q/k/v rows and o
+    columns permuted by head, q_norm/k_norm left alone. Function-preserving for Llama, not for OLMo-2 (why adaptkit
+    does not permute, and why the reference's down+output OLMo-2 runs start from a changed model)."""
+    ids = torch.arange(1, 17).reshape(1, -1)
+    for arch, preserved in (("llama", True), ("olmo2", False)):
+        model = _model(make_model_dir, arch, layers=2, num_key_value_heads=4)
+        config = model.config
+        with torch.no_grad():  # a trained model's norm scales are not all ones (the tiny model's are)
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(len(name)))
+        before = model(input_ids=ids).logits
+        order = [2, 0] + [h for h in range(config.num_attention_heads) if h not in (2, 0)]  # selected heads first
+        with torch.no_grad():
+            for layer in model.model.layers:
+                attn = layer.self_attn
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                    w = proj.weight.data.reshape(config.num_key_value_heads, -1, proj.weight.shape[-1])
+                    proj.weight.data = w[order, :, :].reshape(-1, proj.weight.shape[-1])
+                o = attn.o_proj.weight.data.reshape(attn.o_proj.weight.shape[0], config.num_attention_heads, -1)
+                attn.o_proj.weight.data = o[:, order, :].reshape(attn.o_proj.weight.shape[0], -1)
+        after = model(input_ids=ids).logits
+        assert torch.allclose(before, after, atol=1e-5) is preserved, arch
+
+
 def test_s2ft_lora_rank_budget_matches_lora(tmp_path, make_model_dir):
     from adaptkit.plugins.methods.s2ft import StructuredSparseFineTuning, StructuredSparseParams
 

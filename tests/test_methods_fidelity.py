@@ -163,13 +163,13 @@ def test_baselines_train_embeddings_and_head_by_default(tmp_path, make_model_dir
 # ---------------------------------------------------------------- pure bf16
 
 
-def _engine_step(tmp_path, model_dir, data, precision, method):
+def _engine_step(tmp_path, model_dir, data, precision, method, lr=1e-2):
     """The engine's phases up to one optimizer step; returns (training state, model)."""
     from adaptkit.commands.train import build_config, build_method
     from adaptkit.engine import loop
 
     config = build_config(None, {"model": str(model_dir), "data": [str(data)], "method": method, "seq_len": 32, "batch_size": 4,
-                                 "max_steps": 1, "lr": 1e-2, "warmup_ratio": 0.0, "precision": precision, "device": "cpu"},
+                                 "max_steps": 1, "lr": lr, "warmup_ratio": 0.0, "precision": precision, "device": "cpu"},
                           ["ratio=0.25"] if method == "s2ft" else None)
     run = loop.set_up(config, tmp_path / f"step-{precision}", False, False, lambda m: None, None)
     plan, trainable = loop.make_plan(run, build_method(config))
@@ -182,12 +182,35 @@ def _engine_step(tmp_path, model_dir, data, precision, method):
 def test_bf16_pure_keeps_bf16_weights_and_optimizer_state(tmp_path, make_model_dir, corpora, arch):
     model_dir = make_model_dir(arch)
     for precision, dtype in (("bf16-pure", torch.bfloat16), ("bf16", torch.float32)):
-        training, model = _engine_step(tmp_path, model_dir, corpora["ha"], precision, "s2ft")
+        training, model = _engine_step(tmp_path, model_dir, corpora["ha"], precision, "hft")
         optimized = [p for group in training.optimizer.param_groups for p in group["params"]]
         assert optimized and all(p.dtype == dtype for p in optimized), precision
         states = [v for s in training.optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
         assert len(states) == 2 * len(optimized) and all(v.dtype == dtype for v in states), precision
         assert all(p.dtype == dtype for p in model.parameters()), precision
+
+
+@pytest.mark.parametrize("precision", ["bf16-pure", "bf16", "fp32"])
+def test_s2ft_trains_its_selected_columns_through_an_fp32_copy_in_every_precision(tmp_path, llama_dir, corpora, precision):
+    """The reference trains a zero-initialised fp32 delta (S2RowLinear.s2, torch.zeros without a dtype) beside bf16 weights:
+    updates below bf16 resolution accumulate. Here the selected columns train through an fp32 copy in every mode."""
+    from adaptkit.engine.loop import weight_dtype
+
+    lr = 1e-5  # a step of about lr: below half the bf16 spacing of most weights (|w| > 2^-8 * 2 * lr ... ~ 0.005)
+    training, model = _engine_step(tmp_path, llama_dir, corpora["ha"], precision, "s2ft", lr=lr)
+    compact = training.trainable.compact
+    assert compact and all(c.compact.dtype == torch.float32 for c in compact.values())
+    states = [s for c in compact.values() for k, s in training.optimizer.state[c.compact].items() if k in ("exp_avg", "exp_avg_sq")]
+    assert states and all(s.dtype == torch.float32 for s in states)
+    assert all(p.dtype == weight_dtype(precision) for p in training.trainable.whole.values())  # embeddings, head: in place
+    source = weights(llama_dir)
+    for name, c in compact.items():
+        start = c.take(source[name].to(weight_dtype(precision))).float()
+        moved = (c.compact.detach() - start).abs()
+        assert float(moved.max()) <= 1.01 * lr and float((moved > 0.5 * lr).float().mean()) > 0.9, name  # the fp32 copy holds the step
+        if precision == "bf16-pure":  # ... which the bf16 weight itself mostly rounds away
+            written = c.take(dict(model.named_parameters())[name].detach()).float()
+            assert float((written != start).float().mean()) < 0.5, name
 
 
 @pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", True)])

@@ -77,6 +77,9 @@ class TrainingPlan:
     # (engine/masked_linear.py): less backward work and memory; leaves their .grad empty,
     # so not for methods whose callbacks read full weight gradients.
     compact_linear_grads: bool = False
+    # dtype name of the compact copies of partly trained parameters; None: the precision's weight dtype
+    # (bf16 under bf16-pure). "float32" keeps an fp32 copy in every precision mode (S2FT, as its reference).
+    masked_dtype: Optional[str] = None
 
     @classmethod
     def full(cls, model: "torch.nn.Module", summary: str = "all parameters") -> "TrainingPlan":
