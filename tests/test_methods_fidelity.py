@@ -237,23 +237,42 @@ def test_bf16_pure_output_is_bf16_and_frozen_entries_bit_identical(tmp_path, mak
 # ---------------------------------------------------------------- presets
 
 STEPS, BATCH = 12208, 32
+# Every gucci-j/ssu training/scripts/*.sh passes: --seed 42 --learning_rate 5e-5 --weight_decay 0.01 --warmup_ratio 0.05
+# --max_steps 12208 --lr_scheduler_type cosine --bf16 (on a model loaded in bf16) --gradient_checkpointing True; the HF
+# Trainer defaults they keep: adam_beta1 0.9, adam_beta2 0.999, adam_epsilon 1e-8, max_grad_norm 1.0; Table 8: sequence
+# length 512; per_device_train_batch_size 32 x gradient_accumulation_steps 1 (gmt.sh: 8 x 4).
 COMMON = {"data.seq_len": 512, "batch_size": 32, "max_steps": 12208, "optimizer.lr": 5e-5, "optimizer.weight_decay": 0.01,
           "optimizer.betas": (0.9, 0.999), "optimizer.eps": 1e-8, "schedule.name": "cosine", "schedule.warmup_ratio": 0.05,
-          "precision": "bf16-pure", "max_grad_norm": 1.0, "seed": 42}
+          "precision": "bf16-pure", "max_grad_norm": 1.0, "seed": 42, "gradient_checkpointing": True}
+# preset -> (method, method parameters as the script sets them, special-token rows frozen (--freeze_chat_template_tokens), run settings
+# that differ from COMMON), transcribed from the script the preset names
 SSU_PAPER = {
-    "fft": ("fft", {}, False),
-    "ssu-wanda": ("ssu-wanda", {"freeze_ratio": 0.5}, True),
-    "ssu-mag": ("ssu-mag", {"freeze_ratio": 0.5}, True),
-    "ssu-rand": ("ssu-rand", {"freeze_ratio": 0.5}, True),
-    "ssu-sparsegpt": ("ssu-sparsegpt", {"freeze_ratio": 0.5}, True),
-    "ssu-fisher": ("ssu-fisher", {"freeze_ratio": 0.5}, True),
-    "hft": ("hft", {}, True),
-    "gmt": ("gmt", {"mask_ratio": 0.5, "skip_embeddings_and_head": True}, False),
-    "lota": ("lota", {"calibration_steps": 100, "sparsity": 0.9, "skip_embeddings_and_head": True}, False),
-    "s2ft": ("s2ft", {"variant": "down", "ratio": 0.015, "train_embeddings_and_head": True}, False),
-    "s2ft-down-output": ("s2ft", {"variant": "down+output", "ratio": 0.015, "train_embeddings_and_head": True}, False),
-    "adalora": ("adalora", {"init_r": 12, "target_r": 8, "alpha": 32, "dropout": 0.05, "delta_t": 20, "train_embeddings_and_head": True}, False),
+    "fft": ("fft", {}, False, {}),  # fft.sh
+    "ssu-wanda": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": None}, True, {}),  # ssu.sh: ssu_based
+    "ssu-wanda-row": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": "row"}, True, {}),  # ssu_rw.sh
+    "ssu-wanda-element": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": "element"}, True, {}),  # ssu_ew.sh
+    "ssu-mag": ("ssu-mag", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}}, True, {}),  # magnitude.sh: magnitude_based
+    "ssu-rand": ("ssu-rand", {"freeze_ratio": 0.5}, True, {}),  # random.sh: random_based
+    "ssu-sparsegpt": ("ssu-sparsegpt", {"freeze_ratio": 0.5, "scorer_params": {"saliency": "reference"}, "calib_batch_size": 1}, True, {}),  # ssu_sgpt.sh
+    "ssu-fisher": ("ssu-fisher", {"freeze_ratio": 0.5}, True, {}),  # ssu_fisher.sh: fisher_based
+    "hft": ("hft", {"freeze_ratio": 0.5}, True, {}),  # hft.sh: --freeze_ratio 0.5 --freeze_strategy hft_based
+    # gmt.sh: --gmt_mask_ratio 0.5 (kept), GMTTrainer masks per micro-step and steps before the Trainer clips; 8 x 4
+    "gmt": ("gmt", {"keep_ratio": 0.5, "every_micro_batch": True, "skip_embeddings_and_head": True}, False, {"max_grad_norm": None, "micro_batch_size": 8}),
+    "lota": ("lota", {"calibration_steps": 100, "sparsity": 0.9, "skip_embeddings_and_head": True}, False, {}),  # lota.sh
+    "s2ft": ("s2ft", {"variant": "down", "ratio": 0.015, "train_embeddings_and_head": True}, False, {}),  # s2ft_down.sh
+    "s2ft-down-16": ("s2ft", {"variant": "down", "ratio": 0.03, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_16.sh
+    "s2ft-down-32": ("s2ft", {"variant": "down", "ratio": 0.055, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_32.sh
+    "s2ft-down-64": ("s2ft", {"variant": "down", "ratio": 0.11, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_64.sh
+    "s2ft-down-output": ("s2ft", {"variant": "down+output", "ratio": 0.015, "train_embeddings_and_head": True}, False, {}),  # --s2ft_include_attn_output
+    # adalora.sh: --lora_r 12 --adalora_target_r 8 --lora_alpha 32 --lora_dropout 0.05 (all 7 projections), beta 0.85/0.85, orth 0.5,
+    # delta_t 20; main.py never calls update_and_allocate
+    "adalora": ("adalora", {"init_r": 12, "target_r": 8, "alpha": 32, "dropout": 0.05, "delta_t": 20, "beta1": 0.85, "beta2": 0.85,
+                            "orth_reg_weight": 0.5, "allocate": False, "train_embeddings_and_head": True}, False, {}),
 }
+# LayRA paper §3.2 and Appendix A.4 Table 23
+LAYRA = {"method_params": {"r": 8, "alpha": 16, "dropout": 0.05, "first": 10, "last": 2, "train_embeddings_and_head": True},
+         "optimizer.lr": 3e-4, "schedule.name": "linear", "schedule.warmup_ratio": 0.05, "optimizer.weight_decay": 0.1,
+         "optimizer.eps": 1e-5, "optimizer.betas": (0.9, 0.95), "data.seq_len": 2048, "epochs": 1}
 
 
 def _value(config, dotted):
@@ -269,8 +288,24 @@ def test_every_shipped_preset_is_tested():
     assert presets() == sorted([f"ssu-paper/{n}" for n in SSU_PAPER] + ["layra-paper/layra"])
 
 
+def _printed_config(invoke, name):
+    """The preset as `adaptkit train --config NAME --print-config` prints it (YAML, usable as --config)."""
+    import yaml
+
+    result = invoke("train", "--config", name, "--print-config")
+    assert result.returncode == 0, result
+    return yaml.safe_load(result.stdout)
+
+
+def _printed(config, dotted):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return tuple(value) if isinstance(value, list) else value
+
+
 @pytest.mark.parametrize("name", list(SSU_PAPER))
-def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora):
+def test_ssu_paper_presets_resolve_to_the_reference_scripts(name, llama_dir, corpora):
     from adaptkit.commands.train import build_config
     from adaptkit.config import PRESETS_DIR
     from adaptkit.registry import get_spec
@@ -279,9 +314,9 @@ def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora
     by_name = build_config(Path(f"ssu-paper/{name}"), flags, None)
     for spelled in (Path(f"configs/ssu-paper/{name}.yaml"), PRESETS_DIR / "ssu-paper" / f"{name}.yaml"):
         assert build_config(spelled, flags, None) == by_name
-    method, params, freeze = SSU_PAPER[name]
+    method, params, freeze, run = SSU_PAPER[name]
     assert by_name.method == method and by_name.freeze_special_tokens is freeze
-    for key, expected in COMMON.items():
+    for key, expected in {**COMMON, **run}.items():
         assert _value(by_name, key) == expected, key
     resolved = get_spec("method", method).validate_params(by_name.method_params)
     for key, expected in params.items():
@@ -293,14 +328,45 @@ def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora
         assert resolved.target_modules == "all-linear"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_print_config_shows_the_reference_values_for_every_preset(invoke):
+    for name, (method, params, freeze, run) in SSU_PAPER.items():
+        printed = _printed_config(invoke, f"ssu-paper/{name}")
+        assert printed["method"] == method and printed["freeze_special_tokens"] is freeze, name
+        for key, expected in {**COMMON, **run}.items():
+            assert _printed(printed, key) == expected, (name, key)
+        for key, expected in params.items():
+            assert printed["method_params"].get(key, None) == expected, (name, key)
+    printed = _printed_config(invoke, "layra-paper/layra")
+    for key, expected in LAYRA.items():
+        if key == "method_params":
+            assert all(printed["method_params"][k] == v for k, v in expected.items())
+        else:
+            assert _printed(printed, key) == expected, key
+
+
 def test_layra_preset_resolves_to_the_papers_setup(llama_dir, corpora):
     from adaptkit.commands.train import build_config
     from adaptkit.registry import get_spec
 
     config = build_config(Path("layra-paper/layra"), {"model": str(llama_dir), "data": [str(corpora["ha"])]}, None)
     params = get_spec("method", "layra").validate_params(config.method_params)
-    assert config.method == "layra" and (params.first, params.last, params.r, params.alpha, params.dropout) == (10, 2, 8, 16, 0.05)
-    assert params.train_embeddings_and_head and params.target_modules == "all-linear"
+    assert config.method == "layra" and all(getattr(params, k) == v for k, v in LAYRA["method_params"].items())
+    assert params.target_modules == "all-linear"
+    for key, expected in LAYRA.items():
+        if key != "method_params":
+            assert _value(config, key) == expected, key
+    assert config.max_steps is None  # one epoch (Table 23), not a step count
+
+
+def test_layra_series_defaults_to_the_papers_lambda_prime():
+    """The paper's Series rows equal the 0.5 rows of its lambda' sweep (LayRA paper, Appendix A.3), e.g. XNLI GlgSwa."""
+    from adaptkit.registry import get_spec
+
+    series_glgswa_xnli = (48.88, 54.74, 50.96, 48.63, 47.95, 44.82, 43.86, 52.01, 48.98)  # Table 1 row "Series (GlgSwa)"
+    sweep = {0.4: (49.24, 54.78, 51.24, 49.64, 48.55, 44.30, 42.21, 53.24, 49.15), 0.5: (48.88, 54.74, 50.96, 48.63, 47.95, 44.82, 43.86, 52.01, 48.98)}
+    assert [v for v, row in sweep.items() if row == series_glgswa_xnli] == [0.5]
+    assert get_spec("merge method", "layra-series").validate_params({}).lambda_prime == 0.5
 
 
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
