@@ -208,6 +208,30 @@ def test_generate_writes_greedy_responses_for_codemix(invoke, make_model_dir, ti
     assert any(expected), "the reference decodes are all empty: the comparison would be vacuous"
 
 
+def test_generate_ae2_decoding_is_the_reference_alpacaeval_sampling(invoke, make_model_dir, tmp_path, monkeypatch):
+    """--decoding ae2: what gucci-j/ssu evaluation/src/ae2.py passes to generate (the responses its code-mixing analysis reads)."""
+    import torch
+    import transformers
+
+    reference = {"max_new_tokens": 512, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "do_sample": True}
+    seen = []
+
+    def recording_generate(self, input_ids=None, **kwargs):
+        seen.append(kwargs)
+        return torch.cat([input_ids, input_ids[:, -1:]], dim=1)
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", recording_generate)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Everyone has the right"}\n')
+    for extra, budget in (([], 512), (["--max-new-tokens", "9"], 9)):
+        seen.clear()
+        result = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--decoding", "ae2", "-o", tmp_path / f"g{budget}.jsonl", *extra)
+        assert result.returncode == 0, result
+        assert seen and all({k: kw.get(k) for k in reference} == {**reference, "max_new_tokens": budget} for kw in seen)
+    bad = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--decoding", "ae3", "-o", tmp_path / "bad.jsonl")
+    assert bad.returncode == 2 and "ae2" in bad.stderr and not (tmp_path / "bad.jsonl").exists()
+
+
 def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str], list[str]]:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

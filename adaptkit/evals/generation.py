@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 
 PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+# the SSU reference's AlpacaEval responses (gucci-j/ssu evaluation/src/ae2.py), the generations its code-mixing analysis
+# reads (Table 9's AE2 row): sampled at temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, 512 new tokens
+AE2_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1}
+DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING, "ae2": AE2_SAMPLING}
+DECODING_MAX_NEW_TOKENS: dict[str, int] = {"ae2": 512}  # a decoding's own budget where --max-new-tokens is not given
 # what `protocol: ssu-paper` sets unless given explicitly (SSU paper, Sec. 4 and Tables 7, 9)
 SSU_PAPER_PROTOCOL: dict[str, Any] = {"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}
 SPREAD_METRICS = ("chrf", "chrf++")
@@ -110,7 +115,7 @@ def generate(
 
     from adaptkit.io.models import input_device
 
-    settings = dict(PAPER_SAMPLING if decoding == "paper" else GREEDY)
+    settings = dict(DECODINGS[decoding])
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     old_side = tokenizer.padding_side
