@@ -73,6 +73,45 @@ def test_special_token_set_comes_from_the_tokenizer(chat_models):
     assert sorted(special_token_ids(tok).values()) == sorted(t for t in SPECIAL if t != "<|user|>")
 
 
+def _reference_special_ids(tok):
+    """The SSU code's _get_special_token_ids (training/src/utils/model_utils.py), transcribed: the declared special tokens,
+    the special_tokens_map and the OLMo list (name hint 'olmo'), each kept only if its id differs from unk's."""
+    ids = set()
+
+    def add(token):
+        token_id = tok.convert_tokens_to_ids(getattr(token, "content", token))
+        if token_id is not None and token_id != tok.unk_token_id and token_id != -1:
+            ids.add(int(token_id))
+
+    for attr in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "additional_special_tokens"):
+        value = getattr(tok, attr, None)
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            if token is not None:
+                add(token)
+    for value in tok.special_tokens_map.values():
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            add(token)
+    for token in ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|endofprompt|>", "<|pad|>"):
+        add(token)
+    return ids
+
+
+def test_reference_special_set_drops_eos_when_unk_is_eos(chat_models):
+    """OLMo-2-1124-Instruct's tokenizer declares bos = eos = unk = <|endoftext|>: the reference's unk filter then drops the
+    end-of-text token (and every marker that is not one vocabulary token), so its rows train there; adaptkit freezes them."""
+    from transformers import AutoTokenizer
+
+    from adaptkit.engine.special_tokens import special_token_ids
+
+    tok = AutoTokenizer.from_pretrained(chat_models["llama", False])
+    tok.name_or_path = "allenai/OLMo-2-1124-7B-Instruct"
+    tok.add_special_tokens({"unk_token": tok.eos_token, "bos_token": tok.eos_token})
+    eos = tok.eos_token_id
+    reference, ours = _reference_special_ids(tok), set(special_token_ids(tok))
+    assert eos not in reference and eos in ours
+    assert reference <= ours
+
+
 @pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", False), ("llama", True), ("olmo2", True)])
 @pytest.mark.parametrize("method, args, frozen", [
     ("ssu-wanda", [], True),
