@@ -213,7 +213,8 @@ def test_generate_ae2_decoding_is_the_reference_alpacaeval_sampling(invoke, make
     import torch
     import transformers
 
-    reference = {"max_new_tokens": 512, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "do_sample": True}
+    reference = {"max_new_tokens": 512, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "do_sample": True,
+                 "no_repeat_ngram_size": 3}
     seen = []
 
     def recording_generate(self, input_ids=None, **kwargs):

@@ -21,7 +21,7 @@ def command(
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
     output: OutputOpt,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per response.")] = 256,
-    decoding: Annotated[str, typer.Option("--decoding", help="greedy; paper (SSU MT/SUM: temperature 0.8, top-p 0.9, top-k 40, repetition penalty 1.1); ae2 (the SSU reference's AlpacaEval responses, whose code-mixing it measures: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, 512 tokens unless --max-new-tokens).")] = "greedy",
+    decoding: Annotated[str, typer.Option("--decoding", help="greedy; paper (SSU MT/SUM: temperature 0.8, top-p 0.9, top-k 40, repetition penalty 1.1); ae2 (the SSU reference's AlpacaEval responses, whose code-mixing it measures: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, no repeated 3-gram, 512 tokens unless --max-new-tokens).")] = "greedy",
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 8,
     format: Annotated[str, typer.Option("--format", help="records ({id, prompt, model, response}, for `adaptkit codemix`) or chat ({id, model, messages}: a user and an assistant turn, for `train --eval-data` and `evaluate`'s ppl task).")] = "records",

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 # the SSU reference's AlpacaEval responses (gucci-j/ssu evaluation/src/ae2.py), the generations its code-mixing analysis
-# reads (Table 9's AE2 row): sampled at temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, 512 new tokens
-AE2_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1}
+# reads (Table 9's AE2 row): sampled at temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, no repeated
+# 3-gram, 512 new tokens
+AE2_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "no_repeat_ngram_size": 3}
 DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING, "ae2": AE2_SAMPLING}
 DECODING_MAX_NEW_TOKENS: dict[str, int] = {"ae2": 512}  # a decoding's own budget where --max-new-tokens is not given
 # what `protocol: ssu-paper` sets unless given explicitly (SSU paper, Sec. 4 and Tables 7, 9)
