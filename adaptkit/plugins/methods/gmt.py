@@ -24,8 +24,9 @@ backward the running accumulated gradient (the sum so far) is masked in place, s
 after micro-batch 1 can come back with micro-batch 2's gradient, and the last mask acts on the
 whole batch's sum; the result depends on the micro-batch size (the reference: 4 of 8). The
 reference then steps the optimizer inside its training step, before the HF Trainer's clipping, so
-its updates are never clipped: the `ssu-paper/gmt` preset sets both (`max_grad_norm: null`). In
-multi-process runs the masks before the last micro-batch act on each process's own running sum.
+its updates are never clipped: the `ssu-paper/gmt` preset sets both (`max_grad_norm: null`). It is
+single-process only (the reference runs one process; with several, the running sum before the last
+micro-batch is each process's own, or not in the gradients at all under FSDP): a multi-process run refuses it.
 
 As in the paper, masking acts on the gradient: with AdamW, an entry masked at a step is not
 moved by that step's gradient, but momentum from earlier steps and weight decay still apply.
@@ -105,7 +106,13 @@ class GradientMaskTuning(TrainingMethod):
     Params = GradientMaskParams
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
+        import torch
+
+        from adaptkit.errors import InputError
+
         p = self.params
+        if p.every_micro_batch and torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            raise InputError("--set every_micro_batch=true: single-process runs only (the SSU reference masks one process's running gradient sum)")
         skip = embedding_parameter_ids(model) if p.skip_embeddings_and_head else set()
         names = [name for name, param in model.named_parameters() if id(param) not in skip]
         when = "after every micro-batch" if p.every_micro_batch else "every step"
