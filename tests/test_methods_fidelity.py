@@ -233,7 +233,7 @@ def test_bf16_pure_keeps_bf16_weights_and_optimizer_state(tmp_path, make_model_d
 def test_s2ft_trains_its_selected_columns_through_an_fp32_copy_in_every_precision(tmp_path, llama_dir, corpora, precision):
     """The reference trains a zero-initialised fp32 delta (S2RowLinear.s2, torch.zeros without a dtype) beside bf16 weights:
     updates below bf16 resolution accumulate. Here the selected columns train through an fp32 copy in every mode."""
-    from adaptkit.engine.loop import weight_dtype
+    from adaptkit.engine.precision import weight_dtype
 
     lr = 1e-5  # a step of about lr: below half the bf16 spacing of most weights (|w| > 2^-8 * 2 * lr ... ~ 0.005)
     training, model = _engine_step(tmp_path, llama_dir, corpora["ha"], precision, "s2ft", lr=lr)
