@@ -208,6 +208,7 @@ def test_generate_writes_greedy_responses_for_codemix(invoke, make_model_dir, ti
     assert any(expected), "the reference decodes are all empty: the comparison would be vacuous"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_generate_ae2_decoding_is_the_reference_alpacaeval_sampling(invoke, make_model_dir, tmp_path, monkeypatch):
     """--decoding ae2: what gucci-j/ssu evaluation/src/ae2.py passes to generate (the responses its code-mixing analysis reads)."""
     import torch
@@ -231,6 +232,15 @@ def test_generate_ae2_decoding_is_the_reference_alpacaeval_sampling(invoke, make
         assert seen and all({k: kw.get(k) for k in reference} == {**reference, "max_new_tokens": budget} for kw in seen)
     bad = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--decoding", "ae3", "-o", tmp_path / "bad.jsonl")
     assert bad.returncode == 2 and "ae2" in bad.stderr and not (tmp_path / "bad.jsonl").exists()
+    seen.clear()  # evaluate --generate takes the same decoding
+    text = tmp_path / "text.txt"
+    text.write_text("Everyone has the right to life.\n")
+    result = invoke("evaluate", "--model", make_model_dir("llama", seed=0), "--task", f"ppl:{text}", "--generate", prompts, "--decoding", "ae2",
+                    "--no-plots", "-o", tmp_path / "eval")
+    assert result.returncode == 0, result
+    assert seen and all({k: kw.get(k) for k in reference} == reference for kw in seen)
+    alone = invoke("evaluate", "--model", make_model_dir("llama", seed=0), "--task", f"ppl:{text}", "--decoding", "ae2", "-o", tmp_path / "alone")
+    assert alone.returncode == 2 and "--decoding" in alone.stderr and not (tmp_path / "alone").exists()
 
 
 def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str], list[str]]:
