@@ -26,7 +26,7 @@ from pathlib import Path
 def one_step(model: str, data: Path, precision: str, lr: float, root: Path, batch: int, seq_len: int) -> dict:
     import torch
 
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
     from adaptkit.engine import loop
 
     flags = {"model": model, "data": [str(data)], "method": "fft", "seq_len": seq_len, "batch_size": batch, "max_steps": 1, "lr": lr,
@@ -50,7 +50,7 @@ def one_step(model: str, data: Path, precision: str, lr: float, root: Path, batc
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="Model directory or .gguf file (SmolLM2-135M-Instruct in the README).")
+    parser.add_argument("--model", required=True, help="Model directory or .gguf file (SmolLM2-135M-Instruct in docs/papers.md).")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128, help="(bf16 matmuls are slow on CPUs without AVX512-BF16: lower both there)")

@@ -84,10 +84,11 @@ class Strategy:
         """Context of one micro-batch's forward and backward; gradients are reduced only when `sync`."""
         return nullcontext() if sync else self.accelerator.no_sync(model)
 
-    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
-        """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before."""
-        import torch
+    def backward(self, loss: "torch.Tensor") -> None:
+        self.accelerator.backward(loss)
 
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> "torch.Tensor":
+        """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before, on the device."""
         return clip_grad_norm_(tensors, max_norm, device)
 
     def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
@@ -124,6 +125,26 @@ class Strategy:
         return checkpoint.load_checkpoint(path, trainable, optimizer, scheduler, callbacks)
 
 
+class LocalStrategy(Strategy):
+    """This process alone, whatever the launch: a step computed in full by every process on the same
+    batches (the pilot fine-tune of engine/pilot.py), with no gradient reduction and no collective."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "none")
+
+    def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        return model
+
+    def micro_batch(self, model: "torch.nn.Module", sync: bool) -> ContextManager:
+        return nullcontext()
+
+    def backward(self, loss: "torch.Tensor") -> None:
+        loss.backward()
+
+    def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
+        return loss
+
+
 class ShardedStrategy(Strategy):
     """FSDP2: parameters, gradients and optimizer state sharded along dim 0 over the processes."""
 
@@ -142,7 +163,7 @@ class ShardedStrategy(Strategy):
         model.set_requires_gradient_sync(sync)
         return nullcontext()
 
-    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> "torch.Tensor":
         return clip_sharded_grad_norm_(tensors, max_norm, device)
 
     def full_state(self, model: "torch.nn.Module", whole_model: bool = False) -> "Optional[dict[str, torch.Tensor]]":
@@ -187,7 +208,7 @@ def unshard_model(model: "torch.nn.Module") -> None:
             module.unshard()
 
 
-def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> float:
+def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> "torch.Tensor":
     """Clip gradients that each hold one process's shard: the norm sums squares over all processes."""
     import torch.distributed as dist
 
@@ -198,10 +219,10 @@ SQUARES_CHUNK = 1 << 24  # elements widened to float64 at a time: 128 MiB, whate
 
 
 def clip_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device",
-                    all_reduce: "Callable[[torch.Tensor], None] | None" = None) -> float:
+                    all_reduce: "Callable[[torch.Tensor], None] | None" = None) -> "torch.Tensor":
     """Clip the gradients (each process's part of them, summed over processes by `all_reduce`) to `max_norm`
-    (None: measure only); the norm before. The formula of torch.nn.utils.clip_grad_norm_ (coefficient
-    max_norm / (norm + 1e-6), at most 1), with the squares summed in float64: one process's sum and the
+    (None: measure only); the norm before, a float32 tensor on the device (no host sync). The formula of
+    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1), with the squares summed in float64: one process's sum and the
     shards' sums then round to the same float32 coefficient, so 1 and N processes take the same step. (In
     float32 the two summation orders differ in the last bit, and Adam amplifies that where a row's only
     gradient is a penalty near its eps: soft-reg's pull on embedding rows absent from the batches.)"""
@@ -223,7 +244,7 @@ def clip_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, d
         coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for grad in grads:
             grad.mul_(coefficient.to(grad.device, grad.dtype))
-    return float(norm)
+    return norm.float()
 
 
 def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:

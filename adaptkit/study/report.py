@@ -190,7 +190,7 @@ def curves_figure(runs: dict[str, Path]) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adaptkit.engine.evaluation import read_metrics
+    from adaptkit.engine.metrics import read_metrics
 
     metrics = {name: read_metrics(p) for name, p in runs.items() if p.is_file()}
     sets = list(dict.fromkeys((r["eval"], r.get("role")) for _, evals in metrics.values() for r in evals))
