@@ -177,10 +177,12 @@ class MethodSpec(Spec):
             if not any(getattr(params, f, None) for f in need.one_of):
                 raise InputError(f"--method {self.name}: needs {need.how}")
 
-    def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None) -> Any:
-        """The method instance for these parameters: validated, needs checked, implementation loaded."""
+    def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None, check_needs: bool = True) -> Any:
+        """The method instance for these parameters: validated, needs checked (unless `check_needs` is false:
+        a resolved configuration is only shown), implementation loaded."""
         params = self.validate_params(values, where, flags)
-        self.check_needs(params)
+        if check_needs:
+            self.check_needs(params)
         return self.load()(params)
 
 

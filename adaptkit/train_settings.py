@@ -156,10 +156,11 @@ def _method_key(path: list[str], spec, settings) -> str:
     raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(params) or 'none'}; settings: {', '.join(settings.model_fields)})")
 
 
-def build_method(config, method_flags: Optional[dict[str, Any]] = None):
+def build_method(config, method_flags: Optional[dict[str, Any]] = None, require_inputs: bool = True):
     """The configured method with its validated parameters; a parameter set by a flag (--freeze-ratio)
-    is reported under that flag, also when the method lacks it."""
+    is reported under that flag, also when the method lacks it. `require_inputs`: its inputs (--mask or
+    --calib of ssu-*) must be given (not for --print-config)."""
     from adaptkit.registry import get_spec
 
     given = {key: METHOD_OPTIONS[key] for key, value in (method_flags or {}).items() if value is not None}
-    return get_spec("method", config.method, "--method").build(config.method_params, "--set", given)
+    return get_spec("method", config.method, "--method").build(config.method_params, "--set", given, check_needs=require_inputs)

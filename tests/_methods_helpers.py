@@ -99,7 +99,8 @@ def block_modules(block) -> dict[str, list[str]]:
     module order) and its norms (direct children whose class name has 'norm'), read off the HF module."""
     return {
         "attention": [f"self_attn.{n}" for n, m in block.self_attn.named_children() if isinstance(m, torch.nn.Linear)],
-        "mlp": [f"mlp.{n}" for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)],
+        # the SSU code's _find_mlp_modules looks for up_proj, down_proj, gate_proj in that order
+        "mlp": sorted((f"mlp.{n}" for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)), key=lambda n: ("up_proj", "down_proj", "gate_proj").index(n[4:])),
         "norms": [n for n, m in block.named_children() if "norm" in type(m).__name__.lower()],
     }
 
@@ -108,7 +109,7 @@ def hft_frozen_modules(model_dir: Path, seed: int) -> dict[int, list[str]]:
     """HFT's rule (Hui et al. 2024, SSU repository variant), written here from its definition: with
     random.Random(seed), shuffle the layer order; the first half of that order freezes ceil(3/2) = 2 MLP
     projections, the rest floor(3/2) = 1; every layer freezes 2 of its 4 attention projections and 1 of
-    its 2 block norms, each drawn in that order with rng.sample."""
+    its 2 block norms, each drawn in that order with rng.sample (the SSU code's global random, seeded alike)."""
     import random
 
     from transformers import AutoModelForCausalLM

@@ -42,11 +42,12 @@ def hausa_item(row: dict, passage: bool) -> str:
 
 
 def amharic_item(row: dict) -> str:
-    """Amharic Belebele: a final '.' becomes the Amharic full stop '።', also after each option letter."""
-    options = [row[f"mc_answer{i}"].removesuffix(".") + ("።" if row[f"mc_answer{i}"].endswith(".") else "") for i in range(1, 5)]
+    """Amharic Belebele with the reference's patched LightEval literals (gucci-j/ssu evaluation/src/patches/
+    translation_literals.py, Language.AMHARIC): question word ጥያቄ, answer መልስ, full stop '.', colon ':'."""
+    options = [row[f"mc_answer{i}"] for i in range(1, 5)]
     options = [o[0].upper() + o[1:] for o in options]
-    return (row["flores_passage"].removesuffix(".") + "።\n" + "ጥያቄ: " + row["question"] + "\n"
-            + "".join(f" {letter}። {option}\n" for letter, option in zip("ABCD", options)) + "መልስ:")
+    return (row["flores_passage"] + "\n" + "ጥያቄ: " + row["question"] + "\n"
+            + "".join(f" {letter}. {option}\n" for letter, option in zip("ABCD", options)) + "መልስ:")
 
 
 def mmlu_item(row: dict) -> str:

@@ -75,7 +75,7 @@ def command(
     }
     method_options = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
     train_config = build_config(config, options, set_, method_options, require_inputs=not print_config)
-    training_method = build_method(train_config, method_options)
+    training_method = build_method(train_config, method_options, require_inputs=not print_config)
     if print_config:
         return _print_config(train_config, training_method)
     if output is None:

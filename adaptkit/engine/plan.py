@@ -43,6 +43,9 @@ class TrainingCallback:
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
         return None
 
+    def after_backward(self, model: "torch.nn.Module", step: int, micro: int) -> None:
+        """After each micro-batch's backward: the gradients accumulated so far (e.g. GMT's reference mode)."""
+
     def transform_gradients(self, model: "torch.nn.Module", step: int) -> None:
         """Change accumulated gradients in place, before masking and clipping (e.g. GMT)."""
 
@@ -74,6 +77,9 @@ class TrainingPlan:
     # (engine/masked_linear.py): less backward work and memory; leaves their .grad empty,
     # so not for methods whose callbacks read full weight gradients.
     compact_linear_grads: bool = False
+    # dtype name of the compact copies of partly trained parameters; None: the precision's weight dtype
+    # (bf16 under bf16-pure). "float32" keeps an fp32 copy in every precision mode (S2FT, as its reference).
+    masked_dtype: Optional[str] = None
 
     @classmethod
     def full(cls, model: "torch.nn.Module", summary: str = "all parameters") -> "TrainingPlan":

@@ -44,7 +44,12 @@ if TYPE_CHECKING:
 PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 # the named decodings (`decoding: NAME`) and their `generate` settings; "paper": the SSU paper's sampling
-DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING}
+# the SSU reference's AlpacaEval responses (gucci-j/ssu evaluation/src/ae2.py), the generations its code-mixing analysis
+# reads (Table 9's AE2 row): sampled at temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, no repeated
+# 3-gram, 512 new tokens
+AE2_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "no_repeat_ngram_size": 3}
+DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING, "ae2": AE2_SAMPLING}
+DECODING_MAX_NEW_TOKENS: dict[str, int] = {"ae2": 512}  # a decoding's own budget where --max-new-tokens is not given
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class GenerationParams(Params):
     shot_turns: bool = Field(False, description="shots as user/assistant turns (paper) instead of inline in one user turn")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items (paper: 500)")
     shot_seed: int = Field(0, description="seed of the shot draw (each item's shots are fixed for it and this seed)")
+    selection: Literal["first", "reference"] = Field(
+        "first", description="first: the items in file order; reference: the SSU reference's choice (mt: pandas' .sample(random_state=42) order; sum: shortest articles of test+validation first)")
 
     @model_validator(mode="before")
     @classmethod
@@ -186,13 +193,13 @@ def uses_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: A
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def run_metrics(per_run: list[dict[str, float]]) -> dict[str, float]:
+def run_metrics(per_run: list[dict[str, float]], spread: Sequence[str] = SPREAD_METRICS) -> dict[str, float]:
     """The mean of each score over runs and, over several runs, the spread (sample std, min, max) of the
-    sentence-level chrF scores."""
+    `spread` scores (by default the sentence-level chrF scores)."""
     import statistics
 
     metrics = {k: sum(r[k] for r in per_run) / len(per_run) for k in per_run[0]}
-    for key in SPREAD_METRICS if len(per_run) > 1 else ():
+    for key in spread if len(per_run) > 1 else ():
         values = [r[key] for r in per_run]
         metrics[f"{key}_std"] = statistics.stdev(values)
         metrics[f"{key}_min"], metrics[f"{key}_max"] = min(values), max(values)
@@ -313,6 +320,10 @@ class GenerationData:
     pool: list[tuple[str, str, Any]] | None
     info: dict[str, Any]
 
+    def reordered(self, order: Sequence[int]) -> "GenerationData":
+        """The same data with its evaluated rows in `order` (a selection rule's order; `limit` then takes the first)."""
+        return GenerationData(self.name, [self.rows[i] for i in order], [self.languages[i] for i in order], self.pool, self.info)
+
 
 class GenerationBackend(EvalBackend):
     """A generation task family (`mt`, `sum`): records -> prompts with in-context shots ->
@@ -344,6 +355,12 @@ class GenerationBackend(EvalBackend):
         """Task info beyond the file and item count (e.g. the translation directions)."""
         return {}
 
+    def reference_order(self, data: GenerationData, where: str) -> list[int]:
+        """The SSU reference's order of the evaluated rows (`selection=reference`), best first."""
+        from adaptkit.errors import InputError
+
+        raise InputError(f"{where}: --set {self.name}.selection=reference: {self.name} has no reference selection")
+
     def read_jsonl(self, path: str, where: str) -> GenerationData:
         from pathlib import Path
 
@@ -367,6 +384,8 @@ class GenerationBackend(EvalBackend):
         where = f"{flag} {self.name}:{spec}"
         layout = split_layout_spec(path, where)
         data = self.read_layout(*layout, where) if layout else self.read_jsonl(path, where)
+        if self.params.selection == "reference":
+            data = data.reordered(self.reference_order(data, where))
         count = min(len(data.rows), self.params.limit or len(data.rows))
         pool = data.pool if data.pool is not None else data.rows
         items = []
@@ -379,7 +398,7 @@ class GenerationBackend(EvalBackend):
             if self.params.shot_turns:
                 item["messages"] = render_turns(instruction, shots, query)
             items.append(item)
-        info = {**data.info, "items": len(items), **self.describe(data.languages[:count])}
+        info = {**data.info, "items": len(items), "selection": self.params.selection, **self.describe(data.languages[:count])}
         return [EvalTask(name or data.name, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:

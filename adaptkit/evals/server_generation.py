@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from adaptkit.io.openai_client import OpenAIClient
 
-from adaptkit.evals.generation import PAPER_SAMPLING
+from adaptkit.evals.generation import DECODINGS, PAPER_SAMPLING
 
 GREEDY_REQUEST: dict[str, Any] = {"temperature": 0.0}
 PAPER_REQUEST: dict[str, Any] = {k: v for k, v in PAPER_SAMPLING.items() if k != "do_sample"}  # the in-process settings, one home
-REQUESTS: dict[str, dict[str, Any]] = {"greedy": GREEDY_REQUEST, "paper": PAPER_REQUEST}  # by decoding name (generation.DECODINGS)
+NOT_SENT = ("do_sample", "no_repeat_ngram_size")  # no OpenAI-compatible request field: the server samples without it
+REQUESTS: dict[str, dict[str, Any]] = {name: {k: v for k, v in s.items() if k not in NOT_SENT} if s.get("do_sample") else GREEDY_REQUEST
+                                       for name, s in DECODINGS.items()}
 
 
 class ServerGenerator:

@@ -1,7 +1,7 @@
 """Instruction residuals (chat vectors): theta_instruct - theta_base, applied to adapted models.
 
-Huang et al. 2024, "Chat Vector" (arXiv 2310.04799); LayRA-instruct in Owodunni & Kumar
-2025 (arXiv 2509.11414). Two forms:
+Huang et al. 2024, "Chat Vector" (arXiv 2310.04799); LayRA-instruct in "Continually Adding New Languages
+to Multilingual Language Models" (arXiv 2509.11414). Two forms:
 
 - two steps: `extract` writes v = theta_instruct - theta_base once (an instruction-vector
   directory: sharded `vector*.safetensors` + `instruct_vector.json` with the architecture
