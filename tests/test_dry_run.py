@@ -9,7 +9,6 @@ import torch
 
 from conftest import assert_input_error
 from helpers import MaskedTestMethod
-from _ssu_helpers import calib_dir  # noqa: F401
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
