@@ -57,3 +57,21 @@ def run_ok(invoke, *args):
 
 def no_partial_outputs(parent: Path) -> bool:
     return not any(p.name.endswith(".partial") for p in Path(parent).iterdir())
+
+
+def save_tiny_model(directory: Path, tokenizer, seed: int, arch: str = "llama", **config) -> Path:
+    """A tiny model (adaptkit.demo) with `tokenizer`'s vocabulary size, saved with that tokenizer."""
+    from adaptkit import demo
+
+    demo.tiny_model(arch, len(tokenizer), seed=seed, **config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)
+
+
+def copy_tokenizer(source: Path, target: Path) -> None:
+    """Give a model directory saved by hand the tokenizer files of `source` (merges refuse outputs without one)."""
+    import shutil
+
+    for file in Path(source).iterdir():
+        if file.name.startswith("tokenizer") or file.name in ("special_tokens_map.json", "chat_template.jinja"):
+            shutil.copyfile(file, Path(target) / file.name)

@@ -255,6 +255,7 @@ def run_merge(
     base_source = _open(base) if base is not None else None
     aux_sources = [_open(item) for item in aux]
     shared_rows = _check_inputs(reference, sources[1:], base_source, aux_sources, options.vocab_rule)
+    _check_tokenizers(reference, sources[1:] + ([base_source] if base_source else []) + aux_sources, options)
     plan = [_planned(reference, name, options.dtype) for name in names]
     everything = sources + ([base_source] if base_source else []) + aux_sources
     hashers = {id(source): _Hasher() for source in everything}
@@ -292,6 +293,28 @@ def _check_inputs(reference: _Source, others: list[_Source], base: _Source | Non
         if stray:
             raise InputError(f"{other.input.flag}: '{stray[0]}' in '{other.tensors.path}' is not a parameter of {reference.describe()}; made for another model?")
     return shared_rows
+
+
+def _check_tokenizers(reference: _Source, others: list[_Source], options: MergeOptions) -> None:
+    """Refuse an output without a tokenizer, and inputs whose tokenizers give one id to different
+    tokens (their rows would be merged by id), unless --tokenizer-from names the tokenizer."""
+    from adaptkit.io.vocabulary import first_conflict, has_tokenizer, read_vocabulary
+
+    if options.tokenizer_from is not None:
+        return
+    advice = "pass --tokenizer-from DIR (tokenizer_source in a config) to name the tokenizer the output gets"
+    if options.copy_tokenizer and not has_tokenizer(reference.input.path):
+        raise InputError(f"{reference.describe()} has no tokenizer files, so the merged model would have none; {advice}")
+    ours = read_vocabulary(reference.input.path, reference.input.flag)
+    for other in others:
+        theirs = read_vocabulary(other.input.path, other.input.flag) if other.input.kind == "model" else None
+        conflict = first_conflict(ours, theirs) if ours is not None and theirs is not None else None
+        if conflict is not None:
+            index, mine, their = conflict
+            raise InputError(
+                f"{other.describe()}: its tokenizer maps id {index} to {their!r} where {reference.describe()} has {mine!r}; "
+                f"the vocabularies differ, so embedding rows would be merged by id across different tokens; {advice}"
+            )
 
 
 def _planned(reference: _Source, name: str, dtype: str | None) -> PlannedTensor:
