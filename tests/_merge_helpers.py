@@ -75,3 +75,31 @@ def copy_tokenizer(source: Path, target: Path) -> None:
     for file in Path(source).iterdir():
         if file.name.startswith("tokenizer") or file.name in ("special_tokens_map.json", "chat_template.jinja"):
             shutil.copyfile(file, Path(target) / file.name)
+
+
+def run_mergekit_configs(configs: dict[str, dict], root: Path, copy_tokenizer: bool = False) -> dict[str, tuple[Path, Path]]:
+    """Write each config as YAML under `root` and merge it with the installed mergekit, in-process;
+    returns {name: (yaml file, mergekit output)}. Skips (fails under CI=true) without mergekit."""
+    import importlib
+    import os
+
+    import pytest
+    import yaml
+
+    try:
+        mergekit_config = importlib.import_module("mergekit.config")
+        mergekit_merge = importlib.import_module("mergekit.merge")
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"mergekit parity is required in CI but mergekit does not import: {exc}")
+        pytest.skip(f"mergekit is not installed ({exc}); pip install 'adaptkit[mergekit]'")
+    outputs = {}
+    for name, config in configs.items():
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        out = root / f"mergekit-{name}"
+        mergekit_merge.run_merge(
+            mergekit_config.MergeConfiguration.model_validate(config), str(out),
+            options=mergekit_merge.MergeOptions(copy_tokenizer=copy_tokenizer, quiet=True, write_model_card=False),
+        )
+        outputs[name] = (root / f"{name}.yaml", out)
+    return outputs

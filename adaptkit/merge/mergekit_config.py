@@ -5,18 +5,19 @@ Accepted keys: `merge_method`, `base_model`, `models: [{model, parameters}]`,
 `slices:` when it is one slice whose sources each span all layers of their model (the
 common way SLERP configs are written), read as `models:`. Shared
 methods, with mergekit's names and defaults: linear, task_arithmetic, ties, dare_ties,
-dare_linear, slerp; adaptkit's own methods are accepted by their names too (with `-` or
+dare_linear, slerp, model_stock, della, della_linear, breadcrumbs, breadcrumbs_ties, nuslerp,
+karcher, sce, multislerp; adaptkit's own methods are accepted by their names too (with `-` or
 `_`). Parameter values follow mergekit: a scalar; a list of numbers, a gradient
 interpolated over the layers (t = layer / (L - 1), 0 outside the blocks); or conditional
 values `[{filter: self_attn, value: ...}, {value: ...}]`, the first whose filter is a
-substring of the tensor name winning. Per-model `weight` and `density` fall back to the
+substring of the tensor name winning. Per-model `weight`, `density`, `gamma` and `epsilon` fall back to the
 global `parameters`, then to the default. `int8_mask` (a memory option of mergekit) has no
 effect here. Paths are relative to the working directory, or else to the YAML file.
 
 Differences, by design: computation is always float32 (float64 for float64 inputs) and
 `dtype` / `out_dtype` set the output dtype; without `tokenizer_source` the tokenizer comes
-from the first model (mergekit: the base), which is right for adapted vocabularies; DARE rescales by 1/density (the paper), not
-to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
+from the first model (mergekit: the base), which is right for adapted vocabularies; DARE rescales by 1/density and DELLA by
+1/(keep probability) per entry (the papers), not to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
 `chat_template` are refused.
 """
 
@@ -39,10 +40,21 @@ MERGEKIT_METHODS = {
     "dare_ties": "dare-ties",
     "dare_linear": "dare-linear",
     "slerp": "slerp",
+    "model_stock": "model-stock",
+    "della": "della",
+    "della_linear": "della-linear",
+    "breadcrumbs": "breadcrumbs",
+    "breadcrumbs_ties": "breadcrumbs-ties",
+    "nuslerp": "nuslerp",
+    "karcher": "karcher",
+    "sce": "sce",
+    "multislerp": "multislerp",
 }
 # mergekit's defaults where ours differ (our CLI defaults follow the papers)
-MERGEKIT_DEFAULTS = {"ties": {"density": 1.0}, "dare_ties": {"density": 1.0}, "dare_linear": {"density": 1.0}}
-PER_MODEL = ("weight", "density")
+MERGEKIT_DEFAULTS = {
+    name: {"density": 1.0} for name in ("ties", "dare_ties", "dare_linear", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties")
+}
+PER_MODEL = ("weight", "density", "gamma", "epsilon")
 IGNORED = ("int8_mask",)
 KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "slices")
 REFUSED = {
