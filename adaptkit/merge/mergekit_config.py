@@ -1,7 +1,8 @@
 """`adaptkit merge --config merge.yaml`: mergekit's YAML format for the methods both tools share.
 
 Accepted keys: `merge_method`, `base_model`, `models: [{model, parameters}]`,
-`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base` or a model path); also
+`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base`, `union` or a model path:
+embedding and head rows mapped by token string, `adaptkit.merge.vocab`); also
 `slices:` when it is one slice whose sources each span all layers of their model (the
 common way SLERP configs are written), read as `models:`. Shared
 methods, with mergekit's names and defaults: linear, task_arithmetic, ties, dare_ties,
@@ -16,7 +17,8 @@ effect here. Paths are relative to the working directory, or else to the YAML fi
 
 Differences, by design: computation is always float32 (float64 for float64 inputs) and
 `dtype` / `out_dtype` set the output dtype; without `tokenizer_source` the tokenizer comes
-from the first model (mergekit: the base), which is right for adapted vocabularies; DARE rescales by 1/density and DELLA by
+from the first model (mergekit: the base) and rows are merged by id, which is right for adapted
+vocabularies (ids kept) and refused when the inputs' tokenizers disagree; DARE rescales by 1/density and DELLA by
 1/(keep probability) per entry (the papers), not to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
 `chat_template` are refused.
 """
@@ -74,7 +76,8 @@ class ConfigPlan:
     params: Params  # the parameters of tensors outside any filter or gradient
     tensor_params: Optional[Callable[[str, float], Params]]
     dtype: Optional[str]
-    tokenizer_from: Optional[Path]
+    tokenizer_from: Optional[Path]  # tokenizer files copied, rows kept by id
+    tokenizer_source: Optional[str] = None  # base, union or a model path: rows mapped by token string
 
 
 def supported_methods() -> str:
@@ -91,15 +94,18 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
     base = _path(data.get("base_model"), f"{source}: base_model", config_dir) if data.get("base_model") else None
     models, model_settings = _models(data, source, config_dir)
     global_settings = _mapping(data.get("parameters"), f"{source}: parameters")
-    tokenizer_from = _tokenizer_from(data.get("tokenizer_source"), base, source, config_dir)
+    tokenizer_source = _tokenizer_source(data.get("tokenizer_source"), base, source, config_dir)
+    tokenizer_from = None
     # Roles as mergekit sees them: the base is not merged as a model (listed or not).
     if base is not None:
         keep = [i for i, model in enumerate(models) if model.resolve() != base.resolve()]
         if method == "slerp":
             models, model_settings = [base] + [models[i] for i in keep], [{}] + [model_settings[i] for i in keep]
+            tokenizer_source = str(base) if tokenizer_source == "base" else tokenizer_source
             base = None
         elif implementation.base == "none":
-            tokenizer_from = tokenizer_from or base
+            if tokenizer_source in (None, "base"):  # the base is not merged: its tokenizer files, rows by id
+                tokenizer_source, tokenizer_from = None, base
             base = None
         else:
             models, model_settings = [models[i] for i in keep], [model_settings[i] for i in keep]
@@ -115,6 +121,7 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
         tensor_params=resolver if resolver.dynamic else None,
         dtype=str(data.get("out_dtype") or data.get("dtype") or "") or None,
         tokenizer_from=tokenizer_from,
+        tokenizer_source=tokenizer_source,
     )
 
 
@@ -156,15 +163,15 @@ def _models(data: dict[str, Any], source: str, config_dir: Path) -> tuple[list[P
     return models, model_settings
 
 
-def _tokenizer_from(tokenizer_source: Any, base: Path | None, source: str, config_dir: Path) -> Path | None:
-    """Where the output's tokenizer comes from (`tokenizer_source`: 'base' or a model path; default the first model)."""
-    if tokenizer_source == "union":
-        raise InputError(f"{source}: tokenizer_source 'union' is not supported; use 'base' or a model path")
-    if tokenizer_source == "base":
-        if base is None:
-            raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
-        return base
-    return _path(tokenizer_source, f"{source}: tokenizer_source", config_dir) if tokenizer_source else None
+def _tokenizer_source(tokenizer_source: Any, base: Path | None, source: str, config_dir: Path) -> str | None:
+    """`tokenizer_source`: 'base', 'union' or a model path (rows mapped by token string); None: the first model's, rows by id."""
+    if tokenizer_source in (None, ""):
+        return None
+    if tokenizer_source == "base" and base is None:
+        raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
+    if tokenizer_source in ("base", "union"):
+        return tokenizer_source
+    return str(_path(tokenizer_source, f"{source}: tokenizer_source", config_dir))
 
 
 class _Resolver:

@@ -1,0 +1,195 @@
+"""Merging across vocabularies: embedding and LM-head rows mapped to one output vocabulary by token string.
+
+`tokenizer_source` as mergekit defines it: `base` (the base model's tokenizer), the path of
+one of the inputs (its tokenizer), or `union` (the base's, or else the first --model's,
+tokenizer extended by every other input's tokens: `adaptkit.vocab.union`). Every input's
+vocabulary tensors (2-D, one row per id of its `vocab_size`) are rebuilt with one row per
+output id, taken from the row of the same token string in that input. A row an input lacks is
+filled as mergekit fills it, from the other inputs' rows for that token, never from another id:
+the row of the only input that has the token; else the base's row when the base has it; else the
+mean of the rows of the inputs that have it; zero when none has it (an output id without a token
+string, or a token no input knows). With `init` naming an initializer (`vocab extend`'s:
+subword-mean, mean, random), an input lacking a token gets a row computed from its own matrix
+instead (subword-mean: the mean of its rows for the pieces its own tokenizer splits the token into).
+Instruction-vector inputs (differences of weights) get zero rows for tokens they lack.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptkit.errors import InputError
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+@dataclass
+class Member:
+    """One input as the vocabulary map sees it."""
+
+    flag: str
+    path: Path
+    kind: str  # 'model' or 'vector'
+    rows: int  # its vocabulary tensors' rows (config vocab_size)
+    is_base: bool = False
+
+
+@dataclass
+class VocabMap:
+    """The output vocabulary and, per input, the input row of every output id (-1: the input lacks it)."""
+
+    size: int
+    vocab: dict[str, int]
+    index: list[torch.Tensor]  # per member: (size,) long
+    members: list[Member]
+    files: Path  # a directory holding the output's tokenizer files
+    description: str
+    pieces: list[list[list[int]] | None] = field(default_factory=list)  # per member, per output id it lacks: its own pieces (init)
+    init: Any = None
+    scratch: Any = None
+
+    @property
+    def identity(self) -> bool:
+        """Every input already has the output's ids and rows: nothing to move (rows kept by id)."""
+        return self.init is None and all(
+            member.rows == self.size and torch.equal(index, torch.arange(self.size)) for member, index in zip(self.members, self.index)
+        )
+
+    def align(self, tensors: list[torch.Tensor | None], seed: int) -> list[torch.Tensor | None]:
+        """Every member's tensor (None: not read) rebuilt with one row per output id."""
+        present = [t is not None for t in tensors]
+        dim = next(t.shape[1] for t in tensors if t is not None)
+        dtype = next(t.dtype for t in tensors if t is not None)
+        fill = self._fill(tensors, dim, dtype)
+        aligned: list[torch.Tensor | None] = []
+        for i, tensor in enumerate(tensors):
+            if not present[i]:
+                aligned.append(None)
+                continue
+            index = self.index[i]
+            have = index >= 0
+            out = torch.zeros(self.size, dim, dtype=dtype) if self.members[i].kind == "vector" else fill.clone()
+            if self.init is not None and self.members[i].kind == "model":
+                out[~have] = self._initialized(i, tensor, seed)
+            out[have] = tensor[index[have]]
+            aligned.append(out)
+        return aligned
+
+    def _fill(self, tensors: list[torch.Tensor | None], dim: int, dtype: torch.dtype) -> torch.Tensor:
+        """mergekit's default rows: the only holder's row, else the base's, else the holders' mean; else zero."""
+        models = [i for i, t in enumerate(tensors) if t is not None and self.members[i].kind == "model"]
+        total = torch.zeros(self.size, dim, dtype=dtype)
+        count = torch.zeros(self.size, dtype=dtype)
+        for i in models:
+            have = self.index[i] >= 0
+            total[have] += tensors[i][self.index[i][have]]
+            count += have
+        fill = total / count.clamp(min=1).unsqueeze(1)
+        for i in models:
+            if self.members[i].is_base:
+                have = self.index[i] >= 0
+                fill[have] = tensors[i][self.index[i][have]]
+        return fill
+
+    def _initialized(self, member: int, tensor: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.init.rows(tensor.float(), self.pieces[member], None).to(tensor.dtype)
+
+    def config(self, reference_config: dict[str, Any], reference_vocab: dict[str, int]) -> dict[str, Any]:
+        """The output config: vocab_size, and special-token ids moved to their tokens' output ids."""
+        config = dict(reference_config)
+        config["vocab_size"] = self.size
+        by_id = {i: t for t, i in reference_vocab.items()}
+        for key in SPECIAL_IDS:
+            value = config.get(key)
+            if isinstance(value, int) and value in by_id:
+                config[key] = self.vocab.get(by_id[value], value)
+        return config
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
+
+
+def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | None = None) -> VocabMap:
+    """Resolve `source` (base, union or an input's path) and map every member's rows to its vocabulary."""
+    from adaptkit.io.vocabulary import read_vocabulary
+
+    vocabs = []
+    for member in members:
+        vocab = read_vocabulary(member.path, member.flag)
+        if vocab is None:
+            raise InputError(f"{member.flag}: '{member.path}' has no tokenizer; merging across vocabularies needs every input's tokenizer")
+        vocabs.append(vocab)
+    scratch = tempfile.TemporaryDirectory(prefix="adaptkit-union-")
+    try:
+        files, description = _output_tokenizer(members, source, flag, Path(scratch.name))
+        from adaptkit.io.vocabulary import read_vocabulary as read
+
+        vocab = read(files, flag) or {}
+        size = max(vocab.values()) + 1
+        index = [_index(vocab, theirs, member.rows, size) for member, theirs in zip(members, vocabs)]
+        mapped = VocabMap(size, vocab, index, members, files, description, scratch=scratch)
+        if init is not None:
+            _with_initializer(mapped, init, vocab)
+        return mapped
+    except BaseException:
+        scratch.cleanup()
+        raise
+
+
+def _index(vocab: dict[str, int], theirs: dict[str, int], rows: int, size: int) -> torch.Tensor:
+    index = torch.full((size,), -1, dtype=torch.long)
+    for token, out_id in vocab.items():
+        their_id = theirs.get(token)
+        if their_id is not None and their_id < rows:
+            index[out_id] = their_id
+    return index
+
+
+def _output_tokenizer(members: list[Member], source: str, flag: str, scratch: Path) -> tuple[Path, str]:
+    """(a directory with the output's tokenizer files, a description for the card)."""
+    models = [m for m in members if m.kind == "model"]
+    if source == "base":
+        base = next((m for m in models if m.is_base), None)
+        if base is None:
+            raise InputError(f"{flag}: 'base' names the base model's tokenizer, but there is no --base")
+        return base.path, f"the tokenizer of {base.flag} '{base.path}'"
+    if source == "union":
+        from adaptkit.io.models import resolve_model_source
+        from adaptkit.vocab.tokenizer import load_tokenizer_as_is
+        from adaptkit.vocab.union import union_tokenizer
+
+        ordered = sorted(models, key=lambda m: not m.is_base)
+        loaded = [(m.flag, load_tokenizer_as_is(resolve_model_source(str(m.path), m.flag))) for m in ordered]
+        union_tokenizer(loaded[0][1], loaded[1:], loaded[0][0], scratch)
+        return scratch, f"the union of the inputs' tokenizers (first: {ordered[0].flag} '{ordered[0].path}')"
+    named = next((m for m in models if Path(m.path).resolve() == Path(source).resolve()), None)
+    if named is None:
+        raise InputError(f"{flag}: '{source}' is not among the inputs; give base, union or the path of a --model or --base")
+    return named.path, f"the tokenizer of {named.flag} '{named.path}'"
+
+
+def _with_initializer(mapped: VocabMap, init: str, vocab: dict[str, int]) -> None:
+    """Per model input: the pieces its own tokenizer splits every token it lacks into (for the initializer)."""
+    from adaptkit.io.models import resolve_model_source
+    from adaptkit.vocab.initializers import load_initializer
+    from adaptkit.vocab.tokenizer import load_tokenizer_as_is, old_pieces
+
+    mapped.init = load_initializer(init, {}, flag="--vocab-init")
+    by_id = {i: t for t, i in vocab.items()}
+    for member, index in zip(mapped.members, mapped.index):
+        if member.kind != "model":
+            mapped.pieces.append(None)
+            continue
+        backend = load_tokenizer_as_is(resolve_model_source(str(member.path), member.flag)).backend_tokenizer
+        missing = [by_id.get(i) for i in torch.nonzero(index < 0).squeeze(1).tolist()]
+        pieces = old_pieces(backend, [t for t in missing if t is not None])
+        it = iter(pieces)
+        mapped.pieces.append([next(it) if t is not None else None for t in missing])
