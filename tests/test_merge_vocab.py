@@ -1,4 +1,6 @@
-"""Merging models whose tokenizers differ: refused unless the output's tokenizer is named."""
+"""Merging models whose tokenizers differ: refused unless the output's tokenizer is named; with
+--tokenizer-source (base, union, a model) rows are mapped by token string, checked per token
+against rows computed here and against mergekit's tokenizer_source."""
 
 from __future__ import annotations
 
@@ -98,7 +100,8 @@ def test_same_rows_per_token_as_mergekit(invoke, make_model_dir, hausa_dir, tmp_
     """mergekit's tokenizer_source (union, a model, base) on the same YAML: the same row for every token string.
 
     mergekit adds the union's new tokens as added tokens (in another order), so ids differ; token
-    strings are compared. Equal bit for bit: both take or average the same rows in float32."""
+    strings are compared: the same token set, rows within 1e-8 (linear's weighted sum rounds in
+    another order than mergekit's: one float32 ulp)."""
     first = make_model_dir("llama", 1)
     two = [{"model": str(first), "parameters": {"weight": 0.3}}, {"model": str(hausa_dir), "parameters": {"weight": 0.7}}]
     configs = {
@@ -118,3 +121,58 @@ def test_same_rows_per_token_as_mergekit(invoke, make_model_dir, hausa_dir, tmp_
             assert worst <= 1e-8, (name, tensor, worst)
         rest_ours, rest_theirs = weights(tmp_path / name), weights(reference)
         assert all(torch.allclose(rest_ours[n], rest_theirs[n], atol=1e-8, rtol=0) for n in rest_theirs if n not in VOCAB_TENSORS)
+
+
+@pytest.mark.slow  # four runs of instruct-vector
+def test_instruction_residual_across_vocabularies(invoke, make_model_dir, hausa_dir, tmp_path):
+    """An instruct/base pair on one vocabulary applied to a model on another, one step and two steps."""
+    base, instruct = make_model_dir("llama", 0), make_model_dir("llama", 1)
+    refused = invoke("instruct-vector", "apply", "--model", hausa_dir, "--base", base, "--instruct", instruct, "-o", tmp_path / "no")
+    assert refused.returncode == 2 and "--tokenizer-source" in refused.stderr
+    run = lambda *args: invoke("instruct-vector", *map(str, args), "-q")
+    assert run("apply", "--model", hausa_dir, "--base", base, "--instruct", instruct, "--alpha", "0.5", "--tokenizer-source", hausa_dir, "-o", tmp_path / "one").returncode == 0
+    assert run("extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv").returncode == 0
+    assert run("apply", "--model", hausa_dir, "--vector", tmp_path / "iv", "--alpha", "0.8", "--tokenizer-source", hausa_dir, "-o", tmp_path / "two").returncode == 0
+    m, b, i = rows_by_token(hausa_dir), rows_by_token(base), rows_by_token(instruct)
+    one, two = rows_by_token(tmp_path / "one"), rows_by_token(tmp_path / "two")
+    for name in VOCAB_TENSORS:
+        assert one[name].keys() == m[name].keys() == two[name].keys()  # the model's vocabulary
+        shared = [t for t in m[name] if t in b[name]]
+        only = [t for t in m[name] if t not in b[name]]
+        assert shared and only
+        for t in shared:  # theta_instruct + alpha (theta_model - theta_base), per token string
+            assert torch.allclose(one[name][t], i[name][t] + 0.5 * (m[name][t] - b[name][t]), atol=1e-6), t
+            assert torch.allclose(two[name][t], m[name][t] + 0.8 * (i[name][t] - b[name][t]), atol=1e-6), t
+        for t in only:  # no instruction residual exists for a token the pair lacks: the model's row
+            assert torch.equal(one[name][t], m[name][t]) and torch.equal(two[name][t], m[name][t]), t
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--tokenizer-source", "{other}"], ["--tokenizer-source", "is not among the inputs"]),
+    (["--tokenizer-source", "base"], ["--tokenizer-source", "no --base"]),
+    (["--tokenizer-source", "union", "--tokenizer-from", "{a}"], ["--tokenizer-from", "not both"]),
+    (["--tokenizer-source", "union", "--vocab-init", "nope"], ["--vocab-init", "nope"]),
+])
+def test_bad_tokenizer_sources_are_refused(invoke, make_model_dir, hausa_dir, tmp_path, args, fragments):
+    paths = {"a": make_model_dir("llama", 1), "other": make_model_dir("llama", 2)}
+    out = tmp_path / "out"
+    result = invoke("merge", "linear", "-m", paths["a"], "-m", hausa_dir, *[a.format(**paths) for a in args], "-o", out)
+    assert_input_error(result, *fragments)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # a union merge
+def test_vocab_init_gives_a_missing_token_the_mean_of_its_own_pieces(invoke, make_model_dir, hausa_dir, tokenizer, tmp_path):
+    first = make_model_dir("llama", 1)
+    out = tmp_path / "out"
+    result = invoke("merge", "linear", "-m", first, "-m", hausa_dir, "--tokenizer-source", "union", "--vocab-init", "subword-mean", "-o", out, "-q")
+    assert result.returncode == 0, result
+    a, b, merged = rows_by_token(first), rows_by_token(hausa_dir), rows_by_token(out)
+    only_b = [t for t in b["lm_head.weight"] if t not in a["lm_head.weight"]]
+    assert only_b
+    own = weights(first)
+    for name in VOCAB_TENSORS:
+        for token in only_b:  # the first model's row: the mean of its rows for the pieces its own BPE splits the token into
+            pieces = [piece.id for piece in tokenizer.backend_tokenizer.model.tokenize(token)]
+            expected = 0.5 * own[name][pieces].mean(dim=0) + 0.5 * b[name][token]
+            assert torch.allclose(merged[name][token], expected, atol=1e-6), (name, token)

@@ -190,10 +190,10 @@ def _check_alignment(reference: _Source, other: _Source, strict: bool, across: b
             and info.shape[0] == reference.vocab_size
         )
         if not vocab_rows:
-            raise InputError(
-                f"{other.input.flag}: tensor '{name}' has shape {tuple(theirs)} in '{other.input.path}' "
-                f"but {tuple(info.shape)} in {reference.describe()}; shapes must match"
-            )
+            vocabularies = _vocab_tensor(other, theirs) and _vocab_tensor(reference, info.shape) and theirs[1:] == info.shape[1:]
+            advice = ("; the vocabularies differ: pass --tokenizer-source base|union|PATH (tokenizer_source in a config) "
+                      "to map rows by token string") if vocabularies else "; shapes must match"
+            raise InputError(f"{other.input.flag}: tensor '{name}' has shape {tuple(theirs)} in '{other.input.path}' but {tuple(info.shape)} in {reference.describe()}{advice}")
         shared_rows[name] = theirs[0]
     return shared_rows
 
@@ -272,6 +272,7 @@ def run_merge(
     if vocab is None:
         _check_tokenizers(reference, everything[1:], options)
     try:
+        config = _output_config(reference, options.dtype, vocab)
         plan = [_planned(reference, name, options.dtype, vocab) for name in names]
         hashers = {id(source): _Hasher() for source in everything}
         align = _aligner(vocab, everything, options.seed) if vocab is not None and not vocab.identity else None
@@ -286,7 +287,7 @@ def run_merge(
             summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
             if vocab is not None:
                 summary["vocabulary"] = {"tokenizer": vocab.description, "size": vocab.size, "init": options.vocab_init or "other inputs' rows"}
-            _finish_directory(tmp, reference, summary, options, vocab)
+            _finish_directory(tmp, reference, summary, options, vocab, config)
     finally:
         if vocab is not None:
             vocab.close()
@@ -365,7 +366,7 @@ def _check_tokenizers(reference: _Source, others: list[_Source], options: MergeO
         raise InputError(f"{reference.describe()} has no tokenizer files, so the merged model would have none; {advice}")
     ours = read_vocabulary(reference.input.path, reference.input.flag)
     for other in others:
-        theirs = read_vocabulary(other.input.path, other.input.flag) if other.input.kind == "model" else None
+        theirs = read_vocabulary(other.input.path, other.input.flag) if other.input.kind in ("model", "vector") else None
         conflict = first_conflict(ours, theirs) if ours is not None and theirs is not None else None
         if conflict is not None:
             index, mine, their = conflict
@@ -422,15 +423,15 @@ def _write_merged(tmp: Path, plan: list[PlannedTensor], options: MergeOptions, m
             source.tensors.close()
 
 
-def _finish_directory(tmp: Path, reference: _Source, summary: dict[str, Any], options: MergeOptions, vocab: Any = None) -> None:
+def _finish_directory(tmp: Path, reference: _Source, summary: dict[str, Any], options: MergeOptions, vocab: Any, config: dict[str, Any]) -> None:
     """Config, vocabulary record, tokenizer, the finalize step's files, merge card and (for a model) its Hub card.
     With a vocabulary map: its tokenizer and vocabulary size, and no extension record (the rows moved)."""
     if options.write_config:
-        _write_config(reference, tmp, options.dtype, vocab)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if vocab is None:
             copy_record(Path(reference.input.path), tmp)
     if options.copy_tokenizer or (vocab is not None and not options.write_config):  # an instruction vector keeps its tokenizer
-        _copy_tokenizer(Path(vocab.files if vocab is not None else options.tokenizer_from or reference.input.path), tmp)
+        copy_tokenizer_files(Path(vocab.files if vocab is not None else options.tokenizer_from or reference.input.path), tmp)
     if options.finalize is not None:
         summary["notes"] = options.finalize(tmp, summary)
     (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
@@ -554,20 +555,22 @@ def _summary(method, params, per_tensor, sources, base_source, aux_sources, hash
     }
 
 
-def _write_config(reference: _Source, directory: Path, dtype: str | None, vocab: Any = None) -> None:
+def _output_config(reference: _Source, dtype: str | None, vocab: Any) -> dict[str, Any]:
+    """The first --model's config with the output dtype (and, with a vocabulary map, its size and special ids)."""
     config = dict(reference.config)
     if vocab is not None:
         from adaptkit.io.vocabulary import read_vocabulary
 
-        config = vocab.config(config, read_vocabulary(reference.input.path, reference.input.flag) or {})
+        config = vocab.config(config, read_vocabulary(reference.input.path, reference.input.flag) or {}, reference.describe())
     if dtype:
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype
         config["dtype"] = dtype
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
 
 
-def _copy_tokenizer(source: Path, directory: Path) -> None:
+def copy_tokenizer_files(source: Path, directory: Path) -> None:
+    """The tokenizer (and generation config) files of `source` that exist, into `directory`."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, directory / name)

@@ -51,6 +51,7 @@ class VocabMap:
     description: str
     pieces: list[list[list[int]] | None] = field(default_factory=list)  # per member, per output id it lacks: its own pieces (init)
     init: Any = None
+    configs: list[Any] = field(default_factory=list)  # per member: its transformers config (init)
     scratch: Any = None
 
     @property
@@ -99,17 +100,20 @@ class VocabMap:
     def _initialized(self, member: int, tensor: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.init.rows(tensor.float(), self.pieces[member], None).to(tensor.dtype)
+            return self.init.rows(tensor.float(), self.pieces[member], self.configs[member]).to(tensor.dtype)
 
-    def config(self, reference_config: dict[str, Any], reference_vocab: dict[str, int]) -> dict[str, Any]:
-        """The output config: vocab_size, and special-token ids moved to their tokens' output ids."""
+    def config(self, reference_config: dict[str, Any], reference_vocab: dict[str, int], flag: str) -> dict[str, Any]:
+        """The output config: vocab_size, and special-token ids moved to their tokens' output ids
+        (a special token the output vocabulary lacks is an InputError naming it)."""
         config = dict(reference_config)
         config["vocab_size"] = self.size
         by_id = {i: t for t, i in reference_vocab.items()}
         for key in SPECIAL_IDS:
             value = config.get(key)
             if isinstance(value, int) and value in by_id:
-                config[key] = self.vocab.get(by_id[value], value)
+                if by_id[value] not in self.vocab:
+                    raise InputError(f"--tokenizer-source: {self.description} has no token {by_id[value]!r}, the {key} of {flag}; choose a tokenizer that has it (or union)")
+                config[key] = self.vocab[by_id[value]]
         return config
 
     def close(self) -> None:
@@ -182,12 +186,16 @@ def _with_initializer(mapped: VocabMap, init: str, vocab: dict[str, int]) -> Non
     from adaptkit.vocab.initializers import load_initializer
     from adaptkit.vocab.tokenizer import load_tokenizer_as_is, old_pieces
 
+    from transformers import AutoConfig
+
     mapped.init = load_initializer(init, {}, flag="--vocab-init")
     by_id = {i: t for t, i in vocab.items()}
     for member, index in zip(mapped.members, mapped.index):
         if member.kind != "model":
             mapped.pieces.append(None)
+            mapped.configs.append(None)
             continue
+        mapped.configs.append(AutoConfig.from_pretrained(member.path))
         backend = load_tokenizer_as_is(resolve_model_source(str(member.path), member.flag)).backend_tokenizer
         missing = [by_id.get(i) for i in torch.nonzero(index < 0).squeeze(1).tolist()]
         pieces = old_pieces(backend, [t for t in missing if t is not None])
