@@ -315,16 +315,20 @@ def _aligner(vocab: Any, everything: list[_Source], seed: int) -> Callable:
     """(inputs, base, aux) -> the same with every vocabulary tensor rebuilt on the output vocabulary."""
     members = [s for s in everything if s.input.kind != "tensors"]
 
-    def align(name: str, inputs: list, base: Any, aux: dict) -> tuple[list, Any, dict]:
-        tensors = list(inputs) + ([base] if base is not None else []) + [aux.get(s.input.role) for s in members[len(inputs) + (base is not None):]]
+    def align(name: str, inputs: list, base: Any, aux: dict) -> Any:
+        """Rebuilds the vocabulary tensors in `inputs` and `aux` in place; returns the (new) base."""
+        roles = [s.input.role for s in members[len(inputs) + (base is not None):]]
+        tensors = inputs + ([base] if base is not None else []) + [aux.get(role) for role in roles]
         if not all(t is None or _vocab_tensor(s, tuple(t.shape)) for s, t in zip(members, tensors)):
-            return inputs, base, aux
-        aligned = vocab.align(tensors, seed)
-        n = len(inputs)
-        new_aux = dict(aux)
-        for source, tensor in zip(members[n + (base is not None):], aligned[n + (base is not None):]):
-            new_aux[source.input.role] = tensor
-        return aligned[:n], aligned[n] if base is not None else None, new_aux
+            return base
+        inputs.clear()
+        aux.update({role: None for role in roles})
+        n = len(tensors) - len(roles) - (base is not None)
+        base = None
+        vocab.align(tensors, seed)
+        inputs.extend(tensors[:n])
+        aux.update(zip(roles, tensors[len(tensors) - len(roles):]))
+        return tensors[n] if len(tensors) - len(roles) > n else None
 
     return align
 
@@ -493,7 +497,7 @@ def _merge_one(method, params, item, sources, base_source, aux_sources, rows, nu
     inputs, base, aux = [prepare(t) for t in tensors], prepare(base), {k: prepare(v) for k, v in aux.items()}
     del tensors, read
     if align is not None:  # a vocabulary map: vocabulary tensors rebuilt on the output vocabulary
-        inputs, base, aux = align(name, inputs, base, aux)
+        base = align(name, inputs, base, aux)
     context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux=aux, aux_meta=aux_meta)
     shape = tuple(inputs[0].shape)
     merged = method.merge_tensor(inputs, base, params, context)

@@ -61,41 +61,49 @@ class VocabMap:
             member.rows == self.size and torch.equal(index, torch.arange(self.size)) for member, index in zip(self.members, self.index)
         )
 
-    def align(self, tensors: list[torch.Tensor | None], seed: int) -> list[torch.Tensor | None]:
-        """Every member's tensor (None: not read) rebuilt with one row per output id."""
-        present = [t is not None for t in tensors]
+    def align(self, tensors: list[torch.Tensor | None], seed: int) -> None:
+        """Replace every member's tensor (None: not read) by one with a row per output id, in place,
+        each original dropped as soon as its replacement is built (peak: the originals, the filled
+        rows and one new tensor)."""
         dim = next(t.shape[1] for t in tensors if t is not None)
         dtype = next(t.dtype for t in tensors if t is not None)
-        fill = self._fill(tensors, dim, dtype)
-        aligned: list[torch.Tensor | None] = []
+        need, fill = self._fill(tensors, dim, dtype)
         for i, tensor in enumerate(tensors):
-            if not present[i]:
-                aligned.append(None)
+            if tensor is None:
                 continue
             index = self.index[i]
             have = index >= 0
-            out = torch.zeros(self.size, dim, dtype=dtype) if self.members[i].kind == "vector" else fill.clone()
-            if self.init is not None and self.members[i].kind == "model":
-                out[~have] = self._initialized(i, tensor, seed)
+            out = torch.zeros(self.size, dim, dtype=dtype)
+            if self.members[i].kind == "model":
+                out[need] = fill
+                if self.init is not None:
+                    out[~have] = self._initialized(i, tensor, seed)
             out[have] = tensor[index[have]]
-            aligned.append(out)
-        return aligned
+            tensors[i] = out
+            del tensor
 
-    def _fill(self, tensors: list[torch.Tensor | None], dim: int, dtype: torch.dtype) -> torch.Tensor:
-        """mergekit's default rows: the only holder's row, else the base's, else the holders' mean; else zero."""
+    def _fill(self, tensors: list[torch.Tensor | None], dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the output ids some model input lacks, their rows by mergekit's rule): the only holder's
+        row, else the base's, else the holders' mean; zero when no input has the token."""
         models = [i for i, t in enumerate(tensors) if t is not None and self.members[i].kind == "model"]
-        total = torch.zeros(self.size, dim, dtype=dtype)
-        count = torch.zeros(self.size, dtype=dtype)
+        need = torch.zeros(self.size, dtype=torch.bool)
         for i in models:
-            have = self.index[i] >= 0
-            total[have] += tensors[i][self.index[i][have]]
+            need |= self.index[i] < 0
+        rows = torch.nonzero(need).squeeze(1)
+        fill = torch.zeros(rows.numel(), dim, dtype=dtype)
+        count = torch.zeros(rows.numel(), dtype=dtype)
+        for i in models:
+            source = self.index[i][rows]
+            have = source >= 0
+            fill[have] += tensors[i][source[have]]
             count += have
-        fill = total / count.clamp(min=1).unsqueeze(1)
+        fill /= count.clamp(min=1).unsqueeze(1)
         for i in models:
             if self.members[i].is_base:
-                have = self.index[i] >= 0
-                fill[have] = tensors[i][self.index[i][have]]
-        return fill
+                source = self.index[i][rows]
+                have = source >= 0
+                fill[have] = tensors[i][source[have]]
+        return need, fill
 
     def _initialized(self, member: int, tensor: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
@@ -166,13 +174,10 @@ def _output_tokenizer(members: list[Member], source: str, flag: str, scratch: Pa
             raise InputError(f"{flag}: 'base' names the base model's tokenizer, but there is no --base")
         return base.path, f"the tokenizer of {base.flag} '{base.path}'"
     if source == "union":
-        from adaptkit.io.models import resolve_model_source
-        from adaptkit.vocab.tokenizer import load_tokenizer_as_is
         from adaptkit.vocab.union import union_tokenizer
 
         ordered = sorted(models, key=lambda m: not m.is_base)
-        loaded = [(m.flag, load_tokenizer_as_is(resolve_model_source(str(m.path), m.flag))) for m in ordered]
-        union_tokenizer(loaded[0][1], loaded[1:], loaded[0][0], scratch)
+        union_tokenizer((ordered[0].flag, ordered[0].path), [(m.flag, m.path) for m in ordered[1:]], scratch)
         return scratch, f"the union of the inputs' tokenizers (first: {ordered[0].flag} '{ordered[0].path}')"
     named = next((m for m in models if Path(m.path).resolve() == Path(source).resolve()), None)
     if named is None:
@@ -182,11 +187,11 @@ def _output_tokenizer(members: list[Member], source: str, flag: str, scratch: Pa
 
 def _with_initializer(mapped: VocabMap, init: str, vocab: dict[str, int]) -> None:
     """Per model input: the pieces its own tokenizer splits every token it lacks into (for the initializer)."""
-    from adaptkit.io.models import resolve_model_source
-    from adaptkit.vocab.initializers import load_initializer
-    from adaptkit.vocab.tokenizer import load_tokenizer_as_is, old_pieces
-
+    from tokenizers import Tokenizer
     from transformers import AutoConfig
+
+    from adaptkit.vocab.initializers import load_initializer
+    from adaptkit.vocab.tokenizer import old_pieces
 
     mapped.init = load_initializer(init, {}, flag="--vocab-init")
     by_id = {i: t for t, i in vocab.items()}
@@ -196,7 +201,7 @@ def _with_initializer(mapped: VocabMap, init: str, vocab: dict[str, int]) -> Non
             mapped.configs.append(None)
             continue
         mapped.configs.append(AutoConfig.from_pretrained(member.path))
-        backend = load_tokenizer_as_is(resolve_model_source(str(member.path), member.flag)).backend_tokenizer
+        backend = Tokenizer.from_file(str(Path(member.path) / "tokenizer.json"))
         missing = [by_id.get(i) for i in torch.nonzero(index < 0).squeeze(1).tolist()]
         pieces = old_pieces(backend, [t for t in missing if t is not None])
         it = iter(pieces)
