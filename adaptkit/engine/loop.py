@@ -98,7 +98,7 @@ class Run:
     created: bool = False  # this run made the run directory (removed again if planning fails)
     trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
     evals: list[Any] = field(default_factory=list)  # the eval sets scored during training (engine/evaluation.py)
-    old_vocab_size: Optional[int] = None  # rows before `vocab extend`, read when train_embeddings=new-only
+    new_vocab_rows: Optional[list[int]] = None  # rows `vocab extend` / `vocab transplant` added, read when train_embeddings=new-only
 
     @property
     def main(self) -> bool:
@@ -254,7 +254,7 @@ def train(
 def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None], progress: Any) -> Run:
     """Processes, run-directory checks, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
-    from adaptkit.engine.embedding_rows import recorded_old_rows
+    from adaptkit.engine.embedding_rows import recorded_new_rows
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
     from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
@@ -275,7 +275,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     if config.batch_size % (micro * world):
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size {micro} x {world} process(es)")
     source = resolve_model_source(config.model, "--model")
-    old_rows = recorded_old_rows(config.train_embeddings, source)
+    new_rows = recorded_new_rows(config.train_embeddings, source)
     check_context_length(config.data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     sources, blocks = load_data(config, tokenizer, log)
@@ -285,7 +285,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
     check_context_length(config.data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = Run(config, run_dir, accelerator, strategy, device, precision, micro, tokenizer, blocks,
-              total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals, old_vocab_size=old_rows)
+              total_steps(config, blocks.shape[0]), model, source.location, log, progress, sources, evals=evals, new_vocab_rows=new_rows)
     for warning in data_warnings(config, blocks.shape[0], run.steps):
         log(f"warning: {warning}")
     _open_run_dir(run, resume, overwrite)
@@ -356,7 +356,7 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
     try:
         plan = method.plan(run.model, ctx)
         _freeze_special_tokens_if_set(run, method, plan)
-        restrict_embedding_rows(plan, config.train_embeddings, run.old_vocab_size, run.log)
+        restrict_embedding_rows(plan, config.train_embeddings, run.new_vocab_rows, run.log)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
