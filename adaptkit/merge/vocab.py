@@ -62,48 +62,55 @@ class VocabMap:
         )
 
     def align(self, tensors: list[torch.Tensor | None], seed: int) -> None:
-        """Replace every member's tensor (None: not read) by one with a row per output id, in place,
-        each original dropped as soon as its replacement is built (peak: the originals, the filled
-        rows and one new tensor)."""
+        """Replace every member's tensor (None: not read) by one with a row per output id, in place.
+
+        First each input's own rows move to their output ids (its original dropped right after),
+        then the rows a model input lacks are filled from the other inputs' moved rows, a chunk of
+        rows at a time: the peak is about the originals' size plus the new tensors', never a
+        full-size temporary.
+        """
+        from adaptkit.streamed_model import return_freed_memory
+
         dim = next(t.shape[1] for t in tensors if t is not None)
         dtype = next(t.dtype for t in tensors if t is not None)
-        need, fill = self._fill(tensors, dim, dtype)
         for i, tensor in enumerate(tensors):
             if tensor is None:
                 continue
             index = self.index[i]
-            have = index >= 0
-            out = torch.zeros(self.size, dim, dtype=dtype)
-            if self.members[i].kind == "model":
-                out[need] = fill
-                if self.init is not None:
-                    out[~have] = self._initialized(i, tensor, seed)
-            out[have] = tensor[index[have]]
+            filled_later = self.init is None and self.members[i].kind == "model"  # every row it lacks gets a fill row
+            out = torch.empty(self.size, dim, dtype=dtype) if filled_later else torch.zeros(self.size, dim, dtype=dtype)
+            have = torch.nonzero(index >= 0).squeeze(1)
+            _copy_rows(out, have, tensor, index[have])
+            if self.init is not None and self.members[i].kind == "model":
+                out[index < 0] = self._initialized(i, tensor, seed)
             tensors[i] = out
             del tensor
+            return_freed_memory()
+        if self.init is None:
+            self._fill(tensors)
 
-    def _fill(self, tensors: list[torch.Tensor | None], dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the output ids some model input lacks, their rows by mergekit's rule): the only holder's
-        row, else the base's, else the holders' mean; zero when no input has the token."""
+    def _fill(self, tensors: list[torch.Tensor | None], chunk: int = 4096) -> None:
+        """mergekit's rows for a token a model input lacks, from the inputs that have it: the only
+        holder's row, else the base's, else the holders' mean; zero when no input has it."""
         models = [i for i, t in enumerate(tensors) if t is not None and self.members[i].kind == "model"]
-        need = torch.zeros(self.size, dtype=torch.bool)
+        lacking = torch.zeros(self.size, dtype=torch.bool)
         for i in models:
-            need |= self.index[i] < 0
-        rows = torch.nonzero(need).squeeze(1)
-        fill = torch.zeros(rows.numel(), dim, dtype=dtype)
-        count = torch.zeros(rows.numel(), dtype=dtype)
-        for i in models:
-            source = self.index[i][rows]
-            have = source >= 0
-            fill[have] += tensors[i][source[have]]
-            count += have
-        fill /= count.clamp(min=1).unsqueeze(1)
-        for i in models:
-            if self.members[i].is_base:
-                source = self.index[i][rows]
-                have = source >= 0
-                fill[have] = tensors[i][source[have]]
-        return need, fill
+            lacking |= self.index[i] < 0
+        rows = torch.nonzero(lacking).squeeze(1)
+        base = next((i for i in models if self.members[i].is_base), None)
+        for start in range(0, rows.numel(), chunk):
+            part = rows[start:start + chunk]
+            held = {i: self.index[i][part] >= 0 for i in models}
+            total = torch.zeros(part.numel(), tensors[models[0]].shape[1], dtype=tensors[models[0]].dtype)
+            count = torch.zeros(part.numel(), dtype=total.dtype)
+            for i in models:
+                total[held[i]] += tensors[i][part[held[i]]]
+                count += held[i]
+            total /= count.clamp(min=1).unsqueeze(1)
+            if base is not None:
+                total[held[base]] = tensors[base][part[held[base]]]
+            for i in models:
+                tensors[i][part[~held[i]]] = total[~held[i]]
 
     def _initialized(self, member: int, tensor: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
@@ -131,7 +138,10 @@ class VocabMap:
 
 def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | None = None) -> VocabMap:
     """Resolve `source` (base, union or an input's path) and map every member's rows to its vocabulary."""
+    import gc
+
     from adaptkit.io.vocabulary import read_vocabulary
+    from adaptkit.streamed_model import return_freed_memory
 
     vocabs = []
     for member in members:
@@ -141,48 +151,57 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
         vocabs.append(vocab)
     scratch = tempfile.TemporaryDirectory(prefix="adaptkit-union-")
     try:
-        files, description = _output_tokenizer(members, source, flag, Path(scratch.name))
-        from adaptkit.io.vocabulary import read_vocabulary as read
-
-        vocab = read(files, flag) or {}
+        files, vocab, description = _output_tokenizer(members, vocabs, source, flag, Path(scratch.name))
         size = max(vocab.values()) + 1
-        index = [_index(vocab, theirs, member.rows, size) for member, theirs in zip(members, vocabs)]
+        tokens = [None] * size
+        for token, out_id in vocab.items():
+            tokens[out_id] = token
+        index = [_index(tokens, theirs, member.rows) for member, theirs in zip(members, vocabs)]
         mapped = VocabMap(size, vocab, index, members, files, description, scratch=scratch)
         if init is not None:
             _with_initializer(mapped, init, vocab)
+        del vocabs, tokens
+        gc.collect()
+        return_freed_memory()  # the tokenizer files' parsed JSON: give it back before tensors are read
         return mapped
     except BaseException:
         scratch.cleanup()
         raise
 
 
-def _index(vocab: dict[str, int], theirs: dict[str, int], rows: int, size: int) -> torch.Tensor:
-    index = torch.full((size,), -1, dtype=torch.long)
-    for token, out_id in vocab.items():
-        their_id = theirs.get(token)
-        if their_id is not None and their_id < rows:
-            index[out_id] = their_id
+def _copy_rows(out: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, source_rows: torch.Tensor, chunk: int = 4096) -> None:
+    """out[rows] = source[source_rows], a chunk of rows at a time."""
+    for start in range(0, rows.numel(), chunk):
+        out[rows[start:start + chunk]] = source[source_rows[start:start + chunk]]
+
+
+def _index(tokens: list[str | None], theirs: dict[str, int], rows: int) -> torch.Tensor:
+    """Per output id: the input's row of the same token string, -1 where it has none (or only a row past its matrix)."""
+    index = torch.tensor([theirs.get(token, -1) if token is not None else -1 for token in tokens], dtype=torch.long)
+    index[index >= rows] = -1
     return index
 
 
-def _output_tokenizer(members: list[Member], source: str, flag: str, scratch: Path) -> tuple[Path, str]:
-    """(a directory with the output's tokenizer files, a description for the card)."""
-    models = [m for m in members if m.kind == "model"]
-    if source == "base":
-        base = next((m for m in models if m.is_base), None)
-        if base is None:
-            raise InputError(f"{flag}: 'base' names the base model's tokenizer, but there is no --base")
-        return base.path, f"the tokenizer of {base.flag} '{base.path}'"
+def _output_tokenizer(members: list[Member], vocabs: list[dict[str, int]], source: str, flag: str, scratch: Path) -> tuple[Path, dict[str, int], str]:
+    """(a directory with the output's tokenizer files, its vocabulary, a description for the card)."""
+    models = [i for i, m in enumerate(members) if m.kind == "model"]
     if source == "union":
         from adaptkit.vocab.union import union_tokenizer
 
-        ordered = sorted(models, key=lambda m: not m.is_base)
-        union_tokenizer((ordered[0].flag, ordered[0].path), [(m.flag, m.path) for m in ordered[1:]], scratch)
-        return scratch, f"the union of the inputs' tokenizers (first: {ordered[0].flag} '{ordered[0].path}')"
-    named = next((m for m in models if Path(m.path).resolve() == Path(source).resolve()), None)
-    if named is None:
-        raise InputError(f"{flag}: '{source}' is not among the inputs; give base, union or the path of a --model or --base")
-    return named.path, f"the tokenizer of {named.flag} '{named.path}'"
+        ordered = sorted(models, key=lambda i: not members[i].is_base)
+        first = members[ordered[0]]
+        vocab = union_tokenizer((first.flag, first.path), [(members[i].flag, members[i].path) for i in ordered[1:]], scratch)
+        return scratch, vocab, f"the union of the inputs' tokenizers (first: {first.flag} '{first.path}')"
+    if source == "base":
+        named = next((i for i in models if members[i].is_base), None)
+        if named is None:
+            raise InputError(f"{flag}: 'base' names the base model's tokenizer, but there is no --base")
+    else:
+        named = next((i for i in models if Path(members[i].path).resolve() == Path(source).resolve()), None)
+        if named is None:
+            raise InputError(f"{flag}: '{source}' is not among the inputs; give base, union or the path of a --model or --base")
+    member = members[named]
+    return member.path, vocabs[named], f"the tokenizer of {member.flag} '{member.path}'"
 
 
 def _with_initializer(mapped: VocabMap, init: str, vocab: dict[str, int]) -> None:

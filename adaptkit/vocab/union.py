@@ -38,9 +38,8 @@ def _merges(spec: dict) -> list[tuple[str, str]]:
 
 
 def union_tokenizer(first: tuple[str, Path], others: list[tuple[str, Path]], directory: Path) -> dict[str, int]:
-    """Write the union of the tokenizers in `first` and `others` ([(flag, dir)]) into `directory`; returns its vocabulary."""
-    from tokenizers import Tokenizer
-
+    """Write the union of the tokenizers in `first` and `others` ([(flag, dir)]) into `directory`; returns its
+    vocabulary (token string -> id, added tokens included)."""
     spec = _spec(first[1], first[0])
     kind = tok.tokenizer_kind(spec, first[0])
     model = spec["model"]
@@ -75,11 +74,9 @@ def union_tokenizer(first: tuple[str, Path], others: list[tuple[str, Path]], dir
         entry["id"] = next_id
         next_id += 1
     spec["added_tokens"] = list(spec.get("added_tokens") or []) + added
-    text = json.dumps(spec, ensure_ascii=False)
-    union = Tokenizer.from_str(text)  # loads: the file is a valid tokenizer
-    (Path(directory) / "tokenizer.json").write_text(text, encoding="utf-8")
+    (Path(directory) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     _companions(Path(first[1]), Path(directory), added)
-    return union.get_vocab(with_added_tokens=True)
+    return {**model["vocab"], **{entry["content"]: entry["id"] for entry in spec["added_tokens"]}}
 
 
 def _companions(source: Path, directory: Path, added: list[dict]) -> None:
