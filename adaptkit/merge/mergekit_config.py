@@ -61,7 +61,7 @@ IGNORED = ("int8_mask",)
 KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "slices")
 REFUSED = {
     "modules": "per-module definitions are not supported; list whole models under 'models:'",
-    "tokenizer": "tokenizer merging is not supported; use tokenizer_source: base or a model path",
+    "tokenizer": "per-token tokenizer settings are not supported; use tokenizer_source: base, union or a model path",
     "chat_template": "chat_template is not supported; the tokenizer files are copied from tokenizer_source",
 }
 
