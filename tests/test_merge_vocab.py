@@ -176,3 +176,21 @@ def test_vocab_init_gives_a_missing_token_the_mean_of_its_own_pieces(invoke, mak
             pieces = [piece.id for piece in tokenizer.backend_tokenizer.model.tokenize(token)]
             expected = 0.5 * own[name][pieces].mean(dim=0) + 0.5 * b[name][token]
             assert torch.allclose(merged[name][token], expected, atol=1e-6), (name, token)
+
+
+@pytest.mark.slow  # a tokenizer and a model built here
+def test_output_tokenizer_without_the_models_special_token_is_refused(invoke, make_model_dir, corpora, tmp_path):
+    """The first model's special tokens must exist in the output vocabulary (their config ids are moved to them)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(corpora["ha"].read_text().splitlines(), trainer=trainer)
+    other = save_tiny_model(tmp_path / "other", PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|end|>"),
+                            seed=3, bos_token_id=None, eos_token_id=1, pad_token_id=None)
+    out = tmp_path / "out"
+    result = invoke("merge", "linear", "-m", make_model_dir("llama", 1), "-m", other, "--tokenizer-source", other, "-o", out)
+    assert_input_error(result, "--tokenizer-source", "'<s>'", "bos_token_id")
+    assert not out.exists()
