@@ -179,7 +179,7 @@ CASES = [
     ("merge-density-zero", ["merge", "ties", "--base", "{model}", "-m", "{model_b}", "--density", "0", "-o", "{out}"], ["density", "greater than 0"]),
     ("merge-model-is-file", ["merge", "linear", "-m", "{model}", "-m", "{text_file}", "-o", "{out}"], ["--model", "notes.txt"]),
     ("merge-config-is-list", ["merge", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
-    ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "model_stock"]),
+    ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "arcee_fusion"]),
     ("merge-config-missing", ["merge", "--config", "{missing}", "-o", "{out}"], ["--config"]),
     ("merge-config-is-directory", ["merge", "--config", "{empty_dir}", "-o", "{out}"], ["--config"]),
     ("merge-group-set-with-method", ["merge", "--set", "lambda=0.5", "task-arithmetic", "--base", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--set", "--config", "task-arithmetic"]),
@@ -353,7 +353,7 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     for name in ("config.json", "model.safetensors"):
         (files["model_no_tokenizer"] / name).write_bytes((model / name).read_bytes())
     files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
-    files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
+    files["merge_yaml_bad_method"].write_text(f"merge_method: arcee_fusion\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
 
 
 def _model_without(model: Path, tensor: str, directory: Path) -> Path:

@@ -11,7 +11,6 @@ from adaptkit.calibration import BUILTIN_TEMPLATES, build_calibration, load_cali
 from adaptkit.data.corpus import pack_blocks
 from adaptkit.errors import InputError
 from conftest import assert_input_error
-from _ssu_helpers import calib_dir  # noqa: F401  (shared fixture)
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ '<s>' + m['role'] + ': ' + m['content'] + '</s>' }}{% endfor %}"
 
