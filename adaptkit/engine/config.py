@@ -106,6 +106,16 @@ class EvalConfig(Section):
         return [value] if isinstance(value, str) else value
 
 
+class LossConfig(Section):
+    """The language-modelling loss of a training step (engine/lm_loss.py)."""
+
+    chunked: Literal["auto", "on", "off"] = Field(
+        "auto", description="Chunked linear cross-entropy (no full-vocabulary logits); auto = on when vocabulary x tokens per micro-batch >= 2^26 and the head allows it."
+    )
+    kernel: Literal["torch", "liger"] = Field("torch", description="torch: adaptkit's chunked loss; liger: Liger-Kernel's fused kernel (CUDA, the `liger` extra).")
+    chunk_tokens: Optional[int] = Field(None, gt=0, description="Tokens per chunk; default: 2^23 logits per chunk (65 tokens at a 128k vocabulary).")
+
+
 class TrainConfig(Section):
     model: str = Field("", description="Local HF directory, .gguf file or Hub id.")
     trust_remote_code: bool = False
@@ -140,6 +150,7 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    loss: LossConfig = Field(default_factory=LossConfig)
     language: list[str] = Field(default_factory=list, description="Language codes of the trained model for its model card (e.g. [ha]).")
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list, description="Experiment trackers: tensorboard, mlflow, wandb, trackio.")
     run_name: Optional[str] = Field(None, description="Run name in the trackers and the model card; default: the run directory's name.")

@@ -120,6 +120,7 @@ class Training:
     fingerprint: str  # architecture + trainable count: a checkpoint resumes only into the same plan
     counts: tuple[int, int]  # (trainable entries, all entries)
     updating: bool = False  # inside train_step's update (optimizer step .. schedule step): no consistent state
+    lm_loss: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] = lambda model, inputs: model(**inputs).loss  # engine/lm_loss.py
 
 
 @dataclass
@@ -382,6 +383,7 @@ def _freeze_special_tokens_if_set(run: Run, method: TrainingMethod, plan: Traini
 
 def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Training:
     """Optimizer and schedule over the trainable set, the model the loop runs, the batches."""
+    from adaptkit.engine.lm_loss import select_loss
     from adaptkit.engine.special_tokens import token_row_parameters
     from adaptkit.io.models import model_fingerprint
 
@@ -395,8 +397,9 @@ def make_training(run: Run, plan: TrainingPlan, trainable: TrainableSet) -> Trai
     weights = {s.name: s.weight for s in config.data.mixture()}
     batches = Mixture(run.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
     fingerprint = f"{model_fingerprint(plan.model)}:{counts[0]}"
+    lm_loss = select_loss(config.loss, plan.model, run.device, run.micro_batch_size * config.data.seq_len, run.log)
     return Training(plan, trainable, optimizer, scheduler, train_model, forward_model, batches,
-                    autocast_for(run.precision, run.device), fingerprint, counts)
+                    autocast_for(run.precision, run.device), fingerprint, counts, lm_loss=lm_loss)
 
 
 def resume_from_checkpoint(run: Run, training: Training, resume: bool) -> tuple[int, Optional[int]]:
@@ -488,7 +491,7 @@ def train_step(run: Run, t: Training, step: int) -> tuple[torch.Tensor, float, f
         inputs = model_inputs(t.batches.get(step, micro).to(run.device), run.config.data.packing, run.tokenizer.eos_token_id,
                               getattr(model.config, "_attn_implementation", None))
         with run.strategy.micro_batch(t.train_model, sync=micro == accumulation - 1), t.autocast():
-            loss = _add_callback_losses(t.forward_model(**inputs).loss, callbacks, model)
+            loss = _add_callback_losses(t.lm_loss(t.forward_model, inputs), callbacks, model)
         run.accelerator.backward(loss / accumulation)
         step_loss += loss.detach() / accumulation
     for callback in callbacks:
