@@ -157,8 +157,8 @@ def _train(tmp_path, name, model_dir, data, chunked: str, **settings):
     from adaptkit.engine.loop import train
 
     config = TrainConfig(model=str(model_dir), data={"paths": [str(data)], "seq_len": 32, "packing": "doc-mask"}, batch_size=4,
-                         micro_batch_size=2, max_steps=1, optimizer={"lr": 1e-3, "weight_decay": 0.1}, schedule={"warmup_ratio": 0},
-                         loss={"chunked": chunked, "chunk_tokens": 13}, **settings)
+                         micro_batch_size=2, optimizer={"lr": 1e-3, "weight_decay": 0.1}, schedule={"warmup_ratio": 0},
+                         loss={"chunked": chunked, "chunk_tokens": 13}, **{"max_steps": 1, **settings})
     train(config, HeadRowsMethod(NoParams()), tmp_path / name, log=lambda message: None)
     return load_file(str(tmp_path / name / "final" / "model.safetensors"))
 
@@ -223,3 +223,27 @@ def test_a_lora_head_without_dropout_trains_its_adapter():
     got = LMLoss(True, chunk=4)(model, inputs)
     assert _close(got, expected)
     assert all(_close(g, e, 2e-6) for g, e in zip(torch.autograd.grad(got, trainable), reference))
+
+
+@pytest.mark.slow  # torch.compile with inductor on CPU: minutes on a busy machine
+def test_compile_with_the_chunked_loss_compiles_once(tmp_path, llama_dir, corpora, monkeypatch):
+    """compile=true with the chunked loss, a masked (compact) head, doc-mask packing and two accumulated
+    micro-batches: the graphs are compiled in the first step and none after (dynamo's counters), and the
+    weights follow the eager run's."""
+    from torch._dynamo.utils import counters
+
+    from adaptkit.engine import loop
+
+    graphs = []
+    step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *args: (step(*args), graphs.append(counters["stats"]["unique_graphs"]))[0])
+    before = load_file(str(llama_dir / "model.safetensors"))
+    eager = _train(tmp_path, "eager", llama_dir, corpora["ha"], "on", max_steps=3)
+    counters.clear()
+    graphs.clear()
+    compiled = _train(tmp_path, "compiled", llama_dir, corpora["ha"], "on", max_steps=3, compile=True)
+    assert len(graphs) == 3 and graphs[0] >= 1 and graphs[-1] == graphs[0], graphs
+    assert not counters["recompiles"], dict(counters["recompiles"])
+    for name, tensor in eager.items():
+        assert (compiled[name] - tensor).abs().max() <= 0.01 * (tensor - before[name]).abs().max() + 1e-7, name
+    assert torch.equal(compiled["lm_head.weight"][:40], before["lm_head.weight"][:40])
