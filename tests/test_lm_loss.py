@@ -141,13 +141,16 @@ def test_the_model_loss_and_every_gradient_match_the_models_own(arch, config):
 
 
 class HeadRowsMethod(TrainingMethod):
-    """Trains everything; the LM head's rows 0-39 frozen (a row mask, as SSU's special-token rows), compact grads."""
+    """Trains everything; the LM head's rows 0-39 frozen (a row mask, as SSU's special-token rows) and half the
+    columns of layer 0's q_proj (a column mask, as SSU's), through the compact masked linear layers."""
 
     def plan(self, model, ctx):
         plan = TrainingPlan.full(model, "head rows masked")
         rows = torch.ones(model.lm_head.weight.shape[0], dtype=torch.bool)
         rows[:40] = False
         plan.trainable["lm_head.weight"] = UpdateMask("row", rows)
+        q = model.model.layers[0].self_attn.q_proj.weight
+        plan.trainable["model.layers.0.self_attn.q_proj.weight"] = UpdateMask("column", torch.arange(q.shape[1]) % 2 == 0)
         plan.compact_linear_grads = True
         return plan
 
@@ -183,6 +186,8 @@ def test_one_training_step_with_chunking_equals_one_without(tmp_path, llama_dir,
         assert (chunked[name] - tensor).abs().max() <= 1e-6, name
     assert torch.equal(chunked["lm_head.weight"][:40], before["lm_head.weight"][:40])
     assert not torch.equal(chunked["lm_head.weight"][40:], before["lm_head.weight"][40:])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(chunked[q][:, 1::2], before[q][:, 1::2]) and not torch.equal(chunked[q][:, ::2], before[q][:, ::2])
 
 
 class _Setting:
@@ -247,3 +252,37 @@ def test_compile_with_the_chunked_loss_compiles_once(tmp_path, llama_dir, corpor
     for name, tensor in eager.items():
         assert (compiled[name] - tensor).abs().max() <= 0.01 * (tensor - before[name]).abs().max() + 1e-7, name
     assert torch.equal(compiled["lm_head.weight"][:40], before["lm_head.weight"][:40])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(compiled[q][:, 1::2], before[q][:, 1::2])
+
+
+@pytest.mark.slow  # runs the CLI up to the plan
+@pytest.mark.parametrize("setting, fragments", [
+    ("loss.chunked=maybe", ["loss.chunked"]),
+    ("loss.kernel=liger", ["--set loss.kernel=liger: needs a CUDA device", "loss.kernel=torch"]),
+])
+def test_a_bad_loss_setting_is_a_one_line_error(tmp_path, llama_dir, corpora, invoke, setting, fragments):
+    from conftest import assert_input_error
+
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--seq-len", "32", "--batch-size", "4", "--max-steps", "1",
+                    "--quiet", "--set", setting, "-o", tmp_path / "run")
+    assert_input_error(result, *fragments)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.slow  # a one-process gloo group and FSDP2
+def test_an_fsdp_sharded_head_is_refused_with_on_and_keeps_the_models_loss_with_auto():
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        model, logs = _tiny("llama"), []
+        fully_shard(model.lm_head)
+        fully_shard(model)
+        with pytest.raises(InputError, match=r"--set loss.chunked=on: the LM head is sharded by FSDP; use loss.chunked=off"):
+            select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append)
+        assert not select_loss(_Setting(), model, torch.device("cpu"), 1 << 30, logs.append).chunked
+        assert logs == ["loss: the model's own (the LM head is sharded by FSDP)"]
+    finally:
+        dist.destroy_process_group()
