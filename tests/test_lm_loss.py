@@ -111,6 +111,16 @@ def test_bf16_autocast_is_close_to_the_plain_autocast_loss():
         assert g.dtype == torch.float32 and _close(g, e, 2e-2)
 
 
+def test_bf16_weights_give_bf16_gradients_close_to_the_plain_bf16_loss():
+    """bf16-pure precision: bf16 hidden states and head, no autocast; the head's gradient summed in fp32."""
+    hidden, weight, _, targets = _inputs(6)
+    hidden, weight = hidden.detach().bfloat16().requires_grad_(True), weight.detach().bfloat16().requires_grad_(True)
+    expected = F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100)
+    got = chunked_cross_entropy(hidden, Head(weight), targets, 8)
+    assert abs(got.item() - expected.item()) <= 1e-2 * expected.item()
+    for g, e in zip(_grads(got, (hidden, weight)), _grads(expected, (hidden, weight))):
+        assert g.dtype == torch.bfloat16 and _close(g.float(), e.float(), 2e-2)
+
 def _tiny(arch: str, **config):
     import transformers
 
@@ -217,6 +227,7 @@ def test_liger_kernel_needs_cuda():
         select_loss(_Setting(kernel="liger"), _tiny("llama"), torch.device("cpu"), 16, lambda m: None)
 
 
+@pytest.mark.slow  # imports peft
 def test_a_lora_head_without_dropout_trains_its_adapter():
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(_tiny("llama"), peft.LoraConfig(r=4, target_modules=["lm_head"], lora_dropout=0.0, init_lora_weights=False))
