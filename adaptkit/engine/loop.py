@@ -169,6 +169,7 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
 def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet) -> Training:
     """Optimizer and schedule over the trainable set, the model the loop runs, the batches; the
     metrics log, the evaluator and the checkpointer."""
+    from adaptkit.engine.lm_loss import select_loss
     from adaptkit.engine.special_tokens import token_row_parameters
     from adaptkit.io.models import model_fingerprint
 
