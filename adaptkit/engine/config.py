@@ -113,7 +113,7 @@ class LossConfig(Section):
         "auto", description="Chunked linear cross-entropy (no full-vocabulary logits); auto = on when vocabulary x tokens per micro-batch >= 2^26 and the head allows it."
     )
     kernel: Literal["torch", "liger"] = Field("torch", description="torch: adaptkit's chunked loss; liger: Liger-Kernel's fused kernel (CUDA, the `liger` extra).")
-    chunk_tokens: Optional[int] = Field(None, gt=0, description="Tokens per chunk; default: 2^23 logits per chunk (65 tokens at a 128k vocabulary).")
+    chunk_tokens: Optional[int] = Field(None, gt=0, description="Tokens per chunk; default: 2^25 logits per chunk (261 tokens at a 128k vocabulary).")
 
 
 class TrainConfig(Section):

@@ -40,7 +40,7 @@ from adaptkit.errors import InputError
 
 IGNORE = -100
 AUTO_ELEMENTS = 1 << 26  # vocabulary x tokens per micro-batch from which `auto` chunks: 256 MiB of fp32 logits
-CHUNK_ELEMENTS = 1 << 23  # fp32 logits per chunk by default: 32 MiB (256 tokens at a 32k vocabulary, 65 at 128k)
+CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk by default: 128 MiB (1,024 tokens at a 32k vocabulary, 261 at 128k)
 
 
 @dataclass
