@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from adaptkit.calibration import BUILTIN_TEMPLATES, build_calibration, load_calibration
-from adaptkit.data.corpus import pack_blocks, tokenize_documents
+from adaptkit.data.corpus import pack_blocks
 from adaptkit.errors import InputError
 from conftest import assert_input_error
-from _ssu_helpers import calib_dir  # noqa: F401  (shared fixture)
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ '<s>' + m['role'] + ': ' + m['content'] + '</s>' }}{% endfor %}"
 
@@ -48,7 +47,8 @@ def test_text_calibration_blocks_are_the_packed_stream_seeded_and_reproducible(t
     calibration = load_calibration(out)
     assert calibration.blocks.shape == (8, 32) and reported["num_samples"] == 8 and reported["blocks_sha256"] == calibration.hash
     documents = corpora["en"].read_text().splitlines()
-    packed = pack_blocks(torch.tensor(tokenize_documents(documents, tokenizer)), 32)  # pool > file: every document in order
+    stream = [t for d in documents for t in tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    packed = pack_blocks(torch.tensor(stream), 32)  # pool > file: every document in order, each followed by EOS
     assert calibration.manifest["blocks_available"] == packed.shape[0] and calibration.manifest["examples_used"] == len(documents)
     rows = [int((packed == block).all(1).nonzero()[0]) for block in calibration.blocks]
     assert rows == sorted(rows) and len(set(rows)) == 8  # distinct blocks of the stream, in stream order
@@ -94,6 +94,43 @@ def test_chat_and_alpaca_are_rendered_with_the_model_template(tmp_path, corpora,
         stream += tok(text, add_special_tokens=False)["input_ids"]
     expected = pack_blocks(torch.tensor(stream), 16)
     assert torch.equal(calibration.blocks, expected)
+
+
+def _reference_group_texts(examples: dict, block_size: int) -> dict:
+    """generate_calibration_data.py's group_texts, transcribed."""
+    concatenated = {k: sum(examples[k], []) for k in examples.keys()}
+    total_length = len(concatenated[list(examples.keys())[0]])
+    if total_length >= block_size:
+        total_length = (total_length // block_size) * block_size
+    return {k: [t[i: i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
+
+
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_reference_recipe_is_the_reference_scripts_packing_and_stride(tmp_path, corpora, chat_model_dir):
+    """recipe=reference against generate_calibration_data.py (chat template text, tokenizer(texts, truncation=True,
+    max_length=block), datasets.map(group_texts, batched=True) in batches of 1,000) and data_utils.py (blocks
+    range(0, N, N // n)[:n]), on 1,500 examples so that two packing batches exist."""
+    from transformers import AutoTokenizer
+
+    lines = corpora["ha"].read_text().splitlines()
+    chats = [{"messages": [{"role": "user", "content": lines[i % len(lines)][: 5 + i % 60]}, {"role": "assistant", "content": f"{i}"}]}
+             for i in range(1500)]
+    data = _write_jsonl(tmp_path / "chat.jsonl", chats)
+    ours = build_calibration(chat_model_dir, data, pool=2000, num_samples=7, block_size=24, recipe="reference")
+    tok = AutoTokenizer.from_pretrained(str(chat_model_dir))
+    texts = [tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=False) for c in chats]
+    tokenized = tok(texts, padding=False, truncation=True, max_length=24)["input_ids"]
+    assert max(len(t) for t in tokenized) == 24 and min(len(t) for t in tokenized) < 24  # truncation acts
+    blocks = []
+    for start in range(0, len(tokenized), 1000):  # datasets' map(batched=True): 1,000 examples per call
+        blocks += _reference_group_texts({"input_ids": tokenized[start:start + 1000]}, 24)["input_ids"]
+    indices = list(range(0, len(blocks), max(1, len(blocks) // 7)))[:7]
+    assert torch.equal(ours.blocks, torch.tensor([blocks[i] for i in indices]))
+    assert ours.manifest["recipe"] == "reference" and ours.manifest["blocks_available"] == len(blocks)
+    whole = pack_blocks(torch.tensor(sum(tokenized, [])), 24)
+    assert whole.shape[0] != len(blocks) or not torch.equal(whole, torch.tensor(blocks))  # per-batch packing differs
+    with pytest.raises(InputError, match="--recipe"):
+        build_calibration(chat_model_dir, data, recipe="paper")
 
 
 def test_chat_data_without_a_template_is_refused_unless_one_is_chosen(tmp_path, corpora, llama_dir, invoke):
@@ -178,3 +215,15 @@ def test_hub_dataset_is_read_through_the_source_layer(tmp_path, tokenizer, monke
     assert torch.equal(bare.blocks, expected.blocks)
     with pytest.raises(InputError, match="'someone/other' is not in the Hub cache and HF_HUB_OFFLINE is set"):
         build_calibration(tokenizer, "hub:someone/other", pool=10, num_samples=1, block_size=16)
+
+
+@pytest.mark.slow  # over ~0.3 s: two calibrations
+def test_too_few_blocks_warning_says_whether_the_pool_or_the_data_is_the_limit(tmp_path, corpora, llama_dir, invoke):
+    data = tmp_path / "ten.txt"
+    data.write_text("\n".join(corpora["en"].read_text().splitlines()[:10]) + "\n")
+    small_pool = invoke("calibrate", "--model", llama_dir, "--data", data, "--pool", "3", "--num-samples", "1000", "--block-size", "16", "-o", tmp_path / "a")
+    all_data = invoke("calibrate", "--model", llama_dir, "--data", data, "--pool", "50", "--num-samples", "1000", "--block-size", "16", "-o", tmp_path / "b")
+    assert small_pool.returncode == all_data.returncode == 0, (small_pool, all_data)
+    assert "raise --pool (sampled 3 of 10 examples)" in small_pool.stderr
+    warning = next(line for line in all_data.stderr.splitlines() if line.startswith("warning:"))
+    assert "all 10 examples" in warning and "give more data" in warning and "raise --pool" not in warning

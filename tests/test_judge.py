@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
+from conftest import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 from adaptkit.errors import AdaptkitError, InputError
@@ -347,7 +347,7 @@ def test_server_generation_equals_in_process_for_greedy(server, chat_model_dir):
 
 def test_judge_cache_off_as_set_gives_it_arrives_as_false():
     """`--set judge.cache=off` is parsed to the boolean false; it turns the reply cache off, like 'off'."""
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.evals.judging import JudgeParams, _cache
 
     [(path, value)] = parse_set_overrides(["judge.cache=off"])

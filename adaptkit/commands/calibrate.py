@@ -23,6 +23,7 @@ def command(
     split: Annotated[str, typer.Option("--split", help="Split of a dataset directory or Hub dataset.")] = "train",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the example and block sampling.")] = 42,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow tokenizer code from the Hub.")] = False,
+    recipe: Annotated[str, typer.Option("--recipe", help="adaptkit, or reference: the SSU reference's (each example truncated to a block, packed 1,000 examples at a time, blocks chosen by stride, Hub shuffle buffer 20,000).")] = "adaptkit",
 ) -> None:
     """Sample source-side examples, render them with the chat template and pack them into token blocks."""
     from adaptkit.calibration import build_calibration
@@ -34,15 +35,23 @@ def command(
     from adaptkit.commands.progress import notes
 
     calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code,
-                                    progress=notes(console, "calibrate"))
+                                    progress=notes(console, "calibrate"), recipe=recipe)
     with atomic_dir(output, overwrite) as tmp:
         calibration.save(tmp)
     m = calibration.manifest
     if m["num_samples"] < m["num_samples_requested"]:
-        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {m['block_size']} tokens could be made (asked for {num_samples}); raise --pool for more")
+        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {m['block_size']} tokens could be made (asked for {num_samples}); {more_blocks_hint(m)}")
     kinds = ", ".join(f"{n} {k}" for k, n in m["examples_by_format"].items() if n)
     console.result(
         {"output": str(output), **m},
         f"[green]done[/green]: {m['num_samples']} blocks x {m['block_size']} tokens ({m['tokens']:,} tokens) from {m['examples_used']} examples ({kinds}); "
         f"template {m['template'] or 'none'}; written to {output}",
     )
+
+
+def more_blocks_hint(manifest: dict) -> str:
+    """How to get more blocks: a larger --pool while the pool left data unread, else the data is the limit."""
+    if manifest["pool_sampled"] < manifest["examples_seen"]:
+        return f"raise --pool (sampled {manifest['pool_sampled']:,} of {manifest['examples_seen']:,} examples) for more"
+    return (f"all {manifest['examples_seen']:,} examples of the data were used (a larger --pool cannot help); "
+            "give more data or a smaller --block-size for more")

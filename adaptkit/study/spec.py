@@ -70,7 +70,7 @@ class Study:
 
 def load_study(path: Path) -> Study:
     """Read, validate and expand a study file; every error is a one-line InputError naming the file."""
-    from adaptkit.config import read_yaml_mapping
+    from adaptkit.settings import read_yaml_mapping
 
     path = Path(path)
     data = read_yaml_mapping(path, "STUDY")
@@ -93,6 +93,29 @@ def load_study(path: Path) -> Study:
     seeds = _seeds(data.get("seeds", [train.get("seed", 42)]), f"{where}: 'seeds'")
     study.runs = expand_grid(data.get("grid"), study, mixture, seeds, _entry_lines(path))
     return study
+
+
+def check_inputs(study: Study) -> None:
+    """Everything the study reads exists and is usable, before anything is written: the model (a loadable
+    directory with a tokenizer, a GGUF file or a reachable Hub id), every source its runs train on, the
+    calibration data when a method needs it, every eval file, and the optional extras of every method."""
+    from adaptkit.data.sources import resolve
+    from adaptkit.engine.evaluation import parse_eval_data
+    from adaptkit.io.models import check_tokenizer_files, resolve_model_source
+    from adaptkit.registry import get_spec
+
+    where = str(study.path)
+    check_tokenizer_files(resolve_model_source(study.model, f"{where}: 'model'"))
+    for name in study.used_sources():
+        resolve(study.sources[name]["spec"], f"{where}: 'sources.{name}'")
+    if study.needs_calibration and study.calibration is not None:
+        resolve(study.calibration["data"], f"{where}: 'calibration.data'")
+    during = {value for run in study.runs for value in run.train.get("eval", {}).get("data", []) if isinstance(value, str)}
+    for key, values in (("evaluate", study.evaluate), ("train.eval.data", sorted(during))):
+        for spec in parse_eval_data(values):
+            resolve(spec.spec, f"{where}: '{key}' set '{spec.name}'")
+    for run in study.runs:
+        get_spec("method", run.method, "method").check_extras(f"{where}: {run.position}")
 
 
 def expand_grid(grid: Any, study: Study, mixture: dict[str, float], seeds: list[int], lines: list[int]) -> list[Run]:
@@ -130,8 +153,8 @@ def _expand_entry(entry: Any, study: Study, mixture: dict[str, float], seeds: li
             raise InputError(f"'sweep.{key}' must be a non-empty list of values")
         if key in params:
             raise InputError(f"'{key}' is both in 'params' and in 'sweep'")
-    needs_calibration = bool(spec.needs & {"mask", "calibration"})
-    if needs_calibration and "mask" not in params:
+    needs_calibration = any("calib" in need.one_of for need in spec.needs)  # a need the study's calibration set meets
+    if needs_calibration and not any(key in params for need in spec.needs for key in need.one_of):
         if study.calibration is None:
             raise InputError(f"method '{spec.name}' needs a calibration set: add a 'calibration:' section (data, format, num_samples)")
         params.setdefault("calib", CALIB_DIR)
@@ -160,7 +183,7 @@ def run_name(base: str, swept: dict[str, Any], seed: Optional[int]) -> str:
 
 def check_train_settings(study: Study, run: Run) -> None:
     """The run's train settings validate as `adaptkit train --config` would take them."""
-    from adaptkit.config import validate_config
+    from adaptkit.settings import validate_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.evaluation import check_eval_config
 

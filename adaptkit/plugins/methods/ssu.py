@@ -26,11 +26,11 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field
 
-from adaptkit.engine.embedding_rows import extension_start, release_new_rows
+from adaptkit.engine.embedding_rows import extension_rows, release_new_rows
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.scoring.freeze import FreezeRatio
-from adaptkit.specs import Params, method_spec
+from adaptkit.specs import Need, Params, method_spec
 
 DEFAULT_FREEZE_RATIO = 0.5
 
@@ -52,7 +52,7 @@ class SourceShieldedUpdates(TrainingMethod):
     scorer: ClassVar[str] = "wanda"
     reference = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
     Params = SSUParams
-    needs = frozenset({"mask"})
+    needs = (Need(("mask", "calib"), "--mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)"),)
     freeze_special_tokens = True  # as the SSU repository's SSU runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
@@ -65,7 +65,7 @@ class SourceShieldedUpdates(TrainingMethod):
         else:
             masks = self._ratio_masks(model) if ctx.dry_run and self.params.calib else self._masks_on_the_fly(model, ctx)
         if self.params.include_embeddings:  # rows added by `vocab extend` train in full
-            release_new_rows(model, masks, extension_start(ctx.config.model))
+            release_new_rows(model, masks, extension_rows(ctx.config.model))
         plan = TrainingPlan.from_masks(model, masks)
         plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:
