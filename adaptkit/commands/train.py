@@ -199,7 +199,7 @@ def command(
     micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="Sequences per forward pass and process (gradient accumulation makes up the rest).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear, constant, wsd (warmup-stable-decay: --set schedule.cooldown_ratio=0.2 schedule.cooldown_shape=linear|cosine|1-sqrt) or rewarm (from the floor schedule.min_lr_ratio up to --lr, cosine back to the floor).")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none); the newest 2 are kept.", show_default="every 10% of the steps, rounded up")] = None,

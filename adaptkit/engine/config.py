@@ -86,9 +86,26 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "linear", "constant"] = "cosine"
+    """The learning-rate multiplier over the run (engine/optim.py:lr_factor).
+
+    cosine / linear / constant: linear warmup from 0, then that decay to `min_lr_ratio`.
+    wsd (warmup-stable-decay, Hägele et al. 2024): warmup, constant peak, then a cooldown over the last
+    `cooldown_ratio` of the steps to `min_lr_ratio`, shaped `cooldown_shape` (linear, cosine, 1-sqrt).
+    rewarm (re-warming and re-decaying, Ibrahim et al. 2024): warmup from the floor `min_lr_ratio` (where
+    a pre-training schedule ended) to the peak, then cosine back down to the floor.
+    """
+
+    name: Literal["cosine", "linear", "constant", "wsd", "rewarm"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the learning rate, a fraction of the peak (decays end there; rewarm starts there).")
+    cooldown_ratio: float = Field(0.2, ge=0, le=1, description="wsd: fraction of the steps in the final cooldown.")
+    cooldown_shape: Literal["linear", "cosine", "1-sqrt"] = Field("linear", description="wsd: shape of the cooldown.")
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> "ScheduleConfig":
+        if self.name == "wsd" and self.warmup_ratio + self.cooldown_ratio > 1:
+            raise ValueError(f"cooldown_ratio {self.cooldown_ratio} and warmup_ratio {self.warmup_ratio} add up to more than the whole run (at most 1)")
+        return self
 
 
 class EvalConfig(Section):
