@@ -2,9 +2,9 @@
 
 from adaptkit.hookspecs import hookimpl
 
-from adaptkit.plugins.scorers import fisher, magnitude, random, sparsegpt, wanda
+from adaptkit.plugins.scorers import fisher, magnitude, random, sparsegpt, spectrum, wanda
 
-MODULES: tuple = (wanda, magnitude, random, sparsegpt, fisher)
+MODULES: tuple = (wanda, magnitude, random, sparsegpt, fisher, spectrum)
 
 
 @hookimpl
