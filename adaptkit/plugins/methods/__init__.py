@@ -2,9 +2,9 @@
 
 from adaptkit.hookspecs import hookimpl
 
-from adaptkit.plugins.methods import adalora, fft, gmt, hft, layer_freeze, layer_selective, layra, lora, lota, s2ft, soft_reg, spectrum, ssu
+from adaptkit.plugins.methods import adalora, block_expansion, fft, gmt, hft, layer_freeze, layer_selective, layra, lora, lota, s2ft, soft_reg, spectrum, ssu
 
-MODULES: tuple = (fft, ssu, hft, gmt, lota, s2ft, lora, adalora, layra, layer_selective, layer_freeze, soft_reg, spectrum)
+MODULES: tuple = (fft, ssu, hft, gmt, lota, s2ft, lora, adalora, layra, layer_selective, layer_freeze, soft_reg, spectrum, block_expansion)
 
 
 @hookimpl
