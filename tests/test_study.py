@@ -194,3 +194,19 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
     for name in ("fft", "ssu-wanda-freeze_ratio0.5"):
         rows = lambda d: [json.loads(l) for l in (d / "runs" / name / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]  # noqa: E731,E741
         assert rows(out) == rows(reference)
+
+
+@pytest.mark.slow
+def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_model_dir, corpora, invoke):
+    """Registered methods work as grid entries by name; a run's final-ema/ and final-lawa/ are evaluated as
+    rows of their own (RUN-ema, RUN-lawa) with the run's facts."""
+    grid = [{"method": "fft", "name": "fft-avg", "train": {"averaging": {"ema_decay": 0.5, "lawa_k": 2}, "schedule": {"name": "wsd"}}},
+            {"method": "spectrum", "params": {"fraction": 0.5}}]
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, grid, steps=4)
+    result = invoke("study", path, "-o", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result
+    rows = {row["model"]: row for row in json.loads((tmp_path / "out" / "report" / "results.json").read_text())["models"]}
+    assert list(rows) == ["base", "fft-avg", "fft-avg-ema", "fft-avg-lawa", "spectrum"]
+    assert rows["fft-avg-ema"]["method"] == "fft (ema)" and rows["fft-avg-ema"]["trainable_fraction"] == 1.0
+    assert rows["fft-avg-ema"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
+    assert rows["spectrum"]["trainable_fraction"] < 1

@@ -108,6 +108,14 @@ class ScheduleConfig(Section):
         return self
 
 
+class AveragingConfig(Section):
+    """Averaged weights written beside final/ (engine/averaging.py): final-ema/ and final-lawa/."""
+
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="Exponential moving average of the weights after every step with this decay (e.g. 0.99): final-ema/.")
+    lawa_k: Optional[int] = Field(None, ge=2, description="LAWA: the mean of the last K snapshots of the weights, one every lawa_interval steps and at the end: final-lawa/.")
+    lawa_interval: Optional[int] = Field(None, gt=0, description="Steps between LAWA snapshots; default: the checkpoint interval.")
+
+
 class EvalConfig(Section):
     """Evaluation during training: perplexity and bits per byte of each set (the `ppl` task's accounting)."""
 
@@ -138,6 +146,7 @@ class TrainConfig(Section):
     embedding_lr: Optional[float] = Field(None, gt=0, description="Peak learning rate of the input embeddings and LM head (default: optimizer.lr); the schedule scales it alike.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")
     micro_batch_size: Optional[int] = Field(None, gt=0, description="Sequences per forward pass per process.")
     max_steps: Optional[int] = Field(None, gt=0)

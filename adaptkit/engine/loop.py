@@ -36,7 +36,7 @@ from adaptkit.engine.optim import TrainableSet, apply_plan, build_optimizer, bui
 from adaptkit.engine.plan import MethodContext, TrainingCallback, TrainingMethod, TrainingPlan
 from adaptkit.errors import AdaptkitError, InputError
 
-RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "train_embeddings", "embedding_lr", "optimizer", "schedule", "batch_size", "seed")
+RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "train_embeddings", "embedding_lr", "optimizer", "schedule", "averaging", "batch_size", "seed")
 RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
@@ -348,6 +348,7 @@ def _open_run_dir(run: Run, resume: bool, overwrite: bool) -> None:
 def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The method's plan, distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
+    from adaptkit.engine.averaging import averaging_callbacks
     from adaptkit.engine.embedding_rows import restrict_embedding_rows
 
     config = run.config
@@ -355,6 +356,7 @@ def make_plan(run: Run, method: TrainingMethod) -> tuple[TrainingPlan, Trainable
                         is_main_process=run.main)
     try:
         plan = method.plan(run.model, ctx)
+        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         _freeze_special_tokens_if_set(run, method, plan)
         restrict_embedding_rows(plan, config.train_embeddings, run.old_vocab_size, run.log)
         run.strategy.shard(plan, config.method)
