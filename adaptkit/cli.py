@@ -40,6 +40,7 @@ BUILTIN_COMMANDS = {
     "quickstart": "adaptkit.commands.quickstart",
     "data": "adaptkit.commands.data",
     "study": "adaptkit.commands.study",
+    "bam": "adaptkit.commands.bam",
 }
 
 

@@ -56,12 +56,17 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
     max_tokens: TokenCount = Field(None, gt=0, description="Tokens of all sources together at most (e.g. 200M).")
     num_proc: Optional[int] = Field(None, gt=0, description="Tokenizer processes; default: the available cores.")
+    slice: Optional[str] = Field(None, pattern=r"^\d+/\d+$", description="I/N: train on the I-th (from 0) of N equal consecutive parts of each source's blocks (Branch-and-Merge's data slices).")
     packing: Literal["concat", "doc-mask"] = Field(
         "concat", description="concat: EOS-separated documents packed into blocks; doc-mask: also a block-diagonal attention mask and restarting positions."
     )
 
     @model_validator(mode="after")
     def _paths_or_sources(self) -> "DataConfig":
+        if self.slice is not None:
+            index, count = map(int, self.slice.split("/"))
+            if count < 1 or index >= count:
+                raise ValueError(f"slice '{self.slice}': expected I/N with N >= 1 and 0 <= I < N")
         if self.paths and self.sources:
             raise ValueError("give data.paths (one source) or data.sources (a mixture), not both")
         names = [s.name for s in self.sources]

@@ -256,6 +256,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     from adaptkit.engine import distributed, trackers
     from adaptkit.engine.embedding_rows import recorded_old_rows
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
+    from adaptkit.engine.slices import slice_sources
     from adaptkit.io.models import check_context_length, context_length, default_attn_implementation, load_causal_lm, load_tokenizer, resolve_model_source, source_context_length
     from adaptkit.seeding import seed_everything
 
@@ -280,6 +281,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     sources, blocks = load_data(config, tokenizer, log)
     sources, blocks, held_out = hold_out_validation(sources, blocks, config.data.validation_fraction, config.seed)
+    sources, blocks = slice_sources(sources, blocks, config.data.slice, config.data.seq_len)
     evals = load_eval_sets(config, tokenizer, held_out)
     attn = config.attn_implementation or default_attn_implementation(device)
     model = load_causal_lm(source, weight_dtype(precision), config.trust_remote_code, attn).to(device)
