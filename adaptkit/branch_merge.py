@@ -64,9 +64,10 @@ def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool 
     check_plan(plan)
     check_data(config, plan)
     _open(output, config, plan, overwrite)
-    model, done = config.model, []
+    model, done, results = config.model, [], []
     for r in range(plan.rounds):
-        finals = [_branch(config, plan, r, b, model, output, log) for b in range(plan.branches)]
+        results += [_branch(config, plan, r, b, model, output, log) for b in range(plan.branches)]
+        finals = [Path(result["final"]) for result in results[-plan.branches:]]
         target = output / "final" if r == plan.rounds - 1 else output / f"round-{r}" / "merged"
         if not target.is_dir():
             _merge(plan, finals, target)
@@ -74,7 +75,9 @@ def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool 
         model, done = str(target), done + [str(target)]
     rows = write_curves(output, plan)
     return {"final": str(output / "final"), "rounds": plan.rounds, "branches": plan.branches, "merge": plan.merge,
-            "merged": done, "steps": max((row["step"] for row in rows), default=0)}
+            "merged": done, "steps": max((row["step"] for row in rows), default=0),
+            "trainable_fraction": max(result["trainable_fraction"] for result in results),
+            "seconds": sum(result["seconds"] for result in results)}  # of the branches' last sessions
 
 
 def check_data(config: "TrainConfig", plan: BamPlan) -> None:
@@ -110,22 +113,25 @@ def _open(output: Path, config: "TrainConfig", plan: BamPlan, overwrite: bool) -
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
-def _branch(config: "TrainConfig", plan: BamPlan, r: int, b: int, model: str, output: Path, log: Callable[[str], None]) -> Path:
-    """Branch b of round r from `model` on its slice: kept when finished, resumed when interrupted."""
+def _branch(config: "TrainConfig", plan: BamPlan, r: int, b: int, model: str, output: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Branch b of round r from `model` on its slice: kept when finished, resumed when interrupted. Returns
+    what the engine said of it (also in the branch's result.json)."""
     from adaptkit.engine.loop import train
+    from adaptkit.io.atomic import write_text_atomic
     from adaptkit.registry import get_spec
 
     run_dir = output / f"round-{r}" / f"branch-{b}"
-    if (run_dir / "final").is_dir():
-        return run_dir / "final"
+    if (run_dir / "final").is_dir() and (run_dir / "result.json").is_file():
+        return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     branch = config.model_copy(deep=True)
     branch.model = model
     branch.data.slice = f"{r * plan.branches + b}/{plan.slices}"
     resume = (run_dir / "config.yaml").is_file()
     log(f"bam: round {r + 1}/{plan.rounds}, branch {b + 1}/{plan.branches} (data slice {branch.data.slice})" + (", resumed" if resume else ""))
     method = get_spec("method", branch.method, "--method").build(branch.method_params)
-    train(branch, method, run_dir, resume=resume, overwrite=not resume, log=log)
-    return run_dir / "final"
+    result = train(branch, method, run_dir, resume=resume, overwrite=not resume, log=log).as_dict()
+    write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _merge(plan: BamPlan, finals: list[Path], target: Path) -> None:
