@@ -215,6 +215,7 @@ def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_mo
     assert rows["bam"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
 
 
+@pytest.mark.slow  # the merge method's check imports torch
 @pytest.mark.parametrize("bam, fragment", [({"branches": 0}, "--branches"), ({"rounds": 2, "turns": 3}, "turns"),
                                            ({"branches": 3}, "--merge slerp")])
 def test_bad_bam_entry_is_reported_with_its_position(tmp_path, make_model_dir, corpora, bam, fragment):
@@ -225,3 +226,15 @@ def test_bad_bam_entry_is_reported_with_its_position(tmp_path, make_model_dir, c
     with pytest.raises(InputError) as err:
         load_study(path)
     assert "grid entry 2" in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.slow  # the merge method's check imports torch
+def test_shipped_beyond_study_file_expands():
+    """benchmarks/study_smollm2_beyond.yaml: every entry checked (the new methods, a BaM entry, a schedule and averaging)."""
+    from adaptkit.study.spec import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "benchmarks" / "study_smollm2_beyond.yaml")
+    runs = {run.name: run for run in study.runs}
+    assert {"block-expansion", "bam", "fft-wsd", "fft-avg", "spectrum-fraction0.25", "spectrum-fraction0.5"} <= set(runs)
+    assert runs["bam"].bam == {"rounds": 2, "branches": 2, "merge": "slerp", "merge_params": {}}
+    assert runs["fft-avg"].train["averaging"]["ema_decay"] == 0.99
