@@ -72,3 +72,47 @@ def test_bad_averaging_settings_are_refused(tmp_path, llama_dir, corpora, invoke
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], flag, value, "-o", tmp_path / "run", *TRAIN)
     assert_input_error(result, flag)
     assert not (tmp_path / "run").exists()
+
+
+def _toy_plan(callbacks=()):
+    from adaptkit.engine.plan import TrainingPlan
+
+    model = torch.nn.Linear(3, 2)
+    return TrainingPlan(model, {"weight": None}, list(callbacks))
+
+
+def test_averaging_refuses_sharded_runs_and_adapter_exports():
+    from adaptkit.engine.averaging import averaging_callbacks
+    from adaptkit.engine.config import AveragingConfig
+    from adaptkit.engine.plan import TrainingCallback
+    from adaptkit.errors import InputError
+
+    class Merges(TrainingCallback):
+        def export(self, model):
+            return model
+
+    config = AveragingConfig(ema_decay=0.9, lawa_k=2)
+    assert averaging_callbacks(AveragingConfig(), _toy_plan(), 10, 2, sharded=False) == []
+    with pytest.raises(InputError, match="--ema-decay: weight averaging needs whole parameters"):
+        averaging_callbacks(config, _toy_plan(), 10, 2, sharded=True)
+    with pytest.raises(InputError, match="--lawa-k: weight averaging needs a method that trains the model's own weights"):
+        averaging_callbacks(AveragingConfig(lawa_k=2), _toy_plan([Merges()]), 10, 2, sharded=False)
+
+
+def test_lawa_keeps_the_last_k_snapshots_and_the_end():
+    """Steps 1..7, a snapshot every 3 steps and at the end (3, 6, 7), k=2: the mean of steps 6 and 7; the bias
+    (not trained) is not averaged."""
+    from adaptkit.engine.averaging import EMA, LAWA
+
+    plan = _toy_plan()
+    lawa, ema = LAWA(plan, k=2, interval=3, total_steps=7), EMA(plan, 0.75)
+    seen, expected_ema = {}, plan.model.weight.detach().clone()
+    for step in range(7):
+        with torch.no_grad():
+            plan.model.weight.add_(float(step + 1))
+        seen[step + 1] = plan.model.weight.detach().clone()
+        expected_ema = 0.75 * expected_ema + 0.25 * seen[step + 1]
+        lawa.on_step_end(plan.model, step), ema.on_step_end(plan.model, step)
+    assert set(lawa.average()) == {"weight"} and int(lawa.taken) == 3
+    assert torch.allclose(lawa.average()["weight"], (seen[6] + seen[7]) / 2, atol=1e-6)
+    assert torch.allclose(ema.average()["weight"], expected_ema, atol=1e-5)
