@@ -95,3 +95,10 @@ def test_slices_partition_the_rows():
 def test_bad_data_slice_is_refused(tmp_path, llama_dir, corpora, invoke, value):
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--set", f"data.slice={value}", *TINY, "-o", tmp_path / "r")
     assert_input_error(result, "slice")
+
+
+def test_bam_under_a_launcher_is_refused(tmp_path, llama_dir, corpora, invoke, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke("bam", "--model", llama_dir, "--data", corpora["ha"], *TINY, "-o", tmp_path / "bam")
+    assert_input_error(result, "one process")
+    assert not (tmp_path / "bam").exists()
