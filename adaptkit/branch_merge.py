@@ -20,48 +20,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from adaptkit.bam_plan import BamPlan, check_plan
 from adaptkit.errors import InputError
 
 if TYPE_CHECKING:
     from adaptkit.engine.config import TrainConfig
-
-
-@dataclass
-class BamPlan:
-    rounds: int
-    branches: int
-    merge: str = "slerp"
-    merge_params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def slices(self) -> int:
-        return self.rounds * self.branches
-
-
-def check_plan(plan: BamPlan) -> None:
-    """The counts and the merge method (its parameters validated), before anything is loaded."""
-    import os
-
-    from adaptkit.merge.base import validate_params
-    from adaptkit.registry import get_spec
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("adaptkit bam: runs in one process (its branches one after another); start it without torchrun / accelerate launch")
-
-    for flag, value in (("--rounds", plan.rounds), ("--branches", plan.branches)):
-        if value < 1:
-            raise InputError(f"{flag}: expected at least 1 (got {value})")
-    spec = get_spec("merge method", plan.merge, flag="--merge")
-    method = spec.load()()
-    if not method.min_models <= plan.branches <= (method.max_models or plan.branches):
-        raise InputError(f"--merge {plan.merge}: merges {method.min_models}-{method.max_models or 'any'} models, not {plan.branches} branches")
-    if method.base == "required":
-        raise InputError(f"--merge {plan.merge}: needs a base model; choose a merge of the branches themselves (slerp, linear, ...)")
-    validate_params(spec, dict(plan.merge_params), "--merge-set")
 
 
 def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -88,7 +54,7 @@ def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool 
 def check_data(config: "TrainConfig", plan: BamPlan) -> None:
     """Every source has at least one block per slice (tokenized once here; the branches reuse the token store)."""
     from adaptkit.engine.evaluation import hold_out_validation
-    from adaptkit.engine.loop import load_data
+    from adaptkit.engine.training_data import load_data
     from adaptkit.engine.slices import check_slices
     from adaptkit.io.models import load_tokenizer, resolve_model_source
 
@@ -149,7 +115,7 @@ def _merge(plan: BamPlan, finals: list[Path], target: Path) -> None:
 
 def write_curves(output: Path, plan: BamPlan) -> list[dict[str, Any]]:
     """OUT/metrics.jsonl (each branch's rows, step counted across rounds) and OUT/curves.png (one line per branch)."""
-    from adaptkit.engine.evaluation import read_metrics
+    from adaptkit.engine.metrics import read_metrics
     from adaptkit.io.atomic import write_text_atomic
     from adaptkit.study.report import plot_all_curves
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, SetOpt, shared
+from adaptkit.commands.common import ConfigOpt, Console, SeedOpt, shared
 
 
 def command(
@@ -28,11 +28,12 @@ def command(
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval sets NAME=SPEC[:ROLE] scored during each branch's training (curves across rounds).")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="BaM directory (rounds, branches, merges, final/, curves); rerun with the same one to continue.")] = Path("bam"),
     config: ConfigOpt = None,
-    set_: SetOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A training setting of every branch, as `adaptkit train` takes it: --set schedule.name=wsd, or a method parameter (repeatable).")] = None,
     seed: SeedOpt = None,
 ) -> None:
     """Branch-and-Merge: rounds x branches trainings on data slices, merged each round (resumable)."""
-    from adaptkit.branch_merge import BamPlan, run_bam
+    from adaptkit.bam_plan import BamPlan
+    from adaptkit.branch_merge import run_bam
     from adaptkit.commands.train import build_config
     from adaptkit.config import parse_set_overrides
 

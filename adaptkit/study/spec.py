@@ -155,7 +155,7 @@ def _expand_entry(entry: Any, study: Study, mixture: dict[str, float], seeds: li
 
 def _bam(value: Any) -> dict[str, Any]:
     """An entry's `bam:` settings (rounds, branches, merge, merge_params), checked as `adaptkit bam` checks them."""
-    from adaptkit.branch_merge import BamPlan, check_plan
+    from adaptkit.bam_plan import BamPlan, check_plan
 
     bam = _mapping(value, "'bam'")
     _known_keys(bam, BAM_KEYS, "'bam'")
