@@ -67,7 +67,7 @@ def test_rewarm_matches_closed_form():
     ({"cooldown_shape": "sqrt"}, "cooldown_shape"),
 ])
 def test_bad_schedule_settings_are_one_line_errors(tmp_path, values, message):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
     from adaptkit.errors import InputError
 
     overrides = [f"schedule.{k}={v}" for k, v in values.items()]

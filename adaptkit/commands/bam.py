@@ -34,8 +34,8 @@ def command(
     """Branch-and-Merge: rounds x branches trainings on data slices, merged each round (resumable)."""
     from adaptkit.bam_plan import BamPlan
     from adaptkit.branch_merge import run_bam
-    from adaptkit.commands.train import build_config
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.train_settings import build_config
+    from adaptkit.settings import parse_set_overrides
 
     console = Console.of(ctx)
     flags = {"model": model, "method": method, "max_steps": max_steps, "seq_len": seq_len, "batch_size": batch_size,
