@@ -76,6 +76,14 @@ def test_block_expansion_trains_only_new_blocks_and_saves_a_normal_model(tmp_pat
     assert reloaded.config.num_hidden_layers == 6 and len(reloaded.model.layers) == 6
     assert torch.isfinite(logits_of(reloaded)).all()
     assert json.loads(result.stdout)["trainable_fraction"] < 0.5
+    # the other commands take it as any model: generate, and merge with a model of the same shape
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Everyone has the right"}\n')
+    generated = invoke("generate", "--model", run / "final", "--prompts", prompts, "--max-new-tokens", "4", "-o", tmp_path / "g.jsonl")
+    assert generated.returncode == 0, generated
+    merged = invoke("merge", "linear", "-m", run / "final", "-m", run / "final", "-o", tmp_path / "merged", "--quiet")
+    assert merged.returncode == 0, merged
+    assert all(torch.equal(tensor, after[name]) for name, tensor in weights(tmp_path / "merged").items())
 
 
 @pytest.mark.parametrize("flag, message", [
