@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from adaptkit import __version__
 from adaptkit.commands.common import Shared, prepare_command, short_help
 from adaptkit.errors import AdaptkitError, Interrupted, one_line
+from adaptkit.threads import prepare as prepare_threads
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -55,7 +56,7 @@ SUMMARIES = {
     "evaluate": "Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline.",
     "generate": "Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records).",
     "codemix": "Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9).",
-    "vocab": "Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).",
+    "vocab": "Vocabulary: measure a tokenizer on target text (inspect), extend it with new tokens (extend), or give a model another tokenizer (transplant).",
     "plugins": "List registered plugins and methods: name, kind, plugin, summary, reference, parameters.",
     "quickstart": "Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning.",
     "data": "Token stores: tokenize corpora once (data prepare), look inside one (data inspect).",
@@ -190,6 +191,7 @@ def _interrupted_line(exc: Interrupted, options: Shared) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    prepare_threads()  # before anything imports torch: OpenMP reads its variables once, when it loads
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"), run_command=run_in_process)
     handlers = _install_signal_handlers()
     try:

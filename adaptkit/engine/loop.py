@@ -59,7 +59,7 @@ class TrainingRun:
     log: Callable[[str], None] = print
     progress: Any = None
     trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
-    old_vocab_size: Optional[int] = None  # rows before `vocab extend`, read when train_embeddings=new-only
+    new_vocab_rows: Optional[list[int]] = None  # rows `vocab extend` / `vocab transplant` added, read when train_embeddings=new-only
 
     @property
     def main(self) -> bool:
@@ -107,7 +107,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
            method: Optional[TrainingMethod] = None) -> TrainingRun:
     """Processes, run-directory checks, memory plan, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
-    from adaptkit.engine.embedding_rows import recorded_old_rows
+    from adaptkit.engine.embedding_rows import recorded_new_rows
     from adaptkit.engine.memory_plan import check_fits
     from adaptkit.engine.precision import micro_batch_size, resolve_precision
     from adaptkit.engine.rundir import resolved_config_dict
@@ -126,7 +126,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     seed_everything(config.seed)
     micro = micro_batch_size(config, accelerator.num_processes)
     source = resolve_model_source(config.model, "--model")
-    old_rows = recorded_old_rows(config.train_embeddings, source)
+    new_rows = recorded_new_rows(config.train_embeddings, source)
     check_context_length(config.data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     data = load_training_data(config, tokenizer, log)
@@ -135,7 +135,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     check_context_length(config.data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = TrainingRun(config, RunDir(run_dir, accelerator.is_main_process, log), distributed.make_strategy(accelerator, config.distributed), device,
               tokenizer, model, data, total_steps(config, data.blocks.shape[0]), accelerator, precision, micro, source.location, log,
-              progress, old_vocab_size=old_rows)
+              progress, new_vocab_rows=new_rows)
     for warning in data_warnings(config, data.blocks.shape[0], run.steps):
         log(f"warning: {warning}")
     run.dir.open(resume, overwrite, accelerator.wait_for_everyone)
@@ -155,7 +155,7 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
     ctx = MethodContext(method.params, config, run.tokenizer, run.dir.path, run.steps, run.device, run.data.blocks, run.log,
                         is_main_process=run.main)
     try:
-        plan = build_plan(method, run.model, ctx, run.old_vocab_size)
+        plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
         plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
@@ -179,6 +179,8 @@ def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet)
     train_model = run.strategy.prepare(plan.model)
     weights = {s.name: s.weight for s in config.data.mixture()}
     batches = Mixture(run.data.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    for warning in batches.starved(run.steps * config.batch_size) if run.main else []:
+        run.log(f"warning: {warning}")
     counts = plan.counts()
     t = Training(plan, trainable, optimizer, build_schedule(optimizer, config.schedule, run.steps), train_model,
                  torch.compile(train_model) if config.compile else train_model, batches, autocast_for(run.precision, run.device),

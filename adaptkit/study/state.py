@@ -51,7 +51,7 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         shutil.rmtree(output)
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved != json.loads(json.dumps(plan)):
+        if saved != json.loads(json.dumps(plan)) and started(output):  # with no work made yet, the new plan replaces it
             changed = sorted(k for k in plan if saved.get(k) != json.loads(json.dumps(plan[k])))
             raise InputError(f"-o/--output: '{output}' holds another study (its {', '.join(changed)} differ); "
                              f"rerun with that study's file, pass --overwrite to start again, or choose another directory")
@@ -59,6 +59,11 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         raise InputError(f"-o/--output: '{output}' exists and is not a study directory; pass --overwrite or choose another path")
     output.mkdir(parents=True, exist_ok=True)
     write_plan(study, output)
+
+
+def started(output: Path) -> bool:
+    """Whether a study directory holds any of its work: a token store, the calibration set, a run or a result."""
+    return any((output / part).is_dir() and any((output / part).iterdir()) for part in ("tokens", "calib", "runs", "results"))
 
 
 def write_plan(study: Study, output: Path) -> None:
@@ -109,8 +114,9 @@ def run_state(output: Path, run: Run) -> str:
     return "restart" if run_dir.exists() else "fresh"
 
 
-def train_command(output: Path, run: Run, state: str) -> list[str]:
-    """`adaptkit train` of the run; `adaptkit bam` for a Branch-and-Merge entry (which continues a killed run by itself)."""
+def train_command(output: Path, run: Run, state: str, progress: bool = True) -> list[str]:
+    """The run's `adaptkit train`: its result as JSON on stdout, its progress lines on stderr (`progress`) or none;
+    `adaptkit bam` for a Branch-and-Merge entry (which continues a killed run by itself)."""
     config, run_dir = str(output / "configs" / f"{run.name}.yaml"), str(output / "runs" / run.name)
     if run.bam:
         merge_set = [item for key, value in run.bam["merge_params"].items() for item in ("--merge-set", f"{key}={json.dumps(value)}")]
@@ -118,7 +124,7 @@ def train_command(output: Path, run: Run, state: str) -> list[str]:
                    "--merge", run.bam["merge"], *merge_set, "-o", run_dir, "--json"]
         return command + (["--overwrite"] if state == "restart" else [])
     command = [*cli(), "train", "--config", config, "-o", run_dir, "--json"]
-    return command + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
+    return command + ["--progress" if progress else "--quiet"] + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
 
 
 def print_commands(study: Study, output: Path, study_file: Path) -> str:
@@ -126,6 +132,7 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     lines = ["# shared data (run first)"]
     lines += [shlex.join(command) for _, command in prepare_commands(study, output)]
     lines.append("# the runs (any order, in parallel; rerun a line with --resume after a crash)")
+    lines.append(shlex.join(["mkdir", "-p", str(output / "results")]))
     for run in study.runs:
         command = train_command(output, run, "fresh")
         lines.append(shlex.join(command) + f" > {shlex.quote(str(output / 'results' / (run.name + '.json')))}")
@@ -134,15 +141,17 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None) -> None:
+def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None,
+            progress: bool = True) -> None:
     """Prepare what is missing, then train each run that is not finished, one after another. Each step is an
-    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command)."""
+    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command).
+    Each step reports its progress on stderr, or nothing (`progress` False: the study's --quiet / --json)."""
     call = call or run_command
     for made, command in prepare_commands(study, output):
         if made.is_dir():
             continue
         say(f"study: preparing {made.relative_to(output)}")
-        call(command, f"preparing {made.name}")
+        call(command + ([] if progress else ["--quiet"]), f"preparing {made.name}")
     (output / "results").mkdir(exist_ok=True)
     for i, run in enumerate(study.runs, 1):
         state = run_state(output, run)
@@ -150,7 +159,7 @@ def execute(study: Study, output: Path, say: Callable[[str], None], call: Option
             say(f"study: run {i}/{len(study.runs)} {run.name}: finished, skipped")
             continue
         say(f"study: run {i}/{len(study.runs)} {run.name}: {'resuming' if state == 'resume' else 'training'} ({run.method})")
-        stdout = call(train_command(output, run, state), f"run {run.name}")
+        stdout = call(train_command(output, run, state, progress), f"run {run.name}")
         record = json.loads(stdout.strip().splitlines()[-1])
         write_text_atomic(output / "results" / f"{run.name}.json", json.dumps(record, indent=2) + "\n")
 
