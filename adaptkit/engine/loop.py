@@ -148,6 +148,8 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
 def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The one plan (engine/planner.py), distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
+    from adaptkit.engine.averaging import averaging_callbacks
+    from adaptkit.engine.checkpointer import checkpoint_interval
     from adaptkit.engine.planner import build_plan
 
     config = run.config
@@ -155,6 +157,7 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
                         is_main_process=run.main)
     try:
         plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
+        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
