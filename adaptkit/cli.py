@@ -54,7 +54,7 @@ SUMMARIES = {
     "evaluate": "Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline.",
     "generate": "Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records).",
     "codemix": "Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9).",
-    "vocab": "Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).",
+    "vocab": "Vocabulary: measure a tokenizer on target text (inspect), extend it with new tokens (extend), or give a model another tokenizer (transplant).",
     "plugins": "List registered plugins and methods: name, kind, plugin, summary, reference, parameters.",
     "quickstart": "Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning.",
     "data": "Token stores: tokenize corpora once (data prepare), look inside one (data inspect).",
