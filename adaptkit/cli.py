@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from adaptkit import __version__
 from adaptkit.commands.common import Shared, prepare_command, short_help
 from adaptkit.errors import AdaptkitError, Interrupted, one_line
+from adaptkit.threads import prepare as prepare_threads
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -188,6 +189,7 @@ def _interrupted_line(exc: Interrupted, options: Shared) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `adaptkit` script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    prepare_threads()  # before anything imports torch: OpenMP reads its variables once, when it loads
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"), run_command=run_in_process)
     handlers = _install_signal_handlers()
     try:

@@ -9,7 +9,6 @@ import torch
 
 from conftest import assert_input_error
 from helpers import MaskedTestMethod
-from _ssu_helpers import calib_dir  # noqa: F401
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -170,6 +169,7 @@ def test_dry_run_counts_are_the_counts_of_a_one_step_run(tmp_path, extended_mode
     assert planned["bytes_per_process"]["single"]["weights"] == seen["weights"]
 
 
+@pytest.mark.slow  # the CLI in process
 def test_dry_run_of_ssu_with_calibration_plans_from_the_ratio(tmp_path, llama_dir, corpora, calib_dir, invoke):
     """--calib without scoring: as many columns frozen as the ratio says, from config.json alone."""
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", tmp_path / "r", "--dry-run", "--method", "ssu-wanda",

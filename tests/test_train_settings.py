@@ -39,7 +39,7 @@ def test_train_help_shows_the_engine_defaults():
 
 # the options of `adaptkit train` that are not run settings: what to do, and where the result goes
 COMMAND_OPTIONS = {"output", "resume", "print_config", "config", "set_", "push_to_hub", "private", "revision", "dry_run",
-                   "processes", "overwrite", "json", "quiet", "debug"}
+                   "processes", "overwrite", "json", "quiet", "debug", "progress"}
 
 
 def test_every_train_option_is_mapped():

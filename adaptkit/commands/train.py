@@ -61,6 +61,7 @@ def command(
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     from adaptkit.io.hub import check_target
+    from adaptkit.threads import apply as apply_threads
 
     from adaptkit.train_settings import build_config, build_method
 
@@ -77,7 +78,7 @@ def command(
     train_config = build_config(config, options, set_, method_options, require_inputs=not print_config)
     training_method = build_method(train_config, method_options, require_inputs=not print_config)
     if print_config:
-        return _print_config(train_config, training_method)
+        return _print_config(train_config, training_method, Console.of(ctx).json_mode)
     if output is None:
         raise InputError("-o/--output: required (the run directory)")
     target = check_target(push_to_hub, private, revision)
@@ -85,6 +86,7 @@ def command(
     if dry_run:
         return print_memory_plan(train_config, training_method, processes, console)
     use_device(train_config.device)
+    apply_threads(train_config.threads)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
     if resume and _report_finished_run(output, train_config, shared(ctx).overwrite, console):
@@ -144,13 +146,15 @@ def upload_files(run_dir: Path) -> dict:
     return files
 
 
-def _print_config(config, method) -> None:
-    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout."""
+def _print_config(config, method, as_json: bool = False) -> None:
+    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout
+    (with --json: the same settings as one JSON object)."""
     import sys
 
     from adaptkit.engine.rundir import config_yaml
 
-    sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
+    resolved = config.model_copy(update={"method_params": method.params.model_dump(mode="json")})
+    sys.stdout.write(resolved.model_dump_json() + "\n" if as_json else config_yaml(resolved))
     sys.stdout.flush()
 
 

@@ -50,7 +50,7 @@ class DataConfig(Section):
     paths: OneOrMany = Field(default_factory=list, description="Text/JSONL files or HF dataset directories: one source.")
     sources: list[SourceConfig] = Field(default_factory=list, description="Named sources mixed by weight (instead of paths).")
     text_field: str = "text"
-    seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
+    seq_len: int = Field(512, ge=2, description="Tokens per packed block (at least 2: a token and the next one it predicts).")
     format: Literal["auto", "text", "jsonl", "hf"] = "auto"
     cache: bool = True
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
@@ -133,6 +133,7 @@ class TrainConfig(Section):
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
     seed: int = 42
+    threads: Optional[int] = Field(None, gt=0, description="CPU threads of torch's operators; default: OMP_NUM_THREADS, else the cores this process may use that others leave idle.")
     device: str = "auto"
     attn_implementation: Optional[str] = None
     distributed: Literal["auto", "ddp", "fsdp"] = Field(

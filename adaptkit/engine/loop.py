@@ -176,6 +176,8 @@ def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet)
     train_model = run.strategy.prepare(plan.model)
     weights = {s.name: s.weight for s in config.data.mixture()}
     batches = Mixture(run.data.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    for warning in batches.starved(run.steps * config.batch_size) if run.main else []:
+        run.log(f"warning: {warning}")
     counts = plan.counts()
     t = Training(plan, trainable, optimizer, build_schedule(optimizer, config.schedule, run.steps), train_model,
                  torch.compile(train_model) if config.compile else train_model, batches, autocast_for(run.precision, run.device),

@@ -116,12 +116,22 @@ def markdown(rows: list[dict[str, Any]], sets: list[str]) -> str:
 
 def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     """Forgetting vs learning, one point per model (a star for models without a method: the base), the Pareto front as a dashed staircase."""
+    import matplotlib.pyplot as plt
+
+    from adaptkit.io.atomic import atomic_file
+
+    fig = frontier_figure(rows)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def frontier_figure(rows: list[dict[str, Any]]) -> Any:
+    """The frontier plot's figure; labels of nearby points are moved apart so that none covers another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from adaptkit.io.atomic import atomic_file
 
     points = {r["model"]: (r["source_gain_bpb"], r["target_gain_bpb"]) for r in rows}
     row_of = {r["model"]: r for r in rows}
@@ -135,47 +145,77 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     for i, (name, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], s=110 if name in front else 60, marker="o" if row_of[name]["method"] else "*", color=colours(i % 10),
                    edgecolors="black", linewidths=1.2 if name in front else 0.4, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("source gain, bits per byte saved  (← forgetting)")
     ax.set_ylabel("target gain, bits per byte saved  (learning →)")
     ax.set_title("Forgetting vs learning vs the base model (Pareto front dashed)", fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _place_labels(fig, ax, points)
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, points: dict[str, tuple[float, float]], fontsize: float = 8) -> None:
+    """Annotate each point with its name at the first of a few offsets (right, above, below, left...) whose
+    text box overlaps no label placed before it (boxes measured once drawn)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    offsets = [(5, 4), (5, -12), (5, 14), (5, -22), (5, 24), (5, -32), (5, 34), (5, -42)]
+    for name, (x, y) in sorted(points.items(), key=lambda item: (-item[1][1], item[1][0])):
+        for dx, dy in offsets:
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
 
 
 def plot_all_curves(runs: dict[str, Path], path: Path) -> None:
     """One figure: training loss of every run, then one panel per eval set (perplexity over the steps)."""
+    import matplotlib.pyplot as plt
+
+    from adaptkit.io.atomic import atomic_file
+
+    fig = curves_figure(runs)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def curves_figure(runs: dict[str, Path]) -> Any:
+    """The curves plot's figure; a run with few loss rows gets markers, and a loss panel with none says why."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from adaptkit.engine.metrics import read_metrics
-    from adaptkit.io.atomic import atomic_file
 
     metrics = {name: read_metrics(p) for name, p in runs.items() if p.is_file()}
     sets = list(dict.fromkeys((r["eval"], r.get("role")) for _, evals in metrics.values() for r in evals))
     fig, axes = plt.subplots(1, 1 + len(sets), figsize=(4.4 * (1 + len(sets)), 3.8), squeeze=False)
     colours = matplotlib.colormaps["tab10"]
     for i, (name, (train, evals)) in enumerate(metrics.items()):
-        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], color=colours(i % 10), lw=1.2, label=name)
+        few = len(train) < 3  # a run shorter than a few log_steps: markers, or its one point would not show
+        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], color=colours(i % 10), lw=1.2, label=name,
+                        marker="o" if few else None, markersize=4)
         for ax, (set_name, _) in zip(axes[0][1:], sets):
             points = [(r["step"], r["ppl"]) for r in evals if r["eval"] == set_name]
             if points:
                 ax.plot(*zip(*points), color=colours(i % 10), marker="o", markersize=3, lw=1.2, label=name)
     axes[0][0].set(xlabel="step", ylabel="training loss", title="training loss")
+    if not any(train for train, _ in metrics.values()):
+        axes[0][0].text(0.5, 0.5, "no training loss logged:\nevery run is shorter\nthan its log_steps", ha="center", va="center",
+                        transform=axes[0][0].transAxes, fontsize=9, color="grey")
     for ax, (set_name, role) in zip(axes[0][1:], sets):
         what = {"source": "forgetting", "target": "learning"}.get(role, "")
         ax.set(xlabel="step", ylabel="perplexity", title=f"{set_name} ({role or 'no role'}{': ' + what if what else ''})")
         ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
+    if any(train for train, _ in metrics.values()):
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def report_summary(report: dict[str, Any]) -> Optional[str]:

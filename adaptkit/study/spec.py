@@ -95,6 +95,29 @@ def load_study(path: Path) -> Study:
     return study
 
 
+def check_inputs(study: Study) -> None:
+    """Everything the study reads exists and is usable, before anything is written: the model (a loadable
+    directory with a tokenizer, a GGUF file or a reachable Hub id), every source its runs train on, the
+    calibration data when a method needs it, every eval file, and the optional extras of every method."""
+    from adaptkit.data.sources import resolve
+    from adaptkit.engine.evaluation import parse_eval_data
+    from adaptkit.io.models import check_tokenizer_files, resolve_model_source
+    from adaptkit.registry import get_spec
+
+    where = str(study.path)
+    check_tokenizer_files(resolve_model_source(study.model, f"{where}: 'model'"))
+    for name in study.used_sources():
+        resolve(study.sources[name]["spec"], f"{where}: 'sources.{name}'")
+    if study.needs_calibration and study.calibration is not None:
+        resolve(study.calibration["data"], f"{where}: 'calibration.data'")
+    during = {value for run in study.runs for value in run.train.get("eval", {}).get("data", []) if isinstance(value, str)}
+    for key, values in (("evaluate", study.evaluate), ("train.eval.data", sorted(during))):
+        for spec in parse_eval_data(values):
+            resolve(spec.spec, f"{where}: '{key}' set '{spec.name}'")
+    for run in study.runs:
+        get_spec("method", run.method, "method").check_extras(f"{where}: {run.position}")
+
+
 def expand_grid(grid: Any, study: Study, mixture: dict[str, float], seeds: list[int], lines: list[int]) -> list[Run]:
     """Every entry x its sweep's cartesian product x its seeds, in file order; names unique."""
     where = str(study.path)

@@ -50,7 +50,7 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         shutil.rmtree(output)
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved != json.loads(json.dumps(plan)):
+        if saved != json.loads(json.dumps(plan)) and started(output):  # with no work made yet, the new plan replaces it
             changed = sorted(k for k in plan if saved.get(k) != json.loads(json.dumps(plan[k])))
             raise InputError(f"-o/--output: '{output}' holds another study (its {', '.join(changed)} differ); "
                              f"rerun with that study's file, pass --overwrite to start again, or choose another directory")
@@ -58,6 +58,11 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         raise InputError(f"-o/--output: '{output}' exists and is not a study directory; pass --overwrite or choose another path")
     output.mkdir(parents=True, exist_ok=True)
     write_plan(study, output)
+
+
+def started(output: Path) -> bool:
+    """Whether a study directory holds any of its work: a token store, the calibration set, a run or a result."""
+    return any((output / part).is_dir() and any((output / part).iterdir()) for part in ("tokens", "calib", "runs", "results"))
 
 
 def write_plan(study: Study, output: Path) -> None:
@@ -108,9 +113,10 @@ def run_state(output: Path, run: Run) -> str:
     return "restart" if run_dir.exists() else "fresh"
 
 
-def train_command(output: Path, run: Run, state: str) -> list[str]:
+def train_command(output: Path, run: Run, state: str, progress: bool = True) -> list[str]:
+    """The run's `adaptkit train`: its result as JSON on stdout, its progress lines on stderr (`progress`) or none."""
     command = [*cli(), "train", "--config", str(output / "configs" / f"{run.name}.yaml"), "-o", str(output / "runs" / run.name), "--json"]
-    return command + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
+    return command + ["--progress" if progress else "--quiet"] + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
 
 
 def print_commands(study: Study, output: Path, study_file: Path) -> str:
@@ -118,6 +124,7 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     lines = ["# shared data (run first)"]
     lines += [shlex.join(command) for _, command in prepare_commands(study, output)]
     lines.append("# the runs (any order, in parallel; rerun a line with --resume after a crash)")
+    lines.append(shlex.join(["mkdir", "-p", str(output / "results")]))
     for run in study.runs:
         command = train_command(output, run, "fresh")
         lines.append(shlex.join(command) + f" > {shlex.quote(str(output / 'results' / (run.name + '.json')))}")
@@ -126,15 +133,17 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None) -> None:
+def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None,
+            progress: bool = True) -> None:
     """Prepare what is missing, then train each run that is not finished, one after another. Each step is an
-    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command)."""
+    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command).
+    Each step reports its progress on stderr, or nothing (`progress` False: the study's --quiet / --json)."""
     call = call or run_command
     for made, command in prepare_commands(study, output):
         if made.is_dir():
             continue
         say(f"study: preparing {made.relative_to(output)}")
-        call(command, f"preparing {made.name}")
+        call(command + ([] if progress else ["--quiet"]), f"preparing {made.name}")
     (output / "results").mkdir(exist_ok=True)
     for i, run in enumerate(study.runs, 1):
         state = run_state(output, run)
@@ -142,7 +151,7 @@ def execute(study: Study, output: Path, say: Callable[[str], None], call: Option
             say(f"study: run {i}/{len(study.runs)} {run.name}: finished, skipped")
             continue
         say(f"study: run {i}/{len(study.runs)} {run.name}: {'resuming' if state == 'resume' else 'training'} ({run.method})")
-        stdout = call(train_command(output, run, state), f"run {run.name}")
+        stdout = call(train_command(output, run, state, progress), f"run {run.name}")
         record = json.loads(stdout.strip().splitlines()[-1])
         write_text_atomic(output / "results" / f"{run.name}.json", json.dumps(record, indent=2) + "\n")
 
