@@ -40,8 +40,10 @@ def module_type(module_name: str) -> Optional[str]:
     return ".".join(parts[index + 1:]) if index is not None and index + 1 < len(parts) else None
 
 
-def block_matrix_snrs(model: "torch.nn.Module") -> dict[str, tuple[str, float]]:
-    """Module name -> (module type, SNR) of every 2-D weight inside the transformer blocks."""
+def block_matrix_snrs(model: "torch.nn.Module", measure: bool = True) -> dict[str, tuple[str, float]]:
+    """Module name -> (module type, SNR) of every 2-D weight inside the transformer blocks. `measure`
+    false (a dry run on the meta device): every SNR is 0.0, so the first modules of each type are
+    chosen; the modules of one type share a shape, so the counts are those of the run."""
     from adaptkit.layers import find_layers
 
     prefix, _ = find_layers(model)
@@ -50,7 +52,7 @@ def block_matrix_snrs(model: "torch.nn.Module") -> dict[str, tuple[str, float]]:
         module_name, _, leaf = name.rpartition(".")
         kind = module_type(module_name)
         if leaf == "weight" and param.ndim == 2 and name.startswith(prefix + ".") and kind is not None:
-            found[module_name] = (kind, matrix_snr(param))
+            found[module_name] = (kind, matrix_snr(param) if measure else 0.0)
     return found
 
 

@@ -30,7 +30,7 @@ class Spectrum(TrainingMethod):
         from adaptkit.layers import embedding_parameter_ids
         from adaptkit.scoring.spectral import block_matrix_snrs, top_modules_by_type
 
-        chosen = top_modules_by_type(block_matrix_snrs(model), self.params.fraction)
+        chosen = top_modules_by_type(block_matrix_snrs(model, measure=not ctx.dry_run), self.params.fraction)
         modules = {name for names in chosen.values() for name in names}
         embeddings = embedding_parameter_ids(model) if self.params.train_embeddings else set()
         plan = TrainingPlan.only(model, lambda name, param: name.rpartition(".")[0] in modules or id(param) in embeddings)
