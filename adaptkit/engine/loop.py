@@ -186,23 +186,10 @@ def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet)
                  Divergence(optimizer, run.device, run.dir.kept_checkpoint), f"{model_fingerprint(plan.model)}:{counts[0]}", counts,
                  optimizer_tensors=[p for group in optimizer.param_groups for p in group["params"]])
     t.lm_loss = select_loss(config.loss, plan.model, run.device, run.micro_batch_size * config.data.seq_len, run.log)
-    t.metrics = make_metrics(run, t)
+    t.metrics = MetricsLog.for_run(run, t)
     t.evaluator = Evaluator(run.data.evals, config, run.steps, run.tokenizer, accelerator, run.device, run.log, run.dir.path / "curves.png")
     t.checkpointer = Checkpointer(run.dir, run.strategy, t, t.metrics, config, run.steps, accelerator.num_processes, t.divergence.check)
     return t
-
-
-def make_metrics(run: TrainingRun, t: Training) -> MetricsLog:
-    """The metrics log of the run: rows every log_steps, tokens by source, throughput and MFU."""
-    from adaptkit.engine.throughput import device_peak_tflops, model_flops_per_token
-
-    config = run.config
-    metrics = MetricsLog(run.dir.metrics, run.trackers, run.main, config.batch_size * config.data.seq_len, config.log_steps, run.steps,
-                         run.device, run.accelerator.num_processes, model_flops_per_token(t.plan.model, config.data.seq_len),
-                         device_peak_tflops(run.device, config.peak_tflops))
-    metrics.extras = lambda step: {"tokens_by_source": {n: s["tokens"] for n, s in t.batches.seen(step * config.batch_size).items()}}
-    metrics.before_read = t.divergence.check
-    return metrics
 
 
 def resume_run(run: TrainingRun, t: Training, resume: bool) -> tuple[int, Optional[int]]:

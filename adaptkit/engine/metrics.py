@@ -68,6 +68,20 @@ class MetricsLog:
         self.history: list[dict[str, Any]] = []
         self.last_loss: Optional[torch.Tensor] = None  # the latest step's loss, on the device
 
+    @classmethod
+    def for_run(cls, run: Any, t: Any) -> "MetricsLog":
+        """The metrics log of a run (engine/loop.py's TrainingRun and Training): rows every log_steps,
+        tokens by source, throughput and MFU."""
+        from adaptkit.engine.throughput import device_peak_tflops, model_flops_per_token
+
+        config = run.config
+        metrics = cls(run.dir.metrics, run.trackers, run.main, config.batch_size * config.data.seq_len, config.log_steps, run.steps,
+                      run.device, run.accelerator.num_processes, model_flops_per_token(t.plan.model, config.data.seq_len),
+                      device_peak_tflops(run.device, config.peak_tflops))
+        metrics.extras = lambda step: {"tokens_by_source": {n: s["tokens"] for n, s in t.batches.seen(step * config.batch_size).items()}}
+        metrics.before_read = t.divergence.check
+        return metrics
+
     def show(self, progress: Any, start: int) -> None:
         """Report to a progress display (a Rich progress bar or plain lines), starting at step `start`."""
         self.progress = progress
