@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, assert_resume_bit_identical, weights
+from helpers import TRAIN, assert_resume_bit_identical, weights
 from conftest import assert_input_error
 
 CONSTANT = [a for a in TRAIN if a not in ("--max-steps", "3")] + ["--schedule", "constant", "--save-steps", "0"]

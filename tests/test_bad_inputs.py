@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _scale_helpers import install_mask_file_plugin, write_mask_set
+from helpers import install_mask_file_plugin, write_mask_set
 
 pytestmark = pytest.mark.slow  # the CLI bad-input matrix: ~130 CLI runs over models, calibration and score files built once
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from _methods_helpers import weights
+from helpers import weights
 from conftest import assert_input_error
 
 TINY = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "1e-2", "--set", "schedule.warmup_ratio=0", "--quiet"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from _methods_helpers import PROBE, TRAIN, assert_trains_exactly, logits_of, weights
+from helpers import PROBE, TRAIN, assert_trains_exactly, logits_of, weights
 from conftest import assert_input_error
 
 

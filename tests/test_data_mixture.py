@@ -227,7 +227,7 @@ def test_one_source_rows_and_the_config_file_mixture(tmp_path, llama_dir, corpor
 def test_two_processes_build_the_store_once_and_train_the_one_process_mixture(tmp_path, llama_dir, corpora, invoke):
     """torchrun, 2 gloo processes, raw sources: local rank 0 builds the one store (the other waits
     and maps it: see test_store's waiting tests), and the run equals the one-process run."""
-    from _scale_helpers import env_with, launch
+    from helpers import env_with, launch
 
     args = ["train", "--model", llama_dir, "--data", f"ha={corpora['ha']}", "--data", f"en={corpora['en']}:0.25",
             "--max-steps", "4", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--quiet", "--json"]

@@ -10,7 +10,7 @@ frozen entries must stay bit-identical everywhere. A resume with the same layout
 to the uninterrupted run; a resume with another process count or another strategy sums the
 gradients in another order, so it matches within TOLERANCE.
 
-The runs of one launcher and process count share one launch (tests/_scale_helpers.py's driver):
+The runs of one launcher and process count share one launch (tests/helpers.py's driver):
 the module-scoped fixtures make them once, the tests check them.
 """
 
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import weights
-from _scale_helpers import env_with, install_mask_file_plugin, launch_runs, stop_copy, write_mask_set
+from helpers import env_with, install_mask_file_plugin, launch_runs, stop_copy, write_mask_set
 
 STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "12", "--micro-batch-size", "2", "--lr", "1e-2",
          "--weight-decay", "0.5", "--warmup-ratio", "0", "--quiet", "--json"]

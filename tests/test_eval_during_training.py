@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _scale_helpers import env_with, launch
+from helpers import env_with, launch
 
 pytestmark = pytest.mark.slow  # CLI trainings with evaluation
 

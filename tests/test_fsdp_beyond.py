@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _scale_helpers import env_with, launch_runs
+from helpers import env_with, launch_runs
 
 STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2",
          "--warmup-ratio", "0", "--quiet", "--json"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _scale_helpers import env_with, launch_runs
+from helpers import env_with, launch_runs
 
 from adaptkit.engine.plan import TrainingCallback
 
@@ -42,7 +42,7 @@ def _args(method, model, corpora):
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory, make_model_dir, corpora):
-    """The 2-process FSDP run of every method, all in one torchrun launch (tests/_scale_helpers.py's driver)."""
+    """The 2-process FSDP run of every method, all in one torchrun launch (tests/helpers.py's driver)."""
     root = tmp_path_factory.mktemp("fsdp-methods")
     model = make_model_dir("llama")
     runs = [{"name": m, "args": [*_args(m, model, corpora), "--distributed", "fsdp", "-o", root / m / "fsdp"]} for m in sorted(METHODS)]

@@ -24,7 +24,7 @@ def acceptance():
 
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_refuses_without_a_gpu(tmp_path):
-    from _scale_helpers import env_with
+    from helpers import env_with
 
     env = env_with(None, CUDA_VISIBLE_DEVICES="", HIP_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=300)

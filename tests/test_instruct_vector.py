@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from _merge_helpers import close, copy_tokenizer, run_ok, weights
+from helpers import close, copy_tokenizer, run_ok, weights
 
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
 

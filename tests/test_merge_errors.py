@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from _merge_helpers import no_partial_outputs
+from helpers import no_partial_outputs
 from conftest import assert_input_error
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 import torch
-from _merge_helpers import close, run_mergekit_configs, weights
+from helpers import close, run_mergekit_configs, weights
 
 
 def configs(base, a, b, olmo_base, olmo_a, olmo_b) -> dict[str, dict]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from _merge_helpers import close, copy_tokenizer, disjoint_merge, run_ok, trim, weights
+from helpers import close, copy_tokenizer, disjoint_merge, run_ok, trim, weights
 
 from adaptkit.hookspecs import hookimpl
 from adaptkit.merge.base import MergeMethod

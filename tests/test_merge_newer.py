@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from _merge_helpers import run_mergekit_configs, weights
+from helpers import run_mergekit_configs, weights
 
 
 def configs(base, a, b, c) -> dict[str, dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _merge_helpers import disjoint_merge
+from helpers import disjoint_merge
 from safetensors.torch import load_file, save_file
 
 from adaptkit.merge import ops

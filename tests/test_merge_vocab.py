@@ -10,7 +10,7 @@ import pytest
 
 import torch
 
-from _merge_helpers import no_partial_outputs, run_mergekit_configs, save_tiny_model, weights
+from helpers import no_partial_outputs, run_mergekit_configs, save_tiny_model, weights
 from conftest import assert_input_error
 
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, assert_hft_rule, assert_trains_exactly, weights
+from helpers import TRAIN, assert_hft_rule, assert_trains_exactly, weights
 from safetensors.torch import load_file
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

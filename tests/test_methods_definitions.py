@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, weights
+from helpers import TRAIN, weights
 from conftest import assert_input_error
 from safetensors.torch import load_file
 
@@ -100,7 +100,7 @@ def test_hft_freeze_ratio_follows_the_reference_rule(make_model_dir, arch, ratio
     """Counts per group by the reference's size-guided rule; modules drawn with random.seed(seed) as the reference draws."""
     import random
 
-    from _methods_helpers import block_modules
+    from helpers import block_modules
 
     from adaptkit.plugins.methods.hft import hft_selection
 

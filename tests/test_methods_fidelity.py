@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, weights
+from helpers import TRAIN, weights
 from conftest import assert_input_error
 
 ENDS = ("model.embed_tokens.weight", "lm_head.weight")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from _methods_helpers import TRAIN, logits_of, train_capturing, weights
+from helpers import TRAIN, logits_of, train_capturing, weights
 from conftest import assert_input_error
 
 ADALORA_FAST = ["--set", "tinit=0", "--set", "tfinal=0.34", "--set", "delta_t=1", "--set", "init_r=4", "--set", "target_r=2"]

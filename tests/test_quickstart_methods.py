@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from _methods_helpers import LINEAR, assert_hft_rule, assert_trains_exactly, weights
+from helpers import LINEAR, assert_hft_rule, assert_trains_exactly, weights
 from conftest import assert_input_error
 from safetensors.torch import load_file
 

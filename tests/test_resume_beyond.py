@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _methods_helpers import TRAIN, assert_resume_bit_identical
+from helpers import TRAIN, assert_resume_bit_identical
 
 RUNS = {
     "block-expansion": ["--method", "block-expansion", "--set", "positions=1"],

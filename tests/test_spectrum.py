@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _methods_helpers import TRAIN, assert_trains_exactly, weights
+from helpers import TRAIN, assert_trains_exactly, weights
 from conftest import assert_input_error
 
 

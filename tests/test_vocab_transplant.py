@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _merge_helpers import run_ok, save_tiny_model, weights
+from helpers import run_ok, save_tiny_model, weights
 from conftest import assert_input_error
 
 
