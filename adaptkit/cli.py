@@ -41,8 +41,9 @@ BUILTIN_COMMANDS = {
     "quickstart": "adaptkit.commands.quickstart",
     "data": "adaptkit.commands.data",
     "study": "adaptkit.commands.study",
+    "bam": "adaptkit.commands.bam",
 }
-# what `adaptkit --help` shows for each, without importing the 14 modules (a third of the start-up):
+# what `adaptkit --help` shows for each, without importing the 15 modules (a third of the start-up):
 # the first line of the command's docstring (its group's help, or its module's docstring for merge);
 # tests/test_cli.py checks that the two agree
 SUMMARIES = {
@@ -60,6 +61,7 @@ SUMMARIES = {
     "quickstart": "Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning.",
     "data": "Token stores: tokenize corpora once (data prepare), look inside one (data inspect).",
     "study": "Run a grid of trainings (skipping finished runs, resuming interrupted ones), evaluate them all and write the report.",
+    "bam": "Branch-and-Merge: rounds x branches trainings on data slices, merged each round (resumable).",
 }
 
 

@@ -334,6 +334,7 @@ class CataloguedSpec:
         return [dict(p) for p in self._parameters]
 
     param_summary = Spec.param_summary
+    check_extras = Spec.check_extras  # from the recorded extras: nothing imported
 
     def __repr__(self) -> str:
         return f"CataloguedSpec({self.kind!r}, {self.name!r}, module={self.module!r})"

@@ -63,9 +63,11 @@ def run_training(model: Path, text: Path, out: Path, steps: int, extra_env: dict
                "--seq-len", "128", "--batch-size", "8", "--lr", "1e-3", "--save-steps", "0", "-o", str(out), "--overwrite", "--quiet"]
     start = time.perf_counter()
     try:
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=limit)
+        subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         return limit
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"the training failed ({' '.join(extra_env) or 'no OpenMP variable'}): {exc.stderr[-2000:]}")
     return time.perf_counter() - start
 
 

@@ -118,7 +118,7 @@ AGREEMENT_METHODS = {
     "adalora": {"tinit": 0, "tfinal": 0, "delta_t": 1, "init_r": 4, "target_r": 2}, "layra": {"first": 1, "last": 1},
     "layer-selective": {}, "layer-freeze": {"layers": "1"}, "soft-reg": {"layers": "0-1", "strength": 0.5},
     "ssu-wanda": {"calib": True}, "ssu-mag": {"calib": True}, "ssu-rand": {"calib": True}, "ssu-sparsegpt": {"calib": True},
-    "ssu-fisher": {"calib": True},
+    "ssu-fisher": {"calib": True}, "spectrum": {"fraction": 0.5}, "block-expansion": {"every": 1},
 }
 
 

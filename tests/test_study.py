@@ -299,6 +299,50 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
         assert rows(out) == rows(reference)
 
 
+@pytest.mark.slow
+def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_model_dir, corpora, invoke):
+    """Registered methods work as grid entries by name; a run's final-ema/ and final-lawa/ are evaluated as
+    rows of their own (RUN-ema, RUN-lawa) with the run's facts."""
+    grid = [{"method": "fft", "name": "fft-avg", "train": {"averaging": {"ema_decay": 0.5, "lawa_k": 2}, "schedule": {"name": "wsd"}}},
+            {"method": "spectrum", "params": {"fraction": 0.5}},
+            {"method": "fft", "name": "bam", "bam": {"rounds": 1, "branches": 2, "merge": "linear"}}]
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, grid, steps=4)
+    result = invoke("study", path, "-o", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result
+    rows = {row["model"]: row for row in json.loads((tmp_path / "out" / "report" / "results.json").read_text())["models"]}
+    assert list(rows) == ["base", "fft-avg", "fft-avg-ema", "fft-avg-lawa", "spectrum", "bam"]
+    assert rows["fft-avg-ema"]["method"] == "fft (ema)" and rows["fft-avg-ema"]["trainable_fraction"] == 1.0
+    assert rows["fft-avg-ema"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
+    assert rows["spectrum"]["trainable_fraction"] < 1
+    assert rows["bam"]["trainable_fraction"] == 1.0 and (tmp_path / "out" / "runs" / "bam" / "round-0" / "branch-1" / "final").is_dir()
+    assert rows["bam"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
+
+
+@pytest.mark.slow  # the merge method's check imports torch
+@pytest.mark.parametrize("bam, fragment", [({"branches": 0}, "--branches"), ({"rounds": 2, "turns": 3}, "turns"),
+                                           ({"branches": 3}, "--merge slerp")])
+def test_bad_bam_entry_is_reported_with_its_position(tmp_path, make_model_dir, corpora, bam, fragment):
+    from adaptkit.errors import InputError
+    from adaptkit.study.spec import load_study
+
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}, {"method": "fft", "name": "b", "bam": bam}])
+    with pytest.raises(InputError) as err:
+        load_study(path)
+    assert "grid entry 2" in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.slow  # the merge method's check imports torch
+def test_shipped_beyond_study_file_expands():
+    """benchmarks/study_smollm2_beyond.yaml: every entry checked (the new methods, a BaM entry, a schedule and averaging)."""
+    from adaptkit.study.spec import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "benchmarks" / "study_smollm2_beyond.yaml")
+    runs = {run.name: run for run in study.runs}
+    assert {"block-expansion", "bam", "fft-wsd", "fft-avg", "spectrum-fraction0.25", "spectrum-fraction0.5"} <= set(runs)
+    assert runs["bam"].bam == {"rounds": 2, "branches": 2, "merge": "slerp", "merge_params": {}}
+    assert runs["fft-avg"].train["averaging"]["ema_decay"] == 0.99
+
+
 def _metrics(path: Path, losses: list[tuple[int, float]], ppl: list[tuple[int, float]]) -> Path:
     rows = [{"step": s, "loss": v} for s, v in losses] + [{"step": s, "eval": "ha", "role": "target", "ppl": v} for s, v in ppl]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -67,7 +67,7 @@ def test_every_setting_option_reaches_its_setting(invoke, tmp_path):
         "device": ("cpu", "cpu"), "distributed": ("fsdp", "fsdp"), "seed": ("9", 9), "gradient_checkpointing": (None, True),
         "compile": (None, True), "trust_remote_code": (None, True), "report_to": ("tensorboard", ["tensorboard"]),
         "run_name": ("rn", "rn"), "project": ("pj", "pj"), "eval_data": ("x=e.txt:source", ["x=e.txt:source"]),
-        "eval_steps": ("4", 4), "validation_fraction": ("0.1", 0.1),
+        "eval_steps": ("4", 4), "validation_fraction": ("0.1", 0.1), "ema_decay": ("0.9", 0.9), "lawa_k": ("3", 3),
     }
     from adaptkit.train_settings import OPTION_SETTINGS
 

@@ -8,9 +8,8 @@
     run_steps       for each step: train_step, then log, evaluate and checkpoint when due
     export          final/ (dense model, plus what callbacks save) and the cards (engine/cards.py)
 
-Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks);
-the DDP/FSDP differences only from the Strategy chosen at set-up (engine/distributed.py).
-This file never looks at a method's name or the distributed mode.
+Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks), the DDP/FSDP
+differences only from the Strategy (engine/distributed.py): no method name or distributed mode is read here.
 """
 
 from __future__ import annotations
@@ -148,6 +147,8 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
 def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The one plan (engine/planner.py), distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
+    from adaptkit.engine.averaging import averaging_callbacks
+    from adaptkit.engine.checkpointer import checkpoint_interval
     from adaptkit.engine.planner import build_plan
 
     config = run.config
@@ -155,6 +156,7 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
                         is_main_process=run.main)
     try:
         plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
+        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
@@ -167,8 +169,7 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
 
 
 def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet) -> Training:
-    """Optimizer and schedule over the trainable set, the model the loop runs, the batches; the
-    metrics log, the evaluator and the checkpointer."""
+    """Optimizer and schedule over the trainable set, the model the loop runs, the batches; metrics, evaluator, checkpointer."""
     from adaptkit.engine.lm_loss import select_loss
     from adaptkit.engine.special_tokens import token_row_parameters
     from adaptkit.io.models import model_fingerprint
@@ -176,8 +177,7 @@ def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet)
     config, accelerator = run.config, run.accelerator
     optimizer = build_optimizer(trainable, config.optimizer, run.device, config.embedding_lr, frozenset(token_row_parameters(plan)))
     train_model = run.strategy.prepare(plan.model)
-    weights = {s.name: s.weight for s in config.data.mixture()}
-    batches = Mixture(run.data.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    batches = Mixture(run.data.sources, {s.name: s.weight for s in config.data.mixture()}, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
     for warning in batches.starved(run.steps * config.batch_size) if run.main else []:
         run.log(f"warning: {warning}")
     counts = plan.counts()
@@ -206,8 +206,7 @@ def make_metrics(run: TrainingRun, t: Training) -> MetricsLog:
 
 
 def resume_run(run: TrainingRun, t: Training, resume: bool) -> tuple[int, Optional[int]]:
-    """Write config.yaml; with --resume, restore the newest checkpoint and trim metrics.jsonl to it.
-    Returns (first step, step resumed from)."""
+    """config.yaml; with --resume the newest checkpoint, metrics.jsonl trimmed to it. Returns (first step, step resumed from)."""
     run.dir.write_config(run.config)
     resumed_from = t.checkpointer.resume() if resume else None
     if resume:

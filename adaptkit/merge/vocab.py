@@ -143,15 +143,18 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
     from adaptkit.io.vocabulary import read_vocabulary
     from adaptkit.streamed_model import return_freed_memory
 
+    from adaptkit.vocab.union import read_spec, spec_vocabulary
+
+    specs = [read_spec(m.path, m.flag) for m in members] if source == "union" else None  # parsed once for the union too
     vocabs = []
-    for member in members:
-        vocab = read_vocabulary(member.path, member.flag)
+    for i, member in enumerate(members):
+        vocab = spec_vocabulary(specs[i]) if specs else read_vocabulary(member.path, member.flag)
         if vocab is None:
             raise InputError(f"{member.flag}: '{member.path}' has no tokenizer; merging across vocabularies needs every input's tokenizer")
         vocabs.append(vocab)
     scratch = tempfile.TemporaryDirectory(prefix="adaptkit-union-")
     try:
-        files, vocab, description = _output_tokenizer(members, vocabs, source, flag, Path(scratch.name))
+        files, vocab, description = _output_tokenizer(members, vocabs, specs, source, flag, Path(scratch.name))
         size = max(vocab.values()) + 1
         tokens = [None] * size
         for token, out_id in vocab.items():
@@ -160,7 +163,7 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
         mapped = VocabMap(size, vocab, index, members, files, description, scratch=scratch)
         if init is not None:
             _with_initializer(mapped, init, vocab)
-        del vocabs, tokens
+        del vocabs, tokens, specs
         gc.collect()
         return_freed_memory()  # the tokenizer files' parsed JSON: give it back before tensors are read
         return mapped
@@ -182,7 +185,7 @@ def _index(tokens: list[str | None], theirs: dict[str, int], rows: int) -> torch
     return index
 
 
-def _output_tokenizer(members: list[Member], vocabs: list[dict[str, int]], source: str, flag: str, scratch: Path) -> tuple[Path, dict[str, int], str]:
+def _output_tokenizer(members: list[Member], vocabs: list[dict[str, int]], specs: list[dict] | None, source: str, flag: str, scratch: Path) -> tuple[Path, dict[str, int], str]:
     """(a directory with the output's tokenizer files, its vocabulary, a description for the card)."""
     models = [i for i, m in enumerate(members) if m.kind == "model"]
     if source == "union":
@@ -190,7 +193,7 @@ def _output_tokenizer(members: list[Member], vocabs: list[dict[str, int]], sourc
 
         ordered = sorted(models, key=lambda i: not members[i].is_base)
         first = members[ordered[0]]
-        vocab = union_tokenizer((first.flag, first.path), [(members[i].flag, members[i].path) for i in ordered[1:]], scratch)
+        vocab = union_tokenizer((first.flag, first.path, specs[ordered[0]]), [(members[i].flag, members[i].path, specs[i]) for i in ordered[1:]], scratch)
         return scratch, vocab, f"the union of the inputs' tokenizers (first: {first.flag} '{first.path}')"
     if source == "base":
         named = next((i for i in models if members[i].is_base), None)

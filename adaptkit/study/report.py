@@ -28,13 +28,24 @@ def evaluate_study(study: Study, output: Path, say: Any = None) -> dict[str, dic
     from adaptkit.evals.quick import perplexity_report
 
     sets = parse_eval_data(study.evaluate)
-    models = {study.base: Path(study.model), **{run.name: output / "runs" / run.name / "final" for run in study.runs}}
+    models = {study.base: Path(study.model), **run_models(study, output)}
     block_size = study.train.get("eval", {}).get("block_size")
     return perplexity_report(
         models, {s.name: Path(s.spec) for s in sets},
         source_task=[s.name for s in sets if s.role == "source"], target_task=[s.name for s in sets if s.role == "target"],
         baseline=study.base, block_size=block_size, output=output / "eval", console=say,
     )
+
+
+def run_models(study: Study, output: Path) -> dict[str, Path]:
+    """Each run's final model and, as RUN-ema / RUN-lawa, the averaged models it wrote beside it (final-ema/, final-lawa/)."""
+    models = {}
+    for run in study.runs:
+        run_dir = output / "runs" / run.name
+        models[run.name] = run_dir / "final"
+        for extra in sorted(p for p in run_dir.glob("final-*") if p.is_dir()):
+            models[f"{run.name}-{extra.name.removeprefix('final-')}"] = extra
+    return models
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -53,6 +64,9 @@ def study_rows(study: Study, output: Path, evaluation: dict[str, dict[str, Any]]
         record = result_record(output, run) or {}
         info[run.name] = {"method": run.method, "seed": run.seed, "params": {k: v for k, v in run.params.items() if v != CALIB_DIR},
                           "mixture": run.mixture, "trainable_fraction": record.get("trainable_fraction"), "train_seconds": record.get("seconds")}
+        for name in run_models(study, output):
+            if name.startswith(f"{run.name}-") and name not in info:  # an average of the run's weights: the run's facts
+                info[name] = {**info[run.name], "method": f"{run.method} ({name.removeprefix(run.name + '-')})"}
     return model_rows(evaluation, [s.split("=", 1)[0] for s in study.evaluate], info)
 
 

@@ -27,7 +27,8 @@ from typing import Any, Optional
 from adaptkit.errors import InputError, did_you_mean
 
 TOP_KEYS = ("model", "sources", "mixture", "train", "calibration", "evaluate", "seeds", "grid")
-ENTRY_KEYS = ("method", "name", "params", "sweep", "seeds", "mixture", "train")
+ENTRY_KEYS = ("method", "name", "params", "sweep", "seeds", "mixture", "train", "bam")
+BAM_KEYS = ("rounds", "branches", "merge", "merge_params")  # a grid entry trained by Branch-and-Merge (`adaptkit bam`)
 SOURCE_KEYS = ("spec", "text_field", "max_tokens")
 CALIBRATION_KEYS = ("data", "format", "template", "pool", "num_samples", "block_size", "text_field", "seed")
 OWNED = ("model", "method", "method_params", "seed")  # set by the study for each run, not in `train:`
@@ -47,6 +48,7 @@ class Run:
     train: dict[str, Any]
     position: str  # where it came from in the study file
     needs_calibration: bool = False
+    bam: Optional[dict[str, Any]] = None  # Branch-and-Merge settings: the run is `adaptkit bam` instead of `adaptkit train`
 
 
 @dataclass
@@ -161,16 +163,30 @@ def _expand_entry(entry: Any, study: Study, mixture: dict[str, float], seeds: li
     entry_mixture = _mixture(entry["mixture"], study.sources, "'mixture'") if "mixture" in entry else mixture
     entry_seeds = _seeds(entry["seeds"], "'seeds'") if "seeds" in entry else seeds
     train = _merge(study.train, _mapping(entry.get("train", {}), "'train'"))
+    bam = _bam(entry["bam"]) if "bam" in entry else None
     runs = []
     for values in itertools.product(*sweep.values()):
         run_params = {**params, **dict(zip(sweep, values))}
         spec.check_needs(spec.validate_params(run_params, "params"))
         for seed in entry_seeds:
             name = run_name(entry.get("name") or spec.name, dict(zip(sweep, values)), seed if len(entry_seeds) > 1 else None)
-            run = Run(name, spec.name, run_params, seed, entry_mixture, train, position, needs_calibration)
+            run = Run(name, spec.name, run_params, seed, entry_mixture, train, position, needs_calibration, bam)
             check_train_settings(study, run)
             runs.append(run)
     return runs
+
+
+def _bam(value: Any) -> dict[str, Any]:
+    """An entry's `bam:` settings (rounds, branches, merge, merge_params), checked as `adaptkit bam` checks them."""
+    from adaptkit.bam_plan import BamPlan, check_plan
+
+    bam = _mapping(value, "'bam'")
+    _known_keys(bam, BAM_KEYS, "'bam'")
+    settings = {"rounds": 2, "branches": 2, "merge": "slerp", "merge_params": {}, **bam}
+    if not all(isinstance(settings[k], int) and not isinstance(settings[k], bool) for k in ("rounds", "branches")):
+        raise InputError("'bam.rounds' and 'bam.branches' must be whole numbers")
+    check_plan(BamPlan(settings["rounds"], settings["branches"], str(settings["merge"]), _mapping(settings["merge_params"], "'bam.merge_params'")))
+    return settings
 
 
 def run_name(base: str, swept: dict[str, Any], seed: Optional[int]) -> str:

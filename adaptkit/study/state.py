@@ -39,6 +39,7 @@ def plan_record(study: Study) -> dict[str, Any]:
         "calibration": study.calibration,
         "evaluate": study.evaluate,
         "runs": {run.name: train_values(study, run, Path("tokens")) for run in study.runs},
+        **({"bam": {run.name: run.bam for run in study.runs if run.bam}} if any(run.bam for run in study.runs) else {}),
     }
 
 
@@ -108,14 +109,21 @@ def run_state(output: Path, run: Run) -> str:
     run_dir = output / "runs" / run.name
     if (run_dir / "final").is_dir() and (output / "results" / f"{run.name}.json").is_file():
         return "finished"
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / ("bam.json" if run.bam else "config.yaml")).is_file():
         return "resume"
     return "restart" if run_dir.exists() else "fresh"
 
 
 def train_command(output: Path, run: Run, state: str, progress: bool = True) -> list[str]:
-    """The run's `adaptkit train`: its result as JSON on stdout, its progress lines on stderr (`progress`) or none."""
-    command = [*cli(), "train", "--config", str(output / "configs" / f"{run.name}.yaml"), "-o", str(output / "runs" / run.name), "--json"]
+    """The run's `adaptkit train`: its result as JSON on stdout, its progress lines on stderr (`progress`) or none;
+    `adaptkit bam` for a Branch-and-Merge entry (which continues a killed run by itself)."""
+    config, run_dir = str(output / "configs" / f"{run.name}.yaml"), str(output / "runs" / run.name)
+    if run.bam:
+        merge_set = [item for key, value in run.bam["merge_params"].items() for item in ("--merge-set", f"{key}={json.dumps(value)}")]
+        command = [*cli(), "bam", "--config", config, "--rounds", str(run.bam["rounds"]), "--branches", str(run.bam["branches"]),
+                   "--merge", run.bam["merge"], *merge_set, "-o", run_dir, "--json"]
+        return command + (["--overwrite"] if state == "restart" else [])
+    command = [*cli(), "train", "--config", config, "-o", run_dir, "--json"]
     return command + ["--progress" if progress else "--quiet"] + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
 
 

@@ -23,7 +23,8 @@ from adaptkit.vocab import tokenizer as tok
 COMPANION_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 
-def _spec(directory: Path, flag: str) -> dict:
+def read_spec(directory: Path, flag: str) -> dict:
+    """A directory's parsed tokenizer.json (InputError naming `flag` when missing or not JSON)."""
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise InputError(f"{flag}: '{directory}' has no tokenizer.json; a union needs fast (tokenizer.json) tokenizers")
@@ -33,14 +34,19 @@ def _spec(directory: Path, flag: str) -> dict:
         raise InputError(f"{flag}: '{path}' is not valid JSON") from None
 
 
+def spec_vocabulary(spec: dict) -> dict[str, int]:
+    """A parsed BPE tokenizer.json's token string -> id, added tokens included (a new dict)."""
+    return {**spec["model"]["vocab"], **{entry["content"]: entry["id"] for entry in spec.get("added_tokens") or []}}
+
+
 def _merges(spec: dict) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges") or []]
 
 
-def union_tokenizer(first: tuple[str, Path], others: list[tuple[str, Path]], directory: Path) -> dict[str, int]:
-    """Write the union of the tokenizers in `first` and `others` ([(flag, dir)]) into `directory`; returns its
-    vocabulary (token string -> id, added tokens included)."""
-    spec = _spec(first[1], first[0])
+def union_tokenizer(first: tuple[str, Path, dict], others: list[tuple[str, Path, dict]], directory: Path) -> dict[str, int]:
+    """Write the union of the tokenizers `first` and `others` ([(flag, dir, parsed tokenizer.json)]) into
+    `directory`; returns its vocabulary (token string -> id, added tokens included). `first`'s spec is changed."""
+    spec = first[2]
     kind = tok.tokenizer_kind(spec, first[0])
     model = spec["model"]
     known = set(model["vocab"]) | {entry["content"] for entry in spec.get("added_tokens") or []}
@@ -49,8 +55,7 @@ def union_tokenizer(first: tuple[str, Path], others: list[tuple[str, Path]], dir
     next_id = tok.next_free_id(spec)
     new_tokens: list[str] = []
     added: list[dict] = []
-    for flag, path in others:
-        other = _spec(path, flag)
+    for flag, _, other in others:
         if tok.tokenizer_kind(other, flag) != kind:
             raise InputError(f"{flag}: a '{tok.tokenizer_kind(other, flag)}' tokenizer cannot join a union with the '{kind}' tokenizer of {first[0]}")
         their_added = {entry["content"]: entry for entry in other.get("added_tokens") or []}
@@ -76,7 +81,7 @@ def union_tokenizer(first: tuple[str, Path], others: list[tuple[str, Path]], dir
     spec["added_tokens"] = list(spec.get("added_tokens") or []) + added
     (Path(directory) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     _companions(Path(first[1]), Path(directory), added)
-    return {**model["vocab"], **{entry["content"]: entry["id"] for entry in spec["added_tokens"]}}
+    return spec_vocabulary(spec)
 
 
 def _companions(source: Path, directory: Path, added: list[dict]) -> None:
