@@ -282,13 +282,17 @@ def run_in_process(argv: list[str]) -> tuple[int, str]:
 
 
 def _install_signal_handlers() -> dict[int, object]:
-    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it) and SIGTERM
-    raises Interrupted; returns the previous handlers. Only the main thread may set them."""
+    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it); SIGTERM and
+    SIGHUP (a closed terminal or SSH connection; not under `nohup`) raise Interrupted, so a command stops the same way
+    for each (a checkpoint for train, children ended, partial outputs removed, one line, 128 + the
+    signal number). Returns the previous handlers. Only the main thread may set them."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
+    if previous[signal.SIGHUP] != signal.SIG_IGN:  # under `nohup` a hang-up stays ignored
+        signal.signal(signal.SIGHUP, _terminate)
     return previous
