@@ -255,12 +255,14 @@ def _launch_token() -> str:
 
 def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", timeout: float | None = None) -> "TokenStore":
     """The store cached under $ADAPTKIT_CACHE/stores/KEY, built by `build(tmp_dir)` when missing.
-    Of several processes on a node, local rank 0 builds; the others wait for it and map the result."""
+    Of several processes on a node, local rank 0 builds; the others wait for it and map the result,
+    watching it: a failure it wrote down or its death (its pid in the builder note) ends the wait in
+    seconds; otherwise the wait ends after `timeout` (ADAPTKIT_STORE_TIMEOUT, default 7200 s)."""
     root = cache_dir() / "stores"
-    final, failed = root / key, root / f".{key}.failed"
+    final, failed, builder = root / key, root / f".{key}.failed", root / f".{key}.builder"
     rank, local_world = _local_rank()
     if rank > 0 and local_world > 1:
-        return _wait_for_store(final, failed, flag, timeout or float(os.environ.get("ADAPTKIT_STORE_TIMEOUT", 7200)))
+        return _wait_for_store(final, failed, builder, flag, timeout or float(os.environ.get("ADAPTKIT_STORE_TIMEOUT", 7200)))
     if final.is_dir():
         try:
             return TokenStore(final, flag)
@@ -268,6 +270,8 @@ def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", t
             shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
     root.mkdir(parents=True, exist_ok=True)
     failed.unlink(missing_ok=True)
+    if local_world > 1:
+        _write_note(builder, {"launch": _launch_token(), "pid": os.getpid()})
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=root))
     try:
         build(tmp)
@@ -278,12 +282,45 @@ def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", t
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if local_world > 1:
-            failed.write_text(json.dumps({"launch": _launch_token(), "message": str(exc), "input": isinstance(exc, InputError)}))
+            _write_note(failed, {"launch": _launch_token(), "message": str(exc), "input": isinstance(exc, InputError)})
         raise
+    finally:
+        builder.unlink(missing_ok=True)
     return TokenStore(final, flag)
 
 
-def _wait_for_store(final: Path, failed: Path, flag: str, timeout: float) -> "TokenStore":
+def _write_note(path: Path, note: dict[str, Any]) -> None:
+    """A small JSON note for the other local ranks, renamed into place (never read half-written)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, tmp.with_name(path.name))
+
+
+def _read_note(path: Path) -> dict[str, Any] | None:
+    """The note of this launch at `path`, or None (absent, unreadable, or another launch's)."""
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) and note.get("launch") == _launch_token() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead and not yet reaped by its launcher, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_for_store(final: Path, failed: Path, builder: Path, flag: str, timeout: float) -> "TokenStore":
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (final / INDEX).is_file():
@@ -291,13 +328,13 @@ def _wait_for_store(final: Path, failed: Path, flag: str, timeout: float) -> "To
                 return TokenStore(final, flag)
             except InputError:
                 pass  # being replaced by local rank 0
-        if failed.is_file():
-            try:
-                note = json.loads(failed.read_text())
-            except (OSError, ValueError):
-                note = {}
-            if note.get("launch") == _launch_token():
-                raise (InputError if note.get("input") else AdaptkitError)(note.get("message", "local rank 0 failed to build the token store"))
+        note = _read_note(failed)
+        if note is not None:
+            raise (InputError if note.get("input") else AdaptkitError)(note.get("message", "local rank 0 failed to build the token store"))
+        note = _read_note(builder)
+        if note is not None and not _pid_alive(int(note.get("pid", 0))) and not (final / INDEX).is_file():
+            raise AdaptkitError(f"{flag}: local rank 0 (pid {note.get('pid')}) died while building the token store '{final}'; "
+                                "its launcher's log says why")
         time.sleep(0.2)
     raise AdaptkitError(f"{flag}: timed out after {timeout:.0f}s waiting for local rank 0 to build the token store '{final}' (ADAPTKIT_STORE_TIMEOUT)")
 
