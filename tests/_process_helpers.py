@@ -37,13 +37,16 @@ def busy_processes(count: int = 4) -> Iterator[list[int]]:
             proc.wait(10)
 
 
-def start_cli(args: list[str], stderr: Path, chunk_chars: int | None = None, env: dict | None = None) -> subprocess.Popen:
-    """`python -m adaptkit ARGS` (or with small store chunks) in its own session and process group
-    (so that a signal to the group is what a terminal's Ctrl-C does), stderr to a file."""
-    command = [sys.executable, "-m", "adaptkit", *map(str, args)] if chunk_chars is None else \
-        [sys.executable, "-c", PREPARE_SMALL_CHUNKS, str(chunk_chars), *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(stderr, "w"), text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+def start_cli(args: list[str], stderr: Path, chunk_chars: int | None = None, python_args: bool = False) -> subprocess.Popen:
+    """`python -m adaptkit ARGS` (with small store chunks; or `python ARGS`) in its own session and
+    process group (so that a signal to the group is what a terminal's Ctrl-C does), stderr to a file."""
+    if python_args:
+        command = [sys.executable, *map(str, args)]
+    elif chunk_chars is not None:
+        command = [sys.executable, "-c", PREPARE_SMALL_CHUNKS, str(chunk_chars), *map(str, args)]
+    else:
+        command = [sys.executable, "-m", "adaptkit", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(stderr, "w"), start_new_session=True)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None):
