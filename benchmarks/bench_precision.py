@@ -50,7 +50,7 @@ def one_step(model: str, data: Path, precision: str, lr: float, root: Path, batc
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="Model directory or .gguf file (SmolLM2-135M-Instruct in the README).")
+    parser.add_argument("--model", required=True, help="Model directory or .gguf file (SmolLM2-135M-Instruct in docs/papers.md).")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128, help="(bf16 matmuls are slow on CPUs without AVX512-BF16: lower both there)")

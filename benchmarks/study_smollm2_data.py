@@ -1,7 +1,7 @@
 """Data of benchmarks/study_smollm2.yaml: UDHR Hausa (train / held-out), English UDHR (replay and
 calibration), held-out chat prompts and the source model's own answers to them (chat JSONL).
 
-    python benchmarks/study_smollm2_data.py --model /work/smollm2 -o benchmarks/study_data
+    python benchmarks/study_smollm2_data.py --model SMOLLM2_DIR -o benchmarks/study_data
 
 Offline: the UDHR text comes from notofonttools; the answers from `adaptkit generate` (greedy).
 """

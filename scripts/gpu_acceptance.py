@@ -38,7 +38,6 @@ import io
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -47,57 +46,12 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-# Dense (no sparsity) bf16 tensor-core peak of one device as torch sees it, in TFLOPS, from the vendors'
-# data sheets. Matched in order against the upper-cased device name. An MI250/MI250X shows up as two
-# devices (one per GCD), so its entries are half the package figure.
-PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
-    (r"GB200|B200", 2250.0),
-    (r"H100.*PCIE", 756.0),
-    (r"H100.*NVL", 835.0),
-    (r"H100|H200|GH200|H800", 989.0),
-    (r"A100|A800", 312.0),
-    (r"L40S", 362.0),
-    (r"L40\b", 181.0),
-    (r"L4\b", 121.0),
-    (r"A10G", 70.0),
-    (r"A10\b", 125.0),
-    (r"MI325X|MI300X", 1307.0),
-    (r"MI300A", 980.0),
-    (r"MI250X", 191.5),
-    (r"MI250", 181.0),
-    (r"MI210", 181.0),
-]
+from adaptkit.engine.throughput import PEAK_BF16_TFLOPS, flops_per_token, matmul_parameters, mfu, peak_tflops  # noqa: F401 (the one home)
+
 LLAMA_1B = dict(hidden=2048, layers=22, heads=32, num_key_value_heads=4, intermediate_size=5632)
 SMALL = dict(hidden=256, layers=4, heads=8)
 DIST_TOLERANCE = 1e-4  # NCCL's reduction order differs from one GPU's accumulation
 FLASH_RTOL = 1e-2  # bf16 keeps 8 mantissa bits
-
-
-def peak_tflops(device_name: str) -> Optional[float]:
-    """The dense bf16 peak (TFLOPS) of a device, looked up from its name; None when unknown."""
-    name = device_name.upper()
-    for pattern, tflops in PEAK_BF16_TFLOPS:
-        if re.search(pattern, name):
-            return tflops
-    return None
-
-
-def flops_per_token(matmul_params: int, layers: int, seq_len: int, hidden: int) -> float:
-    """Training FLOPs per token: 6 N (forward + backward of the matmuls) + 12 L s d (attention), PaLM appendix B."""
-    return 6.0 * matmul_params + 12.0 * layers * seq_len * hidden
-
-
-def mfu(tokens_per_s: float, per_token: float, peak: float, devices: int = 1) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over `devices` x `peak` TFLOPS."""
-    return tokens_per_s * per_token / (devices * peak * 1e12)
-
-
-def matmul_parameters(model) -> int:
-    """Parameters a token's matmuls use: all but the input embedding (a tied LM head still counts once)."""
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    tied = head is not None and head.weight is embedding
-    return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
 
 
 def run_check(name: str, check: Callable[[], dict], results: dict) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from conftest import assert_input_error
 from test_engine import MaskedTestMethod
+from _ssu_helpers import calib_dir  # noqa: F401
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -23,6 +24,8 @@ def _measure(monkeypatch):
     pull = TrainableSet.pull_grads
 
     def pull_and_count(self):
+        if "model" not in seen:  # a pilot fine-tune while planning (LoTA): not the run's tensors
+            return pull(self)
         grads = [p.grad for p in seen["model"].parameters() if p.grad is not None]
         grads += [c.compact.grad for c in self.compact.values() if c.compact.grad is not None]
         seen["gradients"] = max(seen["gradients"], sum(g.nbytes for g in grads))
@@ -108,3 +111,97 @@ def test_cli_dry_run_reads_no_weights_and_writes_nothing(tmp_path, llama_dir, co
 def test_a_method_that_needs_weights_is_one_line(tmp_path, llama_dir, corpora, invoke):
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", tmp_path / "r", "--dry-run", "--method", "ssu-wanda", *COMMON)
     assert_input_error(result, "ssu-wanda")
+
+
+# every built-in method with settings that make one step cheap (as test_methods.py runs them)
+AGREEMENT_METHODS = {
+    "fft": {}, "hft": {}, "gmt": {}, "lota": {"calibration_steps": 3}, "s2ft": {"ratio": 0.05}, "lora": {},
+    "adalora": {"tinit": 0, "tfinal": 0, "delta_t": 1, "init_r": 4, "target_r": 2}, "layra": {"first": 1, "last": 1},
+    "layer-selective": {}, "layer-freeze": {"layers": "1"}, "soft-reg": {"layers": "0-1", "strength": 0.5},
+    "ssu-wanda": {"calib": True}, "ssu-mag": {"calib": True}, "ssu-rand": {"calib": True}, "ssu-sparsegpt": {"calib": True},
+    "ssu-fisher": {"calib": True},
+}
+
+
+@pytest.fixture(scope="module")
+def extended_model(make_model_dir, corpora, tmp_path_factory):
+    """A tiny Llama extended by `vocab extend --add 40` (so that train_embeddings=new-only has new rows),
+    and a calibration set made with its tokenizer."""
+    from adaptkit.calibration import build_calibration
+    from adaptkit.cli import main
+    from adaptkit.io.models import load_tokenizer, resolve_model_source
+
+    out = tmp_path_factory.mktemp("extended") / "model"
+    try:
+        main(["vocab", "extend", "--model", str(make_model_dir("llama")), "--data", str(corpora["ha"]), "--add", "40", "-o", str(out), "-q"])
+    except SystemExit as done:
+        assert done.code in (0, None)
+    tokenizer = load_tokenizer(resolve_model_source(str(out), "--model"), False)
+    build_calibration(tokenizer, corpora["en"], fmt="text", pool=500, num_samples=12, block_size=32, seed=0).save(out.parent / "calib")
+    return out
+
+
+def test_every_built_in_method_is_in_the_agreement_table():
+    from adaptkit.registry import build_registry
+
+    assert set(build_registry(load_entry_points=False).names("method")) == set(AGREEMENT_METHODS)
+
+
+@pytest.mark.slow  # one real step per case
+@pytest.mark.parametrize("embeddings", ["all", "new-only", "none"])
+@pytest.mark.parametrize("name", list(AGREEMENT_METHODS))
+def test_dry_run_counts_are_the_counts_of_a_one_step_run(tmp_path, extended_model, corpora, monkeypatch, name, embeddings):
+    """The dry run (meta device, no weights, no scores, no calibration fine-tune) plans what a real run trains:
+    the same trainable count and exactly the optimizer state the run holds after one step."""
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+    from adaptkit.engine.memory_plan import dry_run
+    from adaptkit.registry import get_spec
+
+    params = {k: (str(extended_model.parent / "calib") if v is True else v) for k, v in AGREEMENT_METHODS[name].items()}
+    config = TrainConfig(model=str(extended_model), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, max_steps=1,
+                         method=name, method_params=params, train_embeddings=embeddings, save_steps=0)
+    method = get_spec("method", name).build(params)
+    planned = dry_run(config, method, processes=1)
+    seen = _measure(monkeypatch)
+    result = train(config, get_spec("method", name).build(params), tmp_path / "run", log=lambda message: None)
+    assert (planned["counts"]["trainable"], planned["counts"]["total"]) == (result.trainable, result.total)
+    assert planned["bytes_per_process"]["single"]["optimizer"] == seen["optimizer"]
+    assert planned["bytes_per_process"]["single"]["weights"] == seen["weights"]
+
+
+def test_dry_run_of_ssu_with_calibration_plans_from_the_ratio(tmp_path, llama_dir, corpora, calib_dir, invoke):
+    """--calib without scoring: as many columns frozen as the ratio says, from config.json alone."""
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", tmp_path / "r", "--dry-run", "--method", "ssu-wanda",
+                    "--calib", calib_dir, "--freeze-ratio", "0.25", "--json", *COMMON[:-1])
+    assert result.returncode == 0, result
+    plan = json.loads(result.stdout)
+    assert "freeze ratio 0.25" in plan["plan"] and plan["counts"]["trainable"] < plan["counts"]["total"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow  # dry runs and a short training
+def test_a_batch_that_does_not_fit_is_refused_before_loading_naming_a_micro_batch_that_fits(tmp_path, llama_dir, corpora, invoke, monkeypatch):
+    from adaptkit.engine import memory_plan
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.io import models
+    from adaptkit.registry import get_spec
+
+    def needs(micro):
+        config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, micro_batch_size=micro)
+        return memory_plan.dry_run(config, get_spec("method", "fft").build({}))["bytes_per_process"]["single"]["total"]
+
+    assert needs(4) > needs(2) > needs(1)
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: (needs(4) + needs(2)) // 2)
+    load = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    out = tmp_path / "run"
+    args = ["train", "--model", llama_dir, "--data", corpora["ha"], "-o", out, "--max-steps", "1", *COMMON]
+    assert_input_error(invoke(*args), "--batch-size 4 (micro-batch 4 x 32 tokens)", "--micro-batch-size 2 fits", "memory_check=false")
+    assert not out.exists()
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: needs(1) - 1)
+    assert_input_error(invoke(*args), "even a micro-batch of 1 does not fit", "--gradient-checkpointing")
+    monkeypatch.setattr(models, "load_causal_lm", load)
+    assert invoke(*args, "--set", "memory_check=false").returncode == 0
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: (needs(4) + needs(2)) // 2)
+    assert invoke(*args[:-len(COMMON)], "-o", tmp_path / "micro", "--micro-batch-size", "2", *COMMON).returncode == 0

@@ -253,7 +253,7 @@ def test_method_flags_and_set_syntax_map_onto_method_parameters(tmp_path, llama_
 
 def test_resume_with_changed_settings_names_each_difference(tmp_path):
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.engine.loop import check_resume_config, config_yaml
+    from adaptkit.engine.rundir import check_resume_config, config_yaml
     from adaptkit.errors import InputError
 
     saved = TrainConfig(model="m", data={"paths": ["a.txt"]}, optimizer={"lr": 0.01}, method_params={"r": 4})
@@ -271,11 +271,11 @@ def test_resume_with_changed_settings_names_each_difference(tmp_path):
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_tokens_per_s_excludes_checkpoints_and_final_loss_is_the_last_row(tmp_path, llama_dir, corpora, monkeypatch):
     """On a fake clock each step takes 1 s and each checkpoint 1000 s: every window's rate is one step's tokens per second."""
-    from adaptkit.engine import loop
+    from adaptkit.engine import loop, metrics
     from adaptkit.engine.distributed import Strategy
 
     clock = [0.0]
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     step, save = loop.train_step, Strategy.save_checkpoint
 
     def timed_step(*args):

@@ -40,7 +40,7 @@ def _assert_same_scores(whole, layered) -> None:
     for name, by_granularity in whole.scores.items():
         for granularity, expected in by_granularity.items():
             got = layered.scores[name][granularity]
-            assert torch.equal(got, expected), (name, granularity, (got - expected).abs().max())  # bit-identical, as the README says
+            assert torch.equal(got, expected), (name, granularity, (got - expected).abs().max())  # bit-identical, as docs/scale.md says
     for key in ("model_fingerprint", "shapes", "calibration_hash", "model_parameters"):
         assert whole.metadata[key] == layered.metadata[key], key
     assert layered.metadata["layer_by_layer"] == "true"

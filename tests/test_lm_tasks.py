@@ -79,7 +79,7 @@ def tiny(make_model_dir):
     return directory, AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
 
 
-# The templates, written out: LightEval's MCF layout with each language's words (see the README's table)
+# The templates, written out: LightEval's MCF layout with each language's words (see the table in docs/evaluation.md)
 def hausa_item(row: dict, passage: bool) -> str:
     """Belebele / Global MMLU rows in Hausa; the first letter of passage, question and options is capitalized."""
     options = [row[f"mc_answer{i}"] for i in range(1, 5)] if passage else [row[f"option_{x}"] for x in "abcd"]

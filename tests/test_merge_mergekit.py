@@ -1,6 +1,6 @@
 """Parity with mergekit (the optional extra) on tiny models: the same YAML, the same weights.
 
-linear, task_arithmetic and ties are the required parity, promised to 1e-8 in the README: with
+linear, task_arithmetic and ties are the required parity, promised to 1e-8 in docs/merging.md: with
 `dtype: float32` both sides compute the textbook formulas; linear and ties are equal bit for bit,
 task_arithmetic (another order of the same float32 operations) within 1e-8. Conditional / gradient
 parameters and SLERP written as one slice of whole models are checked to 2e-8. Where CI is set (CI=true, as in CI, which installs the extra) a missing

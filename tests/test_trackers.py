@@ -21,13 +21,13 @@ def tracked(tmp_path_factory, make_model_dir, corpora):
     hook = root / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import adaptkit.engine.loop as loop\n"
-        "_flush = loop.Meter.flush\n"
+        "import adaptkit.engine.metrics as metrics\n"
+        "_flush = metrics.MetricsLog.flush\n"
         "def flush(self, step, lr, grad_norm):\n"
         "    row = _flush(self, step, lr, grad_norm)\n"
         "    row['extra'] = {'score': 100.0 / step, 'name': 'text is left out'}\n"
         "    return row\n"
-        "loop.Meter.flush = flush\n"
+        "metrics.MetricsLog.flush = flush\n"
     )
     import os
 

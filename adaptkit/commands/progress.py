@@ -2,10 +2,12 @@
 log file), nothing with --quiet or --json.
 
 The engine reports through the small interface it has always used (`add_task`, then `update` with
-`completed=` and, at each logging step, `loss=`, `tps=` and `lr=`); both classes here implement it.
-A plain line looks like
+`completed=` and, at each logging step, `loss=`, `tps=`, `lr=` and, where known, `tps_device=` and
+`mfu=`); both classes here implement it. A plain line looks like
 
     train: step 20/200 (10%), loss 4.1234, lr 1.00e-04, 1,234 tok/s, ETA 0:01:23
+
+with several processes `2,468 tok/s (1,234 per device)`, and on a GPU whose peak is known `, MFU 41.2%`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def metrics_text(loss: float, lr: Optional[float], tps: float) -> str:
-    """'loss 4.1234, lr 1.00e-04, 1,234 tok/s' (lr left out when unknown)."""
-    return f"loss {loss:.4f}" + (f", lr {lr:.2e}" if lr is not None else "") + f", {tps:,.0f} tok/s"
+def metrics_text(loss: float, lr: Optional[float], tps: float, tps_device: Optional[float] = None, mfu: Optional[float] = None) -> str:
+    """'loss 4.1234, lr 1.00e-04, 1,234 tok/s' (lr left out when unknown; tokens/s per device when it
+    differs from the total, MFU when known)."""
+    text = f"loss {loss:.4f}" + (f", lr {lr:.2e}" if lr is not None else "") + f", {tps:,.0f} tok/s"
+    if tps_device is not None and round(tps_device) != round(tps):
+        text += f" ({tps_device:,.0f} per device)"
+    return text + (f", MFU {100 * mfu:.1f}%" if mfu is not None else "")
 
 
 def plain_line(text: str) -> None:
@@ -44,14 +50,14 @@ class ProgressLines:
         return len(self.tasks) - 1
 
     def update(self, task: int, completed: Optional[int] = None, loss: Optional[float] = None, tps: Optional[float] = None,
-               lr: Optional[float] = None, **_: Any) -> None:
+               lr: Optional[float] = None, tps_device: Optional[float] = None, mfu: Optional[float] = None, **_: Any) -> None:
         state = self.tasks[task]
         if completed is not None:
             state["completed"] = completed
         if loss is None:
             return
         done, total = state["completed"], state["total"]
-        line = f"{self.name}: step {done}/{total} ({100 * done / max(1, total):.0f}%), {metrics_text(loss, lr, tps or 0.0)}"
+        line = f"{self.name}: step {done}/{total} ({100 * done / max(1, total):.0f}%), {metrics_text(loss, lr, tps or 0.0, tps_device, mfu)}"
         if done > state["first"] and done < total:
             rate = (self.clock() - state["started"]) / (done - state["first"])
             line += f", ETA {_clock(rate * (total - done))}"
@@ -68,8 +74,8 @@ class ProgressBar:
         return self.progress.add_task(description, total=total, completed=completed, metrics="")
 
     def update(self, task: int, completed: Optional[int] = None, loss: Optional[float] = None, tps: Optional[float] = None,
-               lr: Optional[float] = None, **_: Any) -> None:
-        fields = {"metrics": metrics_text(loss, lr, tps or 0.0)} if loss is not None else {}
+               lr: Optional[float] = None, tps_device: Optional[float] = None, mfu: Optional[float] = None, **_: Any) -> None:
+        fields = {"metrics": metrics_text(loss, lr, tps or 0.0, tps_device, mfu)} if loss is not None else {}
         self.progress.update(task, completed=completed, **fields)
 
 

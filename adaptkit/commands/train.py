@@ -248,20 +248,20 @@ def command(
     use_device(train_config.device)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
-    if resume and _report_finished_run(output, train_config, console):
+    if resume and _report_finished_run(output, train_config, shared(ctx).overwrite, console):
         return
     result = run_training(train_config, training_method, output, resume, shared(ctx).overwrite, console)
     if result.main_process:  # the other processes of a multi-process run stay silent
         _report(result, target, train_config, console)
 
 
-def _report_finished_run(output: Path, train_config: Any, console: Console) -> bool:
+def _report_finished_run(output: Path, train_config: Any, overwrite: bool, console: Console) -> bool:
     """With --resume on a finished run: check the settings against it, say so, and return True (nothing to train)."""
     if not ((output / "final").is_dir() and (output / "config.yaml").is_file()):
         return False
-    from adaptkit.engine.loop import check_resume_config
+    from adaptkit.engine.rundir import RunDir
 
-    check_resume_config(output, train_config)  # changed settings are an error even on a finished run
+    RunDir.check(output, train_config, resume=True, overwrite=overwrite)  # changed settings are an error even on a finished run
     console.result({"run_dir": str(output), "final": str(output / "final"), "finished": True, "steps": 0},
                    f"{output} is a finished run (its model is in {output / 'final'}); nothing to resume. "
                    f"To train further, start a new run with --model {output / 'final'}")
@@ -309,7 +309,7 @@ def _print_config(config, method) -> None:
     """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout."""
     import sys
 
-    from adaptkit.engine.loop import config_yaml
+    from adaptkit.engine.rundir import config_yaml
 
     sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
     sys.stdout.flush()

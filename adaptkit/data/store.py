@@ -451,7 +451,7 @@ class StoreBlocks:
             return self._rows(np.asarray([int(key)]))[0]
         if isinstance(key, slice):
             return self._rows(np.arange(len(self))[key])
-        return self._rows(np.asarray(key.tolist() if isinstance(key, torch.Tensor) else key, dtype=np.int64).reshape(-1))
+        return self._rows(np.asarray(key.numpy() if isinstance(key, torch.Tensor) else key, dtype=np.int64).reshape(-1))
 
     def tensor(self):
         """All blocks as one (N, seq_len) int64 tensor (for small data)."""

@@ -140,6 +140,8 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    memory_check: bool = Field(True, description="Refuse, before anything loads, a run whose memory plan (train --dry-run) exceeds the free memory of its device.")
+    peak_tflops: Optional[float] = Field(None, gt=0, description="Dense bf16 peak of one device in TFLOPS, for the MFU in metrics.jsonl (default: looked up for known GPUs; none on a CPU).")
     language: list[str] = Field(default_factory=list, description="Language codes of the trained model for its model card (e.g. [ha]).")
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list, description="Experiment trackers: tensorboard, mlflow, wandb, trackio.")
     run_name: Optional[str] = Field(None, description="Run name in the trackers and the model card; default: the run directory's name.")

@@ -84,13 +84,16 @@ class Strategy:
         """Context of one micro-batch's forward and backward; gradients are reduced only when `sync`."""
         return nullcontext() if sync else self.accelerator.no_sync(model)
 
-    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
-        """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before."""
+    def backward(self, loss: "torch.Tensor") -> None:
+        self.accelerator.backward(loss)
+
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> "torch.Tensor":
+        """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before, on the device."""
         import torch
 
         if max_norm:
-            return float(torch.nn.utils.clip_grad_norm_(tensors, max_norm))
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tensors if p.grad is not None])))
+            return torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tensors if p.grad is not None]))
 
     def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
         """The loss averaged over processes."""
@@ -126,6 +129,26 @@ class Strategy:
         return checkpoint.load_checkpoint(path, trainable, optimizer, scheduler, callbacks)
 
 
+class LocalStrategy(Strategy):
+    """This process alone, whatever the launch: a step computed in full by every process on the same
+    batches (the pilot fine-tune of engine/pilot.py), with no gradient reduction and no collective."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "none")
+
+    def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        return model
+
+    def micro_batch(self, model: "torch.nn.Module", sync: bool) -> ContextManager:
+        return nullcontext()
+
+    def backward(self, loss: "torch.Tensor") -> None:
+        loss.backward()
+
+    def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
+        return loss
+
+
 class ShardedStrategy(Strategy):
     """FSDP2: parameters, gradients and optimizer state sharded along dim 0 over the processes."""
 
@@ -144,7 +167,7 @@ class ShardedStrategy(Strategy):
         model.set_requires_gradient_sync(sync)
         return nullcontext()
 
-    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> float:
+    def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> "torch.Tensor":
         return clip_sharded_grad_norm_(tensors, max_norm, device)
 
     def full_state(self, model: "torch.nn.Module", whole_model: bool = False) -> "Optional[dict[str, torch.Tensor]]":
@@ -189,7 +212,7 @@ def unshard_model(model: "torch.nn.Module") -> None:
             module.unshard()
 
 
-def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> float:
+def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> "torch.Tensor":
     """Clip gradients that each hold one process's shard: the norm sums squares over all processes.
 
     Same formula as torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1).
@@ -207,7 +230,7 @@ def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float |
         coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for grad in grads:
             grad.mul_(coefficient.to(grad.device, grad.dtype))
-    return float(norm)
+    return norm
 
 
 def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:

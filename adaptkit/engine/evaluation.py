@@ -14,9 +14,7 @@ a resumed run writes the same eval rows as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -27,6 +25,7 @@ from adaptkit.errors import InputError
 
 if TYPE_CHECKING:
     from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.metrics import MetricsLog
     from adaptkit.evals.perplexity import EncodedDocuments
 
 ROLES = ("source", "target")
@@ -163,38 +162,44 @@ def eval_due(step: int, every: Optional[int], last: int) -> bool:
     return step == 0 or step == last or bool(every and step % every == 0)
 
 
-def evaluate_now(run: Any, t: Any, step: int, meter: Any) -> None:
-    """(`run`, `t`, `meter`: engine/loop.py's Run, Training and Meter.) When due (step 0, every --eval-steps, the last step): score every eval set, append the rows
-    to metrics.jsonl and redraw curves.png; the time is kept out of tokens/s."""
-    from adaptkit.evals.perplexity import score_documents
+class Evaluator:
+    """Scores the eval sets when due (step 0, every --eval-steps, the last step) and writes their rows."""
 
-    if not run.evals or not eval_due(step, run.config.eval.steps, run.steps):
-        return
-    began = time.perf_counter()
-    settings, accelerator = run.config.eval, run.accelerator
-    pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
-    process = (accelerator.process_index, accelerator.num_processes)
-    reduce = lambda x: accelerator.reduce(x.to(run.device), reduction="sum").cpu()  # noqa: E731
-    rows = []
-    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-        for s in run.evals:
-            result = score_documents(t.plan.model, s.documents, settings.block_size, None, settings.batch_size, pad, run.device, process, reduce)
-            rows.append({"step": step, "eval": s.name, "role": s.role, "ppl": result.ppl, "bits_per_byte": result.bits_per_byte,
-                         "nll_per_token": result.nll_per_token, "tokens": result.tokens, "bytes": result.bytes})
-    if run.main:
-        with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(row) + "\n" for row in rows))
-        for row in rows:
-            run.trackers.log(row)
-        plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
-    run.log(f"eval at step {step}: " + ", ".join(f"{r['eval']} ppl {r['ppl']:.2f} ({r['bits_per_byte']:.3f} bits/byte)" for r in rows))
-    meter.paused += time.perf_counter() - began
+    def __init__(self, evals: list[EvalSet], config: "TrainConfig", steps: int, tokenizer: Any, accelerator: Any,
+                 device: torch.device, log: Any, curves: Path):
+        self.evals, self.settings, self.steps, self.accelerator, self.device, self.log = evals, config.eval, steps, accelerator, device, log
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.curves = curves
 
+    def due(self, step: int) -> bool:
+        return bool(self.evals) and eval_due(step, self.settings.steps, self.steps)
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(training rows, eval rows) of a metrics.jsonl file."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if "loss" in r], [r for r in rows if "eval" in r]
+    def maybe_evaluate(self, model: torch.nn.Module, step: int, metrics: "MetricsLog") -> None:
+        """When due: score every eval set, append the rows to metrics.jsonl and redraw curves.png;
+        the time is kept out of tokens/s."""
+        if not self.due(step):
+            return
+        with metrics.paused():
+            rows = [{"step": step, **row} for row in self.score(model)]
+            metrics.append(rows)
+            if metrics.main:
+                plot_curves(metrics.path, self.curves)
+        self.log(f"eval at step {step}: " + ", ".join(f"{r['eval']} ppl {r['ppl']:.2f} ({r['bits_per_byte']:.3f} bits/byte)" for r in rows))
+
+    def score(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """A row per eval set; the RNG state is left as it was."""
+        from adaptkit.evals.perplexity import score_documents
+
+        accelerator, device, settings = self.accelerator, self.device, self.settings
+        process = (accelerator.process_index, accelerator.num_processes)
+        reduce = lambda x: accelerator.reduce(x.to(device), reduction="sum").cpu()  # noqa: E731
+        rows = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for s in self.evals:
+                result = score_documents(model, s.documents, settings.block_size, None, settings.batch_size, self.pad, device, process, reduce)
+                rows.append({"eval": s.name, "role": s.role, "ppl": result.ppl, "bits_per_byte": result.bits_per_byte,
+                             "nll_per_token": result.nll_per_token, "tokens": result.tokens, "bytes": result.bytes})
+        return rows
 
 
 ROLE_LABELS = {"source": "source", "target": "target", "train": "held-out training data", None: "no role"}
@@ -222,6 +227,8 @@ def plot_curves(metrics: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from adaptkit.io.atomic import atomic_file
+
+    from adaptkit.engine.metrics import read_metrics
 
     training, evals = read_metrics(metrics)
     sets = list(dict.fromkeys((r["eval"], r.get("role")) for r in evals))
@@ -252,6 +259,8 @@ def plot_methods(runs: dict[str, Path], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from adaptkit.io.atomic import atomic_file
+
+    from adaptkit.engine.metrics import read_metrics
 
     evals = {name: read_metrics(metrics)[1] for name, metrics in runs.items()}
     sets = list(dict.fromkeys((r["eval"], r.get("role")) for rows in evals.values() for r in rows))

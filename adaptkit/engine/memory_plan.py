@@ -75,6 +75,16 @@ def plan_counts(plan: Any) -> PlanCounts:
     return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest)
 
 
+def held_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """What a run really holds (reported beside the plan): bytes of the parameters this process holds
+    (its shards under FSDP) and of its optimizer state."""
+    from adaptkit.engine.shards import local_shard
+
+    params = sum(local_shard(p)[0].nbytes for p in model.parameters())
+    state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return params + state
+
+
 def activation_bytes(config: Any, micro_batch: int, seq_len: int, precision: str, checkpointing: bool) -> int:
     """The activation estimate of the module doc for one micro-batch."""
     text = getattr(config, "text_config", None) or config
@@ -110,11 +120,13 @@ def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int
     return table
 
 
-def meta_model(config: Any) -> tuple[torch.nn.Module, Any]:
-    """The configured model on the meta device (config.json only) and its tokenizer."""
+def meta_model(config: Any) -> tuple[torch.nn.Module, Any, Any]:
+    """The configured model on the meta device (config.json only), its tokenizer, and the rows it had
+    before `vocab extend` where train_embeddings=new-only needs them."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from adaptkit.engine.embedding_rows import recorded_old_rows
     from adaptkit.io.models import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(config.model, "--model")
@@ -126,23 +138,22 @@ def meta_model(config: Any) -> tuple[torch.nn.Module, Any]:
             model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"--model: '{source.location}' does not build as a causal LM ({first_line(exc)})") from None
-    return model, load_tokenizer(source, config.trust_remote_code)
+    return model, load_tokenizer(source, config.trust_remote_code), recorded_old_rows(config.train_embeddings, source)
 
 
 def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
-    """The memory plan of a run: counts, bytes per process and the settings they depend on."""
-    from types import SimpleNamespace
-
-    from adaptkit.engine.loop import _freeze_special_tokens_if_set, resolve_precision, weight_dtype
+    """The memory plan of a run: counts, bytes per process and the settings they depend on. The plan
+    is the run's own (engine/planner.py's build_plan, on the meta device)."""
     from adaptkit.engine.plan import MethodContext
+    from adaptkit.engine.planner import build_plan
+    from adaptkit.engine.precision import micro_batch_size, resolve_precision, weight_dtype
 
-    model, tokenizer = meta_model(config)
-    micro = config.micro_batch_size or max(1, config.batch_size // max(1, processes))
+    model, tokenizer, old_rows = meta_model(config)
+    micro = micro_batch_size(config, processes)
     ctx = MethodContext(method.params, config, tokenizer, Path("."), config.max_steps or 1, torch.device("meta"),
-                        torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None)
+                        torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None, dry_run=True)
     try:
-        plan = method.plan(model, ctx)
-        _freeze_special_tokens_if_set(SimpleNamespace(config=config, tokenizer=tokenizer, log=lambda m: None), method, plan)
+        plan = build_plan(method, model, ctx, old_rows)
     except InputError:
         raise
     except Exception as exc:  # the method needed weights or data: on the meta device there are none
@@ -159,3 +170,59 @@ def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
         "weights_dtype": str(dtype).removeprefix("torch."), "micro_batch_size": micro, "seq_len": config.data.seq_len, "processes": processes,
         "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes, dtype.itemsize),
     }
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run may still take on `device`: free GPU memory, or on a CPU the kernel's MemAvailable
+    (less where a cgroup limit is lower); None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def needed_bytes(plan: dict[str, Any], mode: str, checkpointing: bool) -> int:
+    """The plan's total per process for a distributed mode ('none' or 'single', 'ddp', 'fsdp')."""
+    row = plan["bytes_per_process"]["single" if mode == "none" else mode]
+    return row["total_with_checkpointing"] if checkpointing else row["total"]
+
+
+def check_fits(config: Any, method: Any, processes: int, mode: str, device: torch.device) -> None:
+    """Before anything loads: refuse a run whose memory plan (per process) exceeds what `device` has
+    free, naming --batch-size and the largest --micro-batch-size that fits. `--set memory_check=false`
+    skips it; so does a method that cannot plan without weights (then nothing is known)."""
+    free = available_bytes(device)
+    if not config.memory_check or free is None:
+        return
+    try:
+        plan = dry_run(config, method, processes)
+    except Exception:  # noqa: BLE001 (a plan the dry run cannot make is no reason to refuse the run)
+        return
+    needed = needed_bytes(plan, mode, config.gradient_checkpointing)
+    if needed <= free:
+        return
+    micro = plan["micro_batch_size"]
+    fits = None
+    for smaller in range(micro - 1, 0, -1):
+        if config.batch_size % (smaller * max(1, processes)) == 0:
+            trial = config.model_copy(update={"micro_batch_size": smaller})
+            if needed_bytes(dry_run(trial, method, processes), mode, config.gradient_checkpointing) <= free:
+                fits = smaller
+                break
+    where = f"{human_bytes(needed)} per process are planned (train --dry-run) but {human_bytes(free)} is free on {device.type}"
+    advice = (f"--micro-batch-size {fits} fits (gradient accumulation keeps --batch-size {config.batch_size})" if fits else
+              "even a micro-batch of 1 does not fit: try --gradient-checkpointing, --distributed fsdp, a smaller --seq-len or another method")
+    raise InputError(f"--batch-size {config.batch_size} (micro-batch {micro} x {config.data.seq_len} tokens): {where}; {advice}; "
+                     "--set memory_check=false runs it anyway")

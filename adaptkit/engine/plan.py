@@ -129,6 +129,9 @@ class MethodContext:
     train_blocks: "torch.Tensor"  # (N, seq_len) token ids of the training data
     log: Callable[[str], None] = print
     is_main_process: bool = True  # False on the other processes of a multi-process run: write shared files only when True
+    # `train --dry-run`: the model has no weights (meta device) and there is no data; a method that
+    # chooses entries from weights or scores chooses as many from its ratio alone (engine/planner.py)
+    dry_run: bool = False
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -153,7 +153,7 @@ def plot_all_curves(runs: dict[str, Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adaptkit.engine.evaluation import read_metrics
+    from adaptkit.engine.metrics import read_metrics
     from adaptkit.io.atomic import atomic_file
 
     metrics = {name: read_metrics(p) for name, p in runs.items() if p.is_file()}

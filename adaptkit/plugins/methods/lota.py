@@ -57,6 +57,28 @@ def lota_masks(model, base: dict, sparsity: float, skip: set[int]) -> dict:
         return {name: UpdateMask("element", (delta >= threshold).cpu()) for name, delta in deltas.items()}
 
 
+def ratio_masks(model, sparsity: float, skip: set[int]) -> dict:
+    """A dry run's masks: as many entries as lota_masks keeps (the top (1 - sparsity) of the considered
+    entries), spread over the parameters in proportion to their sizes, chosen without a calibration run."""
+    import torch
+
+    from adaptkit.engine.masks import UpdateMask
+
+    considered = {name: param for name, param in model.named_parameters() if id(param) not in skip}
+    total = sum(p.numel() for p in considered.values())
+    k = max(1, int((1.0 - sparsity) * total))
+    shares = {name: k * p.numel() // total for name, p in considered.items()}
+    by_remainder = sorted(considered, key=lambda n: -(k * considered[n].numel() % total))
+    for name in by_remainder[:k - sum(shares.values())]:
+        shares[name] += 1
+    masks = {}
+    for name, param in considered.items():
+        trainable = torch.zeros(param.numel(), dtype=torch.bool)
+        trainable[:shares[name]] = True
+        masks[name] = UpdateMask("element", trainable.reshape(tuple(param.shape)))
+    return masks
+
+
 class LotteryTicketAdaptation(TrainingMethod):
     name = "lota"
     summary = "Lottery Ticket Adaptation: calibration fine-tune, keep the top |delta| entries, reset, train only them"
@@ -66,12 +88,14 @@ class LotteryTicketAdaptation(TrainingMethod):
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:
         import torch
 
-        from adaptkit.engine.masks import MASKS_FILE, MaskSet, UpdateMask, load_mask_set
+        from adaptkit.engine.masks import MASKS_FILE, MaskSet, load_mask_set
 
         params = self.params
         skip = embedding_parameter_ids(model) if params.skip_embeddings_and_head else set()
         mask_dir = ctx.output_dir / MASK_DIR
-        if (mask_dir / MASKS_FILE).is_file():
+        if ctx.dry_run:
+            masks = MaskSet({**ratio_masks(model, params.sparsity, skip), **_whole(model, skip)})
+        elif (mask_dir / MASKS_FILE).is_file():
             masks = load_mask_set(mask_dir, "--resume")
             masks.check_fits(model, "--resume")
             ctx.log(f"lota: reusing the calibrated mask in {mask_dir}")
@@ -86,17 +110,24 @@ class LotteryTicketAdaptation(TrainingMethod):
                 for name, param in model.named_parameters():
                     param.copy_(base[name])
             del base
-            full = {name: UpdateMask("element", torch.ones(tuple(p.shape), dtype=torch.bool)) for name, p in model.named_parameters() if id(p) in skip}
-            masks = MaskSet({**element, **full}, {"method": "lota", "sparsity": str(params.sparsity), "calibration_steps": str(params.calibration_steps), "seed": str(ctx.seed)})
+            masks = MaskSet({**element, **_whole(model, skip)}, {"method": "lota", "sparsity": str(params.sparsity), "calibration_steps": str(params.calibration_steps), "seed": str(ctx.seed)})
             if ctx.is_main_process:  # every process computed the same mask; one writes it
                 from adaptkit.io.atomic import atomic_dir
 
                 with atomic_dir(mask_dir, overwrite=True, flag="-o/--output") as tmp:
                     masks.save(tmp)
         plan = TrainingPlan.from_masks(model, masks)
-        trainable, total = plan.counts()
-        plan.summary = f"lottery ticket adaptation: {trainable:,} of {total:,} entries train ({trainable / max(1, total):.1%}), mask in {MASK_DIR}/"
+        plan.summary = f"lottery ticket adaptation (sparsity {params.sparsity}), mask in {MASK_DIR}/"
         return plan
+
+
+def _whole(model, skip: set[int]) -> dict:
+    """Masks training the skipped parameters (embeddings, head) in full."""
+    import torch
+
+    from adaptkit.engine.masks import UpdateMask
+
+    return {name: UpdateMask("element", torch.ones(tuple(p.shape), dtype=torch.bool)) for name, p in model.named_parameters() if id(p) in skip}
 
 
 SPEC = method_spec(LotteryTicketAdaptation)

@@ -88,8 +88,7 @@ def train_ends_in_place(wrapped, model) -> dict[str, Any]:
 def adapter_plan(wrapped, summary: str, callbacks: list[TrainingCallback]) -> TrainingPlan:
     """Train what requires a gradient (adapters, and the embeddings and head if train_ends_in_place ran); the base model stays frozen."""
     plan = TrainingPlan.only(wrapped, lambda _, param: param.requires_grad)
-    count, total = plan.counts()
-    plan.summary = f"{summary}: {count:,} trainable parameters ({count / max(1, total):.2%} of {total:,})"
+    plan.summary = summary
     plan.callbacks.extend(callbacks)
     return plan
 

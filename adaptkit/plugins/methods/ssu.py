@@ -33,7 +33,6 @@ from adaptkit.scoring.freeze import FreezeRatio
 from adaptkit.specs import Params, method_spec
 
 DEFAULT_FREEZE_RATIO = 0.5
-ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in float32, per trained entry
 
 
 class SSUParams(Params):
@@ -61,24 +60,20 @@ class SourceShieldedUpdates(TrainingMethod):
 
         if self.params.mask and self.params.calib:
             raise InputError("--mask/--calib: give one of them: --mask DIR uses a saved mask set, --calib DIR scores and masks on the fly")
-        masks = self._saved_masks(model, ctx) if self.params.mask else self._masks_on_the_fly(model, ctx)
+        if self.params.mask:
+            masks = self._saved_masks(model, ctx)
+        else:
+            masks = self._ratio_masks(model) if ctx.dry_run and self.params.calib else self._masks_on_the_fly(model, ctx)
         if self.params.include_embeddings:  # rows added by `vocab extend` train in full
             release_new_rows(model, masks, extension_start(ctx.config.model))
         plan = TrainingPlan.from_masks(model, masks)
         plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:
             raise InputError("--freeze-ratio: freezing every scored unit of every parameter leaves nothing to train")
-        trained, total = plan.counts()
-        frozen = total - trained
         _, table_total = frozen_table(masks)
         ratio = masks.metadata.get("freeze_ratio", "?")
-        plan.summary = (
-            f"SSU ({self.scorer} scores, freeze ratio {ratio}, {masks.metadata.get('mask_granularity', 'column')} masks): "
-            f"{100 * table_total[4]:.1f}% of scored entries frozen; {trained:,} of {total:,} parameters train; "
-            f"AdamW state {ADAMW_STATE_BYTES * trained / 2**20:.1f} MiB instead of {ADAMW_STATE_BYTES * total / 2**20:.1f} MiB "
-            f"for full fine-tuning (saves {ADAMW_STATE_BYTES * frozen / 2**20:.1f} MiB)"
-        )
-        ctx.log(plan.summary)
+        plan.summary = (f"SSU ({self.scorer} scores, freeze ratio {ratio}, {masks.metadata.get('mask_granularity', 'column')} masks): "
+                        f"{100 * table_total[4]:.1f}% of scored entries frozen")
         return plan
 
     def _saved_masks(self, model, ctx: MethodContext):
@@ -98,6 +93,27 @@ class SourceShieldedUpdates(TrainingMethod):
         if granularity is not None and meta.get("mask_granularity", granularity) != granularity:
             raise InputError(f"--set granularity={granularity}: differs from the {meta['mask_granularity']} masks of --mask")
         return masks
+
+    def _ratio_masks(self, model):
+        """A dry run's masks: as many units frozen per parameter as scores would freeze, chosen without
+        scores (the first units; which ones does not change counts or memory)."""
+        import json
+
+        import torch
+
+        from adaptkit.scoring.freeze import build_mask_set
+        from adaptkit.scoring.parameters import scored_parameters
+        from adaptkit.scoring.score_set import ScoreSet
+
+        ratio = DEFAULT_FREEZE_RATIO if self.params.freeze_ratio is None else self.params.freeze_ratio
+        granularity = self.params.granularity or "column"
+        scores, shapes = {}, {}
+        for sp in scored_parameters(model, self.params.include_embeddings):
+            shape = tuple(sp.param.shape)
+            unit = granularity if len(shape) == 2 else "element"
+            size = {"column": shape[-1:], "row": shape[:1]}.get(unit, shape)
+            scores[sp.name], shapes[sp.name] = {unit: torch.zeros(size)}, list(shape)
+        return build_mask_set(ScoreSet(scores, {"scorer": self.scorer, "shapes": json.dumps(shapes)}), ratio, granularity)
 
     def _masks_on_the_fly(self, model, ctx: MethodContext):
         from adaptkit.calibration import load_calibration
