@@ -119,7 +119,8 @@ def test_a_killed_tokenizer_process_fails_the_build_at_once(llama_dir, big_corpu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, True)])
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, True)],
+                         ids=["SIGINT-to-group", "SIGTERM-to-command", "SIGHUP-to-group"])
 def test_an_interrupted_build_ends_its_workers_and_leaves_nothing(llama_dir, big_corpus, tmp_path, signum, to_group):
     """Ctrl-C (SIGINT to the whole process group), `kill` (SIGTERM to the command) and a closed
     terminal (SIGHUP to the group) once the workers tokenize: 128 + signal, one line, nothing left."""

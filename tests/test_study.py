@@ -197,7 +197,7 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM-to-study", "SIGINT-to-group"])
 def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_model_dir, corpora, signum, to_group):
     """SIGTERM to the study alone (a scheduler) or Ctrl-C to its process group, once its run has a
     checkpoint: the training gets the signal once, saves its last step and ends; the study exits

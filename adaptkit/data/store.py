@@ -28,7 +28,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
