@@ -218,7 +218,7 @@ def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_m
     lines = errors.read_text().strip().splitlines()
     name = signal.Signals(signum).name
     assert process.returncode == 128 + signum, lines[-5:]
-    assert lines[-1].startswith(f"adaptkit: interrupted ({name})"), lines[-5:]
+    assert lines[-1].startswith(f"adaptkit: interrupted ({name})") and "run the same command again" in lines[-1], lines[-5:]
     trained = [line for line in lines[:-1] if line.startswith("adaptkit: interrupted")]
     assert len(trained) == 1 and "kept" in trained[0] and "checkpoint-" in trained[0], lines[-5:]  # the training's own line
     assert not (out / "runs" / "fft" / "final").exists()

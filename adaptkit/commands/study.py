@@ -29,6 +29,7 @@ def command(
     console = Console.of(ctx)
     study = load_study(study_file)  # every grid entry checked before anything is written
     state.open_study_dir(study, output, shared(ctx).overwrite)
+    shared(ctx).on_interrupt = lambda: f"finished runs and the checkpoints of the interrupted one are kept in {output}; run the same command again to continue"
     state.write_configs(study, output)
     if print_commands:
         sys.stdout.write(state.print_commands(study, output, study_file))
