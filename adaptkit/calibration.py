@@ -19,6 +19,16 @@ its cheaper ablation). The recipe here:
 5. keep `num_samples` blocks chosen at random with the seed (all of them when there are
    fewer, which the manifest records).
 
+`recipe="reference"` (`calibrate --recipe reference`) follows the SSU reference's
+preprocessing/src/generate_calibration_data.py and training/src/utils/data_utils.py instead, where
+they differ: a Hub dataset's streaming shuffle buffer is 20,000 (its `--shuffle_buffer`); each
+rendered example is tokenized with the tokenizer's own special tokens and truncated to `block_size`
+tokens (plain text gets no EOS appended; an Alpaca `input` follows "\n\nInput: "); examples are
+packed in batches of 1,000 (datasets' `map(batched=True)` default), each batch's remainder dropped
+(the reference keeps a batch shorter than one block as one short block; blocks here are all
+`block_size` long); and the `num_samples` blocks are the stride choice range(0, N, N // num_samples),
+in order, not a seeded draw. Local files are sampled as above (the reference streams the Hub).
+
 On disk a calibration set is a directory with `blocks.safetensors` (int32 `input_ids`,
 shape (num_samples, block_size)) and `manifest.json` (source, format counts, template,
 counts, tokenizer fingerprint and the sha256 of the blocks: the calibration hash that
@@ -44,6 +54,8 @@ MANIFEST_FILE = "manifest.json"
 FORMATS = ("auto", "chat", "alpaca", "text")
 DEFAULT_BLOCK_SIZE = 2048  # the paper's; shorter where the model's context length is
 HUB_SHUFFLE_BUFFER = 10_000
+RECIPES = ("adaptkit", "reference")
+REFERENCE = {"hub_shuffle_buffer": 20_000, "pack_batch": 1_000}  # generate_calibration_data.py's defaults
 
 # Built-in chat templates for models without one (--template NAME).
 CHATML_TEMPLATE = (
@@ -130,13 +142,13 @@ def _hub_spec(text: str, split: str) -> str | None:
     return None
 
 
-def _hub_pool(spec: str, pool: int, seed: int, flag: str) -> list[Record]:
+def _hub_pool(spec: str, pool: int, seed: int, flag: str, buffer: int = HUB_SHUFFLE_BUFFER) -> list[Record]:
     """`pool` rows of a Hub dataset, streamed (read by adaptkit.data.sources) through a seeded shuffle buffer."""
     from adaptkit.data.sources import hub_dataset, resolve
 
     stream = hub_dataset(resolve(spec, flag))
     try:
-        return list(stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER).take(pool))
+        return list(stream.shuffle(seed=seed, buffer_size=buffer).take(pool))
     except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
         raise InputError(f"{flag}: could not read Hub dataset '{spec}' ({first_line(exc)}); give a local file or dataset directory") from None
 
@@ -180,10 +192,10 @@ def record_kind(record: Record, fmt: str, text_field: str) -> str | None:
     return None
 
 
-def alpaca_messages(record: dict) -> list[dict[str, str]]:
+def alpaca_messages(record: dict, input_prefix: str = "") -> list[dict[str, str]]:
     instruction = record["instruction"]
     extra = record.get("input")
-    user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+    user = f"{instruction}\n\n{input_prefix}{extra}" if isinstance(extra, str) and extra.strip() else instruction
     return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
 
 
@@ -261,25 +273,25 @@ def build_calibration(
     trust_remote_code: bool = False,
     flag: str = "--data",
     progress: Callable[[str], None] = lambda message: None,
+    recipe: str = "adaptkit",
 ) -> CalibrationSet:
-    """Sample, render, tokenize and pack a calibration set (see the module docstring for the recipe).
+    """Sample, render, tokenize and pack a calibration set (see the module docstring for the recipe and
+    for `recipe="reference"`, the SSU reference's).
 
     `tokenizer_or_model` is a tokenizer, a ModelSource or a model location. `data` is a
     path or Hub dataset id, a list of paths (read one after the other), or an in-memory
     list of records (str documents or dicts); a list counts as paths when every item is
     a Path or names an existing file or directory.
     """
-    import torch
-
-    from adaptkit.data.corpus import pack_blocks
-
-    _check_settings(fmt, pool, num_samples, block_size)
+    _check_settings(fmt, pool, num_samples, block_size, recipe)
     tokenizer, model_name, block_size = _as_tokenizer(tokenizer_or_model, trust_remote_code, block_size)
-    pooled = _sample_pool(data, pool, seed, split, flag)  # 1-2. raw examples and the seeded pool
-    stream = _token_stream(tokenizer, pooled.sampled, fmt, text_field, template)  # 3-4. render and tokenize
+    reference = recipe == "reference"
+    buffer = REFERENCE["hub_shuffle_buffer"] if reference else HUB_SHUFFLE_BUFFER
+    pooled = _sample_pool(data, pool, seed, split, flag, buffer)  # 1-2. raw examples and the seeded pool
+    stream = _token_stream(tokenizer, pooled.sampled, fmt, text_field, template, block_size if reference else None)  # 3-4. render and tokenize
     if stream.used == 0:
         raise InputError(_no_usable_examples(fmt, text_field, pooled, stream, flag))
-    blocks = pack_blocks(torch.tensor(stream.ids, dtype=torch.int32), block_size)
+    blocks = _pack(stream, block_size, REFERENCE["pack_batch"] if reference else None)
     if blocks.shape[0] == 0:
         raise InputError(
             f"{flag}: the {stream.used} usable examples give {len(stream.ids)} tokens, fewer than one block of {block_size} "
@@ -288,17 +300,43 @@ def build_calibration(
     progress(f"sampled {len(pooled.sampled):,} of {pooled.seen:,} examples from {pooled.source}")  # reported once the input is known to be good
     progress(f"tokenized {stream.used:,} examples: {len(stream.ids):,} tokens, {blocks.shape[0]:,} blocks of {block_size}")
     available = blocks.shape[0]
-    blocks = _choose_blocks(blocks, num_samples, seed)  # 5. the seeded choice of blocks
-    settings = {"format": fmt, "pool": pool, "num_samples": num_samples, "block_size": block_size, "seed": seed, "split": split}
+    blocks = _stride_blocks(blocks, num_samples) if reference else _choose_blocks(blocks, num_samples, seed)  # 5. the choice of blocks
+    settings = {"format": fmt, "pool": pool, "num_samples": num_samples, "block_size": block_size, "seed": seed, "split": split, "recipe": recipe}
     manifest = _manifest(pooled, stream, blocks, available, settings, model_name, tokenizer)
     calibration = CalibrationSet(blocks.long(), manifest)
     manifest["blocks_sha256"] = blocks_hash(calibration.blocks)
     return calibration
 
 
-def _check_settings(fmt: str, pool: int, num_samples: int, block_size: int | None) -> None:
+def _pack(stream: "_Stream", block_size: int, batch: int | None) -> "torch.Tensor":
+    """Step 4's packing: the whole stream cut into blocks, or (the reference) each batch of `batch` examples
+    concatenated and cut on its own, its remainder dropped."""
+    import torch
+
+    from adaptkit.data.corpus import pack_blocks
+
+    if batch is None:
+        return pack_blocks(torch.tensor(stream.ids, dtype=torch.int32), block_size)
+    parts, start = [], 0
+    for first in range(0, len(stream.lengths), batch):
+        count = sum(stream.lengths[first:first + batch])
+        parts.append(pack_blocks(torch.tensor(stream.ids[start:start + count], dtype=torch.int32), block_size))
+        start += count
+    return torch.cat(parts) if parts else torch.zeros((0, block_size), dtype=torch.long)
+
+
+def _stride_blocks(blocks: "torch.Tensor", num_samples: int) -> "torch.Tensor":
+    """Step 5 of the reference (data_utils.create_calibration_dataloader): blocks 0, s, 2s, ... with s = N // num_samples."""
+    available = blocks.shape[0]
+    count = min(num_samples, available)
+    return blocks[list(range(0, available, max(1, available // count)))[:count]]
+
+
+def _check_settings(fmt: str, pool: int, num_samples: int, block_size: int | None, recipe: str = "adaptkit") -> None:
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if recipe not in RECIPES:
+        raise InputError(f"--recipe: unknown recipe '{recipe}' (choose from {', '.join(RECIPES)})")
     for value, name in ((pool, "--pool"), (num_samples, "--num-samples"), (block_size, "--block-size")):
         if value is not None and value < 1:
             raise InputError(f"{name}: must be at least 1 (got {value})")
@@ -314,7 +352,7 @@ class _Pool:
     seen: int
 
 
-def _sample_pool(data: Any, pool: int, seed: int, split: str, flag: str) -> _Pool:
+def _sample_pool(data: Any, pool: int, seed: int, split: str, flag: str, buffer: int = HUB_SHUFFLE_BUFFER) -> _Pool:
     """Steps 1-2: read the examples (files one after the other, a Hub dataset, or in-memory records) and sample the pool."""
     from adaptkit.data.corpus import file_hash, iter_records
 
@@ -323,7 +361,7 @@ def _sample_pool(data: Any, pool: int, seed: int, split: str, flag: str) -> _Poo
         source_hash = hashlib.sha256(json.dumps(list(data), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         return _Pool("<in-memory>", source_hash, *reservoir_sample(data, pool, seed))
     if len(sources) == 1 and not Path(sources[0]).expanduser().exists() and _hub_spec(sources[0], split):
-        sampled = _hub_pool(_hub_spec(sources[0], split), pool, seed, flag)
+        sampled = _hub_pool(_hub_spec(sources[0], split), pool, seed, flag, buffer)
         return _Pool(sources[0], None, sampled, len(sampled))
     missing = [s for s in sources if not Path(s).expanduser().exists()]
     if missing:
@@ -338,6 +376,7 @@ class _Stream:
     """The token stream of the pool: ids, examples used by kind, examples skipped by reason, the template used."""
 
     ids: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # tokens of each used example, in stream order
     counts: dict[str, int] = field(default_factory=lambda: {"chat": 0, "alpaca": 0, "text": 0})
     skipped: dict[str, int] = field(default_factory=lambda: {"unrecognized": 0, "template_failed": 0, "empty": 0})
     template_name: str | None = None
@@ -348,8 +387,10 @@ class _Stream:
         return sum(self.counts.values())
 
 
-def _token_stream(tokenizer: Any, sampled: list[Record], fmt: str, text_field: str, template: str | None) -> _Stream:
-    """Steps 3-4: render each example (chat and Alpaca under the template, text + EOS) and tokenize it into one stream."""
+def _token_stream(tokenizer: Any, sampled: list[Record], fmt: str, text_field: str, template: str | None, truncate: int | None = None) -> _Stream:
+    """Steps 3-4: render each example (chat and Alpaca under the template, text + EOS) and tokenize it into one stream.
+    `truncate` (the reference recipe): each example tokenized with the tokenizer's special tokens, cut to that many
+    tokens, plain text without EOS, Alpaca inputs after "Input: "."""
     kinds = [record_kind(record, fmt, text_field) for record in sampled]
     stream = _Stream()
     if template not in (None, "", "model"):  # an explicit template is checked even when the data is plain text
@@ -363,20 +404,29 @@ def _token_stream(tokenizer: Any, sampled: list[Record], fmt: str, text_field: s
             continue
         if kind == "text":
             text = record if isinstance(record, str) else record[text_field]
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+            ids = _example_ids(tokenizer, text, truncate) + ([eos] if eos is not None and truncate is None else [])
         else:
-            messages = record["messages"] if kind == "chat" else alpaca_messages(record)
+            messages = record["messages"] if kind == "chat" else alpaca_messages(record, "Input: " if truncate else "")
             rendered = _render_chat(tokenizer, messages, stream.template_text)
             if rendered is None:
                 stream.skipped["template_failed"] += 1
                 continue
-            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            ids = _example_ids(tokenizer, rendered, truncate)
         if not ids:
             stream.skipped["empty"] += 1
             continue
         stream.counts[kind] += 1
         stream.ids.extend(ids)
+        stream.lengths.append(len(ids))
     return stream
+
+
+def _example_ids(tokenizer: Any, text: str, truncate: int | None) -> list[int]:
+    """Token ids of one rendered example: without special tokens (the template writes its own), or as the reference
+    tokenizes (`tokenizer(text, truncation=True, max_length=truncate)`)."""
+    if truncate is None:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text, truncation=True, max_length=truncate)["input_ids"]
 
 
 def _no_usable_examples(fmt: str, text_field: str, pooled: _Pool, stream: _Stream, flag: str) -> str:
@@ -423,6 +473,7 @@ def _manifest(pooled: _Pool, stream: _Stream, blocks: "torch.Tensor", available:
         "block_size": settings["block_size"],
         "tokens": int(blocks.numel()),
         "seed": settings["seed"],
+        "recipe": settings["recipe"],
         "model": model_name,
         "tokenizer_sha": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),

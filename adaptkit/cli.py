@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from adaptkit import __version__
-from adaptkit.commands.common import Shared, prepare_command
+from adaptkit.commands.common import Shared, prepare_command, short_help
 from adaptkit.errors import AdaptkitError, Interrupted, one_line
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
@@ -40,6 +40,25 @@ BUILTIN_COMMANDS = {
     "quickstart": "adaptkit.commands.quickstart",
     "data": "adaptkit.commands.data",
     "study": "adaptkit.commands.study",
+}
+# what `adaptkit --help` shows for each, without importing the 14 modules (a third of the start-up):
+# the first line of the command's docstring (its group's help, or its module's docstring for merge);
+# tests/test_cli.py checks that the two agree
+SUMMARIES = {
+    "calibrate": "Sample source-side examples, render them with the chat template and pack them into token blocks.",
+    "score": "Score every parameter's columns (and rows) by importance to the source model.",
+    "mask": "Turn scores into masks (k = round-half-up(ratio x units) frozen per matrix) and print the frozen fraction per module type.",
+    "train": "Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final.",
+    "merge": "Merge models (linear, task vectors, TIES, DARE, SLERP, reversion, LiNeS, LayRA) or run a mergekit YAML.",
+    "instruct-vector": "Instruction residuals (chat vectors): extract theta_instruct - theta_base once, apply it with any alpha.",
+    "evaluate": "Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline.",
+    "generate": "Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records).",
+    "codemix": "Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9).",
+    "vocab": "Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).",
+    "plugins": "List registered plugins and methods: name, kind, plugin, summary, reference, parameters.",
+    "quickstart": "Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning.",
+    "data": "Token stores: tokenize corpora once (data prepare), look inside one (data inspect).",
+    "study": "Run a grid of trainings (skipping finished runs, resuming interrupted ones), evaluate them all and write the report.",
 }
 
 
@@ -68,8 +87,6 @@ class LazyGroup(TyperGroup):
             target.rich_markup_mode = None  # plain help: rich's help renderer costs more than the whole start-up
             command = typer.main.get_command(target)
             command.name = name
-            if hasattr(module, "adjust_command"):  # e.g. train shows the engine's defaults in its --help
-                module.adjust_command(command)
             self.add_command(command, name)
         command = super().get_command(ctx, name)
         return prepare_command(command) if command is not None else None
@@ -87,7 +104,7 @@ class LazyGroup(TyperGroup):
         rows = []
         for name in names:
             if name in self.lazy_modules and name not in self.commands:
-                rows.append((name, short_help(_summary(self.lazy_modules[name]), limit)))
+                rows.append((name, short_help(SUMMARIES[name], limit)))
                 continue
             command = self.get_command(ctx, name)
             if command is not None and not command.hidden:
@@ -95,28 +112,6 @@ class LazyGroup(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-
-
-def short_help(text: str, limit: int) -> str:
-    """`text` cut at a word boundary to fit `limit` characters, with '...' when cut (as click shows commands)."""
-    text = one_line(text)
-    if len(text) <= limit:
-        return text
-    cut = text[: max(0, limit - 3)].rsplit(" ", 1)[0].rstrip(" .,;:")
-    return cut + "..."
-
-
-def _summary(module_name: str) -> str:
-    """A built-in command's one-line help: its function's docstring, its group's help, or its module's docstring."""
-    module = importlib.import_module(module_name)
-    if hasattr(module, "build_app"):
-        doc = module.__doc__
-    elif isinstance(getattr(module, "app", None), typer.Typer):
-        doc = module.app.info.help
-    else:
-        doc = module.command.__doc__
-    lines = (doc or "").strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _version(value: bool) -> None:
@@ -163,38 +158,12 @@ def build_app() -> typer.Typer:
     return app
 
 
-def _third_party_plugins_installed() -> bool:
-    """Whether any installed distribution besides adaptkit declares an `adaptkit` entry point.
-
-    A direct scan of the dist-info folders on sys.path: importing importlib.metadata and
-    parsing every distribution would cost more than the rest of `adaptkit --help`.
-    """
-    marker = "[adaptkit]"
-    for entry in sys.path:
-        try:
-            children = os.scandir(entry or ".")
-        except OSError:
-            continue
-        with children:
-            for child in children:
-                name = child.name
-                if not name.endswith((".dist-info", ".egg-info")):
-                    continue
-                if name.rsplit(".", 1)[0].split("-")[0].lower() == "adaptkit":  # our own (installed or a source checkout)
-                    continue
-                try:
-                    with open(os.path.join(child.path, "entry_points.txt"), encoding="utf-8") as handle:
-                        if marker in handle.read():
-                            return True
-                except OSError:
-                    continue
-    return False
-
-
 def _plugin_commands() -> list:
     """Commands added by third-party plugins. Built-in plugins add none, so without third-party
     entry points the registry (and pydantic) is not loaded at all: `adaptkit --help` stays fast."""
-    if not _third_party_plugins_installed():
+    from adaptkit.entry_points import third_party_installed
+
+    if not third_party_installed():
         return []
     from adaptkit.registry import get_registry
 

@@ -7,24 +7,29 @@ entry points or distributions only. A plugin that fails to import, or raises whi
 registering, is recorded as broken and reported; other plugins keep working. Two
 plugins registering the same name make that name unusable until one is removed, and
 the error names both.
+
+The built-in specs are read from adaptkit/plugins/catalog.py (generated from the built-in plugin
+modules by `python scripts/write_plugin_catalog.py`; a test fails when it is out of date), so
+listing them imports no plugin module; a spec's module is imported when the spec is used.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import types
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Iterable
 
 import pluggy
 
 from adaptkit import hookspecs
+from adaptkit.entry_points import OWN_DISTRIBUTION, entry_points
 from adaptkit.errors import InputError, PluginError, did_you_mean
-from adaptkit.specs import SPEC_KINDS, Spec
+from adaptkit.specs import SPEC_KINDS, CataloguedSpec, Spec, catalog_entry
 
-ENTRY_POINT_GROUP = "adaptkit"
-BUILTIN_DISTRIBUTION = "adaptkit"
+CATALOG_MODULE = "adaptkit.plugins.catalog"
 BUILTIN_MODULES = (
     "adaptkit.plugins.scorers",
     "adaptkit.plugins.methods",
@@ -106,7 +111,9 @@ class Registry:
         expected = SPEC_KINDS[kind]
 
         def register(spec: Spec) -> None:
-            if not isinstance(spec, expected):
+            if isinstance(spec, CataloguedSpec) and spec.kind == kind:
+                pass
+            elif not isinstance(spec, expected):
                 raise TypeError(f"expected a {expected.__name__}, got {type(spec).__name__}")
             spec = _with_plugin(spec, plugin_name)
             table = self.specs[kind]
@@ -127,7 +134,7 @@ class Registry:
 def _with_plugin(spec: Spec, plugin_name: str) -> Spec:
     from dataclasses import replace
 
-    return replace(spec, plugin=plugin_name)
+    return spec if isinstance(spec, CataloguedSpec) else replace(spec, plugin=plugin_name)
 
 
 def _disabled_plugins() -> tuple[bool, set[str]]:
@@ -137,45 +144,62 @@ def _disabled_plugins() -> tuple[bool, set[str]]:
     return False, {item.strip() for item in value.split(",") if item.strip()}
 
 
-def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-
-
 def build_registry(load_entry_points: bool = True, extra_plugins: Iterable[Any] = ()) -> Registry:
-    """A fresh registry: built-ins, third-party entry points (unless disabled) and `extra_plugins`."""
+    """A fresh registry: built-ins (from the catalog), third-party entry points (unless disabled) and `extra_plugins`."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry(plugin_manager=pm)
+    for name, plugin in _catalog_plugins().items():
+        pm.register(plugin, name=name)
     disable_all, disabled = _disabled_plugins()
-    builtin_loaded = set()
-    if load_entry_points:
-        for ep in _entry_points():
-            dist = ep.dist.name if ep.dist else ""
-            is_builtin = dist == BUILTIN_DISTRIBUTION
-            if not is_builtin and (disable_all or ep.name in disabled or dist in disabled):
-                continue
-            if ep.value in builtin_loaded or pm.has_plugin(ep.name):
-                continue
-            try:
-                plugin = ep.load()
-                pm.register(plugin, name=ep.name)
-            except Exception as exc:
-                registry.mark_load_failure(ep.name, f"failed to load ({ep.value}): {type(exc).__name__}: {exc}")
-                continue
-            if is_builtin:
-                builtin_loaded.add(ep.value)
-    # Running from a source tree without an install: register the built-ins directly.
-    for module_name in BUILTIN_MODULES:
-        if module_name not in builtin_loaded:
-            import importlib
-
-            name = "builtin-" + module_name.rsplit(".", 1)[-1]
-            if not pm.has_plugin(name):
-                pm.register(importlib.import_module(module_name), name=name)
+    for ep in entry_points() if load_entry_points else []:
+        dist = ep.dist.name if ep.dist else ""
+        if dist == OWN_DISTRIBUTION or pm.has_plugin(ep.name):
+            continue  # the built-ins are the catalog's
+        if disable_all or ep.name in disabled or dist in disabled:
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            registry.mark_load_failure(ep.name, f"failed to load ({ep.value}): {type(exc).__name__}: {exc}")
     for plugin in extra_plugins:
         pm.register(plugin, name=getattr(plugin, "__name__", None))
     registry.collect()
     return registry
+
+
+def _catalog_plugins() -> dict[str, Any]:
+    """One plugin per built-in plugin module, registering the catalog's specs of that module."""
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for entry in importlib.import_module(CATALOG_MODULE).ENTRIES:
+        entries.setdefault(entry["plugin"], []).append(entry)
+    plugins = {}
+    for name, group in entries.items():
+        def register_all(register, group=group):
+            for entry in group:
+                register(CataloguedSpec(entry))
+
+        plugins[name] = types.SimpleNamespace(**{HOOK_FOR_KIND[group[0]["kind"]]: hookspecs.hookimpl(register_all)})
+    return plugins
+
+
+def builtin_catalog() -> list[dict[str, Any]]:
+    """The catalog's entries as the built-in plugin modules register them today (imports every one)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry(plugin_manager=pm)
+    owner = {}
+    for module_name in BUILTIN_MODULES:
+        package = importlib.import_module(module_name)
+        pm.register(package, name="builtin-" + module_name.rsplit(".", 1)[-1])
+        for module in package.modules():
+            for spec in getattr(module, "SPECS", None) or [module.SPEC]:
+                owner[(spec.kind, spec.name)] = module.__name__
+    registry.collect()
+    if registry.broken:
+        raise PluginError(f"built-in plugin broken: {registry.broken[0].name}: {registry.broken[0].error}")
+    specs = sorted(registry.all_specs(), key=lambda s: (s.plugin, s.kind, s.name))
+    return [catalog_entry(spec, owner[(spec.kind, spec.name)]) for spec in specs]
 
 
 _REGISTRY: Registry | None = None

@@ -3,28 +3,30 @@
 Every spec has a name, a one-line summary, a reference (paper or URL), a factory given
 as "package.module:Attribute" (or the object itself) and optionally a pydantic model of
 its parameters (`extra="forbid"`, so a misspelled option is an error). Parameter models
-must live in modules that do not import torch, so `adaptkit plugins` stays fast.
+must live in modules that do not import torch. Reading a spec imports neither pydantic nor its
+plugin module: built-in specs come from the generated catalog (`CataloguedSpec`), and the pydantic
+base `Params` lives in adaptkit/params.py (`adaptkit.specs.Params` is it, imported on first use).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from adaptkit.errors import InputError, PluginError, did_you_mean
 
-
-class Params(BaseModel):
-    """Base class for parameter models: unknown keys and non-finite numbers (inf, nan) are errors."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+if TYPE_CHECKING:
+    from adaptkit.params import NoParams, Params
 
 
-class NoParams(Params):
-    """A component without parameters."""
+def __getattr__(name: str) -> Any:
+    """`Params` and `NoParams` (adaptkit/params.py), imported with pydantic on first use."""
+    if name in ("Params", "NoParams"):
+        from adaptkit import params
+
+        return getattr(params, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve(target: Any) -> Any:
@@ -48,9 +50,15 @@ class Spec:
     factory: Any
     summary: str = ""
     reference: str = ""
-    params: type[Params] = NoParams
+    params: type[Params] = None  # type: ignore[assignment]  # None: NoParams
     extras: tuple[str, ...] = ()  # optional packages it needs, e.g. ("peft",)
     plugin: str = field(default="", compare=False)  # filled in by the registry
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            from adaptkit.params import NoParams
+
+            object.__setattr__(self, "params", NoParams)
 
     def load(self) -> Any:
         """The implementation (class or function) behind this spec."""
@@ -68,6 +76,8 @@ class Spec:
 
     def validate_params(self, values: dict[str, Any] | None, where: str = "parameters") -> Params:
         """Validate user parameters against this spec's model; unknown keys get suggestions."""
+        from adaptkit.params import validate
+
         values = dict(values or {})
         known = list(self.params.model_fields)
         for key in values:
@@ -77,12 +87,7 @@ class Spec:
                 raise InputError(
                     f"{where}: {self.kind} '{self.name}' has no parameter '{key}'{hint} (parameters: {allowed})"
                 )
-        try:
-            return self.params(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{where}: {self.kind} '{self.name}' parameter '{loc}': {err['msg']}") from None
+        return validate(self.params, values, lambda error: f"{where}: {self.kind} '{self.name}' parameter '{error.loc}': {error.msg}")
 
     def parameters(self) -> list[dict[str, Any]]:
         """One record per parameter: name, type, default (None when required), required, description."""
@@ -126,71 +131,65 @@ class ScorerSpec(Spec):
     needs_calibration: bool = True
 
 
-# What a method may declare in `needs`: the parameters, one of which the run must set, and the flags for them.
-METHOD_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "mask": (("mask", "calib"), "--mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)"),
-    "calibration": (("calib",), "--calib DIR (from `adaptkit calibrate`)"),
-}
+@dataclass(frozen=True)
+class Need:
+    """What a run of a method must provide before the model loads: one of the method's parameters
+    `one_of` set; `how` tells the user how (it completes "--method NAME: needs ...")."""
+
+    one_of: tuple[str, ...]
+    how: str
 
 
 @dataclass(frozen=True)
 class MethodSpec(Spec):
     """A training method: turns (model, context) into a TrainingPlan for the one engine.
 
-    `needs` names what the run must provide before the model is loaded (see METHOD_NEEDS):
-    "mask" (its `mask` or `calib` parameter set), "calibration" (its `calib` parameter set).
+    `needs` (each a `Need`) says what the run must provide before the model is loaded: one of some
+    of the method's parameters set (ssu-*: `mask` or `calib`).
     """
 
     kind: ClassVar[str] = "method"
-    needs: frozenset[str] = frozenset()
+    needs: tuple[Need, ...] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for need in self.needs:
-            fields = METHOD_NEEDS.get(need, ((), ""))[0]
-            if not fields or not any(f in self.params.model_fields for f in fields):
-                raise PluginError(f"method '{self.name}': declares need '{need}' but "
-                                  + (f"has none of the parameters {', '.join(fields)}" if fields else f"the known needs are {', '.join(METHOD_NEEDS)}"))
+            if not any(f in self.params.model_fields for f in need.one_of):
+                raise PluginError(f"method '{self.name}': declares a need of {', '.join(need.one_of)} but has none of the parameters {', '.join(need.one_of)}")
 
     def validate_params(self, values: dict[str, Any] | None, where: str = "parameters", flags: dict[str, str] | None = None) -> Params:
         """As Spec.validate_params; `flags` maps a parameter to the option that set it (freeze_ratio:
         --freeze-ratio), which then names the error: an option for a parameter the method lacks, or a bad value."""
+        from adaptkit.params import first_error
+
         values, flags = dict(values or {}), {k: f for k, f in (flags or {}).items() if k in (values or {})}
         for key, flag in flags.items():
             if key not in self.params.model_fields:
                 raise InputError(f"{flag}: method '{self.name}' has no parameter '{key}' (parameters: {', '.join(self.params.model_fields) or 'none'})")
-        try:
-            self.params(**values)
-        except ValidationError as exc:
-            loc = exc.errors()[0]["loc"]
-            where = flags.get(str(loc[0]), where) if loc else where
+        error = first_error(self.params, values)
+        if error is not None and error.loc:
+            where = flags.get(error.loc.split(".")[0], where)
         return super().validate_params(values, where)
 
     def check_needs(self, params: Params) -> None:
         """Every declared need is met by the validated parameters (before anything heavy is loaded)."""
-        for need in sorted(self.needs):
-            fields, flags = METHOD_NEEDS[need]
-            if not any(getattr(params, f, None) for f in fields):
-                raise InputError(f"--method {self.name}: needs {flags}")
+        for need in self.needs:
+            if not any(getattr(params, f, None) for f in need.one_of):
+                raise InputError(f"--method {self.name}: needs {need.how}")
 
-    def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None) -> Any:
-        """The method instance for these parameters: validated, needs checked, implementation loaded."""
+    def build(self, values: dict[str, Any] | None, where: str = "--set", flags: dict[str, str] | None = None, check_needs: bool = True) -> Any:
+        """The method instance for these parameters: validated, needs checked (unless `check_needs` is false:
+        a resolved configuration is only shown), implementation loaded."""
         params = self.validate_params(values, where, flags)
-        self.check_needs(params)
+        if check_needs:
+            self.check_needs(params)
         return self.load()(params)
 
 
 def method_spec(method: type) -> MethodSpec:
     """The registry spec of a training method class (adaptkit.engine.plan.TrainingMethod), from its
     class attributes: name, summary, reference, Params, needs, extras. Its factory is the class itself."""
-    return MethodSpec(
-        name=method.name,
-        factory=f"{method.__module__}:{method.__qualname__}",
-        summary=method.summary,
-        reference=method.reference,
-        params=method.Params,
-        needs=frozenset(method.needs),
-        extras=tuple(method.extras),
-    )
+    return class_spec(MethodSpec, method, needs=tuple(method.needs), extras=tuple(method.extras))
 
 
 @dataclass(frozen=True)
@@ -243,7 +242,7 @@ def class_spec(spec_type: type[SpecT], implementation: type, **fields: Any) -> S
     attributes (scorers, merge methods); its factory is "module:Class", imported lazily."""
     return spec_type(
         name=implementation.name,
-        factory=f"{implementation.__module__}:{implementation.__name__}",
+        factory=f"{implementation.__module__}:{implementation.__qualname__}",
         summary=implementation.summary,
         reference=implementation.reference,
         params=implementation.Params,
@@ -255,3 +254,57 @@ SPEC_KINDS: dict[str, type[Spec]] = {
     cls.kind: cls
     for cls in (ScorerSpec, MethodSpec, MergeMethodSpec, EvalBackendSpec, LIDBackendSpec, InitializerSpec, CommandSpec)
 }
+
+
+class CataloguedSpec:
+    """A built-in spec as adaptkit/plugins/catalog.py records it: its kind, name, summary, reference,
+    plain fields (extras, needs, ...) and parameter listing are known without importing anything; the
+    first use of anything else (params, load, validate_params, build) imports its plugin module and
+    answers from the spec that module registers."""
+
+    def __init__(self, entry: dict[str, Any]):
+        entry = dict(entry)
+        self._parameters = entry.pop("parameters")
+        self._real: Spec | None = None
+        if "extras" in entry:
+            entry["extras"] = tuple(entry["extras"])
+        self.__dict__.update(entry)  # kind, name, module, plugin, summary, reference, extras, ...
+
+    def real(self) -> Spec:
+        """The spec its module registers (the module is imported once)."""
+        if self._real is None:
+            module = importlib.import_module(self.module)
+            specs = getattr(module, "SPECS", None) or [module.SPEC]
+            spec = next((s for s in specs if s.name == self.name), None)
+            if spec is None:
+                raise PluginError(f"{self.kind} '{self.name}': {self.module} registers no such spec; regenerate the plugin catalog")
+            self._real = replace(spec, plugin=self.plugin)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:  # only for what the catalog does not record
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.real(), name)
+
+    def parameters(self) -> list[dict[str, Any]]:
+        return [dict(p) for p in self._parameters]
+
+    param_summary = Spec.param_summary
+
+    def __repr__(self) -> str:
+        return f"CataloguedSpec({self.kind!r}, {self.name!r}, module={self.module!r})"
+
+
+def catalog_entry(spec: Spec, module: str) -> dict[str, Any]:
+    """What the catalog records of a spec registered by `module`: its plain fields (text, flags, lists of
+    names) and the parameters; anything else (params, needs) is read from the spec itself when used."""
+    from dataclasses import fields
+
+    entry: dict[str, Any] = {"kind": spec.kind, "name": spec.name, "module": module, "plugin": spec.plugin}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if f.name in ("name", "factory", "params", "plugin", "needs"):
+            continue
+        entry[f.name] = list(value) if isinstance(value, tuple) else value
+    entry["parameters"] = spec.parameters()
+    return entry

@@ -26,7 +26,7 @@ from pathlib import Path
 def one_step(model: str, data: Path, precision: str, lr: float, root: Path, batch: int, seq_len: int) -> dict:
     import torch
 
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
     from adaptkit.engine import loop
 
     flags = {"model": model, "data": [str(data)], "method": "fft", "seq_len": seq_len, "batch_size": batch, "max_steps": 1, "lr": lr,

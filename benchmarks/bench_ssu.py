@@ -153,7 +153,7 @@ def interleaved_steps(model_dir: Path, text: Path, calib: Path, steps: int, batc
 
 
 def engine_step_times(method: str, model_dir: Path, text: Path, calib: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
-    from adaptkit.commands.train import build_method
+    from adaptkit.train_settings import build_method
     from adaptkit.engine.loop import train
 
     config = train_config(method, model_dir, text, calib, steps, batch, seq)

@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-
-def weights(directory: Path, prefix: str = "model") -> dict[str, torch.Tensor]:
-    """Every tensor of a (sharded) safetensors directory, read with the safetensors library."""
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(directory).glob(f"{prefix}*.safetensors")):
-        tensors.update(load_file(str(file)))
-    return tensors
+from helpers import run_ok, weights  # noqa: F401  (the one reader and runner; the merge tests import them from here)
 
 
 def close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
@@ -46,13 +39,6 @@ def disjoint_merge(deltas: list[torch.Tensor], weights: list[float], normalize: 
         denominator += w * agree
     denominator[denominator == 0] = 1
     return numerator / denominator if normalize else numerator
-
-
-def run_ok(invoke, *args):
-    """Run the CLI in-process and require success."""
-    result = invoke(*args)
-    assert result.returncode == 0, result
-    return result
 
 
 def no_partial_outputs(parent: Path) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from adaptkit.engine.plan import TrainingCallback, TrainingMethod
+from helpers import weights  # noqa: F401  (the one reader; the method tests import it from here)
 
 # One intra-op thread: these models are tiny, and on a shared 2-core machine OpenMP threads that spin
 # while other processes hold the cores make a step up to 100x slower.
@@ -18,10 +18,6 @@ torch.set_num_threads(1)
 TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-2", "--weight-decay", "0.1", "--warmup-ratio", "0", "--quiet"]
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROBE = torch.tensor([[1, 5, 9, 40, 77, 120, 200, 300, 17, 60, 91, 250]])
-
-
-def weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(model_dir) / "model.safetensors"))
 
 
 def assert_trains_exactly(before: dict, after: dict, trainable: dict) -> None:
@@ -81,7 +77,7 @@ class Capturing(TrainingMethod):
 def train_capturing(args: list, run_dir: Path) -> torch.Tensor:
     """Train as `adaptkit train ARGS -o RUN_DIR` would (flags and --set resolved by the train command's own
     functions), through Capturing; returns the logits of the in-memory model just before export."""
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
     from adaptkit.engine.loop import train
 
     flags, overrides, words = {}, [], iter(str(a) for a in args)
@@ -103,7 +99,8 @@ def block_modules(block) -> dict[str, list[str]]:
     module order) and its norms (direct children whose class name has 'norm'), read off the HF module."""
     return {
         "attention": [f"self_attn.{n}" for n, m in block.self_attn.named_children() if isinstance(m, torch.nn.Linear)],
-        "mlp": [f"mlp.{n}" for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)],
+        # the SSU code's _find_mlp_modules looks for up_proj, down_proj, gate_proj in that order
+        "mlp": sorted((f"mlp.{n}" for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)), key=lambda n: ("up_proj", "down_proj", "gate_proj").index(n[4:])),
         "norms": [n for n, m in block.named_children() if "norm" in type(m).__name__.lower()],
     }
 
@@ -112,7 +109,7 @@ def hft_frozen_modules(model_dir: Path, seed: int) -> dict[int, list[str]]:
     """HFT's rule (Hui et al. 2024, SSU repository variant), written here from its definition: with
     random.Random(seed), shuffle the layer order; the first half of that order freezes ceil(3/2) = 2 MLP
     projections, the rest floor(3/2) = 1; every layer freezes 2 of its 4 attention projections and 1 of
-    its 2 block norms, each drawn in that order with rng.sample."""
+    its 2 block norms, each drawn in that order with rng.sample (the SSU code's global random, seeded alike)."""
     import random
 
     from transformers import AutoModelForCausalLM

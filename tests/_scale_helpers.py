@@ -22,7 +22,7 @@ from adaptkit.engine.plan import TrainingMethod, TrainingPlan
 from adaptkit.hookspecs import hookimpl
 from typing import Optional
 
-from adaptkit.specs import MethodSpec, Params
+from adaptkit.specs import MethodSpec, Need, Params
 
 
 class MaskFileParams(Params):
@@ -41,7 +41,7 @@ class MaskFile(TrainingMethod):
 @hookimpl
 def register_methods(register):
     register(MethodSpec(name="mask-file", factory="adaptkit_test_maskfile:MaskFile", params=MaskFileParams,
-                        summary="test: train through --mask", needs=frozenset({"mask"})))
+                        summary="test: train through --mask", needs=(Need(("mask",), "--mask DIR"),)))
 '''
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaptkit.calibration import BUILTIN_TEMPLATES, build_calibration, load_calibration
-from adaptkit.data.corpus import pack_blocks, tokenize_documents
+from adaptkit.data.corpus import pack_blocks
 from adaptkit.errors import InputError
 from conftest import assert_input_error
 from _ssu_helpers import calib_dir  # noqa: F401  (shared fixture)
@@ -48,7 +48,8 @@ def test_text_calibration_blocks_are_the_packed_stream_seeded_and_reproducible(t
     calibration = load_calibration(out)
     assert calibration.blocks.shape == (8, 32) and reported["num_samples"] == 8 and reported["blocks_sha256"] == calibration.hash
     documents = corpora["en"].read_text().splitlines()
-    packed = pack_blocks(torch.tensor(tokenize_documents(documents, tokenizer)), 32)  # pool > file: every document in order
+    stream = [t for d in documents for t in tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    packed = pack_blocks(torch.tensor(stream), 32)  # pool > file: every document in order, each followed by EOS
     assert calibration.manifest["blocks_available"] == packed.shape[0] and calibration.manifest["examples_used"] == len(documents)
     rows = [int((packed == block).all(1).nonzero()[0]) for block in calibration.blocks]
     assert rows == sorted(rows) and len(set(rows)) == 8  # distinct blocks of the stream, in stream order
@@ -94,6 +95,43 @@ def test_chat_and_alpaca_are_rendered_with_the_model_template(tmp_path, corpora,
         stream += tok(text, add_special_tokens=False)["input_ids"]
     expected = pack_blocks(torch.tensor(stream), 16)
     assert torch.equal(calibration.blocks, expected)
+
+
+def _reference_group_texts(examples: dict, block_size: int) -> dict:
+    """generate_calibration_data.py's group_texts, transcribed."""
+    concatenated = {k: sum(examples[k], []) for k in examples.keys()}
+    total_length = len(concatenated[list(examples.keys())[0]])
+    if total_length >= block_size:
+        total_length = (total_length // block_size) * block_size
+    return {k: [t[i: i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
+
+
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_reference_recipe_is_the_reference_scripts_packing_and_stride(tmp_path, corpora, chat_model_dir):
+    """recipe=reference against generate_calibration_data.py (chat template text, tokenizer(texts, truncation=True,
+    max_length=block), datasets.map(group_texts, batched=True) in batches of 1,000) and data_utils.py (blocks
+    range(0, N, N // n)[:n]), on 1,500 examples so that two packing batches exist."""
+    from transformers import AutoTokenizer
+
+    lines = corpora["ha"].read_text().splitlines()
+    chats = [{"messages": [{"role": "user", "content": lines[i % len(lines)][: 5 + i % 60]}, {"role": "assistant", "content": f"{i}"}]}
+             for i in range(1500)]
+    data = _write_jsonl(tmp_path / "chat.jsonl", chats)
+    ours = build_calibration(chat_model_dir, data, pool=2000, num_samples=7, block_size=24, recipe="reference")
+    tok = AutoTokenizer.from_pretrained(str(chat_model_dir))
+    texts = [tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=False) for c in chats]
+    tokenized = tok(texts, padding=False, truncation=True, max_length=24)["input_ids"]
+    assert max(len(t) for t in tokenized) == 24 and min(len(t) for t in tokenized) < 24  # truncation acts
+    blocks = []
+    for start in range(0, len(tokenized), 1000):  # datasets' map(batched=True): 1,000 examples per call
+        blocks += _reference_group_texts({"input_ids": tokenized[start:start + 1000]}, 24)["input_ids"]
+    indices = list(range(0, len(blocks), max(1, len(blocks) // 7)))[:7]
+    assert torch.equal(ours.blocks, torch.tensor([blocks[i] for i in indices]))
+    assert ours.manifest["recipe"] == "reference" and ours.manifest["blocks_available"] == len(blocks)
+    whole = pack_blocks(torch.tensor(sum(tokenized, [])), 24)
+    assert whole.shape[0] != len(blocks) or not torch.equal(whole, torch.tensor(blocks))  # per-batch packing differs
+    with pytest.raises(InputError, match="--recipe"):
+        build_calibration(chat_model_dir, data, recipe="paper")
 
 
 def test_chat_data_without_a_template_is_refused_unless_one_is_chosen(tmp_path, corpora, llama_dir, invoke):

@@ -55,6 +55,55 @@ def test_plugins_listing_without_heavy_imports():
     assert heavy == []
 
 
+def test_root_help_summaries_are_the_commands_first_docstring_lines():
+    """cli.SUMMARIES (what `adaptkit --help` lists without importing the command modules) is the first
+    line of each command's docstring: of its function, its group's help, or its module (merge)."""
+    import importlib
+
+    from adaptkit.cli import BUILTIN_COMMANDS, SUMMARIES
+
+    for name, module_name in BUILTIN_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        if hasattr(module, "build_app"):
+            doc = module.__doc__
+        elif isinstance(getattr(module, "app", None), typer.Typer):
+            doc = module.app.info.help
+        else:
+            doc = module.command.__doc__
+        assert SUMMARIES[name] == doc.strip().splitlines()[0], name
+
+
+HELP_FORBIDDEN = ("torch", "transformers", "pydantic", "numpy")
+HELP_RUNS = [["--help"]] + [[name, "--help"] for name in COMMANDS] + [["data", "prepare", "--help"], ["vocab", "extend", "--help"], ["instruct-vector", "apply", "--help"]]
+
+
+@pytest.mark.slow  # one fresh process running 18 help commands (2 s)
+def test_help_imports_neither_pydantic_nor_plugins_nor_torch():
+    """`adaptkit --help` and `adaptkit COMMAND --help` (run one after another in one fresh process, the
+    modules checked after each) import no pydantic, torch, numpy or plugin module; then `adaptkit plugins`
+    imports no torch and no plugin implementation (its specs come from the catalog)."""
+    code = (
+        "import sys, io, contextlib\n"
+        "from adaptkit.cli import main\n"
+        "def loaded(forbidden):\n"
+        "    return sorted(m for m in sys.modules if m.split('.')[0] in forbidden\n"
+        "                  or (m.startswith('adaptkit.plugins.') and m.count('.') >= 3))\n"
+        f"for args in {HELP_RUNS!r} + [['plugins', '--json']]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main(args)\n"
+        "        except SystemExit as e:\n"
+        "            assert not e.code, (args, e.code)\n"
+        f"    forbidden = {HEAVY!r} if args[0] == 'plugins' else {HELP_FORBIDDEN + HEAVY!r}\n"
+        "    print(' '.join(args), '|', ' '.join(loaded(forbidden)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == len(HELP_RUNS) + 1
+    assert [line for line in lines if line.split("|", 1)[1].strip()] == []
+
+
 def _command_tree():
     """(path, click command) for every command and subcommand of the CLI, walked from the root group."""
     import typer

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptkit.data.mixture import Mixture, apportion, parse_mixture, parse_source
-from adaptkit.engine.loop import Batches
+from adaptkit.engine.batches import Batches
 from adaptkit.errors import InputError
 
 
@@ -202,7 +202,7 @@ def test_train_mixture_records_tokens_per_source_and_resumes_bit_identically(tmp
 
 
 def test_one_source_rows_and_the_config_file_mixture(tmp_path, llama_dir, corpora, invoke):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
 
     one = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--max-steps", "2", *MIX, "-o", tmp_path / "one")
     assert one.returncode == 0, one
@@ -248,7 +248,7 @@ def test_two_processes_build_the_store_once_and_train_the_one_process_mixture(tm
 
 
 def test_per_source_flags_name_the_config_files_sources(tmp_path, llama_dir, corpora):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
 
     config_file = tmp_path / "mix.yaml"
     config_file.write_text(f"model: {llama_dir}\ndata:\n  sources:\n    - {{name: ha, spec: {corpora['ha']}}}\n"

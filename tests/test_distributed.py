@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import weights
 from _scale_helpers import env_with, install_mask_file_plugin, launch_runs, stop_copy, write_mask_set
 
 STEPS = ["--max-steps", "6", "--save-steps", "2", "--seq-len", "32", "--batch-size", "12", "--micro-batch-size", "2", "--lr", "1e-2",
@@ -67,7 +68,7 @@ def _main(*args) -> None:
 def reference(setup, plugin_here):
     """The one-process run (in this process), with its checkpoints."""
     _main(*setup["args"], "-o", setup["root"] / "one")
-    return _weights(setup["root"] / "one")
+    return weights(setup["root"] / "one" / "final")
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +90,6 @@ def two(setup, reference):
     return launch_runs("torchrun", 2, runs, setup["env"], root)
 
 
-def _weights(run):
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
 def _check_against(reference, weights, setup):
     before = load_file(str(setup["model"] / "model.safetensors"))
     for name, tensor in reference.items():
@@ -111,34 +108,34 @@ def _identical(a, b):
 def test_ddp_matches_one_process_and_resumes_across_launchers(setup, reference, two, invoke, plugin_here):
     root = setup["root"]
     assert two["ddp"]["processes"] == 2 and two["ddp"]["distributed"] == "ddp"
-    ddp = _weights(root / "ddp")
+    ddp = weights(root / "ddp" / "final")
     _check_against(reference, ddp, setup)
 
     # resume the same run with `accelerate launch` (2 processes): bit-identical to the uninterrupted run
     resumed = launch_runs("accelerate", 2, [{"name": "again", "stop": [root / "ddp", root / "ddp-again", 4],
                                              "args": [*setup["args"], "-o", root / "ddp-again", "--resume"]}], setup["env"], root)
     assert resumed["again"]["resumed_from"] == 2 and resumed["again"]["processes"] == 2
-    assert _identical(_weights(root / "ddp-again"), ddp)
+    assert _identical(weights(root / "ddp-again" / "final"), ddp)
     assert not (root / "ddp-again" / ".checkpoint-4.partial").exists()
 
     # a DDP checkpoint resumes in one process too (same global batch: to float tolerance)
     alone = stop_copy(root / "ddp", root / "ddp-alone", 4)
     result = invoke(*setup["args"], "-o", alone, "--resume")
     assert result.returncode == 0, result
-    _check_against(reference, _weights(alone), setup)
+    _check_against(reference, weights(alone / "final"), setup)
 
 
 def test_fsdp_matches_one_process_and_resumes_bit_identically(setup, reference, two):
     root = setup["root"]
     assert two["fsdp"]["distributed"] == "fsdp"
-    fsdp = _weights(root / "fsdp")
+    fsdp = weights(root / "fsdp" / "final")
     _check_against(reference, fsdp, setup)
     # each process wrote its own part of the tensors (DCP safetensors), the main process the rest
     checkpoint = root / "fsdp" / "checkpoint-4"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["callbacks.safetensors", "rng.safetensors", "state.json", "tensors"]
     assert len(list((checkpoint / "tensors").glob("*.safetensors"))) == 2
     assert two["fsdp-again"]["resumed_from"] == 2
-    assert _identical(_weights(root / "fsdp-again"), fsdp)
+    assert _identical(weights(root / "fsdp-again" / "final"), fsdp)
 
 
 def _saved_parts(run_dir, step, name):
@@ -168,19 +165,19 @@ def test_checkpoints_reshard_between_process_counts_and_strategies(setup, refere
 
     for name in ("one-to-fsdp", "ddp-to-fsdp", "fsdp-to-ddp"):
         assert two[name]["resumed_from"] == 2, name
-        _check_against(reference, _weights(root / name), setup)
+        _check_against(reference, weights(root / name / "final"), setup)
     assert two["fsdp-to-ddp"]["distributed"] == "ddp" and two["ddp-to-fsdp"]["distributed"] == "fsdp"
 
     three = launch_runs("torchrun", 3, [{"name": "fsdp-3", "stop": [root / "fsdp", root / "fsdp-3", 4],
                                          "args": [*args, "--distributed", "fsdp", "-o", root / "fsdp-3", "--resume"]}], setup["env"], root)
     assert three["fsdp-3"]["processes"] == 3 and three["fsdp-3"]["resumed_from"] == 2
-    _check_against(reference, _weights(root / "fsdp-3"), setup)
+    _check_against(reference, weights(root / "fsdp-3" / "final"), setup)
     assert len(_saved_parts(root / "fsdp-3", 4, f"optimizer/{down}/exp_avg")) == 3  # saved again by 3 processes
 
     alone = stop_copy(root / "fsdp", root / "fsdp-alone", 4)
     result = invoke(*args, "--distributed", "fsdp", "-o", alone, "--resume", "--json")
     assert result.returncode == 0, result
-    _check_against(reference, _weights(alone), setup)
+    _check_against(reference, weights(alone / "final"), setup)
 
 
 def test_resume_into_another_training_plan_is_refused(setup, two, invoke, plugin_here, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_input_error
-from test_engine import MaskedTestMethod
+from helpers import MaskedTestMethod
 from _ssu_helpers import calib_dir  # noqa: F401
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]

@@ -4,58 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import types
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from adaptkit.engine.masks import MaskSet, UpdateMask
-from adaptkit.engine.plan import TrainingMethod, TrainingPlan
+from adaptkit.engine.masks import MaskSet
+from adaptkit.engine.plan import TrainingPlan
 from adaptkit.specs import NoParams
+from helpers import MaskedTestMethod, masks_for, train_directly, weights
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
-
-
-def _weights(model_dir):
-    return load_file(str(model_dir / "model.safetensors"))
-
-
-def _masks_for(model) -> dict[str, UpdateMask]:
-    """Column, row and element masks on a few parameters (True = trainable)."""
-    params = dict(model.named_parameters())
-    generator = torch.Generator().manual_seed(0)
-    q = "model.layers.0.self_attn.q_proj.weight"
-    down = "model.layers.1.mlp.down_proj.weight"
-    norm = "model.layers.0.input_layernorm.weight"
-    up = "model.layers.0.mlp.up_proj.weight"
-    return {
-        q: UpdateMask("column", torch.rand(params[q].shape[1], generator=generator) > 0.5),
-        down: UpdateMask("row", torch.rand(params[down].shape[0], generator=generator) > 0.5),
-        norm: UpdateMask("element", torch.rand(params[norm].shape, generator=generator) > 0.5),
-        up: UpdateMask("element", torch.rand(params[up].shape, generator=generator) > 0.5),
-    }
-
-
-class MaskedTestMethod(TrainingMethod):
-    """Trains everything except layer 1's attention, with masks on four parameters."""
-
-    def plan(self, model, ctx):
-        plan = TrainingPlan.from_masks(model, MaskSet(_masks_for(model)), summary="test masks")
-        for name in list(plan.trainable):
-            if "layers.1.self_attn" in name:
-                del plan.trainable[name]
-        return plan
-
-
-def train_directly(method: TrainingMethod, run_dir, model_dir, data, **settings):
-    """The engine on a method instance (no registry): seq_len 32, batch 4 unless `settings` say otherwise."""
-    from adaptkit.engine.config import TrainConfig
-    from adaptkit.engine.loop import train
-
-    config = TrainConfig(model=str(model_dir), data={"paths": [str(data)], "seq_len": 32}, **{"batch_size": 4, **settings})
-    return train(config, method, run_dir, log=lambda message: None)
 
 
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
@@ -63,10 +22,10 @@ def test_frozen_entries_bit_identical_under_weight_decay(tmp_path, llama_dir, co
     out = tmp_path / "run"
     train_directly(MaskedTestMethod(NoParams()), out, llama_dir, corpora["ha"], max_steps=4,
                    optimizer={"lr": 5e-2, "weight_decay": 0.5}, schedule={"warmup_ratio": 0})
-    before, after = _weights(llama_dir), _weights(out / "final")
+    before, after = weights(llama_dir), weights(out / "final")
     from transformers import AutoModelForCausalLM
 
-    masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
+    masks = masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
     for name, tensor in before.items():
         if "layers.1.self_attn" in name:
             assert torch.equal(tensor, after[name]), name
@@ -85,7 +44,7 @@ def test_optimizer_keeps_state_only_for_trainable_entries(make_model_dir):
     from adaptkit.engine.optim import apply_plan, build_optimizer
 
     model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama"))
-    masks = _masks_for(model)
+    masks = masks_for(model)
     plan = TrainingPlan.from_masks(model, MaskSet(masks))
     trainable = apply_plan(plan)
     optimizer = build_optimizer(trainable, OptimizerConfig(), torch.device("cpu"))
@@ -100,28 +59,8 @@ def test_optimizer_keeps_state_only_for_trainable_entries(make_model_dir):
     assert trainable.compact[q].compact.shape == (model.config.hidden_size, int(masks[q].trainable.sum()))
 
 
-@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
-def test_stop_and_resume_gives_identical_weights(tmp_path, llama_dir, corpora, invoke):
-    args = ["--model", llama_dir, "--data", corpora["ha"], "--max-steps", "9", "--lr", "1e-2",
-            "--micro-batch-size", "2", "--save-steps", "4", *COMMON]
-    assert invoke("train", *args, "-o", tmp_path / "straight").returncode == 0
-    assert invoke("train", *args, "-o", tmp_path / "stopped").returncode == 0
-    stopped = tmp_path / "stopped"
-    # simulate a run killed after the checkpoint at step 4: later state removed, a partial save left behind
-    shutil.rmtree(stopped / "final")
-    shutil.rmtree(stopped / "checkpoint-8")
-    (stopped / ".checkpoint-8.partial").mkdir()
-    resumed = invoke("train", *args, "-o", stopped, "--resume", "--json")
-    assert resumed.returncode == 0, resumed
-    assert json.loads(resumed.stdout)["resumed_from"] == 4
-    a, b = _weights(tmp_path / "straight" / "final"), _weights(stopped / "final")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
-
-
 def test_batches_are_the_same_for_any_number_of_processes():
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     blocks = torch.arange(7 * 3).reshape(7, 3)
     single = Batches(blocks, batch_size=4, micro_batch_size=2, seed=1)
@@ -170,7 +109,7 @@ def test_trains_and_saves_loadable_model(tmp_path, make_model_dir, corpora, invo
 
 
 def test_config_file_flags_and_set_precedence(tmp_path, llama_dir, corpora):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(f"model: {llama_dir}\ndata: {{paths: [{corpora['ha']}], seq_len: 64}}\noptimizer: {{lr: 0.1}}\nbatch_size: 8\n")
@@ -215,7 +154,7 @@ def test_declared_needs_are_checked_before_the_model_loads(tmp_path, llama_dir, 
     from conftest import assert_input_error
 
     from adaptkit.errors import PluginError
-    from adaptkit.specs import METHOD_NEEDS, MethodSpec
+    from adaptkit.specs import MethodSpec, Need
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the method's needs were checked")
@@ -225,17 +164,14 @@ def test_declared_needs_are_checked_before_the_model_loads(tmp_path, llama_dir, 
     assert_input_error(invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "ssu-wanda", "-o", out, *COMMON),
                        "--method ssu-wanda", "needs", "--mask DIR", "--calib DIR")
     assert not out.exists()
-    assert set(METHOD_NEEDS) == {"mask", "calibration"}
-    with pytest.raises(PluginError, match="need 'target_data'"):  # an undeclarable need fails at registration
-        MethodSpec(name="x", factory="x:X", needs=frozenset({"target_data"}))
     with pytest.raises(PluginError, match="none of the parameters calib"):  # a need the parameters cannot meet
-        MethodSpec(name="x", factory="x:X", needs=frozenset({"calibration"}))
+        MethodSpec(name="x", factory="x:X", needs=(Need(("calib",), "--calib DIR"),))
 
 
 def test_method_flags_and_set_syntax_map_onto_method_parameters(tmp_path, llama_dir, corpora, invoke):
     from conftest import assert_input_error
 
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
 
     base = {"model": str(llama_dir), "data": [str(corpora["ha"])]}
     for overrides in (["lora.r=16"], ["r=16"], ["method_params.r=16"]):
@@ -303,13 +239,23 @@ def loop_fft():
 
 
 def test_methods_declare_their_spec_from_class_attributes():
-    from adaptkit.plugins.methods import MODULES, ssu
+    """What the CLI sees of each built-in method (the registry's spec, read from the catalog, and the
+    spec its module registers) is its class's attributes, compared field by field."""
+    from adaptkit.plugins.methods import ssu
+    from adaptkit.registry import build_registry
     from adaptkit.specs import method_spec
 
     spec = method_spec(ssu.SSUMagnitude)
-    assert (spec.name, spec.factory, spec.params, spec.needs) == ("ssu-mag", "adaptkit.plugins.methods.ssu:SSUMagnitude", ssu.SSUParams, frozenset({"mask"}))
+    assert (spec.name, spec.factory, spec.params, [n.one_of for n in spec.needs]) == (
+        "ssu-mag", "adaptkit.plugins.methods.ssu:SSUMagnitude", ssu.SSUParams, [("mask", "calib")])
     assert spec.load() is ssu.SSUMagnitude
-    for module in MODULES:
-        for declared in getattr(module, "SPECS", None) or [module.SPEC]:
-            cls = declared.load()
-            assert declared == method_spec(cls) and declared.reference and declared.summary, declared.name
+    registry = build_registry(load_entry_points=False)
+    names = registry.names("method")
+    assert len(names) == 16 and {"fft", "ssu-wanda", "lora", "soft-reg"} <= set(names)
+    for name in names:
+        listed = registry.get("method", name)
+        cls = listed.load()
+        assert cls.__module__ == listed.module and cls.name == name, name
+        assert (listed.summary, listed.reference, listed.extras) == (cls.summary, cls.reference, tuple(cls.extras)), name
+        assert listed.params is cls.Params and listed.needs == tuple(cls.needs), name
+        assert cls.summary and cls.reference, name

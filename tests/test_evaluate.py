@@ -208,6 +208,41 @@ def test_generate_writes_greedy_responses_for_codemix(invoke, make_model_dir, ti
     assert any(expected), "the reference decodes are all empty: the comparison would be vacuous"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_generate_ae2_decoding_is_the_reference_alpacaeval_sampling(invoke, make_model_dir, tmp_path, monkeypatch):
+    """--decoding ae2: what gucci-j/ssu evaluation/src/ae2.py passes to generate (the responses its code-mixing analysis reads)."""
+    import torch
+    import transformers
+
+    reference = {"max_new_tokens": 512, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "do_sample": True,
+                 "no_repeat_ngram_size": 3}
+    seen = []
+
+    def recording_generate(self, input_ids=None, **kwargs):
+        seen.append(kwargs)
+        return torch.cat([input_ids, input_ids[:, -1:]], dim=1)
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", recording_generate)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Everyone has the right"}\n')
+    for extra, budget in (([], 512), (["--max-new-tokens", "9"], 9)):
+        seen.clear()
+        result = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--decoding", "ae2", "-o", tmp_path / f"g{budget}.jsonl", *extra)
+        assert result.returncode == 0, result
+        assert seen and all({k: kw.get(k) for k in reference} == {**reference, "max_new_tokens": budget} for kw in seen)
+    bad = invoke("generate", "--model", make_model_dir("llama", seed=0), "--prompts", prompts, "--decoding", "ae3", "-o", tmp_path / "bad.jsonl")
+    assert bad.returncode == 2 and "ae2" in bad.stderr and not (tmp_path / "bad.jsonl").exists()
+    seen.clear()  # evaluate --generate takes the same decoding
+    text = tmp_path / "text.txt"
+    text.write_text("Everyone has the right to life.\n")
+    result = invoke("evaluate", "--model", make_model_dir("llama", seed=0), "--task", f"ppl:{text}", "--generate", prompts, "--decoding", "ae2",
+                    "--no-plots", "-o", tmp_path / "eval")
+    assert result.returncode == 0, result
+    assert seen and all({k: kw.get(k) for k in reference} == reference for kw in seen)
+    alone = invoke("evaluate", "--model", make_model_dir("llama", seed=0), "--task", f"ppl:{text}", "--decoding", "ae2", "-o", tmp_path / "alone")
+    assert alone.returncode == 2 and "--decoding" in alone.stderr and not (tmp_path / "alone").exists()
+
+
 def _bad(tmp_path: Path, corpora, model_dir: Path, case: str) -> tuple[list[str], list[str]]:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

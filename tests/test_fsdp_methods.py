@@ -23,7 +23,7 @@ STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-si
          "--warmup-ratio", "0", "--quiet", "--json"]
 TOLERANCE = 2e-5  # as tests/test_distributed.py: float summation order differs between 1 and 2 processes
 METHODS = {
-    "gmt": ["--set", "mask_ratio=0.5"],
+    "gmt": ["--set", "keep_ratio=0.5"],
     "soft-reg": ["--set", "penalty=l2sp", "--set", "strength=5"],
     "lota": ["--set", "calibration_steps=2", "--set", "sparsity=0.5"],
     "lora": ["--set", "dropout=0", "--set", "r=4"],  # dropout masks depend on how the batch is split

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from adaptkit.specs import NoParams
-from test_engine import MaskedTestMethod, _masks_for, train_directly  # the engine tests' masked method (layer-1 attention frozen)
+from helpers import MaskedTestMethod, masks_for, train_directly  # the engine tests' masked method (layer-1 attention frozen)
 
 ARGS = ["--max-steps", "3", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--warmup-ratio", "0", "--quiet", "--json"]
 SETTINGS = {"max_steps": 3, "optimizer": {"lr": 1e-2}, "schedule": {"warmup_ratio": 0}}
@@ -49,7 +49,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_frozen_entries(tmp_path, ll
     before, after = load_file(str(llama_dir / "model.safetensors")), load_file(str(tmp_path / "bf16" / "final" / "model.safetensors"))
     from transformers import AutoModelForCausalLM
 
-    masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
+    masks = masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
     for name, tensor in before.items():
         assert after[name].dtype == torch.float32, name
         if "layers.1.self_attn" in name:
@@ -101,7 +101,7 @@ def test_compile_trains_like_eager_and_keeps_frozen_entries(tmp_path, llama_dir,
         train_directly(MaskedTestMethod(NoParams()), tmp_path / run, llama_dir, corpora["ha"], compile=compile, **SETTINGS)
     before = load_file(str(llama_dir / "model.safetensors"))
     eager, compiled = (load_file(str(tmp_path / run / "final" / "model.safetensors")) for run in ("eager", "compiled"))
-    masks = _masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
+    masks = masks_for(AutoModelForCausalLM.from_pretrained(llama_dir))
     for name, tensor in before.items():
         # the same steps up to kernel-fusion rounding, which AdamW's normalization amplifies on tiny
         # gradients (measured: at most 0.3% of the update of a tensor)

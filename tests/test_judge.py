@@ -347,7 +347,7 @@ def test_server_generation_equals_in_process_for_greedy(server, chat_model_dir):
 
 def test_judge_cache_off_as_set_gives_it_arrives_as_false():
     """`--set judge.cache=off` is parsed to the boolean false; it turns the reply cache off, like 'off'."""
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.evals.judging import JudgeParams, _cache
 
     [(path, value)] = parse_set_overrides(["judge.cache=off"])

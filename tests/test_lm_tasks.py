@@ -11,59 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_input_error
+from helpers import SUBJECTS, belebele_rows, global_mmlu_rows, write_ssu_data
 
 pytest.importorskip("lm_eval")
 
 pytestmark = pytest.mark.slow  # builds the 57-subject MMLU task groups through lm-eval
-
-
-SUBJECTS = """abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology college_chemistry
-college_computer_science college_mathematics college_medicine college_physics computer_security conceptual_physics
-econometrics electrical_engineering elementary_mathematics formal_logic global_facts high_school_biology
-high_school_chemistry high_school_computer_science high_school_european_history high_school_geography
-high_school_government_and_politics high_school_macroeconomics high_school_mathematics high_school_microeconomics
-high_school_physics high_school_psychology high_school_statistics high_school_us_history high_school_world_history
-human_aging human_sexuality international_law jurisprudence logical_fallacies machine_learning management marketing
-medical_genetics miscellaneous moral_disputes moral_scenarios nutrition philosophy prehistory professional_accounting
-professional_law professional_medicine professional_psychology public_relations security_studies sociology
-us_foreign_policy virology world_religions""".split()
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-
-
-def _belebele_rows(language: str, passage: str, question: str) -> list[dict]:
-    """Five passages, two questions each, in facebook/belebele's fields."""
-    return [{"link": f"https://en.wikibooks.org/wiki/{p}", "question_number": q + 1, "flores_passage": f"{passage} {p}.",
-             "question": f"{question} {p}-{q}?", "mc_answer1": f"zabi {p}", "mc_answer2": "kogi.", "mc_answer3": "dutse",
-             "mc_answer4": "teku", "correct_answer_num": str((p + 2 * q) % 4 + 1), "dialect": language, "ds": "2023-05-03"}
-            for p in range(5) for q in range(2)]
-
-
-def _global_mmlu_rows(split: str, count: int) -> list[dict]:
-    """CohereForAI/Global-MMLU's fields; in the test split one item of anatomy has an empty option."""
-    return [{"sample_id": f"{subject}/{split}/{i}", "subject": subject, "subject_category": "STEM",
-             "question": f"Tambaya ta {i} game da {subject.replace('_', ' ')}?", "option_a": f"amsa {i}", "option_b": "babu",
-             "option_c": "" if (split == "test" and subject == "anatomy" and i == 1) else "duka", "option_d": "biyu",
-             "answer": "ABCD"[(i + len(subject)) % 4], "required_knowledge": "[]", "time_sensitive": "[]", "reference": "[]",
-             "culture": "[]", "region": "[]", "country": "[]", "cultural_sensitivity_label": "CA", "is_annotated": False}
-            for subject in SUBJECTS for i in range(count)]
-
-
-def write_ssu_data(root: Path) -> Path:
-    """Local copies, in the layout `--set lm-eval.data_dir` reads: DIR/<dataset>/<config>/<split>.jsonl."""
-    _write(root / "belebele" / "hau_Latn" / "test.jsonl", _belebele_rows("hau_Latn", "Kogin Neja yana da tsawo", "me ya faru"))
-    _write(root / "belebele" / "amh_Ethi" / "test.jsonl", _belebele_rows("amh_Ethi", "ወንዙ ረጅም ነው", "ምን ሆነ"))
-    _write(root / "global-mmlu" / "ha" / "dev.jsonl", _global_mmlu_rows("dev", 5))
-    _write(root / "global-mmlu" / "ha" / "test.jsonl", _global_mmlu_rows("test", 2))
-    for subject in SUBJECTS:
-        for split, count in (("dev", 5), ("test", 1)):
-            _write(root / "mmlu" / subject / f"{split}.jsonl",
-                   [{"question": f" What is {i} in {subject}?", "subject": subject, "choices": ["one", "two", "three", "four"],
-                     "answer": (i + len(subject)) % 4} for i in range(count)])
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +42,12 @@ def hausa_item(row: dict, passage: bool) -> str:
 
 
 def amharic_item(row: dict) -> str:
-    """Amharic Belebele: a final '.' becomes the Amharic full stop '።', also after each option letter."""
-    options = [row[f"mc_answer{i}"].removesuffix(".") + ("።" if row[f"mc_answer{i}"].endswith(".") else "") for i in range(1, 5)]
+    """Amharic Belebele with the reference's patched LightEval literals (gucci-j/ssu evaluation/src/patches/
+    translation_literals.py, Language.AMHARIC): question word ጥያቄ, answer መልስ, full stop '.', colon ':'."""
+    options = [row[f"mc_answer{i}"] for i in range(1, 5)]
     options = [o[0].upper() + o[1:] for o in options]
-    return (row["flores_passage"].removesuffix(".") + "።\n" + "ጥያቄ: " + row["question"] + "\n"
-            + "".join(f" {letter}። {option}\n" for letter, option in zip("ABCD", options)) + "መልስ:")
+    return (row["flores_passage"] + "\n" + "ጥያቄ: " + row["question"] + "\n"
+            + "".join(f" {letter}. {option}\n" for letter, option in zip("ABCD", options)) + "መልስ:")
 
 
 def mmlu_item(row: dict) -> str:
@@ -115,8 +68,8 @@ def belebele_prompts(rows: list[dict], render) -> list[tuple[str, int]]:
 
 
 def global_mmlu_prompts(subject: str) -> list[tuple[str, int]]:
-    dev = [r for r in _global_mmlu_rows("dev", 5) if r["subject"] == subject]
-    test = [r for r in _global_mmlu_rows("test", 2) if r["subject"] == subject and r["option_c"]]
+    dev = [r for r in global_mmlu_rows("dev", 5) if r["subject"] == subject]
+    test = [r for r in global_mmlu_rows("test", 2) if r["subject"] == subject and r["option_c"]]
     instruction = f"Waɗannan tambayoyi masu zaɓi da yawa (tare da amsoshi) game da {subject.replace('_', ' ')} ne.\n\n"
     shots = [hausa_item(r, passage=False) for r in dev]
     return [(with_shots(shots, ["ABCD".index(r["answer"]) for r in dev], hausa_item(r, passage=False), instruction), "ABCD".index(r["answer"]))
@@ -134,8 +87,8 @@ def _tasks(ssu_data: Path, names: list[str]) -> dict:
 
 def test_rendered_prompts_match_the_templates(ssu_data):
     tasks = _tasks(ssu_data, ["ssu-belebele-hau", "ssu-belebele-amh", "ssu-global-mmlu-hau", "ssu-mmlu-en"])
-    for name, rows, render in (("ssu-belebele-hau", _belebele_rows("hau_Latn", "Kogin Neja yana da tsawo", "me ya faru"), lambda r: hausa_item(r, True)),
-                               ("ssu-belebele-amh", _belebele_rows("amh_Ethi", "ወንዙ ረጅም ነው", "ምን ሆነ"), amharic_item)):
+    for name, rows, render in (("ssu-belebele-hau", belebele_rows("hau_Latn", "Kogin Neja yana da tsawo", "me ya faru"), lambda r: hausa_item(r, True)),
+                               ("ssu-belebele-amh", belebele_rows("amh_Ethi", "ወንዙ ረጅም ነው", "ምን ሆነ"), amharic_item)):
         task = tasks[name]
         docs = list(task.test_docs())
         expected = belebele_prompts(rows, render)
@@ -183,7 +136,7 @@ def _scores(tiny, ssu_data, names: str) -> tuple:
 
 def test_belebele_score_equals_an_independent_argmax(tiny, ssu_data):
     run, model, tokenizer = _scores(tiny, ssu_data, "ssu-belebele-hau")
-    rows = _belebele_rows("hau_Latn", "Kogin Neja yana da tsawo", "me ya faru")
+    rows = belebele_rows("hau_Latn", "Kogin Neja yana da tsawo", "me ya faru")
     expected = argmax_accuracy(model, tokenizer, belebele_prompts(rows, lambda r: hausa_item(r, True)))
     assert run.results["tiny"]["ssu-belebele-hau"]["acc"] == pytest.approx(expected, abs=1e-12)
     assert run.task("ssu-belebele-hau").primary == "acc" and run.task("ssu-belebele-hau").higher_is_better

@@ -100,6 +100,19 @@ def _adalora(before, run, model_dir):
     return {**ends, **{f"{module}.weight": None for module, rank in ranks.items() if rank > 0}}
 
 
+def _adalora_fixed(before, run, model_dir):
+    """allocate=false (the SSU repository's run, which never calls update_and_allocate): no rank is pruned, so every
+    adapted matrix keeps all init_r (4) singular values, each of them trained away from its zero start."""
+    from safetensors.torch import load_file as load
+
+    config = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text())
+    assert not config.get("rank_pattern") and config["init_r"] == 4
+    singular = {k: v for k, v in load(str(run / "final" / "adapter" / "adapter_model.safetensors")).items() if "lora_E" in k}
+    assert len(singular) == 7 * LAYERS and all(v.numel() == 4 and bool((v != 0).all()) for v in singular.values())
+    ends = {name: None for name in before if _embeddings(name)}
+    return {**ends, **_lora(before, run, model_dir)}
+
+
 def _layra(before, run, model_dir):  # first=1, last=1: layers 0 and 2
     return {name: None for name in before if _embeddings(name) or (_layer(name) in (0, 2) and any(f".{p}." in name for p in LINEAR))}
 
@@ -121,6 +134,7 @@ METHODS = {
     "s2ft-output": (["--set", "ratio=0.05", "--set", "variant=down+output"], _s2ft("down+output")),
     "lora": ([], _lora),
     "adalora": (["--set", "tinit=0", "--set", "tfinal=0.34", "--set", "delta_t=1", "--set", "init_r=4", "--set", "target_r=2"], _adalora),
+    "adalora-fixed": (["--set", "allocate=false", "--set", "init_r=4", "--set", "target_r=2"], _adalora_fixed),
     "layra": (["--set", "first=1", "--set", "last=1"], _layra),
     "layer-selective": ([], _layer_selective),
     "layer-freeze": (["--set", "layers=1"], _layer_freeze),
@@ -135,7 +149,7 @@ def test_method_trains_exactly_what_it_claims(tmp_path, make_model_dir, corpora,
     args, expect = METHODS[label]
     model_dir = make_model_dir(arch, layers=LAYERS)
     run = tmp_path / label
-    result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", label.split("-output")[0], "-o", run, *args, *TRAIN, "--json")
+    result = invoke("train", "--model", model_dir, "--data", corpora["ha"], "--method", label.split("-output")[0].split("-fixed")[0], "-o", run, *args, *TRAIN, "--json")
     assert result.returncode == 0, result
     summary = json.loads(result.stdout)
     assert summary["steps"] == 3 and 0 < summary["trainable_fraction"] <= 1
@@ -150,7 +164,7 @@ def test_plugins_lists_every_method_with_parameters(invoke):
     for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg"):
         assert name in listed and listed[name]["reference"], name
     defaults = {name: {p["name"]: (None if p["required"] else p["default"]) for p in entry["parameters"]} for name, entry in listed.items()}
-    assert defaults["gmt"]["mask_ratio"] == 0.5
+    assert defaults["gmt"]["keep_ratio"] == 0.5
     assert defaults["lota"]["sparsity"] == 0.9 and defaults["lota"]["calibration_steps"] == 100
     assert defaults["layra"]["first"] == 10 and defaults["layra"]["last"] == 2
     assert next(p for p in listed["layer-freeze"]["parameters"] if p["name"] == "layers")["required"] is True

@@ -65,12 +65,64 @@ def test_hft_selection_is_reproducible_by_seed(make_model_dir):
     assert all(sum(m.startswith("self_attn.") for m in v) == 2 for v in first.values())
 
 
+def _reference_hft_counts(att, ffn, norm, layer_total, freeze_ratio):
+    """The SSU code's _freeze_hft_parameters count rule for freeze_ratio != 0.5, transcribed (lists of parameter counts)."""
+    target = int(round(freeze_ratio * layer_total))
+    ascending = freeze_ratio <= 0.5
+    att_sorted, ffn_sorted, norm_sorted = (sorted(c, reverse=not ascending) for c in (att, ffn, norm))
+    att_sel = att_sorted[:min(len(att), int(round(freeze_ratio * len(att))))]
+    ffn_sel = ffn_sorted[:min(len(ffn), int(round(freeze_ratio * len(ffn))))]
+    norm_sel = norm_sorted[:min(len(norm), int(round(freeze_ratio * len(norm))))]
+    selected = [("att", pc) for pc in att_sel] + [("ffn", pc) for pc in ffn_sel] + [("norm", pc) for pc in norm_sel]
+    cum = sum(pc for _, pc in selected)
+    rem_all = ([("att", pc) for pc in att_sorted[len(att_sel):]] + [("ffn", pc) for pc in ffn_sorted[len(ffn_sel):]]
+               + [("norm", pc) for pc in norm_sorted[len(norm_sel):]])
+    rem_all = sorted(rem_all, key=lambda x: x[1], reverse=not ascending)
+    i = 0
+    while cum < target and i < len(rem_all):
+        if abs(target - (cum + rem_all[i][1])) <= abs(target - cum):
+            selected.append(rem_all[i])
+            cum += rem_all[i][1]
+        i += 1
+    if cum > target and selected:
+        best_idx, best_delta = None, abs(cum - target)
+        for idx, s in enumerate(selected):
+            if abs((cum - s[1]) - target) < best_delta:
+                best_delta, best_idx = abs((cum - s[1]) - target), idx
+        if best_idx is not None:
+            cum -= selected.pop(best_idx)[1]
+    return tuple(sum(1 for g, _ in selected if g == group) for group in ("att", "ffn", "norm"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.3, 0.6, 0.75, 0.9])
+def test_hft_freeze_ratio_follows_the_reference_rule(make_model_dir, arch, ratio):
+    """Counts per group by the reference's size-guided rule; modules drawn with random.seed(seed) as the reference draws."""
+    import random
+
+    from _methods_helpers import block_modules
+
+    from adaptkit.plugins.methods.hft import hft_selection
+
+    model = _model(make_model_dir, arch=arch, layers=3)
+    selection = hft_selection(model, seed=5, freeze_ratio=ratio)
+    random.seed(5)
+    for index, block in enumerate(model.model.layers):
+        groups = block_modules(block)
+        modules = dict(block.named_modules())
+        size = {n: sum(p.numel() for p in modules[n].parameters(recurse=False)) for g in groups.values() for n in g}
+        counts = _reference_hft_counts(*([size[n] for n in groups[g]] for g in ("attention", "mlp", "norms")),
+                                       sum(p.numel() for p in block.parameters()), ratio)
+        expected = [n for g, c in zip(("attention", "mlp", "norms"), counts) if c for n in random.sample(groups[g], c)]
+        assert selection[index] == sorted(expected), (index, ratio)
+
+
 def _micro_grads(model_dir, data, seq_len, batch, micro, seed=42):
     """Per-micro-batch gradients (each of loss / accumulation) of the engine's first optimizer step, computed here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     blocks = load_blocks([str(data)], AutoTokenizer.from_pretrained(model_dir), seq_len)
@@ -95,7 +147,7 @@ ENDS = ("model.embed_tokens.weight", "lm_head.weight")
 
 @pytest.mark.parametrize("skip", [True, False])
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
-def test_gmt_masks_the_accumulated_gradient_then_clips(tmp_path, llama_dir, corpora, invoke, skip):
+def test_gmt_masks_the_accumulated_gradient_then_clips(tmp_path, llama_dir, corpora, invoke, skip):  # every_micro_batch=false
     """skip (the default, as the SSU repository): embeddings and LM head unmasked; otherwise masked like the rest."""
     out = tmp_path / "gmt"
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "gmt", "-o", out, "--max-steps", "1",
@@ -121,12 +173,55 @@ def test_gmt_masks_the_accumulated_gradient_then_clips(tmp_path, llama_dir, corp
     assert any(not torch.equal(per_micro[n], keep[n]) for n in keep)
 
 
-def test_gmt_mask_smallest_counts_and_ties():
-    from adaptkit.plugins.methods.gmt import mask_smallest
+def _reference_keep(grad, ratio):
+    """The SSU repository's GMTTrainer.apply_mask_to_gradient, transcribed: keep |g| >= the k-th largest, k = int(n * ratio)."""
+    flat = grad.abs().reshape(-1)
+    threshold = torch.topk(flat, int(len(flat) * ratio), largest=True).values[-1]
+    return grad * (grad.abs() >= threshold)
 
-    grad = torch.tensor([[0.5, -0.1, 0.0], [0.0, 2.0, -0.3]])
-    mask_smallest(grad, 0.5)  # k = 3: the three smallest magnitudes, the two zeros tied at the threshold among them
-    assert torch.equal(grad, torch.tensor([[0.5, 0.0, 0.0], [0.0, 2.0, -0.3]]))
+
+def test_gmt_keep_ratio_counts_and_ties():
+    from adaptkit.plugins.methods.gmt import keep_largest
+
+    for grad, ratio in ((torch.tensor([[0.5, -0.1, 0.0], [0.0, 2.0, -0.3]]), 0.5), (torch.tensor([1.0, -1.0, 1.0, 0.5]), 0.5),
+                        (torch.randn(7, 9, generator=torch.Generator().manual_seed(3)), 0.3), (torch.randn(50), 0.9)):
+        expected = _reference_keep(grad, ratio)
+        keep_largest(grad, ratio)
+        assert torch.equal(grad, expected)
+    tied = torch.tensor([1.0, -1.0, 1.0, 0.5])
+    keep_largest(tied, 0.5)  # k = 2, but all three entries tied at the threshold survive, as in the reference
+    assert torch.equal(tied, torch.tensor([1.0, -1.0, 1.0, 0.0]))
+
+
+def test_gmt_refuses_the_ambiguous_mask_ratio():
+    from adaptkit.errors import InputError
+    from adaptkit.registry import get_spec
+
+    with pytest.raises(InputError, match="keep_ratio"):
+        get_spec("method", "gmt").validate_params({"mask_ratio": 0.5})
+    assert get_spec("method", "gmt").validate_params({"keep_ratio": 0.2}).keep_ratio == 0.2
+
+
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_gmt_every_micro_batch_masks_the_running_sum_as_the_reference(tmp_path, llama_dir, corpora, invoke):
+    """every_micro_batch=true: G <- keep(G + g_m) after each micro-batch (GMTTrainer.training_step), no clipping."""
+    out = tmp_path / "gmt"
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--method", "gmt", "-o", out, "--max-steps", "1",
+                    "--batch-size", "4", "--micro-batch-size", "2", "--seq-len", "32", "--lr", "1e-3", "--weight-decay", "0",
+                    "--warmup-ratio", "0", "--max-grad-norm", "1e9", "--set", "every_micro_batch=true", "--set", "keep_ratio=0.3", "--quiet")
+    assert result.returncode == 0, result
+    micro = _micro_grads(llama_dir, corpora["ha"], 32, 4, 2)
+    running = {}
+    for grads in micro:
+        for name, g in grads.items():
+            total = g if name not in running else running[name] + g
+            running[name] = total if name in ENDS else _reference_keep(total, 0.3)
+    before, after = weights(llama_dir), weights(out / "final")
+    for name, g in running.items():
+        if name not in ENDS:
+            assert torch.equal(before[name] != after[name], g != 0), name
+    once = {n: _reference_keep(micro[0][n] + micro[1][n], 0.3) != 0 for n in running if n not in ENDS}
+    assert any(not torch.equal(once[n], running[n] != 0) for n in once)  # differs from masking the sum once
 
 
 def test_kth_order_statistics_span_tensors_exactly():
@@ -149,7 +244,7 @@ def _plain_finetune(model_dir, data, steps: int, lr: float, weight_decay: float,
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
     from adaptkit.data.corpus import load_blocks
-    from adaptkit.engine.loop import Batches
+    from adaptkit.engine.batches import Batches
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     batches = Batches(load_blocks([str(data)], AutoTokenizer.from_pretrained(model_dir), seq_len), batch, batch, seed)
@@ -229,6 +324,64 @@ def test_lota_resume_reuses_the_saved_mask(tmp_path, llama_dir, corpora, invoke,
     assert resumed.returncode == 0, resumed
     a, b = weights(tmp_path / "straight" / "final"), weights(stopped / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _reference_s2ft_draw(layers, units, ratio, seed):
+    """s2ft_select_ffn_up_down / s2ft_select_mha_heads (SSU code), transcribed: a fresh random.Random(seed) per pool,
+    k = int(total * ratio) (1 if that is 0), sorted global indices split into (layer, unit)."""
+    import random
+
+    total = layers * units
+    k = int(total * ratio) or 1
+    chosen = {i: [] for i in range(layers)}
+    for index in sorted(random.Random(seed).sample(list(range(total)), k)):
+        chosen[index // units].append(index % units)
+    return chosen
+
+
+@pytest.mark.parametrize("variant", ["down", "down+output"])
+def test_s2ft_selection_is_the_reference_draw(tmp_path, make_model_dir, variant):
+    from adaptkit.plugins.methods.s2ft import StructuredSparseFineTuning, StructuredSparseParams
+
+    model = _model(make_model_dir, layers=3)
+    plan = StructuredSparseFineTuning(StructuredSparseParams(ratio=0.07, variant=variant)).plan(model, _context(tmp_path, seed=7))
+    config = model.config
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    pools = [("mlp.down_proj", config.intermediate_size, 1)] + ([("self_attn.o_proj", heads, head_dim)] if variant == "down+output" else [])
+    for module, units, width in pools:
+        for layer, chosen in _reference_s2ft_draw(3, units, 0.07, 7).items():
+            expected = torch.zeros(units * width, dtype=torch.bool)
+            for unit in chosen:
+                expected[unit * width:(unit + 1) * width] = True
+            mask = plan.trainable.get(f"model.layers.{layer}.{module}.weight")
+            got = mask.trainable if mask is not None else torch.zeros_like(expected)
+            assert torch.equal(got, expected), (module, layer)
+
+
+def test_reference_head_permutation_changes_olmo2_but_not_llama(make_model_dir):
+    """What the reference's convert_mha_layer_to_s2 does to the model before training, transcribed: q/k/v rows and o
+    columns permuted by head, q_norm/k_norm left alone. Function-preserving for Llama, not for OLMo-2 (why adaptkit
+    does not permute, and why the reference's down+output OLMo-2 runs start from a changed model)."""
+    ids = torch.arange(1, 17).reshape(1, -1)
+    for arch, preserved in (("llama", True), ("olmo2", False)):
+        model = _model(make_model_dir, arch, layers=2, num_key_value_heads=4)
+        config = model.config
+        with torch.no_grad():  # a trained model's norm scales are not all ones (the tiny model's are)
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(len(name)))
+        before = model(input_ids=ids).logits
+        order = [2, 0] + [h for h in range(config.num_attention_heads) if h not in (2, 0)]  # selected heads first
+        with torch.no_grad():
+            for layer in model.model.layers:
+                attn = layer.self_attn
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                    w = proj.weight.data.reshape(config.num_key_value_heads, -1, proj.weight.shape[-1])
+                    proj.weight.data = w[order, :, :].reshape(-1, proj.weight.shape[-1])
+                o = attn.o_proj.weight.data.reshape(attn.o_proj.weight.shape[0], config.num_attention_heads, -1)
+                attn.o_proj.weight.data = o[:, order, :].reshape(attn.o_proj.weight.shape[0], -1)
+        after = model(input_ids=ids).logits
+        assert torch.allclose(before, after, atol=1e-5) is preserved, arch
 
 
 def test_s2ft_lora_rank_budget_matches_lora(tmp_path, make_model_dir):

@@ -73,6 +73,45 @@ def test_special_token_set_comes_from_the_tokenizer(chat_models):
     assert sorted(special_token_ids(tok).values()) == sorted(t for t in SPECIAL if t != "<|user|>")
 
 
+def _reference_special_ids(tok):
+    """The SSU code's _get_special_token_ids (training/src/utils/model_utils.py), transcribed: the declared special tokens,
+    the special_tokens_map and the OLMo list (name hint 'olmo'), each kept only if its id differs from unk's."""
+    ids = set()
+
+    def add(token):
+        token_id = tok.convert_tokens_to_ids(getattr(token, "content", token))
+        if token_id is not None and token_id != tok.unk_token_id and token_id != -1:
+            ids.add(int(token_id))
+
+    for attr in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "additional_special_tokens"):
+        value = getattr(tok, attr, None)
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            if token is not None:
+                add(token)
+    for value in tok.special_tokens_map.values():
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            add(token)
+    for token in ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|endofprompt|>", "<|pad|>"):
+        add(token)
+    return ids
+
+
+def test_reference_special_set_drops_eos_when_unk_is_eos(chat_models):
+    """OLMo-2-1124-Instruct's tokenizer declares bos = eos = unk = <|endoftext|>: the reference's unk filter then drops the
+    end-of-text token (and every marker that is not one vocabulary token), so its rows train there; adaptkit freezes them."""
+    from transformers import AutoTokenizer
+
+    from adaptkit.engine.special_tokens import special_token_ids
+
+    tok = AutoTokenizer.from_pretrained(chat_models["llama", False])
+    tok.name_or_path = "allenai/OLMo-2-1124-7B-Instruct"
+    tok.add_special_tokens({"unk_token": tok.eos_token, "bos_token": tok.eos_token})
+    eos = tok.eos_token_id
+    reference, ours = _reference_special_ids(tok), set(special_token_ids(tok))
+    assert eos not in reference and eos in ours
+    assert reference <= ours
+
+
 @pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", False), ("llama", True), ("olmo2", True)])
 @pytest.mark.parametrize("method, args, frozen", [
     ("ssu-wanda", [], True),
@@ -163,13 +202,13 @@ def test_baselines_train_embeddings_and_head_by_default(tmp_path, make_model_dir
 # ---------------------------------------------------------------- pure bf16
 
 
-def _engine_step(tmp_path, model_dir, data, precision, method):
+def _engine_step(tmp_path, model_dir, data, precision, method, lr=1e-2):
     """The engine's phases up to one optimizer step; returns (training state, model)."""
-    from adaptkit.commands.train import build_config, build_method
+    from adaptkit.train_settings import build_config, build_method
     from adaptkit.engine import loop
 
     config = build_config(None, {"model": str(model_dir), "data": [str(data)], "method": method, "seq_len": 32, "batch_size": 4,
-                                 "max_steps": 1, "lr": 1e-2, "warmup_ratio": 0.0, "precision": precision, "device": "cpu"},
+                                 "max_steps": 1, "lr": lr, "warmup_ratio": 0.0, "precision": precision, "device": "cpu"},
                           ["ratio=0.25"] if method == "s2ft" else None)
     run = loop.set_up(config, tmp_path / f"step-{precision}", False, False, lambda m: None, None)
     plan, trainable = loop.make_plan(run, build_method(config))
@@ -182,12 +221,35 @@ def _engine_step(tmp_path, model_dir, data, precision, method):
 def test_bf16_pure_keeps_bf16_weights_and_optimizer_state(tmp_path, make_model_dir, corpora, arch):
     model_dir = make_model_dir(arch)
     for precision, dtype in (("bf16-pure", torch.bfloat16), ("bf16", torch.float32)):
-        training, model = _engine_step(tmp_path, model_dir, corpora["ha"], precision, "s2ft")
+        training, model = _engine_step(tmp_path, model_dir, corpora["ha"], precision, "hft")
         optimized = [p for group in training.optimizer.param_groups for p in group["params"]]
         assert optimized and all(p.dtype == dtype for p in optimized), precision
         states = [v for s in training.optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
         assert len(states) == 2 * len(optimized) and all(v.dtype == dtype for v in states), precision
         assert all(p.dtype == dtype for p in model.parameters()), precision
+
+
+@pytest.mark.parametrize("precision", ["bf16-pure", "bf16", "fp32"])
+def test_s2ft_trains_its_selected_columns_through_an_fp32_copy_in_every_precision(tmp_path, llama_dir, corpora, precision):
+    """The reference trains a zero-initialised fp32 delta (S2RowLinear.s2, torch.zeros without a dtype) beside bf16 weights:
+    updates below bf16 resolution accumulate. Here the selected columns train through an fp32 copy in every mode."""
+    from adaptkit.engine.precision import weight_dtype
+
+    lr = 1e-5  # a step of about lr: below half the bf16 spacing of most weights (|w| > 2^-8 * 2 * lr ... ~ 0.005)
+    training, model = _engine_step(tmp_path, llama_dir, corpora["ha"], precision, "s2ft", lr=lr)
+    compact = training.trainable.compact
+    assert compact and all(c.compact.dtype == torch.float32 for c in compact.values())
+    states = [s for c in compact.values() for k, s in training.optimizer.state[c.compact].items() if k in ("exp_avg", "exp_avg_sq")]
+    assert states and all(s.dtype == torch.float32 for s in states)
+    assert all(p.dtype == weight_dtype(precision) for p in training.trainable.whole.values())  # embeddings, head: in place
+    source = weights(llama_dir)
+    for name, c in compact.items():
+        start = c.take(source[name].to(weight_dtype(precision))).float()
+        moved = (c.compact.detach() - start).abs()
+        assert float(moved.max()) <= 1.01 * lr and float((moved > 0.5 * lr).float().mean()) > 0.9, name  # the fp32 copy holds the step
+        if precision == "bf16-pure":  # ... which the bf16 weight itself mostly rounds away
+            written = c.take(dict(model.named_parameters())[name].detach()).float()
+            assert float((written != start).float().mean()) < 0.5, name
 
 
 @pytest.mark.parametrize("arch, tied", [("llama", False), ("olmo2", True)])
@@ -214,23 +276,42 @@ def test_bf16_pure_output_is_bf16_and_frozen_entries_bit_identical(tmp_path, mak
 # ---------------------------------------------------------------- presets
 
 STEPS, BATCH = 12208, 32
+# Every gucci-j/ssu training/scripts/*.sh passes: --seed 42 --learning_rate 5e-5 --weight_decay 0.01 --warmup_ratio 0.05
+# --max_steps 12208 --lr_scheduler_type cosine --bf16 (on a model loaded in bf16) --gradient_checkpointing True; the HF
+# Trainer defaults they keep: adam_beta1 0.9, adam_beta2 0.999, adam_epsilon 1e-8, max_grad_norm 1.0; Table 8: sequence
+# length 512; per_device_train_batch_size 32 x gradient_accumulation_steps 1 (gmt.sh: 8 x 4).
 COMMON = {"data.seq_len": 512, "batch_size": 32, "max_steps": 12208, "optimizer.lr": 5e-5, "optimizer.weight_decay": 0.01,
           "optimizer.betas": (0.9, 0.999), "optimizer.eps": 1e-8, "schedule.name": "cosine", "schedule.warmup_ratio": 0.05,
-          "precision": "bf16-pure", "max_grad_norm": 1.0, "seed": 42}
+          "precision": "bf16-pure", "max_grad_norm": 1.0, "seed": 42, "gradient_checkpointing": True}
+# preset -> (method, method parameters as the script sets them, special-token rows frozen (--freeze_chat_template_tokens), run settings
+# that differ from COMMON), transcribed from the script the preset names
 SSU_PAPER = {
-    "fft": ("fft", {}, False),
-    "ssu-wanda": ("ssu-wanda", {"freeze_ratio": 0.5}, True),
-    "ssu-mag": ("ssu-mag", {"freeze_ratio": 0.5}, True),
-    "ssu-rand": ("ssu-rand", {"freeze_ratio": 0.5}, True),
-    "ssu-sparsegpt": ("ssu-sparsegpt", {"freeze_ratio": 0.5}, True),
-    "ssu-fisher": ("ssu-fisher", {"freeze_ratio": 0.5}, True),
-    "hft": ("hft", {}, True),
-    "gmt": ("gmt", {"mask_ratio": 0.5, "skip_embeddings_and_head": True}, False),
-    "lota": ("lota", {"calibration_steps": 100, "sparsity": 0.9, "skip_embeddings_and_head": True}, False),
-    "s2ft": ("s2ft", {"variant": "down", "ratio": 0.015, "train_embeddings_and_head": True}, False),
-    "s2ft-down-output": ("s2ft", {"variant": "down+output", "ratio": 0.015, "train_embeddings_and_head": True}, False),
-    "adalora": ("adalora", {"init_r": 12, "target_r": 8, "alpha": 32, "dropout": 0.05, "delta_t": 20, "train_embeddings_and_head": True}, False),
+    "fft": ("fft", {}, False, {}),  # fft.sh
+    "ssu-wanda": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": None}, True, {}),  # ssu.sh: ssu_based
+    "ssu-wanda-row": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": "row"}, True, {}),  # ssu_rw.sh
+    "ssu-wanda-element": ("ssu-wanda", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}, "granularity": "element"}, True, {}),  # ssu_ew.sh
+    "ssu-mag": ("ssu-mag", {"freeze_ratio": 0.5, "scorer_params": {"variant": "reference"}}, True, {}),  # magnitude.sh: magnitude_based
+    "ssu-rand": ("ssu-rand", {"freeze_ratio": 0.5}, True, {}),  # random.sh: random_based
+    "ssu-sparsegpt": ("ssu-sparsegpt", {"freeze_ratio": 0.5, "scorer_params": {"saliency": "reference"}, "calib_batch_size": 1}, True, {}),  # ssu_sgpt.sh
+    "ssu-fisher": ("ssu-fisher", {"freeze_ratio": 0.5}, True, {}),  # ssu_fisher.sh: fisher_based
+    "hft": ("hft", {"freeze_ratio": 0.5}, True, {}),  # hft.sh: --freeze_ratio 0.5 --freeze_strategy hft_based
+    # gmt.sh: --gmt_mask_ratio 0.5 (kept), GMTTrainer masks per micro-step and steps before the Trainer clips; 8 x 4
+    "gmt": ("gmt", {"keep_ratio": 0.5, "every_micro_batch": True, "skip_embeddings_and_head": True}, False, {"max_grad_norm": None, "micro_batch_size": 8}),
+    "lota": ("lota", {"calibration_steps": 100, "sparsity": 0.9, "skip_embeddings_and_head": True}, False, {}),  # lota.sh
+    "s2ft": ("s2ft", {"variant": "down", "ratio": 0.015, "train_embeddings_and_head": True}, False, {}),  # s2ft_down.sh
+    "s2ft-down-16": ("s2ft", {"variant": "down", "ratio": 0.03, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_16.sh
+    "s2ft-down-32": ("s2ft", {"variant": "down", "ratio": 0.055, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_32.sh
+    "s2ft-down-64": ("s2ft", {"variant": "down", "ratio": 0.11, "train_embeddings_and_head": True}, False, {}),  # s2ft_down_64.sh
+    "s2ft-down-output": ("s2ft", {"variant": "down+output", "ratio": 0.015, "train_embeddings_and_head": True}, False, {}),  # --s2ft_include_attn_output
+    # adalora.sh: --lora_r 12 --adalora_target_r 8 --lora_alpha 32 --lora_dropout 0.05 (all 7 projections), beta 0.85/0.85, orth 0.5,
+    # delta_t 20; main.py never calls update_and_allocate
+    "adalora": ("adalora", {"init_r": 12, "target_r": 8, "alpha": 32, "dropout": 0.05, "delta_t": 20, "beta1": 0.85, "beta2": 0.85,
+                            "orth_reg_weight": 0.5, "allocate": False, "train_embeddings_and_head": True}, False, {}),
 }
+# LayRA paper §3.2 and Appendix A.4 Table 23
+LAYRA = {"method_params": {"r": 8, "alpha": 16, "dropout": 0.05, "first": 10, "last": 2, "train_embeddings_and_head": True},
+         "optimizer.lr": 3e-4, "schedule.name": "linear", "schedule.warmup_ratio": 0.05, "optimizer.weight_decay": 0.1,
+         "optimizer.eps": 1e-5, "optimizer.betas": (0.9, 0.95), "data.seq_len": 2048, "epochs": 1}
 
 
 def _value(config, dotted):
@@ -241,24 +322,40 @@ def _value(config, dotted):
 
 
 def test_every_shipped_preset_is_tested():
-    from adaptkit.config import presets
+    from adaptkit.settings import presets
 
     assert presets() == sorted([f"ssu-paper/{n}" for n in SSU_PAPER] + ["layra-paper/layra"])
 
 
+def _printed_config(invoke, name):
+    """The preset as `adaptkit train --config NAME --print-config` prints it (YAML, usable as --config)."""
+    import yaml
+
+    result = invoke("train", "--config", name, "--print-config")
+    assert result.returncode == 0, result
+    return yaml.safe_load(result.stdout)
+
+
+def _printed(config, dotted):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return tuple(value) if isinstance(value, list) else value
+
+
 @pytest.mark.parametrize("name", list(SSU_PAPER))
-def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora):
-    from adaptkit.commands.train import build_config
-    from adaptkit.config import PRESETS_DIR
+def test_ssu_paper_presets_resolve_to_the_reference_scripts(name, llama_dir, corpora):
+    from adaptkit.train_settings import build_config
+    from adaptkit.settings import PRESETS_DIR
     from adaptkit.registry import get_spec
 
     flags = {"model": str(llama_dir), "data": [str(corpora["ha"])]}
     by_name = build_config(Path(f"ssu-paper/{name}"), flags, None)
     for spelled in (Path(f"configs/ssu-paper/{name}.yaml"), PRESETS_DIR / "ssu-paper" / f"{name}.yaml"):
         assert build_config(spelled, flags, None) == by_name
-    method, params, freeze = SSU_PAPER[name]
+    method, params, freeze, run = SSU_PAPER[name]
     assert by_name.method == method and by_name.freeze_special_tokens is freeze
-    for key, expected in COMMON.items():
+    for key, expected in {**COMMON, **run}.items():
         assert _value(by_name, key) == expected, key
     resolved = get_spec("method", method).validate_params(by_name.method_params)
     for key, expected in params.items():
@@ -270,14 +367,45 @@ def test_ssu_paper_presets_resolve_to_the_papers_recipe(name, llama_dir, corpora
         assert resolved.target_modules == "all-linear"
 
 
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_print_config_shows_the_reference_values_for_every_preset(invoke):
+    for name, (method, params, freeze, run) in SSU_PAPER.items():
+        printed = _printed_config(invoke, f"ssu-paper/{name}")
+        assert printed["method"] == method and printed["freeze_special_tokens"] is freeze, name
+        for key, expected in {**COMMON, **run}.items():
+            assert _printed(printed, key) == expected, (name, key)
+        for key, expected in params.items():
+            assert printed["method_params"].get(key, None) == expected, (name, key)
+    printed = _printed_config(invoke, "layra-paper/layra")
+    for key, expected in LAYRA.items():
+        if key == "method_params":
+            assert all(printed["method_params"][k] == v for k, v in expected.items())
+        else:
+            assert _printed(printed, key) == expected, key
+
+
 def test_layra_preset_resolves_to_the_papers_setup(llama_dir, corpora):
-    from adaptkit.commands.train import build_config
+    from adaptkit.train_settings import build_config
     from adaptkit.registry import get_spec
 
     config = build_config(Path("layra-paper/layra"), {"model": str(llama_dir), "data": [str(corpora["ha"])]}, None)
     params = get_spec("method", "layra").validate_params(config.method_params)
-    assert config.method == "layra" and (params.first, params.last, params.r, params.alpha, params.dropout) == (10, 2, 8, 16, 0.05)
-    assert params.train_embeddings_and_head and params.target_modules == "all-linear"
+    assert config.method == "layra" and all(getattr(params, k) == v for k, v in LAYRA["method_params"].items())
+    assert params.target_modules == "all-linear"
+    for key, expected in LAYRA.items():
+        if key != "method_params":
+            assert _value(config, key) == expected, key
+    assert config.max_steps is None  # one epoch (Table 23), not a step count
+
+
+def test_layra_series_defaults_to_the_papers_lambda_prime():
+    """The paper's Series rows equal the 0.5 rows of its lambda' sweep (LayRA paper, Appendix A.3), e.g. XNLI GlgSwa."""
+    from adaptkit.registry import get_spec
+
+    series_glgswa_xnli = (48.88, 54.74, 50.96, 48.63, 47.95, 44.82, 43.86, 52.01, 48.98)  # Table 1 row "Series (GlgSwa)"
+    sweep = {0.4: (49.24, 54.78, 51.24, 49.64, 48.55, 44.30, 42.21, 53.24, 49.15), 0.5: (48.88, 54.74, 50.96, 48.63, 47.95, 44.82, 43.86, 52.01, 48.98)}
+    assert [v for v, row in sweep.items() if row == series_glgswa_xnli] == [0.5]
+    assert get_spec("merge method", "layra-series").validate_params({}).lambda_prime == 0.5
 
 
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop

@@ -59,7 +59,7 @@ def test_adalora_resume_is_exact(tmp_path, llama_dir, corpora, invoke):
 
 
 BAD_INPUT = [
-    (["--method", "gmt", "--set", "mask_ratoi=0.3"], ("--set", "mask_ratoi", "did you mean: mask_ratio")),
+    (["--method", "gmt", "--set", "keep_ratoi=0.3"], ("--set", "keep_ratoi", "did you mean: keep_ratio")),
     (["--method", "lora", "--set", "alpah=8"], ("--set", "'alpah'", "did you mean: alpha")),
     (["--method", "layer-freeze", "--set", "layers=0-5"], ("--set layers", "layer 5 is outside the model", "2 layers")),
     (["--method", "layer-selective", "--set", "layers=1,x"], ("layers", "expected layer indices")),
@@ -69,7 +69,8 @@ BAD_INPUT = [
     (["--method", "s2ft", "--set", "ratio=1.5"], ("ratio", "less than or equal to 1")),
     (["--method", "s2ft", "--set", "ratio=0"], ("ratio", "greater than 0")),
     (["--method", "s2ft", "--set", "ratio=0.1", "--set", "lora_rank=16"], ("either ratio or lora_rank",)),
-    (["--method", "gmt", "--set", "mask_ratio=1"], ("mask_ratio", "less than 1")),
+    (["--method", "gmt", "--set", "keep_ratio=1.5"], ("keep_ratio", "less than or equal to 1")),
+    (["--method", "gmt", "--set", "mask_ratio=0.5"], ("mask_ratio", "keep_ratio")),
     (["--method", "lota", "--set", "sparsity=1.2"], ("sparsity", "less than 1")),
     (["--method", "lora", "--set", "target_modules=qkv_proj"], ("--set target_modules", "qkv_proj")),
     (["--method", "adalora", "--set", "tinit=0.9", "--set", "tfinal=0.34"], ("tinit", "no steps for rank allocation")),

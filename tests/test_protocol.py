@@ -11,6 +11,8 @@ import pytest
 
 from conftest import assert_input_error
 
+from adaptkit.errors import InputError
+
 pytestmark = pytest.mark.slow  # generation runs and lm-eval task builds
 
 
@@ -45,6 +47,52 @@ def xlsum(tmp_path, corpora) -> Path:
                        for i in range(3)]
             _write(root / f"{name}_{split}.jsonl", [json.dumps(r, ensure_ascii=False) for r in records])
     return root
+
+
+@pytest.mark.slow  # over ~0.3 s (pandas): kept out of the fast loop
+def test_mt_reference_selection_is_the_pandas_sample_of_the_reference(tmp_path, corpora):
+    """generate_mt_data.py: devtest rows in id order, DataFrame.sample(n=500, random_state=42); here 40 rows, n = 12."""
+    pandas = pytest.importorskip("pandas")
+    from adaptkit.plugins.evals.mt import MTBackend, MTParams
+
+    en, ha = corpora["en"].read_text().splitlines(), corpora["ha"].read_text().splitlines()
+    root = tmp_path / "flores"
+    for split, rows in (("dev", slice(0, 3)), ("devtest", slice(3, 43))):
+        for lines, code in ((en, "eng_Latn"), (ha, "hau_Latn")):
+            _write(root / split / f"{code}.{split}", [f"{i}: {lines[i % len(lines)]}" for i in range(rows.start, rows.stop)])
+    devtest = pandas.DataFrame({"en": (root / "devtest" / "eng_Latn.devtest").read_text().splitlines(),
+                                "ha": (root / "devtest" / "hau_Latn.devtest").read_text().splitlines()})
+    expected = devtest.sample(n=12, random_state=42)
+    [task] = MTBackend(MTParams(selection="reference", limit=12)).prepare(f"{root}:ha-en", "--task")
+    assert [item["id"] for item in task.payload] == list(expected.index)
+    assert [item["reference"] for item in task.payload] == list(expected["en"]) and task.info["selection"] == "reference"
+    [first] = MTBackend(MTParams(limit=12)).prepare(f"{root}:ha-en", "--task")
+    assert [item["id"] for item in first.payload] == list(range(12))
+
+
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_sum_reference_selection_is_the_shortest_of_test_and_validation(tmp_path, corpora, llama_dir):
+    """generate_sum_data.py: test+validation, len(tokenizer.encode(text)), sorted(...)[:500]; here the first 5."""
+    from transformers import AutoTokenizer
+
+    from adaptkit.plugins.evals.sum import SumBackend, SumParams
+
+    lines = corpora["ha"].read_text().splitlines()
+    root = tmp_path / "xlsum"
+    records = {split: [{"id": f"{split}-{i}", "summary": f"s{i}", "text": " ".join(lines[(i * 7 + k) % len(lines)] for k in range(1 + (i * 5) % 4))}
+                       for i in range(8)] for split in ("test", "val")}
+    for split, rows in records.items():
+        _write(root / f"hausa_{split}.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    test_data = [{"id": r["id"], "len": len(tokenizer.encode(r["text"]))} for r in records["test"] + records["val"]]
+    expected = [r["id"] for r in sorted(test_data, key=lambda x: x["len"])[:5]]
+    [task] = SumBackend(SumParams(selection="reference", length_tokenizer=str(llama_dir), limit=5)).prepare(f"{root}:ha", "--task")
+    assert [item["id"] for item in task.payload] == expected and any(i.startswith("val-") for i in expected)
+    assert task.info["split"] == "test+val"
+    with pytest.raises(InputError, match="length_tokenizer"):
+        SumBackend(SumParams(selection="reference")).prepare(f"{root}:ha", "--task")
+    with pytest.raises(InputError, match="shots"):
+        SumBackend(SumParams(selection="reference", length_tokenizer=str(llama_dir), shots=1)).prepare(f"{root}:ha", "--task")
 
 
 def test_paper_protocol_renders_shots_from_dev_as_chat_turns(flores):
@@ -181,7 +229,7 @@ def test_suite_ssu_paper_runs_what_has_data_and_lists_the_rest(invoke, make_mode
     assert (params["mt"]["protocol"], params["mt"]["runs"], params["sum"]["runs"], params["sum"]["decoding"]) == ("ssu-paper", 2, 3, "paper")
     assert "chrf++_std" in results["results"]["base"]["flores-ha-en"]
     not_run = {e["name"]: e for e in results["suite"]["not_run"]}
-    expected = {"ssu-mmlu-en", "ssu-belebele-eng", "ifeval", "gsm8k", "mt-bench", "alpacaeval-2", "safety", "ssu-belebele-hau", "ssu-global-mmlu-hau"}
+    expected = {"ssu-mmlu-en", "ssu-belebele-eng", "leaderboard_ifeval", "gsm8k", "mt-bench", "alpacaeval-2", "safety", "ssu-belebele-hau", "ssu-global-mmlu-hau"}
     assert set(not_run) == expected and "suite.hub=true" in not_run["ssu-global-mmlu-hau"]["reason"]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: --suite ssu-paper: not run:")]
     assert len(warnings) == len(expected) and all(any(name in w for w in warnings) for name in expected)
@@ -207,20 +255,60 @@ def test_suite_without_data_is_bad_input(invoke, make_model_dir, tmp_path):
 def test_suite_with_the_hub_runs_the_lm_eval_tasks_lm_eval_knows(flores):
     from adaptkit.evals.suites import SuiteSettings, ssu_paper
 
-    known = {"ifeval", "gsm8k", "ssu-belebele-npi"}
+    known = {"leaderboard_ifeval", "gsm8k", "ssu-belebele-npi"}
     suite = ssu_paper(SuiteSettings(lang="ne", hub=True, flores=str(flores[0])),
                       check=lambda task: "" if task in known else f"unknown lm-eval task '{task}'")
     runnable = {e.name: (e.role, e.task) for e in suite.runnable}
-    assert runnable == {"ifeval": ("source", "lm-eval:ifeval"), "gsm8k": ("source", "lm-eval:gsm8k"),
+    assert runnable == {"leaderboard_ifeval": ("source", "lm-eval:leaderboard_ifeval"), "gsm8k": ("source", "lm-eval:gsm8k"),
                         "ssu-belebele-npi": ("target", "lm-eval:ssu-belebele-npi")}  # no FLORES files for Nepali here
     missing = {e["name"]: e["reason"] for e in suite.report()["not_run"]}
     assert "unknown lm-eval task 'ssu-global-mmlu-npi'" in missing["ssu-global-mmlu-npi"]
     assert "npi_Deva.dev' is missing" in missing["flores-ne-en"] and "flores200_dataset.tar.gz" in missing["flores-ne-en"]
     # presets only for the backends that run; an explicit setting wins
-    assert suite.params({"lm-eval": {"apply_chat_template": False}}) == {"lm-eval": {"apply_chat_template": False}}
-    assert suite.params({}) == {"lm-eval": {"apply_chat_template": True}}
+    reference = {"apply_chat_template": True, "fewshot_as_multiturn": True, "runs": 3,  # gucci-j/ssu evaluation/scripts/source_gen.sh
+                 "gen_kwargs": "temperature=0.8,top_p=0.8,top_k=40,repetition_penalty=1.1,do_sample=true"}
+    assert suite.params({"lm-eval": {"apply_chat_template": False}}) == {"lm-eval": {**reference, "apply_chat_template": False}}
+    assert suite.params({}) == {"lm-eval": reference}
     other = ssu_paper(SuiteSettings(lang="sw"), check=lambda task: "")
     assert "cover am, ha, ig, ky, ne only" in {e.name: e.missing for e in other.entries}["ssu-belebele-sw"]
+
+
+@pytest.mark.slow  # imports lm-eval: over ~0.3 s
+def test_lm_eval_runs_generating_tasks_n_times_with_the_reference_settings(monkeypatch):
+    """runs=3: a generate_until task three times (seeds s, s+1, s+2) with the given gen_kwargs, mean and spread of its
+    primary metric; a log-likelihood task once. lm-eval itself is replaced by a recorder."""
+    import statistics
+
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    import lm_eval.models.huggingface
+
+    from adaptkit.evals.tasks import EvalTask, RunContext
+    from adaptkit.plugins.evals.lm_eval import LmEvalBackend, LmEvalParams
+
+    calls = []
+    scores = {"gen": [0.25, 0.5, 0.6], "choice": [0.75]}
+
+    def fake_evaluate(**kwargs):
+        calls.append(kwargs)
+        run = sum(1 for c in calls if "gen" in c["tasks"]) - 1
+        results = {name: {"exact_match,none": scores[name][run if name == "gen" else 0], "exact_match_stderr,none": 0.1} for name in kwargs["tasks"]}
+        configs = {"gen": {"output_type": "generate_until"}, "choice": {"output_type": "multiple_choice"}}
+        return {"results": results, "configs": {n: configs[n] for n in kwargs["tasks"]}, "higher_is_better": {n: {"exact_match": True} for n in kwargs["tasks"]}}
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_evaluate)
+    monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", lambda **kwargs: object())
+    gen_kwargs = "temperature=0.8,top_p=0.8,top_k=40,repetition_penalty=1.1,do_sample=true"
+    backend = LmEvalBackend(LmEvalParams(runs=3, gen_kwargs=gen_kwargs, fewshot_as_multiturn=True, apply_chat_template=True, system_instruction=""))
+    backend._managers[""] = None
+    tasks = [EvalTask(name, "lm-eval", name, {"manager": ""}, {}) for name in ("gen", "choice")]
+    outputs = backend.run(None, None, tasks, RunContext(seed=7))
+    assert [c["tasks"] for c in calls] == [["gen", "choice"], ["gen"], ["gen"]] and [c["random_seed"] for c in calls] == [7, 8, 9]
+    assert all(c["gen_kwargs"] == gen_kwargs and c["fewshot_as_multiturn"] is True and c["system_instruction"] == "" for c in calls)
+    gen = outputs["gen"].metrics
+    assert gen["exact_match"] == pytest.approx(statistics.mean(scores["gen"])) and gen["runs"] == 3
+    assert gen["exact_match_std"] == pytest.approx(statistics.stdev(scores["gen"])) and (gen["exact_match_min"], gen["exact_match_max"]) == (0.25, 0.6)
+    assert outputs["choice"].metrics == {"exact_match": 0.75}
 
 
 def test_generation_server_gets_the_turns_and_the_paper_sampling(flores):
@@ -259,7 +347,7 @@ def test_generation_server_gets_the_turns_and_the_paper_sampling(flores):
 
 
 def test_suite_with_local_lm_eval_data_runs_the_packaged_tasks(tmp_path):
-    from test_lm_tasks import write_ssu_data
+    from helpers import write_ssu_data
 
     from adaptkit.evals.suites import SuiteSettings, ssu_paper
 
@@ -269,5 +357,5 @@ def test_suite_with_local_lm_eval_data_runs_the_packaged_tasks(tmp_path):
     assert runnable == {"ssu-mmlu-en": ("source", "lm-eval:ssu-mmlu-en"), "ssu-belebele-hau": ("target", "lm-eval:ssu-belebele-hau"),
                         "ssu-global-mmlu-hau": ("target", "lm-eval:ssu-global-mmlu-hau")}
     missing = {e["name"]: e["reason"] for e in suite.report()["not_run"]}
-    assert "eng_Latn" in missing["ssu-belebele-eng"] and "suite.hub=true" in missing["ifeval"]
-    assert suite.params({})["lm-eval"] == {"apply_chat_template": True, "data_dir": str(data)}
+    assert "eng_Latn" in missing["ssu-belebele-eng"] and "suite.hub=true" in missing["leaderboard_ifeval"]
+    assert suite.params({})["lm-eval"]["data_dir"] == str(data) and suite.params({})["lm-eval"]["runs"] == 3

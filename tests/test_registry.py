@@ -33,7 +33,7 @@ def _method_plugin(name: str, method_name: str, summary: str = "test method"):
     return module
 
 
-def test_builtins_are_registered_through_entry_points():
+def test_builtins_are_registered_from_the_catalog():
     registry = get_registry()
     assert registry.get("method", "fft").plugin == "builtin-methods"
     assert not registry.broken
@@ -163,3 +163,27 @@ def test_broken_entry_point_is_reported_and_cli_keeps_working(tmp_path, cli):
 def test_registry_without_entry_points_still_has_builtins():
     registry = build_registry(load_entry_points=False)
     assert "fft" in registry.names("method")
+
+
+def test_plugin_catalog_is_what_the_builtin_modules_register():
+    """adaptkit/plugins/catalog.py (read by the registry) equals what the built-in plugin modules register
+    today; after changing a built-in plugin run `python scripts/write_plugin_catalog.py`."""
+    from adaptkit.plugins.catalog import ENTRIES
+    from adaptkit.registry import builtin_catalog
+
+    assert ENTRIES == builtin_catalog()
+
+
+def test_catalogued_spec_loads_its_module_on_first_use_only():
+    """A built-in spec answers name, summary and parameters from the catalog; params (and everything
+    else) come from the spec its module registers, loaded then."""
+    from adaptkit.registry import build_registry
+    from adaptkit.specs import CataloguedSpec
+
+    registry = build_registry(load_entry_points=False)
+    spec = registry.get("merge method", "slerp")
+    assert isinstance(spec, CataloguedSpec) and spec.plugin == "builtin-merges"
+    assert spec.param_summary() == "t=0.5" and spec.summary.startswith("Spherical") and spec.parameters()[0]["default"] == 0.5
+    assert spec._real is None  # nothing loaded yet
+    assert spec.params.__name__ == "SlerpParams" and spec._real is not None
+    assert spec.real().factory == "adaptkit.plugins.merges.slerp:Slerp" and spec.real().plugin == "builtin-merges"

@@ -138,6 +138,76 @@ def test_magnitude_and_random(llama):
     assert not torch.equal(a.scores[key]["column"], c.scores[key]["column"])
 
 
+# The SSU reference code's rules (gucci-j/ssu, training/src/utils/model_utils.py), transcribed on plain tensors.
+def _ref_magnitude(weight, axis):  # magnitude_based / magnitude_rowwise: torch.norm(|W|, dim=...) ranks columns / rows
+    return weight.abs().square().sum(0 if axis == "column" else 1).sqrt()
+
+
+def _ref_running_ex2(model, blocks, names):  # _collect_sgpt_statistics: stats = (prev + mean_t x^2) / 2 per forward call
+    running = {}
+    for b in range(blocks.shape[0]):
+        inputs = capture_inputs(model, blocks[b:b + 1], names)
+        for name, x in inputs.items():
+            ex2 = x.square().mean(0)
+            running[name] = ex2 if name not in running else (running[name] + ex2) / 2.0
+    return running
+
+
+def test_magnitude_reference_variant_ranks_by_l2_norms(llama):
+    paper = compute_scores(llama, "magnitude", granularities=("column", "row", "element"))
+    ref = compute_scores(llama, "magnitude", scorer_params={"variant": "reference"}, granularities=("column", "row", "element"))
+    params = dict(llama.named_parameters())
+    for name in _linear_names(llama):
+        weight = params[f"{name}.weight"].detach().double()
+        got = ref.scores[f"{name}.weight"]
+        assert torch.allclose(got["column"].double(), _ref_magnitude(weight, "column"), rtol=1e-5), name
+        assert torch.allclose(got["row"].double(), _ref_magnitude(weight, "row"), rtol=1e-5), name
+        assert torch.equal(got["element"], paper.scores[f"{name}.weight"]["element"])  # |W_ij| in both
+        assert torch.allclose(paper.scores[f"{name}.weight"]["column"].double(), weight.abs().sum(0), rtol=1e-5)
+    norm = "model.layers.0.input_layernorm.weight"
+    assert torch.equal(ref.scores[norm]["element"], params[norm].detach().float().abs())
+
+
+def test_wanda_reference_row_and_element_ablations(llama, calibration):
+    scores = compute_scores(llama, "wanda", calibration, {"variant": "reference"}, granularities=("row", "element"), batch_size=5)
+    names = _linear_names(llama)
+    inputs = capture_inputs(llama, calibration.blocks, names)
+    params = dict(llama.named_parameters())
+    for name in names:
+        weight = params[f"{name}.weight"].detach().double()
+        got = scores.scores[f"{name}.weight"]
+        assert torch.allclose(got["row"].double(), weight.abs().square().sum(1).sqrt(), rtol=1e-5), name  # ssu_rowwise: row norms only
+        ex2 = inputs[name].square().mean(0)  # ssu_elementwise: |w| * (1 + E[x^2]) of the entry's input feature
+        assert torch.allclose(got["element"].double(), weight.abs() * (1.0 + ex2.unsqueeze(0)), rtol=1e-4), name
+
+
+def test_sparsegpt_reference_variant_uses_the_running_statistic(llama, calibration):
+    blocks = calibration.blocks[:5]
+    from adaptkit.calibration import CalibrationSet
+
+    five = CalibrationSet(blocks=blocks)
+    names = _linear_names(llama)
+    norm = "model.layers.0.post_attention_layernorm"
+    running = _ref_running_ex2(llama, blocks, names + [norm])
+    structured = compute_scores(llama, "sparsegpt", five, {"saliency": "reference"}, granularities=("column", "row"), batch_size=1)
+    elements = compute_scores(llama, "sparsegpt", five, {"saliency": "reference"}, granularities=("element",), batch_size=1)
+    params = dict(llama.named_parameters())
+    for name in names:
+        weight = params[f"{name}.weight"].detach().double()
+        got = structured.scores[f"{name}.weight"]
+        assert torch.allclose(got["column"].double(), running[name], rtol=1e-4), name  # sgpt_based: topk(ex2)
+        assert torch.allclose(got["row"].double(), (weight.abs() * running[name].unsqueeze(0)).sum(1), rtol=1e-4), name  # sgpt_rowwise
+        assert torch.equal(elements.scores[f"{name}.weight"]["element"], weight.float().abs())  # sgpt_elementwise: ex2 too short, |W|
+    true_mean = capture_inputs(llama, blocks, [names[0]])[names[0]].square().mean(0)
+    assert not torch.allclose(running[names[0]], true_mean, rtol=1e-3)  # the statistic is not the mean over tokens
+    assert f"{norm}.weight" not in structured.scores and "model.norm.weight" not in structured.scores  # 1-D scales never frozen
+    assert torch.allclose(elements.scores[f"{norm}.weight"]["element"].double(), running[norm], rtol=1e-4)
+    from adaptkit.scoring.freeze import build_mask_set
+
+    masks = build_mask_set(structured, 0.5, "column")
+    assert f"{norm}.weight" not in masks.masks and f"{names[0]}.weight" in masks.masks
+
+
 def test_sparsegpt_equals_obs_saliency(llama, calibration):
     damp = 0.05
     scores = compute_scores(llama, "sparsegpt", calibration, {"damp": damp, "saliency": "obs"}, granularities=("column",), batch_size=4)

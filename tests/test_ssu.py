@@ -8,18 +8,15 @@ from safetensors.torch import load_file
 
 from adaptkit.engine.masks import load_mask_set
 from conftest import assert_input_error
+from helpers import weights
 from _ssu_helpers import calib_dir  # noqa: F401
 
 TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "5e-2", "--weight-decay", "0.5", "--warmup-ratio", "0", "--quiet"]
 
 
-def _weights(directory):
-    return load_file(str(directory / "model.safetensors"))
-
-
 def _check_frozen_bit_identical(source_dir, run_dir) -> int:
     """Every frozen entry equals the source; trainable entries of every masked parameter moved. Returns frozen count."""
-    before, after = _weights(source_dir), _weights(run_dir / "final")
+    before, after = weights(source_dir), weights(run_dir / "final")
     masks = load_mask_set(run_dir / "mask")
     frozen_total = 0
     for name, tensor in before.items():
@@ -50,7 +47,7 @@ def test_the_documented_pipeline_and_both_routes_give_identical_runs(tmp_path, m
     for args in steps:
         result = invoke(*args)
         assert result.returncode == 0, (args[0], result)
-    a, b = _weights(tmp_path / "with-mask" / "final"), _weights(tmp_path / "on-the-fly" / "final")
+    a, b = weights(tmp_path / "with-mask" / "final"), weights(tmp_path / "on-the-fly" / "final")
     assert all(torch.equal(a[name], b[name]) for name in a)
     on_the_fly = tmp_path / "on-the-fly"
     assert torch.equal(load_file(str(on_the_fly / "scores" / "scores.safetensors"))["model.layers.0.mlp.up_proj.weight@column"],
@@ -163,7 +160,7 @@ def test_fast_and_plain_backward_train_the_same(tmp_path, llama_dir, calib_dir, 
                         "--set", f"fast_backward={fast}", "--micro-batch-size", "2", "-o", run, *TRAIN)
         assert result.returncode == 0, result
         _check_frozen_bit_identical(llama_dir, run)
-        finals.append(_weights(run / "final"))
+        finals.append(weights(run / "final"))
     assert all(torch.allclose(finals[0][k], finals[1][k], atol=1e-6) for k in finals[0])
 
 

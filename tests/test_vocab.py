@@ -12,14 +12,9 @@ import pytest
 import torch
 
 from conftest import assert_input_error
+from helpers import run_ok, weights
 
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-
-
-def run_ok(invoke, *args):
-    result = invoke(*args)
-    assert result.returncode == 0, result
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +24,6 @@ def texts(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("vocab-texts")
     return {lang: demo.write_lines(demo.split_corpus(lang)[0], root / f"{lang}.txt") for lang in ("ha", "am", "en")}
-
-
-def weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out = {}
-    for file in sorted(Path(directory).glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 def logits(directory: Path, ids: list[int]) -> torch.Tensor:

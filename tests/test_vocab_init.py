@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptkit.hookspecs import hookimpl
-from test_vocab import run_ok, weights
+from helpers import run_ok, weights
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_vocab import run_ok, weights
+from helpers import run_ok, weights
 
 STEPS = ["--max-steps", "3", "--seq-len", "16", "--batch-size", "2", "--lr", "1e-2", "--weight-decay", "0.1", "--quiet"]
 

@@ -23,6 +23,7 @@ def command(
     split: Annotated[str, typer.Option("--split", help="Split of a dataset directory or Hub dataset.")] = "train",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the example and block sampling.")] = 42,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow tokenizer code from the Hub.")] = False,
+    recipe: Annotated[str, typer.Option("--recipe", help="adaptkit, or reference: the SSU reference's (each example truncated to a block, packed 1,000 examples at a time, blocks chosen by stride, Hub shuffle buffer 20,000).")] = "adaptkit",
 ) -> None:
     """Sample source-side examples, render them with the chat template and pack them into token blocks."""
     from adaptkit.calibration import build_calibration
@@ -34,7 +35,7 @@ def command(
     from adaptkit.commands.progress import notes
 
     calibration = build_calibration(model, data, fmt, pool, num_samples, block_size, seed, template, text_field, split, trust_remote_code,
-                                    progress=notes(console, "calibrate"))
+                                    progress=notes(console, "calibrate"), recipe=recipe)
     with atomic_dir(output, overwrite) as tmp:
         calibration.save(tmp)
     m = calibration.manifest

@@ -31,7 +31,7 @@ def command(
 ) -> None:
     """Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9)."""
     from adaptkit.commands.common import Console, shared
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.evals.codemix import analyze, write_codemix_report
     from adaptkit.evals.data import read_jsonl

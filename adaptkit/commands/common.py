@@ -149,6 +149,17 @@ def add_shared_options(command: Any, root: bool = False) -> Any:
     return command
 
 
+def short_help(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to fit `limit` characters, with '...' when cut (as click shows commands)."""
+    from adaptkit.errors import one_line
+
+    text = one_line(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 3)].rsplit(" ", 1)[0].rstrip(" .,;:")
+    return cut + "..."
+
+
 METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "bool": "BOOLEAN"}
 
 
@@ -157,7 +168,27 @@ def prepare_command(command: Any, root: bool = False) -> Any:
     conventional metavars (TEXT, PATH, INTEGER, FLOAT) instead of typer's Python types (<list[str]>)."""
     add_shared_options(command, root)
     _conventional_metavars(command)
+    _help_defaults_false(command)
     return command
+
+
+def _help_defaults_false(command: Any) -> None:
+    """--help of a command and its subcommands: False when not given (click leaves None), which typer
+    passes through without building its pydantic coercion, so `adaptkit COMMAND --help` imports no pydantic."""
+    if getattr(command, "_adaptkit_help_false", False):
+        return
+    command._adaptkit_help_false = True
+    get_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.default = False
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _help_defaults_false(sub)
 
 
 def _conventional_metavars(command: Any) -> None:

@@ -24,7 +24,7 @@ from adaptkit.commands.common import (ComputeDtypeOpt, DeviceMapOpt, DeviceOpt, 
 
 def backend_params(config: Optional[Path], overrides: Optional[list[str]]) -> dict[str, dict]:
     """Per-backend settings: a YAML mapping {backend: {key: value}} then `--set backend.key=value`."""
-    from adaptkit.config import parse_set_overrides, read_yaml_mapping
+    from adaptkit.settings import parse_set_overrides, read_yaml_mapping
     from adaptkit.errors import InputError
 
     params: dict[str, dict] = {}
@@ -87,6 +87,7 @@ def command(
     target_task: Annotated[Optional[list[str]], typer.Option("--target-task", help="Task name measuring target ability (learning axis; repeatable).")] = None,
     generate: Annotated[Optional[Path], typer.Option("--generate", help="Also generate responses to these prompts (JSONL with 'prompt') with every model, for `adaptkit codemix`.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Budget for --generate responses.")] = 256,
+    decoding: Annotated[str, typer.Option("--decoding", help="Decoding of --generate responses: greedy, paper (SSU MT/SUM sampling) or ae2 (the SSU reference's AlpacaEval sampling, 512 tokens unless --max-new-tokens; see `adaptkit generate --help`).")] = "greedy",
     device: DeviceOpt = "auto",
     dtype: ComputeDtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
@@ -113,7 +114,7 @@ def command(
     for ref in refs:
         check_model_config(ref.location)
     baseline_name = resolve_baseline(baseline, refs)
-    prompts = _prompts(ctx, generate)
+    prompts, max_new_tokens = _prompts(ctx, generate, decoding, max_new_tokens)
     tasks, params, source_task, target_task, suite_info = suite_tasks(suite, list(task or []), backend_params(config, set_),
                                                                       list(source_task or []), list(target_task or []))
     prepared = prepare_tasks(tasks, params)
@@ -125,7 +126,7 @@ def command(
     server = server_of(generation_server, generation_server_model, refs)
     note = notes(console, "evaluate")
     generations: list[dict] = []
-    on_model = _generating(prompts, generations, note, max_new_tokens, seed or 0, server)
+    on_model = _generating(prompts, generations, note, (max_new_tokens, decoding), seed or 0, server)
     with offload_folder(placement) as placement:
         run = run_evaluation(refs, prepared, device=device, dtype=dtype, seed=seed or 0, progress=note,
                              on_model=on_model, layer_by_layer=layer_by_layer, placement=placement, generator=server)
@@ -148,27 +149,35 @@ def _placement_and_device(ctx: typer.Context, device: str, dtype: str, device_ma
     return placement, device
 
 
-def _prompts(ctx: typer.Context, generate: Optional[Path]):
-    """The --generate prompts (None without it); --max-new-tokens alone is bad input."""
+def _prompts(ctx: typer.Context, generate: Optional[Path], decoding: str, max_new_tokens: int):
+    """(the --generate prompts or None, their token budget); --max-new-tokens or --decoding alone is bad input."""
     from adaptkit.errors import InputError
+    from adaptkit.evals.generation import DECODING_MAX_NEW_TOKENS, DECODINGS
 
     if generate is None:
-        if ctx.get_parameter_source("max_new_tokens").name != "DEFAULT":
-            raise InputError("--max-new-tokens: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
-        return None
+        for flag in ("max_new_tokens", "decoding"):
+            if ctx.get_parameter_source(flag).name != "DEFAULT":
+                raise InputError(f"--{flag.replace('_', '-')}: applies only with --generate PROMPTS.jsonl (task backends have their own settings: --set mt.max_new_tokens=...)")
+        return None, max_new_tokens
+    if decoding not in DECODINGS:
+        raise InputError(f"--decoding: expected {', '.join(DECODINGS)}, got '{decoding}'")
+    if ctx.get_parameter_source("max_new_tokens").name == "DEFAULT":
+        max_new_tokens = DECODING_MAX_NEW_TOKENS.get(decoding, max_new_tokens)
     from adaptkit.evals.generation import read_prompts
 
-    return read_prompts(generate, "--generate")
+    return read_prompts(generate, "--generate"), max_new_tokens
 
 
-def _generating(prompts, generations: list[dict], note, max_new_tokens: int, seed: int, server):
+def _generating(prompts, generations: list[dict], note, budget: tuple[int, str], seed: int, server):
     """The runner's per-model hook: each model's responses to the --generate prompts, appended to `generations`."""
+    max_new_tokens, decoding = budget
+
     def on_model(name, loaded, tokenizer):
         if prompts is not None:
             from adaptkit.evals.generation import generate_records
 
             note(f"{name}: generating {len(prompts)} responses")
-            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, seed=seed, generator=server))
+            generations.extend(generate_records(loaded, tokenizer, prompts, name, max_new_tokens, decoding, seed=seed, generator=server))
 
     return on_model
 

@@ -21,7 +21,7 @@ def command(
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL with a 'prompt' field per record ('id' is kept).")],
     output: OutputOpt,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per response.")] = 256,
-    decoding: Annotated[str, typer.Option("--decoding", help="greedy, or paper (SSU: temperature 0.8, top-p 0.9, top-k 40, repetition penalty 1.1).")] = "greedy",
+    decoding: Annotated[str, typer.Option("--decoding", help="greedy; paper (SSU MT/SUM: temperature 0.8, top-p 0.9, top-k 40, repetition penalty 1.1); ae2 (the SSU reference's AlpacaEval responses, whose code-mixing it measures: temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, no repeated 3-gram, 512 tokens unless --max-new-tokens).")] = "greedy",
     chat_template: Annotated[bool, typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt as a user turn when the tokenizer has a chat template.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 8,
     format: Annotated[str, typer.Option("--format", help="records ({id, prompt, model, response}, for `adaptkit codemix`) or chat ({id, model, messages}: a user and an assistant turn, for `train --eval-data` and `evaluate`'s ppl task).")] = "records",
@@ -39,15 +39,17 @@ def command(
     from adaptkit.commands.common import Console, check_device_or_map, check_compute_dtype, generation_server as server_of, offload_folder, shared
     from adaptkit.io.models import Placement
     from adaptkit.errors import InputError
-    from adaptkit.evals.generation import as_chat_records, generate_records, read_prompts
+    from adaptkit.evals.generation import DECODING_MAX_NEW_TOKENS, DECODINGS, as_chat_records, generate_records, read_prompts
     from adaptkit.evals.runner import check_model_config, load_model_ref, model_names
     from adaptkit.io.atomic import atomic_file, check_output
 
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
-    if decoding not in ("greedy", "paper"):
-        raise InputError(f"--decoding: expected greedy or paper, got '{decoding}'")
+    if decoding not in DECODINGS:
+        raise InputError(f"--decoding: expected {', '.join(DECODINGS)}, got '{decoding}'")
+    if ctx.get_parameter_source("max_new_tokens").name == "DEFAULT":
+        max_new_tokens = DECODING_MAX_NEW_TOKENS.get(decoding, max_new_tokens)
     if format not in ("records", "chat"):
         raise InputError(f"--format: expected records or chat, got '{format}'")
     check_compute_dtype(dtype)

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args,
 
 import typer
 
-from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, push_output, shared
-from adaptkit.merge.base import option_name
+from typer.core import TyperGroup
+
+from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, prepare_command, push_output, shared, short_help
 
 ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="A model directory (repeatable; order matters for weights).")]
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the task vectors are taken from.")]
@@ -33,19 +34,46 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def build_app() -> typer.Typer:
+class MergeGroup(TyperGroup):
+    """`adaptkit merge`: one subcommand per registered merge method, listed from the specs (name and
+    summary) and built only when it runs or shows its own help, so `merge --help` imports no merge
+    method's module."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(_merge_specs()) | set(super().list_commands(ctx)))
+
+    def get_command(self, ctx, name: str):
+        spec = _merge_specs().get(name)
+        if spec is not None and name not in self.commands:
+            app = typer.Typer(add_completion=False, rich_markup_mode=None)
+            help_text = f"{spec.summary}. Reference: {spec.reference}." if spec.reference else spec.summary
+            app.command(name=spec.name, help=help_text)(_method_command(spec))
+            self.add_command(prepare_command(typer.main.get_command(app)), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter) -> None:
+        limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)), default=0)
+        rows = [(name, short_help(spec.summary, limit)) for name, spec in sorted(_merge_specs().items())]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _merge_specs() -> dict[str, Any]:
     from adaptkit.registry import get_registry
 
+    return get_registry().specs.get("merge method", {})
+
+
+def build_app() -> typer.Typer:
     app = typer.Typer(
         help="Merge models: averages, task / language vectors, TIES, DARE, SLERP, layer-aware reversion, "
         "LiNeS, layer swapping, LayRA presets; or run a mergekit-style YAML with --config.",
         invoke_without_command=True,
         no_args_is_help=False,
+        cls=MergeGroup,
     )
     app.callback(invoke_without_command=True)(_from_config)
-    for spec in sorted(get_registry().specs.get("merge method", {}).values(), key=lambda s: s.name):
-        help_text = f"{spec.summary}. Reference: {spec.reference}." if spec.reference else spec.summary
-        app.command(name=spec.name, help=help_text)(_method_command(spec))
     return app
 
 
@@ -75,7 +103,7 @@ def _from_config(
     from adaptkit.io.hub import check_target
 
     target = check_target(push_to_hub, private, revision)
-    from adaptkit.config import parse_set_overrides, read_yaml_mapping, set_nested
+    from adaptkit.settings import parse_set_overrides, read_yaml_mapping, set_nested
     from adaptkit.merge.mergekit_config import plan_config
 
     data = read_yaml_mapping(config)
@@ -191,6 +219,8 @@ def with_param_options(function: Callable[..., None], model: Any, into: str = "p
     (pydantic validates them there, so a method can tell what was given); `function` must take
     `ctx: typer.Context`, its other parameters keep their options and `into` is not an option.
     """
+    from adaptkit.merge.base import option_name
+
     hints = get_type_hints(function, include_extras=True)  # the Annotated options, not their names as strings
     own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(function).parameters.values() if p.name != into]
     names = {p.name for p in own}
@@ -215,6 +245,8 @@ def with_param_options(function: Callable[..., None], model: Any, into: str = "p
 
 def _option(field: str, info: Any) -> Any:
     """The Typer annotation of one parameter's option: its type, flag names and help with the default."""
+    from adaptkit.merge.base import option_name
+
     cli_type, choices = _cli_type(info.annotation)
     help_text, described = _split_default(info.description or "")
     if choices:

@@ -288,7 +288,7 @@ def _method_params(methods: str, overrides: Optional[list[str]], freeze_ratio: f
     """Each method of --methods with its parameters: --freeze-ratio where it applies, then `--set METHOD.KEY=VALUE`
     (one method) or `--set KEY=VALUE` (every method in --methods that has KEY), as `train` accepts them; validated
     before anything is written (the calibration set, for methods that need one, is the study's)."""
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.errors import InputError, did_you_mean
     from adaptkit.registry import get_spec
     from adaptkit.scoring.freeze import check_ratio

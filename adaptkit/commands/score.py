@@ -68,7 +68,7 @@ def _scorer_settings(scorer: str, set_: Optional[list[str]], dtype: str) -> tupl
     """The scorer's spec, its validated `--set` parameters and the model dtype."""
     import torch
 
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.errors import InputError
     from adaptkit.registry import get_spec
 

@@ -7,181 +7,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, SetOpt, push_output, shared
+from adaptkit.commands.common import ConfigOpt, Console, PrivateOpt, PushOpt, RevisionOpt, SetOpt, push_output, shared
 from adaptkit.errors import InputError
 from adaptkit.io.atomic import check_writable
 from adaptkit.io.devices import DEVICE_HELP
-
-# CLI flag -> dotted TrainConfig key
-FLAG_KEYS = {
-    "model": "model",
-    "method": "method",
-    "max_steps": "max_steps",
-    "epochs": "epochs",
-    "seq_len": "data.seq_len",
-    "num_proc": "data.num_proc",
-    "packing": "data.packing",
-    "batch_size": "batch_size",
-    "micro_batch_size": "micro_batch_size",
-    "lr": "optimizer.lr",
-    "weight_decay": "optimizer.weight_decay",
-    "schedule": "schedule.name",
-    "warmup_ratio": "schedule.warmup_ratio",
-    "max_grad_norm": "max_grad_norm",
-    "save_steps": "save_steps",
-    "precision": "precision",
-    "device": "device",
-    "distributed": "distributed",
-    "seed": "seed",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "compile": "compile",
-    "trust_remote_code": "trust_remote_code",
-    "report_to": "report_to",
-    "run_name": "run_name",
-    "project": "project",
-    "eval_data": "eval.data",
-    "eval_steps": "eval.steps",
-    "validation_fraction": "data.validation_fraction",
-}
-DATA_FLAGS = ("data", "text_field", "max_tokens")  # CLI flags -> `data` settings (see data_settings)
-# CLI flag -> the method parameter it sets (for methods that have that parameter)
-METHOD_FLAGS = {"mask": "--mask", "calib": "--calib", "freeze_ratio": "--freeze-ratio"}
-
-
-def adjust_command(command: Any) -> None:
-    """Show the engine's default of each setting flag in --help: the flags themselves default to None,
-    so that a --config file can set what a flag does not."""
-    from adaptkit.engine.config import TrainConfig
-
-    for param in command.params:
-        key = FLAG_KEYS.get(param.name or "")
-        if key is None or getattr(param, "show_default", None) not in (None, False, True):
-            continue
-        model, default = TrainConfig, None
-        for part in key.split("."):
-            info = model.model_fields[part]
-            default = info.get_default(call_default_factory=True)
-            model = info.annotation if isinstance(info.annotation, type) else None
-        if default not in (None, "", [], False):
-            param.show_default = str(default)
-
-
-def build_config(config_file: Optional[Path], flags: dict[str, Any], overrides: Optional[list[str]], method_flags: Optional[dict[str, Any]] = None,
-                 require_inputs: bool = True):
-    """Defaults < YAML file < explicit flags < --set. Method parameters go to `method_params`:
-    from METHOD_FLAGS, `--set KEY=V` (a key that is not a setting) and `--set METHOD.KEY=V`.
-    The DATA_FLAGS (--data, --text-field, --max-tokens) become `data` settings by `data_settings`.
-    `require_inputs`: --model and --data must be given (not for --print-config)."""
-    from adaptkit.config import check_key, parse_set_overrides, read_yaml_mapping, resolve_config_file, set_nested, validate_config
-    from adaptkit.engine.evaluation import check_eval_config
-    from adaptkit.engine.config import TrainConfig
-    from adaptkit.errors import InputError
-    from adaptkit.registry import get_spec
-
-    data: dict[str, Any] = read_yaml_mapping(resolve_config_file(config_file)) if config_file else {}
-    for key in METHOD_FLAGS:  # config files of earlier versions kept these at the top level
-        if key in data and key not in TrainConfig.model_fields:
-            value = data.pop(key)
-            if value is not None:
-                data.setdefault("method_params", {})[key] = value
-    file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
-    data_flags = data_settings(*(_as_list(flags.get(flag)) for flag in DATA_FLAGS), file_data.get("sources"))
-    for flag, value in flags.items():
-        if flag not in DATA_FLAGS and value is not None and value != []:
-            if isinstance(value, list):
-                value = [str(v) for v in value]
-            set_nested(data, FLAG_KEYS[flag].split("."), value)
-    data.setdefault("method_params", {}).update({k: v for k, v in (method_flags or {}).items() if v is not None})
-    if data_flags:
-        section = data.setdefault("data", {})
-        if not isinstance(section, dict):
-            raise InputError(f"--config {config_file}: 'data' must be a mapping of data settings")
-        if "paths" in data_flags or "sources" in data_flags:  # --data replaces the file's sources
-            section.pop("paths", None), section.pop("sources", None)
-        section.update(data_flags)
-    flag_names = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None}
-    flag_names.update({"data.paths": "--data", "data.sources": "--data", "data.max_tokens": "--max-tokens", "data.text_field": "--text-field"})
-    config = validate_config(TrainConfig, data, f"--config {config_file}" if config_file else "settings", flag_names)
-    spec = get_spec("method", config.method, "--method")
-    for path, value in parse_set_overrides(overrides):
-        if check_key(TrainConfig, path):
-            set_nested(data, path, value)
-        else:
-            data.setdefault("method_params", {})[_method_key(path, spec, TrainConfig)] = value
-    config = validate_config(TrainConfig, data, "--set")
-    if require_inputs and not config.model:
-        raise InputError("--model: required (a model directory, .gguf file or Hub id)")
-    if require_inputs and not config.data.mixture():
-        raise InputError("--data: required (text, JSONL or HF dataset directory)")
-    check_eval_config(config)
-    return config
-
-
-def _as_list(value: Any) -> Optional[list[str]]:
-    return None if value is None else [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-def data_settings(values: Optional[list[str]], text_fields: Optional[list[str]], max_tokens: Optional[list[str]],
-                  file_sources: Any = None) -> dict[str, Any]:
-    """The `data` settings of --data (SPEC, or NAME=SPEC[:WEIGHT] repeated for a mixture), --text-field
-    and --max-tokens (FIELD / COUNT for all sources, NAME=FIELD / NAME=COUNT for one: a source of
-    --data, or else of the config file's `data.sources`)."""
-    from adaptkit.data.mixture import parse_mixture, parse_source
-    from adaptkit.data.store import parse_count
-
-    settings: dict[str, Any] = {}
-    sources: list[dict[str, Any]] = []
-    if values:
-        named = [parse_source(v).name for v in values]
-        if any(v.startswith(f"{n}=") for v, n in zip(values, named)):
-            sources = [{"name": s.name, "spec": s.spec, "weight": s.weight} for s in parse_mixture(values)]
-            settings["sources"] = sources
-        else:
-            settings["paths"] = list(values)  # one source, as given
-    elif isinstance(file_sources, list) and all(isinstance(s, dict) for s in file_sources):
-        sources = [dict(s) for s in file_sources]
-    for flag, given, key, parse in (("--text-field", text_fields, "text_field", str), ("--max-tokens", max_tokens, "max_tokens", lambda v: parse_count(v, "--max-tokens"))):
-        for value in given or []:
-            name, sep, rest = value.rpartition("=")
-            if not sep:
-                settings[key] = parse(rest)
-                continue
-            source = next((s for s in sources if s.get("name") == name), None)
-            if source is None:
-                known = ", ".join(str(s.get("name")) for s in sources) or "none; name them with --data NAME=SPEC"
-                raise InputError(f"{flag}: unknown source name '{name}' (sources: {known})")
-            source[key] = parse(rest)
-            settings["sources"] = sources
-    return settings
-
-
-def _method_key(path: list[str], spec, settings) -> str:
-    """The method parameter a --set key names (KEY or METHOD.KEY); anything else is an unknown key."""
-    from adaptkit.config import fields_at
-    from adaptkit.errors import InputError, did_you_mean
-
-    key, params = ".".join(path), list(spec.params.model_fields)
-    if len(path) == 1 and path[0] in params:
-        return path[0]
-    if len(path) == 2 and path[0] == spec.name:
-        if path[1] in params:
-            return path[1]
-        raise InputError(f"--set: method '{spec.name}' has no parameter '{path[1]}'{did_you_mean(path[1], params)} (parameters: {', '.join(params) or 'none'})")
-    if len(path) > 1:
-        known = fields_at(settings, path)
-        raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (keys there: {', '.join(known)}; method parameters: --set {spec.name}.KEY=VALUE)")
-    known = list(settings.model_fields) + params
-    raise InputError(f"--set: unknown key '{key}'{did_you_mean(path[-1], known)} (method '{spec.name}' parameters: {', '.join(params) or 'none'}; settings: {', '.join(settings.model_fields)})")
-
-
-def build_method(config, method_flags: Optional[dict[str, Any]] = None):
-    """The configured method with its validated parameters; a parameter set by a flag (--freeze-ratio)
-    is reported under that flag, also when the method lacks it."""
-    from adaptkit.registry import get_spec
-
-    given = {key: METHOD_FLAGS[key] for key, value in (method_flags or {}).items() if value is not None}
-    return get_spec("method", config.method, "--method").build(config.method_params, "--set", given)
-
 
 def command(
     ctx: typer.Context,
@@ -193,19 +22,19 @@ def command(
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate`: the method's `calib` parameter (ssu-*, soft-reg EWC).")] = None,
     freeze_ratio: Annotated[Optional[float], typer.Option("--freeze-ratio", help="Fraction to freeze, for methods that have this parameter (ssu-*).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps.", show_default="one epoch")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.")] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs when --max-steps is not given.", show_default="1.0")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block (paper: 512).", show_default="512")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step, all processes together (paper: 32).", show_default="32")] = None,
     micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="Sequences per forward pass and process (gradient accumulation makes up the rest).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.")] = None,
-    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).")] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).", show_default="5e-05")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).", show_default="0.01")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.", show_default="cosine")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).", show_default="0.05")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.", show_default="1.0")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none); the newest 2 are kept.", show_default="every 10% of the steps, rounded up")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (defaults and method parameters included) as YAML on stdout, usable as --config, and exit.")] = False,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (autocast, fp32 master weights) or bf16-pure (bf16 weights and optimizer state, as the SSU reference).", show_default="auto")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"Where to train: {DEVICE_HELP} Under torchrun / accelerate launch each process takes its own GPU.", show_default="auto")] = None,
     distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp (shards parameters, gradients and optimizer state).", show_default="ddp")] = None,
     text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="JSONL / parquet / dataset text field: FIELD for all sources or NAME=FIELD for one. Repeatable.", show_default="text")] = None,
@@ -221,7 +50,7 @@ def command(
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an extra: pip install 'adaptkit[wandb]').")] = None,
     run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run name in the trackers and the model card.", show_default="the -o directory's name")] = None,
     project: Annotated[Optional[str], typer.Option("--project", help="Tracker project (W&B, trackio, TensorBoard folder) or MLflow experiment.", show_default="adaptkit")] = None,
-    seed: SeedOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default="42")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     push_to_hub: PushOpt = None,
@@ -233,10 +62,20 @@ def command(
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     from adaptkit.io.hub import check_target
 
-    flags = {k: v for k, v in locals().items() if k in FLAG_KEYS or k in DATA_FLAGS}
-    method_flags = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
-    train_config = build_config(config, flags, set_, method_flags, require_inputs=not print_config)
-    training_method = build_method(train_config, method_flags)
+    from adaptkit.train_settings import build_config, build_method
+
+    options = {  # every option of OPTION_SETTINGS and DATA_OPTIONS, by name (tests/test_train_settings.py)
+        "model": model, "method": method, "max_steps": max_steps, "epochs": epochs, "seq_len": seq_len, "num_proc": num_proc,
+        "packing": packing, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "lr": lr, "weight_decay": weight_decay,
+        "schedule": schedule, "warmup_ratio": warmup_ratio, "max_grad_norm": max_grad_norm, "save_steps": save_steps,
+        "precision": precision, "device": device, "distributed": distributed, "seed": seed,
+        "gradient_checkpointing": gradient_checkpointing, "compile": compile, "trust_remote_code": trust_remote_code,
+        "report_to": report_to, "run_name": run_name, "project": project, "eval_data": eval_data, "eval_steps": eval_steps,
+        "validation_fraction": validation_fraction, "data": data, "text_field": text_field, "max_tokens": max_tokens,
+    }
+    method_options = {"mask": mask, "calib": calib, "freeze_ratio": freeze_ratio}
+    train_config = build_config(config, options, set_, method_options, require_inputs=not print_config)
+    training_method = build_method(train_config, method_options, require_inputs=not print_config)
     if print_config:
         return _print_config(train_config, training_method)
     if output is None:

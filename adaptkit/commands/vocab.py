@@ -68,7 +68,7 @@ def extend(
     revision: RevisionOpt = None,
 ) -> None:
     """Learn --add new tokens from --data, append them to tokenizer and embeddings, write a model dir."""
-    from adaptkit.config import parse_set_overrides
+    from adaptkit.settings import parse_set_overrides
     from adaptkit.io.hub import check_target, output_files
     from adaptkit.vocab.extend import ExtendOptions, extend as run_extend
 

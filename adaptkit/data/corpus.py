@@ -16,15 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from adaptkit.data.sources import file_format, resolve
-from adaptkit.data.sources import file_hash as _file_hash
-from adaptkit.data.store import StoreBlocks, cache_dir, encode, open_sources, parse_max_tokens, tokenizer_fingerprint
+from adaptkit.data.sources import bytes_hash, file_format, resolve
+from adaptkit.data.store import StoreBlocks, cache_dir, open_sources, parse_max_tokens, tokenizer_fingerprint
 from adaptkit.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cache_dir", "tokenizer_fingerprint", "file_hash", "iter_records", "iter_documents", "tokenize_documents",
+__all__ = ["cache_dir", "tokenizer_fingerprint", "file_hash", "iter_records", "iter_documents",
            "token_stream", "pack_blocks", "load_blocks", "load_mixture", "detect_format"]
 
 
@@ -49,14 +48,7 @@ def iter_documents(path: Path, text_field: str = "text", fmt: str = "auto", flag
 
 def file_hash(path: Path) -> str:
     """sha256 of a file's bytes or a directory's files; of what a glob or hub: spec reads otherwise."""
-    return _file_hash(path) if Path(path).exists() else resolve(str(path)).content_hash()
-
-
-def tokenize_documents(documents: list[str], tokenizer, batch: int = 1000) -> list[int]:
-    """Token ids of the documents, each followed by EOS (when the tokenizer has one)."""
-    import numpy as np
-
-    return encode(tokenizer, documents, np.int64, batch)[0].tolist()
+    return bytes_hash(path) if Path(path).exists() else resolve(str(path)).content_hash()
 
 
 def pack_blocks(stream: "torch.Tensor", seq_len: int) -> "torch.Tensor":

@@ -84,12 +84,12 @@ class Source:
         if self.kind == "files":
             digest = hashlib.sha256()
             for path, _ in self.files:
-                digest.update(file_hash(path).encode())
+                digest.update(bytes_hash(path).encode())
             return digest.hexdigest()
         if self.kind in ("hf", "store"):
-            return file_hash(self.path)
+            return bytes_hash(self.path)
         ident, config, split = self.hub
-        local = file_hash(self.path) if self.path is not None else ""
+        local = bytes_hash(self.path) if self.path is not None else ""
         return hashlib.sha256(f"hub|{ident}|{config}|{split}|{local}".encode()).hexdigest()
 
 
@@ -140,7 +140,7 @@ def _resolve_dir(spec: str, path: Path, fmt: str, flag: str) -> Source:
     return Source(spec, "files", files, flag=flag)
 
 
-def file_hash(path: Path) -> str:
+def bytes_hash(path: Path) -> str:
     """sha256 of a file's bytes, or of a directory's files (names and bytes)."""
     digest = hashlib.sha256()
     path = Path(path)

@@ -245,6 +245,8 @@ def train_step(run: TrainingRun, t: Training, step: int) -> tuple[torch.Tensor, 
             loss = step_loss_of(t.forward_model, inputs, callbacks, model)
         run.strategy.backward(loss / accumulation)
         step_loss += loss.detach() / accumulation
+        for callback in callbacks:
+            callback.after_backward(model, step, micro)
     for callback in callbacks:
         callback.transform_gradients(model, step)
     t.trainable.pull_grads()

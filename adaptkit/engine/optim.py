@@ -1,7 +1,8 @@
 """Optimizer, learning-rate schedule and masked (compact) parameters.
 
 A parameter that trains only partly (an UpdateMask) is optimized through a compact
-copy of its trainable entries (float32 master copy; in bf16-pure precision bf16, like the weights): the optimizer holds state only for those
+copy of its trainable entries (float32 master copy; in bf16-pure precision bf16, like the weights,
+unless the plan's `masked_dtype` asks for float32 in every mode): the optimizer holds state only for those
 entries, weight decay touches only them, and after each step they are written back
 into the model. Frozen entries are never written, so they stay bit-identical to the
 source weights, weight decay included.
@@ -162,7 +163,8 @@ def apply_plan(plan: TrainingPlan, sharded: bool = False, dtype: torch.dtype = t
         else:
             if mask is not None:
                 mask.check_fits(name, tuple(param.shape), "training plan")
-            trainable.compact[name] = CompactParameter(name, param, mask, dtype)
+            own = getattr(torch, plan.masked_dtype) if mask is not None and plan.masked_dtype else dtype
+            trainable.compact[name] = CompactParameter(name, param, mask, own)
     return trainable
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from adaptkit.engine.config import TrainConfig
-    from adaptkit.specs import Params
+    from adaptkit.specs import Need, Params
 
 
 class TrainingCallback:
@@ -42,6 +42,9 @@ class TrainingCallback:
     def extra_loss(self, model: "torch.nn.Module") -> "Optional[torch.Tensor]":
         """A term added to the language-modelling loss of every micro-batch (e.g. L2-SP, EWC)."""
         return None
+
+    def after_backward(self, model: "torch.nn.Module", step: int, micro: int) -> None:
+        """After each micro-batch's backward: the gradients accumulated so far (e.g. GMT's reference mode)."""
 
     def transform_gradients(self, model: "torch.nn.Module", step: int) -> None:
         """Change accumulated gradients in place, before masking and clipping (e.g. GMT)."""
@@ -74,6 +77,9 @@ class TrainingPlan:
     # (engine/masked_linear.py): less backward work and memory; leaves their .grad empty,
     # so not for methods whose callbacks read full weight gradients.
     compact_linear_grads: bool = False
+    # dtype name of the compact copies of partly trained parameters; None: the precision's weight dtype
+    # (bf16 under bf16-pure). "float32" keeps an fp32 copy in every precision mode (S2FT, as its reference).
+    masked_dtype: Optional[str] = None
 
     @classmethod
     def full(cls, model: "torch.nn.Module", summary: str = "all parameters") -> "TrainingPlan":
@@ -152,7 +158,7 @@ class TrainingMethod(ABC):
 
     The class attributes declare the method for the registry (`adaptkit.specs.method_spec(Class)`):
     its name, a one-line summary, the paper reference, its pydantic parameter model, what the run must
-    provide (`needs`, see adaptkit.specs.METHOD_NEEDS) and optional packages it imports (`extras`).
+    provide (`needs`: adaptkit.specs.Need) and optional packages it imports (`extras`).
     `freeze_special_tokens` is the method's default of the run setting of that name (engine/special_tokens.py).
     """
 
@@ -160,7 +166,7 @@ class TrainingMethod(ABC):
     summary: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Params: ClassVar[type["Params"]] = NoParams
-    needs: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[tuple["Need", ...]] = ()
     extras: ClassVar[tuple[str, ...]] = ()
     freeze_special_tokens: ClassVar[bool] = False
 

@@ -46,7 +46,7 @@ def resolved_config_dict(config: "TrainConfig") -> dict[str, Any]:
 
 def config_yaml(config: "TrainConfig") -> str:
     """The resolved configuration as a run's config.yaml holds it (and `train --print-config` prints it)."""
-    from adaptkit.config import dump_yaml
+    from adaptkit.settings import dump_yaml
 
     return dump_yaml(resolved_config_dict(config))
 
@@ -59,7 +59,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 def check_resume_config(run_dir: Path, config: "TrainConfig") -> None:
     """The settings a checkpoint depends on are those of the run; each difference is named with both values."""
-    from adaptkit.config import read_yaml_mapping
+    from adaptkit.settings import read_yaml_mapping
 
     saved = read_yaml_mapping(run_dir / "config.yaml", "--resume")
     current = resolved_config_dict(config)

@@ -43,31 +43,53 @@ if TYPE_CHECKING:
 
 PAPER_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 GREEDY: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-# what `protocol: ssu-paper` sets unless given explicitly (SSU paper, Sec. 4 and Tables 7, 9)
-SSU_PAPER_PROTOCOL: dict[str, Any] = {"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}
+# the named decodings (`decoding: NAME`) and their `generate` settings; "paper": the SSU paper's sampling
+# the SSU reference's AlpacaEval responses (gucci-j/ssu evaluation/src/ae2.py), the generations its code-mixing analysis
+# reads (Table 9's AE2 row): sampled at temperature 0.8, top-p 0.8, top-k 40, repetition penalty 1.1, no repeated
+# 3-gram, 512 new tokens
+AE2_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "no_repeat_ngram_size": 3}
+DECODINGS: dict[str, dict[str, Any]] = {"greedy": GREEDY, "paper": PAPER_SAMPLING, "ae2": AE2_SAMPLING}
+DECODING_MAX_NEW_TOKENS: dict[str, int] = {"ae2": 512}  # a decoding's own budget where --max-new-tokens is not given
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named evaluation protocol (`protocol: NAME`): the settings it presets unless given explicitly,
+    and whether its shots come only from a dataset's dev split (never from the evaluated file)."""
+
+    presets: dict[str, Any]
+    shots_from_dev_split: bool = False
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "single-turn": Protocol({}),  # the defaults: greedy, one run, the shots inline in one user turn
+    # the SSU paper's evaluation (Sec. 4 and Tables 7, 9): sampled, 3 runs, 500 items, shots as chat turns
+    "ssu-paper": Protocol({"decoding": "paper", "runs": 3, "limit": 500, "shot_turns": True}, shots_from_dev_split=True),
+}
 SPREAD_METRICS = ("chrf", "chrf++")
 
 
 class GenerationParams(Params):
     """Settings shared by generation tasks; `protocol: ssu-paper` presets the paper's evaluation."""
 
-    protocol: Literal["single-turn", "ssu-paper"] = Field(
+    protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
         "single-turn", description="single-turn: greedy, 1 run, inline shots; ssu-paper: sampled, 3 runs, 500 items, shots as chat turns from the dev split")
     max_new_tokens: int = Field(128, ge=1, description="generation budget (paper: 128)")
-    decoding: Literal["greedy", "paper"] = "greedy"
+    decoding: Literal[tuple(DECODINGS)] = "greedy"  # type: ignore[valid-type]
     runs: int = Field(1, ge=1, description="generation runs averaged (the paper averages sampled runs)")
     batch_size: int = Field(8, ge=1)
     chat_template: bool = True
     shot_turns: bool = Field(False, description="shots as user/assistant turns (paper) instead of inline in one user turn")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items (paper: 500)")
     shot_seed: int = Field(0, description="seed of the shot draw (each item's shots are fixed for it and this seed)")
+    selection: Literal["first", "reference"] = Field(
+        "first", description="first: the items in file order; reference: the SSU reference's choice (mt: pandas' .sample(random_state=42) order; sum: shortest articles of test+validation first)")
 
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
-        if isinstance(values, dict) and values.get("protocol") == "ssu-paper":
-            return {**SSU_PAPER_PROTOCOL, **values}
-        return values
+        protocol = PROTOCOLS.get(values.get("protocol", "")) if isinstance(values, dict) else None
+        return {**protocol.presets, **values} if protocol is not None else values
 
 
 def format_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: "str | list[dict[str, str]]", chat_template: bool) -> tuple[str, bool]:
@@ -108,7 +130,7 @@ def generate(
 
     from adaptkit.io.models import input_device
 
-    settings = dict(PAPER_SAMPLING if decoding == "paper" else GREEDY)
+    settings = dict(DECODINGS[decoding])
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     old_side = tokenizer.padding_side
@@ -164,20 +186,20 @@ def generator_of(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     return generator if generator is not None else partial(generate, model, tokenizer)
 
 
-def has_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: Any = None) -> bool:
+def uses_chat_template(tokenizer: "PreTrainedTokenizerBase | None", generator: Any = None) -> bool:
     """Whether prompts go under a chat template: the server's (`generator.has_chat_template`) or the tokenizer's."""
     if generator is not None and hasattr(generator, "has_chat_template"):
         return bool(generator.has_chat_template)
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def run_metrics(per_run: list[dict[str, float]]) -> dict[str, float]:
+def run_metrics(per_run: list[dict[str, float]], spread: Sequence[str] = SPREAD_METRICS) -> dict[str, float]:
     """The mean of each score over runs and, over several runs, the spread (sample std, min, max) of the
-    sentence-level chrF scores."""
+    `spread` scores (by default the sentence-level chrF scores)."""
     import statistics
 
     metrics = {k: sum(r[k] for r in per_run) / len(per_run) for k in per_run[0]}
-    for key in SPREAD_METRICS if len(per_run) > 1 else ():
+    for key in spread if len(per_run) > 1 else ():
         values = [r[key] for r in per_run]
         metrics[f"{key}_std"] = statistics.stdev(values)
         metrics[f"{key}_min"], metrics[f"{key}_max"] = min(values), max(values)
@@ -198,8 +220,8 @@ def run_generation_task(
     `prompt` (the same conversation flattened into one text) is.
     """
     produce = generator_of(model, tokenizer, generator)
-    runs = params.runs if params.decoding == "paper" else 1
-    turns = params.chat_template and has_chat_template(tokenizer, generator)
+    runs = params.runs if DECODINGS[params.decoding]["do_sample"] else 1  # greedy runs are all the same
+    turns = params.chat_template and uses_chat_template(tokenizer, generator)
     prompts = [item["messages"] if turns and "messages" in item else item["prompt"] for item in items]
     per_run: list[dict[str, float]] = []
     records: list[dict[str, Any]] = []
@@ -298,6 +320,10 @@ class GenerationData:
     pool: list[tuple[str, str, Any]] | None
     info: dict[str, Any]
 
+    def reordered(self, order: Sequence[int]) -> "GenerationData":
+        """The same data with its evaluated rows in `order` (a selection rule's order; `limit` then takes the first)."""
+        return GenerationData(self.name, [self.rows[i] for i in order], [self.languages[i] for i in order], self.pool, self.info)
+
 
 class GenerationBackend(EvalBackend):
     """A generation task family (`mt`, `sum`): records -> prompts with in-context shots ->
@@ -329,14 +355,20 @@ class GenerationBackend(EvalBackend):
         """Task info beyond the file and item count (e.g. the translation directions)."""
         return {}
 
+    def reference_order(self, data: GenerationData, where: str) -> list[int]:
+        """The SSU reference's order of the evaluated rows (`selection=reference`), best first."""
+        from adaptkit.errors import InputError
+
+        raise InputError(f"{where}: --set {self.name}.selection=reference: {self.name} has no reference selection")
+
     def read_jsonl(self, path: str, where: str) -> GenerationData:
         from pathlib import Path
 
         from adaptkit.errors import InputError
         from adaptkit.evals.data import read_jsonl
 
-        if self.params.protocol == "ssu-paper" and self.params.shots:
-            raise InputError(f"{where}: the ssu-paper protocol draws its shots from a dev split, never from the evaluated items; "
+        if PROTOCOLS[self.params.protocol].shots_from_dev_split and self.params.shots:
+            raise InputError(f"{where}: the {self.params.protocol} protocol draws its shots from a dev split, never from the evaluated items; "
                              f"give a dataset directory ({self.name}:DIR:LANGS) or --set {self.name}.shots=0")
         records = read_jsonl(Path(path), where, self.fields)
         text, reference = self.fields
@@ -352,6 +384,8 @@ class GenerationBackend(EvalBackend):
         where = f"{flag} {self.name}:{spec}"
         layout = split_layout_spec(path, where)
         data = self.read_layout(*layout, where) if layout else self.read_jsonl(path, where)
+        if self.params.selection == "reference":
+            data = data.reordered(self.reference_order(data, where))
         count = min(len(data.rows), self.params.limit or len(data.rows))
         pool = data.pool if data.pool is not None else data.rows
         items = []
@@ -364,7 +398,7 @@ class GenerationBackend(EvalBackend):
             if self.params.shot_turns:
                 item["messages"] = render_turns(instruction, shots, query)
             items.append(item)
-        info = {**data.info, "items": len(items), **self.describe(data.languages[:count])}
+        info = {**data.info, "items": len(items), "selection": self.params.selection, **self.describe(data.languages[:count])}
         return [EvalTask(name or data.name, self.name, spec, items, info)]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 from pydantic import Field
 
 from adaptkit.errors import InputError
+from adaptkit.evals.generation import DECODINGS
 from adaptkit.evals.tasks import EvalBackend
 from adaptkit.specs import Params
 
@@ -64,7 +65,7 @@ class JudgeParams(Params):
     cache: Union[bool, str] = Field("auto", description="reply cache: 'auto' ($ADAPTKIT_CACHE/judge/replies.sqlite), 'off' (or false), or a file")
     judge_max_tokens: int = Field(2048, ge=1, description="budget of each judge reply (MT-Bench: 2048)")
     max_new_tokens: int = Field(1024, ge=1, description="budget of the evaluated model's answers (MT-Bench: 1024)")
-    decoding: Literal["greedy", "paper"] = "greedy"
+    decoding: Literal[tuple(DECODINGS)] = "greedy"  # type: ignore[valid-type]
     batch_size: int = Field(8, ge=1)
     chat_template: bool = True
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items")

@@ -12,6 +12,16 @@ XL-SUM (Hasan et al. 2021): a directory of `<language>_<split>.jsonl` files (`ha
 
 Readers return plain `(input, reference, id)` triples; every problem is an InputError naming
 the flag and the file.
+
+The SSU reference's item choices (gucci-j/ssu preprocessing/src), as orders over the rows (the
+first 500 are its items):
+- MT (`generate_mt_data.py`): the devtest rows of `openlanguagedata/flores_plus` in id order, then
+  pandas' `DataFrame.sample(n=500, random_state=42)`, which takes the first 500 positions of
+  numpy's `RandomState(42).permutation(rows)`; a FLORES-200 devtest file's line i is flores_plus
+  devtest id i, so the same positions of the local files are the reference's items;
+- SUM (`generate_sum_data.py`): XL-SUM `test+validation` (test rows, then validation rows), ranked
+  by the token count of `text` under the OLMo-2 tokenizer (`tokenizer.encode`, special tokens
+  included), shortest first, ties in file order (Python's stable sort).
 """
 
 from __future__ import annotations
@@ -78,6 +88,19 @@ def xlsum_file(root: Path, lang: str, split: str) -> Path:
 
     name = XLSUM_NAMES.get(lang) or name_of(lang).lower().replace(" ", "_")
     return root / f"{name}_{split}.jsonl"
+
+
+def sampled_order(rows: int, seed: int = 42) -> list[int]:
+    """Row positions in the order pandas' `DataFrame.sample(n, random_state=seed)` returns them (any n: its first n)."""
+    import numpy
+
+    return [int(i) for i in numpy.random.RandomState(seed).permutation(rows)]
+
+
+def shortest_first(texts: list[str], tokenizer) -> list[int]:
+    """Positions of `texts` by token count under `tokenizer` (`encode`, special tokens included), ties in order."""
+    lengths = [len(tokenizer.encode(text)) for text in texts]
+    return sorted(range(len(texts)), key=lengths.__getitem__)
 
 
 def read_xlsum(root: Path, lang: str, split: str, where: str) -> list[Pair]:

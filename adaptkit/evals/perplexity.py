@@ -154,7 +154,7 @@ def document_windows(ids: list[int], block_size: int, stride: int, document: int
     return windows
 
 
-def tokenize_documents(
+def tokenize_eval_documents(
     tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], prefix: str = "bos"
 ) -> tuple[list[list[int]], int]:
     """Token ids per document (with the prefix token when asked) and the UTF-8 bytes they score."""
@@ -228,11 +228,11 @@ def _assistant_spans(tokenizer: "PreTrainedTokenizerBase", messages: Conversatio
 
 
 def encode_items(tokenizer: "PreTrainedTokenizerBase", items: Sequence[EvalItem], prefix: str = "bos", flag: str = "ppl") -> EncodedDocuments:
-    """Token ids of text documents (see `tokenize_documents`) or of chat conversations (see `tokenize_chats`)."""
+    """Token ids of text documents (see `tokenize_eval_documents`) or of chat conversations (see `tokenize_chats`)."""
     if not items:
         raise InputError("perplexity: no documents to score")
     if all(isinstance(item, str) for item in items):
-        documents, total_bytes = tokenize_documents(tokenizer, items, prefix)
+        documents, total_bytes = tokenize_eval_documents(tokenizer, items, prefix)
         return EncodedDocuments(documents, total_bytes)
     if any(isinstance(item, str) for item in items):
         raise InputError(f"{flag}: mixes plain documents and chat conversations; use one kind per file")
@@ -325,4 +325,4 @@ def score_documents(
 
 
 __all__ = ["PerplexityResult", "EncodedDocuments", "perplexity", "score_documents", "encode_items", "tokenize_chats",
-           "document_windows", "tokenize_documents", "default_block_size"]
+           "document_windows", "tokenize_eval_documents", "default_block_size"]

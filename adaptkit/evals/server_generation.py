@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from adaptkit.io.openai_client import OpenAIClient
 
-from adaptkit.evals.generation import PAPER_SAMPLING
+from adaptkit.evals.generation import DECODINGS, PAPER_SAMPLING
 
 GREEDY_REQUEST: dict[str, Any] = {"temperature": 0.0}
 PAPER_REQUEST: dict[str, Any] = {k: v for k, v in PAPER_SAMPLING.items() if k != "do_sample"}  # the in-process settings, one home
+NOT_SENT = ("do_sample", "no_repeat_ngram_size")  # no OpenAI-compatible request field: the server samples without it
+REQUESTS: dict[str, dict[str, Any]] = {name: {k: v for k, v in s.items() if k not in NOT_SENT} if s.get("do_sample") else GREEDY_REQUEST
+                                       for name, s in DECODINGS.items()}
 
 
 class ServerGenerator:
@@ -46,7 +49,7 @@ class ServerGenerator:
         from adaptkit.errors import InputError
         from adaptkit.evals.generation import cut_at_stop
 
-        settings = {**(PAPER_REQUEST if decoding == "paper" else GREEDY_REQUEST), "max_tokens": max_new_tokens, "seed": seed}
+        settings = {**REQUESTS[decoding], "max_tokens": max_new_tokens, "seed": seed}
         if stop:
             settings["stop"] = list(stop)
         templated = chat_template and self.has_chat_template

@@ -12,8 +12,10 @@ target language (`--set suite.lang=ha`; the paper: am, ha, ig, ky, ne):
 Data locations are suite settings: `suite.flores=DIR` (FLORES-200 layout), `suite.xlsum=DIR`
 (XL-SUM layout), `suite.lm_eval_data=DIR` for local copies of Belebele, MMLU and Global MMLU
 (the layout of `--set lm-eval.data_dir`), `suite.hub=true` when the Hub (or its local cache) serves
-the lm-eval tasks' datasets. What can run runs, with the paper's protocol preset (`mt.protocol=ssu-paper`,
-`sum.protocol=ssu-paper`, `lm-eval.apply_chat_template=true`; an explicit `--set` wins); every
+the lm-eval tasks' datasets. What can run runs, with the paper's protocol preset (`mt.protocol=ssu-paper`
+with the reference's items `mt.selection=reference`, `sum.protocol=ssu-paper` (with `suite.sum_tokenizer=TOK`
+also the reference's 500 shortest articles), lm-eval with the chat template, few-shot turns, the
+reference's sampling for IFEval (`leaderboard_ifeval`) and GSM8K and three runs of each; an explicit `--set` wins); every
 task that cannot is listed with why and how to get it. Belebele/MMLU tasks are the package's
 lm-eval task definitions `ssu-belebele-<lang>`, `ssu-mmlu-en`, `ssu-global-mmlu-<lang>`.
 """
@@ -31,7 +33,11 @@ from adaptkit.specs import Params, Spec
 
 LM_EVAL_LANGS = {"ha": "hau", "am": "amh", "ne": "npi", "ky": "kir", "ig": "ibo"}
 HUB_DATASETS = {"belebele": "facebook/belebele", "mmlu": "cais/mmlu", "global-mmlu": "CohereForAI/Global-MMLU",
-                "ifeval": "google/IFEval", "gsm8k": "openai/gsm8k"}
+                "ifeval": "wis-k/instruction-following-eval", "gsm8k": "openai/gsm8k"}
+# the reference's lm-eval settings for IFEval and GSM8K (gucci-j/ssu evaluation/scripts/source_gen.sh) and the paper's three runs
+# of generative tasks; log-likelihood tasks (Belebele, MMLU) run once whatever `runs` says
+REFERENCE_LM_EVAL = {"apply_chat_template": True, "fewshot_as_multiturn": True, "runs": 3,
+                     "gen_kwargs": "temperature=0.8,top_p=0.8,top_k=40,repetition_penalty=1.1,do_sample=true"}
 LOCAL_DATASETS = ("belebele", "mmlu", "global-mmlu")  # the package's ssu-* tasks read these from lm-eval.data_dir
 
 
@@ -41,6 +47,8 @@ class SuiteSettings(Params):
     xlsum: str | None = Field(None, description="XL-SUM directory (<language>_<split>.jsonl)")
     lm_eval_data: str | None = Field(None, description="local Belebele/MMLU/Global MMLU copies (DIR/<dataset>/<config>/<split>.jsonl)")
     hub: bool = Field(False, description="the Hub or its cache serves the lm-eval tasks' datasets")
+    sum_tokenizer: str | None = Field(None, description="tokenizer whose token counts choose the 500 shortest XL-SUM articles, as the reference "
+                                                           "(allenai/OLMo-2-1124-7B-Instruct); without it the first 500 test articles")
 
 
 @dataclass
@@ -154,7 +162,7 @@ def ssu_paper(settings: SuiteSettings, check: Callable[[str], str] | None = None
     entries = [_xlsum(settings, "en", "source"),
                _lm_eval(settings, "ssu-mmlu-en", "mmlu", "source", check),
                _lm_eval(settings, "ssu-belebele-eng", "belebele", "source", check),
-               _lm_eval(settings, "ifeval", "ifeval", "source", check),
+               _lm_eval(settings, "leaderboard_ifeval", "ifeval", "source", check),
                _lm_eval(settings, "gsm8k", "gsm8k", "source", check)]
     entries += [SuiteEntry(name, "source", missing=why) for name, why in NOT_IN_ADAPTKIT.items()]
     entries += [_flores(settings, lang, "en", "target"), _flores(settings, "en", lang, "target"), _xlsum(settings, lang, "target")]
@@ -163,7 +171,8 @@ def ssu_paper(settings: SuiteSettings, check: Callable[[str], str] | None = None
             entries.append(SuiteEntry(task, "target", missing="the paper's Belebele/Global MMLU prompts cover am, ha, ig, ky, ne only"))
         else:
             entries.append(_lm_eval(settings, task, dataset, "target", check))
-    presets = {"mt": {"protocol": "ssu-paper"}, "sum": {"protocol": "ssu-paper"}, "lm-eval": {"apply_chat_template": True}}
+    reference_sum = {"selection": "reference", "length_tokenizer": settings.sum_tokenizer} if settings.sum_tokenizer else {}
+    presets = {"mt": {"protocol": "ssu-paper", "selection": "reference"}, "sum": {"protocol": "ssu-paper", **reference_sum}, "lm-eval": dict(REFERENCE_LM_EVAL)}
     if settings.lm_eval_data:
         presets["lm-eval"]["data_dir"] = settings.lm_eval_data
     return Suite("ssu-paper", settings.model_dump(), entries, presets)

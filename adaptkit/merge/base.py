@@ -141,7 +141,8 @@ class MergeMethod(ABC):
     like a base); those in `tensor_params` name safetensors files, or directories holding
     the file named in the mapping (masks, scores), whose tensor of the same name, when
     present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
-    `adaptkit.io.mask_files` for the file formats).
+    `adaptkit.io.mask_files` for the file formats). `base_model_is_first_model`: in a mergekit YAML,
+    `base_model` is this method's first model (SLERP's t = 0 end), not a base.
     """
 
     name: ClassVar[str]
@@ -153,6 +154,7 @@ class MergeMethod(ABC):
     max_models: ClassVar[int | None] = None
     model_params: ClassVar[tuple[str, ...]] = ()
     tensor_params: ClassVar[dict[str, str]] = {}
+    base_model_is_first_model: ClassVar[bool] = False
 
     def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
         """Refuse inputs the method cannot use (counts, missing base) and run every parameter's
@@ -199,18 +201,17 @@ def public_params(params: Params) -> dict[str, Any]:
 def validate_params(spec: MergeMethodSpec, values: dict[str, Any], where: str | None = None) -> Params:
     """Validate merge parameters; errors name the option (`--lambda: ...`) or, with `where`
     (a config file), the parameter (`merge.yaml: parameter 'lambda': ...`)."""
-    from pydantic import ValidationError
+    from adaptkit.params import FieldError, validate
 
     if any(key not in spec.params.model_fields for key in values):
         return spec.validate_params(values, where or f"merge {spec.name}")  # unknown key: did-you-mean error
-    try:
-        return spec.params(**values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = option_name(str(error["loc"][0])) if error["loc"] else ""
-        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+
+    def describe(error: FieldError) -> str:
+        field = option_name(error.loc.split(".")[0]) if error.loc else ""
         label = f"{where}: parameter '{field}'" if where else f"--{field}"
-        raise InputError(f"{label}: {error['msg']}{got}") from None
+        return f"{label}: {error.msg}{error.got()}"
+
+    return validate(spec.params, values, describe)
 
 
 def merge_spec(method: type[MergeMethod]) -> MergeMethodSpec:

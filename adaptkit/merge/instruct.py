@@ -1,7 +1,7 @@
 """Instruction residuals (chat vectors): theta_instruct - theta_base, applied to adapted models.
 
-Huang et al. 2024, "Chat Vector" (arXiv 2310.04799); LayRA-instruct in Owodunni & Kumar
-2025 (arXiv 2509.11414). Two forms:
+Huang et al. 2024, "Chat Vector" (arXiv 2310.04799); LayRA-instruct in "Continually Adding New Languages
+to Multilingual Language Models" (arXiv 2509.11414). Two forms:
 
 - two steps: `extract` writes v = theta_instruct - theta_base once (an instruction-vector
   directory: sharded `vector*.safetensors` + `instruct_vector.json` with the architecture
@@ -126,12 +126,9 @@ def apply_one_step(model: Path, base: Path, instruct: Path, alpha: float, output
 
 
 def _alpha(alpha: float) -> AlphaParams:
-    from pydantic import ValidationError
+    from adaptkit.params import validate
 
-    try:
-        return AlphaParams(alpha=alpha)
-    except ValidationError as exc:
-        raise InputError(f"--alpha: {exc.errors()[0]['msg']} (got {alpha})") from None
+    return validate(AlphaParams, {"alpha": alpha}, lambda error: f"--alpha: {error.msg} (got {alpha})")
 
 
 def _chat_template_from(source: Path):
@@ -143,7 +140,7 @@ def _chat_template_from(source: Path):
     return finalize
 
 
-def has_chat_template(directory: Path) -> bool:
+def directory_has_chat_template(directory: Path) -> bool:
     if (directory / CHAT_TEMPLATE).is_file():
         return True
     config = directory / "tokenizer_config.json"
@@ -157,7 +154,7 @@ def has_chat_template(directory: Path) -> bool:
 
 def copy_chat_template(source: Path, target: Path, force: bool) -> bool:
     """Give `target` the chat template of `source` (as chat_template.jinja) unless it has one."""
-    if not force and has_chat_template(target):
+    if not force and directory_has_chat_template(target):
         return False
     if (source / CHAT_TEMPLATE).is_file():
         shutil.copyfile(source / CHAT_TEMPLATE, target / CHAT_TEMPLATE)

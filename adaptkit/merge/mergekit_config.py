@@ -83,7 +83,7 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
     # Roles as mergekit sees them: the base is not merged as a model (listed or not).
     if base is not None:
         keep = [i for i, model in enumerate(models) if model.resolve() != base.resolve()]
-        if method == "slerp":
+        if implementation.base_model_is_first_model:
             models, model_settings = [base] + [models[i] for i in keep], [{}] + [model_settings[i] for i in keep]
             base = None
         elif implementation.base == "none":

@@ -43,9 +43,14 @@ class _ScoreRequest:
         import torch
 
         element = self.implementation.element_scores(sp)
-        if not bool(torch.isfinite(element).all()):
+        scores = reduce_scores(element, self.granularities, lambda granularity: self.implementation.unit_scores(sp, granularity))
+        if not all(bool(torch.isfinite(t).all()) for t in (element, *scores.values())):
             raise AdaptkitError(f"scorer {self.scorer}: non-finite scores for '{sp.name}' (the model or calibration data gives NaN/inf activations)")
-        return reduce_scores(element, self.granularities)
+        return scores
+
+    def ranked(self, scored: list[ScoredParam]) -> list[ScoredParam]:
+        """The parameters the scorer ranks (the others train in full)."""
+        return [sp for sp in scored if not self.implementation.leaves_unscored(sp, self.granularities)]
 
     def score_set(self, model: "torch.nn.Module", scored: list[ScoredParam], scores: dict[str, dict[str, "torch.Tensor"]], **extra: str) -> ScoreSet:
         from adaptkit.io.models import model_fingerprint
@@ -128,6 +133,7 @@ def compute_scores(
     model.eval()
     try:
         request.implementation.prepare(model, scored, request.run)
+        scored = request.ranked(scored)
         scores = {sp.name: request.score(sp) for sp in scored}
     finally:
         model.train(was_training)
@@ -171,7 +177,7 @@ def _scores_layer_by_layer(stream: "LayerwiseModel", request: _ScoreRequest, pro
         collector = collectors.pop(stage, None)
         if collector is not None:
             request.implementation.use_statistics(collector)
-        for sp in stage_params(stage):
+        for sp in request.ranked(stage_params(stage)):
             scores[sp.name] = request.score(sp)
         del loaded[stage]
         if progress:
@@ -182,4 +188,4 @@ def _scores_layer_by_layer(stream: "LayerwiseModel", request: _ScoreRequest, pro
     else:
         blocks = calibration_batches(request.run.calibration.blocks, request.run.batch_size)
         stream.run(blocks, through_head=scores_through_head(scored), watch=watch, after=after)
-    return request.score_set(model, scored, scores, layer_by_layer="true")
+    return request.score_set(model, [sp for sp in scored if sp.name in scores], scores, layer_by_layer="true")

@@ -74,14 +74,27 @@ class Scorer(ABC):
     def element_scores(self, sp: ScoredParam) -> "torch.Tensor":
         """float32 importance of every entry of sp.param (same shape), larger = more important to the source."""
 
+    def unit_scores(self, sp: ScoredParam, granularity: str) -> Optional["torch.Tensor"]:
+        """Scores of the columns, rows or elements of a 2-D parameter when they are not the sums of its
+        element scores (a reference implementation's own rule per granularity); None: the sums."""
+        return None
 
-def reduce_scores(element: "torch.Tensor", granularities: Iterable[str]) -> dict[str, "torch.Tensor"]:
-    """Column (sum over rows), row (sum over columns) and/or element scores of a 2-D parameter; element only otherwise."""
+    def leaves_unscored(self, sp: ScoredParam, granularities: tuple[str, ...]) -> bool:
+        """True for a parameter this scorer never ranks (it then trains in full); by default none."""
+        return False
+
+
+def reduce_scores(element: "torch.Tensor", granularities: Iterable[str], units: Optional[Callable[[str], Optional["torch.Tensor"]]] = None) -> dict[str, "torch.Tensor"]:
+    """Column (sum over rows), row (sum over columns) and/or element scores of a 2-D parameter; element only otherwise.
+    `units(granularity)`, when it returns a tensor, replaces the sums for that granularity."""
     if element.ndim != 2:
         return {"element": element.detach().float().cpu().contiguous()}
     out = {}
     for granularity in granularities:
-        if granularity == "column":
+        own = units(granularity) if units is not None and granularity in GRANULARITIES else None
+        if own is not None:
+            out[granularity] = own
+        elif granularity == "column":
             out["column"] = element.sum(0)
         elif granularity == "row":
             out["row"] = element.sum(1)

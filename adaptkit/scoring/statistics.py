@@ -33,6 +33,7 @@ class ModuleInputs:
     sumsq: Optional["torch.Tensor"] = None  # (features,) sum over tokens of x_j^2
     gram: Optional["torch.Tensor"] = None  # (features, features) sum over tokens of x x^T
     counts: Optional["torch.Tensor"] = None  # (vocab,) token counts of an embedding's integer input
+    running: Optional["torch.Tensor"] = None  # (features,) the SSU reference's sgpt "mean": (previous + this forward's mean x_j^2) / 2
 
 
 class InputStatistics:
@@ -103,6 +104,8 @@ class InputStatistics:
         flat = x.reshape(-1, x.shape[-1]).float()
         sumsq = flat.square().sum(0)
         stats.sumsq = sumsq if stats.sumsq is None else stats.sumsq + sumsq
+        mean = sumsq / max(flat.shape[0], 1)
+        stats.running = mean if stats.running is None else (stats.running + mean) / 2
         stats.tokens += flat.shape[0]
         if self._needs_gram(name):
             gram = flat.T @ flat

@@ -70,7 +70,7 @@ class Study:
 
 def load_study(path: Path) -> Study:
     """Read, validate and expand a study file; every error is a one-line InputError naming the file."""
-    from adaptkit.config import read_yaml_mapping
+    from adaptkit.settings import read_yaml_mapping
 
     path = Path(path)
     data = read_yaml_mapping(path, "STUDY")
@@ -130,8 +130,8 @@ def _expand_entry(entry: Any, study: Study, mixture: dict[str, float], seeds: li
             raise InputError(f"'sweep.{key}' must be a non-empty list of values")
         if key in params:
             raise InputError(f"'{key}' is both in 'params' and in 'sweep'")
-    needs_calibration = bool(spec.needs & {"mask", "calibration"})
-    if needs_calibration and "mask" not in params:
+    needs_calibration = any("calib" in need.one_of for need in spec.needs)  # a need the study's calibration set meets
+    if needs_calibration and not any(key in params for need in spec.needs for key in need.one_of):
         if study.calibration is None:
             raise InputError(f"method '{spec.name}' needs a calibration set: add a 'calibration:' section (data, format, num_samples)")
         params.setdefault("calib", CALIB_DIR)
@@ -160,7 +160,7 @@ def run_name(base: str, swept: dict[str, Any], seed: Optional[int]) -> str:
 
 def check_train_settings(study: Study, run: Run) -> None:
     """The run's train settings validate as `adaptkit train --config` would take them."""
-    from adaptkit.config import validate_config
+    from adaptkit.settings import validate_config
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.evaluation import check_eval_config
 

@@ -89,7 +89,7 @@ def write_configs(study: Study, output: Path, root: Optional[Path] = None) -> No
     """Each run's train config, naming the shared stores and calibration set under `root`: by default
     the study directory as an absolute path; `Path(".")` keeps them relative, for a study run from inside
     its directory that may be moved (the quickstart's)."""
-    from adaptkit.config import dump_yaml
+    from adaptkit.settings import dump_yaml
 
     root = output.resolve() if root is None else root
     configs = output / "configs"

@@ -9,7 +9,10 @@ them in LightEval with its multiple-choice "MCF" formulation, which these functi
 
 scored by the log-likelihood of " A" .. " D". English MMLU is LightEval's `leaderboard|mmlu`
 (the harness prompt: "{question}\nA. {a}\n...D. {d}\nAnswer:"). Question and answer words and
-punctuation come from `LITERALS`; the Global MMLU instructions are the reference code's.
+punctuation in `LITERALS` are those of the reference's patched LightEval literals (gucci-j/ssu
+evaluation/src/patches/translation_literals.py: Hausa, Igbo, Kyrgyz, Nepali, Amharic; option letters
+A-D in every language, as the MCF formulation's "Letters" prefix); the Global MMLU instructions are
+the reference code's.
 
 Data: the Hub datasets (facebook/belebele, cais/mmlu, CohereForAI/Global-MMLU), or, with
 `data_dir` (`--set lm-eval.data_dir=DIR`), local files of the same layout:
@@ -49,7 +52,7 @@ LITERALS: dict[str, Literals] = {
     "ibo": Literals("ajụjụ", "azịza"),
     "kir": Literals("суроо", "жооп"),
     "npi": Literals("प्रश्न", "उत्तर", full_stop="।"),
-    "amh": Literals("ጥያቄ", "መልስ", full_stop="።"),
+    "amh": Literals("ጥያቄ", "መልስ"),  # the reference's patched LightEval literals: full stop "." (not "።")
 }
 
 # the reference code's Global MMLU instructions (gmmlu.py, lang_code_to_instruction); {subject} with spaces

@@ -1,12 +1,19 @@
-"""Built-in eval backends: one module each; this entry point registers their specs."""
+"""Built-in eval backends: one module each; this entry point registers their specs.
+The registry reads them from adaptkit/plugins/catalog.py, which is generated from this hook."""
+
+import importlib
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit.plugins.evals import judge_pairwise, judge_single, lighteval, lm_eval, mt, ppl, sum
 
-MODULES: tuple = (ppl, lm_eval, lighteval, mt, sum, judge_pairwise, judge_single)
+MODULE_NAMES: tuple = ("ppl", "lm_eval", "lighteval", "mt", "sum", "judge_pairwise", "judge_single")
+
+
+def modules() -> tuple:
+    """The plugin modules, imported on first call (not at the import of this package)."""
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in MODULE_NAMES)
 
 
 @hookimpl
 def register_eval_backends(register):
-    for module in MODULES:
+    for module in modules():
         register(module.SPEC)

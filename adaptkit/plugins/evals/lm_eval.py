@@ -19,6 +19,16 @@ Tasks shipped with adaptkit (adaptkit/evals/lm_tasks) are known by name next to 
 the SSU paper's `ssu-belebele-LANG`, `ssu-mmlu-en` and `ssu-global-mmlu-LANG` (LANG: eng, hau,
 amh, npi, kir, ibo). They read the Hub datasets, or local copies under `--set lm-eval.data_dir=DIR`
 (layout in adaptkit/evals/lm_tasks/ssu_prompts.py).
+
+Generation settings pass through to lm-eval as its CLI would: `gen_kwargs` (its --gen_kwargs string),
+`fewshot_as_multiturn`, `system_instruction`. With `runs` N > 1, every task that generates text
+(output_type generate_until, itself or a subtask) is evaluated N times with seeds seed, seed+1, ...
+and reported as the mean of each metric with the primary metric's spread (`<metric>_std`, sample
+standard deviation, `_min`, `_max`) and `runs`, as the `mt`/`sum` tasks report theirs; deterministic
+(log-likelihood) tasks run once. The SSU paper's IFEval and GSM8K settings (gucci-j/ssu
+evaluation/scripts/source_gen.sh; "average scores over three runs for generative tasks"):
+`gen_kwargs=temperature=0.8,top_p=0.8,top_k=40,repetition_penalty=1.1,do_sample=true`,
+`fewshot_as_multiturn=true`, `runs=3`, tasks `leaderboard_ifeval` (0-shot) and `gsm8k` (5-shot).
 """
 
 from __future__ import annotations
@@ -40,6 +50,10 @@ class LmEvalParams(Params):
     apply_chat_template: bool = False
     bootstrap_iters: int = Field(0, ge=0, description="lm-eval stderr bootstrap (0: off, fast)")
     data_dir: str | None = Field(None, description="local copies of the datasets adaptkit's tasks read (DIR/<dataset>/<config>/<split>.jsonl)")
+    gen_kwargs: str | None = Field(None, description="generation settings of generate_until tasks, as lm-eval's --gen_kwargs (e.g. 'temperature=0.8,top_p=0.8,do_sample=true')")
+    fewshot_as_multiturn: bool | None = Field(None, description="few-shot examples as chat turns (lm-eval's --fewshot_as_multiturn; with apply_chat_template); default: lm-eval's")
+    system_instruction: str | None = Field(None, description="lm-eval's --system_instruction")
+    runs: int = Field(1, ge=1, description="runs of each text-generating task (seeds seed, seed+1, ...): the mean and the primary metric's spread")
 
 
 def _split_dir_spec(spec: str) -> tuple[Path | None, list[str]]:
@@ -50,6 +64,13 @@ def _split_dir_spec(spec: str) -> tuple[Path | None, list[str]]:
     if sep and Path(head).is_dir():
         return Path(head), [t.strip() for t in tail.split(",") if t.strip()]
     return None, [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def _generates(result: dict, name: str) -> bool:
+    """Whether task `name` (or a subtask of the group) generates text, by the configs lm-eval reports."""
+    configs = result.get("configs", {})
+    names = [name, *result.get("group_subtasks", {}).get(name, [])]
+    return any(configs.get(n, {}).get("output_type") == "generate_until" for n in names)
 
 
 def _metric_name(key: str) -> str:
@@ -116,8 +137,6 @@ class LmEvalBackend(EvalBackend):
                 for name in names]
 
     def run(self, model, tokenizer, tasks: list[EvalTask], ctx: RunContext) -> dict[str, TaskOutput]:
-        from lm_eval import simple_evaluate
-
         from adaptkit.streamed_model import LayerwiseModel
 
         if isinstance(model, LayerwiseModel):
@@ -141,23 +160,37 @@ class LmEvalBackend(EvalBackend):
         for task in tasks:
             by_manager.setdefault(task.payload["manager"], []).append(task)
         for key, group in by_manager.items():
-            result = simple_evaluate(
-                model=lm,
-                tasks=[t.name for t in group],
-                task_manager=self._managers[key],
-                num_fewshot=self.params.num_fewshot,
-                limit=self.params.limit,
-                bootstrap_iters=self.params.bootstrap_iters,
-                apply_chat_template=self.params.apply_chat_template,
-                log_samples=False,
-                random_seed=ctx.seed,
-                numpy_random_seed=ctx.seed,
-                torch_random_seed=ctx.seed,
-                fewshot_random_seed=ctx.seed,
-            )
-            for task in group:
-                outputs[task.name] = self._output(result, task.name)
+            names = [t.name for t in group]
+            per_run = [self._evaluate(lm, names, key, ctx.seed)]
+            generating = [name for name in names if _generates(per_run[0], name)]
+            per_run += [self._evaluate(lm, generating, key, ctx.seed + run) for run in range(1, self.params.runs if generating else 1)]
+            for name in names:
+                outputs[name] = self._combined([r for r in per_run if name in r["results"]], name)
         return outputs
+
+    def _evaluate(self, lm, names: list[str], manager: str, seed: int) -> dict:
+        """One lm-eval run of `names` with every random seed set to `seed`."""
+        from lm_eval import simple_evaluate
+
+        p = self.params
+        return simple_evaluate(
+            model=lm, tasks=names, task_manager=self._managers[manager], num_fewshot=p.num_fewshot, limit=p.limit,
+            bootstrap_iters=p.bootstrap_iters, apply_chat_template=p.apply_chat_template, system_instruction=p.system_instruction,
+            gen_kwargs=p.gen_kwargs, log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            **({} if p.fewshot_as_multiturn is None else {"fewshot_as_multiturn": p.fewshot_as_multiturn}),
+        )
+
+    def _combined(self, results: list[dict], name: str) -> TaskOutput:
+        """One run's output, or over several the mean of each metric and the primary metric's spread."""
+        from adaptkit.evals.generation import run_metrics
+
+        outputs = [self._output(result, name) for result in results]
+        if len(outputs) == 1:
+            return outputs[0]
+        first = outputs[0]
+        metrics = run_metrics([o.metrics for o in outputs], spread=(first.primary,))
+        metrics["runs"] = float(len(outputs))
+        return TaskOutput(metrics, primary=first.primary, higher_is_better=first.higher_is_better)
 
     @staticmethod
     def _output(result: dict, name: str) -> TaskOutput:

@@ -7,7 +7,9 @@ Task spec: `mt:[NAME=]FLORES_DIR:SRC-TGT` reads the FLORES-200 layout (`dev/`, `
 `src_lang` / `tgt_lang` (or give them once with `--set mt.src_lang=en --set mt.tgt_lang=ha`),
 whose shots are other records of the same file and direction. Few-shot examples (paper: 3)
 are drawn with a fixed seed per item. `--set mt.protocol=ssu-paper` is the paper's
-evaluation (adaptkit.evals.generation).
+evaluation (adaptkit.evals.generation). `--set mt.selection=reference` evaluates the items the SSU
+reference evaluates: the devtest rows in the order pandas' `.sample(random_state=42)` draws them,
+the first `limit` (500) of them (adaptkit.evals.layouts).
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class MTBackend(GenerationBackend):
 
     def describe(self, languages):
         return {"directions": sorted({f"{s}->{t}" for s, t in languages})}
+
+    def reference_order(self, data, where):
+        from adaptkit.evals.layouts import sampled_order
+
+        return sampled_order(len(data.rows))
 
 
 SPEC = EvalBackendSpec(

@@ -1,12 +1,19 @@
-"""Built-in embedding initializers for `vocab extend`: one module each; this entry point registers their specs."""
+"""Built-in embedding initializers for `vocab extend`: one module each; this entry point registers their specs.
+The registry reads them from adaptkit/plugins/catalog.py, which is generated from this hook."""
+
+import importlib
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit.plugins.initializers import mean, random, subword_mean
 
-MODULES: tuple = (subword_mean, mean, random)
+MODULE_NAMES: tuple = ("subword_mean", "mean", "random")
+
+
+def modules() -> tuple:
+    """The plugin modules, imported on first call (not at the import of this package)."""
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in MODULE_NAMES)
 
 
 @hookimpl
 def register_initializers(register):
-    for module in MODULES:
+    for module in modules():
         register(module.SPEC)

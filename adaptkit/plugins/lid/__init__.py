@@ -1,12 +1,19 @@
-"""Built-in LID backends: one module each; this entry point registers their specs."""
+"""Built-in LID backends: one module each; this entry point registers their specs.
+The registry reads them from adaptkit/plugins/catalog.py, which is generated from this hook."""
+
+import importlib
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit.plugins.lid import fasttext, py3langid, pycld2
 
-MODULES: tuple = (py3langid, pycld2, fasttext)
+MODULE_NAMES: tuple = ("py3langid", "pycld2", "fasttext")
+
+
+def modules() -> tuple:
+    """The plugin modules, imported on first call (not at the import of this package)."""
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in MODULE_NAMES)
 
 
 @hookimpl
 def register_lid_backends(register):
-    for module in MODULES:
+    for module in modules():
         register(module.SPEC)

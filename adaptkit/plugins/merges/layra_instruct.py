@@ -1,6 +1,6 @@
 """LayRA-instruct: an instruct model plus part of the language vector, within the LayRA layers.
 
-Owodunni & Kumar 2025 (arXiv 2509.11414), LayRA-instruct: the language vector of an adapted
+"Continually Adding New Languages to Multilingual Language Models" (LayRA; arXiv 2509.11414), LayRA-instruct: the language vector of an adapted
 base is added to the instruct model of the same base with a coefficient alpha < 1 ("adds part
 of the language vector"), giving the adapted model instruction following without
 target-language instruction data:
@@ -30,7 +30,7 @@ class LayraInstructParams(Params):
 class LayraInstruct(MergeMethod):
     name = "layra-instruct"
     summary = "LayRA-instruct: instruct model + alpha x language vector (adapted - base) within the LayRA layers"
-    reference = "Owodunni & Kumar 2025, Continually adding new languages (LayRA), arXiv 2509.11414"
+    reference = "Continually Adding New Languages to Multilingual Language Models (LayRA), arXiv 2509.11414"
     Params = LayraInstructParams
     base = "required"
     max_models = 1

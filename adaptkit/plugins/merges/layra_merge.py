@@ -1,7 +1,7 @@
 """LayRA-merge: language vectors of separately adapted models, averaged onto the base within the LayRA layers.
 
-Owodunni & Kumar 2025, "Continually adding new languages to multilingual language models"
-(arXiv 2509.11414) add languages with Layer-Selective LoRA (LayRA: LoRA on selected initial
+"Continually Adding New Languages to Multilingual Language Models" (LayRA;
+arXiv 2509.11414) add languages with Layer-Selective LoRA (LayRA: LoRA on selected initial
 and final blocks only) and, in LayRA-merge, adapt the base to each language separately and
 merge the results:
 
@@ -32,7 +32,7 @@ class LayraMergeParams(Params):
 class LayraMerge(MergeMethod):
     name = "layra-merge"
     summary = "LayRA-merge: base + lambda (default 1/n) x the summed language vectors of separately adapted models, within the LayRA layers"
-    reference = "Owodunni & Kumar 2025, Continually adding new languages (LayRA), arXiv 2509.11414"
+    reference = "Continually Adding New Languages to Multilingual Language Models (LayRA), arXiv 2509.11414"
     Params = LayraMergeParams
     base = "required"
 

@@ -1,13 +1,15 @@
 """LayRA-series: the second of two languages adapted one after the other, added to the first with lambda'.
 
-Owodunni & Kumar 2025 (arXiv 2509.11414), LayRA-series: stage 2 is trained from the stage-1
-result theta_1 (the base adapted to the first language), and its update is added back with a
-coefficient lambda' tuned separately:
+"Continually Adding New Languages to Multilingual Language Models" (LayRA; arXiv 2509.11414),
+LayRA-series: stage 2 is trained from the stage-1 result theta_1 (the base adapted to the first
+language), and its update is added back with a coefficient lambda':
 
     theta = theta_1 + lambda' (theta_adapted2 - theta_1)   in `layers`
     theta = theta_1                                        elsewhere
 
 `--base` is theta_1 (the stage-1 model), `--model` the stage-2 result trained from it.
+Default lambda' = 0.5, the paper's value: its Series rows (Tables 1-2, GlgSwa) equal the "Swa 0.5"
+rows of its lambda' sweep (Appendix A.3, Tables 19-22).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from adaptkit.specs import Params
 
 
 class LayraSeriesParams(Params):
-    lambda_prime: Coefficient = Field(1.0, description="Scale of the stage-2 update added to the stage-1 model (tuned separately).")
+    lambda_prime: Coefficient = Field(0.5, description="Scale of the stage-2 update added to the stage-1 model (the paper's 0.5).")
     layers: Layers = Field(None, description="The LayRA layers, e.g. '0-9,22-23' ('embed', 'head' too); default: all.")
 
 
 class LayraSeries(MergeMethod):
     name = "layra-series"
     summary = "LayRA-series: stage-1 model (--base) + lambda' x (stage-2 model - stage-1 model) within the LayRA layers"
-    reference = "Owodunni & Kumar 2025, Continually adding new languages (LayRA), arXiv 2509.11414"
+    reference = "Continually Adding New Languages to Multilingual Language Models (LayRA), arXiv 2509.11414"
     Params = LayraSeriesParams
     base = "required"
     max_models = 1

@@ -1,7 +1,11 @@
 """Layer-aware post-hoc reversion: set chosen weights of an adapted model back to the base.
 
 After full fine-tuning on a new language, reverting part of the update restores source
-abilities (arXiv 2606.00284, post-hoc weight reversion). What is reverted:
+abilities. Post-hoc weight reversion is one of the layer-aware alignment strategies of
+"Parameter Alignment Mitigates Catastrophic Forgetting in Multilingual Expert Language Models" (arXiv 2606.00284);
+what the paper's abstract states is only that (layer-aware, post-hoc, strongest for translation).
+Which tensors, the fraction and its selection by change, scores or an SSU mask are adaptkit's
+choices, not the paper's recipe. What is reverted:
 
 - which tensors: those of `layers` (e.g. `0-3,22-23`; `embed` and `head` name the
   embeddings and the final norm + LM head) whose names contain one of `modules`

@@ -25,6 +25,7 @@ class Slerp(MergeMethod):
     base = "none"
     min_models = 2
     max_models = 2
+    base_model_is_first_model = True  # mergekit's slerp: base_model is the t = 0 end
 
     def merge_tensor(self, tensors, base, params: SlerpParams, ctx):
         from adaptkit.merge.ops import slerp

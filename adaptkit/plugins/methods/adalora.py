@@ -1,11 +1,17 @@
 """AdaLoRA: LoRA in SVD form whose rank budget is reallocated during training by importance (via peft).
 
 Zhang et al., "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", ICLR 2023
-(arXiv 2303.10512), through peft's AdaLoraModel. The rank allocator really runs: the engine calls
-`update_and_allocate(step)` after every optimizer step (gradients still present), which updates
-the sensitivity estimates and masks the least important singular values on the schedule below
-(a known peer setup never calls it, so its ranks never change). Its state is checkpointed, so
-a resumed run allocates exactly as an uninterrupted one.
+(arXiv 2303.10512), through peft's AdaLoraModel. With `allocate=true` (the default, the paper's method)
+the rank allocator runs: the engine calls `update_and_allocate(step)` after every optimizer step
+(gradients still present), which updates the sensitivity estimates and masks the least important
+singular values on the schedule below. Its state is checkpointed, so a resumed run allocates
+exactly as an uninterrupted one.
+
+`allocate=false` reproduces the SSU repository's AdaLoRA baseline (github.com/gucci-j/ssu,
+training/src/main.py): it trains the peft AdaLoRA model with the plain HF Trainer, which never calls
+`update_and_allocate`, so every adapted matrix keeps all init_r singular values for the whole run (the
+target_r/tinit/tfinal/delta_t/beta settings have no effect; the orthogonality penalty still applies).
+The `ssu-paper/adalora` preset sets it.
 
 Schedule (fractions of the run's steps): no pruning during the first `tinit` fraction, the budget
 falls cubically from init_r to target_r per matrix until the last `tfinal` fraction, during which
@@ -47,6 +53,7 @@ class AdaLoRAParams(Params):
     beta2: float = Field(0.85, gt=0, lt=1, description="EMA coefficient of the uncertainty.")
     orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality regularizer of P and Q.")
     train_embeddings_and_head: bool = Field(True, description="Also train the token embeddings and LM head in full (peft modules_to_save), as the SSU repository's AdaLoRA run does.")
+    allocate: bool = Field(True, description="Run the rank allocator (the paper); false keeps every matrix at init_r, as the SSU repository's run (which never calls update_and_allocate).")
 
 
 class RankAllocation(TrainingCallback):
@@ -189,8 +196,10 @@ class AdaLoRA(TrainingMethod):
         # peft's AdaLoraModel.forward adds the penalty (on sharded tensors under FSDP): OrthogonalityPenalty adds it instead
         wrapped.base_model.forward = wrapped.base_model.model.forward
         saved = train_ends_in_place(wrapped, model) if p.train_embeddings_and_head else {}
-        callbacks = [OrthogonalityPenalty(p.orth_reg_weight), RankAllocation(wrapped, ctx.log), MergeAndSaveAdapter(ctx.config.model, saved)]
-        return adapter_plan(wrapped, f"adalora (r {p.init_r} -> {p.target_r}, allocation at steps {tinit}-{total - tfinal})", callbacks)
+        allocation = [RankAllocation(wrapped, ctx.log)] if p.allocate else []
+        callbacks = [OrthogonalityPenalty(p.orth_reg_weight), *allocation, MergeAndSaveAdapter(ctx.config.model, saved)]
+        schedule = f"r {p.init_r} -> {p.target_r}, allocation at steps {tinit}-{total - tfinal}" if p.allocate else f"r {p.init_r}, no rank allocation"
+        return adapter_plan(wrapped, f"adalora ({schedule})", callbacks)
 
 
 SPEC = method_spec(AdaLoRA)

@@ -1,8 +1,12 @@
 """Layer freezing: hard-freeze a user-given range or list of transformer layers; everything else trains.
 
-One of the layer-aware alignment strategies compared in arXiv 2606.00284: the chosen blocks
+Hard layer freezing is one of the layer-aware alignment strategies compared in
+"Parameter Alignment Mitigates Catastrophic Forgetting in Multilingual Expert Language Models" (arXiv 2606.00284): the chosen blocks
 (e.g. the lower half, `--set layers=0-11`) keep their source weights bit for bit, while the
-other blocks, the embeddings, the final norm and the LM head are trained in full.
+other blocks, the embeddings, the final norm and the LM head are trained in full. The paper's
+abstract states the strategy (and that it best preserves comprehension), not which layers it
+freezes: the layers are the user's choice (no default), and training the embeddings and head in
+full is adaptkit's.
 """
 
 from __future__ import annotations

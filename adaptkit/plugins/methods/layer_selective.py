@@ -1,8 +1,8 @@
 """Layer-selective fine-tuning: fully train chosen transformer layers (default: the first and the
 last) plus the token embeddings and the LM head; every other parameter stays frozen.
 
-The chosen-layer baseline of layer-aware language adaptation (cf. LayRA, Owodunni & Kumar,
-arXiv 2509.11414, which places its adapters on the first and last layers for the same reason:
+The chosen-layer baseline of layer-aware language adaptation (cf. LayRA, "Continually Adding New Languages to Multilingual Language
+Models", arXiv 2509.11414, which places its adapters on the first and last layers for the same reason:
 those layers carry most of the language-specific processing).
 """
 

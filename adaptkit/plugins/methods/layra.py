@@ -1,7 +1,8 @@
 """LayRA: LoRA on the first and last transformer layers only, with trainable embeddings and LM head.
 
-Owodunni & Kumar, arXiv 2509.11414: rank 8, alpha 16, dropout 0.05 on the linear projections of
-the first 10 and the last 2 layers, and the token embeddings and LM head trained in full (peft
+"Continually Adding New Languages to Multilingual Language Models" (arXiv 2509.11414), §3.2: rank 8,
+alpha 16, dropout 0.05 on the linear projections of the first 10 and the last 2 layers, and the token
+embeddings and LM head trained in full (peft
 `modules_to_save`, kept tied when the model ties them; trained in place as in `lora`). The layers are configurable with
 `first`/`last` or an explicit `layers` selection ('0-9,30-31'). Saved like `lora`: merged dense
 model in final/, PEFT adapter in final/adapter/.
@@ -33,7 +34,7 @@ def layra_layers(total: int, first: int, last: int) -> list[int]:
 class LayRA(LoRA):
     name = "layra"
     summary = "LayRA: LoRA (r 8, alpha 16) on the first 10 and last 2 layers plus trainable embeddings and LM head"
-    reference = "Owodunni & Kumar, arXiv 2509.11414"
+    reference = "Continually Adding New Languages to Multilingual Language Models (LayRA), arXiv 2509.11414"
     Params = LayRAParams
     extras = ("peft",)
 

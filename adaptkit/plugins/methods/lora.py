@@ -1,8 +1,11 @@
 """LoRA: low-rank adapters on the linear projections (via peft), merged into dense weights at the end.
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv 2106.09685),
-through Hugging Face peft (optional extra `peft`). Defaults follow the SSU repository's LoRA
-baseline: rank 8, alpha 16, all seven linear projections of every block; dropout 0.05.
+through Hugging Face peft (optional extra `peft`). Defaults follow the LoRA CPT baseline and adapter
+settings of the LayRA paper ("Continually Adding New Languages to Multilingual Language Models", §3.2-3.3,
+after Biderman et al. 2024): rank 8, alpha 16, dropout 0.05, all seven linear projections of every block.
+The SSU paper has no LoRA baseline; its reference code's `--peft_method lora` (used by no script) would
+default to rank 8, alpha 16, dropout 0.0 with the embeddings and LM head trained.
 `train_embeddings_and_head` adds the token embeddings and the LM head as fully trained modules
 (peft `modules_to_save`), as the SSU repository's PEFT runs do; they train in place in the base model
 (the same weights as peft's trained copies, and they shard under FSDP) and are saved in the adapter as

@@ -7,19 +7,35 @@ NeurIPS 2024 (arXiv 2412.06289), in the variants the SSU repository compares aga
 
 - a channel of a down projection is one column of its (hidden, intermediate) weight; a head of
   an output projection is the head_dim columns of its (hidden, heads * head_dim) weight;
-- channels (and heads) are sampled at random, globally over all layers, as the S2FT authors do:
-  floor(ratio * layers * channels) of them (at least one), with `random.Random(seed)`;
+- channels (and heads) are sampled at random, globally over all layers, as the S2FT authors and the
+  SSU code do (`s2ft_select_ffn_up_down`, `s2ft_select_mha_heads`): floor(layers * channels * ratio)
+  of them (at least one), each pool with a fresh `random.Random(seed)`, so a seed selects the same
+  channels and heads as the reference;
 - the budget is a `ratio` of the selectable channels, or `lora_rank` r: as many trainable
-  parameters as LoRA of rank r on every linear projection of every layer (the SSU scripts'
-  s2ft_down_16/32/64 match LoRA ranks 16/32/64 this way); with `down+output` one ratio is
-  applied to both pools so that the total matches the LoRA budget;
+  parameters as LoRA of rank r on every linear projection of every layer; with `down+output` one
+  ratio is applied to both pools so that the total matches the LoRA budget. The SSU scripts'
+  s2ft_down_16/32/64 runs give the ratios 0.03 / 0.055 / 0.11 themselves (rounded from this
+  formula's 0.0277 / 0.0554 / 0.1108 on OLMo-2 7B): the `ssu-paper/s2ft-down-16/32/64` presets use
+  those ratios, not `lora_rank`;
 - the token embeddings and the LM head train in full, as the SSU repository's S2FT runs unfreeze
   them (`train_embeddings_and_head=false` freezes them: S2FT's own definition);
 - everything else is frozen. Default: ratio 0.015 (the SSU repository's s2ft_down setting).
 
-The engine trains the selected columns through compact copies and writes them back into the
-dense weights, so the saved model is a plain Hugging Face model (no permutation, no side
-tensors, nothing to convert). With `fast_backward` (default) the projections' backward computes
+The engine trains the selected columns through compact float32 copies in every precision mode
+(`bf16-pure` included: the reference trains a zero-initialised fp32 delta `s2` beside its bf16
+weights, so small updates accumulate there as here) and writes them back into the dense weights
+after each step, so the saved model is a plain Hugging Face model (no permutation, no side
+tensors, nothing to convert). What remains different from the reference's delta: the forward
+uses the bf16-rounded sum W + delta (the reference adds x·delta computed separately), and weight
+decay shrinks W + delta (the reference's decays the delta alone).
+
+The reference permutes the selected heads (q/k/v rows, o columns) and channels (up/gate rows,
+down columns) to the front and never permutes them back (its convert_s2_to_linear.py only fuses the
+delta). For the MLP this is function-preserving; for OLMo-2's attention it is not: q_norm/k_norm
+normalise the full q/k width with a per-channel scale that is not permuted, so from the start its
+`down+output` model scales each moved head's q/k channels with another head's norm weights. adaptkit
+permutes nothing, so its `down+output` starts from (and saves) the unpermuted model; the trainable
+entries are the same heads' o_proj columns. With `fast_backward` (default) the projections' backward computes
 weight gradients only for the selected columns (the engine's compact linear backward), which is
 the compute saving S2FT gets from permuting the selected channels into a dense block, without
 permuting anything; multi-process runs use the plain backward.
@@ -76,8 +92,8 @@ def lora_parameter_count(model, rank: int) -> int:
 
 
 def sample_units(rng: random.Random, layers: int, units: int, ratio: float) -> dict[int, list[int]]:
-    """Globally sampled (layer, unit) pairs, floor(ratio * layers * units) of them (at least one)."""
-    count = max(1, int(ratio * layers * units))
+    """Globally sampled (layer, unit) pairs, floor(layers * units * ratio) of them (at least one)."""
+    count = max(1, int(layers * units * ratio))
     chosen: dict[int, list[int]] = {}
     for flat in sorted(rng.sample(range(layers * units), count)):
         chosen.setdefault(flat // units, []).append(flat % units)
@@ -114,10 +130,10 @@ class StructuredSparseFineTuning(TrainingMethod):
                 raise InputError(f"--set lora_rank: rank {params.lora_rank} needs more parameters than all selectable channels hold ({ratio:.2f} x); use a smaller rank")
         elif ratio is None:
             ratio = DEFAULT_RATIO
-        rng = random.Random(ctx.seed if params.seed is None else params.seed)
+        seed = ctx.seed if params.seed is None else params.seed
         trainable = {}
-        for names, units, width in pools.values():
-            for layer, chosen in sample_units(rng, len(names), units, ratio).items():
+        for names, units, width in pools.values():  # each pool draws from a fresh generator, as the reference
+            for layer, chosen in sample_units(random.Random(seed), len(names), units, ratio).items():
                 columns = torch.zeros(units * width, dtype=torch.bool)
                 for unit in chosen:
                     columns[unit * width:(unit + 1) * width] = True
@@ -125,7 +141,7 @@ class StructuredSparseFineTuning(TrainingMethod):
         if params.train_embeddings_and_head:
             ends = embedding_parameter_ids(model)
             trainable.update({name: None for name, param in model.named_parameters() if id(param) in ends})
-        plan = TrainingPlan(model, trainable, compact_linear_grads=params.fast_backward)
+        plan = TrainingPlan(model, trainable, compact_linear_grads=params.fast_backward, masked_dtype="float32")
         plan.summary = f"S2FT ({params.variant}, ratio {ratio:.4f})"
         return plan
 

@@ -11,8 +11,10 @@
   Fisher of a mean token loss is tiny); the scaling only rescales strength.
 
 Every parameter trains (as in full fine-tuning); the penalty covers all parameters, or with
-`layers` (e.g. '0-11') only the parameters of those transformer blocks, one of the layer-aware
-alignment strategies of arXiv 2606.00284. The penalty's exact gradient,
+`layers` (e.g. '0-11') only the parameters of those transformer blocks. Soft regularization is one
+of the layer-aware alignment strategies of "Parameter Alignment Mitigates Catastrophic Forgetting in Multilingual Expert Language Models" (arXiv 2606.00284);
+its abstract states the strategy, not its form: L2-SP or EWC, the default strength 0.01, the Fisher
+normalization and the layers are adaptkit's choices. The penalty's exact gradient,
 2 * strength * F * (theta - theta_source), is added to the accumulated gradient once per
 optimizer step, before clipping: the same update as adding the penalty to the loss, without an
 autograd graph over every weight. The logged loss is the language-modelling loss.

@@ -30,7 +30,7 @@ from adaptkit.engine.embedding_rows import extension_start, release_new_rows
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.scoring.freeze import FreezeRatio
-from adaptkit.specs import Params, method_spec
+from adaptkit.specs import Need, Params, method_spec
 
 DEFAULT_FREEZE_RATIO = 0.5
 
@@ -52,7 +52,7 @@ class SourceShieldedUpdates(TrainingMethod):
     scorer: ClassVar[str] = "wanda"
     reference = "Yamaguchi et al. 2025, Source-Shielded Updates (arXiv:2512.04844; github.com/gucci-j/ssu)"
     Params = SSUParams
-    needs = frozenset({"mask"})
+    needs = (Need(("mask", "calib"), "--mask DIR (from `adaptkit mask`) or --calib DIR (from `adaptkit calibrate`)"),)
     freeze_special_tokens = True  # as the SSU repository's SSU runs (--freeze_chat_template_tokens)
 
     def plan(self, model, ctx: MethodContext) -> TrainingPlan:

@@ -22,6 +22,17 @@ selection divides by the squared diagonal of the Cholesky factor of H^-1, which 
 the column order of its sequential pruning; this order-free OBS form is the one the Wanda
 paper tabulates for SparseGPT. H costs in_features^2 float32 per distinct module input
 (q/k/v and gate/up share one); `paper` needs only its diagonal.
+
+`saliency=reference`: what the SSU authors' code computes (gucci-j/ssu, `sgpt_based`, `sgpt_rowwise`,
+`sgpt_elementwise` in training/src/utils/model_utils.py). Its "E[x_j^2]" is not the mean over the
+calibration tokens: after each forward call (one calibration block at the reference's batch size 1;
+use calib_batch_size 1) the statistic becomes (previous + this call's mean of x_j^2) / 2, so the last
+blocks weigh most (block b of n gets 2^-(n-b+1), the first two 2^-(n-1)). With that statistic r_j:
+a linear weight's columns rank by r_j, its rows by sum_j |W_ij| r_j, its elements by |W_ij| alone (the
+code's element-wise branch finds r shorter than the weight and falls back to magnitude); 1-D norm
+scales are never frozen by the column and row ablations (the code handles only 2-D weights and
+biases there) and rank by r_i in the element-wise one. Embeddings rank as under `paper`.
+The `ssu-paper/ssu-sparsegpt` preset selects it.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from adaptkit.specs import Params
 
 
 class SparseGPTParams(Params):
-    saliency: Literal["paper", "obs"] = Field("paper", description="paper: E[x_j^2] (SSU Appendix B, reference code); obs: W_ij^2 / [(H + lambda I)^-1]_jj.")
+    saliency: Literal["paper", "obs", "reference"] = Field("paper", description="paper: E[x_j^2] (SSU Appendix B); reference: the SSU code's running (prev+new)/2 statistic and its rules; obs: W_ij^2 / [(H + lambda I)^-1]_jj.")
     damp: float = Field(0.01, gt=0, description="With saliency=obs: damping as a fraction of mean(diag H) (SparseGPT: 0.01).")
 
 
@@ -87,6 +98,8 @@ class SparseGPTScorer(Scorer):
     def element_scores(self, sp: ScoredParam):
         if self.params.saliency == "paper":
             return self._mean_square(sp)
+        if self.params.saliency == "reference":
+            return self._mean_square(sp, running=True)
         stats = self.stats.get(sp.module_name)
         squared = sp.param.detach().float().square()
         relation = input_relation(sp, stats, "sparsegpt")
@@ -99,21 +112,41 @@ class SparseGPTScorer(Scorer):
         return squared * 2.0 * (1.0 + self.params.damp)
 
 
-    def _mean_square(self, sp: ScoredParam):
-        """s_ij = E[x_j^2] of the entry's input, broadcast to the parameter's shape."""
+    def _mean_square(self, sp: ScoredParam, running: bool = False):
+        """s_ij = E[x_j^2] of the entry's input (with `running`: the reference's running statistic), broadcast to the parameter's shape."""
         import torch
 
         stats = self.stats.get(sp.module_name)
         shape = tuple(sp.param.shape)
         tokens = max(stats.tokens, 1)
         relation = input_relation(sp, stats, "sparsegpt")
+        mean_square = stats.running if running and stats.running is not None else (stats.sumsq / tokens if stats.sumsq is not None else None)
         if relation == "columns":
-            return (stats.sumsq / tokens).unsqueeze(0).expand(shape)
+            return mean_square.unsqueeze(0).expand(shape)
         if relation == "rows":
             return (stats.counts / tokens).unsqueeze(1).expand(shape)
         if relation == "elements":
-            return stats.sumsq / tokens
+            return mean_square
         return torch.ones(shape, dtype=torch.float32, device=sp.param.device)
+
+    def unit_scores(self, sp: ScoredParam, granularity: str):
+        """saliency=reference on a linear weight: columns by r_j, rows by sum_j |W_ij| r_j, elements by |W_ij|."""
+        if self.params.saliency != "reference":
+            return None
+        stats = self.stats.get(sp.module_name)
+        if input_relation(sp, stats, "sparsegpt") != "columns":
+            return None
+        weight = sp.param.detach().float().abs()
+        if granularity == "column":
+            return stats.running.clone()
+        if granularity == "row":
+            return (weight * stats.running.unsqueeze(0)).sum(1)
+        return weight
+
+    def leaves_unscored(self, sp: ScoredParam, granularities: tuple[str, ...]) -> bool:
+        """saliency=reference: the column and row ablations never freeze 1-D norm scales."""
+        is_bias = sp.param is getattr(sp.module, "bias", None)
+        return self.params.saliency == "reference" and sp.param.ndim == 1 and not is_bias and "element" not in granularities
 
 
 SPEC = scorer_spec(SparseGPTScorer)

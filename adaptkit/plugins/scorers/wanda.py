@@ -12,9 +12,10 @@ input, s_i = |w_i| * ||X_i||_2; a bias meets the constant 1, s_i = |b_i| * sqrt(
 paper's formula: the column score is S_j = ||W_:,j||_2 * mean_t(x_tj^2) (the L2 norm of the
 weight column times the mean squared activation), and a 1-D parameter scores
 s_i = |w_i| * (1 + E[x_i^2]) (a bias: E[1^2] = 1). As element scores whose column sums are
-S_j: s_ij = W_ij^2 / ||W_:,j||_2 * mean_t(x_tj^2) (0 for an all-zero column), so row scores
-under this variant are the row sums of those; an embedding row v (one-hot input) scores
-||E_v,:||_2 * count_v / N likewise, transposed.
+S_j: s_ij = W_ij^2 / ||W_:,j||_2 * mean_t(x_tj^2) (0 for an all-zero column); an embedding row v
+(one-hot input) scores ||E_v,:||_2 * count_v / N likewise, transposed. The code's Table 3 ablations
+rank a linear weight's rows by ||W_i,:||_2 alone (`ssu_rowwise`: no activations) and its elements by
+|W_ij| * (1 + mean_t(x_tj^2)) (`ssu_elementwise`); the reference variant ranks rows and elements so.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ class WandaScorer(Scorer):
             return weight.square() / norms.masked_fill(norms == 0, 1.0) * (stats.counts / tokens).unsqueeze(1)
         mean_square = stats.sumsq / tokens if relation == "elements" else 1.0
         return weight.abs() * (1.0 + mean_square)
+
+    def unit_scores(self, sp: ScoredParam, granularity: str):
+        """The reference code's row-wise and element-wise ablations of a linear weight (see the module docstring)."""
+        if self.params.variant != "reference" or granularity == "column":
+            return None
+        stats = self.stats.get(sp.module_name)
+        if input_relation(sp, stats, "wanda") != "columns":
+            return None
+        weight = sp.param.detach().float()
+        if granularity == "row":
+            return weight.norm(dim=1)
+        return weight.abs() * (1.0 + stats.sumsq / max(stats.tokens, 1)).unsqueeze(0)
 
 
 SPEC = scorer_spec(WandaScorer)

@@ -1,4 +1,4 @@
-"""Configs: pydantic models, YAML files and `--set a.b=value` overrides.
+"""Settings: YAML files (and the packaged presets), `--set a.b=value` overrides, validation into pydantic models.
 
 Precedence, lowest first: the model's defaults, the YAML file given with `--config`,
 the command's explicit flags, then `--set` overrides. Every key is validated by the
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from adaptkit.errors import InputError, first_line
 
@@ -98,7 +98,7 @@ def fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def check_key(model: type[BaseModel], path: list[str], flag: str = "--set") -> bool:
+def check_key(model: type[BaseModel], path: list[str]) -> bool:
     """True if `path` names a field of `model` (descending into nested models)."""
     current: Any = model
     for i, part in enumerate(path):
@@ -120,20 +120,19 @@ def validate_config(model: type[M], data: dict[str, Any], source: str, flags: di
 
     `flags` maps dotted keys to the CLI flags that set them, so errors name the flag.
     """
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    from adaptkit.errors import did_you_mean
+    from adaptkit.params import FieldError, validate
+
+    def describe(error: FieldError) -> str:
+        loc = error.loc or "(root)"
         flag = (flags or {}).get(loc) or (flags or {}).get(loc.rsplit(".", 1)[0])
         if flag:
-            raise InputError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
-        if err["type"] == "extra_forbidden":
-            from adaptkit.errors import did_you_mean
+            return f"{flag}: {error.msg} (got {error.input!r})"
+        if error.type == "extra_forbidden":
+            return f"{source}: unknown key '{loc}'{did_you_mean(loc.split('.')[-1], list(model.model_fields))}"
+        return f"{source}: '{loc}': {error.msg}"
 
-            known = list(model.model_fields)
-            raise InputError(f"{source}: unknown key '{loc}'{did_you_mean(loc.split('.')[-1], known)}") from None
-        raise InputError(f"{source}: '{loc}': {err['msg']}") from None
+    return validate(model, data, describe)
 
 
 def dump_yaml(data: dict[str, Any]) -> str:
