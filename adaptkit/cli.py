@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from adaptkit import __version__
 from adaptkit.commands.common import Shared, prepare_command, short_help
 from adaptkit.errors import AdaptkitError, Interrupted, one_line
+from adaptkit.threads import prepare as prepare_threads
 
 # name -> module; a module exposes `command` (a function) or `app` (a Typer group)
 BUILTIN_COMMANDS = {
@@ -40,8 +41,9 @@ BUILTIN_COMMANDS = {
     "quickstart": "adaptkit.commands.quickstart",
     "data": "adaptkit.commands.data",
     "study": "adaptkit.commands.study",
+    "bam": "adaptkit.commands.bam",
 }
-# what `adaptkit --help` shows for each, without importing the 14 modules (a third of the start-up):
+# what `adaptkit --help` shows for each, without importing the 15 modules (a third of the start-up):
 # the first line of the command's docstring (its group's help, or its module's docstring for merge);
 # tests/test_cli.py checks that the two agree
 SUMMARIES = {
@@ -54,11 +56,12 @@ SUMMARIES = {
     "evaluate": "Evaluate models on perplexity, lm-eval/lighteval tasks and MT/summarization (chrF++), with changes vs a baseline.",
     "generate": "Generate one response per prompt and model; writes JSONL records {id, prompt, model, response} (or chat records).",
     "codemix": "Flag code-mixed responses with a language identifier (SSU paper: GlotLID, threshold 0.9).",
-    "vocab": "Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).",
+    "vocab": "Vocabulary: measure a tokenizer on target text (inspect), extend it with new tokens (extend), or give a model another tokenizer (transplant).",
     "plugins": "List registered plugins and methods: name, kind, plugin, summary, reference, parameters.",
     "quickstart": "Run the whole pipeline on the embedded default (or --model): adapt with several methods, compare forgetting and learning.",
     "data": "Token stores: tokenize corpora once (data prepare), look inside one (data inspect).",
     "study": "Run a grid of trainings (skipping finished runs, resuming interrupted ones), evaluate them all and write the report.",
+    "bam": "Branch-and-Merge: rounds x branches trainings on data slices, merged each round (resumable).",
 }
 
 
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None, nested: bool = False) -> None:
     """Entry point of the `adaptkit` script. `nested` (a command run by another in this process, see
     `run_in_process`): an interrupt goes on up as `Interrupted`, for the outer command's one line."""
     args = list(sys.argv[1:] if argv is None else argv)
+    prepare_threads()  # before anything imports torch: OpenMP reads its variables once, when it loads
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"), run_command=run_in_process)
     handlers = _install_signal_handlers()
     try:

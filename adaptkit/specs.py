@@ -11,8 +11,9 @@ base `Params` lives in adaptkit/params.py (`adaptkit.specs.Params` is it, import
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from adaptkit.errors import InputError, PluginError, did_you_mean
 
@@ -39,6 +40,28 @@ def resolve(target: Any) -> Any:
     for part in attribute.split(".") if attribute else []:
         obj = getattr(obj, part)
     return obj
+
+
+def missing_package(extra: str) -> Optional[str]:
+    """The first distribution of adaptkit's optional extra `extra` that is not installed, None if all are;
+    an extra adaptkit does not define (a plugin's) is taken as the name of an importable module."""
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("adaptkit") or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    marker = re.compile(r"""extra\s*==\s*['"]%s['"]""" % re.escape(extra))
+    packages = [re.match(r"[A-Za-z0-9_.\-]+", r).group(0) for r in requirements if marker.search(r)]
+    for package in packages:
+        try:
+            metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return package
+    if not packages and importlib.util.find_spec(extra.replace("-", "_")) is None:
+        return extra
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,14 @@ class Spec:
                 ) from exc
             raise PluginError(f"{self.kind} '{self.name}' (plugin {self.plugin}) failed to import: {exc}") from exc
 
+    def check_extras(self, where: str) -> None:
+        """Every optional extra it declares is installed (checked without importing it): a missing one is bad input."""
+        for extra in self.extras:
+            missing = missing_package(extra)
+            if missing:
+                raise InputError(f"{where}: {self.kind} '{self.name}' needs the optional package '{missing}': "
+                                 f"install it with `pip install 'adaptkit[{extra}]'`")
+
     def validate_params(self, values: dict[str, Any] | None, where: str = "parameters") -> Params:
         """Validate user parameters against this spec's model; unknown keys get suggestions."""
         from adaptkit.params import validate
@@ -89,11 +120,15 @@ class Spec:
                 )
         return validate(self.params, values, lambda error: f"{where}: {self.kind} '{self.name}' parameter '{error.loc}': {error.msg}")
 
+    def param_name(self, field_name: str) -> str:
+        """A parameter's name as users write it (`--set KEY=V`): the field's name."""
+        return field_name
+
     def parameters(self) -> list[dict[str, Any]]:
-        """One record per parameter: name, type, default (None when required), required, description."""
+        """One record per parameter: name (as users write it), type, default (None when required), required, description."""
         return [
             {
-                "name": name,
+                "name": self.param_name(name),
                 "type": type_name(info.annotation),
                 "default": None if info.is_required() else info.get_default(call_default_factory=True),
                 "required": info.is_required(),
@@ -192,12 +227,21 @@ def method_spec(method: type) -> MethodSpec:
     return class_spec(MethodSpec, method, needs=tuple(method.needs), extras=tuple(method.extras))
 
 
+def option_name(field_name: str) -> str:
+    """The public name of a parameter: `lambda_` -> `lambda`, `lambda_prime` -> `lambda-prime`."""
+    return field_name.rstrip("_").replace("_", "-")
+
+
 @dataclass(frozen=True)
 class MergeMethodSpec(Spec):
     """A merge method: a per-tensor function over aligned tensors of several models (whether it
     needs a base is the method class's `base`)."""
 
     kind: ClassVar[str] = "merge method"
+
+    def param_name(self, field_name: str) -> str:
+        """Its option's name without the dashes: `lambda_` -> `lambda` (--lambda), `lambda_prime` -> `lambda-prime`."""
+        return option_name(field_name)
 
 
 @dataclass(frozen=True)
@@ -290,6 +334,7 @@ class CataloguedSpec:
         return [dict(p) for p in self._parameters]
 
     param_summary = Spec.param_summary
+    check_extras = Spec.check_extras  # from the recorded extras: nothing imported
 
     def __repr__(self) -> str:
         return f"CataloguedSpec({self.kind!r}, {self.name!r}, module={self.module!r})"

@@ -28,6 +28,8 @@ OPTION_SETTINGS = {
     "weight_decay": "optimizer.weight_decay",
     "schedule": "schedule.name",
     "warmup_ratio": "schedule.warmup_ratio",
+    "ema_decay": "averaging.ema_decay",
+    "lawa_k": "averaging.lawa_k",
     "max_grad_norm": "max_grad_norm",
     "save_steps": "save_steps",
     "precision": "precision",

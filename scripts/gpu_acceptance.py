@@ -14,6 +14,13 @@ model is built with random weights from a config (adaptkit.demo). Checks, each "
   `flash_attention_2` equals the SDPA loss within bf16 tolerance (relative 1e-2).
 - masked_linear: the compact backward of column-masked linear layers (engine/masked_linear.py)
   gives the trainable columns of the dense weight gradient, on the GPU.
+- chunked_loss: the chunked LM loss (engine/lm_loss.py) against the model's own on a 128,256-token
+  vocabulary (4 x 2048 tokens): loss and every gradient in fp32 (1e-5) and bf16 autocast (2e-2), and the
+  step's peak memory (torch.cuda.max_memory_allocated), which must be at most half the plain one's.
+- liger_loss (if liger-kernel is installed): `loss.kernel=liger` against the model's own loss and gradients.
+- step_timing: tokens/s of `adaptkit train` logging every step against every 20 steps (the host reads the
+  loss only at logging steps).
+- compile: `--compile` against eager with the chunked loss: tokens/s after warm-up and the final loss.
 - fft_1b and ssu_wanda_1b: tokens/s, MFU and peak memory (torch.cuda.max_memory_allocated, beside
   what `adaptkit train --dry-run` plans where that flag exists) of `adaptkit train` on a ~1B-parameter Llama (TinyLlama's shape, 22 layers, hidden 2048); SSU-Wanda's
   frozen columns must stay bit-identical to the source weights.
@@ -52,6 +59,9 @@ LLAMA_1B = dict(hidden=2048, layers=22, heads=32, num_key_value_heads=4, interme
 SMALL = dict(hidden=256, layers=4, heads=8)
 DIST_TOLERANCE = 1e-4  # NCCL's reduction order differs from one GPU's accumulation
 FLASH_RTOL = 1e-2  # bf16 keeps 8 mantissa bits
+CHUNK_MODEL = dict(hidden=512, layers=2, heads=8)  # a small body under Llama 3's 128,256-token head: the logits dominate
+CHUNKED_FP32_RTOL = 1e-5  # fp32 (TF32 off): chunked and plain sum in different orders
+CHUNKED_BF16_RTOL = 2e-2  # bf16 autocast: the head's matmul in bf16 either way, rounded differently per chunk
 
 
 def run_check(name: str, check: Callable[[], dict], results: dict) -> None:
@@ -228,6 +238,104 @@ def check_masked_linear(device: str = "cuda") -> dict:
     return {"status": "pass" if ok else "fail", "layers_switched": len(switched), "max_relative_difference": worst}
 
 
+def _loss_and_grads(model, ids, loss_fn, autocast: bool) -> tuple[float, dict, int]:
+    """One forward and backward through `loss_fn` (engine/lm_loss.py's LMLoss): the loss, the gradients
+    and, on a GPU, the peak memory of the step over what was allocated before it."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    cuda = ids.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    context = torch.autocast(ids.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        loss = loss_fn(model, {"input_ids": ids, "labels": ids})
+    loss.backward()
+    peak = torch.cuda.max_memory_allocated() - before if cuda else 0
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss), grads, peak
+
+
+def _relative(a: dict, b: dict) -> float:
+    return max(float((a[n] - b[n]).abs().max() / b[n].abs().max().clamp_min(1e-30)) for n in b)
+
+
+def check_chunked_loss(device: str = "cuda", vocab: int = 128256, batch: int = 4, seq_len: int = 2048) -> dict:
+    """The chunked LM loss (loss.chunked=on) against the model's own: loss and every gradient (fp32 within
+    CHUNKED_FP32_RTOL; bf16 autocast within CHUNKED_BF16_RTOL), and the step's peak memory (at most half)."""
+    import torch
+
+    from adaptkit import demo
+    from adaptkit.engine.lm_loss import LMLoss
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = demo.tiny_model("llama", vocab, seed=0, **CHUNK_MODEL, max_position_embeddings=max(2048, seq_len)).to(device)
+    ids = torch.randint(4, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(3)).to(device)
+    result: dict[str, Any] = {"vocab": vocab, "tokens": batch * seq_len}
+    ok = True
+    for name, autocast, tolerance in (("fp32", False, CHUNKED_FP32_RTOL), ("bf16", True, CHUNKED_BF16_RTOL)):
+        plain_loss, plain_grads, plain_peak = _loss_and_grads(model, ids, LMLoss(False), autocast)
+        loss, grads, peak = _loss_and_grads(model, ids, LMLoss(True), autocast)
+        worst = _relative(grads, plain_grads)
+        result[name] = {"loss_plain": plain_loss, "loss_chunked": loss, "max_relative_grad_difference": worst,
+                        "peak_step_gib_plain": round(plain_peak / 2**30, 3), "peak_step_gib_chunked": round(peak / 2**30, 3),
+                        "peak_ratio": round(peak / plain_peak, 3) if plain_peak else None}
+        ok &= abs(loss - plain_loss) <= tolerance * abs(plain_loss) and worst <= tolerance
+        ok &= device != "cuda" or peak <= 0.5 * plain_peak
+    return {"status": "pass" if ok else "fail", **result}
+
+
+def check_liger_loss(device: str = "cuda") -> dict:
+    """loss.kernel=liger (Liger-Kernel's fused linear cross-entropy) against the model's own loss, bf16 autocast."""
+    import importlib.util
+
+    import torch
+
+    from adaptkit import demo
+    from adaptkit.engine.lm_loss import LMLoss
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return {"status": "skipped: liger-kernel is not installed"}
+    model = demo.tiny_model("llama", 128256, seed=0, **CHUNK_MODEL).to(device)
+    ids = torch.randint(4, 128256, (2, 1024), generator=torch.Generator().manual_seed(4)).to(device)
+    plain_loss, plain_grads, plain_peak = _loss_and_grads(model, ids, LMLoss(False), True)
+    loss, grads, peak = _loss_and_grads(model, ids, LMLoss(True, "liger"), True)
+    worst = _relative(grads, plain_grads)
+    ok = abs(loss - plain_loss) <= CHUNKED_BF16_RTOL * abs(plain_loss) and worst <= CHUNKED_BF16_RTOL
+    return {"status": "pass" if ok else "fail", "loss_plain": plain_loss, "loss_liger": loss, "max_relative_grad_difference": worst,
+            "peak_ratio": round(peak / plain_peak, 3) if plain_peak else None}
+
+
+def check_step_timing(ws: Workspace, steps: int = 40) -> dict:
+    """Tokens/s of `adaptkit train` logging every step (a host read per step) and every `steps // 2` steps
+    (none between logging steps), side by side, over the second half of the run."""
+    rows = {}
+    for log_steps in (1, steps // 2):
+        out = ws.root / f"run-timing-{log_steps}"
+        adaptkit_cli([*ws.train_args(ws.model("small", **SMALL), out, "fft", steps, 512, 8), "--precision", "bf16",
+                      "--set", f"log_steps={log_steps}"])
+        window = [r for r in metrics(out) if r["step"] > steps // 2]  # the second half: warm-up (and compiling) excluded
+        rows[f"log_steps={log_steps}"] = round(sum(r["tokens_per_s"] for r in window) / len(window), 1)
+    quiet, chatty = rows[f"log_steps={steps // 2}"], rows["log_steps=1"]
+    return {"tokens_per_s": rows, "speedup_without_per_step_reads": round(quiet / chatty, 3)}
+
+
+def check_compile(ws: Workspace) -> dict:
+    """--compile against eager with the chunked loss (loss.chunked=on): tokens/s after warm-up, and the loss."""
+    result = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = ws.root / f"run-{name}"
+        adaptkit_cli([*ws.train_args(ws.model("small", **SMALL), out, "fft", 30, 512, 8), "--precision", "bf16",
+                      "--set", "log_steps=10", "--set", "loss.chunked=on", *extra])
+        rows = metrics(out)
+        result[name] = {"tokens_per_s": round(rows[-1]["tokens_per_s"], 1), "final_loss": round(rows[-1]["loss"], 4)}
+    losses = result["eager"]["final_loss"], result["compiled"]["final_loss"]
+    ok = abs(losses[0] - losses[1]) <= 0.05 * abs(losses[0])
+    return {"status": "pass" if ok else "fail", **result, "speedup": round(result["compiled"]["tokens_per_s"] / result["eager"]["tokens_per_s"], 3)}
+
+
 def frozen_identical(run_dir: Path, source: Path) -> int:
     """Frozen entries (by the run's saved mask) compared with the source; returns how many; raises if one moved."""
     import torch
@@ -273,6 +381,7 @@ def check_throughput(ws: Workspace, method: str, args: argparse.Namespace, peak:
     per_token = flops_per_token(n, config.num_hidden_layers, args.seq_len, config.hidden_size)
     result = {"tokens_per_s": round(tokens_per_s, 1), "matmul_parameters": n, "model_flops_per_token": per_token,
               "mfu": None if peak is None else round(mfu(tokens_per_s, per_token, peak), 4),
+              "mfu_in_metrics": metrics(out)[-1].get("mfu"),  # what the run itself logged (engine/metrics.py)
               "peak_memory_gib": round(peak_bytes / 2**30, 2), "dry_run_plan": planned}
     if method.startswith("ssu"):
         result["frozen_entries_bit_identical"] = frozen_identical(out, model_dir)
@@ -336,6 +445,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_check("fused_adamw", check_fused_adamw, checks)
         run_check("flash_attention_2", lambda: check_flash_attention(ws), checks)
         run_check("masked_linear", check_masked_linear, checks)
+        run_check("chunked_loss", check_chunked_loss, checks)
+        run_check("liger_loss", check_liger_loss, checks)
+        run_check("step_timing", lambda: check_step_timing(ws), checks)
+        run_check("compile", lambda: check_compile(ws), checks)
         run_check("fft_1b", lambda: check_throughput(ws, "fft", args, peak), checks)
         run_check("ssu_wanda_1b", lambda: check_throughput(ws, "ssu-wanda", args, peak), checks)
         if torch.cuda.device_count() >= 2:

@@ -152,3 +152,23 @@ def assert_hft_rule(before: dict, after: dict, model_dir: Path, seed: int) -> di
     assert mlp_counts == sorted([2] * (len(seen) // 2) + [1] * (len(seen) - len(seen) // 2)), mlp_counts
     prefixes = tuple(f"model.layers.{i}.{m}." for i, names in expected.items() for m in names)
     return {name: None for name in before if not name.startswith(prefixes)}
+
+
+def assert_resume_bit_identical(invoke, tmp_path: Path, args: list, models: tuple[str, ...] = ("final",)) -> None:
+    """`train ARGS` straight through, and again stopped after the checkpoint at step 2 of 6 (later saves
+    removed) then resumed: each model directory in `models` is bit-identical between the two."""
+    import json
+    import shutil
+
+    steps = ["--max-steps", "6", "--save-steps", "2"]  # checkpoints 2 and 4 kept (the newest two)
+    assert invoke("train", *args, *steps, "-o", tmp_path / "straight").returncode == 0
+    stopped = tmp_path / "stopped"
+    assert invoke("train", *args, *steps, "-o", stopped).returncode == 0
+    for later in ["checkpoint-4", *models]:
+        shutil.rmtree(stopped / later)
+    resumed = invoke("train", *args, *steps, "-o", stopped, "--resume", "--json")
+    assert resumed.returncode == 0, resumed
+    assert json.loads(resumed.stdout)["resumed_from"] == 2
+    for model in models:
+        a, b = weights(tmp_path / "straight" / model), weights(stopped / model)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), model

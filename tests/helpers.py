@@ -1,6 +1,7 @@
 """Helpers shared by test modules (a test module imports from here or from conftest, never from
-another test module): reading model weights, running the CLI, the engine tests' masked method, and
-small files in the layouts of the SSU paper's lm-eval datasets."""
+another test module): reading model weights, running the CLI, the engine tests' masked method, small
+files in the layouts of the SSU paper's lm-eval datasets, loading a model and capturing module inputs.
+Session fixtures (calibration sets, the `transformers serve` server) are in conftest.py."""
 
 from __future__ import annotations
 
@@ -114,3 +115,30 @@ def write_ssu_data(root: Path) -> Path:
                    [{"question": f" What is {i} in {subject}?", "subject": subject, "choices": ["one", "two", "three", "four"],
                      "answer": (i + len(subject)) % 4} for i in range(count)])
     return root
+
+
+# --- loading a model and capturing module inputs (the SSU scorer tests)
+
+def load_model(model_dir: Path):
+    import torch
+
+    from adaptkit.io.models import load_causal_lm, resolve_model_source
+
+    return load_causal_lm(resolve_model_source(str(model_dir)), torch.float32).eval()
+
+
+def capture_inputs(model, blocks, module_names: list[str]) -> dict[str, "torch.Tensor"]:
+    """Every input row of the named modules over all blocks, as float64 (N, features), via pre-hooks."""
+    import torch
+
+    modules = dict(model.named_modules())
+    captured: dict[str, list] = {name: [] for name in module_names}
+    handles = [
+        modules[name].register_forward_pre_hook(lambda m, args, name=name: captured[name].append(args[0].detach().double().reshape(-1, args[0].shape[-1])))
+        for name in module_names
+    ]
+    with torch.no_grad():
+        model(input_ids=blocks)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(rows) for name, rows in captured.items()}

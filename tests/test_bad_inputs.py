@@ -59,6 +59,7 @@ CASES = [
     ("eval-steps-without-eval-data", train("--eval-steps", "2"), ["--eval-steps", "--eval-data", "--validation-fraction"]),
     ("eval-data-empty", train("--eval-data", "dev={empty_file}:source"), ["--eval-data dev", "empty"]),
     ("eval-data-missing", train("--eval-data", "dev={missing}"), ["--eval-data dev", "does not exist"]),
+    ("eval-data-role-typo", train("--eval-data", "dev={data}:sauce"), ["--eval-data", "unknown role 'sauce'", "source, target"]),
     ("eval-data-duplicate-name", train("--eval-data", "dev={data}", "--eval-data", "dev={data}"), ["--eval-data", "duplicate", "'dev'"]),
     ("eval-data-chat-no-assistant", train("--eval-data", "chat={chat_no_assistant}"), ["--eval-data chat", "line 1", "assistant"]),
     ("validation-fraction-one", train("--validation-fraction", "1"), ["--validation-fraction"]),
@@ -86,6 +87,8 @@ CASES = [
     ("max-steps-negative", train(max_steps="-5"), ["--max-steps"]),
     ("warmup-ratio-above-one", train("--warmup-ratio", "1.5"), ["--warmup-ratio"]),
     ("seq-len-zero", train(seq_len="0"), ["--seq-len"]),
+    ("seq-len-one", train(seq_len="1"), ["--seq-len", "greater than or equal to 2", "got 1"]),
+    ("threads-zero", train("--set", "threads=0"), ["--set", "threads", "greater than 0"]),
     # --- train: names -----------------------------------------------------------------------
     ("method-unknown", train("--method", "ffft"), ["--method", "ffft", "fft"]),
     ("train-embeddings-new-only-not-extended", train("--set", "train_embeddings=new-only"), ["--set train_embeddings=new-only", "adaptkit_vocab.json", "vocab extend"]),
@@ -176,7 +179,7 @@ CASES = [
     ("merge-density-zero", ["merge", "ties", "--base", "{model}", "-m", "{model_b}", "--density", "0", "-o", "{out}"], ["density", "greater than 0"]),
     ("merge-model-is-file", ["merge", "linear", "-m", "{model}", "-m", "{text_file}", "-o", "{out}"], ["--model", "notes.txt"]),
     ("merge-config-is-list", ["merge", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
-    ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "model_stock"]),
+    ("merge-config-method-unsupported", ["merge", "--config", "{merge_yaml_bad_method}", "-o", "{out}"], ["merge_method", "arcee_fusion"]),
     ("merge-config-missing", ["merge", "--config", "{missing}", "-o", "{out}"], ["--config"]),
     ("merge-config-is-directory", ["merge", "--config", "{empty_dir}", "-o", "{out}"], ["--config"]),
     ("merge-group-set-with-method", ["merge", "--set", "lambda=0.5", "task-arithmetic", "--base", "{model}", "-m", "{model_b}", "-o", "{out}"], ["--set", "--config", "task-arithmetic"]),
@@ -209,6 +212,10 @@ CASES = [
     ("evaluate-config-is-list", ["evaluate", "-m", "{model}", "--task", "ppl:{data}", "--config", "{yaml_list}", "-o", "{out}"], ["--config", "mapping"]),
     # --- generate -------------------------------------------------------------------------------
     ("generate-prompts-missing", ["generate", "-m", "{model}", "-p", "{missing}", "-o", "{out}"], ["--prompts"]),
+    ("generate-output-is-dir-overwrite", ["generate", "-m", "{model}", "-p", "{prompts}", "-o", "{results_dir}", "--overwrite"],
+     ["-o/--output", "is a directory", "expected a file path"]),
+    ("generate-prompts-not-utf8", ["generate", "-m", "{model}", "-p", "{latin1_prompts}", "-o", "{out}"], ["--prompts", "latin1-prompts.jsonl", "line 2", "not UTF-8"]),
+    ("codemix-input-not-utf8", ["codemix", "-i", "{latin1_generations}", "--expected-lang", "en", "-o", "{out}"], ["--input", "latin1-generations.jsonl", "line 2", "not UTF-8"]),
     ("generate-prompts-no-field", ["generate", "-m", "{model}", "-p", "{jsonl_no_text}", "-o", "{out}"], ["--prompts", "prompt"]),
     ("generate-decoding-unknown", ["generate", "-m", "{model}", "-p", "{prompts}", "--decoding", "sample", "-o", "{out}"], ["--decoding", "sample"]),
     ("generate-max-new-tokens-zero", ["generate", "-m", "{model}", "-p", "{prompts}", "--max-new-tokens", "0", "-o", "{out}"], ["--max-new-tokens"]),
@@ -332,6 +339,12 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     files["chat_jsonl"].write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
     files["generations"] = root / "generations.jsonl"
     files["generations"].write_text('{"id": "1", "response": "All human beings are born free and equal in dignity and rights."}\n')
+    files["results_dir"] = root / "results-dir"  # a directory that --overwrite must not turn into a file
+    files["results_dir"].mkdir()
+    (files["results_dir"] / "keep.txt").write_text("kept\n")
+    for name in ("prompts", "generations"):  # a Latin-1 'é' on line 2
+        files[f"latin1_{name}"] = root / f"latin1-{name}.jsonl"
+        files[f"latin1_{name}"].write_bytes(files[name].read_bytes() + '{"prompt": "caf\xe9", "response": "caf\xe9"}\n'.encode("latin-1"))
     files["mt_file"] = root / "mt.jsonl"
     files["mt_file"].write_text('{"src": "All human beings are born free.", "tgt": "Dukkan mutane an haife su a yantacce.", "src_lang": "en", "tgt_lang": "ha"}\n')
     files["model_missing_tensor"] = _model_without(model, "model.layers.1.mlp.up_proj.weight", root / "model-missing-tensor")
@@ -340,7 +353,7 @@ def _add_pipeline_files(root: Path, files: dict[str, Path], make_model_dir, corp
     for name in ("config.json", "model.safetensors"):
         (files["model_no_tokenizer"] / name).write_bytes((model / name).read_bytes())
     files["merge_yaml_bad_method"] = root / "merge-bad-method.yaml"
-    files["merge_yaml_bad_method"].write_text(f"merge_method: model_stock\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
+    files["merge_yaml_bad_method"].write_text(f"merge_method: arcee_fusion\nbase_model: {model}\nmodels:\n  - model: {files['model_b']}\n")
 
 
 def _model_without(model: Path, tensor: str, directory: Path) -> Path:
@@ -385,4 +398,5 @@ def test_bad_input(case_id, argv, fragments, bad_files, mask_file_method, tmp_pa
     assert not out.exists(), f"{case_id}: wrote {out}"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert result.stdout == ""
+    assert (bad_files["results_dir"] / "keep.txt").is_file()
 

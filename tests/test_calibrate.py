@@ -11,7 +11,6 @@ from adaptkit.calibration import BUILTIN_TEMPLATES, build_calibration, load_cali
 from adaptkit.data.corpus import pack_blocks
 from adaptkit.errors import InputError
 from conftest import assert_input_error
-from _ssu_helpers import calib_dir  # noqa: F401  (shared fixture)
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ '<s>' + m['role'] + ': ' + m['content'] + '</s>' }}{% endfor %}"
 
@@ -216,3 +215,15 @@ def test_hub_dataset_is_read_through_the_source_layer(tmp_path, tokenizer, monke
     assert torch.equal(bare.blocks, expected.blocks)
     with pytest.raises(InputError, match="'someone/other' is not in the Hub cache and HF_HUB_OFFLINE is set"):
         build_calibration(tokenizer, "hub:someone/other", pool=10, num_samples=1, block_size=16)
+
+
+@pytest.mark.slow  # over ~0.3 s: two calibrations
+def test_too_few_blocks_warning_says_whether_the_pool_or_the_data_is_the_limit(tmp_path, corpora, llama_dir, invoke):
+    data = tmp_path / "ten.txt"
+    data.write_text("\n".join(corpora["en"].read_text().splitlines()[:10]) + "\n")
+    small_pool = invoke("calibrate", "--model", llama_dir, "--data", data, "--pool", "3", "--num-samples", "1000", "--block-size", "16", "-o", tmp_path / "a")
+    all_data = invoke("calibrate", "--model", llama_dir, "--data", data, "--pool", "50", "--num-samples", "1000", "--block-size", "16", "-o", tmp_path / "b")
+    assert small_pool.returncode == all_data.returncode == 0, (small_pool, all_data)
+    assert "raise --pool (sampled 3 of 10 examples)" in small_pool.stderr
+    warning = next(line for line in all_data.stderr.splitlines() if line.startswith("warning:"))
+    assert "all 10 examples" in warning and "give more data" in warning and "raise --pool" not in warning

@@ -352,7 +352,10 @@ def test_plugins_json_parameters_are_records_and_kind_takes_its_first_word(invok
     assert json.loads(invoke("plugins", "--kind", "merge-method", "--json").stdout) == by_words
     ties = next(p for p in by_words["plugins"] if p["name"] == "ties")
     model = get_registry().specs["merge method"]["ties"].params
-    assert [p["name"] for p in ties["parameters"]] == list(model.model_fields)
+    names = [p["name"] for p in ties["parameters"]]
+    assert len(names) == len(model.model_fields) and "lambda" in names and "lambda_" not in names  # as the flag --lambda says it
+    merge_help = invoke("merge", "ties", "--help").stdout
+    assert all(f"--{name}" in merge_help for name in names), (names, merge_help)
     density = next(p for p in ties["parameters"] if p["name"] == "density")
     assert density["type"] == "list[float]" and density["default"] == model().density and density["required"] is False
     assert density["description"] == model.model_fields["density"].description

@@ -281,3 +281,20 @@ def test_validation_fraction_holds_out_of_every_source_of_a_mixture(tmp_path, ll
     assert run.returncode == 0, run
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("eval") == "validation"] == [0, 2]
+
+
+def test_a_source_the_run_never_draws_from_is_warned_about():
+    from adaptkit.data.mixture import Mixture
+
+    blocks = {"ha": torch.zeros(40, 8, dtype=torch.long), "en": torch.ones(40, 8, dtype=torch.long)}
+    starved_seeds = 0
+    for seed in range(20):
+        mixture = Mixture(blocks, {"ha": 0.95, "en": 0.05}, batch_size=4, micro_batch_size=4, seed=seed)
+        drawn = {mixture.names[mixture.locate(i)[0]] for i in range(16)}  # the run's 4 steps x 4 samples, one by one
+        warnings = mixture.starved(16)
+        assert [w.split("'")[1] for w in warnings] == [n for n in mixture.names if n not in drawn], seed
+        starved_seeds += bool(warnings)
+        assert mixture.starved(10_000) == []  # a whole period draws every source
+    assert starved_seeds > 0  # 5% of 16 samples is 0.8 expected: some seeds draw no English sample
+    mixture = Mixture(blocks, {"ha": 0.95, "en": 0.05}, batch_size=4, micro_batch_size=4, seed=0)
+    assert all("5.0%" in w and "0.80" in w and "--max-steps" in w for w in mixture.starved(16))

@@ -9,7 +9,6 @@ import torch
 
 from conftest import assert_input_error
 from helpers import MaskedTestMethod
-from _ssu_helpers import calib_dir  # noqa: F401
 
 COMMON = ["--seq-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -119,7 +118,7 @@ AGREEMENT_METHODS = {
     "adalora": {"tinit": 0, "tfinal": 0, "delta_t": 1, "init_r": 4, "target_r": 2}, "layra": {"first": 1, "last": 1},
     "layer-selective": {}, "layer-freeze": {"layers": "1"}, "soft-reg": {"layers": "0-1", "strength": 0.5},
     "ssu-wanda": {"calib": True}, "ssu-mag": {"calib": True}, "ssu-rand": {"calib": True}, "ssu-sparsegpt": {"calib": True},
-    "ssu-fisher": {"calib": True},
+    "ssu-fisher": {"calib": True}, "spectrum": {"fraction": 0.5}, "block-expansion": {"every": 1},
 }
 
 
@@ -170,6 +169,7 @@ def test_dry_run_counts_are_the_counts_of_a_one_step_run(tmp_path, extended_mode
     assert planned["bytes_per_process"]["single"]["weights"] == seen["weights"]
 
 
+@pytest.mark.slow  # the CLI in process
 def test_dry_run_of_ssu_with_calibration_plans_from_the_ratio(tmp_path, llama_dir, corpora, calib_dir, invoke):
     """--calib without scoring: as many columns frozen as the ratio says, from config.json alone."""
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "-o", tmp_path / "r", "--dry-run", "--method", "ssu-wanda",

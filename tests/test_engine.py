@@ -251,7 +251,7 @@ def test_methods_declare_their_spec_from_class_attributes():
     assert spec.load() is ssu.SSUMagnitude
     registry = build_registry(load_entry_points=False)
     names = registry.names("method")
-    assert len(names) == 16 and {"fft", "ssu-wanda", "lora", "soft-reg"} <= set(names)
+    assert len(names) == 18 and {"fft", "ssu-wanda", "lora", "soft-reg", "spectrum", "block-expansion"} <= set(names)
     for name in names:
         listed = registry.get("method", name)
         cls = listed.load()

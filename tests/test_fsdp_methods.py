@@ -24,7 +24,7 @@ STEPS = ["--max-steps", "4", "--save-steps", "2", "--seq-len", "32", "--batch-si
 TOLERANCE = 2e-5  # as tests/test_distributed.py: float summation order differs between 1 and 2 processes
 METHODS = {
     "gmt": ["--set", "keep_ratio=0.5"],
-    "soft-reg": ["--set", "penalty=l2sp", "--set", "strength=5"],
+    "soft-reg": ["--set", "penalty=l2sp"],  # the default strength: the pull on rows absent from the batches sits near Adam's eps
     "lota": ["--set", "calibration_steps=2", "--set", "sparsity=0.5"],
     "lora": ["--set", "dropout=0", "--set", "r=4"],  # dropout masks depend on how the batch is split
     "layra": ["--set", "dropout=0", "--set", "first=1", "--set", "last=0", "--set", "train_embeddings_and_head=false"],
@@ -67,6 +67,8 @@ def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, in
     moved = 0
     for name, tensor in reference.items():
         assert torch.allclose(sharded[name], tensor, atol=TOLERANCE, rtol=0), (name, (sharded[name] - tensor).abs().max())
+        if method == "soft-reg":  # the clipping coefficient is the same float in both runs: agreement to rounding
+            assert (sharded[name] - tensor).abs().max() <= 1e-6 * tensor.abs().max(), (name, (sharded[name] - tensor).abs().max())
         frozen = tensor == before[name]  # entries the one-process run left untouched stay bit-identical
         assert torch.equal(sharded[name][frozen], before[name][frozen]), name
         moved += int((~frozen).sum())
@@ -84,6 +86,35 @@ def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, in
         masks = load_file(str(tmp_path / "fsdp" / "lota" / "masks.safetensors"))
         alone = load_file(str(tmp_path / "one" / "lota" / "masks.safetensors"))
         assert masks.keys() == alone.keys() and all(torch.equal(masks[k], alone[k]) for k in masks)
+
+
+def test_clipping_of_shards_takes_the_coefficient_of_the_whole_tensors():
+    """One process's clip and two processes' (each its half of every gradient, the squares summed across)
+    scale by the same float: the sum is taken in float64, so the two summation orders round alike."""
+    from adaptkit.engine.distributed import clip_grad_norm_
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(1001, 64, generator=generator) * 0.3, torch.randn(64, generator=generator), torch.randn(7, 3, generator=generator)]
+    whole = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for param, grad in zip(whole, grads):
+        param.grad = grad.clone()
+    norm = clip_grad_norm_(whole, 1.0, torch.device("cpu"))
+    expected = torch.cat([g.double().reshape(-1) for g in grads]).pow(2).sum().sqrt()  # written out, independently
+    assert norm == pytest.approx(float(expected), rel=1e-12) and norm > 1
+    for param, grad in zip(whole, grads):
+        assert torch.allclose(param.grad, grad * (1.0 / (float(expected) + 1e-6)), rtol=1e-6, atol=0)
+    halves = [[], []]  # rows [0, ceil(n/2)) and the rest, as FSDP2 shards dim 0
+    for grad in grads:
+        cut = -(-grad.shape[0] // 2)
+        for half, part in zip(halves, (grad[:cut], grad[cut:])):
+            param = torch.nn.Parameter(torch.zeros_like(part))
+            param.grad = part.clone()
+            half.append(param)
+    other = [sum(p.grad.double().pow(2).sum() for p in halves[1 - r]) for r in (0, 1)]
+    for rank in (0, 1):
+        clip_grad_norm_(halves[rank], 1.0, torch.device("cpu"), lambda total, r=rank: total.add_(other[r]))
+    for i, param in enumerate(whole):
+        assert torch.equal(torch.cat([halves[0][i].grad, halves[1][i].grad]), param.grad), i
 
 
 class _WholeTensorCallback(TrainingCallback):

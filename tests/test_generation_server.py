@@ -1,6 +1,6 @@
 """`--generation-server URL` on `evaluate` and `generate`, against a real `transformers serve`.
 
-The server (tests/_serve_helpers.py) serves the same tiny chat model that is evaluated
+The server (the `server` fixture in tests/conftest.py) serves the same tiny chat model that is evaluated
 in-process; greedy generations through it must equal in-process ones exactly.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
+from conftest import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 pytestmark = pytest.mark.slow  # starts a server (the CLI runs in this process)

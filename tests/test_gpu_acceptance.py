@@ -91,3 +91,17 @@ def test_training_check_drives_the_current_cli(acceptance, tmp_path):
         assert planned and not str(planned).startswith("skipped")
     else:
         assert planned == "skipped: this adaptkit has no --dry-run"
+
+
+@pytest.mark.slow  # builds a model twice and runs four steps' worth of forward and backward
+def test_chunked_loss_check_runs_against_this_engine(acceptance):
+    torch.set_num_threads(1)
+    outcome = acceptance.check_chunked_loss("cpu", vocab=3000, batch=2, seq_len=64)
+    assert outcome["status"] == "pass", outcome
+    assert outcome["fp32"]["max_relative_grad_difference"] <= acceptance.CHUNKED_FP32_RTOL
+
+
+def test_liger_check_is_skipped_without_the_package(acceptance):
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here: the check needs CUDA")
+    assert acceptance.check_liger_loss("cpu") == {"status": "skipped: liger-kernel is not installed"}

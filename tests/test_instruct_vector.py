@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from _merge_helpers import close, run_ok, weights
+from _merge_helpers import close, copy_tokenizer, run_ok, weights
 
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
 
@@ -60,6 +60,7 @@ def test_rows_of_tokens_added_by_adaptation_are_kept(invoke, family, tmp_path):
     old = model.config.vocab_size
     model.resize_token_embeddings(old + 8)
     model.save_pretrained(tmp_path / "extended")
+    copy_tokenizer(adapted, tmp_path / "extended")  # 8 rows no token uses: the vocabularies agree on every shared id
     run_ok(invoke, "instruct-vector", "extract", "--base", base, "--instruct", instruct, "-o", tmp_path / "iv", "-q")
     run_ok(invoke, "instruct-vector", "apply", "--model", tmp_path / "extended", "--vector", tmp_path / "iv", "--alpha", "0.8", "-o", tmp_path / "two", "-q")
     run_ok(invoke, "instruct-vector", "apply", "--model", tmp_path / "extended", "--base", base, "--instruct", instruct, "--alpha", "0.8", "-o", tmp_path / "one", "-q")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve_helpers import free_port  # chat_model_dir and server: session fixtures in conftest.py
+from conftest import free_port  # chat_model_dir and server: session fixtures in conftest.py
 from conftest import assert_input_error
 
 from adaptkit.errors import AdaptkitError, InputError

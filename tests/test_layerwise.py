@@ -13,7 +13,7 @@ from adaptkit.io.models import resolve_model_source
 from adaptkit.streamed_model import OUTSIDE, LayerwiseModel, for_each_logits
 from adaptkit.scoring.run import compute_scores
 from adaptkit.scoring.score_set import load_scores
-from _ssu_helpers import calib_dir, load_model  # noqa: F401
+from helpers import load_model
 
 LAYERS = 4
 

@@ -13,7 +13,7 @@ from adaptkit.scoring.freeze import build_mask_set, freeze_top, frozen_count, fr
 from adaptkit.scoring.run import compute_scores
 from adaptkit.scoring.score_set import ScoreSet, load_scores
 from conftest import assert_input_error
-from _ssu_helpers import calib_dir, load_model  # noqa: F401
+from helpers import load_model
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,8 @@ def test_corrupt_or_truncated_safetensors(invoke, models, tmp_path):
 def test_yaml_configs(invoke, models, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "merge.yaml"
-    config.write_text(f"merge_method: della\nbase_model: {models['base']}\nmodels:\n  - model: {models['a']}\n")
-    refused(invoke, out, "merge", "--config", config, ("merge_method 'della' is not supported", "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp", "revert"))
+    config.write_text(f"merge_method: arcee_fusion\nbase_model: {models['base']}\nmodels:\n  - model: {models['a']}\n")
+    refused(invoke, out, "merge", "--config", config, ("merge_method 'arcee_fusion' is not supported", "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp", "revert"))
     config.write_text(f"merge_method: ties\nmodels:\n  - model: {models['a']}\n")
     refused(invoke, out, "merge", "--config", config, ("needs a base_model",))
     config.write_text(f"merge_method: linear\nslices: []\nmodels:\n  - model: {models['a']}\n")

@@ -12,14 +12,10 @@ seconds); adaptkit reads the very same YAML files with `merge --config`.
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
-import yaml
 
 import torch
-from _merge_helpers import close, weights
+from _merge_helpers import close, run_mergekit_configs, weights
 
 
 def configs(base, a, b, olmo_base, olmo_a, olmo_b) -> dict[str, dict]:
@@ -72,26 +68,8 @@ def configs(base, a, b, olmo_base, olmo_a, olmo_b) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def mergekit_outputs(make_model_dir, tmp_path_factory):
-    try:
-        mergekit_config = importlib.import_module("mergekit.config")
-        mergekit_merge = importlib.import_module("mergekit.merge")
-    except ImportError as exc:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"mergekit parity is required in CI but mergekit does not import: {exc}")
-        pytest.skip(f"mergekit is not installed ({exc}); pip install 'adaptkit[mergekit]'")
-    root = tmp_path_factory.mktemp("mergekit")
     models = [make_model_dir("llama", s) for s in range(3)] + [make_model_dir("olmo2", s) for s in range(3)]
-    outputs = {}
-    for name, config in configs(*models).items():
-        (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        out = root / f"mergekit-{name}"
-        mergekit_merge.run_merge(
-            mergekit_config.MergeConfiguration.model_validate(config),
-            str(out),
-            options=mergekit_merge.MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False),
-        )
-        outputs[name] = (root / f"{name}.yaml", out)
-    return outputs
+    return run_mergekit_configs(configs(*models), tmp_path_factory.mktemp("mergekit"))
 
 
 EXACT = ("linear", "ties")  # equal bit for bit

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from _merge_helpers import close, disjoint_merge, run_ok, trim, weights
+from _merge_helpers import close, copy_tokenizer, disjoint_merge, run_ok, trim, weights
 
 from adaptkit.hookspecs import hookimpl
 from adaptkit.merge.base import MergeMethod
@@ -241,6 +241,7 @@ def test_dtype_follows_the_input_unless_asked_and_outputs_compose(invoke, make_m
     bf16 = tmp_path / "bf16"
     model = AutoModelForCausalLM.from_pretrained(make_model_dir("llama", 1), dtype=torch.bfloat16)
     model.save_pretrained(bf16)
+    copy_tokenizer(base, bf16)
     run_ok(invoke, "merge", "task-arithmetic", "--base", base, "-m", bf16, "--lambda", "0.5", "-o", tmp_path / "half", "-q")
     half = weights(tmp_path / "half")
     assert all(t.dtype == torch.bfloat16 for t in half.values())

@@ -161,7 +161,7 @@ def test_plugins_lists_every_method_with_parameters(invoke):
     result = invoke("plugins", "--kind", "method", "--json")
     assert result.returncode == 0, result
     listed = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
-    for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg"):
+    for name in ("fft", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer-selective", "layer-freeze", "soft-reg", "spectrum", "block-expansion"):
         assert name in listed and listed[name]["reference"], name
     defaults = {name: {p["name"]: (None if p["required"] else p["default"]) for p in entry["parameters"]} for name, entry in listed.items()}
     assert defaults["gmt"]["keep_ratio"] == 0.5

@@ -138,3 +138,15 @@ def test_study_steps_run_in_process_give_their_stdout_or_fail_as_the_study(tmp_p
         _in_process([*cli(), "train", "--model", str(missing), "--data", str(missing), "-o", str(tmp_path / "out")], "run x")
     assert error.value.exit_code == 1
     assert "--model" in capfd.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_method_whose_extra_is_missing_is_refused_before_anything_is_written(tmp_path, invoke, monkeypatch):
+    from conftest import assert_input_error
+
+    from adaptkit import specs
+
+    real = specs.missing_package
+    monkeypatch.setattr(specs, "missing_package", lambda extra: "peft" if extra == "peft" else real(extra))
+    out = tmp_path / "demo"
+    assert_input_error(invoke("quickstart", "--methods", "fft,lora", "-o", out), "--methods", "method 'lora'", "adaptkit[peft]")
+    assert not out.exists()

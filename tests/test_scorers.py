@@ -13,7 +13,7 @@ from adaptkit.scoring.parameters import scored_parameters
 from adaptkit.scoring.run import compute_scores
 from adaptkit.scoring.score_set import load_scores
 from conftest import assert_input_error
-from _ssu_helpers import calib_dir, capture_inputs, load_model, other_calib_dir  # noqa: F401
+from helpers import capture_inputs, load_model
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 from adaptkit.engine.masks import load_mask_set
 from conftest import assert_input_error
 from helpers import weights
-from _ssu_helpers import calib_dir  # noqa: F401
 
 TRAIN = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "5e-2", "--weight-decay", "0.5", "--warmup-ratio", "0", "--quiet"]
 
@@ -85,7 +84,7 @@ def test_no_optimizer_state_for_frozen_entries(make_model_dir, calib_dir):
     from adaptkit.engine.plan import TrainingPlan
     from adaptkit.scoring.freeze import build_mask_set
     from adaptkit.scoring.run import compute_scores
-    from _ssu_helpers import load_model
+    from helpers import load_model
 
     model = load_model(make_model_dir("llama"))
     masks = build_mask_set(compute_scores(model, "wanda", load_calibration(calib_dir), granularities=("column",), batch_size=12), 0.5)

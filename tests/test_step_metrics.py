@@ -125,7 +125,6 @@ def test_resume_before_the_first_checkpoint_writes_the_step_0_rows_once(tmp_path
 @pytest.mark.slow  # scoring and a short training
 def test_the_plan_line_the_run_card_and_the_dry_run_give_one_count(tmp_path, make_model_dir, corpora, invoke):
     """SSU freezes the special-token rows after its own plan: the one counted line comes after them."""
-    from _ssu_helpers import BLOCK  # noqa: F401 (the calibration geometry of the SSU tests)
     from adaptkit.calibration import build_calibration
     from adaptkit.io.models import load_tokenizer, resolve_model_source
 

@@ -96,20 +96,122 @@ def test_print_commands_lists_the_study_and_runs_nothing(tmp_path, make_model_di
     result = invoke("study", path, "-o", out, "--print-commands")
     assert result.returncode == 0, result
     lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert [line.split(" -m adaptkit ")[1].split()[0:2] for line in lines] == [
+    assert [line.split(" -m adaptkit ")[1].split()[0:2] for line in lines if not line.startswith("mkdir")] == [
         ["data", "prepare"], ["calibrate", "--model"], ["train", "--config"], ["train", "--config"], ["study", str(path)]]
     assert f"-o {out / 'tokens' / 'ha'}" in lines[0] and "en" not in [p.name for p in (out / "tokens").glob("*")]
     config = yaml.safe_load((out / "configs" / "ssu-wanda-freeze_ratio0.5.yaml").read_text())
     assert config["method_params"] == {"calib": str((out / "calib").resolve()), "freeze_ratio": 0.5}
     assert not (out / "runs").exists() and not (out / "tokens").exists()
+    assert lines[2] == f"mkdir -p {out / 'results'}" and all(f"> {out / 'results'}" in line for line in lines[3:5])
+
+
+@pytest.mark.slow  # the whole study through the shell: data, a training, the evaluation and report
+def test_printed_commands_run_as_printed(tmp_path, make_model_dir, corpora, invoke):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}], steps=2)
+    out = tmp_path / "out"
+    result = invoke("study", path, "-o", out, "--print-commands")
+    assert result.returncode == 0, result
+    script = tmp_path / "study.sh"
+    script.write_text("set -e\n" + result.stdout)
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=_env(), timeout=1200, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((out / "results" / "fft.json").read_text())["steps"] == 2
+    assert (out / "report" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_study_steps_report_progress_unless_the_study_is_quiet(tmp_path, make_model_dir, corpora, progress):
+    from adaptkit.study import state
+    from adaptkit.study.spec import load_study
+
+    study = load_study(study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "ssu-wanda"}]))
+    (tmp_path / "out" / "configs").mkdir(parents=True)
+    calls = []
+    state.execute(study, tmp_path / "out", lambda message: None, call=lambda command, what: calls.append(command) or '{"steps": 6}',
+                  progress=progress)
+    assert [c[c.index("adaptkit") + 1] for c in calls] == ["data", "calibrate", "train"]
+    assert all(("--quiet" in c) != progress for c in calls) and ("--progress" in calls[-1]) == progress and "--json" in calls[-1]
 
 
 def test_another_study_in_the_same_directory_is_refused(tmp_path, make_model_dir, corpora, invoke):
     model = make_model_dir("llama")
     out = tmp_path / "out"
     assert invoke("study", study_yaml(tmp_path / "a.yaml", model, corpora, [{"method": "fft"}]), "-o", out, "--print-commands").returncode == 0
+    (out / "runs" / "fft").mkdir(parents=True)  # its work has begun (a scheduler started the printed run)
     other = study_yaml(tmp_path / "b.yaml", model, corpora, [{"method": "fft"}], steps=7)
     assert_input_error(invoke("study", other, "-o", out), "-o/--output", "holds another study", "runs")
+
+
+def test_a_study_directory_with_no_work_yet_takes_the_corrected_study(tmp_path, make_model_dir, corpora, invoke):
+    model = make_model_dir("llama")
+    out = tmp_path / "out"
+    assert invoke("study", study_yaml(tmp_path / "a.yaml", model, corpora, [{"method": "fft"}]), "-o", out, "--print-commands").returncode == 0
+    fixed = study_yaml(tmp_path / "b.yaml", model, corpora, [{"method": "fft"}], steps=7)
+    assert invoke("study", fixed, "-o", out, "--print-commands").returncode == 0
+    assert json.loads((out / "plan.json").read_text())["runs"]["fft"]["max_steps"] == 7
+
+
+def _break(data: dict, case: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.txt")
+    if case == "model":
+        data["model"] = str(tmp_path / "no-model")
+    elif case == "source":
+        data["sources"]["en"]["spec"] = missing
+        data["mixture"] = {"ha": 0.95, "en": 0.05}
+    elif case == "calibration":
+        data["calibration"]["data"] = missing
+    elif case == "evaluate":
+        data["evaluate"] = [data["train"]["eval"]["data"][0], f"late={missing}:target"]
+    elif case == "train-eval":
+        data["evaluate"] = list(data["train"]["eval"]["data"])
+        data["train"]["eval"]["data"].append(f"extra={missing}")
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("model", ["'model'", "no-model", "does not exist"]),
+    ("source", ["'sources.en'", "missing.txt", "does not exist"]),
+    ("calibration", ["'calibration.data'", "missing.txt", "does not exist"]),
+    ("evaluate", ["'evaluate' set 'late'", "missing.txt", "does not exist"]),
+    ("train-eval", ["'train.eval.data' set 'extra'", "missing.txt", "does not exist"]),
+])
+def test_every_input_is_checked_before_anything_is_written_and_the_fix_reruns_in_the_same_directory(
+        tmp_path, make_model_dir, corpora, invoke, case, fragments):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "ssu-wanda"}])
+    good = yaml.safe_load(path.read_text())
+    broken = yaml.safe_load(path.read_text())
+    _break(broken, case, tmp_path)
+    path.write_text(yaml.safe_dump(broken))
+    out = tmp_path / "out"
+    assert_input_error(invoke("study", path, "-o", out), str(path), *fragments)
+    assert not out.exists()
+    path.write_text(yaml.safe_dump(good))
+    assert invoke("study", path, "-o", out, "--print-commands").returncode == 0
+
+
+def test_a_method_whose_extra_is_missing_is_refused_before_anything_is_written(tmp_path, make_model_dir, corpora, invoke, monkeypatch):
+    from adaptkit import specs
+
+    real = specs.missing_package
+    monkeypatch.setattr(specs, "missing_package", lambda extra: "peft" if extra == "peft" else real(extra))
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}, {"method": "lora"}])
+    out = tmp_path / "out"
+    assert_input_error(invoke("study", path, "-o", out), "grid entry 2", "method 'lora'", "'peft'", "adaptkit[peft]")
+    assert not out.exists()
+
+
+def test_missing_package_reads_adaptkit_extras_without_importing_them():
+    from adaptkit.specs import missing_package
+
+    assert missing_package("peft") is None  # installed with the test extra
+    assert missing_package("no-such-module-here") == "no-such-module-here"  # a plugin's own extra: a module name
+    before = set(sys.modules)
+    missing_package("mergekit")
+    assert "mergekit" not in set(sys.modules) - before
+
+
+def test_an_unwritable_output_is_named_before_anything_runs(tmp_path, make_model_dir, corpora, invoke):
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}])
+    assert_input_error(invoke("study", path, "-o", "/proc/adaptkit-study"), "-o/--output", "/proc/adaptkit-study", "cannot write")
 
 
 def _env() -> dict:
@@ -132,6 +234,7 @@ def finished_study(tmp_path_factory, make_model_dir, corpora):
     result = _study(path, root / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Pareto front:" in result.stdout and "study: run 2/2" in result.stderr
+    assert "train: step 8/8 (100%)" in result.stderr  # each run's progress lines, not minutes of silence
     return path, root / "out", json.loads((root / "out" / "report" / "results.json").read_text())
 
 
@@ -223,3 +326,86 @@ def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_m
     assert len(trained) == 1 and "kept" in trained[0] and "checkpoint-" in trained[0], lines[-5:]  # the training's own line
     assert not (out / "runs" / "fft" / "final").exists()
     assert_ended(pids)
+
+
+@pytest.mark.slow
+def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_model_dir, corpora, invoke):
+    """Registered methods work as grid entries by name; a run's final-ema/ and final-lawa/ are evaluated as
+    rows of their own (RUN-ema, RUN-lawa) with the run's facts."""
+    grid = [{"method": "fft", "name": "fft-avg", "train": {"averaging": {"ema_decay": 0.5, "lawa_k": 2}, "schedule": {"name": "wsd"}}},
+            {"method": "spectrum", "params": {"fraction": 0.5}},
+            {"method": "fft", "name": "bam", "bam": {"rounds": 1, "branches": 2, "merge": "linear"}}]
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, grid, steps=4)
+    result = invoke("study", path, "-o", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result
+    rows = {row["model"]: row for row in json.loads((tmp_path / "out" / "report" / "results.json").read_text())["models"]}
+    assert list(rows) == ["base", "fft-avg", "fft-avg-ema", "fft-avg-lawa", "spectrum", "bam"]
+    assert rows["fft-avg-ema"]["method"] == "fft (ema)" and rows["fft-avg-ema"]["trainable_fraction"] == 1.0
+    assert rows["fft-avg-ema"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
+    assert rows["spectrum"]["trainable_fraction"] < 1
+    assert rows["bam"]["trainable_fraction"] == 1.0 and (tmp_path / "out" / "runs" / "bam" / "round-0" / "branch-1" / "final").is_dir()
+    assert rows["bam"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
+
+
+@pytest.mark.slow  # the merge method's check imports torch
+@pytest.mark.parametrize("bam, fragment", [({"branches": 0}, "--branches"), ({"rounds": 2, "turns": 3}, "turns"),
+                                           ({"branches": 3}, "--merge slerp")])
+def test_bad_bam_entry_is_reported_with_its_position(tmp_path, make_model_dir, corpora, bam, fragment):
+    from adaptkit.errors import InputError
+    from adaptkit.study.spec import load_study
+
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}, {"method": "fft", "name": "b", "bam": bam}])
+    with pytest.raises(InputError) as err:
+        load_study(path)
+    assert "grid entry 2" in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.slow  # the merge method's check imports torch
+def test_shipped_beyond_study_file_expands():
+    """benchmarks/study_smollm2_beyond.yaml: every entry checked (the new methods, a BaM entry, a schedule and averaging)."""
+    from adaptkit.study.spec import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "benchmarks" / "study_smollm2_beyond.yaml")
+    runs = {run.name: run for run in study.runs}
+    assert {"block-expansion", "bam", "fft-wsd", "fft-avg", "spectrum-fraction0.25", "spectrum-fraction0.5"} <= set(runs)
+    assert runs["bam"].bam == {"rounds": 2, "branches": 2, "merge": "slerp", "merge_params": {}}
+    assert runs["fft-avg"].train["averaging"]["ema_decay"] == 0.99
+
+
+def _metrics(path: Path, losses: list[tuple[int, float]], ppl: list[tuple[int, float]]) -> Path:
+    rows = [{"step": s, "loss": v} for s, v in losses] + [{"step": s, "eval": "ha", "role": "target", "ppl": v} for s, v in ppl]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_curves_of_runs_shorter_than_log_steps_show_what_exists(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from adaptkit.study.report import curves_figure
+
+    none = curves_figure({"a": _metrics(tmp_path / "a.jsonl", [], [(0, 9.0), (4, 7.0)])})
+    texts = [t.get_text() for t in none.axes[0].texts]
+    assert any("no training loss logged" in t and "log_steps" in t for t in texts)
+    one = curves_figure({"a": _metrics(tmp_path / "b.jsonl", [(4, 3.5)], [(0, 9.0), (4, 7.0)])})
+    (line,) = one.axes[0].lines
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [4] and not one.axes[0].texts  # the one point shows
+    plt.close("all")
+
+
+def test_frontier_labels_of_nearby_points_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from adaptkit.study.report import frontier_figure
+
+    rows = [{"model": "base", "method": None, "source_gain_bpb": 0.0, "target_gain_bpb": 0.0}]
+    rows += [{"model": f"ssu-wanda-freeze_ratio0.{i}", "method": "ssu-wanda", "source_gain_bpb": -0.010 - 0.0001 * i,
+              "target_gain_bpb": 0.300 + 0.0001 * i} for i in range(1, 6)]
+    rows += [{"model": "fft", "method": "fft", "source_gain_bpb": -0.2, "target_gain_bpb": 0.35}]
+    fig = frontier_figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts]
+    assert sorted(t.get_text() for t in labels) == sorted(r["model"] for r in rows)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not [(a.get_text(), b.get_text()) for i, (a, x) in enumerate(zip(labels, boxes)) for b, y in zip(labels[i + 1:], boxes[i + 1:]) if x.overlaps(y)]
+    plt.close(fig)

@@ -39,7 +39,7 @@ def test_train_help_shows_the_engine_defaults():
 
 # the options of `adaptkit train` that are not run settings: what to do, and where the result goes
 COMMAND_OPTIONS = {"output", "resume", "print_config", "config", "set_", "push_to_hub", "private", "revision", "dry_run",
-                   "processes", "overwrite", "json", "quiet", "debug"}
+                   "processes", "overwrite", "json", "quiet", "debug", "progress"}
 
 
 def test_every_train_option_is_mapped():
@@ -67,7 +67,7 @@ def test_every_setting_option_reaches_its_setting(invoke, tmp_path):
         "device": ("cpu", "cpu"), "distributed": ("fsdp", "fsdp"), "seed": ("9", 9), "gradient_checkpointing": (None, True),
         "compile": (None, True), "trust_remote_code": (None, True), "report_to": ("tensorboard", ["tensorboard"]),
         "run_name": ("rn", "rn"), "project": ("pj", "pj"), "eval_data": ("x=e.txt:source", ["x=e.txt:source"]),
-        "eval_steps": ("4", 4), "validation_fraction": ("0.1", 0.1),
+        "eval_steps": ("4", 4), "validation_fraction": ("0.1", 0.1), "ema_decay": ("0.9", 0.9), "lawa_k": ("3", 3),
     }
     from adaptkit.train_settings import OPTION_SETTINGS
 

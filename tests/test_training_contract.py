@@ -193,6 +193,26 @@ def test_print_config_round_trips_through_config(tmp_path, llama_dir, corpora, i
     assert yaml.safe_load(invoke("train", "--print-config").stdout)["batch_size"] == 32  # the defaults alone
 
 
+@pytest.mark.slow  # over ~0.3 s: a training
+def test_json_with_progress_keeps_progress_lines_on_stderr(tmp_path, llama_dir, corpora, invoke):
+    args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "2", "--set", "log_steps=1", "--json"]
+    plain = invoke(*args, "-o", tmp_path / "plain")
+    progress = invoke(*args, "--progress", "-o", tmp_path / "progress")
+    assert plain.returncode == progress.returncode == 0, (plain, progress)
+    assert json.loads(plain.stdout)["steps"] == json.loads(progress.stdout)["steps"] == 2  # stdout: the JSON alone
+    assert "train: step" not in plain.stderr and "train: step 2/2 (100%)" in progress.stderr
+
+
+def test_print_config_with_json_prints_the_same_settings_as_json(invoke):
+    import yaml
+
+    as_yaml = invoke("train", "--print-config", "--set", "threads=3", "--lr", "1e-3")
+    as_json = invoke("train", "--print-config", "--set", "threads=3", "--lr", "1e-3", "--json")
+    assert as_yaml.returncode == as_json.returncode == 0, (as_yaml, as_json)
+    assert json.loads(as_json.stdout) == yaml.safe_load(as_yaml.stdout)
+    assert json.loads(as_json.stdout)["threads"] == 3 and json.loads(as_json.stdout)["optimizer"]["lr"] == 1e-3
+
+
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, llama_dir, corpora, invoke):
     args = ["train", "-m", llama_dir, "-d", corpora["ha"], *SMALL, "--max-steps", "4", "-o", tmp_path / "run"]

@@ -40,10 +40,18 @@ def command(
         calibration.save(tmp)
     m = calibration.manifest
     if m["num_samples"] < m["num_samples_requested"]:
-        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {m['block_size']} tokens could be made (asked for {num_samples}); raise --pool for more")
+        console.print(f"[yellow]warning[/yellow]: only {m['num_samples']} blocks of {m['block_size']} tokens could be made (asked for {num_samples}); {more_blocks_hint(m)}")
     kinds = ", ".join(f"{n} {k}" for k, n in m["examples_by_format"].items() if n)
     console.result(
         {"output": str(output), **m},
         f"[green]done[/green]: {m['num_samples']} blocks x {m['block_size']} tokens ({m['tokens']:,} tokens) from {m['examples_used']} examples ({kinds}); "
         f"template {m['template'] or 'none'}; written to {output}",
     )
+
+
+def more_blocks_hint(manifest: dict) -> str:
+    """How to get more blocks: a larger --pool while the pool left data unread, else the data is the limit."""
+    if manifest["pool_sampled"] < manifest["examples_seen"]:
+        return f"raise --pool (sampled {manifest['pool_sampled']:,} of {manifest['examples_seen']:,} examples) for more"
+    return (f"all {manifest['examples_seen']:,} examples of the data were used (a larger --pool cannot help); "
+            "give more data or a smaller --block-size for more")

@@ -100,6 +100,7 @@ class Shared:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    progress: bool = False  # progress lines on stderr also with --json (a study's steps)
     on_interrupt: Optional[Callable[[], str]] = None  # what an interrupted command kept and how to go on
     # `adaptkit ARGV` in this process -> (exit code, stdout): set by the CLI (cli.run_in_process), for a
     # command that runs other adaptkit commands without a fresh interpreter for each (the quickstart's study)
@@ -111,6 +112,7 @@ def _shared_declarations(
     json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    progress: Annotated[bool, typer.Option("--progress", hidden=True, help="Progress lines on stderr also with --json.")] = False,
 ) -> None:
     """The shared options, declared once; `add_shared_options` copies them onto commands."""
 
@@ -222,23 +224,24 @@ class Console:
     """Where a command reports: results (tables, summaries) on stdout, progress and logs on stderr;
     with --json one JSON object on stdout instead. In a pipe, tables are plain text with whole values."""
 
-    def __init__(self, json_mode: bool = False, quiet: bool = False):
+    def __init__(self, json_mode: bool = False, quiet: bool = False, progress: bool = False):
         from rich.console import Console as RichConsole
 
         self.json_mode = json_mode
-        self.quiet = quiet or json_mode
-        self.rich = RichConsole(stderr=True, quiet=self.quiet)  # progress and logs
+        self.quiet = quiet or json_mode  # no results but the JSON
+        self.silent = quiet or (json_mode and not progress)  # no progress or logs: --quiet, or --json without --progress
+        self.rich = RichConsole(stderr=True, quiet=self.silent, soft_wrap=True)  # progress and logs, lines whole in a log file
         self.out = RichConsole(quiet=self.quiet, soft_wrap=True)  # results
 
     @classmethod
     def of(cls, ctx: typer.Context) -> "Console":
         """The console of a command, set by the shared --json and --quiet options."""
         options = shared(ctx)
-        return cls(options.json, options.quiet)
+        return cls(options.json, options.quiet, options.progress)
 
     @property
     def show_progress(self) -> bool:
-        return not self.quiet and sys.stderr.isatty()
+        return not self.silent and sys.stderr.isatty()
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """A log or progress line (stderr)."""

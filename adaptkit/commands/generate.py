@@ -45,7 +45,7 @@ def command(
 
     console = Console.of(ctx)
     overwrite = shared(ctx).overwrite
-    check_output(output, overwrite)
+    check_output(output, overwrite, is_dir=False)
     if decoding not in DECODINGS:
         raise InputError(f"--decoding: expected {', '.join(DECODINGS)}, got '{decoding}'")
     if ctx.get_parameter_source("max_new_tokens").name == "DEFAULT":

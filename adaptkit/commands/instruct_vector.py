@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, shared
-from adaptkit.commands.merge import ShardOpt, push_hub
+from adaptkit.commands.merge import ShardOpt, TokenizerSourceOpt, VocabInitOpt, push_hub
 from adaptkit.io.atomic import check_output
 
 app = typer.Typer(
@@ -69,6 +69,8 @@ def apply(
     output: OutputOpt = ...,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help=DTYPE_HELP, show_default="as --model")] = None,
     shard_size: ShardOpt = "5GB",
+    tokenizer_source: TokenizerSourceOpt = None,
+    vocab_init: VocabInitOpt = None,
     push_to_hub: PushOpt = None,
     private: PrivateOpt = False,
     revision: RevisionOpt = None,
@@ -89,6 +91,7 @@ def apply(
     overwrite = shared(ctx).overwrite
     check_output(output, overwrite)
     options = _options(overwrite, dtype, shard_size, console, "adaptkit instruct-vector apply")
+    options.tokenizer_source, options.vocab_init = tokenizer_source, vocab_init
     if vector is not None:
         summary = residual.apply_vector(model, vector, alpha, output, options)
     else:

@@ -24,7 +24,9 @@ ModelsOpt = Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="
 BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="The base model the task vectors are taken from.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Output dtype of floating tensors: float32, bfloat16 or float16.", show_default="as the first --model")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB or 500MB.")]
-TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory.", show_default="the first --model")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer-from", help="Copy tokenizer files from this directory; rows are merged by id.", show_default="the first --model")]
+TokenizerSourceOpt = Annotated[Optional[str], typer.Option("--tokenizer-source", help="Merge across vocabularies: base, union, or the path of an input; embedding and head rows are mapped by token string.")]
+VocabInitOpt = Annotated[Optional[str], typer.Option("--vocab-init", help="With --tokenizer-source: give a token an input lacks a row from that input's own rows (subword-mean, mean, random).", show_default="the other inputs' rows for the token")]
 
 
 def __getattr__(name: str) -> Any:
@@ -120,6 +122,7 @@ def _from_config(
         seed=seed,
         shard_size=shard_size,
         tokenizer_from=plan.tokenizer_from,
+        tokenizer_source=plan.tokenizer_source,
         ctx=ctx,
         tensor_params=plan.tensor_params,
         command=f"adaptkit merge --config {config}",
@@ -152,7 +155,7 @@ def _refuse_group_options(ctx: typer.Context, method: str) -> None:
             raise InputError(f"{flag}: before the method name it applies only to `adaptkit merge --config`; {advice.format(method=method)}")
 
 
-def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None, target=None) -> None:
+def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dtype, seed, shard_size, tokenizer_from, ctx: typer.Context, tensor_params=None, command: str = "", config_text: str = "", where: str | None = None, target=None, tokenizer_source=None, vocab_init=None) -> None:
     from adaptkit.merge.api import merge
     from adaptkit.merge.executor import MergeOptions
     from adaptkit.merge.stream import parse_size
@@ -164,6 +167,8 @@ def _run(method: str, models, base, params: dict[str, Any], *, output: Path, dty
         seed=seed if seed is not None else 0,
         shard_size=parse_size(shard_size),
         tokenizer_from=tokenizer_from,
+        tokenizer_source=tokenizer_source,
+        vocab_init=vocab_init,
         command=command or f"adaptkit merge {method}",
         config=config_text,
         progress=console.show_progress,
@@ -194,6 +199,8 @@ def _method_command(spec) -> Callable[..., None]:
         seed: SeedOpt = None,
         shard_size: ShardOpt = "5GB",
         tokenizer_from: TokenizerOpt = None,
+        tokenizer_source: TokenizerSourceOpt = None,
+        vocab_init: VocabInitOpt = None,
         push_to_hub: PushOpt = None,
         private: PrivateOpt = False,
         revision: RevisionOpt = None,
@@ -202,7 +209,8 @@ def _method_command(spec) -> Callable[..., None]:
         from adaptkit.io.hub import check_target
 
         target = check_target(push_to_hub, private, revision)
-        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from, ctx=ctx, target=target)
+        _run(spec.name, models, base, params or {}, output=output, dtype=dtype, seed=seed, shard_size=shard_size, tokenizer_from=tokenizer_from,
+             ctx=ctx, target=target, tokenizer_source=tokenizer_source, vocab_init=vocab_init)
 
     command = with_param_options(merge_with, spec.params)
     command.__name__ = spec.name.replace("-", "_")

@@ -1,5 +1,5 @@
 """Progress of long work: a Rich bar on a terminal, plain lines on stderr otherwise (a cluster job's
-log file), nothing with --quiet or --json.
+log file), nothing with --quiet, nor with --json unless --progress is given too (a study's steps).
 
 The engine reports through the small interface it has always used (`add_task`, then `update` with
 `completed=` and, at each logging step, `loss=`, `tps=`, `lr=` and, where known, `tps_device=` and
@@ -83,7 +83,7 @@ class ProgressBar:
 def training_progress(console: Any, name: str = "train") -> Iterator[tuple[Optional[Any], Callable[[str], None]]]:
     """(progress for the engine or None, a log function) for a console: a bar on a terminal,
     plain lines when stderr is not a terminal, none with --quiet/--json."""
-    if console.quiet:
+    if console.silent:
         yield None, console.print
         return
     if not sys.stderr.isatty():
@@ -101,7 +101,7 @@ def notes(console: Any, name: str) -> Callable[[str], None]:
     """A function that reports a stage of a command (`calibrate`, `evaluate`): dim text on a terminal,
     'NAME: message (12.3 s)' lines on stderr otherwise, nothing with --quiet/--json."""
     started = time.monotonic()
-    if console.quiet:
+    if console.silent:
         return lambda message: None
     if not sys.stderr.isatty():
         return lambda message: plain_line(f"{name}: {message} ({time.monotonic() - started:.1f} s)")

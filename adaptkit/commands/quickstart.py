@@ -174,7 +174,7 @@ def _run_study(study: "Study", console: Console, run_command: Any) -> list[dict[
     here = Path(".")
     state.write_plan(study, here)
     state.write_configs(study, here, root=here)
-    state.execute(study, here, lambda message: console.print(message), call=steps_in_process(run_command))
+    state.execute(study, here, lambda message: console.print(message), call=steps_in_process(run_command), progress=not console.silent)
     rows = report.study_rows(study, here, report.evaluate_study(study, here, console))
     report.write_study_report(study, here, rows)
     plot_methods({run.name: Path("runs") / run.name / "metrics.jsonl" for run in study.runs}, Path("curves.png"))
@@ -310,5 +310,6 @@ def _method_params(methods: str, overrides: Optional[list[str]], freeze_ratio: f
         else:
             params[path[0]][path[1]] = value
     for name, spec in specs.items():
+        spec.check_extras("--methods")
         spec.validate_params(params[name], f"--set {name}.*")
     return params

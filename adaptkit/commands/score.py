@@ -19,7 +19,7 @@ def command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model to score: directory, .gguf or Hub id.")],
     output: OutputOpt,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration directory from `adaptkit calibrate` (needed by wanda, sparsegpt, fisher).")] = None,
-    scorer: Annotated[str, typer.Option("--scorer", help="wanda (SSU default), magnitude, random, sparsegpt, fisher (see `adaptkit plugins --kind scorer`).")] = "wanda",
+    scorer: Annotated[str, typer.Option("--scorer", help="wanda (SSU default), magnitude, random, sparsegpt, fisher, spectrum (see `adaptkit plugins --kind scorer`).")] = "wanda",
     include_embeddings: Annotated[bool, typer.Option("--include-embeddings", help="Also score the embeddings and LM head (trained in full by default).")] = False,
     element_scores: Annotated[bool, typer.Option("--element-scores", help="Also store per-element scores of matrices (for `adaptkit mask --granularity element`; as large as the model in float32).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass (fisher: per gradient).")] = 1,

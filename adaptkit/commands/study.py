@@ -23,11 +23,14 @@ def command(
     """Run a grid of trainings (skipping finished runs, resuming interrupted ones), evaluate them all and write the report."""
     import sys
 
+    from adaptkit.io.atomic import check_writable
     from adaptkit.study import report, state
-    from adaptkit.study.spec import load_study
+    from adaptkit.study.spec import check_inputs, load_study
 
     console = Console.of(ctx)
     study = load_study(study_file)  # every grid entry checked before anything is written
+    check_inputs(study)  # the model, sources, calibration and eval files, each method's extras
+    check_writable(output, "-o/--output")
     state.open_study_dir(study, output, shared(ctx).overwrite)
     shared(ctx).on_interrupt = lambda: f"finished runs and the checkpoints of the interrupted one are kept in {output}; run the same command again to continue"
     state.write_configs(study, output)
@@ -35,7 +38,7 @@ def command(
         sys.stdout.write(state.print_commands(study, output, study_file))
         return
     say = lambda message: console.print(message)  # noqa: E731
-    state.execute(study, output, say)
+    state.execute(study, output, say, progress=not console.silent)
     say(f"study: evaluating {len(study.runs)} runs and the base on {len(study.evaluate)} sets")
     rows = report.study_rows(study, output, report.evaluate_study(study, output, console))
     result = report.write_study_report(study, output, rows)

@@ -28,8 +28,10 @@ def command(
     micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="Sequences per forward pass and process (gradient accumulation makes up the rest).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (paper: 5e-5).", show_default="5e-05")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (paper: 0.01).", show_default="0.01")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear or constant.", show_default="cosine")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine, linear, constant, wsd (warmup-stable-decay: --set schedule.cooldown_ratio=0.2 schedule.cooldown_shape=linear|cosine|1-sqrt) or rewarm (from the floor schedule.min_lr_ratio up to --lr, cosine back to the floor).", show_default="cosine")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Warmup fraction of the steps (paper: 0.05).", show_default="0.05")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="Also write final-ema/: an exponential moving average of the weights with this decay, in (0, 1) (e.g. 0.99).")] = None,
+    lawa_k: Annotated[Optional[int], typer.Option("--lawa-k", help="Also write final-lawa/: the mean of the last K snapshots of the weights (LAWA), one every --set averaging.lawa_interval steps and at the end; the interval defaults to the checkpoint interval.")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm.", show_default="1.0")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none); the newest 2 are kept.", show_default="every 10% of the steps, rounded up")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in -o (a finished run is left as it is).")] = False,
@@ -61,13 +63,14 @@ def command(
 ) -> None:
     """Continually pre-train a model with a method (fft, ssu-*, lora, ...) and save runs/NAME/final."""
     from adaptkit.io.hub import check_target
+    from adaptkit.threads import apply as apply_threads
 
     from adaptkit.train_settings import build_config, build_method
 
     options = {  # every option of OPTION_SETTINGS and DATA_OPTIONS, by name (tests/test_train_settings.py)
         "model": model, "method": method, "max_steps": max_steps, "epochs": epochs, "seq_len": seq_len, "num_proc": num_proc,
         "packing": packing, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "lr": lr, "weight_decay": weight_decay,
-        "schedule": schedule, "warmup_ratio": warmup_ratio, "max_grad_norm": max_grad_norm, "save_steps": save_steps,
+        "schedule": schedule, "warmup_ratio": warmup_ratio, "ema_decay": ema_decay, "lawa_k": lawa_k, "max_grad_norm": max_grad_norm, "save_steps": save_steps,
         "precision": precision, "device": device, "distributed": distributed, "seed": seed,
         "gradient_checkpointing": gradient_checkpointing, "compile": compile, "trust_remote_code": trust_remote_code,
         "report_to": report_to, "run_name": run_name, "project": project, "eval_data": eval_data, "eval_steps": eval_steps,
@@ -77,7 +80,7 @@ def command(
     train_config = build_config(config, options, set_, method_options, require_inputs=not print_config)
     training_method = build_method(train_config, method_options, require_inputs=not print_config)
     if print_config:
-        return _print_config(train_config, training_method)
+        return _print_config(train_config, training_method, Console.of(ctx).json_mode)
     if output is None:
         raise InputError("-o/--output: required (the run directory)")
     target = check_target(push_to_hub, private, revision)
@@ -85,6 +88,7 @@ def command(
     if dry_run:
         return print_memory_plan(train_config, training_method, processes, console)
     use_device(train_config.device)
+    apply_threads(train_config.threads)
     check_writable(output)  # the engine checks what is there (resume, overwrite); this, whether it can be written
     shared(ctx).on_interrupt = lambda: interrupted_note(output)
     if resume and _report_finished_run(output, train_config, shared(ctx).overwrite, console):
@@ -144,13 +148,15 @@ def upload_files(run_dir: Path) -> dict:
     return files
 
 
-def _print_config(config, method) -> None:
-    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout."""
+def _print_config(config, method, as_json: bool = False) -> None:
+    """The resolved settings as config.yaml holds them, with every method parameter (defaults included), on stdout
+    (with --json: the same settings as one JSON object)."""
     import sys
 
     from adaptkit.engine.rundir import config_yaml
 
-    sys.stdout.write(config_yaml(config.model_copy(update={"method_params": method.params.model_dump(mode="json")})))
+    resolved = config.model_copy(update={"method_params": method.params.model_dump(mode="json")})
+    sys.stdout.write(resolved.model_dump_json() + "\n" if as_json else config_yaml(resolved))
     sys.stdout.flush()
 
 

@@ -5,6 +5,8 @@ unknown / partial-character (byte) tokens. `extend` learns `--add N` new BPE tok
 target text, appends them (entries and merges) to the tokenizer, gives them embedding and LM
 head rows with an initializer plugin (`--init`: subword-mean, mean, random, or a plugin's) and
 writes a normal model directory plus `adaptkit_vocab.json` (old vocabulary size, new ids).
+`transplant` gives a model another tokenizer: shared tokens keep their rows, the others are
+initialised by an initializer plugin or by OMP over a donor model's embeddings (`adaptkit.vocab.transplant`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import typer
 
 from adaptkit.commands.common import Console, OutputOpt, PrivateOpt, PushOpt, RevisionOpt, SeedOpt, push_output, shared
 
-app = typer.Typer(help="Vocabulary: measure a tokenizer on target text (inspect) and extend it with new tokens (extend).", no_args_is_help=True)
+app = typer.Typer(help="Vocabulary: measure a tokenizer on target text (inspect), extend it with new tokens (extend), or give a model another tokenizer (transplant).", no_args_is_help=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model directory, .gguf file or Hub id.")]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="Text or JSONL file (repeatable).")]
@@ -91,3 +93,29 @@ def extend(
     result = {k: v for k, v in record.items() if k != "new_tokens"}
     url = push_output(target, output_files(output), console, f"adaptkit vocab extend --add {add} --init {init}")
     console.result({"output": str(output), **result, **({"hub": url} if url else {})}, summary)
+
+
+@app.command()
+def transplant(
+    ctx: typer.Context,
+    model: ModelOpt,
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", help="Directory of the new tokenizer (a model directory for --init omp: its embeddings are the donor's).")],
+    output: OutputOpt,
+    init: Annotated[str, typer.Option("--init", help="Rows of tokens the model lacks: subword-mean (FVT), mean, random, a plugin's, or omp (a donor model's embeddings).")] = "subword-mean",
+    k: Annotated[int, typer.Option("--k", help="With --init omp: shared tokens combined per new token.")] = 8,
+    seed: SeedOpt = None,
+) -> None:
+    """Give --model the tokenizer in --tokenizer: shared tokens keep their rows, new ones are initialised; write a model dir."""
+    from adaptkit.vocab.transplant import TransplantOptions, transplant as run_transplant
+
+    console = Console.of(ctx)
+    opts = TransplantOptions(model=model, tokenizer=tokenizer, output=output, init=init, k=k, seed=0 if seed is None else seed, overwrite=shared(ctx).overwrite)
+    record = run_transplant(opts, log=lambda message: console.print(message))
+    counts = record["transplant"]
+    console.table("adaptkit vocab transplant: rows of the new vocabulary", ["rows", "from", "count"], [
+        ["tokens both vocabularies have", "their old rows, exactly", counts["kept"]],
+        ["tokens the model lacked", init + (f" (k={k})" if init == "omp" else ""), counts["initialized"]],
+        ["ids without a token", "the old mean row", counts["without_token"]],
+    ])
+    summary = f"[green]wrote[/green] {output}: rows {record['old_vocab_size']} -> {record['new_vocab_size']}, {counts['initialized']} new tokens by {init}"
+    console.result({"output": str(output), **record}, summary)

@@ -147,6 +147,14 @@ class Mixture:
             out[slots] = self.blocks[source][torch.tensor([picks[i][1] for i in slots])]
         return out
 
+    def starved(self, samples: int) -> list[str]:
+        """Warnings, one per source that none of the first `samples` global samples draws from (a small replay share
+        over few samples: 5% of 16 is 0.8 of a sample), naming the source and its expected share."""
+        total = float(self.quota.sum())
+        return [f"data source '{name}' gets no sample in the run's {samples:,} samples (its share {quota / total:.1%} "
+                f"expects {samples * quota / total:.2f}); raise its weight, --max-steps or --batch-size"
+                for name, quota in zip(self.names, self.quota) if self.seen(samples)[name]["samples"] == 0]
+
     def seen(self, samples: int) -> dict[str, dict[str, float]]:
         """Samples, tokens and epochs of each source in the first `samples` global samples."""
         full, part = divmod(samples, self.period)

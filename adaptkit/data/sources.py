@@ -171,6 +171,22 @@ def _open_text(path: Path, flag: str) -> io.TextIOBase:
         raise InputError(f"{flag}: cannot read '{path}' (permission denied)") from None
 
 
+def _first_bad_line(path: Path, flag: str) -> str:
+    """' line N (byte 0xXX at column C)' of the first line that is not UTF-8 (the text stream decodes in chunks
+    and cannot say); read again as bytes, only once decoding has failed."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with _open_text(path, flag) as handle:
+        raw = handle.buffer if hasattr(handle, "buffer") else None
+        for number, line in enumerate(raw or [], start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as exc:
+                return f" line {number} (byte 0x{line[exc.start]:02x} at column {exc.start + 1})" if exc.start < len(line) else f" line {number}"
+    return ""
+
+
 def _decode_errors() -> tuple[type[BaseException], ...]:
     import zlib
 
@@ -203,7 +219,7 @@ def _file_records(path: Path, fmt: str, flag: str) -> Iterator[tuple[int, Any]]:
                     raise InputError(f"{flag}: '{path}' line {number} is not valid JSON ({exc.msg})") from None
                 yield number, record
         except UnicodeDecodeError:
-            raise InputError(f"{flag}: '{path}' is not UTF-8 text") from None
+            raise InputError(f"{flag}: '{path}'{_first_bad_line(path, flag)} is not UTF-8 text; expected UTF-8") from None
         except _decode_errors() as exc:
             kind = {".gz": "gzip", ".zst": "zstd"}.get(path.suffix, "text")
             raise InputError(f"{flag}: '{path}' is not a readable {kind} file ({first_line(exc)})") from None

@@ -50,18 +50,23 @@ class DataConfig(Section):
     paths: OneOrMany = Field(default_factory=list, description="Text/JSONL files or HF dataset directories: one source.")
     sources: list[SourceConfig] = Field(default_factory=list, description="Named sources mixed by weight (instead of paths).")
     text_field: str = "text"
-    seq_len: int = Field(512, gt=0, description="Tokens per packed block.")
+    seq_len: int = Field(512, ge=2, description="Tokens per packed block (at least 2: a token and the next one it predicts).")
     format: Literal["auto", "text", "jsonl", "hf"] = "auto"
     cache: bool = True
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="Blocks held out of training (seeded) as the eval set 'validation'.")
     max_tokens: TokenCount = Field(None, gt=0, description="Tokens of all sources together at most (e.g. 200M).")
     num_proc: Optional[int] = Field(None, gt=0, description="Tokenizer processes; default: the available cores.")
+    slice: Optional[str] = Field(None, pattern=r"^\d+/\d+$", description="I/N: train on the I-th (from 0) of N equal consecutive parts of each source's blocks (Branch-and-Merge's data slices).")
     packing: Literal["concat", "doc-mask"] = Field(
         "concat", description="concat: EOS-separated documents packed into blocks; doc-mask: also a block-diagonal attention mask and restarting positions."
     )
 
     @model_validator(mode="after")
     def _paths_or_sources(self) -> "DataConfig":
+        if self.slice is not None:
+            index, count = map(int, self.slice.split("/"))
+            if count < 1 or index >= count:
+                raise ValueError(f"slice '{self.slice}': expected I/N with N >= 1 and 0 <= I < N")
         if self.paths and self.sources:
             raise ValueError("give data.paths (one source) or data.sources (a mixture), not both")
         names = [s.name for s in self.sources]
@@ -86,9 +91,34 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "linear", "constant"] = "cosine"
+    """The learning-rate multiplier over the run (engine/optim.py:lr_factor).
+
+    cosine / linear / constant: linear warmup from 0, then that decay to `min_lr_ratio`.
+    wsd (warmup-stable-decay, Hägele et al. 2024): warmup, constant peak, then a cooldown over the last
+    `cooldown_ratio` of the steps to `min_lr_ratio`, shaped `cooldown_shape` (linear, cosine, 1-sqrt).
+    rewarm (re-warming and re-decaying, Ibrahim et al. 2024): warmup from the floor `min_lr_ratio` (where
+    a pre-training schedule ended) to the peak, then cosine back down to the floor.
+    """
+
+    name: Literal["cosine", "linear", "constant", "wsd", "rewarm"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the learning rate, a fraction of the peak (decays end there; rewarm starts there).")
+    cooldown_ratio: float = Field(0.2, ge=0, le=1, description="wsd: fraction of the steps in the final cooldown.")
+    cooldown_shape: Literal["linear", "cosine", "1-sqrt"] = Field("linear", description="wsd: shape of the cooldown.")
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> "ScheduleConfig":
+        if self.name == "wsd" and self.warmup_ratio + self.cooldown_ratio > 1:
+            raise ValueError(f"cooldown_ratio {self.cooldown_ratio} and warmup_ratio {self.warmup_ratio} add up to more than the whole run (at most 1)")
+        return self
+
+
+class AveragingConfig(Section):
+    """Averaged weights written beside final/ (engine/averaging.py): final-ema/ and final-lawa/."""
+
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="Exponential moving average of the weights after every step with this decay (e.g. 0.99): final-ema/.")
+    lawa_k: Optional[int] = Field(None, ge=2, description="LAWA: the mean of the last K snapshots of the weights, one every lawa_interval steps and at the end: final-lawa/.")
+    lawa_interval: Optional[int] = Field(None, gt=0, description="Steps between LAWA snapshots; default: the checkpoint interval.")
 
 
 class EvalConfig(Section):
@@ -106,6 +136,16 @@ class EvalConfig(Section):
         return [value] if isinstance(value, str) else value
 
 
+class LossConfig(Section):
+    """The language-modelling loss of a training step (engine/lm_loss.py)."""
+
+    chunked: Literal["auto", "on", "off"] = Field(
+        "auto", description="Chunked linear cross-entropy (no full-vocabulary logits); auto = on when vocabulary x tokens per micro-batch >= 2^26 and the head allows it."
+    )
+    kernel: Literal["torch", "liger"] = Field("torch", description="torch: adaptkit's chunked loss; liger: Liger-Kernel's fused kernel (CUDA, the `liger` extra).")
+    chunk_tokens: Optional[int] = Field(None, gt=0, description="Tokens per chunk; default: 2^25 logits per chunk (261 tokens at a 128k vocabulary).")
+
+
 class TrainConfig(Section):
     model: str = Field("", description="Local HF directory, .gguf file or Hub id.")
     trust_remote_code: bool = False
@@ -121,6 +161,7 @@ class TrainConfig(Section):
     embedding_lr: Optional[float] = Field(None, gt=0, description="Peak learning rate of the input embeddings and LM head (default: optimizer.lr); the schedule scales it alike.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (global).")
     micro_batch_size: Optional[int] = Field(None, gt=0, description="Sequences per forward pass per process.")
     max_steps: Optional[int] = Field(None, gt=0)
@@ -133,6 +174,7 @@ class TrainConfig(Section):
     save_total_limit: Optional[int] = Field(2, gt=0)
     log_steps: int = Field(10, gt=0)
     seed: int = 42
+    threads: Optional[int] = Field(None, gt=0, description="CPU threads of torch's operators; default: OMP_NUM_THREADS, else the cores this process may use that others leave idle.")
     device: str = "auto"
     attn_implementation: Optional[str] = None
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
@@ -140,6 +182,7 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = False
     compile: bool = False
+    loss: LossConfig = Field(default_factory=LossConfig)
     memory_check: bool = Field(True, description="Refuse, before anything loads, a run whose memory plan (train --dry-run) exceeds the free memory of its device.")
     peak_tflops: Optional[float] = Field(None, gt=0, description="Dense bf16 peak of one device in TFLOPS, for the MFU in metrics.jsonl (default: looked up for known GPUs; none on a CPU).")
     language: list[str] = Field(default_factory=list, description="Language codes of the trained model for its model card (e.g. [ha]).")

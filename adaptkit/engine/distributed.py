@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Optional
 
 from adaptkit.errors import InputError
 
@@ -89,11 +89,7 @@ class Strategy:
 
     def clip(self, tensors: list["torch.Tensor"], max_norm: Optional[float], device: "torch.device") -> "torch.Tensor":
         """Clip the optimizer tensors' gradients to `max_norm` (None: no clipping); returns the norm before, on the device."""
-        import torch
-
-        if max_norm:
-            return torch.nn.utils.clip_grad_norm_(tensors, max_norm)
-        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tensors if p.grad is not None]))
+        return clip_grad_norm_(tensors, max_norm, device)
 
     def mean_loss(self, loss: "torch.Tensor") -> "torch.Tensor":
         """The loss averaged over processes."""
@@ -213,24 +209,42 @@ def unshard_model(model: "torch.nn.Module") -> None:
 
 
 def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device") -> "torch.Tensor":
-    """Clip gradients that each hold one process's shard: the norm sums squares over all processes.
-
-    Same formula as torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1).
-    """
-    import torch
+    """Clip gradients that each hold one process's shard: the norm sums squares over all processes."""
     import torch.distributed as dist
 
-    grads = [t.grad for t in tensors if t.grad is not None]
-    squares = torch.zeros((), dtype=torch.float32, device=device)
+    return clip_grad_norm_(tensors, max_norm, device, lambda total: dist.all_reduce(total, op=dist.ReduceOp.SUM))
+
+
+SQUARES_CHUNK = 1 << 24  # elements widened to float64 at a time: 128 MiB, whatever the tensor's size
+
+
+def clip_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device",
+                    all_reduce: "Callable[[torch.Tensor], None] | None" = None) -> "torch.Tensor":
+    """Clip the gradients (each process's part of them, summed over processes by `all_reduce`) to `max_norm`
+    (None: measure only); the norm before, a float32 tensor on the device (no host sync). The formula of
+    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1), with the squares summed in float64: one process's sum and the
+    shards' sums then round to the same float32 coefficient, so 1 and N processes take the same step. (In
+    float32 the two summation orders differ in the last bit, and Adam amplifies that where a row's only
+    gradient is a penalty near its eps: soft-reg's pull on embedding rows absent from the batches.)"""
+    import torch
+
+    from adaptkit.engine.shards import local_grad_tensor
+
+    grads = [local_grad_tensor(t.grad) for t in tensors if t.grad is not None]
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    squares = torch.zeros((), dtype=wide, device=device)
     for grad in grads:
-        squares = squares + grad.detach().float().pow(2).sum().to(device)
-    dist.all_reduce(squares, op=dist.ReduceOp.SUM)
+        flat = grad.detach().reshape(-1)
+        for start in range(0, flat.numel(), SQUARES_CHUNK):
+            squares += flat[start:start + SQUARES_CHUNK].to(device, wide).pow(2).sum()
+    if all_reduce is not None:
+        all_reduce(squares)
     norm = squares.sqrt()
     if max_norm:
         coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for grad in grads:
             grad.mul_(coefficient.to(grad.device, grad.dtype))
-    return norm
+    return norm.float()
 
 
 def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:

@@ -58,6 +58,8 @@ def parse_eval_data(values: Sequence[str], validation: bool = False, flag: str =
             name, spec = "", value
         head, colon, tail = spec.rpartition(":")
         role = tail if colon and tail in ROLES else None
+        if colon and role is None and Path(head).exists() and not Path(spec).exists():  # FILE:TYPO, a misspelt role
+            raise InputError(f"{flag}: '{value}': unknown role '{tail}' (roles: {', '.join(ROLES)}; NAME=SPEC[:ROLE])")
         spec = head if role else spec
         if not spec:
             raise InputError(f"{flag}: '{value}' names no data (expected NAME=SPEC[:ROLE], ROLE source or target)")

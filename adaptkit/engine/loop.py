@@ -8,9 +8,8 @@
     run_steps       for each step: train_step, then log, evaluate and checkpoint when due
     export          final/ (dense model, plus what callbacks save) and the cards (engine/cards.py)
 
-Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks);
-the DDP/FSDP differences only from the Strategy chosen at set-up (engine/distributed.py).
-This file never looks at a method's name or the distributed mode.
+Method-specific behaviour comes only from the TrainingPlan (what trains, masks, callbacks), the DDP/FSDP
+differences only from the Strategy (engine/distributed.py): no method name or distributed mode is read here.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class TrainingRun:
     log: Callable[[str], None] = print
     progress: Any = None
     trackers: Any = None  # engine/trackers.py: --report-to, fed each metrics row
-    old_vocab_size: Optional[int] = None  # rows before `vocab extend`, read when train_embeddings=new-only
+    new_vocab_rows: Optional[list[int]] = None  # rows `vocab extend` / `vocab transplant` added, read when train_embeddings=new-only
 
     @property
     def main(self) -> bool:
@@ -86,6 +85,7 @@ class Training:
     evaluator: Optional[Evaluator] = None
     checkpointer: Optional[Checkpointer] = None
     optimizer_tensors: list[torch.Tensor] = field(default_factory=list)
+    lm_loss: Optional[Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]] = None  # engine/lm_loss.py; None: the model's own
 
 
 def train(config: TrainConfig, method: TrainingMethod, run_dir: Path, resume: bool = False, overwrite: bool = False,
@@ -107,7 +107,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
            method: Optional[TrainingMethod] = None) -> TrainingRun:
     """Processes, run-directory checks, memory plan, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
-    from adaptkit.engine.embedding_rows import recorded_old_rows
+    from adaptkit.engine.embedding_rows import recorded_new_rows
     from adaptkit.engine.memory_plan import check_fits
     from adaptkit.engine.precision import micro_batch_size, resolve_precision
     from adaptkit.engine.rundir import resolved_config_dict
@@ -126,7 +126,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     seed_everything(config.seed)
     micro = micro_batch_size(config, accelerator.num_processes)
     source = resolve_model_source(config.model, "--model")
-    old_rows = recorded_old_rows(config.train_embeddings, source)
+    new_rows = recorded_new_rows(config.train_embeddings, source)
     check_context_length(config.data.seq_len, source_context_length(source), "--seq-len")  # before any weights load
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     data = load_training_data(config, tokenizer, log)
@@ -135,7 +135,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     check_context_length(config.data.seq_len, context_length(model.config), "--seq-len")  # GGUF files and Hub ids
     run = TrainingRun(config, RunDir(run_dir, accelerator.is_main_process, log), distributed.make_strategy(accelerator, config.distributed), device,
               tokenizer, model, data, total_steps(config, data.blocks.shape[0]), accelerator, precision, micro, source.location, log,
-              progress, old_vocab_size=old_rows)
+              progress, new_vocab_rows=new_rows)
     for warning in data_warnings(config, data.blocks.shape[0], run.steps):
         log(f"warning: {warning}")
     run.dir.open(resume, overwrite, accelerator.wait_for_everyone)
@@ -147,13 +147,16 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
 def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, TrainableSet]:
     """The one plan (engine/planner.py), distributed by the strategy, and the trainable set the optimizer will update."""
     from adaptkit.engine import masked_linear
+    from adaptkit.engine.averaging import averaging_callbacks
+    from adaptkit.engine.checkpointer import checkpoint_interval
     from adaptkit.engine.planner import build_plan
 
     config = run.config
     ctx = MethodContext(method.params, config, run.tokenizer, run.dir.path, run.steps, run.device, run.data.blocks, run.log,
                         is_main_process=run.main)
     try:
-        plan = build_plan(method, run.model, ctx, run.old_vocab_size)
+        plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
+        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         run.strategy.shard(plan, config.method)
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     except InputError:
@@ -166,21 +169,23 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
 
 
 def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet) -> Training:
-    """Optimizer and schedule over the trainable set, the model the loop runs, the batches; the
-    metrics log, the evaluator and the checkpointer."""
+    """Optimizer and schedule over the trainable set, the model the loop runs, the batches; metrics, evaluator, checkpointer."""
+    from adaptkit.engine.lm_loss import select_loss
     from adaptkit.engine.special_tokens import token_row_parameters
     from adaptkit.io.models import model_fingerprint
 
     config, accelerator = run.config, run.accelerator
     optimizer = build_optimizer(trainable, config.optimizer, run.device, config.embedding_lr, frozenset(token_row_parameters(plan)))
     train_model = run.strategy.prepare(plan.model)
-    weights = {s.name: s.weight for s in config.data.mixture()}
-    batches = Mixture(run.data.sources, weights, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    batches = Mixture(run.data.sources, {s.name: s.weight for s in config.data.mixture()}, config.batch_size, run.micro_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    for warning in batches.starved(run.steps * config.batch_size) if run.main else []:
+        run.log(f"warning: {warning}")
     counts = plan.counts()
     t = Training(plan, trainable, optimizer, build_schedule(optimizer, config.schedule, run.steps), train_model,
                  torch.compile(train_model) if config.compile else train_model, batches, autocast_for(run.precision, run.device),
                  Divergence(optimizer, run.device, run.dir.kept_checkpoint), f"{model_fingerprint(plan.model)}:{counts[0]}", counts,
                  optimizer_tensors=[p for group in optimizer.param_groups for p in group["params"]])
+    t.lm_loss = select_loss(config.loss, plan.model, run.device, run.micro_batch_size * config.data.seq_len, run.log)
     t.metrics = make_metrics(run, t)
     t.evaluator = Evaluator(run.data.evals, config, run.steps, run.tokenizer, accelerator, run.device, run.log, run.dir.path / "curves.png")
     t.checkpointer = Checkpointer(run.dir, run.strategy, t, t.metrics, config, run.steps, accelerator.num_processes, t.divergence.check)
@@ -201,8 +206,7 @@ def make_metrics(run: TrainingRun, t: Training) -> MetricsLog:
 
 
 def resume_run(run: TrainingRun, t: Training, resume: bool) -> tuple[int, Optional[int]]:
-    """Write config.yaml; with --resume, restore the newest checkpoint and trim metrics.jsonl to it.
-    Returns (first step, step resumed from)."""
+    """config.yaml; with --resume the newest checkpoint, metrics.jsonl trimmed to it. Returns (first step, step resumed from)."""
     run.dir.write_config(run.config)
     resumed_from = t.checkpointer.resume() if resume else None
     if resume:
@@ -242,7 +246,7 @@ def train_step(run: TrainingRun, t: Training, step: int) -> tuple[torch.Tensor, 
         inputs = model_inputs(t.batches.get(step, micro).to(run.device), run.config.data.packing, run.tokenizer.eos_token_id,
                               getattr(model.config, "_attn_implementation", None))
         with run.strategy.micro_batch(t.train_model, sync=micro == accumulation - 1), t.autocast():
-            loss = step_loss_of(t.forward_model, inputs, callbacks, model)
+            loss = step_loss_of(t.forward_model, inputs, callbacks, model, t.lm_loss)
         run.strategy.backward(loss / accumulation)
         step_loss += loss.detach() / accumulation
         for callback in callbacks:
@@ -267,9 +271,10 @@ def train_step(run: TrainingRun, t: Training, step: int) -> tuple[torch.Tensor, 
 
 
 def step_loss_of(forward_model: torch.nn.Module, inputs: dict[str, torch.Tensor], callbacks: list[TrainingCallback],
-                 model: torch.nn.Module) -> torch.Tensor:
-    """The loss of one micro-batch: the language-modelling loss plus every callback's loss term (e.g. a regularizer)."""
-    loss = forward_model(**inputs).loss
+                 model: torch.nn.Module, lm_loss: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
+    """The loss of one micro-batch: the language-modelling loss (`lm_loss`, engine/lm_loss.py; default the
+    model's own) plus every callback's loss term (e.g. a regularizer)."""
+    loss = lm_loss(forward_model, inputs) if lm_loss is not None else forward_model(**inputs).loss
     for callback in callbacks:
         term = callback.extra_loss(model)
         if term is not None:

@@ -76,9 +76,15 @@ def install(model: torch.nn.Module, compact: dict[str, "CompactParameter"]) -> l
         if users.get(id(module.weight), 0) != 1:
             continue
         module.forward = types.MethodType(_compact_forward(entry), module)
+        module.adaptkit_compact = entry  # read by compact_entry (the chunked LM loss routes the head's gradient here too)
         module.weight.requires_grad_(False)
         switched.append(name)
     return switched
+
+
+def compact_entry(module: torch.nn.Module) -> "CompactParameter | None":
+    """The compact parameter a switched layer writes its weight gradient into, or None."""
+    return getattr(module, "adaptkit_compact", None)
 
 
 def install_for_plan(plan: "TrainingPlan", trainable: "TrainableSet") -> list[str]:

@@ -126,7 +126,7 @@ def meta_model(config: Any) -> tuple[torch.nn.Module, Any, Any]:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from adaptkit.engine.embedding_rows import recorded_old_rows
+    from adaptkit.engine.embedding_rows import recorded_new_rows
     from adaptkit.io.models import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(config.model, "--model")
@@ -138,7 +138,7 @@ def meta_model(config: Any) -> tuple[torch.nn.Module, Any, Any]:
             model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"--model: '{source.location}' does not build as a causal LM ({first_line(exc)})") from None
-    return model, load_tokenizer(source, config.trust_remote_code), recorded_old_rows(config.train_embeddings, source)
+    return model, load_tokenizer(source, config.trust_remote_code), recorded_new_rows(config.train_embeddings, source)
 
 
 def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
@@ -148,12 +148,12 @@ def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
     from adaptkit.engine.planner import build_plan
     from adaptkit.engine.precision import micro_batch_size, resolve_precision, weight_dtype
 
-    model, tokenizer, old_rows = meta_model(config)
+    model, tokenizer, new_rows = meta_model(config)
     micro = micro_batch_size(config, processes)
     ctx = MethodContext(method.params, config, tokenizer, Path("."), config.max_steps or 1, torch.device("meta"),
                         torch.zeros((0, config.data.seq_len), dtype=torch.long), log=lambda message: None, dry_run=True)
     try:
-        plan = build_plan(method, model, ctx, old_rows)
+        plan = build_plan(method, model, ctx, new_rows)
     except InputError:
         raise
     except Exception as exc:  # the method needed weights or data: on the meta device there are none

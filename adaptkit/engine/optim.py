@@ -201,18 +201,33 @@ def build_optimizer(trainable: TrainableSet, config: OptimizerConfig, device: to
 
 
 def lr_factor(step: int, total: int, config: ScheduleConfig) -> float:
-    """Multiplier of the peak lr at `step` (linear warmup, then cosine/linear decay or constant)."""
-    warmup = math.ceil(total * config.warmup_ratio)
+    """Multiplier of the peak lr at `step` of `total` (see ScheduleConfig): linear warmup over
+    ceil(total * warmup_ratio) steps (from 0, or from the floor for rewarm), then the named decay to the
+    floor min_lr_ratio; wsd stays at the peak until its cooldown, the last ceil(total * cooldown_ratio) steps."""
+    floor, warmup = config.min_lr_ratio, math.ceil(total * config.warmup_ratio)
     if step < warmup:
-        return step / max(1, warmup)
+        start = floor if config.name == "rewarm" else 0.0
+        return start + (1.0 - start) * step / warmup
     if config.name == "constant":
         return 1.0
+    if config.name == "wsd":
+        cooldown = math.ceil(total * config.cooldown_ratio)
+        begin = total - cooldown
+        if step < begin or cooldown == 0:
+            return 1.0
+        return floor + (1.0 - floor) * _decay_shape(config.cooldown_shape, (step - begin) / cooldown)
     progress = (step - warmup) / max(1, total - warmup)
-    if config.name == "linear":
-        shape = max(0.0, 1.0 - progress)
-    else:
-        shape = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape
+    return floor + (1.0 - floor) * _decay_shape("linear" if config.name == "linear" else "cosine", progress)
+
+
+def _decay_shape(shape: str, progress: float) -> float:
+    """From 1 at progress 0 down to 0 at progress 1 (clamped there)."""
+    progress = min(1.0, max(0.0, progress))
+    if shape == "linear":
+        return 1.0 - progress
+    if shape == "1-sqrt":
+        return 1.0 - math.sqrt(progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

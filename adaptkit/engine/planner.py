@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in float32, per trained entry
 
 
-def build_plan(method: TrainingMethod, model: "torch.nn.Module", ctx: MethodContext, old_vocab_size: Optional[int]) -> TrainingPlan:
+def build_plan(method: TrainingMethod, model: "torch.nn.Module", ctx: MethodContext, new_vocab_rows: Optional[list[int]]) -> TrainingPlan:
     """The plan of a run (see the module doc); logs its one line."""
     from adaptkit.engine.embedding_rows import restrict_embedding_rows
 
     config = ctx.config
     plan = method.plan(model, ctx)
     freeze_special_tokens(plan, method, config.freeze_special_tokens, ctx.tokenizer, ctx.log)
-    restrict_embedding_rows(plan, config.train_embeddings, old_vocab_size, ctx.log)
+    restrict_embedding_rows(plan, config.train_embeddings, new_vocab_rows, ctx.log)
     plan.summary = f"{plan.summary}; {counted(plan)}" if plan.summary else counted(plan)
     ctx.log(f"plan: {plan.summary}")
     return plan

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # the settings a checkpoint depends on: --resume refuses a run whose values differ
 RESUME_INVARIANT_KEYS = ("model", "data", "method", "method_params", "freeze_special_tokens", "train_embeddings", "embedding_lr",
-                         "optimizer", "schedule", "batch_size", "max_steps", "epochs", "seed")
+                         "optimizer", "schedule", "averaging", "batch_size", "max_steps", "epochs", "seed")
 RESUME_FREE_KEYS = ("data.num_proc",)  # settings under those keys that do not change what trains
 LOCK = ".lock"
 

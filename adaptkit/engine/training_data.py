@@ -27,11 +27,13 @@ def total_steps(config: "TrainConfig", num_blocks: int) -> int:
 
 
 def load_training_data(config: "TrainConfig", tokenizer: Any, log: Callable[[str], None]) -> TrainingData:
-    """The sources' blocks, less the held-out validation blocks, and the eval sets."""
+    """The sources' blocks, less the held-out validation blocks (and cut to `data.slice`), and the eval sets."""
     from adaptkit.engine.evaluation import hold_out_validation, load_eval_sets
+    from adaptkit.engine.slices import slice_sources
 
     sources, blocks = load_data(config, tokenizer, log)
     sources, blocks, held_out = hold_out_validation(sources, blocks, config.data.validation_fraction, config.seed)
+    sources, blocks = slice_sources(sources, blocks, config.data.slice, config.data.seq_len)  # data.slice I/N (Branch-and-Merge)
     return TrainingData(sources, blocks, load_eval_sets(config, tokenizer, held_out))
 
 

@@ -17,9 +17,14 @@ from typing import Iterator
 from adaptkit.errors import InputError
 
 
-def check_output(path: Path, overwrite: bool, flag: str = "-o/--output") -> Path:
-    """Refuse an existing non-empty output unless `overwrite`; refuse a file where a dir is expected."""
+def check_output(path: Path, overwrite: bool, flag: str = "-o/--output", is_dir: bool | None = None) -> Path:
+    """Refuse an existing non-empty output unless `overwrite`; refuse, even with `overwrite`, a directory where
+    a file is expected (`is_dir` False) or a file where a directory is (`is_dir` True): --overwrite replaces
+    an output by one of its kind, never a directory's contents by a file."""
     path = Path(path)
+    if path.exists() and is_dir is not None and path.is_dir() != is_dir:
+        found, expected = ("a directory", "a file path") if path.is_dir() else ("a file", "a directory")
+        raise InputError(f"{flag}: '{path}' is {found}; expected {expected} (--overwrite replaces an output of the same kind only)")
     if path.exists():
         if path.is_dir():
             if any(path.iterdir()) and not overwrite:
@@ -55,13 +60,37 @@ def _reason(exc: OSError) -> str:
     return f"does not take new files ({exc.strerror or exc})"
 
 
-def _partial_sibling(path: Path, is_dir: bool) -> Path:
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(is_dir: bool) -> int:
+    """The mode a plain open() (0666) or mkdir() (0777) gives under the current umask."""
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
+def temp_sibling(path: Path, is_dir: bool) -> Path:
+    """A fresh hidden `.NAME.*.partial` sibling of `path` with the mode a plain open()/mkdir() would give:
+    mkstemp/mkdtemp create 0600/0700, which a rename would carry into the output (unreadable to others)."""
     path = Path(path)
-    path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    parent = path.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
-    os.close(fd)
+        name = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+        os.close(fd)
+    os.chmod(name, plain_mode(is_dir))
     return Path(name)
 
 
@@ -86,8 +115,8 @@ def replace_path(tmp: Path, final: Path) -> None:
 
 @contextlib.contextmanager
 def _atomic(path: Path, overwrite: bool, flag: str, is_dir: bool) -> Iterator[Path]:
-    path = check_output(Path(path), overwrite, flag)
-    tmp = _partial_sibling(path, is_dir)
+    path = check_output(Path(path), overwrite, flag, is_dir)
+    tmp = temp_sibling(path, is_dir)
     try:
         yield tmp
     except BaseException:

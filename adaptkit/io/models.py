@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,11 +266,16 @@ def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | N
     """Save as a normal HF model directory (safetensors, config, tokenizer, generation config).
 
     `state_dict` replaces the model's own tensors (e.g. the gathered weights of a sharded model).
+    The weight files get the mode a plain open() gives (safetensors writes them 0600).
     """
+    from adaptkit.io.atomic import plain_mode
+
     quiet_transformers()
     model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+    for weights in Path(directory).glob("*.safetensors"):
+        os.chmod(weights, plain_mode(is_dir=False))
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,7 +54,10 @@ def load_tensors(path: Path, flag: str) -> dict[str, "torch.Tensor"]:
 
 
 def save_tensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file with the mode a plain open() gives (safetensors itself writes 0600)."""
     from safetensors.torch import save_file
+
+    from adaptkit.io.atomic import plain_mode
 
     if not tensors:  # safetensors 0.8 writes an invalid header for an empty dict
         header = json.dumps({"__metadata__": metadata or {}}).encode()
@@ -61,3 +65,4 @@ def save_tensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: dict[
         Path(path).write_bytes(struct.pack("<Q", len(header)) + header)
         return
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {})
+    os.chmod(path, plain_mode(is_dir=False))

@@ -3,7 +3,9 @@
 Fields: format, tokenizer_kind, old_vocab_size (embedding rows before), new_vocab_size (rows
 after), new_token_ids, filler_ids (rows no token uses: padding), new_tokens (vocabulary strings),
 merges_added, initializer (name, params, seed), min_frequency, data (files and sha256), and the
-fertility report. Rows [old_vocab_size, new_vocab_size) are the extension.
+fertility report. Rows [old_vocab_size, new_vocab_size) are the extension. A transplant
+(`vocab transplant`) writes the same format with its new tokens' ids (spread over the new
+vocabulary) in new_token_ids and a `transplant` section (how each row was initialised).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def read_record(directory: Path, flag: str = "--model") -> dict[str, Any] | None
     if record.get("format") != FORMAT or not {"old_vocab_size", "new_vocab_size"} <= set(record):
         raise InputError(f"{flag}: '{path}' is not an {FORMAT} record")
     return record
+
+
+def new_rows(record: dict[str, Any]) -> list[int]:
+    """The rows a record calls new: its new_token_ids and filler_ids (a transplant's are spread over the
+    vocabulary), else the rows from old_vocab_size to new_vocab_size (an extension's)."""
+    if isinstance(record.get("new_token_ids"), list):
+        return sorted(int(i) for i in record["new_token_ids"] + list(record.get("filler_ids") or []))
+    return list(range(int(record["old_vocab_size"]), int(record["new_vocab_size"])))
 
 
 def copy_record(source: Path, target: Path) -> bool:

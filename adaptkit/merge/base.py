@@ -25,7 +25,7 @@ from pydantic import Field
 
 from adaptkit.errors import InputError
 from adaptkit.layers import LayerSelection, layer_index, position
-from adaptkit.specs import MergeMethodSpec, NoParams, Params, class_spec
+from adaptkit.specs import MergeMethodSpec, NoParams, Params, class_spec, option_name  # noqa: F401 (option_name: merge's public names)
 
 if TYPE_CHECKING:
     import torch
@@ -186,11 +186,6 @@ def per_model(values: Optional[Sequence[float]], n_models: int, flag: str, defau
         one = " (or one for all)" if broadcast else ""
         raise InputError(f"{flag}: {len(values)} values for {n_models} models; give one per --model{one}")
     return list(values)
-
-
-def option_name(field: str) -> str:
-    """The public name of a parameter: `lambda_` -> `lambda`, `lambda_prime` -> `lambda-prime`."""
-    return field.rstrip("_").replace("_", "-")
 
 
 def public_params(params: Params) -> dict[str, Any]:

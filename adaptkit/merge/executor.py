@@ -88,6 +88,8 @@ class MergeOptions:
     seed: int = 0
     shard_size: int = 5 * 10**9
     tokenizer_from: Path | None = None  # default: the first --model
+    tokenizer_source: str | None = None  # base, union or an input's path: rows mapped by token string (adaptkit.merge.vocab)
+    vocab_init: str | None = None  # with tokenizer_source: an initializer for rows an input lacks (default: mergekit's rule)
     prefix: str = "model"  # output shard names: <prefix>.safetensors / <prefix>-0000i-of-0000n.safetensors
     write_config: bool = True  # False for outputs that are not models (instruction vectors)
     copy_tokenizer: bool = True
@@ -151,8 +153,13 @@ def _open(item: Input) -> _Source:
     return _Source(item, TensorSource(path, item.flag), config)
 
 
-def _check_alignment(reference: _Source, other: _Source, strict: bool) -> dict[str, int]:
-    """Same architecture, names and shapes; returns {tensor: shared rows} where the vocabulary rule applies."""
+def _vocab_tensor(source: _Source, shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and shape[0] == source.vocab_size
+
+
+def _check_alignment(reference: _Source, other: _Source, strict: bool, across: bool = False) -> dict[str, int]:
+    """Same architecture, names and shapes; returns {tensor: shared rows} where the vocabulary rule applies.
+    `across` (a vocabulary map): vocabulary tensors may have any number of rows."""
     if other.model_type and reference.model_type and other.model_type != reference.model_type:
         raise InputError(
             f"{other.input.flag}: '{other.input.path}' is a '{other.model_type}' model but {reference.describe()} "
@@ -168,6 +175,10 @@ def _check_alignment(reference: _Source, other: _Source, strict: bool) -> dict[s
     shared_rows: dict[str, int] = {}
     for name, info in names.items():
         theirs = other_names[name].shape
+        if theirs == info.shape and not across:
+            continue
+        if across and _vocab_tensor(other, theirs) and _vocab_tensor(reference, info.shape) and theirs[1:] == info.shape[1:]:
+            continue
         if theirs == info.shape:
             continue
         vocab_rows = (
@@ -179,10 +190,10 @@ def _check_alignment(reference: _Source, other: _Source, strict: bool) -> dict[s
             and info.shape[0] == reference.vocab_size
         )
         if not vocab_rows:
-            raise InputError(
-                f"{other.input.flag}: tensor '{name}' has shape {tuple(theirs)} in '{other.input.path}' "
-                f"but {tuple(info.shape)} in {reference.describe()}; shapes must match"
-            )
+            vocabularies = _vocab_tensor(other, theirs) and _vocab_tensor(reference, info.shape) and theirs[1:] == info.shape[1:]
+            advice = ("; the vocabularies differ: pass --tokenizer-source base|union|PATH (tokenizer_source in a config) "
+                      "to map rows by token string") if vocabularies else "; shapes must match"
+            raise InputError(f"{other.input.flag}: tensor '{name}' has shape {tuple(theirs)} in '{other.input.path}' but {tuple(info.shape)} in {reference.describe()}{advice}")
         shared_rows[name] = theirs[0]
     return shared_rows
 
@@ -254,21 +265,72 @@ def run_merge(
     params_for = _param_table(method, params, tensor_params, names, num_layers, len(sources), base is not None)
     base_source = _open(base) if base is not None else None
     aux_sources = [_open(item) for item in aux]
-    shared_rows = _check_inputs(reference, sources[1:], base_source, aux_sources, options.vocab_rule)
-    plan = [_planned(reference, name, options.dtype) for name in names]
+    across = options.tokenizer_source is not None
+    shared_rows = _check_inputs(reference, sources[1:], base_source, aux_sources, options.vocab_rule, across)
     everything = sources + ([base_source] if base_source else []) + aux_sources
-    hashers = {id(source): _Hasher() for source in everything}
+    vocab = _vocab_map(everything, options) if across else None
+    if vocab is None:
+        _check_tokenizers(reference, everything[1:], options)
+    try:
+        config = _output_config(reference, options.dtype, vocab)
+        plan = [_planned(reference, name, options.dtype, vocab) for name in names]
+        hashers = {id(source): _Hasher() for source in everything}
+        align = _aligner(vocab, everything, options.seed) if vocab is not None and not vocab.identity else None
 
-    def merge_one(item: PlannedTensor, hash_pool: ThreadPoolExecutor) -> torch.Tensor:
-        return _merge_one(method, params_for(item.name), item, sources, base_source, aux_sources,
-                          shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool)
+        def merge_one(item: PlannedTensor, hash_pool: ThreadPoolExecutor) -> torch.Tensor:
+            return _merge_one(method, params_for(item.name), item, sources, base_source, aux_sources,
+                              shared_rows.get(item.name), num_layers, options.seed, hashers, hash_pool, align)
 
-    with atomic_dir(output, options.overwrite) as tmp:
-        files = _write_merged(tmp, plan, options, merge_one, everything)
-        seconds = time.perf_counter() - started
-        summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
-        _finish_directory(tmp, reference, summary, options)
+        with atomic_dir(output, options.overwrite) as tmp:
+            files = _write_merged(tmp, plan, options, merge_one, everything)
+            seconds = time.perf_counter() - started
+            summary = _summary(method, params, tensor_params is not None, sources, base_source, aux_sources, hashers, options, files, len(plan), shared_rows, seconds, output)
+            if vocab is not None:
+                summary["vocabulary"] = {"tokenizer": vocab.description, "size": vocab.size, "init": options.vocab_init or "other inputs' rows"}
+            _finish_directory(tmp, reference, summary, options, vocab, config)
+    finally:
+        if vocab is not None:
+            vocab.close()
     return summary
+
+
+def _vocab_map(everything: list[_Source], options: MergeOptions) -> Any:
+    """The output vocabulary of `tokenizer_source`, with every model / vector input's rows mapped to it."""
+    from adaptkit.merge.vocab import Member, plan_vocabulary
+
+    if options.tokenizer_from is not None:
+        raise InputError("--tokenizer-from: give either --tokenizer-from (files copied, rows kept by id) or --tokenizer-source (rows mapped by token string), not both")
+    members = []
+    for source in everything:
+        if source.input.kind == "tensors":
+            continue
+        path = Path(source.input.path)
+        if source.input.kind == "vector" and not (path / "tokenizer.json").is_file():
+            raise InputError(f"{source.describe()} stores no tokenizer (extracted by an older adaptkit); extract it again to merge across vocabularies")
+        members.append(Member(source.input.flag, path, "vector" if source.input.kind == "vector" else "model", source.vocab_size or 0, source.input.role == "base"))
+    return plan_vocabulary(members, options.tokenizer_source, "--tokenizer-source", options.vocab_init)
+
+
+def _aligner(vocab: Any, everything: list[_Source], seed: int) -> Callable:
+    """(inputs, base, aux) -> the same with every vocabulary tensor rebuilt on the output vocabulary."""
+    members = [s for s in everything if s.input.kind != "tensors"]
+
+    def align(name: str, inputs: list, base: Any, aux: dict) -> Any:
+        """Rebuilds the vocabulary tensors in `inputs` and `aux` in place; returns the (new) base."""
+        roles = [s.input.role for s in members[len(inputs) + (base is not None):]]
+        tensors = inputs + ([base] if base is not None else []) + [aux.get(role) for role in roles]
+        if not all(t is None or _vocab_tensor(s, tuple(t.shape)) for s, t in zip(members, tensors)):
+            return base
+        inputs.clear()
+        aux.update({role: None for role in roles})
+        n = len(tensors) - len(roles) - (base is not None)
+        base = None
+        vocab.align(tensors, seed)
+        inputs.extend(tensors[:n])
+        aux.update(zip(roles, tensors[len(tensors) - len(roles):]))
+        return tensors[n] if len(tensors) - len(roles) > n else None
+
+    return align
 
 
 def _check_options(output: Path, options: MergeOptions) -> None:
@@ -279,13 +341,14 @@ def _check_options(output: Path, options: MergeOptions) -> None:
         raise InputError(f"--tokenizer-from: '{options.tokenizer_from}' is not a directory")
 
 
-def _check_inputs(reference: _Source, others: list[_Source], base: _Source | None, aux: list[_Source], vocab_rule: bool) -> dict[str, int]:
-    """Every input aligned with the first --model; returns the vocabulary tensors' shared rows (the vocabulary rule)."""
+def _check_inputs(reference: _Source, others: list[_Source], base: _Source | None, aux: list[_Source], vocab_rule: bool, across: bool = False) -> dict[str, int]:
+    """Every input aligned with the first --model; returns the vocabulary tensors' shared rows (the vocabulary rule).
+    `across`: vocabularies are mapped by token string, so vocabulary tensors may differ in rows."""
     shared_rows: dict[str, int] = {}
     for other in others:
-        _check_alignment(reference, other, strict=True)
+        _check_alignment(reference, other, strict=True, across=across)
     for other in ([base] if base else []) + [s for s in aux if s.input.kind != "tensors"]:
-        for name, rows in _check_alignment(reference, other, strict=not vocab_rule).items():
+        for name, rows in _check_alignment(reference, other, strict=not vocab_rule, across=across).items():
             shared_rows[name] = min(rows, shared_rows.get(name, rows))
     for other in [s for s in aux if s.input.kind == "tensors"]:
         stray = [name for name in other.units.entries if name not in reference.tensors.tensors]
@@ -294,11 +357,38 @@ def _check_inputs(reference: _Source, others: list[_Source], base: _Source | Non
     return shared_rows
 
 
-def _planned(reference: _Source, name: str, dtype: str | None) -> PlannedTensor:
-    """The output tensor `name`: the first --model's shape, in `dtype` when floating (else as stored)."""
+def _check_tokenizers(reference: _Source, others: list[_Source], options: MergeOptions) -> None:
+    """Refuse an output without a tokenizer, and inputs whose tokenizers give one id to different
+    tokens (their rows would be merged by id), unless --tokenizer-from names the tokenizer."""
+    from adaptkit.io.vocabulary import first_conflict, has_tokenizer, read_vocabulary
+
+    if options.tokenizer_from is not None:
+        return
+    advice = ("pass --tokenizer-source base|union|PATH (tokenizer_source in a config) to map rows by token string, "
+              "or --tokenizer-from DIR to keep rows by id with DIR's tokenizer")
+    if options.copy_tokenizer and not has_tokenizer(reference.input.path):
+        raise InputError(f"{reference.describe()} has no tokenizer files, so the merged model would have none; {advice}")
+    ours = read_vocabulary(reference.input.path, reference.input.flag)
+    for other in others:
+        theirs = read_vocabulary(other.input.path, other.input.flag) if other.input.kind in ("model", "vector") else None
+        conflict = first_conflict(ours, theirs) if ours is not None and theirs is not None else None
+        if conflict is not None:
+            index, mine, their = conflict
+            raise InputError(
+                f"{other.describe()}: its tokenizer maps id {index} to {their!r} where {reference.describe()} has {mine!r}; "
+                f"the vocabularies differ, so embedding rows would be merged by id across different tokens; {advice}"
+            )
+
+
+def _planned(reference: _Source, name: str, dtype: str | None, vocab: Any = None) -> PlannedTensor:
+    """The output tensor `name`: the first --model's shape (rows of the output vocabulary for a
+    vocabulary tensor, with a vocabulary map), in `dtype` when floating (else as stored)."""
     info = reference.tensors.tensors[name]
     floating = DTYPES[info.dtype].is_floating_point
-    return PlannedTensor(name, OUTPUT_DTYPES[dtype] if (dtype and floating) else info.dtype, info.shape)
+    shape = info.shape
+    if vocab is not None and _vocab_tensor(reference, tuple(shape)):
+        shape = type(shape)([vocab.size, *shape[1:]])
+    return PlannedTensor(name, OUTPUT_DTYPES[dtype] if (dtype and floating) else info.dtype, shape)
 
 
 def _write_merged(tmp: Path, plan: list[PlannedTensor], options: MergeOptions, merge_one: Callable, everything: list[_Source]) -> list[str]:
@@ -337,13 +427,15 @@ def _write_merged(tmp: Path, plan: list[PlannedTensor], options: MergeOptions, m
             source.tensors.close()
 
 
-def _finish_directory(tmp: Path, reference: _Source, summary: dict[str, Any], options: MergeOptions) -> None:
-    """Config, vocabulary record, tokenizer, the finalize step's files, merge card and (for a model) its Hub card."""
+def _finish_directory(tmp: Path, reference: _Source, summary: dict[str, Any], options: MergeOptions, vocab: Any, config: dict[str, Any]) -> None:
+    """Config, vocabulary record, tokenizer, the finalize step's files, merge card and (for a model) its Hub card.
+    With a vocabulary map: its tokenizer and vocabulary size, and no extension record (the rows moved)."""
     if options.write_config:
-        _write_config(reference, tmp, options.dtype)
-        copy_record(Path(reference.input.path), tmp)
-    if options.copy_tokenizer:
-        _copy_tokenizer(Path(options.tokenizer_from or reference.input.path), tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if vocab is None:
+            copy_record(Path(reference.input.path), tmp)
+    if options.copy_tokenizer or (vocab is not None and not options.write_config):  # an instruction vector keeps its tokenizer
+        copy_tokenizer_files(Path(vocab.files if vocab is not None else options.tokenizer_from or reference.input.path), tmp)
     if options.finalize is not None:
         summary["notes"] = options.finalize(tmp, summary)
     (tmp / "merge_card.md").write_text(_card(summary, options), encoding="utf-8")
@@ -368,7 +460,7 @@ def _param_table(method, params, tensor_params, names, num_layers, n_models, has
     return table.__getitem__
 
 
-def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool) -> torch.Tensor:
+def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool, align=None) -> torch.Tensor:
     """Read one tensor from every input, hash it, merge it in the compute dtype, cast it for output."""
     name = item.name
     tensors = [source.tensors.read(name) for source in sources]
@@ -402,11 +494,13 @@ def _merge_one(method, params, item, sources, base_source, aux_sources, rows, nu
         return tensor.to(compute)
 
     tail = tensors[0][rows:].to(compute) if cut else None
-    inputs = [prepare(t) for t in tensors]
+    inputs, base, aux = [prepare(t) for t in tensors], prepare(base), {k: prepare(v) for k, v in aux.items()}
     del tensors, read
-    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux={k: prepare(v) for k, v in aux.items()}, aux_meta=aux_meta)
+    if align is not None:  # a vocabulary map: vocabulary tensors rebuilt on the output vocabulary
+        base = align(name, inputs, base, aux)
+    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux=aux, aux_meta=aux_meta)
     shape = tuple(inputs[0].shape)
-    merged = method.merge_tensor(inputs, prepare(base), params, context)
+    merged = method.merge_tensor(inputs, base, params, context)
     if tuple(merged.shape) != shape:
         raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{name}', expected {shape}")
     if tail is not None:
@@ -465,16 +559,22 @@ def _summary(method, params, per_tensor, sources, base_source, aux_sources, hash
     }
 
 
-def _write_config(reference: _Source, directory: Path, dtype: str | None) -> None:
+def _output_config(reference: _Source, dtype: str | None, vocab: Any) -> dict[str, Any]:
+    """The first --model's config with the output dtype (and, with a vocabulary map, its size and special ids)."""
     config = dict(reference.config)
+    if vocab is not None:
+        from adaptkit.io.vocabulary import read_vocabulary
+
+        config = vocab.config(config, read_vocabulary(reference.input.path, reference.input.flag) or {}, reference.describe())
     if dtype:
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype
         config["dtype"] = dtype
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
 
 
-def _copy_tokenizer(source: Path, directory: Path) -> None:
+def copy_tokenizer_files(source: Path, directory: Path) -> None:
+    """The tokenizer (and generation config) files of `source` that exist, into `directory`."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, directory / name)

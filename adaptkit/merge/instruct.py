@@ -30,7 +30,7 @@ from pydantic import Field
 
 from adaptkit.errors import InputError
 from adaptkit.merge.base import Coefficient, MergeMethod
-from adaptkit.merge.executor import VECTOR_INFO, Input, MergeOptions, run_merge
+from adaptkit.merge.executor import VECTOR_INFO, Input, MergeOptions, copy_tokenizer_files, run_merge
 from adaptkit.merge.ops import instruct_plus_language_
 from adaptkit.specs import NoParams, Params
 
@@ -100,6 +100,7 @@ def extract(base: Path, instruct: Path, output: Path, options: MergeOptions) -> 
         }
         (directory / VECTOR_INFO).write_text(json.dumps(info, indent=2) + "\n")
         notes = ["the vector is theta_instruct - theta_base; apply it with `adaptkit instruct-vector apply --vector`"]
+        copy_tokenizer_files(instruct, directory)  # its rows' tokens: `apply --tokenizer-source` maps them by string
         if copy_chat_template(instruct, directory, force=True):
             notes.append("the instruct model's chat template is stored with the vector")
         return notes

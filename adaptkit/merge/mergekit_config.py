@@ -1,22 +1,25 @@
 """`adaptkit merge --config merge.yaml`: mergekit's YAML format for the methods both tools share.
 
 Accepted keys: `merge_method`, `base_model`, `models: [{model, parameters}]`,
-`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base` or a model path); also
+`parameters`, `dtype`, `out_dtype`, `tokenizer_source` (`base`, `union` or a model path:
+embedding and head rows mapped by token string, `adaptkit.merge.vocab`); also
 `slices:` when it is one slice whose sources each span all layers of their model (the
 common way SLERP configs are written), read as `models:`. Shared
 methods, with mergekit's names and defaults: linear, task_arithmetic, ties, dare_ties,
-dare_linear, slerp; adaptkit's own methods are accepted by their names too (with `-` or
+dare_linear, slerp, model_stock, della, della_linear, breadcrumbs, breadcrumbs_ties, nuslerp,
+karcher, sce, multislerp; adaptkit's own methods are accepted by their names too (with `-` or
 `_`). Parameter values follow mergekit: a scalar; a list of numbers, a gradient
 interpolated over the layers (t = layer / (L - 1), 0 outside the blocks); or conditional
 values `[{filter: self_attn, value: ...}, {value: ...}]`, the first whose filter is a
-substring of the tensor name winning. Per-model `weight` and `density` fall back to the
+substring of the tensor name winning. Per-model `weight`, `density`, `gamma` and `epsilon` fall back to the
 global `parameters`, then to the default. `int8_mask` (a memory option of mergekit) has no
 effect here. Paths are relative to the working directory, or else to the YAML file.
 
 Differences, by design: computation is always float32 (float64 for float64 inputs) and
 `dtype` / `out_dtype` set the output dtype; without `tokenizer_source` the tokenizer comes
-from the first model (mergekit: the base), which is right for adapted vocabularies; DARE rescales by 1/density (the paper), not
-to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
+from the first model (mergekit: the base) and rows are merged by id, which is right for adapted
+vocabularies (ids kept) and refused when the inputs' tokenizers disagree; DARE rescales by 1/density and DELLA by
+1/(keep probability) per entry (the papers), not to the L1 norm; `slices` that cut or stack layers, `modules`, `tokenizer` and
 `chat_template` are refused.
 """
 
@@ -39,15 +42,26 @@ MERGEKIT_METHODS = {
     "dare_ties": "dare-ties",
     "dare_linear": "dare-linear",
     "slerp": "slerp",
+    "model_stock": "model-stock",
+    "della": "della",
+    "della_linear": "della-linear",
+    "breadcrumbs": "breadcrumbs",
+    "breadcrumbs_ties": "breadcrumbs-ties",
+    "nuslerp": "nuslerp",
+    "karcher": "karcher",
+    "sce": "sce",
+    "multislerp": "multislerp",
 }
 # mergekit's defaults where ours differ (our CLI defaults follow the papers)
-MERGEKIT_DEFAULTS = {"ties": {"density": 1.0}, "dare_ties": {"density": 1.0}, "dare_linear": {"density": 1.0}}
-PER_MODEL = ("weight", "density")
+MERGEKIT_DEFAULTS = {
+    name: {"density": 1.0} for name in ("ties", "dare_ties", "dare_linear", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties")
+}
+PER_MODEL = ("weight", "density", "gamma", "epsilon")
 IGNORED = ("int8_mask",)
 KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "slices")
 REFUSED = {
     "modules": "per-module definitions are not supported; list whole models under 'models:'",
-    "tokenizer": "tokenizer merging is not supported; use tokenizer_source: base or a model path",
+    "tokenizer": "per-token tokenizer settings are not supported; use tokenizer_source: base, union or a model path",
     "chat_template": "chat_template is not supported; the tokenizer files are copied from tokenizer_source",
 }
 
@@ -62,7 +76,8 @@ class ConfigPlan:
     params: Params  # the parameters of tensors outside any filter or gradient
     tensor_params: Optional[Callable[[str, float], Params]]
     dtype: Optional[str]
-    tokenizer_from: Optional[Path]
+    tokenizer_from: Optional[Path]  # tokenizer files copied, rows kept by id
+    tokenizer_source: Optional[str] = None  # base, union or a model path: rows mapped by token string
 
 
 def supported_methods() -> str:
@@ -79,15 +94,18 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
     base = _path(data.get("base_model"), f"{source}: base_model", config_dir) if data.get("base_model") else None
     models, model_settings = _models(data, source, config_dir)
     global_settings = _mapping(data.get("parameters"), f"{source}: parameters")
-    tokenizer_from = _tokenizer_from(data.get("tokenizer_source"), base, source, config_dir)
+    tokenizer_source = _tokenizer_source(data.get("tokenizer_source"), base, source, config_dir)
+    tokenizer_from = None
     # Roles as mergekit sees them: the base is not merged as a model (listed or not).
     if base is not None:
         keep = [i for i, model in enumerate(models) if model.resolve() != base.resolve()]
         if implementation.base_model_is_first_model:
             models, model_settings = [base] + [models[i] for i in keep], [{}] + [model_settings[i] for i in keep]
+            tokenizer_source = str(base) if tokenizer_source == "base" else tokenizer_source
             base = None
         elif implementation.base == "none":
-            tokenizer_from = tokenizer_from or base
+            if tokenizer_source in (None, "base"):  # the base is not merged: its tokenizer files, rows by id
+                tokenizer_source, tokenizer_from = None, base
             base = None
         else:
             models, model_settings = [models[i] for i in keep], [model_settings[i] for i in keep]
@@ -103,6 +121,7 @@ def plan_config(data: dict[str, Any], source: str, config_dir: Path) -> ConfigPl
         tensor_params=resolver if resolver.dynamic else None,
         dtype=str(data.get("out_dtype") or data.get("dtype") or "") or None,
         tokenizer_from=tokenizer_from,
+        tokenizer_source=tokenizer_source,
     )
 
 
@@ -144,15 +163,15 @@ def _models(data: dict[str, Any], source: str, config_dir: Path) -> tuple[list[P
     return models, model_settings
 
 
-def _tokenizer_from(tokenizer_source: Any, base: Path | None, source: str, config_dir: Path) -> Path | None:
-    """Where the output's tokenizer comes from (`tokenizer_source`: 'base' or a model path; default the first model)."""
-    if tokenizer_source == "union":
-        raise InputError(f"{source}: tokenizer_source 'union' is not supported; use 'base' or a model path")
-    if tokenizer_source == "base":
-        if base is None:
-            raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
-        return base
-    return _path(tokenizer_source, f"{source}: tokenizer_source", config_dir) if tokenizer_source else None
+def _tokenizer_source(tokenizer_source: Any, base: Path | None, source: str, config_dir: Path) -> str | None:
+    """`tokenizer_source`: 'base', 'union' or a model path (rows mapped by token string); None: the first model's, rows by id."""
+    if tokenizer_source in (None, ""):
+        return None
+    if tokenizer_source == "base" and base is None:
+        raise InputError(f"{source}: tokenizer_source is 'base' but there is no base_model")
+    if tokenizer_source in ("base", "union"):
+        return tokenizer_source
+    return str(_path(tokenizer_source, f"{source}: tokenizer_source", config_dir))
 
 
 class _Resolver:

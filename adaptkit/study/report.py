@@ -28,13 +28,24 @@ def evaluate_study(study: Study, output: Path, say: Any = None) -> dict[str, dic
     from adaptkit.evals.quick import perplexity_report
 
     sets = parse_eval_data(study.evaluate)
-    models = {study.base: Path(study.model), **{run.name: output / "runs" / run.name / "final" for run in study.runs}}
+    models = {study.base: Path(study.model), **run_models(study, output)}
     block_size = study.train.get("eval", {}).get("block_size")
     return perplexity_report(
         models, {s.name: Path(s.spec) for s in sets},
         source_task=[s.name for s in sets if s.role == "source"], target_task=[s.name for s in sets if s.role == "target"],
         baseline=study.base, block_size=block_size, output=output / "eval", console=say,
     )
+
+
+def run_models(study: Study, output: Path) -> dict[str, Path]:
+    """Each run's final model and, as RUN-ema / RUN-lawa, the averaged models it wrote beside it (final-ema/, final-lawa/)."""
+    models = {}
+    for run in study.runs:
+        run_dir = output / "runs" / run.name
+        models[run.name] = run_dir / "final"
+        for extra in sorted(p for p in run_dir.glob("final-*") if p.is_dir()):
+            models[f"{run.name}-{extra.name.removeprefix('final-')}"] = extra
+    return models
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -53,6 +64,9 @@ def study_rows(study: Study, output: Path, evaluation: dict[str, dict[str, Any]]
         record = result_record(output, run) or {}
         info[run.name] = {"method": run.method, "seed": run.seed, "params": {k: v for k, v in run.params.items() if v != CALIB_DIR},
                           "mixture": run.mixture, "trainable_fraction": record.get("trainable_fraction"), "train_seconds": record.get("seconds")}
+        for name in run_models(study, output):
+            if name.startswith(f"{run.name}-") and name not in info:  # an average of the run's weights: the run's facts
+                info[name] = {**info[run.name], "method": f"{run.method} ({name.removeprefix(run.name + '-')})"}
     return model_rows(evaluation, [s.split("=", 1)[0] for s in study.evaluate], info)
 
 
@@ -116,12 +130,22 @@ def markdown(rows: list[dict[str, Any]], sets: list[str]) -> str:
 
 def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     """Forgetting vs learning, one point per model (a star for models without a method: the base), the Pareto front as a dashed staircase."""
+    import matplotlib.pyplot as plt
+
+    from adaptkit.io.atomic import atomic_file
+
+    fig = frontier_figure(rows)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def frontier_figure(rows: list[dict[str, Any]]) -> Any:
+    """The frontier plot's figure; labels of nearby points are moved apart so that none covers another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from adaptkit.io.atomic import atomic_file
 
     points = {r["model"]: (r["source_gain_bpb"], r["target_gain_bpb"]) for r in rows}
     row_of = {r["model"]: r for r in rows}
@@ -135,47 +159,77 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
     for i, (name, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], s=110 if name in front else 60, marker="o" if row_of[name]["method"] else "*", color=colours(i % 10),
                    edgecolors="black", linewidths=1.2 if name in front else 0.4, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("source gain, bits per byte saved  (← forgetting)")
     ax.set_ylabel("target gain, bits per byte saved  (learning →)")
     ax.set_title("Forgetting vs learning vs the base model (Pareto front dashed)", fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _place_labels(fig, ax, points)
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, points: dict[str, tuple[float, float]], fontsize: float = 8) -> None:
+    """Annotate each point with its name at the first of a few offsets (right, above, below, left...) whose
+    text box overlaps no label placed before it (boxes measured once drawn)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    offsets = [(5, 4), (5, -12), (5, 14), (5, -22), (5, 24), (5, -32), (5, 34), (5, -42)]
+    for name, (x, y) in sorted(points.items(), key=lambda item: (-item[1][1], item[1][0])):
+        for dx, dy in offsets:
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
 
 
 def plot_all_curves(runs: dict[str, Path], path: Path) -> None:
     """One figure: training loss of every run, then one panel per eval set (perplexity over the steps)."""
+    import matplotlib.pyplot as plt
+
+    from adaptkit.io.atomic import atomic_file
+
+    fig = curves_figure(runs)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def curves_figure(runs: dict[str, Path]) -> Any:
+    """The curves plot's figure; a run with few loss rows gets markers, and a loss panel with none says why."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from adaptkit.engine.metrics import read_metrics
-    from adaptkit.io.atomic import atomic_file
 
     metrics = {name: read_metrics(p) for name, p in runs.items() if p.is_file()}
     sets = list(dict.fromkeys((r["eval"], r.get("role")) for _, evals in metrics.values() for r in evals))
     fig, axes = plt.subplots(1, 1 + len(sets), figsize=(4.4 * (1 + len(sets)), 3.8), squeeze=False)
     colours = matplotlib.colormaps["tab10"]
     for i, (name, (train, evals)) in enumerate(metrics.items()):
-        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], color=colours(i % 10), lw=1.2, label=name)
+        few = len(train) < 3  # a run shorter than a few log_steps: markers, or its one point would not show
+        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], color=colours(i % 10), lw=1.2, label=name,
+                        marker="o" if few else None, markersize=4)
         for ax, (set_name, _) in zip(axes[0][1:], sets):
             points = [(r["step"], r["ppl"]) for r in evals if r["eval"] == set_name]
             if points:
                 ax.plot(*zip(*points), color=colours(i % 10), marker="o", markersize=3, lw=1.2, label=name)
     axes[0][0].set(xlabel="step", ylabel="training loss", title="training loss")
+    if not any(train for train, _ in metrics.values()):
+        axes[0][0].text(0.5, 0.5, "no training loss logged:\nevery run is shorter\nthan its log_steps", ha="center", va="center",
+                        transform=axes[0][0].transAxes, fontsize=9, color="grey")
     for ax, (set_name, role) in zip(axes[0][1:], sets):
         what = {"source": "forgetting", "target": "learning"}.get(role, "")
         ax.set(xlabel="step", ylabel="perplexity", title=f"{set_name} ({role or 'no role'}{': ' + what if what else ''})")
         ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
+    if any(train for train, _ in metrics.values()):
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def report_summary(report: dict[str, Any]) -> Optional[str]:

@@ -27,7 +27,8 @@ from typing import Any, Optional
 from adaptkit.errors import InputError, did_you_mean
 
 TOP_KEYS = ("model", "sources", "mixture", "train", "calibration", "evaluate", "seeds", "grid")
-ENTRY_KEYS = ("method", "name", "params", "sweep", "seeds", "mixture", "train")
+ENTRY_KEYS = ("method", "name", "params", "sweep", "seeds", "mixture", "train", "bam")
+BAM_KEYS = ("rounds", "branches", "merge", "merge_params")  # a grid entry trained by Branch-and-Merge (`adaptkit bam`)
 SOURCE_KEYS = ("spec", "text_field", "max_tokens")
 CALIBRATION_KEYS = ("data", "format", "template", "pool", "num_samples", "block_size", "text_field", "seed")
 OWNED = ("model", "method", "method_params", "seed")  # set by the study for each run, not in `train:`
@@ -47,6 +48,7 @@ class Run:
     train: dict[str, Any]
     position: str  # where it came from in the study file
     needs_calibration: bool = False
+    bam: Optional[dict[str, Any]] = None  # Branch-and-Merge settings: the run is `adaptkit bam` instead of `adaptkit train`
 
 
 @dataclass
@@ -95,6 +97,29 @@ def load_study(path: Path) -> Study:
     return study
 
 
+def check_inputs(study: Study) -> None:
+    """Everything the study reads exists and is usable, before anything is written: the model (a loadable
+    directory with a tokenizer, a GGUF file or a reachable Hub id), every source its runs train on, the
+    calibration data when a method needs it, every eval file, and the optional extras of every method."""
+    from adaptkit.data.sources import resolve
+    from adaptkit.engine.evaluation import parse_eval_data
+    from adaptkit.io.models import check_tokenizer_files, resolve_model_source
+    from adaptkit.registry import get_spec
+
+    where = str(study.path)
+    check_tokenizer_files(resolve_model_source(study.model, f"{where}: 'model'"))
+    for name in study.used_sources():
+        resolve(study.sources[name]["spec"], f"{where}: 'sources.{name}'")
+    if study.needs_calibration and study.calibration is not None:
+        resolve(study.calibration["data"], f"{where}: 'calibration.data'")
+    during = {value for run in study.runs for value in run.train.get("eval", {}).get("data", []) if isinstance(value, str)}
+    for key, values in (("evaluate", study.evaluate), ("train.eval.data", sorted(during))):
+        for spec in parse_eval_data(values):
+            resolve(spec.spec, f"{where}: '{key}' set '{spec.name}'")
+    for run in study.runs:
+        get_spec("method", run.method, "method").check_extras(f"{where}: {run.position}")
+
+
 def expand_grid(grid: Any, study: Study, mixture: dict[str, float], seeds: list[int], lines: list[int]) -> list[Run]:
     """Every entry x its sweep's cartesian product x its seeds, in file order; names unique."""
     where = str(study.path)
@@ -138,16 +163,30 @@ def _expand_entry(entry: Any, study: Study, mixture: dict[str, float], seeds: li
     entry_mixture = _mixture(entry["mixture"], study.sources, "'mixture'") if "mixture" in entry else mixture
     entry_seeds = _seeds(entry["seeds"], "'seeds'") if "seeds" in entry else seeds
     train = _merge(study.train, _mapping(entry.get("train", {}), "'train'"))
+    bam = _bam(entry["bam"]) if "bam" in entry else None
     runs = []
     for values in itertools.product(*sweep.values()):
         run_params = {**params, **dict(zip(sweep, values))}
         spec.check_needs(spec.validate_params(run_params, "params"))
         for seed in entry_seeds:
             name = run_name(entry.get("name") or spec.name, dict(zip(sweep, values)), seed if len(entry_seeds) > 1 else None)
-            run = Run(name, spec.name, run_params, seed, entry_mixture, train, position, needs_calibration)
+            run = Run(name, spec.name, run_params, seed, entry_mixture, train, position, needs_calibration, bam)
             check_train_settings(study, run)
             runs.append(run)
     return runs
+
+
+def _bam(value: Any) -> dict[str, Any]:
+    """An entry's `bam:` settings (rounds, branches, merge, merge_params), checked as `adaptkit bam` checks them."""
+    from adaptkit.bam_plan import BamPlan, check_plan
+
+    bam = _mapping(value, "'bam'")
+    _known_keys(bam, BAM_KEYS, "'bam'")
+    settings = {"rounds": 2, "branches": 2, "merge": "slerp", "merge_params": {}, **bam}
+    if not all(isinstance(settings[k], int) and not isinstance(settings[k], bool) for k in ("rounds", "branches")):
+        raise InputError("'bam.rounds' and 'bam.branches' must be whole numbers")
+    check_plan(BamPlan(settings["rounds"], settings["branches"], str(settings["merge"]), _mapping(settings["merge_params"], "'bam.merge_params'")))
+    return settings
 
 
 def run_name(base: str, swept: dict[str, Any], seed: Optional[int]) -> str:

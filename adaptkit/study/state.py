@@ -40,6 +40,7 @@ def plan_record(study: Study) -> dict[str, Any]:
         "calibration": study.calibration,
         "evaluate": study.evaluate,
         "runs": {run.name: train_values(study, run, Path("tokens")) for run in study.runs},
+        **({"bam": {run.name: run.bam for run in study.runs if run.bam}} if any(run.bam for run in study.runs) else {}),
     }
 
 
@@ -51,7 +52,7 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         shutil.rmtree(output)
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved != json.loads(json.dumps(plan)):
+        if saved != json.loads(json.dumps(plan)) and started(output):  # with no work made yet, the new plan replaces it
             changed = sorted(k for k in plan if saved.get(k) != json.loads(json.dumps(plan[k])))
             raise InputError(f"-o/--output: '{output}' holds another study (its {', '.join(changed)} differ); "
                              f"rerun with that study's file, pass --overwrite to start again, or choose another directory")
@@ -59,6 +60,11 @@ def open_study_dir(study: Study, output: Path, overwrite: bool) -> None:
         raise InputError(f"-o/--output: '{output}' exists and is not a study directory; pass --overwrite or choose another path")
     output.mkdir(parents=True, exist_ok=True)
     write_plan(study, output)
+
+
+def started(output: Path) -> bool:
+    """Whether a study directory holds any of its work: a token store, the calibration set, a run or a result."""
+    return any((output / part).is_dir() and any((output / part).iterdir()) for part in ("tokens", "calib", "runs", "results"))
 
 
 def write_plan(study: Study, output: Path) -> None:
@@ -104,14 +110,22 @@ def run_state(output: Path, run: Run) -> str:
     run_dir = output / "runs" / run.name
     if (run_dir / "final").is_dir() and (output / "results" / f"{run.name}.json").is_file():
         return "finished"
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / ("bam.json" if run.bam else "config.yaml")).is_file():
         return "resume"
     return "restart" if run_dir.exists() else "fresh"
 
 
-def train_command(output: Path, run: Run, state: str) -> list[str]:
-    command = [*cli(), "train", "--config", str(output / "configs" / f"{run.name}.yaml"), "-o", str(output / "runs" / run.name), "--json"]
-    return command + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
+def train_command(output: Path, run: Run, state: str, progress: bool = True) -> list[str]:
+    """The run's `adaptkit train`: its result as JSON on stdout, its progress lines on stderr (`progress`) or none;
+    `adaptkit bam` for a Branch-and-Merge entry (which continues a killed run by itself)."""
+    config, run_dir = str(output / "configs" / f"{run.name}.yaml"), str(output / "runs" / run.name)
+    if run.bam:
+        merge_set = [item for key, value in run.bam["merge_params"].items() for item in ("--merge-set", f"{key}={json.dumps(value)}")]
+        command = [*cli(), "bam", "--config", config, "--rounds", str(run.bam["rounds"]), "--branches", str(run.bam["branches"]),
+                   "--merge", run.bam["merge"], *merge_set, "-o", run_dir, "--json"]
+        return command + (["--overwrite"] if state == "restart" else [])
+    command = [*cli(), "train", "--config", config, "-o", run_dir, "--json"]
+    return command + ["--progress" if progress else "--quiet"] + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
 
 
 def print_commands(study: Study, output: Path, study_file: Path) -> str:
@@ -119,6 +133,7 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     lines = ["# shared data (run first)"]
     lines += [shlex.join(command) for _, command in prepare_commands(study, output)]
     lines.append("# the runs (any order, in parallel; rerun a line with --resume after a crash)")
+    lines.append(shlex.join(["mkdir", "-p", str(output / "results")]))
     for run in study.runs:
         command = train_command(output, run, "fresh")
         lines.append(shlex.join(command) + f" > {shlex.quote(str(output / 'results' / (run.name + '.json')))}")
@@ -127,15 +142,17 @@ def print_commands(study: Study, output: Path, study_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None) -> None:
+def execute(study: Study, output: Path, say: Callable[[str], None], call: Optional[Callable[[list[str], str], str]] = None,
+            progress: bool = True) -> None:
     """Prepare what is missing, then train each run that is not finished, one after another. Each step is an
-    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command)."""
+    adaptkit command, run by `call(command, what)`, which returns its stdout: by default a subprocess (run_command).
+    Each step reports its progress on stderr, or nothing (`progress` False: the study's --quiet / --json)."""
     call = call or run_command
     for made, command in prepare_commands(study, output):
         if made.is_dir():
             continue
         say(f"study: preparing {made.relative_to(output)}")
-        call(command, f"preparing {made.name}")
+        call(command + ([] if progress else ["--quiet"]), f"preparing {made.name}")
     (output / "results").mkdir(exist_ok=True)
     for i, run in enumerate(study.runs, 1):
         state = run_state(output, run)
@@ -143,7 +160,7 @@ def execute(study: Study, output: Path, say: Callable[[str], None], call: Option
             say(f"study: run {i}/{len(study.runs)} {run.name}: finished, skipped")
             continue
         say(f"study: run {i}/{len(study.runs)} {run.name}: {'resuming' if state == 'resume' else 'training'} ({run.method})")
-        stdout = call(train_command(output, run, state), f"run {run.name}")
+        stdout = call(train_command(output, run, state, progress), f"run {run.name}")
         record = json.loads(stdout.strip().splitlines()[-1])
         write_text_atomic(output / "results" / f"{run.name}.json", json.dumps(record, indent=2) + "\n")
 

@@ -54,7 +54,7 @@ def read_texts(path: Path, flag: str) -> list[str]:
     return texts
 
 
-def _model_dtype(source: Any) -> Any:
+def model_dtype(source: Any) -> Any:
     """The dtype the model is stored in (dequantized GGUF: float32), so that old rows keep their bits."""
     import torch
 
@@ -162,7 +162,7 @@ def _write_extension(opts: ExtendOptions, source: Any, tokenizer: Any, learned: 
 
     spec = tok.tokenizer_spec(tokenizer)
     log(f"loading {source.location}")
-    model = load_causal_lm(source, dtype=_model_dtype(source))
+    model = load_causal_lm(source, dtype=model_dtype(source))
     start = max(tok.next_free_id(spec), model.get_input_embeddings().weight.shape[0])
     extended = write_tokenizer(tokenizer, learned, start, tmp)
     pieces = tok.old_pieces(tokenizer.backend_tokenizer, learned.tokens)

@@ -5,7 +5,10 @@ import importlib
 
 from adaptkit.hookspecs import hookimpl
 
-MODULE_NAMES: tuple = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "revert", "lines", "layer_swap", "layra_merge", "layra_series", "layra_instruct")
+MODULE_NAMES: tuple = (
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "revert", "lines", "layer_swap", "layra_merge", "layra_series", "layra_instruct",
+    "model_stock", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "nuslerp", "karcher", "sce", "multislerp",
+)
 
 
 def modules() -> tuple:

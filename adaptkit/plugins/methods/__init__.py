@@ -5,7 +5,7 @@ import importlib
 
 from adaptkit.hookspecs import hookimpl
 
-MODULE_NAMES: tuple = ("fft", "ssu", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer_selective", "layer_freeze", "soft_reg")
+MODULE_NAMES: tuple = ("fft", "ssu", "hft", "gmt", "lota", "s2ft", "lora", "adalora", "layra", "layer_selective", "layer_freeze", "soft_reg", "spectrum", "block_expansion")
 
 
 def modules() -> tuple:

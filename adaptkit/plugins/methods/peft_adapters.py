@@ -135,12 +135,12 @@ class MergeAndSaveAdapter(TrainingCallback):
         return model.merge_and_unload()
 
     def save_extra(self, model, directory: Path) -> None:
-        from safetensors.torch import save_file
+        from adaptkit.io.tensors import save_tensors
 
         target = Path(directory) / ADAPTER_DIR
         target.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(str(target))
-        save_file(self.state, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_tensors(self.state, target / "adapter_model.safetensors", {"format": "pt"})
 
 
 def _in_place_modules(model, held: dict[str, Any], names: list[str]) -> dict[str, Any]:

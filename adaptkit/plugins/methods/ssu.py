@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field
 
-from adaptkit.engine.embedding_rows import extension_start, release_new_rows
+from adaptkit.engine.embedding_rows import extension_rows, release_new_rows
 from adaptkit.engine.plan import MethodContext, TrainingMethod, TrainingPlan
 from adaptkit.errors import InputError
 from adaptkit.scoring.freeze import FreezeRatio
@@ -65,7 +65,7 @@ class SourceShieldedUpdates(TrainingMethod):
         else:
             masks = self._ratio_masks(model) if ctx.dry_run and self.params.calib else self._masks_on_the_fly(model, ctx)
         if self.params.include_embeddings:  # rows added by `vocab extend` train in full
-            release_new_rows(model, masks, extension_start(ctx.config.model))
+            release_new_rows(model, masks, extension_rows(ctx.config.model))
         plan = TrainingPlan.from_masks(model, masks)
         plan.compact_linear_grads = self.params.fast_backward
         if not plan.trainable:

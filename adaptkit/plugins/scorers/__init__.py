@@ -5,7 +5,7 @@ import importlib
 
 from adaptkit.hookspecs import hookimpl
 
-MODULE_NAMES: tuple = ("wanda", "magnitude", "random", "sparsegpt", "fisher")
+MODULE_NAMES: tuple = ("wanda", "magnitude", "random", "sparsegpt", "fisher", "spectrum")
 
 
 def modules() -> tuple:

@@ -1,0 +1,299 @@
+"""The chunked linear cross-entropy (engine/lm_loss.py) against the plain computation: F.cross_entropy
+over the full fp32 logits (written out here), and Hugging Face models' own loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from adaptkit.engine.lm_loss import Head, LMLoss, chunked_cross_entropy, select_loss
+from adaptkit.engine.masks import UpdateMask
+from adaptkit.engine.plan import TrainingMethod, TrainingPlan
+from adaptkit.errors import InputError
+from adaptkit.specs import NoParams
+
+N, D, V = 37, 16, 53
+CHUNKS = (1, 7, 16, N, N + 9)
+
+
+def _inputs(seed: int = 0, bias: bool = False):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, D, generator=generator, dtype=torch.float32).requires_grad_(True)
+    weight = (torch.randn(V, D, generator=generator) * 0.5).requires_grad_(True)
+    b = (torch.randn(V, generator=generator) * 0.1).requires_grad_(True) if bias else None
+    targets = torch.randint(0, V, (N,), generator=generator)
+    targets[[0, 5, 6, 20]] = -100  # doc-mask packing's ignored labels
+    return hidden, weight, b, targets
+
+
+def _plain(hidden, weight, bias, targets):
+    """The reference: full fp32 logits, then F.cross_entropy (mean over the non-ignored tokens)."""
+    logits = hidden @ weight.T + (0 if bias is None else bias)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-6) -> bool:
+    return bool((a - b).abs().max() <= rel * b.abs().max())
+
+
+def _grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_loss_and_gradients_match_full_fp32_logits(chunk, bias):
+    hidden, weight, b, targets = _inputs(bias=bias)
+    expected = _plain(hidden, weight, b, targets)
+    expected_grads = _grads(expected, (hidden, weight, b))
+    got = chunked_cross_entropy(hidden, Head(weight, b), targets, chunk)
+    assert _close(got, expected), (got, expected)
+    for g, e in zip(_grads(got, (hidden, weight, b)), expected_grads):
+        assert _close(g, e)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_frozen_head_gives_the_hidden_gradient_and_none_for_the_head(chunk):
+    hidden, weight, _, targets = _inputs(1)
+    weight.requires_grad_(False)
+    expected = _plain(hidden, weight, None, targets)
+    (expected_hidden,) = _grads(expected, (hidden,))
+    got = chunked_cross_entropy(hidden, Head(weight), targets, chunk)
+    assert _close(got, expected)
+    got.backward()
+    assert _close(hidden.grad, expected_hidden) and weight.grad is None
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_masked_head_gets_only_its_trainable_rows_or_columns(chunk, dim):
+    """A masked head (engine/masked_linear.py's switched layer): the gradient of the trainable rows (dim 0)
+    or columns (dim 1) goes into the compact copy, the dense weight gets none."""
+    hidden, weight, _, targets = _inputs(2)
+    (full,) = _grads(_plain(hidden, weight, None, targets), (weight,))
+    weight.requires_grad_(False)
+    selector = torch.tensor([0, 3, 4, 9, 15] if dim else [1, 2, 30, 52])
+    compact = weight.detach().index_select(dim, selector).clone().requires_grad_(True)
+    got = chunked_cross_entropy(hidden, Head(weight, compact=compact, selector=selector, dim=dim), targets, chunk)
+    got.backward()
+    assert _close(compact.grad, full.index_select(dim, selector)) and weight.grad is None
+
+
+def test_scaled_and_soft_capped_logits():
+    """Cohere-style scaling then Gemma-2-style soft-capping, as the reference writes them out."""
+    hidden, weight, _, targets = _inputs(3)
+    logits = (hidden @ weight.T) * 0.5
+    expected = F.cross_entropy(3.0 * torch.tanh(logits / 3.0), targets, ignore_index=-100)
+    expected_grads = _grads(expected, (hidden, weight))
+    got = chunked_cross_entropy(hidden, Head(weight, scale=0.5, softcap=3.0), targets, 8)
+    assert _close(got, expected)
+    for g, e in zip(_grads(got, (hidden, weight)), expected_grads):
+        assert _close(g, e)
+
+
+def test_no_gradients_are_computed_without_grad_mode():
+    hidden, weight, _, targets = _inputs(4)
+    with torch.no_grad():
+        got = chunked_cross_entropy(hidden, Head(weight), targets, 5)
+    assert _close(got, _plain(hidden, weight, None, targets).detach()) and not got.requires_grad
+
+
+def test_bf16_autocast_is_close_to_the_plain_autocast_loss():
+    hidden, weight, _, targets = _inputs(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100)
+        got = chunked_cross_entropy(hidden, Head(weight), targets, 8)
+    expected_grads, got_grads = _grads(expected, (hidden, weight)), _grads(got, (hidden, weight))
+    assert abs(got.item() - expected.item()) <= 1e-2 * expected.item()
+    for g, e in zip(got_grads, expected_grads):
+        assert g.dtype == torch.float32 and _close(g, e, 2e-2)
+
+
+def test_bf16_weights_give_bf16_gradients_close_to_the_plain_bf16_loss():
+    """bf16-pure precision: bf16 hidden states and head, no autocast; the head's gradient summed in fp32."""
+    hidden, weight, _, targets = _inputs(6)
+    hidden, weight = hidden.detach().bfloat16().requires_grad_(True), weight.detach().bfloat16().requires_grad_(True)
+    expected = F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100)
+    got = chunked_cross_entropy(hidden, Head(weight), targets, 8)
+    assert abs(got.item() - expected.item()) <= 1e-2 * expected.item()
+    for g, e in zip(_grads(got, (hidden, weight)), _grads(expected, (hidden, weight))):
+        assert g.dtype == torch.bfloat16 and _close(g.float(), e.float(), 2e-2)
+
+def _tiny(arch: str, **config):
+    import transformers
+
+    settings = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2, **config)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(arch, **settings))
+
+
+@pytest.mark.slow  # builds five tiny models
+@pytest.mark.parametrize("arch, config", [("llama", {}), ("llama", {"tie_word_embeddings": True}), ("qwen2", {}), ("olmo2", {}),
+                                          ("gemma2", {"final_logit_softcapping": 3.0}), ("cohere", {"logit_scale": 0.7})])
+def test_the_model_loss_and_every_gradient_match_the_models_own(arch, config):
+    """Through the HF model (hidden states via logits_to_keep), tied heads, soft-capping and scaling included."""
+    model = _tiny(arch, **config)
+    ids = torch.randint(3, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, 4:9] = -100
+    expected = model(input_ids=ids, labels=labels).loss
+    expected.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    got = LMLoss(True, chunk=5)(model, {"input_ids": ids, "labels": labels})
+    got.backward()
+    assert _close(got, expected)
+    for name, p in model.named_parameters():
+        assert _close(p.grad, reference[name], 2e-6), name  # (the plain path's own logits matmul rounds too)
+
+
+class HeadRowsMethod(TrainingMethod):
+    """Trains everything; the LM head's rows 0-39 frozen (a row mask, as SSU's special-token rows) and half the
+    columns of layer 0's q_proj (a column mask, as SSU's), through the compact masked linear layers."""
+
+    def plan(self, model, ctx):
+        plan = TrainingPlan.full(model, "head rows masked")
+        rows = torch.ones(model.lm_head.weight.shape[0], dtype=torch.bool)
+        rows[:40] = False
+        plan.trainable["lm_head.weight"] = UpdateMask("row", rows)
+        q = model.model.layers[0].self_attn.q_proj.weight
+        plan.trainable["model.layers.0.self_attn.q_proj.weight"] = UpdateMask("column", torch.arange(q.shape[1]) % 2 == 0)
+        plan.compact_linear_grads = True
+        return plan
+
+
+def _train(tmp_path, name, model_dir, data, chunked: str, **settings):
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+
+    config = TrainConfig(model=str(model_dir), data={"paths": [str(data)], "seq_len": 32, "packing": "doc-mask"}, batch_size=4,
+                         micro_batch_size=2, optimizer={"lr": 1e-3, "weight_decay": 0.1}, schedule={"warmup_ratio": 0},
+                         loss={"chunked": chunked, "chunk_tokens": 13}, **{"max_steps": 1, **settings})
+    train(config, HeadRowsMethod(NoParams()), tmp_path / name, log=lambda message: None)
+    return load_file(str(tmp_path / name / "final" / "model.safetensors"))
+
+
+@pytest.mark.slow  # two trainings
+def test_one_training_step_with_chunking_equals_one_without(tmp_path, llama_dir, corpora, monkeypatch):
+    """doc-mask packing, two micro-batches accumulated, a row-masked head with compact gradients:
+    the weights after one step agree within 1e-6, and the frozen head rows stay bit-identical. (AdamW's first
+    step moves every entry by about lr x g / (|g| + eps): at lr 1e-2 the near-zero gradients of rare tokens'
+    head rows turn their last-bit differences into 1.7e-6; at lr 1e-3, used here, 1.7e-7.)"""
+    from adaptkit.engine import lm_loss
+
+    compact_chunks = []
+    original = lm_loss._compact_grad
+    monkeypatch.setattr(lm_loss, "_compact_grad", lambda *args: compact_chunks.append(1) or original(*args))
+    before = load_file(str(llama_dir / "model.safetensors"))
+    plain = _train(tmp_path, "plain", llama_dir, corpora["ha"], "off")
+    assert not compact_chunks
+    chunked = _train(tmp_path, "chunked", llama_dir, corpora["ha"], "on")
+    assert len(compact_chunks) == 2 * 5  # the head's gradient went into its compact copy: 2 micro-batches of 64 tokens, chunks of 13
+    for name, tensor in plain.items():
+        assert (chunked[name] - tensor).abs().max() <= 1e-6, name
+    assert torch.equal(chunked["lm_head.weight"][:40], before["lm_head.weight"][:40])
+    assert not torch.equal(chunked["lm_head.weight"][40:], before["lm_head.weight"][40:])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(chunked[q][:, 1::2], before[q][:, 1::2]) and not torch.equal(chunked[q][:, ::2], before[q][:, ::2])
+
+
+class _Setting:
+    def __init__(self, chunked="auto", kernel="torch", chunk_tokens=None):
+        self.chunked, self.kernel, self.chunk_tokens = chunked, kernel, chunk_tokens
+
+
+def test_auto_chunks_only_large_vocabulary_times_tokens():
+    model, logs = _tiny("llama"), []
+    assert not select_loss(_Setting(), model, torch.device("cpu"), 1024, logs.append).chunked
+    assert select_loss(_Setting(), model, torch.device("cpu"), (1 << 26) // 97 + 1, logs.append).chunked
+    assert select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append).chunked
+    assert not select_loss(_Setting("off"), model, torch.device("cpu"), 1 << 30, logs.append).chunked
+
+
+def test_an_uncovered_head_is_refused_by_name_with_on_and_skipped_with_auto():
+    model, logs = _tiny("llama"), []
+    model.lm_head = torch.nn.Sequential(model.lm_head)
+    with pytest.raises(InputError, match=r"--set loss.chunked=on: the LM head is a Sequential.*loss.chunked=off"):
+        select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append)
+    assert not select_loss(_Setting(), model, torch.device("cpu"), 1 << 30, logs.append).chunked
+    assert "Sequential" in logs[-1]
+
+
+def test_liger_kernel_needs_cuda():
+    with pytest.raises(InputError, match=r"--set loss.kernel=liger: needs a CUDA device"):
+        select_loss(_Setting(kernel="liger"), _tiny("llama"), torch.device("cpu"), 16, lambda m: None)
+
+
+@pytest.mark.slow  # imports peft
+def test_a_lora_head_without_dropout_trains_its_adapter():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_tiny("llama"), peft.LoraConfig(r=4, target_modules=["lm_head"], lora_dropout=0.0, init_lora_weights=False))
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "labels": ids}
+    expected = model(**inputs).loss
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    reference = torch.autograd.grad(expected, trainable)
+    got = LMLoss(True, chunk=4)(model, inputs)
+    assert _close(got, expected)
+    assert all(_close(g, e, 2e-6) for g, e in zip(torch.autograd.grad(got, trainable), reference))
+
+
+@pytest.mark.slow  # torch.compile with inductor on CPU: minutes on a busy machine
+def test_compile_with_the_chunked_loss_compiles_once(tmp_path, llama_dir, corpora, monkeypatch):
+    """compile=true with the chunked loss, a masked (compact) head, doc-mask packing and two accumulated
+    micro-batches: the graphs are compiled in the first step and none after (dynamo's counters), and the
+    weights follow the eager run's."""
+    from torch._dynamo.utils import counters
+
+    from adaptkit.engine import loop
+
+    graphs = []
+    step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *args: (step(*args), graphs.append(counters["stats"]["unique_graphs"]))[0])
+    before = load_file(str(llama_dir / "model.safetensors"))
+    eager = _train(tmp_path, "eager", llama_dir, corpora["ha"], "on", max_steps=3)
+    counters.clear()
+    graphs.clear()
+    compiled = _train(tmp_path, "compiled", llama_dir, corpora["ha"], "on", max_steps=3, compile=True)
+    assert len(graphs) == 3 and graphs[0] >= 1 and graphs[-1] == graphs[0], graphs
+    assert not counters["recompiles"], dict(counters["recompiles"])
+    for name, tensor in eager.items():
+        assert (compiled[name] - tensor).abs().max() <= 0.01 * (tensor - before[name]).abs().max() + 1e-7, name
+    assert torch.equal(compiled["lm_head.weight"][:40], before["lm_head.weight"][:40])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(compiled[q][:, 1::2], before[q][:, 1::2])
+
+
+@pytest.mark.slow  # runs the CLI up to the plan
+@pytest.mark.parametrize("setting, fragments", [
+    ("loss.chunked=maybe", ["loss.chunked"]),
+    ("loss.kernel=liger", ["--set loss.kernel=liger: needs a CUDA device", "loss.kernel=torch"]),
+])
+def test_a_bad_loss_setting_is_a_one_line_error(tmp_path, llama_dir, corpora, invoke, setting, fragments):
+    from conftest import assert_input_error
+
+    result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--seq-len", "32", "--batch-size", "4", "--max-steps", "1",
+                    "--quiet", "--set", setting, "-o", tmp_path / "run")
+    assert_input_error(result, *fragments)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.slow  # a one-process gloo group and FSDP2
+def test_an_fsdp_sharded_head_is_refused_with_on_and_keeps_the_models_loss_with_auto():
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        model, logs = _tiny("llama"), []
+        fully_shard(model.lm_head)
+        fully_shard(model)
+        with pytest.raises(InputError, match=r"--set loss.chunked=on: the LM head is sharded by FSDP; use loss.chunked=off"):
+            select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append)
+        assert not select_loss(_Setting(), model, torch.device("cpu"), 1 << 30, logs.append).chunked
+        assert logs == ["loss: the model's own (the LM head is sharded by FSDP)"]
+    finally:
+        dist.destroy_process_group()
