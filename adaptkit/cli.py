@@ -173,8 +173,25 @@ def _plugin_commands() -> list:
     return list(get_registry().specs.get("command", {}).values())
 
 
+_stopping = False  # an Interrupted was raised for SIGTERM/SIGHUP: the command is stopping
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
+    """SIGTERM or SIGHUP: raise Interrupted, once. A repeat while the command stops (a launcher that
+    signals the whole process group and the parent that forwards it) is ignored, so that the checkpoint
+    or cleanup under way is not cut short; SIGKILL remains for a command that must die now."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise Interrupted(signum)
+
+
+def _ctrl_c(signum: int, frame: object) -> None:
+    """SIGINT: KeyboardInterrupt, every time (a second Ctrl-C cuts the cleanup short); a SIGTERM or
+    SIGHUP that follows is a repeat and ignored."""
+    global _stopping
+    _stopping = True
+    raise KeyboardInterrupt
 
 
 def _interrupted_line(exc: Interrupted, options: Shared) -> str:
@@ -188,8 +205,9 @@ def _interrupted_line(exc: Interrupted, options: Shared) -> str:
     return f"adaptkit: interrupted ({exc.signal_name}); {kept}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `adaptkit` script."""
+def main(argv: list[str] | None = None, nested: bool = False) -> None:
+    """Entry point of the `adaptkit` script. `nested` (a command run by another in this process, see
+    `run_in_process`): an interrupt goes on up as `Interrupted`, for the outer command's one line."""
     args = list(sys.argv[1:] if argv is None else argv)
     prepare_threads()  # before anything imports torch: OpenMP reads its variables once, when it loads
     options = Shared(debug=os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0"), run_command=run_in_process)
@@ -202,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:  # typer returns a typer.Exit's code instead of raising it
             sys.exit(code)
     except Interrupted as exc:
+        if nested:
+            raise
         print(_interrupted_line(exc, options), file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
@@ -223,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"adaptkit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # before the command ran (while its options were parsed)
+        if nested:
+            raise Interrupted(signal.SIGINT) from None
         print(_interrupted_line(Interrupted(signal.SIGINT), options), file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line unless --debug
@@ -240,14 +262,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_in_process(argv: list[str]) -> tuple[int, str]:
     """`adaptkit ARGV` run by `main` in this process: its exit code and its stdout (stderr passes through).
-    For a command that runs other adaptkit commands without a fresh interpreter's imports for each."""
+    For a command that runs other adaptkit commands without a fresh interpreter's imports for each.
+    An interrupt is raised (`Interrupted`), not returned as an exit code."""
     import contextlib
     import io
 
     stdout = io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout):
-            main(argv)
+            main(argv, nested=True)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -255,13 +278,19 @@ def run_in_process(argv: list[str]) -> tuple[int, str]:
 
 
 def _install_signal_handlers() -> dict[int, object]:
-    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it) and SIGTERM
-    raises Interrupted; returns the previous handlers. Only the main thread may set them."""
+    """Ctrl-C raises KeyboardInterrupt (even where the shell started us ignoring it); SIGTERM and
+    SIGHUP (a closed terminal or SSH connection; not under `nohup`) raise Interrupted: a command stops
+    the same way for each (a checkpoint for train, children ended, partial outputs removed, one line,
+    128 + the signal number). Returns the previous handlers. Only the main thread may set them."""
     import threading
 
+    global _stopping
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stopping = False
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, _ctrl_c)
     signal.signal(signal.SIGTERM, _terminate)
+    if previous[signal.SIGHUP] != signal.SIG_IGN:  # under `nohup` a hang-up stays ignored
+        signal.signal(signal.SIGHUP, _terminate)
     return previous

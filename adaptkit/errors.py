@@ -1,7 +1,7 @@
 """Errors that the CLI turns into one-line messages and exit codes.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input, 130 interrupted (SIGINT,
-Ctrl-C), 143 terminated (SIGTERM). Raise `InputError`
+Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP: a closed terminal). Raise `InputError`
 for anything the user can fix by changing a flag or a file; name the flag or file
 in the message and say what was expected.
 """
@@ -43,7 +43,7 @@ class PluginError(AdaptkitError):
 
 
 class Interrupted(BaseException):
-    """The run was stopped by a signal (SIGINT or SIGTERM); exit code 128 + the signal number.
+    """The run was stopped by a signal (SIGINT, SIGTERM or SIGHUP); exit code 128 + the signal number.
 
     A BaseException, like KeyboardInterrupt, so `except Exception` cleanup code lets it through.
     """

@@ -300,10 +300,11 @@ def _interrupt_training(signum, tmp_path, model_dir, data, name: str):
 
 
 @pytest.mark.slow  # signals to real training processes
-def test_ctrl_c_exits_130_and_sigterm_143_with_what_was_kept(tmp_path, llama_dir, corpora):
+def test_ctrl_c_exits_130_sigterm_143_and_sighup_129_with_what_was_kept(tmp_path, llama_dir, corpora):
+    """SIGHUP (a closed terminal or SSH connection) stops a training as SIGTERM does: a checkpoint, one line."""
     import signal
 
-    for signum, code, name in ((signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")):
+    for signum, code, name in ((signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")):
         rc, stdout, stderr, out = _interrupt_training(signum, tmp_path, llama_dir, corpora["ha"], name.lower())
         assert rc == code, (name, rc, stderr)
         lines = [line for line in stderr.splitlines() if line.strip()]
@@ -473,3 +474,30 @@ def test_every_device_option_defaults_to_auto(invoke):
     for argv in (["train"], ["score"], ["evaluate"], ["generate"]):
         text = " ".join(invoke(*argv, "--help").stdout.split())
         assert re.search(r"--device TEXT Where to (run|train): auto .*?\[default: \(?auto\)?\]", text), (argv, text)
+
+
+def test_a_repeated_sigterm_does_not_cut_the_stopping_short_and_nohup_keeps_sighup_ignored():
+    """The first SIGTERM raises Interrupted; a repeat while stopping (the group and a forwarding parent)
+    is ignored; after Ctrl-C a SIGTERM is a repeat too. Under nohup SIGHUP stays ignored."""
+    import os
+    import signal
+
+    from adaptkit import cli
+    from adaptkit.errors import Interrupted
+
+    original = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous = cli._install_signal_handlers()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert caught.value.exit_code == 143
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: already stopping
+        cli._install_signal_handlers()  # a new command
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored after Ctrl-C
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.signal(signal.SIGHUP, original)

@@ -192,3 +192,38 @@ def test_resume_into_another_training_plan_is_refused(setup, two, invoke, plugin
     state["optimizer"]["state"]["model.extra.weight"] = state["optimizer"]["state"].pop("model.norm.weight")
     state_file.write_text(json.dumps(state))
     assert_input_error(invoke(*setup["args"], "-o", other, "--resume"), "--resume", "other trainable parameters")
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_training_ends_the_whole_launch_in_seconds(tmp_path, make_model_dir, corpora):
+    """One of 2 ranks SIGKILLed mid-run (DDP, gloo): the other does not wait at the next collective
+    for its peer (gloo sees the closed connection, torchrun stops the launch); all end within 60 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from _process_helpers import assert_ended, children, end_group, wait_for
+
+    out = tmp_path / "run"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    args = ["train", "-m", make_model_dir("llama"), "-d", corpora["ha"], "-o", out, "--max-steps", "100000", "--save-steps", "2",
+            "--seq-len", "16", "--batch-size", "2", "--distributed", "ddp", "--quiet"]
+    launch = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", "-m", "adaptkit", *map(str, args)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for(lambda: list(out.glob("checkpoint-*/state.json")), 600, "a checkpoint", launch)
+        ranks = [p for p in children(launch.pid) if "adaptkit" in " ".join(p.cmdline())]
+        assert len(ranks) == 2, ranks
+        everything = [p.pid for p in children(launch.pid)]
+        os.kill(ranks[1].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        launch.wait(60)
+        assert time.monotonic() - killed < 60
+    finally:
+        end_group(launch)
+    assert launch.returncode != 0
+    assert_ended(everything)

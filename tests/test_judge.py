@@ -354,3 +354,45 @@ def test_judge_cache_off_as_set_gives_it_arrives_as_false():
     assert value is False
     assert _cache(JudgeParams(cache=value).cache) is None and _cache(JudgeParams(cache="off").cache) is None
     assert _cache(JudgeParams().cache) is not None  # the default caches
+
+
+@pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
+def test_a_server_that_stops_answering_or_dies_fails_the_client_within_its_bounds():
+    """A server that answered once, then hangs on a request (or drops the connection): the client gives up
+    after (retries + 1) x timeout plus backoff, one runtime error; it never waits without a bound."""
+    import time
+
+    from adaptkit.io.openai_client import OpenAIClient
+
+    class Stalling(BaseHTTPRequestHandler):
+        mode = "hang"
+
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "judge"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            if Stalling.mode == "hang":
+                time.sleep(5)  # longer than the client's timeout
+            self.connection.close()  # "die": no answer at all
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = OpenAIClient(f"http://127.0.0.1:{httpd.server_port}/v1", timeout=0.3, retries=1, backoff=0.01)
+        client.check_model("judge")
+        for mode in ("hang", "die"):
+            Stalling.mode = mode
+            started = time.monotonic()
+            with pytest.raises(AdaptkitError, match="no answer after 2 attempt") as caught:
+                client.chat("judge", [{"role": "user", "content": "hi"}], {})
+            assert time.monotonic() - started < 3 and not isinstance(caught.value, InputError), mode
+    finally:
+        httpd.shutdown()

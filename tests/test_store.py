@@ -227,6 +227,46 @@ def test_other_local_ranks_wait_for_rank_zero_and_share_its_failure(files, token
         store.cached_store("other-key", lambda d: pytest.fail("no build"), timeout=1)
 
 
+NODE_RANK_SCRIPT = """
+import os, sys, time
+from adaptkit.data import store
+from adaptkit.errors import AdaptkitError
+try:
+    store.cached_store("dead-builder", lambda directory: time.sleep(600), timeout=300)
+except AdaptkitError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.slow  # two interpreters
+def test_other_local_ranks_see_local_rank_zero_die_in_seconds(tmp_path):
+    """Local rank 0 SIGKILLed while it builds: local rank 1 fails within seconds, not after the timeout."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ADAPTKIT_CACHE": str(tmp_path), "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "29555"}
+    ranks = [subprocess.Popen([sys.executable, "-c", NODE_RANK_SCRIPT], env={**env, "LOCAL_RANK": str(r)},
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        note = tmp_path / "stores" / ".dead-builder.builder"
+        deadline = time.monotonic() + 60
+        while not note.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert json.loads(note.read_text())["pid"] == ranks[0].pid
+        ranks[0].kill()
+        ranks[0].wait(10)
+        killed = time.monotonic()
+        _, err = ranks[1].communicate(timeout=30)
+        assert time.monotonic() - killed < 5
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.wait(10)
+    assert ranks[1].returncode == 1
+    assert f"local rank 0 (pid {ranks[0].pid}) died while building the token store" in err, err
+
+
 def test_store_of_another_tokenizer_is_refused(files, tokenizer, corpora):
     from adaptkit import demo
 

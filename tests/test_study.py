@@ -300,6 +300,35 @@ def test_study_killed_in_its_second_run_resumes_to_the_same_report(finished_stud
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM-to-study", "SIGINT-to-group"])
+def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_model_dir, corpora, signum, to_group):
+    """SIGTERM to the study alone (a scheduler) or Ctrl-C to its process group, once its run has a
+    checkpoint: the training gets the signal once, saves its last step and ends; the study exits
+    128 + signal with its one line; no process is left."""
+    from _process_helpers import assert_ended, children, end_group, wait_for
+
+    path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}], steps=100_000)
+    out, errors = tmp_path / "out", tmp_path / "stderr"
+    process = subprocess.Popen([sys.executable, "-m", "adaptkit", "study", str(path), "-o", str(out)], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=open(errors, "w"), start_new_session=True)
+    try:
+        wait_for(lambda: list((out / "runs" / "fft").glob("checkpoint-*/state.json")), 900, "the run's first checkpoint", process)
+        pids = [c.pid for c in children(process.pid)]
+        (os.killpg if to_group else os.kill)(process.pid, signum)
+        process.wait(180)
+    finally:
+        end_group(process)
+    lines = errors.read_text().strip().splitlines()
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, lines[-5:]
+    assert lines[-1].startswith(f"adaptkit: interrupted ({name})") and "run the same command again" in lines[-1], lines[-5:]
+    trained = [line for line in lines[:-1] if line.startswith("adaptkit: interrupted")]
+    assert len(trained) == 1 and "kept" in trained[0] and "checkpoint-" in trained[0], lines[-5:]  # the training's own line
+    assert not (out / "runs" / "fft" / "final").exists()
+    assert_ended(pids)
+
+
+@pytest.mark.slow
 def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_model_dir, corpora, invoke):
     """Registered methods work as grid entries by name; a run's final-ema/ and final-lawa/ are evaluated as
     rows of their own (RUN-ema, RUN-lawa) with the run's facts."""

@@ -32,6 +32,7 @@ def command(
     check_inputs(study)  # the model, sources, calibration and eval files, each method's extras
     check_writable(output, "-o/--output")
     state.open_study_dir(study, output, shared(ctx).overwrite)
+    shared(ctx).on_interrupt = lambda: f"finished runs and the checkpoints of the interrupted one are kept in {output}; run the same command again to continue"
     state.write_configs(study, output)
     if print_commands:
         sys.stdout.write(state.print_commands(study, output, study_file))

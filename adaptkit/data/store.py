@@ -3,7 +3,6 @@
 Layout of a store directory:
 - `s{source}-{chunk}.bin`: raw token ids (uint16 when the vocabulary fits, else uint32), each
   document followed by EOS, the shards of a source in chunk order;
-- `offsets.bin`: int64, the end offset of every document within its source's token stream;
 - `index.json`: sources (spec, content hash, text field, documents, tokens, UTF-8 bytes, shards),
   the tokenizer's fingerprint, the dtype, and a sha256 checksum of the index itself.
 
@@ -12,7 +11,11 @@ Nothing in it depends on the block length: blocks are cut when the store is read
 and renamed into place; on opening, the index checksum and every file's size are checked, so a
 truncated or corrupt store is named and never half-read. Building streams the documents in
 chunks through a pool of `num_proc` tokenizer processes (at most num_proc + 1 chunks in flight),
-so peak memory does not depend on the corpus size.
+so peak memory does not depend on the corpus size; a tokenizer process that dies (killed, out of
+memory) fails the build at once and the partial store is removed (`adaptkit.io.workers`).
+
+Version 2 dropped version 1's `offsets.bin` (document end offsets, never read); version 1 stores
+are still read.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,9 +36,10 @@ import numpy as np
 from adaptkit.errors import AdaptkitError, InputError
 
 FORMAT = "adaptkit-token-store"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1 had an offsets.bin that nothing read
 INDEX = "index.json"
-OFFSETS = "offsets.bin"
+TASK_TIMEOUT_S = 1800.0  # a chunk a tokenizer process has not answered by then fails the build (stuck, not dead)
 CHUNK_CHARS = 4_000_000  # characters of text per tokenizer task and shard
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kKmMbBgGtT]?)\s*$")
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
@@ -128,45 +131,50 @@ def _chunks(documents: Iterator[str], chars: int) -> Iterator[list[str]]:
 
 
 class _Encoder:
-    """Tokenizes chunks in order: inline for a single chunk or num_proc 1, else in a fork pool
-    of num_proc processes with at most num_proc + 1 chunks in flight."""
+    """Tokenizes chunks in order: inline for a single chunk or num_proc 1, else in a `WorkerPool` of
+    num_proc processes (adaptkit.io.workers: a dead worker fails the build at once, shutdown is
+    bounded) with at most num_proc + 1 chunks in flight."""
 
     def __init__(self, tokenizer, num_proc: int, directory: Path, dtype: np.dtype):
         self.tokenizer, self.num_proc, self.directory, self.dtype = tokenizer, max(1, num_proc), directory, dtype
         self.pool = None
 
     def map(self, chunks: Iterator[list[str]], prefix: str) -> Iterator[tuple[str, np.ndarray, int]]:
-        tasks = ((str(self.directory), f"{prefix}-{i:06d}.bin", docs, self.dtype) for i, docs in enumerate(chunks))
-        head = list(itertools.islice(tasks, 2))
+        names: list[str] = []
+
+        def tasks():
+            for i, docs in enumerate(chunks):
+                names.append(f"{prefix}-{i:06d}.bin")
+                yield str(self.directory), names[-1], docs, self.dtype
+
+        source = tasks()
+        head = list(itertools.islice(source, 2))
         if self.num_proc == 1 or len(head) < 2:
-            for task in itertools.chain(head, tasks):
+            for task in itertools.chain(head, source):
                 yield _encode_task(task, self.tokenizer)
             return
         if self.pool is None:
-            import multiprocessing
+            from adaptkit.io.workers import WorkerPool
 
-            context = multiprocessing.get_context("fork")
-            self.pool = context.Pool(self.num_proc, initializer=_init_worker, initargs=(self.tokenizer,))
-        pending: deque = deque()
+            self.pool = WorkerPool(_encode_task, self.num_proc, _init_worker, (self.tokenizer,), "tokenizer process",
+                                   task_timeout=TASK_TIMEOUT_S)
+        results, done = self.pool.imap(itertools.chain(head, source)), 0
         try:
-            for task in itertools.chain(head, tasks):
-                pending.append((task[1], self.pool.apply_async(_encode_task, (task,))))
-                if len(pending) > self.num_proc:
-                    yield pending.popleft()[1].get()
-            while pending:
-                yield pending.popleft()[1].get()
-        finally:  # stopped early (a token cap, an error): drop what is still in flight
-            for name, result in pending:
-                result.wait()
+            for done, result in enumerate(results, 1):
+                yield result
+        finally:  # stopped early (a token cap): the chunks tokenized ahead are dropped
+            results.close()  # waits for the running ones
+            for name in names[done:]:
                 (self.directory / name).unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """End the worker processes: bounded in time either way; `abort` ends them at once."""
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.abort() if abort else self.pool.close()
+            self.pool = None
 
 
-def _write_source(encoder: _Encoder, index: int, documents: Iterator[str], cap: int | None, offsets) -> dict[str, Any]:
+def _write_source(encoder: _Encoder, index: int, documents: Iterator[str], cap: int | None) -> dict[str, Any]:
     """Tokenize one source into shards (at most `cap` tokens); the source's index entry."""
     entry: dict[str, Any] = {"documents": 0, "tokens": 0, "bytes": 0, "shards": [], "capped": False}
     for name, lengths, nbytes in encoder.map(_chunks(documents, CHUNK_CHARS), f"s{index:04d}"):
@@ -179,7 +187,6 @@ def _write_source(encoder: _Encoder, index: int, documents: Iterator[str], cap: 
             os.truncate(encoder.directory / name, keep * encoder.dtype.itemsize)
             count, entry["capped"] = keep, True
         if count:
-            (entry["tokens"] + np.cumsum(lengths)).astype(np.int64).tofile(offsets)
             entry["shards"].append({"file": name, "tokens": count})
         else:
             (encoder.directory / name).unlink(missing_ok=True)
@@ -200,23 +207,24 @@ def write_store(directory: Path, sources: Sequence, tokenizer, text_fields: Sequ
     encoder = _Encoder(tokenizer, num_proc or default_num_proc(), directory, dtype)
     entries, left, caps = [], total, list(caps or [None] * len(sources))
     try:
-        with open(directory / OFFSETS, "wb") as offsets:
-            for i, (source, field) in enumerate(zip(sources, text_fields)):
-                limits = [c for c in (caps[i], left) if c is not None]
-                cap = min(limits) if limits else None
-                started = time.monotonic()
-                entry = _write_source(encoder, i, source.documents(field), cap, offsets)
-                if entry["documents"] == 0:
-                    raise InputError(f"{source.flag}: '{source.spec}' contains no text")
-                entry.update(spec=source.spec, hash=source.content_hash(), text_field=field, max_tokens=cap)
-                entries.append(entry)
-                log(f"tokenized {source.spec}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {time.monotonic() - started:.1f}s")
-                if left is not None:
-                    left -= entry["tokens"]
-                    if left <= 0:
-                        break
-    finally:
-        encoder.close()
+        for i, (source, field) in enumerate(zip(sources, text_fields)):
+            limits = [c for c in (caps[i], left) if c is not None]
+            cap = min(limits) if limits else None
+            started = time.monotonic()
+            entry = _write_source(encoder, i, source.documents(field), cap)
+            if entry["documents"] == 0:
+                raise InputError(f"{source.flag}: '{source.spec}' contains no text")
+            entry.update(spec=source.spec, hash=source.content_hash(), text_field=field, max_tokens=cap)
+            entries.append(entry)
+            log(f"tokenized {source.spec}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {time.monotonic() - started:.1f}s")
+            if left is not None:
+                left -= entry["tokens"]
+                if left <= 0:
+                    break
+    except BaseException:
+        encoder.close(abort=True)  # an error, a dead worker or an interrupt: the workers end now
+        raise
+    encoder.close()
     index = {
         "format": FORMAT, "version": VERSION, "dtype": dtype.name, "eos_token_id": tokenizer.eos_token_id,
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "name": str(getattr(tokenizer, "name_or_path", "")), "vocab_size": len(tokenizer)},
@@ -246,12 +254,14 @@ def _launch_token() -> str:
 
 def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", timeout: float | None = None) -> "TokenStore":
     """The store cached under $ADAPTKIT_CACHE/stores/KEY, built by `build(tmp_dir)` when missing.
-    Of several processes on a node, local rank 0 builds; the others wait for it and map the result."""
+    Of several processes on a node, local rank 0 builds; the others wait for it and map the result,
+    watching it: a failure it wrote down or its death (its pid in the builder note) ends the wait in
+    seconds; otherwise the wait ends after `timeout` (ADAPTKIT_STORE_TIMEOUT, default 7200 s)."""
     root = cache_dir() / "stores"
-    final, failed = root / key, root / f".{key}.failed"
+    final, failed, builder = root / key, root / f".{key}.failed", root / f".{key}.builder"
     rank, local_world = _local_rank()
     if rank > 0 and local_world > 1:
-        return _wait_for_store(final, failed, flag, timeout or float(os.environ.get("ADAPTKIT_STORE_TIMEOUT", 7200)))
+        return _wait_for_store(final, failed, builder, flag, timeout or float(os.environ.get("ADAPTKIT_STORE_TIMEOUT", 7200)))
     if final.is_dir():
         try:
             return TokenStore(final, flag)
@@ -259,6 +269,8 @@ def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", t
             shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
     root.mkdir(parents=True, exist_ok=True)
     failed.unlink(missing_ok=True)
+    if local_world > 1:
+        _write_note(builder, {"launch": _launch_token(), "pid": os.getpid()})
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=root))
     try:
         build(tmp)
@@ -269,12 +281,45 @@ def cached_store(key: str, build: Callable[[Path], Any], flag: str = "--data", t
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if local_world > 1:
-            failed.write_text(json.dumps({"launch": _launch_token(), "message": str(exc), "input": isinstance(exc, InputError)}))
+            _write_note(failed, {"launch": _launch_token(), "message": str(exc), "input": isinstance(exc, InputError)})
         raise
+    finally:
+        builder.unlink(missing_ok=True)
     return TokenStore(final, flag)
 
 
-def _wait_for_store(final: Path, failed: Path, flag: str, timeout: float) -> "TokenStore":
+def _write_note(path: Path, note: dict[str, Any]) -> None:
+    """A small JSON note for the other local ranks, renamed into place (never read half-written)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, tmp.with_name(path.name))
+
+
+def _read_note(path: Path) -> dict[str, Any] | None:
+    """The note of this launch at `path`, or None (absent, unreadable, or another launch's)."""
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) and note.get("launch") == _launch_token() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead and not yet reaped by its launcher, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_for_store(final: Path, failed: Path, builder: Path, flag: str, timeout: float) -> "TokenStore":
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (final / INDEX).is_file():
@@ -282,13 +327,13 @@ def _wait_for_store(final: Path, failed: Path, flag: str, timeout: float) -> "To
                 return TokenStore(final, flag)
             except InputError:
                 pass  # being replaced by local rank 0
-        if failed.is_file():
-            try:
-                note = json.loads(failed.read_text())
-            except (OSError, ValueError):
-                note = {}
-            if note.get("launch") == _launch_token():
-                raise (InputError if note.get("input") else AdaptkitError)(note.get("message", "local rank 0 failed to build the token store"))
+        note = _read_note(failed)
+        if note is not None:
+            raise (InputError if note.get("input") else AdaptkitError)(note.get("message", "local rank 0 failed to build the token store"))
+        note = _read_note(builder)
+        if note is not None and not _pid_alive(int(note.get("pid", 0))) and not (final / INDEX).is_file():
+            raise AdaptkitError(f"{flag}: local rank 0 (pid {note.get('pid')}) died while building the token store '{final}'; "
+                                "its launcher's log says why")
         time.sleep(0.2)
     raise AdaptkitError(f"{flag}: timed out after {timeout:.0f}s waiting for local rank 0 to build the token store '{final}' (ADAPTKIT_STORE_TIMEOUT)")
 
@@ -306,7 +351,6 @@ class TokenStore:
         for entry in self.index["sources"]:
             for shard in entry["shards"]:
                 self._check_size(shard["file"], shard["tokens"] * self.dtype.itemsize)
-        self._check_size(OFFSETS, self.index["documents"] * 8)
 
     def _read_index(self) -> dict[str, Any]:
         where = f"{self.flag}: token store '{self.path}'"
@@ -318,8 +362,8 @@ class TokenStore:
             raise InputError(f"{where}: {INDEX} is unreadable or corrupt ({exc})") from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise InputError(f"{where}: {INDEX} is not an adaptkit token store index")
-        if index.get("version") != VERSION:
-            raise InputError(f"{where} has version {index.get('version')}; this adaptkit reads version {VERSION} (prepare it again)")
+        if index.get("version") not in READABLE:
+            raise InputError(f"{where} has version {index.get('version')}; this adaptkit reads versions {', '.join(map(str, READABLE))} (prepare it again)")
         if index.get("checksum") != _checksum(index):
             raise InputError(f"{where}: {INDEX} is corrupt (checksum mismatch)")
         return index
@@ -362,12 +406,6 @@ class TokenStore:
             start += len(piece)
             shard += 1
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-    def document_ends(self, source: int) -> np.ndarray:
-        """End offsets of the documents of one source within its stream (memory-mapped)."""
-        before = sum(e["documents"] for e in self.index["sources"][:source])
-        count = self.index["sources"][source]["documents"]
-        return np.memmap(self.path / OFFSETS, dtype=np.int64, mode="r", offset=before * 8, shape=(count,))
 
 
 class StoreBlocks:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,12 +165,26 @@ def execute(study: Study, output: Path, say: Callable[[str], None], call: Option
         write_text_atomic(output / "results" / f"{run.name}.json", json.dumps(record, indent=2) + "\n")
 
 
+STOP_GRACE_S = 120.0  # how long an interrupted step may take to stop (a training saves its checkpoint)
+
+
 def run_command(command: list[str], what: str) -> str:
-    """Run one adaptkit command in a subprocess (stderr passes through); its stdout."""
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        raise step_failed(command, what, 128 - result.returncode if result.returncode < 0 else result.returncode)  # a signal: 128 + its number
-    return result.stdout
+    """Run one adaptkit command in a subprocess (stderr passes through); its stdout. When the study
+    is interrupted, the step is sent SIGTERM (it stops as it would by itself: a training checkpoints;
+    a repeat of a signal it already got is ignored) and waited for at most STOP_GRACE_S, then killed."""
+    from adaptkit.io.workers import end_process
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        stdout, _ = process.communicate()
+    except BaseException:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        end_process(process, STOP_GRACE_S)
+        raise
+    if process.returncode != 0:
+        raise step_failed(command, what, 128 - process.returncode if process.returncode < 0 else process.returncode)  # a signal: 128 + its number
+    return stdout
 
 
 def step_failed(command: list[str], what: str, code: int) -> AdaptkitError:
