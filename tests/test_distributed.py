@@ -205,7 +205,7 @@ def test_a_rank_killed_mid_training_ends_the_whole_launch_in_seconds(tmp_path, m
     import time
     from pathlib import Path
 
-    from _process_helpers import assert_ended, children, end_group, wait_for
+    from helpers import assert_ended, children, end_group, wait_for
 
     out = tmp_path / "run"
     torchrun = str(Path(sys.executable).parent / "torchrun")

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from _process_helpers import assert_ended, children, end_group, start_cli, wait_for
+from helpers import assert_ended, children, end_group, start_cli, wait_for
 
 SLOWED = """
 import importlib, sys, time

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from _process_helpers import assert_ended, busy_processes, children, end_group, start_cli, wait_for, write_corpus
+from helpers import assert_ended, busy_processes, children, end_group, start_cli, wait_for, write_corpus
 from adaptkit.io.workers import WorkerDied, WorkerPool
 
 

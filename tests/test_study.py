@@ -305,7 +305,7 @@ def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_m
     """SIGTERM to the study alone (a scheduler) or Ctrl-C to its process group, once its run has a
     checkpoint: the training gets the signal once, saves its last step and ends; the study exits
     128 + signal with its one line; no process is left."""
-    from _process_helpers import assert_ended, children, end_group, wait_for
+    from helpers import assert_ended, children, end_group, wait_for
 
     path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, [{"method": "fft"}], steps=100_000)
     out, errors = tmp_path / "out", tmp_path / "stderr"
