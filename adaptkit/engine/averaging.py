@@ -15,6 +15,7 @@ weights (no callback that exports another model, such as an adapter merge).
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from adaptkit.engine.config import AveragingConfig
 
 
-class WeightAverage(TrainingCallback):
+class WeightAverage(TrainingCallback, abc.ABC):
     """Base of the averages: the trained parameters by name, and the model written beside final/."""
 
     directory = ""  # the model directory's name beside final/
@@ -36,8 +37,9 @@ class WeightAverage(TrainingCallback):
     def __init__(self, plan: TrainingPlan):
         self.params = {name: p for name, p in plan.model.named_parameters() if name in plan.trainable}
 
+    @abc.abstractmethod
     def average(self) -> dict[str, "torch.Tensor"]:
-        raise NotImplementedError
+        """The averaged tensors, by parameter name (each subclass's own average)."""
 
     def save_extra(self, model: "torch.nn.Module", directory: Path) -> None:
         """The exported model's tensors with the averaged ones in their place, in RUN/<directory>."""
