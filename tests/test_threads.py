@@ -54,13 +54,18 @@ def test_default_threads_are_the_cores_others_leave_idle_at_least_one(cores, bus
 
 
 def test_prepare_chooses_passive_waits_and_a_count_unless_the_user_set_one(monkeypatch):
-    monkeypatch.setattr(threads, "default_threads", lambda: 3)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 1)  # other work at start: the idle cores, passive waits
     env: dict[str, str] = {}
     threads.prepare(env)
     assert env == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "3"}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     threads.prepare(env)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0)  # idle cores: all of them, OpenMP's own wait policy
+    env = {}
+    threads.prepare(env)
+    assert env == {"OMP_NUM_THREADS": "4"}
     env = {"OMP_NUM_THREADS": "5"}  # the user's count: OpenMP is theirs to configure
     threads.prepare(env)
     assert env == {"OMP_NUM_THREADS": "5"}
@@ -75,13 +80,14 @@ def test_the_cli_entry_sets_openmp_before_torch_loads():
         "except SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules\n"
         "import torch\n"
-        "print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], torch.get_num_threads())\n"
+        "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ['OMP_NUM_THREADS'], torch.get_num_threads())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     policy, count, torch_threads = result.stdout.split()[-3:]
-    assert policy == "PASSIVE" and 1 <= int(count) <= threads.usable_cores() and int(torch_threads) == int(count)
+    assert 1 <= int(count) <= threads.usable_cores() and int(torch_threads) == int(count)
+    assert policy == ("PASSIVE" if int(count) < threads.usable_cores() else "-")  # passive waits only beside other work
 
 
 @pytest.mark.slow  # over ~0.3 s: a training step
