@@ -48,6 +48,15 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def hausa_tokenizer(corpora):
+    """A tokenizer trained on the Hausa corpus only: the same special tokens and bytes as the tests' tokenizer,
+    other merges at other ids (the vocabulary-merge and transplant tests)."""
+    from adaptkit import demo
+
+    return demo.train_tokenizer(corpora["ha"].read_text().splitlines(), vocab_size=320)
+
+
+@pytest.fixture(scope="session")
 def tokenizer(corpora):
     from adaptkit import demo
 

@@ -15,14 +15,6 @@ from conftest import assert_input_error
 
 
 @pytest.fixture(scope="module")
-def hausa_tokenizer(corpora):
-    """A tokenizer trained on Hausa only: the same special tokens and bytes, other merges at other ids."""
-    from adaptkit import demo
-
-    return demo.train_tokenizer(corpora["ha"].read_text().splitlines(), vocab_size=320)
-
-
-@pytest.fixture(scope="module")
 def hausa_dir(tmp_path_factory, hausa_tokenizer):
     return save_tiny_model(tmp_path_factory.mktemp("hausa"), hausa_tokenizer, seed=5)
 

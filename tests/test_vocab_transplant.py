@@ -14,13 +14,6 @@ from conftest import assert_input_error
 
 
 @pytest.fixture(scope="module")
-def hausa_tokenizer(corpora):
-    from adaptkit import demo
-
-    return demo.train_tokenizer(corpora["ha"].read_text().splitlines(), vocab_size=320)
-
-
-@pytest.fixture(scope="module")
 def donor_dir(tmp_path_factory, hausa_tokenizer):
     """A model on the Hausa tokenizer: the donor whose embeddings OMP reads."""
     return save_tiny_model(tmp_path_factory.mktemp("donor"), hausa_tokenizer, seed=7)
