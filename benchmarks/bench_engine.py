@@ -61,6 +61,7 @@ def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, s
     config = TrainConfig.model_validate({
         "model": str(model_dir), "data": {"paths": [str(text)], "seq_len": seq, "cache": False},
         "max_steps": steps, "batch_size": batch, "log_steps": 1, "seed": 0,
+        "save_steps": 0,  # no checkpoints during the run, as the Trainer's save_strategy="no" below
     })
     train(config, FullFineTuning(FullFineTuningParams()), out, overwrite=True, log=lambda m: None)
     elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
