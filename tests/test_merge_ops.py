@@ -8,7 +8,7 @@ from helpers import disjoint_merge
 from safetensors.torch import load_file, save_file
 
 from adaptkit.merge import ops
-from adaptkit.merge.stream import PlannedTensor, ShardedWriter, TensorSource
+from adaptkit.merge.stream import PlannedTensor, RowBlocks, ShardedWriter, TensorSource
 
 
 @pytest.fixture(params=[ops.CHUNK, 7], ids=["one-chunk", "many-chunks"])
@@ -75,3 +75,25 @@ def test_sharded_writer_and_source_round_trip(tmp_path):
     source.close()
     save_file({"x": torch.ones(4)}, str(tmp_path / "single.safetensors"))
     assert torch.equal(TensorSource(tmp_path / "single.safetensors", "--mask").read("x"), torch.ones(4))
+
+
+def test_row_blocks_are_written_as_the_whole_tensor_and_rows_read_back(tmp_path):
+    """A tensor handed to the writer as blocks of rows is stored as the whole tensor would be;
+    TensorSource.read_rows reads a row range; a block stream with the wrong rows is refused."""
+    table, after = torch.randn(10, 3), torch.randn(2)
+    plan = [PlannedTensor("table", "F32", (10, 3)), PlannedTensor("after", "F32", (2,))]
+    writer = ShardedWriter(tmp_path, plan, max_shard_bytes=10**6)
+    writer.write("table", RowBlocks(torch.float32, (10, 3), iter([table[:4], table[4:8], table[8:]])))
+    writer.write("after", after)
+    writer.finish()
+    loaded = load_file(str(tmp_path / "model.safetensors"))
+    assert torch.equal(loaded["table"], table) and torch.equal(loaded["after"], after)
+    source = TensorSource(tmp_path, "--model")
+    assert torch.equal(source.read_rows("table", 3, 7), table[3:7]) and torch.equal(source.read_rows("table", 9, 10), table[9:])
+    source.close()
+    short = ShardedWriter(tmp_path / "short", plan[:1], max_shard_bytes=10**6)
+    (tmp_path / "short").mkdir()
+    with pytest.raises(RuntimeError, match="9 rows written, planned 10"):
+        short.write("table", RowBlocks(torch.float32, (10, 3), iter([table[:4], table[4:9]])))
+    with pytest.raises(RuntimeError, match="a block of rows"):
+        short.write("table", RowBlocks(torch.float32, (10, 3), iter([table[:, :2]])))

@@ -87,6 +87,34 @@ def test_union_merge_maps_rows_by_token_string(invoke, make_model_dir, hausa_dir
     assert len(union(hausa)["input_ids"]) < len(tokenizer(hausa)["input_ids"])  # the Hausa tokenizer's tokens are used
 
 
+@pytest.mark.slow  # three merges
+def test_row_blocks_merge_as_whole_tensors_bit_for_bit(make_model_dir, hausa_dir, tmp_path, monkeypatch):
+    """A method declared row-separable (linear) merges the vocabulary tensors of a union a block of
+    rows at a time, from the inputs' original tensors: byte for byte the output of the same method on
+    whole rebuilt tensors; the inputs' hashes (rebuilt tensors are read a chunk of rows at a time)
+    are those of whole reads."""
+    from adaptkit.merge import vocab_tensors
+    from adaptkit.merge.executor import Input, MergeOptions, run_merge
+    from adaptkit.plugins.merges.linear import Linear, LinearParams
+
+    class WholeLinear(Linear):
+        row_separable = False
+
+    blocks = []
+    monkeypatch.setattr(vocab_tensors, "CHUNK", 64)  # the union has about 600 rows: several blocks and chunks
+    monkeypatch.setattr(vocab_tensors.VocabTensors, "blocks", lambda self, *a, _blocks=vocab_tensors.VocabTensors.blocks: blocks.append(1) or _blocks(self, *a))
+    models = [Input("model", make_model_dir("llama", 1), "--model"), Input("model", hausa_dir, "--model")]
+    params = LinearParams(weight=[0.3, 0.7])
+    block_run = run_merge(Linear(), params, models, tmp_path / "blocks", options=MergeOptions(tokenizer_source="union"))
+    assert len(blocks) == len(VOCAB_TENSORS)
+    whole_run = run_merge(WholeLinear(), params, models, tmp_path / "whole", options=MergeOptions(tokenizer_source="union"))
+    assert len(blocks) == len(VOCAB_TENSORS)  # the whole path took no blocks
+    assert (tmp_path / "blocks" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    same = run_merge(Linear(), params, [models[1], models[1]], tmp_path / "same")  # one vocabulary: whole reads
+    hashes = [run["inputs"][1]["weights_hash"] for run in (block_run, whole_run, same)]
+    assert hashes[0] == hashes[1] == hashes[2]
+
+
 @pytest.mark.slow  # mergekit's import and three merges
 def test_same_rows_per_token_as_mergekit(invoke, make_model_dir, hausa_dir, tmp_path_factory, tmp_path):
     """mergekit's tokenizer_source (union, a model, base) on the same YAML: the same row for every token string.

@@ -143,6 +143,10 @@ class MergeMethod(ABC):
     present, is passed in `ctx.aux` (and its granularity in `ctx.aux_meta`; see
     `adaptkit.io.mask_files` for the file formats). `base_model_is_first_model`: in a mergekit YAML,
     `base_model` is this method's first model (SLERP's t = 0 end), not a base.
+    `row_separable`: every output row depends only on the same row of the inputs (base, aux
+    included), computed by the same elementwise operations whatever the number of rows; the
+    executor may then merge a large tensor a block of rows at a time (as it does across
+    vocabularies), with the same result.
     """
 
     name: ClassVar[str]
@@ -155,6 +159,7 @@ class MergeMethod(ABC):
     model_params: ClassVar[tuple[str, ...]] = ()
     tensor_params: ClassVar[dict[str, str]] = {}
     base_model_is_first_model: ClassVar[bool] = False
+    row_separable: ClassVar[bool] = False
 
     def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
         """Refuse inputs the method cannot use (counts, missing base) and run every parameter's

@@ -45,7 +45,7 @@ from adaptkit.io.model_card import CardInfo, merged_languages, write_model_card
 from adaptkit.io.vocab_record import copy_record
 from adaptkit.layers import layer_index
 from adaptkit.merge.base import MergeMethod, TensorContext, public_params
-from adaptkit.merge.stream import DTYPES, PlannedTensor, ShardedWriter, TensorSource, raw_bytes
+from adaptkit.merge.stream import DTYPES, PlannedTensor, RowBlocks, ShardedWriter, TensorSource, raw_bytes
 from adaptkit.specs import Params
 
 OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
@@ -226,8 +226,15 @@ class _Hasher:
         self.digests: dict[str, str] = {}
 
     def update(self, name: str, tensor: torch.Tensor) -> None:
-        digest = self._new(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest = self.begin(tensor.dtype, tensor.shape)
         digest.update(raw_bytes(tensor))
+        self.end(name, digest)
+
+    def begin(self, dtype: torch.dtype, shape: tuple[int, ...]) -> Any:
+        """A tensor's digest, to be updated with its bytes in order (a tensor read in chunks)."""
+        return self._new(f"{dtype}{tuple(shape)}".encode())
+
+    def end(self, name: str, digest: Any) -> None:
         self.digests[name] = digest.hexdigest()
 
     def hexdigest(self) -> str:
@@ -275,7 +282,7 @@ def run_merge(
         config = _output_config(reference, options.dtype, vocab)
         plan = [_planned(reference, name, options.dtype, vocab) for name in names]
         hashers = {id(source): _Hasher() for source in everything}
-        align = _aligner(vocab, everything, options.seed) if vocab is not None and not vocab.identity else None
+        align = _aligned(vocab, everything, hashers, options.seed) if vocab is not None and not vocab.identity else None
 
         def merge_one(item: PlannedTensor, hash_pool: ThreadPoolExecutor) -> torch.Tensor:
             return _merge_one(method, params_for(item.name), item, sources, base_source, aux_sources,
@@ -311,26 +318,12 @@ def _vocab_map(everything: list[_Source], options: MergeOptions) -> Any:
     return plan_vocabulary(members, options.tokenizer_source, "--tokenizer-source", options.vocab_init)
 
 
-def _aligner(vocab: Any, everything: list[_Source], seed: int) -> Callable:
-    """(inputs, base, aux) -> the same with every vocabulary tensor rebuilt on the output vocabulary."""
+def _aligned(vocab: Any, everything: list[_Source], hashers: dict[int, _Hasher], seed: int) -> Any:
+    """The reader of vocabulary tensors on the output vocabulary (every input but mask / score files)."""
+    from adaptkit.merge.vocab_tensors import VocabTensors
+
     members = [s for s in everything if s.input.kind != "tensors"]
-
-    def align(name: str, inputs: list, base: Any, aux: dict) -> Any:
-        """Rebuilds the vocabulary tensors in `inputs` and `aux` in place; returns the (new) base."""
-        roles = [s.input.role for s in members[len(inputs) + (base is not None):]]
-        tensors = inputs + ([base] if base is not None else []) + [aux.get(role) for role in roles]
-        if not all(t is None or _vocab_tensor(s, tuple(t.shape)) for s, t in zip(members, tensors)):
-            return base
-        inputs.clear()
-        aux.update({role: None for role in roles})
-        n = len(tensors) - len(roles) - (base is not None)
-        base = None
-        vocab.align(tensors, seed)
-        inputs.extend(tensors[:n])
-        aux.update(zip(roles, tensors[len(tensors) - len(roles):]))
-        return tensors[n] if len(tensors) - len(roles) > n else None
-
-    return align
+    return VocabTensors(vocab, [s.tensors for s in members], [hashers[id(s)] for s in members], seed)
 
 
 def _check_options(output: Path, options: MergeOptions) -> None:
@@ -460,24 +453,20 @@ def _param_table(method, params, tensor_params, names, num_layers, n_models, has
     return table.__getitem__
 
 
-def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool, align=None) -> torch.Tensor:
+def _merge_one(method, params, item, sources, base_source, aux_sources, rows, num_layers, seed, hashers, hash_pool, align=None) -> torch.Tensor | RowBlocks:
     """Read one tensor from every input, hash it, merge it in the compute dtype, cast it for output."""
     name = item.name
-    tensors = [source.tensors.read(name) for source in sources]
-    base = base_source.tensors.read(name) if base_source else None
-    aux: dict[str, torch.Tensor | None] = {}
-    aux_meta: dict[str, dict[str, str]] = {}
-    for source in aux_sources:
-        if source.units is None:
-            aux[source.input.role] = source.tensors.read(name)
-        else:
-            found = source.units.read(name)
-            aux[source.input.role] = found[0] if found else None
-            aux_meta[source.input.role] = {"granularity": found[1]} if found and found[1] else {}
+    across = align is not None and align.covers(name)  # a vocabulary tensor, rebuilt on the output vocabulary
+    tensors = [] if across else [source.tensors.read(name) for source in sources]
+    base = base_source.tensors.read(name) if base_source and not across else None
+    aux, aux_meta = _read_aux(aux_sources, name, members=not across)
     read = list(zip(sources, tensors)) + ([(base_source, base)] if base is not None else [])
-    read += [(s, aux[s.input.role]) for s in aux_sources if aux[s.input.role] is not None]
+    read += [(s, aux[s.input.role]) for s in aux_sources if aux.get(s.input.role) is not None]
     for done in [hash_pool.submit(hashers[id(source)].update, name, tensor) for source, tensor in read]:
         done.result()  # before merging: methods may overwrite their inputs
+    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux=aux, aux_meta=aux_meta)
+    if across:
+        return _merge_across(method, params, item, align, len(sources), base_source is not None, [s.input.role for s in aux_sources if s.units is None], context)
 
     out_dtype = DTYPES[item.dtype]
     if not tensors[0].is_floating_point():
@@ -495,17 +484,54 @@ def _merge_one(method, params, item, sources, base_source, aux_sources, rows, nu
 
     tail = tensors[0][rows:].to(compute) if cut else None
     inputs, base, aux = [prepare(t) for t in tensors], prepare(base), {k: prepare(v) for k, v in aux.items()}
+    context.aux = aux
     del tensors, read
-    if align is not None:  # a vocabulary map: vocabulary tensors rebuilt on the output vocabulary
-        base = align(name, inputs, base, aux)
-    context = TensorContext(name=name, num_layers=num_layers, seed=seed, aux=aux, aux_meta=aux_meta)
-    shape = tuple(inputs[0].shape)
-    merged = method.merge_tensor(inputs, base, params, context)
-    if tuple(merged.shape) != shape:
-        raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{name}', expected {shape}")
+    merged = _checked(method, inputs, base, params, context)
     if tail is not None:
         merged = torch.cat([merged, tail])
     return merged.to(out_dtype)
+
+
+def _read_aux(aux_sources: list[_Source], name: str, members: bool) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """The auxiliary inputs' tensors `name` by role (model / vector inputs only if `members`), and the masks' granularities."""
+    aux: dict[str, torch.Tensor | None] = {}
+    aux_meta: dict[str, dict[str, str]] = {}
+    for source in aux_sources:
+        if source.units is None:
+            if members:
+                aux[source.input.role] = source.tensors.read(name)
+        else:
+            found = source.units.read(name)
+            aux[source.input.role] = found[0] if found else None
+            aux_meta[source.input.role] = {"granularity": found[1]} if found and found[1] else {}
+    return aux, aux_meta
+
+
+def _checked(method: MergeMethod, inputs: list[torch.Tensor], base: torch.Tensor | None, params: Params, context: TensorContext) -> torch.Tensor:
+    shape = tuple(inputs[0].shape)
+    merged = method.merge_tensor(inputs, base, params, context)
+    if tuple(merged.shape) != shape:
+        raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{context.name}', expected {shape}")
+    return merged
+
+
+def _merge_across(method, params, item, align, n_models: int, has_base: bool, roles: list[str], context: TensorContext) -> torch.Tensor | RowBlocks:
+    """A vocabulary tensor of a merge across vocabularies: the method on every input's rows of the
+    output vocabulary (model inputs, base, then the auxiliary model / vector inputs by `roles`).
+    A row-separable method (declared by its class) merges a block of rows at a time, read and
+    merged while the writer writes them; otherwise whole rebuilt tensors."""
+    out_dtype = DTYPES[item.dtype]
+    compute = torch.float64 if any(DTYPES[s.tensors[item.name].dtype] == torch.float64 for s in align.sources[:n_models]) else torch.float32
+    others = dict(context.aux)  # mask / score files: as stored
+
+    def merged(tensors: list[torch.Tensor]) -> torch.Tensor:
+        aux = dict(zip(roles, tensors[n_models + has_base:]))
+        block = TensorContext(name=context.name, num_layers=context.num_layers, seed=context.seed, aux={**others, **aux}, aux_meta=context.aux_meta)
+        return _checked(method, tensors[:n_models], tensors[n_models] if has_base else None, params, block).to(out_dtype)
+
+    if method.row_separable and align.vocab.init is None and all(v is None for v in others.values()):
+        return RowBlocks(out_dtype, tuple(item.shape), align.blocks(item.name, compute, merged))
+    return merged(align.whole(item.name, compute))
 
 
 class _progress:
@@ -565,7 +591,7 @@ def _output_config(reference: _Source, dtype: str | None, vocab: Any) -> dict[st
     if vocab is not None:
         from adaptkit.io.vocabulary import read_vocabulary
 
-        config = vocab.config(config, read_vocabulary(reference.input.path, reference.input.flag) or {}, reference.describe())
+        config = vocab.config(config, lambda: read_vocabulary(reference.input.path, reference.input.flag) or {}, reference.describe())
     if dtype:
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype

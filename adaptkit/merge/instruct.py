@@ -49,6 +49,7 @@ class Extract(MergeMethod):
     Params = NoParams
     base = "required"
     max_models = 1
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params, ctx):
         return tensors[0].sub_(base)
@@ -60,6 +61,7 @@ class ApplyVector(MergeMethod):
     reference = REFERENCE
     Params = AlphaParams
     max_models = 1
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: AlphaParams, ctx):
         return tensors[0].add_(ctx.aux["vector"], alpha=params.alpha)
@@ -72,6 +74,7 @@ class ApplyOneStep(MergeMethod):
     Params = AlphaParams
     base = "required"
     max_models = 1
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: AlphaParams, ctx):
         return instruct_plus_language_(tensors[0], ctx.aux["instruct"], base, params.alpha)

@@ -115,16 +115,26 @@ class TensorSource:
     def read(self, name: str) -> torch.Tensor:
         """A fresh tensor (positional reads into a new buffer; no memory map)."""
         info = self.tensors[name]
-        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        return self._read_bytes(info, info.begin, info.nbytes).view(DTYPES[info.dtype]).reshape(info.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop of a tensor (along its first dimension) as a fresh tensor."""
+        info = self.tensors[name]
+        row_bytes = info.nbytes // info.shape[0]
+        rows = self._read_bytes(info, info.begin + start * row_bytes, (stop - start) * row_bytes)
+        return rows.view(DTYPES[info.dtype]).reshape(stop - start, *info.shape[1:])
+
+    def _read_bytes(self, info: TensorInfo, offset: int, size: int) -> torch.Tensor:
+        buffer = torch.empty(size, dtype=torch.uint8)
         view = memoryview(buffer.numpy())
         fd = self._fd(info.file)
         done = 0
-        while done < info.nbytes:
-            count = os.preadv(fd, [view[done:]], info.begin + done)
+        while done < size:
+            count = os.preadv(fd, [view[done:]], offset + done)
             if count <= 0:
-                raise InputError(f"{self.flag}: '{info.file}' is truncated (tensor '{name}')")
+                raise InputError(f"{self.flag}: '{info.file}' is truncated (tensor '{info.name}')")
             done += count
-        return buffer.view(DTYPES[info.dtype]).reshape(info.shape)
+        return buffer
 
     def _fd(self, file: Path) -> int:
         if file not in self._fds:
@@ -141,6 +151,16 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
     """The bytes of a tensor as stored in safetensors (little-endian, C order)."""
     flat = tensor.contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """A tensor handed to the writer as consecutive blocks of rows (along its first dimension),
+    produced while it is written: the whole tensor never exists in memory."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    blocks: Iterable[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -181,7 +201,8 @@ class ShardedWriter:
         self._next = 0
         self._handle = None
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor | RowBlocks) -> None:
+        """Append the next planned tensor (a RowBlocks: each block as it is produced)."""
         shard_index, item = self._order[self._next]
         if name != item.name:
             raise RuntimeError(f"tensor '{name}' written out of order (expected '{item.name}')")
@@ -189,11 +210,24 @@ class ShardedWriter:
             raise RuntimeError(f"tensor '{name}' is {tensor.dtype} {tuple(tensor.shape)}, planned {item.dtype} {item.shape}")
         if self._handle is None:
             self._open(shard_index)
-        self._handle.write(raw_bytes(tensor))
+        if isinstance(tensor, RowBlocks):
+            self._write_blocks(name, tensor)
+        else:
+            self._handle.write(raw_bytes(tensor))
         self._next += 1
         if self._next == len(self._order) or self._order[self._next][0] != shard_index:
             self._handle.close()
             self._handle = None
+
+    def _write_blocks(self, name: str, tensor: RowBlocks) -> None:
+        rows = 0
+        for block in tensor.blocks:
+            if block.dtype != tensor.dtype or tuple(block.shape[1:]) != tuple(tensor.shape[1:]) or rows + block.shape[0] > tensor.shape[0]:
+                raise RuntimeError(f"tensor '{name}': a block of rows is {block.dtype} {tuple(block.shape)} after {rows} rows, planned {tensor.dtype} {tensor.shape}")
+            self._handle.write(raw_bytes(block))
+            rows += block.shape[0]
+        if rows != tensor.shape[0]:
+            raise RuntimeError(f"tensor '{name}': {rows} rows written, planned {tensor.shape[0]}")
 
     def _open(self, shard_index: int) -> None:
         header: dict = {"__metadata__": self.metadata}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -53,6 +53,7 @@ class VocabMap:
     init: Any = None
     configs: list[Any] = field(default_factory=list)  # per member: its transformers config (init)
     scratch: Any = None
+    _by_row: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def identity(self) -> bool:
@@ -61,71 +62,98 @@ class VocabMap:
             member.rows == self.size and torch.equal(index, torch.arange(self.size)) for member, index in zip(self.members, self.index)
         )
 
-    def align(self, tensors: list[torch.Tensor | None], seed: int) -> None:
-        """Replace every member's tensor (None: not read) by one with a row per output id, in place.
+    def rebuild(self, member: int, chunks: Iterable[tuple[int, torch.Tensor]], dim: int, dtype: torch.dtype) -> torch.Tensor:
+        """One input's tensor with a row per output id, from its own rows given a chunk at a time
+        ((first row, rows), so that its original is never needed whole): each of its rows goes to
+        the output ids of its token string. The rows it lacks are zero, or, for a model input,
+        left to `fill` (or to `initialize`, with an initializer)."""
+        index = self.index[member]
+        filled_later = self.members[member].kind == "model"
+        out = torch.empty(self.size, dim, dtype=dtype) if filled_later else torch.zeros(self.size, dim, dtype=dtype)
+        order, sorted_index = self._sorted(member)
+        for start, rows in chunks:
+            lo, hi = torch.searchsorted(sorted_index, torch.tensor([start, start + rows.shape[0]])).tolist()
+            out[order[lo:hi]] = rows.to(dtype)[sorted_index[lo:hi] - start]
+        return out
 
-        First each input's own rows move to their output ids (its original dropped right after),
-        then the rows a model input lacks are filled from the other inputs' moved rows, a chunk of
-        rows at a time: the peak is about the originals' size plus the new tensors', never a
-        full-size temporary.
-        """
-        from adaptkit.streamed_model import return_freed_memory
+    def _sorted(self, member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output ids ordered by the input row they take, those input rows), kept for the next tensor."""
+        if member not in self._by_row:
+            order = torch.argsort(self.index[member], stable=True)
+            self._by_row[member] = (order, self.index[member][order])
+        return self._by_row[member]
 
-        dim = next(t.shape[1] for t in tensors if t is not None)
-        dtype = next(t.dtype for t in tensors if t is not None)
-        for i, tensor in enumerate(tensors):
-            if tensor is None:
+    def initialize(self, member: int, out: torch.Tensor, original: torch.Tensor, seed: int) -> None:
+        """The rows a model input lacks, from the initializer over its own (original) matrix."""
+        out[self.index[member] < 0] = self._initialized(member, original, seed)
+
+    def block(self, originals: list[torch.Tensor | None], start: int, stop: int, dtype: torch.dtype) -> list[torch.Tensor | None]:
+        """Rows start..stop of every input's tensor on the output vocabulary (from its original
+        tensor; None: not read), filled as `fill` fills the whole tensors (no initializer)."""
+        rows: list[torch.Tensor | None] = []
+        for i, original in enumerate(originals):
+            if original is None:
+                rows.append(None)
                 continue
-            index = self.index[i]
-            filled_later = self.init is None and self.members[i].kind == "model"  # every row it lacks gets a fill row
-            out = torch.empty(self.size, dim, dtype=dtype) if filled_later else torch.zeros(self.size, dim, dtype=dtype)
-            have = torch.nonzero(index >= 0).squeeze(1)
-            _copy_rows(out, have, tensor, index[have])
-            if self.init is not None and self.members[i].kind == "model":
-                out[index < 0] = self._initialized(i, tensor, seed)
-            tensors[i] = out
-            del tensor
-            return_freed_memory()
-        if self.init is None:
-            self._fill(tensors)
+            index = self.index[i][start:stop]
+            taken = original.index_select(0, index.clamp(min=0)).to(dtype)
+            if self.members[i].kind != "model":
+                taken[index < 0] = 0
+            rows.append(taken)
+        self.fill(rows, start)
+        return rows
 
-    def _fill(self, tensors: list[torch.Tensor | None], chunk: int = 4096) -> None:
+    def fill(self, tensors: list[torch.Tensor | None], start: int = 0, chunk: int = 4096) -> None:
         """mergekit's rows for a token a model input lacks, from the inputs that have it: the only
-        holder's row, else the base's, else the holders' mean; zero when no input has it."""
+        holder's row, else the base's, else the holders' mean; zero when no input has it. `tensors`:
+        the inputs' rows for output ids start, start + 1, ... (whole tensors: start 0), changed in place."""
         models = [i for i, t in enumerate(tensors) if t is not None and self.members[i].kind == "model"]
-        lacking = torch.zeros(self.size, dtype=torch.bool)
+        if not models:
+            return
+        ids = slice(start, start + tensors[models[0]].shape[0])
+        lacking = torch.zeros(ids.stop - start, dtype=torch.bool)
         for i in models:
-            lacking |= self.index[i] < 0
+            lacking |= self.index[i][ids] < 0
         rows = torch.nonzero(lacking).squeeze(1)
         base = next((i for i in models if self.members[i].is_base), None)
-        for start in range(0, rows.numel(), chunk):
-            part = rows[start:start + chunk]
-            held = {i: self.index[i][part] >= 0 for i in models}
+        for first in range(0, rows.numel(), chunk):
+            part = rows[first:first + chunk]
+            held = {i: self.index[i][part + start] >= 0 for i in models}
+            have = {i: torch.nonzero(held[i]).squeeze(1) for i in models}  # positions in `part` (index ops: no mask scans)
             total = torch.zeros(part.numel(), tensors[models[0]].shape[1], dtype=tensors[models[0]].dtype)
             count = torch.zeros(part.numel(), dtype=total.dtype)
             for i in models:
-                total[held[i]] += tensors[i][part[held[i]]]
+                total.index_add_(0, have[i], tensors[i].index_select(0, part[have[i]]))
                 count += held[i]
             total /= count.clamp(min=1).unsqueeze(1)
             if base is not None:
-                total[held[base]] = tensors[base][part[held[base]]]
+                total.index_copy_(0, have[base], tensors[base].index_select(0, part[have[base]]))
             for i in models:
-                tensors[i][part[~held[i]]] = total[~held[i]]
+                lack = torch.nonzero(~held[i]).squeeze(1)
+                tensors[i].index_copy_(0, part[lack], total.index_select(0, lack))
 
     def _initialized(self, member: int, tensor: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.init.rows(tensor.float(), self.pieces[member], self.configs[member]).to(tensor.dtype)
 
-    def config(self, reference_config: dict[str, Any], reference_vocab: dict[str, int], flag: str) -> dict[str, Any]:
+    def config(self, reference_config: dict[str, Any], reference_vocab: Callable[[], dict[str, int]], flag: str) -> dict[str, Any]:
         """The output config: vocab_size, and special-token ids moved to their tokens' output ids
-        (a special token the output vocabulary lacks is an InputError naming it)."""
+        (a special token the output vocabulary lacks is an InputError naming it). The first input's
+        vocabulary (`reference_vocab()`) is read only for a special id that no output id takes."""
         config = dict(reference_config)
         config["vocab_size"] = self.size
-        by_id = {i: t for t, i in reference_vocab.items()}
+        by_id = None
         for key in SPECIAL_IDS:
             value = config.get(key)
-            if isinstance(value, int) and value in by_id:
+            if not isinstance(value, int):
+                continue
+            same = torch.nonzero(self.index[0] == value).squeeze(1)  # output ids of the first input's token `value`
+            if same.numel() == 1:
+                config[key] = int(same[0])
+                continue
+            by_id = by_id if by_id is not None else {i: t for t, i in reference_vocab().items()}
+            if value in by_id:
                 if by_id[value] not in self.vocab:
                     raise InputError(f"--tokenizer-source: {self.description} has no token {by_id[value]!r}, the {key} of {flag}; choose a tokenizer that has it (or union)")
                 config[key] = self.vocab[by_id[value]]
@@ -145,15 +173,17 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
 
     from adaptkit.vocab.union import read_spec, spec_vocabulary
 
-    specs = [read_spec(m.path, m.flag) for m in members] if source == "union" else None  # parsed once for the union too
-    vocabs = []
-    for i, member in enumerate(members):
-        vocab = spec_vocabulary(specs[i]) if specs else read_vocabulary(member.path, member.flag)
-        if vocab is None:
-            raise InputError(f"{member.flag}: '{member.path}' has no tokenizer; merging across vocabularies needs every input's tokenizer")
-        vocabs.append(vocab)
     scratch = tempfile.TemporaryDirectory(prefix="adaptkit-union-")
+    enabled = gc.isenabled()
+    gc.disable()  # the parsed tokenizers are hundreds of thousands of acyclic objects: collections while they are built cost more than parsing
     try:
+        specs = [read_spec(m.path, m.flag) for m in members] if source == "union" else None  # parsed once for the union too
+        vocabs = []
+        for i, member in enumerate(members):
+            vocab = spec_vocabulary(specs[i]) if specs else read_vocabulary(member.path, member.flag)
+            if vocab is None:
+                raise InputError(f"{member.flag}: '{member.path}' has no tokenizer; merging across vocabularies needs every input's tokenizer")
+            vocabs.append(vocab)
         files, vocab, description = _output_tokenizer(members, vocabs, specs, source, flag, Path(scratch.name))
         size = max(vocab.values()) + 1
         tokens = [None] * size
@@ -164,12 +194,14 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
         if init is not None:
             _with_initializer(mapped, init, vocab)
         del vocabs, tokens, specs
-        gc.collect()
-        return_freed_memory()  # the tokenizer files' parsed JSON: give it back before tensors are read
-        return mapped
     except BaseException:
         scratch.cleanup()
         raise
+    finally:
+        if enabled:
+            gc.enable()
+    return_freed_memory()  # the tokenizer files' parsed JSON (freed by reference counts): give it back before tensors are read
+    return mapped
 
 
 def _copy_rows(out: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, source_rows: torch.Tensor, chunk: int = 4096) -> None:

@@ -29,6 +29,7 @@ class LayerSwap(MergeMethod):
     base = "none"
     min_models = 2
     max_models = 2
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: LayerSwapParams, ctx):
         return tensors[0] if select(ctx.name, ctx.layer, params.layers, params.modules) else tensors[1]

@@ -35,6 +35,7 @@ class LayraInstruct(MergeMethod):
     base = "required"
     max_models = 1
     model_params = ("instruct",)
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: LayraInstructParams, ctx):
         from adaptkit.merge.ops import instruct_plus_language_

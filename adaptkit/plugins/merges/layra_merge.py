@@ -35,6 +35,7 @@ class LayraMerge(MergeMethod):
     reference = "Continually Adding New Languages to Multilingual Language Models (LayRA), arXiv 2509.11414"
     Params = LayraMergeParams
     base = "required"
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: LayraMergeParams, ctx):
         from adaptkit.merge.ops import apply_task_vectors_, task_vectors_

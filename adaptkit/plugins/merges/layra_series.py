@@ -32,6 +32,7 @@ class LayraSeries(MergeMethod):
     Params = LayraSeriesParams
     base = "required"
     max_models = 1
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: LayraSeriesParams, ctx):
         from adaptkit.merge.ops import apply_task_vectors_, task_vectors_

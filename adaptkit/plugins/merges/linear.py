@@ -24,6 +24,7 @@ class Linear(MergeMethod):
     reference = "Wortsman et al. 2022, Model soups, arXiv 2203.05482"
     Params = LinearParams
     base = "none"
+    row_separable = True  # elementwise
 
     def check(self, params: LinearParams, n_models: int, has_base: bool, num_layers: int) -> None:
         super().check(params, n_models, has_base, num_layers)

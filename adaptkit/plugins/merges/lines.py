@@ -36,6 +36,7 @@ class Lines(MergeMethod):
     reference = "Wang et al. 2025, LiNeS, arXiv 2410.17146"
     Params = LinesParams
     base = "required"
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: LinesParams, ctx):
         from adaptkit.merge.ops import apply_task_vectors_, task_vectors_

@@ -26,6 +26,7 @@ class TaskArithmetic(MergeMethod):
     reference = "Ilharco et al. 2023, Editing models with task arithmetic, arXiv 2212.04089"
     Params = TaskArithmeticParams
     base = "required"
+    row_separable = True  # elementwise
 
     def merge_tensor(self, tensors, base, params: TaskArithmeticParams, ctx):
         from adaptkit.merge.ops import apply_task_vectors_, task_vectors_
