@@ -3,6 +3,8 @@ over the full fp32 logits (written out here), and Hugging Face models' own loss.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -268,32 +270,70 @@ def test_compile_with_the_chunked_loss_compiles_once(tmp_path, llama_dir, corpor
 
 
 @pytest.mark.slow  # runs the CLI up to the plan
-@pytest.mark.parametrize("setting, fragments", [
-    ("loss.chunked=maybe", ["loss.chunked"]),
-    ("loss.kernel=liger", ["--set loss.kernel=liger: needs a CUDA device", "loss.kernel=torch"]),
+@pytest.mark.parametrize("settings, fragments", [
+    (["--set", "loss.chunked=maybe"], ["loss.chunked"]),
+    (["--set", "loss.kernel=liger"], ["--set loss.kernel=liger: needs a CUDA device", "loss.kernel=torch"]),
+    # refused once the plan exists (a LoRA adapter with dropout on the head): the run directory made by then goes again
+    (["--set", "loss.chunked=on", "--method", "lora", "--set", "target_modules=q_proj,lm_head", "--set", "dropout=0.1"],
+     ["--set loss.chunked=on: the LM head has LoRA dropout", "loss.chunked=off"]),
 ])
-def test_a_bad_loss_setting_is_a_one_line_error(tmp_path, llama_dir, corpora, invoke, setting, fragments):
+def test_a_bad_loss_setting_is_a_one_line_error_and_writes_nothing(tmp_path, llama_dir, corpora, invoke, settings, fragments):
     from conftest import assert_input_error
 
     result = invoke("train", "--model", llama_dir, "--data", corpora["ha"], "--seq-len", "32", "--batch-size", "4", "--max-steps", "1",
-                    "--quiet", "--set", setting, "-o", tmp_path / "run")
+                    "--quiet", *settings, "-o", tmp_path / "run")
     assert_input_error(result, *fragments)
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def gloo_group():
+    """A one-process gloo group (FSDP2 on CPU)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    yield
+    dist.destroy_process_group()
 
 
 @pytest.mark.slow  # a one-process gloo group and FSDP2
-def test_an_fsdp_sharded_head_is_refused_with_on_and_keeps_the_models_loss_with_auto():
-    import torch.distributed as dist
+def test_an_fsdp_head_in_a_unit_of_its_own_is_refused_with_on_and_keeps_the_models_loss_with_auto(gloo_group):
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        model, logs = _tiny("llama"), []
-        fully_shard(model.lm_head)
-        fully_shard(model)
-        with pytest.raises(InputError, match=r"--set loss.chunked=on: the LM head is sharded by FSDP; use loss.chunked=off"):
-            select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append)
-        assert not select_loss(_Setting(), model, torch.device("cpu"), 1 << 30, logs.append).chunked
-        assert logs == ["loss: the model's own (the LM head is sharded by FSDP)"]
-    finally:
-        dist.destroy_process_group()
+    model, logs = _tiny("llama"), []
+    fully_shard(model.lm_head)
+    fully_shard(model)
+    own_unit = "the LM head is an FSDP unit of its own (resharded after its forward); shard it with the root module"
+    with pytest.raises(InputError, match=rf"--set loss.chunked=on: {re.escape(own_unit)}; use loss.chunked=off"):
+        select_loss(_Setting("on"), model, torch.device("cpu"), 16, logs.append)
+    assert not select_loss(_Setting(), model, torch.device("cpu"), 1 << 30, logs.append).chunked
+    assert logs == [f"loss: the model's own ({own_unit})"]
+
+
+@pytest.mark.slow  # a one-process gloo group and FSDP2
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_fsdp_sharded_head_in_the_root_unit_gives_the_models_loss_and_gradients(gloo_group, tied):
+    """adaptkit's sharding (the head in the root unit): the sharded model is accepted with loss.chunked=on, and its
+    chunked loss and every gradient (read from the sharded gradients) equal the unsharded model's own loss within
+    1e-6 relative and its gradients within 2e-6 (as the unsharded test above: the plain path's logits matmul rounds too); the head's weight is a sharded DTensor before the forward and after the backward."""
+    from torch.distributed.tensor import DTensor
+
+    from adaptkit.engine.distributed import fully_shard_model
+
+    reference, model = _tiny("llama", tie_word_embeddings=tied), _tiny("llama", tie_word_embeddings=tied)
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "labels": ids}
+    expected = reference(**inputs).loss
+    expected.backward()
+    fully_shard_model(model)
+    assert isinstance(model.lm_head.weight, DTensor)
+    loss = select_loss(_Setting("on"), model, torch.device("cpu"), 16, lambda m: None)
+    assert loss.chunked
+    got = loss(model, inputs)
+    got.backward()
+    assert _close(got, expected)
+    assert isinstance(model.lm_head.weight, DTensor) and (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    assert grads.keys() == dict(reference.named_parameters()).keys()
+    for name, p in reference.named_parameters():
+        assert _close(grads[name], p.grad, 2e-6), name
