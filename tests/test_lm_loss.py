@@ -348,24 +348,32 @@ RUN = ["--seq-len", "32", "--batch-size", "8", "--micro-batch-size", "2", "--lr"
        "--set", "loss.chunk_tokens=13", "--quiet", "--json"]
 
 
-def _run_args(model, corpora, steps: int, chunked: str, out) -> list:
-    return ["train", "--model", model, "--data", corpora["ha"], *RUN, "--max-steps", str(steps), "--set", f"loss.chunked={chunked}", "-o", out]
+HEADS = {"untied": [], "tied": [], "masked": ["--set", "freeze_special_tokens=true"]}  # masked: the special tokens' head rows frozen (a row mask)
+
+
+def _head_model(make_model_dir, head: str):
+    return make_model_dir("llama", tie_word_embeddings=head == "tied")
+
+
+def _run_args(model, corpora, head: str, steps: int, chunked: str, out) -> list:
+    return ["train", "--model", model, "--data", corpora["ha"], *RUN, *HEADS[head], "--max-steps", str(steps),
+            "--set", f"loss.chunked={chunked}", "-o", out]
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, make_model_dir, corpora):
-    """FFT of an untied and a tied llama in 2 processes under DDP and FSDP, one torchrun launch: 2 steps with
-    the chunked loss, and 1 step with it on and off."""
+    """FFT of a llama with an untied, a tied and a row-masked head in 2 processes under DDP and FSDP, one torchrun
+    launch: 2 steps with the chunked loss, and 1 step with it on and off."""
     from helpers import env_with, launch_runs
 
     root = tmp_path_factory.mktemp("lm-loss-2")
     runs = []
-    for head in ("untied", "tied"):
-        model = make_model_dir("llama", tie_word_embeddings=head == "tied")
+    for head in HEADS:
+        model = _head_model(make_model_dir, head)
         for mode in ("ddp", "fsdp"):
             for steps, chunked in ((2, "on"), (1, "on"), (1, "off")):
                 name = f"{head}/{mode}-{chunked}-{steps}"
-                runs.append({"name": name, "args": [*_run_args(model, corpora, steps, chunked, root / name), "--distributed", mode]})
+                runs.append({"name": name, "args": [*_run_args(model, corpora, head, steps, chunked, root / name), "--distributed", mode]})
     summaries = launch_runs("torchrun", 2, runs, env_with(None, ADAPTKIT_CACHE=str(root / "cache")), root, timeout=600)
     return root, summaries
 
@@ -378,8 +386,8 @@ def _max_difference(a: dict, b: dict, names) -> tuple[float, str]:
     return max(((a[n] - b[n]).abs().max().item(), n) for n in names)
 
 
-@pytest.mark.slow  # one torchrun launch of 12 short trainings in 2 processes, 2 one-process trainings
-@pytest.mark.parametrize("head", ["untied", "tied"])
+@pytest.mark.slow  # one torchrun launch of 18 short trainings in 2 processes, 3 one-process trainings
+@pytest.mark.parametrize("head", sorted(HEADS))
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_with_the_chunked_loss_take_the_one_process_steps(two_process_runs, make_model_dir, corpora, invoke, head, mode):
     """The same global batches. 2 processes with loss.chunked=on end 2 steps with the one-process chunked run's weights
@@ -388,10 +396,10 @@ def test_two_processes_with_the_chunked_loss_take_the_one_process_steps(two_proc
     not reduced: each process's half-batch gradient) moves the head or the tied embedding by another step, about lr.
     After one step they equal the same mode's loss.chunked=off run within 1e-6 (measured 1.6e-7 untied, 3.6e-7 tied)."""
     root, summaries = two_process_runs
-    model = make_model_dir("llama", tie_word_embeddings=head == "tied")
+    model = _head_model(make_model_dir, head)
     one = root / head / "one-on-2"
     if not one.exists():
-        result = invoke(*_run_args(model, corpora, 2, "on", one))
+        result = invoke(*_run_args(model, corpora, head, 2, "on", one))
         assert result.returncode == 0, result.stderr
     assert all(summaries[f"{head}/{mode}-{run}"]["distributed"] == mode for run in ("on-2", "on-1", "off-1"))
     assert summaries[f"{head}/{mode}-on-2"]["processes"] == 2
@@ -399,6 +407,10 @@ def test_two_processes_with_the_chunked_loss_take_the_one_process_steps(two_proc
     assert reference.keys() <= chunked.keys()  # (FSDP's full state also names the tied head)
     assert _max_difference(chunked, reference, reference)[0] <= 1e-6, _max_difference(chunked, reference, reference)
     assert not any(torch.equal(chunked[name], before[name]) for name in reference)
+    frozen = {name: reference[name] == before[name] for name in reference}  # entries the one-process run left as they were
+    assert all(torch.equal(chunked[name][frozen[name]], before[name][frozen[name]]) for name in reference)
+    if head != "tied":  # whole head rows stay as they were only where the special tokens' rows are frozen
+        assert bool(frozen["lm_head.weight"].all(1).any()) == (head == "masked")
     on, off = _final(root / head / f"{mode}-on-1"), _final(root / head / f"{mode}-off-1")
     assert on.keys() == off.keys()
     assert _max_difference(on, off, on)[0] <= 1e-6, _max_difference(on, off, on)
