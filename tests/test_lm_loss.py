@@ -311,6 +311,22 @@ def test_an_fsdp_head_in_a_unit_of_its_own_is_refused_with_on_and_keeps_the_mode
 
 
 @pytest.mark.slow  # a one-process gloo group and FSDP2
+def test_a_root_resharded_after_forward_stops_the_step_with_a_runtime_error(gloo_group):
+    """Not adaptkit's sharding (it leaves reshard_after_forward to torch, which keeps the root unsharded): a root told to
+    reshard after forward leaves a sharded head to the loss, which stops with a one-line error (exit 1), not a wrong loss."""
+    from torch.distributed.fsdp import fully_shard
+
+    from adaptkit.errors import AdaptkitError
+
+    model = _tiny("llama")
+    fully_shard(model, reshard_after_forward=True)
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(AdaptkitError, match=r"still sharded by FSDP after the model's forward; use --set loss.chunked=off") as caught:
+        LMLoss(True)(model, {"input_ids": ids, "labels": ids})
+    assert caught.value.exit_code == 1
+
+
+@pytest.mark.slow  # a one-process gloo group and FSDP2
 @pytest.mark.parametrize("tied", [False, True])
 def test_an_fsdp_sharded_head_in_the_root_unit_gives_the_models_loss_and_gradients(gloo_group, tied):
     """adaptkit's sharding (the head in the root unit): the sharded model is accepted with loss.chunked=on, and its
