@@ -50,7 +50,8 @@ def _measure(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32")])
+@pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32"),
+                                                    ("s2ft", "bf16-pure")])  # fp32 compact copies in bf16-pure
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, monkeypatch, method_name, precision):
     from adaptkit.engine.config import TrainConfig
@@ -60,7 +61,7 @@ def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, mo
 
     config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, max_steps=2,
                          method="fft" if method_name == "masked" else method_name, precision=precision)
-    method = MaskedTestMethod(None) if method_name == "masked" else get_spec("method", method_name).build({})
+    method = MaskedTestMethod(None) if method_name == "masked" else get_spec("method", method_name).build(AGREEMENT_METHODS[method_name])
     plan = dry_run(config, method, processes=1)["bytes_per_process"]["single"]
     seen = _measure(monkeypatch)
     train(config, method, tmp_path / "run", log=lambda message: None)
@@ -205,3 +206,34 @@ def test_a_batch_that_does_not_fit_is_refused_before_loading_naming_a_micro_batc
     assert invoke(*args, "--set", "memory_check=false").returncode == 0
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device: (needs(4) + needs(2)) // 2)
     assert invoke(*args[:-len(COMMON)], "-o", tmp_path / "micro", "--micro-batch-size", "2", *COMMON).returncode == 0
+
+
+@pytest.mark.slow  # a two-step run
+def test_plan_counts_the_copies_that_weight_averaging_keeps(tmp_path, llama_dir, corpora, monkeypatch):
+    """EMA (one fp32 copy) and LAWA (K snapshots) of the trained parameters: the plan's `averages`
+    row is the bytes of the tensors the run's averaging callbacks really hold, and is in the total."""
+    from adaptkit.engine.averaging import WeightAverage
+    from adaptkit.engine.config import TrainConfig
+    from adaptkit.engine.loop import train
+    from adaptkit.engine.memory_plan import dry_run
+    from adaptkit.registry import get_spec
+
+    config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, max_steps=2,
+                         method="fft", averaging={"ema_decay": 0.9, "lawa_k": 3, "lawa_interval": 1})
+    method = get_spec("method", "fft").build({})
+    plan = dry_run(config, method, processes=1)["bytes_per_process"]["single"]
+    plain = dry_run(config.model_copy(update={"averaging": type(config.averaging)()}), method, processes=1)["bytes_per_process"]["single"]
+    held = {}
+    save_extra = WeightAverage.save_extra
+
+    def count(self, model, directory):
+        tensors = getattr(self, "ema", None) or getattr(self, "slots", {})
+        held[type(self).__name__] = sum(t.nbytes for t in tensors.values())
+        return save_extra(self, model, directory)
+
+    monkeypatch.setattr(WeightAverage, "save_extra", count)
+    train(config, method, tmp_path / "run", log=lambda message: None)
+    weights = plan["weights"]  # fft trains every entry, and the weights are fp32 as the copies
+    assert held == {"EMA": weights, "LAWA": 3 * weights}
+    assert plan["averages"] == held["EMA"] + held["LAWA"] == 4 * weights
+    assert "averages" not in plain and plan["total"] - plain["total"] == plan["averages"]

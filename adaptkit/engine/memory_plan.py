@@ -9,10 +9,14 @@ gradient, T trainable entries, M trainable entries of masked parameters, N proce
                             the fp32 weights are the master weights (no second copy); with
                             --precision bf16-pure every 4 in this table is 2 (bf16 weights,
                             gradients, copies and AdamW moments, no master copy)
-    compact copies 4 M      fp32 copies of the trainable entries of masked parameters
+    compact copies 4 M      fp32 copies of the trainable entries of masked parameters (fp32 in every
+                            mode where the plan asks for it: S2FT; their AdamW moments too)
     gradients      4 G      dense fp32 .grad during backward (compact for row/column-masked
                             Linear weights when the plan asks for compact gradients)
     optimizer      8 T + 4 k  AdamW's two fp32 moments, only for trainable entries (k tensors' step)
+    averages       4 A c    fp32 copies kept by weight averaging (A entries of the trained
+                            parameters, c = 1 for the EMA plus K for LAWA's last K snapshots);
+                            averaging needs whole parameters, so this row is never divided
     activations    estimate for micro-batch b and sequence length s (below)
 
 Under DDP every process holds all of it; under FSDP weights, compact copies, gradients and
@@ -56,6 +60,8 @@ class PlanCounts:
     masked_trainable: int  # M
     optimizer_tensors: int  # k
     largest_layer: int  # entries of the largest decoder layer (FSDP gathers one at a time)
+    averaged: int = 0  # A: entries of the parameters that train (whole tensors: what an average copies)
+    masked_width: int = 0  # bytes per entry of the compact copies when the plan fixes their dtype (S2FT: fp32); 0: the weights'
 
 
 def plan_counts(plan: Any) -> PlanCounts:
@@ -72,7 +78,9 @@ def plan_counts(plan: Any) -> PlanCounts:
         with_grad += count if compact else params[name].numel()
     _, layers = find_layers(plan.model)
     largest = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
-    return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest)
+    averaged = sum(params[name].numel() for name in plan.trainable)
+    width = getattr(torch, plan.masked_dtype).itemsize if plan.masked_dtype else 0
+    return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest, averaged, width)
 
 
 def held_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -99,18 +107,23 @@ def activation_bytes(config: Any, micro_batch: int, seq_len: int, precision: str
     return int(body + 2 * 4 * tokens * vocab)
 
 
-def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int, w: int = 4) -> dict[str, dict[str, int]]:
+def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int, w: int = 4, averages: int = 0) -> dict[str, dict[str, int]]:
     """Bytes per process under 'single', 'ddp' and 'fsdp' for `processes` processes; `w` bytes per
-    weight entry (4, or 2 under bf16-pure, where gradients, copies and AdamW moments are bf16 too)."""
+    weight entry (4, or 2 under bf16-pure, where gradients, copies and AdamW moments are bf16 too);
+    `averages` fp32 copies of the trained parameters kept by weight averaging (a row only when > 0)."""
+    m = counts.masked_width or w  # the compact copies' width, and of their AdamW moments
     state = {
         "weights": w * counts.total,
-        "compact_copies": w * counts.masked_trainable,
+        "compact_copies": m * counts.masked_trainable,
         "gradients": w * counts.with_grad,
-        "optimizer": 2 * w * counts.trainable + 4 * counts.optimizer_tensors,
+        "optimizer": 2 * w * (counts.trainable - counts.masked_trainable) + 2 * m * counts.masked_trainable + 4 * counts.optimizer_tensors,
     }
     n = max(1, processes)
     fsdp = {key: -(-value // n) for key, value in state.items()}
     fsdp["gathered_layer"] = 2 * w * counts.largest_layer if n > 1 else 0  # one layer's full weights + gradients
+    if averages:
+        for row in (state, fsdp):
+            row["averages"] = 4 * averages * counts.averaged
     table = {"single": dict(state), "ddp": dict(state), "fsdp": fsdp}
     for row in table.values():
         row.update({f"activations_{k}": v for k, v in activations.items()})
@@ -168,8 +181,13 @@ def dry_run(config: Any, method: Any, processes: int = 1) -> dict[str, Any]:
     return {
         "model": config.model, "method": config.method, "plan": plan.summary, "precision": precision,
         "weights_dtype": str(dtype).removeprefix("torch."), "micro_batch_size": micro, "seq_len": config.data.seq_len, "processes": processes,
-        "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes, dtype.itemsize),
+        "counts": counts.__dict__, "bytes_per_process": memory_table(counts, activations, processes, dtype.itemsize, average_copies(config.averaging)),
     }
+
+
+def average_copies(averaging: Any) -> int:
+    """The fp32 copies of the trained parameters that the averaging settings keep (engine/averaging.py)."""
+    return (averaging.ema_decay is not None) + (averaging.lawa_k or 0)
 
 
 def available_bytes(device: torch.device) -> int | None:
