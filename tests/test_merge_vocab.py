@@ -101,7 +101,8 @@ def test_row_blocks_merge_as_whole_tensors_bit_for_bit(make_model_dir, hausa_dir
         row_separable = False
 
     blocks = []
-    monkeypatch.setattr(vocab_tensors, "CHUNK", 64)  # the union has about 600 rows: several blocks and chunks
+    monkeypatch.setattr(vocab_tensors, "CHUNK", 64)  # the union has about 600 rows: several blocks
+    monkeypatch.setattr(vocab_tensors, "READ_CHUNK", 50)  # and several chunks read into each rebuilt tensor
     monkeypatch.setattr(vocab_tensors.VocabTensors, "blocks", lambda self, *a, _blocks=vocab_tensors.VocabTensors.blocks: blocks.append(1) or _blocks(self, *a))
     models = [Input("model", make_model_dir("llama", 1), "--model"), Input("model", hausa_dir, "--model")]
     params = LinearParams(weight=[0.3, 0.7])

@@ -156,7 +156,8 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
 @dataclass(frozen=True)
 class RowBlocks:
     """A tensor handed to the writer as consecutive blocks of rows (along its first dimension),
-    produced while it is written: the whole tensor never exists in memory."""
+    produced while it is written: the whole tensor never exists in memory. Each block is written
+    before the next is asked for (a producer may reuse its buffers)."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]

@@ -87,26 +87,32 @@ class VocabMap:
         """The rows a model input lacks, from the initializer over its own (original) matrix."""
         out[self.index[member] < 0] = self._initialized(member, original, seed)
 
-    def block(self, originals: list[torch.Tensor | None], start: int, stop: int, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    def block(self, originals: list[torch.Tensor | None], start: int, stop: int, out: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """Rows start..stop of every input's tensor on the output vocabulary (from its original
-        tensor; None: not read), filled as `fill` fills the whole tensors (no initializer)."""
+        tensor; None: not read), filled as `fill` fills the whole tensors (no initializer), in the
+        first rows of `out` (a buffer per input, of the compute dtype, reused block after block)."""
         rows: list[torch.Tensor | None] = []
         for i, original in enumerate(originals):
             if original is None:
                 rows.append(None)
                 continue
             index = self.index[i][start:stop]
-            taken = original.index_select(0, index.clamp(min=0)).to(dtype)
+            taken = out[i][:stop - start]
+            if original.dtype == taken.dtype:
+                torch.index_select(original, 0, index.clamp(min=0), out=taken)
+            else:
+                taken.copy_(original.index_select(0, index.clamp(min=0)))
             if self.members[i].kind != "model":
                 taken[index < 0] = 0
             rows.append(taken)
         self.fill(rows, start)
         return rows
 
-    def fill(self, tensors: list[torch.Tensor | None], start: int = 0, chunk: int = 4096) -> None:
+    def fill(self, tensors: list[torch.Tensor | None], start: int = 0, chunk: int = 1024) -> None:
         """mergekit's rows for a token a model input lacks, from the inputs that have it: the only
         holder's row, else the base's, else the holders' mean; zero when no input has it. `tensors`:
-        the inputs' rows for output ids start, start + 1, ... (whole tensors: start 0), changed in place."""
+        the inputs' rows for output ids start, start + 1, ... (whole tensors: start 0), changed in place,
+        `chunk` rows at a time (temporaries of a few MB, which the heap keeps from chunk to chunk)."""
         models = [i for i, t in enumerate(tensors) if t is not None and self.members[i].kind == "model"]
         if not models:
             return

@@ -18,6 +18,7 @@ from adaptkit.merge.stream import DTYPES, TensorSource, raw_bytes
 from adaptkit.merge.vocab import VocabMap
 
 CHUNK = 4096  # rows: a multiple of 64, so elementwise work on a block of rows vectorizes as on the whole tensor
+READ_CHUNK = 1024  # rows read at a time into a rebuilt tensor (a few MB, kept by the heap from chunk to chunk)
 
 
 class VocabTensors:
@@ -51,7 +52,7 @@ class VocabTensors:
             out = self.vocab.rebuild(member, [(0, original)], rows[1], dtype)
             self.vocab.initialize(member, out, original, self.seed)
             return out
-        return self.vocab.rebuild(member, self._read(member, name, CHUNK), rows[1], dtype)
+        return self.vocab.rebuild(member, self._read(member, name, READ_CHUNK), rows[1], dtype)
 
     def _read(self, member: int, name: str, step: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, rows) of a member's tensor, `step` rows at a time, hashed as they are read."""
@@ -71,7 +72,9 @@ class VocabTensors:
 
     def blocks(self, name: str, dtype: torch.dtype, merge: Callable[[list[torch.Tensor]], torch.Tensor]) -> Iterator[torch.Tensor]:
         """merge(rows) for consecutive blocks of output rows (every input's rows, filled, in `dtype`);
-        the inputs are read when the first block is asked for."""
+        the inputs are read when the first block is asked for. The rows live in buffers reused for
+        the next block: each merged block must be consumed (written) before the next is asked for."""
         originals = [self._original(i, name) for i in range(len(self.sources))]
+        buffers = [torch.empty(min(CHUNK, self.vocab.size), original.shape[1], dtype=dtype) for original in originals]
         for start in range(0, self.vocab.size, CHUNK):
-            yield merge(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), dtype))
+            yield merge(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers))
