@@ -50,7 +50,8 @@ def _measure(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32")])
+@pytest.mark.parametrize("method_name,precision", [("fft", "fp32"), ("masked", "fp32"), ("lora", "fp32"), ("masked", "bf16-pure"), ("hft", "fp32"),
+                                                    ("s2ft", "bf16-pure")])  # fp32 compact copies in bf16-pure
 @pytest.mark.slow  # over ~0.3 s: kept out of the fast loop
 def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, monkeypatch, method_name, precision):
     from adaptkit.engine.config import TrainConfig
@@ -60,7 +61,7 @@ def test_plan_matches_the_tensors_of_a_real_run(tmp_path, llama_dir, corpora, mo
 
     config = TrainConfig(model=str(llama_dir), data={"paths": [str(corpora["ha"])], "seq_len": 32}, batch_size=4, max_steps=2,
                          method="fft" if method_name == "masked" else method_name, precision=precision)
-    method = MaskedTestMethod(None) if method_name == "masked" else get_spec("method", method_name).build({})
+    method = MaskedTestMethod(None) if method_name == "masked" else get_spec("method", method_name).build(AGREEMENT_METHODS[method_name])
     plan = dry_run(config, method, processes=1)["bytes_per_process"]["single"]
     seen = _measure(monkeypatch)
     train(config, method, tmp_path / "run", log=lambda message: None)

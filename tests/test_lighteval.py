@@ -170,3 +170,24 @@ def test_lighteval_python_that_lacks_lighteval_is_bad_input(cli, make_model_dir,
                  "--set", f"lighteval.python={sys.executable}", "-o", str(tmp_path / "out"))
     assert_input_error(result, "lighteval.python", "does not have lighteval")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lighteval_worker_that_never_finishes_is_stopped_at_its_timeout(cli, make_model_dir, tmp_path):
+    """lighteval.python's subprocess is bounded by lighteval.timeout_s: a worker that hangs is killed
+    (not waited on forever) and the evaluation fails with exit 1 and one line saying so."""
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    fake = tmp_path / "python"  # passes the lighteval probe (-c ...), then hangs as the worker
+    fake.write_text(f'#!/bin/sh\ncase "$1" in -c) exit 0;; esac\necho $$ > {pid_file}\nexec sleep 600\n')
+    fake.chmod(0o755)
+    started = time.monotonic()
+    result = cli("evaluate", "--model", str(make_model_dir("llama", seed=0)), "--task", "lighteval:tiny_choice|0",
+                 "--set", f"lighteval.python={fake}", "--set", "lighteval.timeout_s=2", "-o", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    assert "did not finish within 2 s" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 120
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the hung worker is gone
+    assert not (tmp_path / "out").exists()

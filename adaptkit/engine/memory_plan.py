@@ -9,7 +9,8 @@ gradient, T trainable entries, M trainable entries of masked parameters, N proce
                             the fp32 weights are the master weights (no second copy); with
                             --precision bf16-pure every 4 in this table is 2 (bf16 weights,
                             gradients, copies and AdamW moments, no master copy)
-    compact copies 4 M      fp32 copies of the trainable entries of masked parameters
+    compact copies 4 M      fp32 copies of the trainable entries of masked parameters (fp32 in every
+                            mode where the plan asks for it: S2FT; their AdamW moments too)
     gradients      4 G      dense fp32 .grad during backward (compact for row/column-masked
                             Linear weights when the plan asks for compact gradients)
     optimizer      8 T + 4 k  AdamW's two fp32 moments, only for trainable entries (k tensors' step)
@@ -61,6 +62,7 @@ class PlanCounts:
     optimizer_tensors: int  # k
     largest_layer: int  # entries of the largest decoder layer (FSDP gathers one at a time)
     averaged: int = 0  # A: entries of the parameters that train (whole tensors: what an average copies)
+    masked_width: int = 0  # bytes per entry of the compact copies when the plan fixes their dtype (S2FT: fp32); 0: the weights'
 
 
 def plan_counts(plan: Any) -> PlanCounts:
@@ -78,7 +80,8 @@ def plan_counts(plan: Any) -> PlanCounts:
     _, layers = find_layers(plan.model)
     largest = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
     averaged = sum(params[name].numel() for name in plan.trainable)
-    return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest, averaged)
+    width = getattr(torch, plan.masked_dtype).itemsize if plan.masked_dtype else 0
+    return PlanCounts(total, with_grad, trainable, masked, len(plan.trainable), largest, averaged, width)
 
 
 def held_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -109,11 +112,12 @@ def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int
     """Bytes per process under 'single', 'ddp' and 'fsdp' for `processes` processes; `w` bytes per
     weight entry (4, or 2 under bf16-pure, where gradients, copies and AdamW moments are bf16 too);
     `averages` fp32 copies of the trained parameters kept by weight averaging (a row only when > 0)."""
+    m = counts.masked_width or w  # the compact copies' width, and of their AdamW moments
     state = {
         "weights": w * counts.total,
-        "compact_copies": w * counts.masked_trainable,
+        "compact_copies": m * counts.masked_trainable,
         "gradients": w * counts.with_grad,
-        "optimizer": 2 * w * counts.trainable + 4 * counts.optimizer_tensors,
+        "optimizer": 2 * w * (counts.trainable - counts.masked_trainable) + 2 * m * counts.masked_trainable + 4 * counts.optimizer_tensors,
     }
     if averages:
         state["averages"] = 4 * averages * counts.averaged

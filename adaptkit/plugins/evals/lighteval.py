@@ -33,6 +33,7 @@ class LightevalParams(Params):
     batch_size: int = Field(1, ge=1)
     use_chat_template: bool = False
     python: str | None = Field(None, description="Python of another environment that has lighteval; runs it there as a subprocess.")
+    timeout_s: float = Field(6 * 3600.0, gt=0, description="With lighteval.python: the most seconds its subprocess may run before it is stopped (a runtime failure).")
 
 
 def _import_lighteval() -> None:
@@ -127,8 +128,12 @@ class LightevalBackend(EvalBackend):
         request = {"model_dir": str(tmp / "model"), "model_name": ctx.model_name, "tasks": tasks, "settings": self._settings(model)}
         (tmp / "request.json").write_text(json.dumps(request))
         with open(tmp / "log.txt", "w") as log:
-            done = subprocess.run([self.params.python, lighteval_worker.__file__, str(tmp / "request.json"), str(tmp / "result.json")],
-                                  stdout=log, stderr=subprocess.STDOUT)
+            try:  # on timeout or an interrupt subprocess.run kills the worker and waits for it
+                done = subprocess.run([self.params.python, lighteval_worker.__file__, str(tmp / "request.json"), str(tmp / "result.json")],
+                                      stdout=log, stderr=subprocess.STDOUT, timeout=self.params.timeout_s)
+            except subprocess.TimeoutExpired:
+                raise AdaptkitError(f"lighteval (under {self.params.python}) did not finish within {self.params.timeout_s:g} s and was stopped;"
+                                    " raise --set lighteval.timeout_s for longer evaluations") from None
         if done.returncode != 0:
             tail = [line for line in (tmp / "log.txt").read_text(errors="replace").splitlines() if line.strip()][-1:]
             raise AdaptkitError(f"lighteval (under {self.params.python}) failed with exit {done.returncode}: {tail[0] if tail else 'no output'}")
