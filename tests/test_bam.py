@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import env_with, launch_runs, weights
+from helpers import env_with, launch, launch_runs, weights
 from conftest import assert_input_error
 
 TINY = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "1e-2", "--set", "schedule.warmup_ratio=0", "--quiet"]
@@ -120,3 +120,8 @@ def test_bam_under_fsdp_equals_one_process(tmp_path, llama_dir, corpora, invoke)
             assert result["distributed"] == "fsdp" and result["processes"] == 2
     key = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(weights(out / "final")[key], weights(out / "round-0" / "merged")[key])
+    # the main process's error (another merge than the run's, in bam.json) reaches the waiting process: both exit 2
+    other = launch("torchrun", 2, [*args, "--merge", "linear", "--distributed", "fsdp", "-o", out],
+                   env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache")), timeout=300)
+    assert other.returncode != 0 and other.stderr.count("holds a BaM run with other settings") == 2, other.stderr[-3000:]
+    assert other.stderr.count("exitcode  : 2") == 2, other.stderr[-3000:]  # torchrun's report of each rank
