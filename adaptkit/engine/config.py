@@ -145,6 +145,12 @@ class LossConfig(Section):
     kernel: Literal["torch", "liger"] = Field("torch", description="torch: adaptkit's chunked loss; liger: Liger-Kernel's fused kernel (CUDA, the `liger` extra).")
     chunk_tokens: Optional[int] = Field(None, gt=0, description="Tokens per chunk; default: 2^25 logits per chunk (261 tokens at a 128k vocabulary).")
 
+    @field_validator("chunked", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads `on`/`off` (`--set loss.chunked=on`, a config file's `chunked: on`) as true/false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class TrainConfig(Section):
     model: str = Field("", description="Local HF directory, .gguf file or Hub id.")

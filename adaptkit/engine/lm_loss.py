@@ -19,9 +19,17 @@ The loss is the model's: the mean over the micro-batch's predicted tokens (label
 - a peft LoRA layer without dropout: the effective weight W0 + scaling B A (autograd takes the
   gradient to A and B).
 Final-logit scaling and soft-capping are applied in each chunk (Cohere `logit_scale`, Granite
-`logits_scaling`, Gemma-2 `final_logit_softcapping`). A head this does not cover (an FSDP2-sharded
-weight, LoRA dropout on the head, DoRA, a model without `logits_to_keep`) is refused by name with
-loss.chunked=on and keeps the model's own loss with auto.
+`logits_scaling`, Gemma-2 `final_logit_softcapping`). A head this does not cover (a head that is an
+FSDP2 unit of its own, LoRA dropout on the head, DoRA, a model without `logits_to_keep`) is refused by
+name with loss.chunked=on and keeps the model's own loss with auto.
+
+Several processes: under DDP the head's gradient reaches its parameter through autograd and DDP
+averages it as any other. Under FSDP2 the head is read after the model's forward, in each micro-batch:
+the root unit (which holds the head, engine/distributed.py) keeps its parameters unsharded from its
+forward to the end of the backward, so the loss sees the whole weight, and the gradient it accumulates
+into it is reduce-scattered by FSDP's post-backward. A tied head is the embedding's parameter in the same
+unit; a masked head takes the plain path there (engine/masked_linear.py switches no layer with several
+processes), its trainable part gathered from the sharded gradient by the optimizer.
 
 With loss.kernel=liger (CUDA, the `liger-kernel` package) Liger's fused Triton kernel does the same
 on a plain head.
@@ -30,13 +38,14 @@ on a plain head.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from adaptkit.errors import InputError
+from adaptkit.errors import AdaptkitError, InputError
 
 IGNORE = -100
 AUTO_ELEMENTS = 1 << 26  # vocabulary x tokens per micro-batch from which `auto` chunks: 256 MiB of fp32 logits
@@ -179,30 +188,66 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def head_of(model: torch.nn.Module) -> Head:
-    """The model's LM head for the chunked loss; InputError naming what is not covered."""
+    """The model's LM head for the chunked loss, read after the model's forward (each micro-batch): under
+    FSDP2 its weight is then the whole tensor (see `_check_fsdp_unit`). InputError naming what is not covered."""
     from adaptkit.engine.masked_linear import compact_entry
     from adaptkit.engine.shards import is_sharded
 
+    lm, module = _head_module(model)
+    scale, softcap = _logit_transform(lm.config)
+    if _is_lora(module):
+        weight, bias = _lora_weight(module), module.base_layer.bias
+    else:
+        weight, bias = module.weight, module.bias
+    if is_sharded(weight):  # FSDP resharded the root after its forward (not adaptkit's sharding): a runtime failure
+        raise AdaptkitError("the chunked loss: the LM head's weight is still sharded by FSDP after the model's forward; "
+                            "use --set loss.chunked=off")
+    entry = compact_entry(module)
+    if entry is None:
+        return Head(weight, bias, scale=scale, softcap=softcap)
+    return Head(weight, bias, entry.compact, entry.selector, entry.dim, scale, softcap)
+
+
+def head_vocabulary(model: torch.nn.Module) -> int:
+    """The rows of the model's LM head (its vocabulary), once the head is known to be covered: the checks
+    of `head_of` that need no forward (under FSDP2 the weight is still sharded here; its shape is the whole one)."""
+    _, module = _head_module(model)
+    return (module.base_layer if _is_lora(module) else module).weight.shape[0]
+
+
+def _head_module(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the causal LM, its head module) when the chunked loss covers the head; InputError naming what it does not cover."""
     lm = causal_lm(model)
     module = lm.get_output_embeddings()
     if module is None:
         raise InputError(f"{type(lm).__name__} has no output embeddings (LM head)")
     if "logits_to_keep" not in inspect.signature(type(lm).forward).parameters:
         raise InputError(f"{type(lm).__name__}.forward has no logits_to_keep argument")
-    scale, softcap = _logit_transform(lm.config)
-    if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-        weight = _lora_weight(module)
-        bias = module.base_layer.bias
-    elif isinstance(module, torch.nn.Linear):
-        weight, bias = module.weight, module.bias
-    else:
+    if _is_lora(module):
+        _check_lora(module)
+    elif not isinstance(module, torch.nn.Linear):
         raise InputError(f"the LM head is a {type(module).__name__}, not an nn.Linear or a peft LoRA layer")
-    if is_sharded(module.weight if not hasattr(module, "base_layer") else module.base_layer.weight):
-        raise InputError("the LM head is sharded by FSDP")
-    entry = compact_entry(module)
-    if entry is None:
-        return Head(weight, bias, scale=scale, softcap=softcap)
-    return Head(weight, bias, entry.compact, entry.selector, entry.dim, scale, softcap)
+    _check_fsdp_unit(model, module)
+    return lm, module
+
+
+def _check_fsdp_unit(model: torch.nn.Module, head: torch.nn.Module) -> None:
+    """Under FSDP2 the head must belong to the root unit (engine/distributed.py shards it so): the root keeps
+    its parameters unsharded from its forward to the end of the backward (torch does not reshard the root
+    after forward), so after the model's forward the head's weight is the whole plain parameter, and the
+    gradient the loss accumulates into it is reduce-scattered by FSDP's post-backward like any other. A head
+    that is a unit of its own is resharded after its forward, and its backward hooks never see this loss."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no FSDP2
+        return
+    path = next((name for name, module in model.named_modules() if module is head), None)
+    if path is None:
+        return
+    parts = path.split(".") if path else []
+    units = [m for m in (model.get_submodule(".".join(parts[:i])) for i in range(len(parts) + 1)) if isinstance(m, FSDPModule)]
+    if units and units[-1] is not units[0]:
+        raise InputError("the LM head is an FSDP unit of its own (resharded after its forward); shard it with the root module")
 
 
 def _logit_transform(config: Any) -> tuple[float, Optional[float]]:
@@ -216,11 +261,14 @@ def _logit_transform(config: Any) -> tuple[float, Optional[float]]:
     return scale, (float(softcap) if softcap else None)
 
 
-def _lora_weight(module: torch.nn.Module) -> torch.Tensor:
-    """W0 + sum of scaling x B A over the active adapters of a peft LoRA head (no dropout, no DoRA)."""
+def _is_lora(module: torch.nn.Module) -> bool:
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
+def _check_lora(module: torch.nn.Module) -> None:
+    """A peft LoRA head the chunked loss covers: not merged, no dropout, no DoRA."""
     if getattr(module, "merged", False):
         raise InputError("the LM head's LoRA adapter is merged")
-    weight = module.base_layer.weight
     for name in module.active_adapters:
         if name not in module.lora_A:
             continue
@@ -228,7 +276,14 @@ def _lora_weight(module: torch.nn.Module) -> torch.Tensor:
             raise InputError("the LM head has LoRA dropout (the chunked loss needs the head to be one linear map)")
         if getattr(module, "use_dora", {}).get(name):
             raise InputError("the LM head has a DoRA adapter")
-        weight = weight + module.scaling[name] * (module.lora_B[name].weight @ module.lora_A[name].weight)
+
+
+def _lora_weight(module: torch.nn.Module) -> torch.Tensor:
+    """W0 + sum of scaling x B A over the active adapters of a peft LoRA head (checked by _check_lora)."""
+    weight = module.base_layer.weight
+    for name in module.active_adapters:
+        if name in module.lora_A:
+            weight = weight + module.scaling[name] * (module.lora_B[name].weight @ module.lora_A[name].weight)
     return weight
 
 
@@ -244,7 +299,9 @@ class LMLoss:
         labels = inputs["labels"]
         rest = {k: v for k, v in inputs.items() if k != "labels"}
         nothing = torch.empty(0, dtype=torch.long, device=labels.device)
-        output = forward_model(**rest, logits_to_keep=nothing, output_hidden_states=True)
+        with warnings.catch_warnings():  # FSDP2 warns of outputs that are views (hidden_states[0]); none is changed in place here
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            output = forward_model(**rest, logits_to_keep=nothing, output_hidden_states=True)
         hidden, targets = output.hidden_states[-1], shifted_targets(labels)
         head = head_of(forward_model)
         if self.kernel == "liger":
@@ -266,25 +323,27 @@ def select_loss(setting: Any, model: torch.nn.Module, device: torch.device, toke
                 log: Callable[[str], None]) -> LMLoss:
     """The run's loss from `loss.chunked` (auto: chunked when vocabulary x tokens per micro-batch
     reaches AUTO_ELEMENTS and the head is covered), `loss.kernel` and `loss.chunk_tokens`."""
-    if setting.kernel == "liger":
-        _check_liger(device)
+    check_kernel(setting, device)
     if setting.chunked == "off":
         return LMLoss(False)
     try:
-        head = head_of(model)
+        vocabulary = head_vocabulary(model)
     except InputError as exc:
         if setting.chunked == "on":
             raise InputError(f"--set loss.chunked=on: {exc}; use loss.chunked=off") from None
         log(f"loss: the model's own ({exc})")
         return LMLoss(False)
-    large = head.weight.shape[0] * tokens_per_micro_batch >= AUTO_ELEMENTS
+    large = vocabulary * tokens_per_micro_batch >= AUTO_ELEMENTS
     chunked = setting.chunked == "on" or large or setting.kernel == "liger"
     if chunked:
         log(f"loss: chunked linear cross-entropy ({setting.kernel})")
     return LMLoss(chunked, setting.kernel, setting.chunk_tokens)
 
 
-def _check_liger(device: torch.device) -> None:
+def check_kernel(setting: Any, device: torch.device) -> None:
+    """loss.kernel=liger needs CUDA and the liger-kernel package (checked before anything is loaded or written)."""
+    if setting.kernel != "liger":
+        return
     if device.type != "cuda":
         raise InputError(f"--set loss.kernel=liger: needs a CUDA device (this run's is {device.type}); use loss.kernel=torch")
     try:

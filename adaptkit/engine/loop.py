@@ -34,7 +34,6 @@ from adaptkit.engine.precision import autocast_for, weight_dtype
 from adaptkit.engine.result import TrainResult
 from adaptkit.engine.rundir import RunDir
 from adaptkit.engine.training_data import TrainingData
-from adaptkit.errors import InputError
 
 __all__ = ["Batches", "TrainResult", "train", "train_step"]
 
@@ -108,6 +107,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     """Processes, run-directory checks, memory plan, device, precision and seed; then tokenizer, data and model."""
     from adaptkit.engine import distributed, trackers
     from adaptkit.engine.embedding_rows import recorded_new_rows
+    from adaptkit.engine.lm_loss import check_kernel
     from adaptkit.engine.memory_plan import check_fits
     from adaptkit.engine.precision import micro_batch_size, resolve_precision
     from adaptkit.engine.rundir import resolved_config_dict
@@ -121,6 +121,7 @@ def set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, lo
     if not accelerator.is_main_process:  # one voice: only the main process logs and shows progress
         log, progress = (lambda message: None), None
     device, precision = accelerator.device, resolve_precision(config, accelerator.device)
+    check_kernel(config.loss, device)
     if method is not None:  # the memory plan against the device's free memory, before anything loads
         check_fits(config, method, accelerator.num_processes, distributed.resolve_mode(config.distributed, accelerator.num_processes), device)
     seed_everything(config.seed)
@@ -154,14 +155,11 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
     config = run.config
     ctx = MethodContext(method.params, config, run.tokenizer, run.dir.path, run.steps, run.device, run.data.blocks, run.log,
                         is_main_process=run.main)
-    try:
+    with run.dir.removed_on_bad_input():
         plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
         run.strategy.shard(plan, config.method)
         plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps))
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
-    except InputError:
-        run.dir.remove_if_created()
-        raise
     masked_linear.install_for_plan(plan, trainable)
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
         (getattr(plan.model, "activation_checkpointing_enable", None) or plan.model.gradient_checkpointing_enable)()
@@ -185,7 +183,8 @@ def make_training(run: TrainingRun, plan: TrainingPlan, trainable: TrainableSet)
                  torch.compile(train_model) if config.compile else train_model, batches, autocast_for(run.precision, run.device),
                  Divergence(optimizer, run.device, run.dir.kept_checkpoint), f"{model_fingerprint(plan.model)}:{counts[0]}", counts,
                  optimizer_tensors=[p for group in optimizer.param_groups for p in group["params"]])
-    t.lm_loss = select_loss(config.loss, plan.model, run.device, run.micro_batch_size * config.data.seq_len, run.log)
+    with run.dir.removed_on_bad_input():  # loss.chunked=on with a head the chunked loss does not cover
+        t.lm_loss = select_loss(config.loss, plan.model, run.device, run.micro_batch_size * config.data.seq_len, run.log)
     t.metrics = MetricsLog.for_run(run, t)
     t.evaluator = Evaluator(run.data.evals, config, run.steps, run.tokenizer, accelerator, run.device, run.log, run.dir.path / "curves.png")
     t.checkpointer = Checkpointer(run.dir, run.strategy, t, t.metrics, config, run.steps, accelerator.num_processes, t.divergence.check)

@@ -19,12 +19,13 @@ it ends; a killed run leaves a stale lock, which the next run takes over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from adaptkit.errors import InputError
 
@@ -196,11 +197,16 @@ class RunDir:
             (self.path / LOCK).unlink(missing_ok=True)
             self.locked = False
 
-    def remove_if_created(self) -> None:
-        """Planning failed on bad input: a directory this run made goes again."""
-        if self.created and self.main:
-            self.release()
-            shutil.rmtree(self.path, ignore_errors=True)
+    @contextlib.contextmanager
+    def removed_on_bad_input(self) -> Iterator[None]:
+        """Planning inside: on bad input (InputError) a directory this run made goes again, so nothing is left."""
+        try:
+            yield
+        except InputError:
+            if self.created and self.main:
+                self.release()
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def write_config(self, config: "TrainConfig") -> None:
         from adaptkit.io.atomic import write_text_atomic
