@@ -123,5 +123,7 @@ def test_bam_under_fsdp_equals_one_process(tmp_path, llama_dir, corpora, invoke)
     # the main process's error (another merge than the run's, in bam.json) reaches the waiting process: both exit 2
     other = launch("torchrun", 2, [*args, "--merge", "linear", "--distributed", "fsdp", "-o", out],
                    env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache")), timeout=300)
-    assert other.returncode != 0 and other.stderr.count("holds a BaM run with other settings") == 2, other.stderr[-3000:]
-    assert other.stderr.count("exitcode  : 2") == 2, other.stderr[-3000:]  # torchrun's report of each rank
+    errors = [line for line in other.stderr.splitlines() if line.startswith("adaptkit: error:")]
+    assert other.returncode != 0 and len(errors) == 2 and all("holds a BaM run with other settings" in line for line in errors), other.stderr[-3000:]
+    # torchrun's report: the first rank to exit did so with 2 (it may then stop the other before that one's own exit 2)
+    assert "exitcode  : 2" in other.stderr, other.stderr[-3000:]
