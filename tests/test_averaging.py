@@ -63,7 +63,7 @@ def test_averages_keep_frozen_entries_bit_identical(tmp_path, make_model_dir, co
 @pytest.mark.slow
 def test_averaging_resumes_bit_identically(tmp_path, make_model_dir, corpora, invoke):
     args = ["--model", make_model_dir("llama", layers=2), "--data", corpora["ha"], *[a for a in TRAIN if a not in ("--max-steps", "3")],
-            "--ema-decay", "0.8", "--lawa-k", "2", "--set", "averaging.lawa_interval=1"]
+            "--ema-decay", "0.8", "--lawa-k", "3", "--set", "averaging.lawa_interval=2"]  # LAWA: steps 2 (restored), 4, 6
     assert_resume_bit_identical(invoke, tmp_path, args, models=("final", "final-ema", "final-lawa"))
 
 
