@@ -127,3 +127,37 @@ def test_bam_under_fsdp_equals_one_process(tmp_path, llama_dir, corpora, invoke)
     assert other.returncode != 0 and len(errors) == 2 and all("holds a BaM run with other settings" in line for line in errors), other.stderr[-3000:]
     # torchrun's report: the first rank to exit did so with 2 (it may then stop the other before that one's own exit 2)
     assert "exitcode  : 2" in other.stderr, other.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_main_rank_killed_while_merging_ends_the_launch_in_seconds(tmp_path, llama_dir, corpora):
+    """Rank 0 SIGKILLed as round 1's branches finish (when it merges; the other rank waits for the merge's
+    outcome): the waiting rank does not wait out the process group's timeout; the whole launch ends within 60 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import assert_ended, children, end_group, wait_for
+
+    out = tmp_path / "bam"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    args = ["bam", "--model", llama_dir, "--data", corpora["ha"], "--rounds", "2", "--branches", "2", *TINY, "--distributed", "fsdp", "-o", out]
+    launch = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", "-m", "adaptkit", *map(str, args)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for(lambda: (out / "round-0" / "branch-1" / "result.json").is_file(), 600, "round 1's last branch", launch)
+        ranks = {p.environ().get("RANK"): p for p in children(launch.pid) if "adaptkit" in " ".join(p.cmdline())}
+        assert set(ranks) == {"0", "1"}, ranks
+        everything = [p.pid for p in children(launch.pid)]
+        os.kill(ranks["0"].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        launch.wait(60)
+        assert time.monotonic() - killed < 60
+    finally:
+        end_group(launch)
+    assert launch.returncode != 0 and not (out / "final").exists()
+    assert_ended(everything)
