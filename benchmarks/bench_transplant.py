@@ -13,7 +13,9 @@
    and after `--steps` fft steps on the train split with `train_embeddings=new-only`; the original
    model and tokenizer as the baseline (also after the same training).
 Prints a Markdown table and writes transplant.json into --output (default: a temporary directory).
-OMP needs a donor model: a tokenizer trained from scratch has none, which is why it is optional here.
+OMP needs a donor model on the new tokenizer: a tokenizer trained from scratch has none, so
+`--donor-steps N` makes one (a small Llama, hidden 256 x 4 layers, on the Hausa tokenizer, trained from
+scratch for N fft steps on the same Hausa train split): its embedding geometry is what OMP reads.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ def hausa_tokenizer(files: dict, directory: Path, vocab: int) -> Path:
     return directory
 
 
+def train_donor(tokenizer_dir: Path, files: dict, root: Path, steps: int) -> Path:
+    """A small Llama on the new tokenizer, trained from scratch on the Hausa train split: OMP's donor."""
+    from transformers import AutoTokenizer
+
+    from adaptkit import demo
+    from adaptkit.io.models import save_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = demo.tiny_model("llama", len(tokenizer), seed=0, hidden=256, layers=4, heads=4)
+    save_model(model, tokenizer, root / "donor-init")
+    run = root / "donor-run"
+    cli("train", "--model", root / "donor-init", "--data", files["ha"]["train"], "-o", run, "--overwrite", "--method", "fft",
+        "--max-steps", steps, "--seq-len", SEQ_LEN, "--batch-size", 8, "--lr", 1e-3)
+    return run / "final"
+
+
 def measure(model: Path, files: dict, root: Path, name: str, steps: int, *train_extra: object) -> dict:
     test = files["ha"]["test"]
     stats = cli("vocab", "inspect", "--model", model, "--data", test)["files"][0]
@@ -59,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--init", action="append", default=None, help="Initialisers to compare (repeatable; default subword-mean and mean).")
     parser.add_argument("--donor", type=Path, default=None, help="A model on the new tokenizer: adds --init omp.")
+    parser.add_argument("--donor-steps", type=int, default=0, help="Without --donor: train a small donor on the new tokenizer for N steps (adds --init omp).")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     root = args.output or Path(tempfile.mkdtemp(prefix="bench-transplant-"))
@@ -68,6 +87,8 @@ def main() -> None:
     if not (base / "config.json").is_file():
         convert(args.gguf, base)
     new_tokenizer = args.donor or hausa_tokenizer(files, root / "hausa-tokenizer", args.vocab)
+    if args.donor is None and args.donor_steps:
+        args.donor = new_tokenizer = train_donor(new_tokenizer, files, root, args.donor_steps)
     inits = args.init or ["subword-mean", "mean"]
     if args.donor is not None and "omp" not in inits:
         inits.append("omp")

@@ -257,12 +257,15 @@ def _by_device_and_dtype(tensors: list["torch.Tensor"]) -> dict[tuple[Any, Any],
 
 def full_state_dict(model: "torch.nn.Module", keep: bool) -> dict[str, "torch.Tensor"]:
     """The full (unsharded) tensors of a sharded model. Every process must call this (each
-    tensor is an all-gather); only where `keep` is true (the main process) are they kept."""
+    tensor is an all-gather); only where `keep` is true (the main process) are they kept. Names that
+    share one tensor (tied embeddings and head) share one gathered tensor, so that saving writes it once
+    as it does for a model that was never sharded."""
     from adaptkit.engine.shards import full_tensor
 
-    state = {}
-    for name, tensor in model.state_dict().items():
-        full = full_tensor(tensor).detach().cpu()
+    state, gathered = {}, {}
+    for name, tensor in model.state_dict(keep_vars=True).items():  # the parameters themselves: tied names, one object
+        if id(tensor) not in gathered:
+            gathered[id(tensor)] = full_tensor(tensor.detach()).cpu()
         if keep:
-            state[name] = full
+            state[name] = gathered[id(tensor)]
     return state
