@@ -23,13 +23,9 @@ class BamPlan:
 
 def check_plan(plan: BamPlan) -> None:
     """The counts and the merge method (its parameters validated), before anything is loaded."""
-    import os
-
     from adaptkit.merge.base import validate_params
     from adaptkit.registry import get_spec
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("adaptkit bam: runs in one process (its branches one after another); start it without torchrun / accelerate launch")
     for flag, value in (("--rounds", plan.rounds), ("--branches", plan.branches)):
         if value < 1:
             raise InputError(f"{flag}: expected at least 1 (got {value})")

@@ -14,6 +14,10 @@ or any other, e.g. linear) into the model the next round starts from; the last m
 
 Killed at any point, the same command continues: finished branches and merges are kept, an interrupted
 branch resumes from its newest checkpoint.
+
+Under a launcher (torchrun, accelerate launch; `--distributed ddp|fsdp`) every process trains each branch
+with the engine; the main process alone writes bam.json, the merges and the curves while the others wait
+for its outcome (`on_main`), then all start the next round from the merged model.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from adaptkit.bam_plan import BamPlan, check_plan
 from adaptkit.errors import InputError
@@ -30,25 +34,62 @@ if TYPE_CHECKING:
     from adaptkit.engine.config import TrainConfig
 
 
-def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and merge round after round (continuing what a killed run left); returns the summary."""
+def run_bam(config: "TrainConfig", plan: BamPlan, output: Path, overwrite: bool = False,
+            log: Callable[[str], None] = print) -> Optional[dict[str, Any]]:
+    """Train and merge round after round (continuing what a killed run left); returns the summary (None on
+    the other processes of a launched run)."""
+    from adaptkit.engine.distributed import make_accelerator
+
     check_plan(plan)
+    processes = make_accelerator(config.device)  # joins a launcher's process group (alone: this process)
+    main = processes.is_main_process
+    log = log if main else (lambda message: None)
     check_data(config, plan)
-    _open(output, config, plan, overwrite)
+    on_main(processes, lambda: _open(output, config, plan, overwrite))
     model, done, results = config.model, [], []
     for r in range(plan.rounds):
-        results += [_branch(config, plan, r, b, model, output, log) for b in range(plan.branches)]
+        results += [_branch(config, plan, r, b, model, output, log, main) for b in range(plan.branches)]
         finals = [Path(result["final"]) for result in results[-plan.branches:]]
         target = output / "final" if r == plan.rounds - 1 else output / f"round-{r}" / "merged"
-        if not target.is_dir():
-            _merge(plan, finals, target)
-            log(f"bam: round {r + 1}/{plan.rounds} merged into {target}")
+        on_main(processes, lambda: _merge_once(plan, finals, target, f"bam: round {r + 1}/{plan.rounds} merged into {target}", log))
         model, done = str(target), done + [str(target)]
-    rows = write_curves(output, plan)
+    rows: list[dict[str, Any]] = []
+    on_main(processes, lambda: rows.extend(write_curves(output, plan)))
+    if not main:
+        return None
     return {"final": str(output / "final"), "rounds": plan.rounds, "branches": plan.branches, "merge": plan.merge,
             "merged": done, "steps": max((row["step"] for row in rows), default=0),
             "trainable_fraction": max(result["trainable_fraction"] for result in results),
             "seconds": sum(result["seconds"] for result in results)}  # of the branches' last sessions
+
+
+def on_main(processes: Any, work: Callable[[], None]) -> None:
+    """Run `work` on the main process while the others wait for its outcome (a broadcast from it, bounded by the
+    process group's timeout; a launcher ends them when it dies); an AdaptkitError there is raised on every process."""
+    from adaptkit.errors import AdaptkitError
+
+    error = None
+    if processes.is_main_process:
+        try:
+            work()
+        except AdaptkitError as exc:
+            error = exc
+    if processes.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [None if error is None else (isinstance(error, InputError), str(error))]
+        dist.broadcast_object_list(box, src=0)  # two plain values: whether it was bad input, and the message
+        if box[0] is not None and error is None:
+            error = (InputError if box[0][0] else AdaptkitError)(box[0][1])
+    if error is not None:
+        raise error
+
+
+def _merge_once(plan: BamPlan, finals: list[Path], target: Path, done: str, log: Callable[[str], None]) -> None:
+    """Merge a round's branches into `target`, unless a previous session did."""
+    if not target.is_dir():
+        _merge(plan, finals, target)
+        log(done)
 
 
 def check_data(config: "TrainConfig", plan: BamPlan) -> None:
@@ -84,9 +125,10 @@ def _open(output: Path, config: "TrainConfig", plan: BamPlan, overwrite: bool) -
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
-def _branch(config: "TrainConfig", plan: BamPlan, r: int, b: int, model: str, output: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def _branch(config: "TrainConfig", plan: BamPlan, r: int, b: int, model: str, output: Path, log: Callable[[str], None],
+            main: bool = True) -> dict[str, Any]:
     """Branch b of round r from `model` on its slice: kept when finished, resumed when interrupted. Returns
-    what the engine said of it (also in the branch's result.json)."""
+    what the engine said of it (also in the branch's result.json, which the main process writes)."""
     from adaptkit.engine.loop import train
     from adaptkit.io.atomic import write_text_atomic
     from adaptkit.registry import get_spec
@@ -101,7 +143,8 @@ def _branch(config: "TrainConfig", plan: BamPlan, r: int, b: int, model: str, ou
     log(f"bam: round {r + 1}/{plan.rounds}, branch {b + 1}/{plan.branches} (data slice {branch.data.slice})" + (", resumed" if resume else ""))
     method = get_spec("method", branch.method, "--method").build(branch.method_params)
     result = train(branch, method, run_dir, resume=resume, overwrite=not resume, log=log).as_dict()
-    write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    if main:
+        write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -505,9 +505,11 @@ def frozen_entries(masks: dict, name: str, shape: tuple) -> torch.Tensor:
 
 
 def stop_copy(run: Path, into: Path, at: int) -> Path:
-    """A copy of `run` as if killed while it saved checkpoint-<at>: it resumes from the checkpoint before."""
+    """A copy of `run` as if killed while it saved checkpoint-<at>: it resumes from the checkpoint before
+    (no final/, nor the averaged models beside it)."""
     shutil.copytree(run, into)
-    shutil.rmtree(into / "final")
+    for model in into.glob("final*"):
+        shutil.rmtree(model)
     shutil.rmtree(into / f"checkpoint-{at}")
     (into / f".checkpoint-{at}.partial").mkdir()
     return into

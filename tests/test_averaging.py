@@ -63,8 +63,27 @@ def test_averages_keep_frozen_entries_bit_identical(tmp_path, make_model_dir, co
 @pytest.mark.slow
 def test_averaging_resumes_bit_identically(tmp_path, make_model_dir, corpora, invoke):
     args = ["--model", make_model_dir("llama", layers=2), "--data", corpora["ha"], *[a for a in TRAIN if a not in ("--max-steps", "3")],
-            "--ema-decay", "0.8", "--lawa-k", "2", "--set", "averaging.lawa_interval=1"]
+            "--ema-decay", "0.8", "--lawa-k", "3", "--set", "averaging.lawa_interval=2"]  # LAWA: steps 2 (restored), 4, 6
     assert_resume_bit_identical(invoke, tmp_path, args, models=("final", "final-ema", "final-lawa"))
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_without_the_averages_is_refused(tmp_path, llama_dir, corpora, invoke):
+    """The averages are tensors of the checkpoint (in global coordinates, with the trained ones); a checkpoint
+    that lacks them (another version's, which kept them elsewhere) is an input error, not averages restarted."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    args = ["train", "--model", llama_dir, "--data", corpora["ha"], *[a for a in TRAIN if a not in ("--max-steps", "3")],
+            "--max-steps", "4", "--save-steps", "2", "--ema-decay", "0.9", "-o", run]
+    assert invoke(*args).returncode == 0
+    state = json.loads((run / "checkpoint-2" / "state.json").read_text())
+    assert state["callback_tensors"] and all(name.startswith("callbacks/0/ema.") for name in state["callback_tensors"])
+    (run / "checkpoint-2" / "state.json").write_text(json.dumps({**state, "callback_tensors": []}))
+    for model in ("final", "final-ema"):  # as if stopped after checkpoint-2
+        shutil.rmtree(run / model)
+    assert_input_error(invoke(*args, "--resume"), "--resume", "checkpoint-2", "other training-callback tensors", "--ema-decay")
 
 
 @pytest.mark.parametrize("flag, value", [("--ema-decay", "1"), ("--ema-decay", "0"), ("--ema-decay", "-0.5"), ("--lawa-k", "1")])
@@ -81,7 +100,7 @@ def _toy_plan(callbacks=()):
     return TrainingPlan(model, {"weight": None}, list(callbacks))
 
 
-def test_averaging_refuses_sharded_runs_and_adapter_exports():
+def test_averaging_refuses_adapter_exports():
     from adaptkit.engine.averaging import averaging_callbacks
     from adaptkit.engine.config import AveragingConfig
     from adaptkit.engine.plan import TrainingCallback
@@ -91,12 +110,10 @@ def test_averaging_refuses_sharded_runs_and_adapter_exports():
         def export(self, model):
             return model
 
-    config = AveragingConfig(ema_decay=0.9, lawa_k=2)
-    assert averaging_callbacks(AveragingConfig(), _toy_plan(), 10, 2, sharded=False) == []
-    with pytest.raises(InputError, match="--ema-decay: weight averaging needs whole parameters"):
-        averaging_callbacks(config, _toy_plan(), 10, 2, sharded=True)
+    assert averaging_callbacks(AveragingConfig(), _toy_plan(), 10, 2) == []
+    assert [type(c).__name__ for c in averaging_callbacks(AveragingConfig(ema_decay=0.9, lawa_k=2), _toy_plan(), 10, 2)] == ["EMA", "LAWA"]
     with pytest.raises(InputError, match="--lawa-k: weight averaging needs a method that trains the model's own weights"):
-        averaging_callbacks(AveragingConfig(lawa_k=2), _toy_plan([Merges()]), 10, 2, sharded=False)
+        averaging_callbacks(AveragingConfig(lawa_k=2), _toy_plan([Merges()]), 10, 2)
 
 
 def test_lawa_keeps_the_last_k_snapshots_and_the_end():

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import weights
+from helpers import env_with, launch, launch_runs, weights
 from conftest import assert_input_error
 
 TINY = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "1e-2", "--set", "schedule.warmup_ratio=0", "--quiet"]
@@ -97,8 +97,67 @@ def test_bad_data_slice_is_refused(tmp_path, llama_dir, corpora, invoke, value):
     assert_input_error(result, "slice")
 
 
-def test_bam_under_a_launcher_is_refused(tmp_path, llama_dir, corpora, invoke, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    result = invoke("bam", "--model", llama_dir, "--data", corpora["ha"], *TINY, "-o", tmp_path / "bam")
-    assert_input_error(result, "one process")
-    assert not (tmp_path / "bam").exists()
+@pytest.mark.slow
+def test_bam_under_fsdp_equals_one_process(tmp_path, llama_dir, corpora, invoke):
+    """torchrun, 2 gloo processes, --distributed fsdp: every process trains each branch, the main one merges while
+    the other waits, then both start the next round from the merge. The rounds' merges equal the one-process run's
+    to 2e-5 (the tolerance of tests/test_fsdp_beyond.py: float summation order differs between 1 and 2 processes)."""
+    out = tmp_path / "fsdp"
+    args = ["bam", "--model", llama_dir, "--data", corpora["ha"], "--rounds", "2", "--branches", "2", *TINY, "--json"]
+    summaries = launch_runs("torchrun", 2, [{"name": "bam", "args": [*args, "--distributed", "fsdp", "-o", out]}],
+                            env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache")), tmp_path)
+    assert summaries["bam"]["merged"] == [str(out / "round-0" / "merged"), str(out / "final")]
+    one = invoke(*args, "--set", "micro_batch_size=2", "-o", tmp_path / "one")
+    assert one.returncode == 0, one
+    for merged in ("round-0/merged", "final"):
+        reference, sharded = weights(tmp_path / "one" / merged), weights(out / merged)
+        assert reference.keys() == sharded.keys()
+        for name, tensor in reference.items():
+            assert torch.allclose(sharded[name], tensor, atol=2e-5, rtol=0), (merged, name, (sharded[name] - tensor).abs().max())
+    for r in range(2):
+        for b in range(2):
+            result = json.loads((out / f"round-{r}" / f"branch-{b}" / "result.json").read_text())
+            assert result["distributed"] == "fsdp" and result["processes"] == 2
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(weights(out / "final")[key], weights(out / "round-0" / "merged")[key])
+    # the main process's error (another merge than the run's, in bam.json) reaches the waiting process: both exit 2
+    other = launch("torchrun", 2, [*args, "--merge", "linear", "--distributed", "fsdp", "-o", out],
+                   env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache")), timeout=300)
+    errors = [line for line in other.stderr.splitlines() if line.startswith("adaptkit: error:")]
+    assert other.returncode != 0 and len(errors) == 2 and all("holds a BaM run with other settings" in line for line in errors), other.stderr[-3000:]
+    # torchrun's report: the first rank to exit did so with 2 (it may then stop the other before that one's own exit 2)
+    assert "exitcode  : 2" in other.stderr, other.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_main_rank_killed_while_merging_ends_the_launch_in_seconds(tmp_path, llama_dir, corpora):
+    """Rank 0 SIGKILLed as round 1's branches finish (when it merges; the other rank waits for the merge's
+    outcome): the waiting rank does not wait out the process group's timeout; the whole launch ends within 60 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import assert_ended, children, end_group, wait_for
+
+    out = tmp_path / "bam"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    args = ["bam", "--model", llama_dir, "--data", corpora["ha"], "--rounds", "2", "--branches", "2", *TINY, "--distributed", "fsdp", "-o", out]
+    launch = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", "-m", "adaptkit", *map(str, args)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for(lambda: (out / "round-0" / "branch-1" / "result.json").is_file(), 600, "round 1's last branch", launch)
+        ranks = {p.environ().get("RANK"): p for p in children(launch.pid) if "adaptkit" in " ".join(p.cmdline())}
+        assert set(ranks) == {"0", "1"}, ranks
+        everything = [p.pid for p in children(launch.pid)]
+        os.kill(ranks["0"].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        launch.wait(60)
+        assert time.monotonic() - killed < 60
+    finally:
+        end_group(launch)
+    assert launch.returncode != 0 and not (out / "final").exists()
+    assert_ended(everything)

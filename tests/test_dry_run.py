@@ -226,10 +226,10 @@ def test_plan_counts_the_copies_that_weight_averaging_keeps(tmp_path, llama_dir,
     held = {}
     save_extra = WeightAverage.save_extra
 
-    def count(self, model, directory):
+    def count(self, model, directory, state=None):
         tensors = getattr(self, "ema", None) or getattr(self, "slots", {})
         held[type(self).__name__] = sum(t.nbytes for t in tensors.values())
-        return save_extra(self, model, directory)
+        return save_extra(self, model, directory, state)
 
     monkeypatch.setattr(WeightAverage, "save_extra", count)
     train(config, method, tmp_path / "run", log=lambda message: None)
@@ -237,3 +237,6 @@ def test_plan_counts_the_copies_that_weight_averaging_keeps(tmp_path, llama_dir,
     assert held == {"EMA": weights, "LAWA": 3 * weights}
     assert plan["averages"] == held["EMA"] + held["LAWA"] == 4 * weights
     assert "averages" not in plain and plan["total"] - plain["total"] == plan["averages"]
+    # under FSDP each process averages its own shards (tests/test_fsdp_averaging.py: each saves only its rows)
+    sharded = dry_run(config, method, processes=2)["bytes_per_process"]
+    assert sharded["fsdp"]["averages"] == -(-plan["averages"] // 2) and sharded["ddp"]["averages"] == plan["averages"]

@@ -90,7 +90,9 @@ def test_fsdp_matches_one_process(method, fsdp_runs, make_model_dir, corpora, in
 
 def test_clipping_of_shards_takes_the_coefficient_of_the_whole_tensors():
     """One process's clip and two processes' (each its half of every gradient, the squares summed across)
-    scale by the same float: the sum is taken in float64, so the two summation orders round alike."""
+    scale by the same float: row norms in float32 (a row is whole in one shard), their squares summed in
+    float64, so the two summation orders round alike. The norm is within 1e-6 of the float64 norm written out
+    (torch's own clip sums in float32)."""
     from adaptkit.engine.distributed import clip_grad_norm_
 
     generator = torch.Generator().manual_seed(0)
@@ -100,7 +102,7 @@ def test_clipping_of_shards_takes_the_coefficient_of_the_whole_tensors():
         param.grad = grad.clone()
     norm = clip_grad_norm_(whole, 1.0, torch.device("cpu"))
     expected = torch.cat([g.double().reshape(-1) for g in grads]).pow(2).sum().sqrt()  # written out, independently
-    assert norm == pytest.approx(float(expected), rel=1e-12) and norm > 1
+    assert norm == pytest.approx(float(expected), rel=1e-6) and norm > 1
     for param, grad in zip(whole, grads):
         assert torch.allclose(param.grad, grad * (1.0 / (float(expected) + 1e-6)), rtol=1e-6, atol=0)
     halves = [[], []]  # rows [0, ceil(n/2)) and the rest, as FSDP2 shards dim 0

@@ -1,6 +1,7 @@
 """`adaptkit bam`: Branch-and-Merge training (arXiv 2407.08699): rounds of branches, each trained by the
 engine on its own slice of the data from the current model, merged by the merge toolbox into the next
-round's model (adaptkit/branch_merge.py). Rerun the same command after a kill to continue."""
+round's model (adaptkit/branch_merge.py). Rerun the same command after a kill to continue. Under torchrun or
+accelerate launch every process trains each branch (`--distributed ddp|fsdp`) and the main process merges."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def command(
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per block.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per optimizer step.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of each branch.")] = None,
+    distributed: Annotated[Optional[str], typer.Option("--distributed", help="Under torchrun / accelerate launch: ddp or fsdp for every branch (the main process merges while the others wait).", show_default="ddp")] = None,
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Eval sets NAME=SPEC[:ROLE] scored during each branch's training (curves across rounds).")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="BaM directory (rounds, branches, merges, final/, curves); rerun with the same one to continue.")] = Path("bam"),
     config: ConfigOpt = None,
@@ -39,9 +41,11 @@ def command(
 
     console = Console.of(ctx)
     flags = {"model": model, "method": method, "max_steps": max_steps, "seq_len": seq_len, "batch_size": batch_size,
-             "lr": lr, "seed": seed, "eval_data": eval_data, "data": data}
+             "lr": lr, "seed": seed, "eval_data": eval_data, "data": data, "distributed": distributed}
     train_config = build_config(config, flags, set_)
     merge_params = {".".join(path): value for path, value in parse_set_overrides(merge_set)}
     plan = BamPlan(rounds, branches, merge, merge_params)
     result = run_bam(train_config, plan, output, shared(ctx).overwrite, log=lambda message: console.print(message))
+    if result is None:  # another process of a launched run: the main one reports
+        return
     console.result(result, f"[green]done[/green]: {rounds} round(s) x {branches} branch(es), merged with {merge}; model in {result['final']}")

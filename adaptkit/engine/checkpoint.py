@@ -3,9 +3,10 @@
 A checkpoint directory `checkpoint-<step>/` holds the trained tensors (whole trainable
 parameters and compact copies) and the optimizer state in `tensors/` (torch.distributed.checkpoint,
 safetensors files in global coordinates, so a run resumes with another process count or
-between DDP and FSDP), the scheduler, RNG and optimizer scalars in state.json, and callback
-state. It is written into a hidden `.checkpoint-<step>.partial` sibling and
-renamed when complete, so a half-written checkpoint is never picked up on resume.
+between DDP and FSDP; so is callbacks' per-shard state, such as weight averages), the scheduler,
+RNG and optimizer scalars in state.json, and the callbacks' other state. It is written into a
+hidden `.checkpoint-<step>.partial` sibling and renamed when complete, so a half-written
+checkpoint is never picked up on resume.
 """
 
 from __future__ import annotations
@@ -141,13 +142,15 @@ def save_checkpoint(
             (tmp / TENSORS).mkdir(parents=True)
         barrier()
         chunks, opt_meta = _placed_state(trainable, optimizer)
-        save_chunks(tmp / TENSORS, chunks, collective)
+        placed_callbacks = {fqn: Chunk(c.tensor.detach().cpu(), c.offset, c.shape) for fqn, c in _callback_chunks(callbacks).items()}
+        save_chunks(tmp / TENSORS, {**chunks, **placed_callbacks}, collective)
         if main:
             rng_tensors, rng_meta = capture_rng()
             save_tensors(rng_tensors, tmp / "rng.safetensors")
             callback_tensors = {f"{i}.{k}": v.detach().cpu() for i, cb in enumerate(callbacks) for k, v in cb.state_dict().items()}
             save_tensors(callback_tensors, tmp / "callbacks.safetensors")
-            state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta, **metadata}
+            state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta,
+                     "callback_tensors": sorted(placed_callbacks), **metadata}
             (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,6 +168,11 @@ def save_checkpoint(
         _prune(run_dir, keep)
     barrier()
     return final
+
+
+def _callback_chunks(callbacks: list[TrainingCallback]) -> dict[str, Chunk]:
+    """The callbacks' state in global coordinates (TrainingCallback.placed_state), the live tensors, by checkpoint name."""
+    return {f"callbacks/{i}/{key}": chunk for i, cb in enumerate(callbacks) for key, chunk in cb.placed_state().items()}
 
 
 def _remove_dir(path: Path) -> None:
@@ -224,11 +232,18 @@ def load_checkpoint(
     saved = state["optimizer"]["state"]
     if sorted(saved) != sorted(placed):
         raise InputError(f"{flag}: '{path}' holds other trainable parameters than this run's training plan")
-    chunks = {}
+    live = _callback_chunks(callbacks)
+    if sorted(live) != state.get("callback_tensors", []):
+        raise InputError(f"{flag}: '{path}' holds other training-callback tensors than this run keeps (saved by another "
+                         "adaptkit version, or with other weight averaging settings: --ema-decay, --lawa-k)")
+    chunks = {fqn: Chunk(torch.empty(c.tensor.shape, dtype=c.tensor.dtype), c.offset, c.shape) for fqn, c in live.items()}
     for name, (tensor, offset, shape) in placed.items():
         for fqn in [f"trainable/{name}", *(f"optimizer/{name}/{k}" for k in saved[name]["tensors"])]:
             chunks[fqn] = Chunk(torch.empty(tensor.shape, dtype=tensor.dtype), offset, shape)
     load_chunks(path / TENSORS, chunks)
+    with torch.no_grad():
+        for fqn, chunk in live.items():
+            chunk.tensor.copy_(chunks[fqn].tensor)
     trainable.load_placed({name: chunks[f"trainable/{name}"].tensor for name in placed})
     _load_optimizer(optimizer, trainable, state["optimizer"], {k: c.tensor for k, c in chunks.items()}, path)
     scheduler.load_state_dict(state["scheduler"])

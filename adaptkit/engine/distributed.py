@@ -215,17 +215,18 @@ def clip_sharded_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float |
     return clip_grad_norm_(tensors, max_norm, device, lambda total: dist.all_reduce(total, op=dist.ReduceOp.SUM))
 
 
-SQUARES_CHUNK = 1 << 16  # elements widened to float64 at a time (512 KiB: stays in cache), whatever the tensor's size
-
-
 def clip_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, device: "torch.device",
                     all_reduce: "Callable[[torch.Tensor], None] | None" = None) -> "torch.Tensor":
     """Clip the gradients (each process's part of them, summed over processes by `all_reduce`) to `max_norm`
     (None: measure only); the norm before, a float32 tensor on the device (no host sync). The formula of
-    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1), with the squares summed in float64: one process's sum and the
-    shards' sums then round to the same float32 coefficient, so 1 and N processes take the same step. (In
-    float32 the two summation orders differ in the last bit, and Adam amplifies that where a row's only
-    gradient is a penalty near its eps: soft-reg's pull on embedding rows absent from the batches.)"""
+    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), at most 1), with the sum of squares
+    taken so that one process and N FSDP processes get the same float32 coefficient: FSDP2 shards dim 0, so
+    each dim-0 slice of a gradient is whole in one process; its norm is taken in float32 (the same bits in
+    the whole tensor and in the shard), squared and summed in float64 (1-D tensors, split inside by the
+    shards, element by element in float64). One process's sum and the shards' sums then differ far below
+    float32 resolution and round alike. (A float32 sum over whole tensors differs in the last bit between
+    the two orders, and Adam amplifies that where a row's only gradient is a penalty near its eps:
+    soft-reg's pull on embedding rows absent from the batches.) Cost: one float32 pass over the gradients."""
     import torch
 
     from adaptkit.engine.shards import local_grad_tensor
@@ -234,10 +235,10 @@ def clip_grad_norm_(tensors: Iterable["torch.Tensor"], max_norm: float | None, d
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     squares = torch.zeros((), dtype=wide, device=device)
     for grad in grads:
-        flat = grad.detach().reshape(-1)
-        for start in range(0, flat.numel(), SQUARES_CHUNK):
-            part = flat[start:start + SQUARES_CHUNK].to(device, wide)
-            squares += torch.dot(part, part)  # BLAS dot: 20x faster on CPU than .pow(2).sum(), same float64 sum
+        grad = grad.detach()
+        parts = grad.reshape(-1) if grad.dim() < 2 else torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1)
+        parts = parts.to(device, wide)
+        squares += torch.dot(parts, parts)
     if all_reduce is not None:
         all_reduce(squares)
     norm = squares.sqrt()

@@ -157,8 +157,8 @@ def make_plan(run: TrainingRun, method: TrainingMethod) -> tuple[TrainingPlan, T
                         is_main_process=run.main)
     with run.dir.removed_on_bad_input():
         plan = build_plan(method, run.model, ctx, run.new_vocab_rows)
-        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps), run.strategy.sharded)
         run.strategy.shard(plan, config.method)
+        plan.callbacks += averaging_callbacks(config.averaging, plan, run.steps, checkpoint_interval(config, run.steps))
         trainable = apply_plan(plan, sharded=run.strategy.sharded, dtype=weight_dtype(run.precision))
     masked_linear.install_for_plan(plan, trainable)
     if config.gradient_checkpointing:  # transformers 5 renamed it; keep both spellings working
@@ -279,6 +279,8 @@ def export(run: TrainingRun, t: Training, metrics: MetricsLog, start_step: int, 
     result = TrainResult(run.dir.path, run.dir.final, run.steps, metrics.tokens_per_step * (run.steps - start_step), metrics.seconds,
                          metrics.final_loss, *t.counts, resumed_from, metrics.history, run.main, run.accelerator.num_processes, run.strategy.name)
     result.state_bytes = held_state_bytes(t.plan.model, t.optimizer)
+    for callback in t.plan.callbacks:  # a collective under FSDP: every process
+        callback.gather(t.plan.model, run.main)
     whole_model = any(callback.exports_whole_model for callback in t.plan.callbacks)
     full_state = run.strategy.full_state(t.plan.model, whole_model)  # a collective under FSDP: every process
     if run.main:

@@ -16,11 +16,12 @@ gradient, T trainable entries, M trainable entries of masked parameters, N proce
     optimizer      8 T + 4 k  AdamW's two fp32 moments, only for trainable entries (k tensors' step)
     averages       4 A c    fp32 copies kept by weight averaging (A entries of the trained
                             parameters, c = 1 for the EMA plus K for LAWA's last K snapshots);
-                            averaging needs whole parameters, so this row is never divided
+                            under FSDP each process averages its own shards: divided by N
     activations    estimate for micro-batch b and sequence length s (below)
 
-Under DDP every process holds all of it; under FSDP weights, compact copies, gradients and
-optimizer state are divided by N and one layer's weights and gradients are gathered at a time.
+Under DDP every process holds all of it; under FSDP weights, compact copies, gradients,
+optimizer state and averages are divided by N and one layer's weights and gradients are
+gathered at a time (at the end the main process gathers the whole model and averages to write them).
 Activations per layer of a Llama-style block (hidden h, KV width h_kv, MLP width i, bytes e:
 4 in fp32, 2 under bf16 autocast), as autograd saves them with SDPA attention:
     b s (8 h + 2 h_kv + 4 i) e      without gradient checkpointing (x L layers)
@@ -118,12 +119,11 @@ def memory_table(counts: PlanCounts, activations: dict[str, int], processes: int
         "gradients": w * counts.with_grad,
         "optimizer": 2 * w * (counts.trainable - counts.masked_trainable) + 2 * m * counts.masked_trainable + 4 * counts.optimizer_tensors,
     }
+    if averages:
+        state["averages"] = 4 * averages * counts.averaged
     n = max(1, processes)
     fsdp = {key: -(-value // n) for key, value in state.items()}
     fsdp["gathered_layer"] = 2 * w * counts.largest_layer if n > 1 else 0  # one layer's full weights + gradients
-    if averages:
-        for row in (state, fsdp):
-            row["averages"] = 4 * averages * counts.averaged
     table = {"single": dict(state), "ddp": dict(state), "fsdp": fsdp}
     for row in table.values():
         row.update({f"activations_{k}": v for k, v in activations.items()})

@@ -22,6 +22,7 @@ from adaptkit.specs import NoParams
 if TYPE_CHECKING:
     import torch
 
+    from adaptkit.engine.chunked import Chunk
     from adaptkit.engine.config import TrainConfig
     from adaptkit.specs import Need, Params
 
@@ -56,15 +57,26 @@ class TrainingCallback:
         """The model to save as final/: a plain dense HF model (e.g. LoRA merged into weights)."""
         return model
 
-    def save_extra(self, model: "torch.nn.Module", directory: Path) -> None:
-        """Write extra artefacts beside the final model (e.g. a PEFT adapter)."""
+    def save_extra(self, model: "torch.nn.Module", directory: Path, state: "Optional[dict[str, torch.Tensor]]" = None) -> None:
+        """Write extra artefacts beside the final model (e.g. a PEFT adapter). `state`: the tensors final/ was
+        written from when they are not the model's own state_dict() (the gathered weights of a sharded model)."""
 
     def state_dict(self) -> dict[str, "torch.Tensor"]:
-        """Tensors to checkpoint so that a resumed run continues identically."""
+        """Tensors to checkpoint so that a resumed run continues identically (the main process's, restored on every process)."""
+        return {}
+
+    def placed_state(self) -> dict[str, "Chunk"]:
+        """Tensors to checkpoint in global coordinates (engine/chunked.py): this process's rows of each (its
+        FSDP shard, or the whole tensor), saved by every process that holds a part and read back in place
+        under any layout. For state kept per shard (e.g. weight averages); state_dict() is for the rest."""
         return {}
 
     def load_state_dict(self, state: dict[str, "torch.Tensor"]) -> None:
         """Restore what state_dict() returned."""
+
+    def gather(self, model: "torch.nn.Module", keep: bool) -> None:
+        """At the end of training, on every process, before the main process exports: state kept per shard is
+        gathered here (a collective under FSDP: every process calls it); `keep`: this process exports."""
 
 
 @dataclass

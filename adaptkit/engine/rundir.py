@@ -229,7 +229,7 @@ class RunDir:
         try:
             save_model(model, tokenizer, tmp, state_dict)
             for callback in callbacks:
-                callback.save_extra(model, tmp)
+                callback.save_extra(model, tmp, state_dict)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))

@@ -59,6 +59,16 @@ def full_tensor(tensor: "torch.Tensor") -> "torch.Tensor":
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def whole_of(local: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
+    """The whole tensor of which `local` is this process's shard, sharded as the parameter `like` (local_shard's
+    rows): an FSDP2 DTensor's shards all-gathered (a collective: every process must call it); otherwise `local`."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(like, DTensor):
+        return local
+    return DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride()).full_tensor()
+
+
 def held_state_dict(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
     """The parameters (a tied one under each of its names) and persistent buffers the model holds now, by state-dict name.
 

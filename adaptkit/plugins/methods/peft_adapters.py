@@ -134,7 +134,7 @@ class MergeAndSaveAdapter(TrainingCallback):
         self.config.base_model_name_or_path = self.base_model
         return model.merge_and_unload()
 
-    def save_extra(self, model, directory: Path) -> None:
+    def save_extra(self, model, directory: Path, state=None) -> None:
         from adaptkit.io.tensors import save_tensors
 
         target = Path(directory) / ADAPTER_DIR
