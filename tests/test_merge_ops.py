@@ -97,3 +97,26 @@ def test_row_blocks_are_written_as_the_whole_tensor_and_rows_read_back(tmp_path)
         short.write("table", RowBlocks(torch.float32, (10, 3), iter([table[:4], table[4:9]])))
     with pytest.raises(RuntimeError, match="a block of rows"):
         short.write("table", RowBlocks(torch.float32, (10, 3), iter([table[:, :2]])))
+
+
+@pytest.mark.parametrize("collinear", [False, True])
+def test_slerp_in_place_gives_the_same_floats_as_the_textbook_expression(collinear):
+    """SLERP writes into its first input to hold fewer full-size temporaries; the floats equal
+    a * sin((1-t)θ)/sin θ + b * sin(tθ)/sin θ (and torch.lerp for nearly collinear pairs), bit for bit."""
+    import math
+
+    from adaptkit.merge.ops import slerp
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 48, generator=generator)
+    b = a * 1.5 + 1e-4 * torch.randn(64, 48, generator=generator) if collinear else torch.randn(64, 48, generator=generator)
+    expected = slerp(a.clone(), b, 0.3)
+    cos = float(torch.dot(a.reshape(-1) / a.norm(), b.reshape(-1) / b.norm()))
+    if collinear:
+        assert abs(cos) > 0.9995 and torch.equal(expected, torch.lerp(a, b, 0.3))
+    else:
+        theta = math.acos(cos)
+        written_out = a * (math.sin(0.7 * theta) / math.sin(theta)) + b * (math.sin(0.3 * theta) / math.sin(theta))
+        assert torch.allclose(expected, written_out, atol=1e-6, rtol=0)
+    target = a.clone()
+    assert torch.equal(slerp(target, b, 0.3, in_place=True), expected) and torch.equal(target, expected)

@@ -151,23 +151,32 @@ def sign_consensus(deltas: list[torch.Tensor], weights: list[float], normalize: 
     return deltas[0]
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
+          in_place: bool = False) -> torch.Tensor:
     """Spherical interpolation of two tensors seen as flat vectors (t=0 gives a, t=1 gives b).
 
     The angle comes from the normalized vectors; nearly collinear pairs (|cos| above
     `dot_threshold`) fall back to linear interpolation (Shoemake 1985, as in mergekit).
+    `in_place`: the result is written into `a` (the same floats; a merge's inputs are its own).
     """
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    unit_a = flat_a / flat_a.norm().clamp_min(eps)
-    unit_b = flat_b / flat_b.norm().clamp_min(eps)
-    dot = float(torch.dot(unit_a, unit_b).clamp(-1.0, 1.0))
+    dot = _unit_dot(a, b, eps)
     if abs(dot) > dot_threshold:
-        return torch.lerp(a, b, t)
+        return a.lerp_(b, t) if in_place else torch.lerp(a, b, t)
     theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
     sin_theta = torch.sin(theta)
     coef_a = float(torch.sin((1 - t) * theta) / sin_theta)
     coef_b = float(torch.sin(t * theta) / sin_theta)
-    return a * coef_a + b * coef_b
+    if not in_place:
+        return a * coef_a + b * coef_b
+    return a.mul_(coef_a).add_(b * coef_b)  # the same floats as a * coef_a + b * coef_b, one temporary fewer
+
+
+def _unit_dot(a: torch.Tensor, b: torch.Tensor, eps: float) -> float:
+    """cos of the angle between a and b as flat vectors, from the normalized vectors (freed on return)."""
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    unit_a = flat_a / flat_a.norm().clamp_min(eps)
+    unit_b = flat_b / flat_b.norm().clamp_min(eps)
+    return float(torch.dot(unit_a, unit_b).clamp(-1.0, 1.0))
 
 
 def expand_units(units: torch.Tensor, shape: tuple[int, ...], granularity: str | None, where: str) -> torch.Tensor:
