@@ -215,3 +215,15 @@ def test_output_tokenizer_without_the_models_special_token_is_refused(invoke, ma
     result = invoke("merge", "linear", "-m", make_model_dir("llama", 1), "-m", other, "--tokenizer-source", other, "-o", out)
     assert_input_error(result, "--tokenizer-source", "'<s>'", "bos_token_id")
     assert not out.exists()
+
+
+def test_a_union_past_the_id_limit_is_refused_before_any_tensor(invoke, make_model_dir, hausa_dir, tmp_path, monkeypatch):
+    """A union whose ids could not be addressed is bad input: one line naming --tokenizer-source, nothing
+    written. (The real limit is 2**31 - 1 ids; here it is lowered below the two tiny tokenizers' union.)"""
+    import adaptkit.merge.vocab as vocab
+
+    monkeypatch.setattr(vocab, "MAX_IDS", 300)
+    out = tmp_path / "out"
+    result = invoke("merge", "linear", "-m", make_model_dir("llama", 1), "-m", hausa_dir, "--tokenizer-source", "union", "-o", out)
+    assert_input_error(result, "--tokenizer-source", "token ids, more than the 300")
+    assert not out.exists() and not list(tmp_path.iterdir())

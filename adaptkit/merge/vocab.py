@@ -26,6 +26,7 @@ import torch
 from adaptkit.errors import InputError
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+MAX_IDS = 2**31 - 1  # token ids are int32 in tokenizers' outputs and many kernels: a vocabulary past this cannot be addressed
 
 
 @dataclass
@@ -192,6 +193,9 @@ def plan_vocabulary(members: list[Member], source: str, flag: str, init: str | N
             vocabs.append(vocab)
         files, vocab, description = _output_tokenizer(members, vocabs, specs, source, flag, Path(scratch.name))
         size = max(vocab.values()) + 1
+        if size > MAX_IDS:
+            raise InputError(f"{flag}: {description} has {size:,} token ids, more than the {MAX_IDS:,} that int32 token ids "
+                             "(tokenizers, embedding lookups) can address; choose base or one input's tokenizer")
         tokens = [None] * size
         for token, out_id in vocab.items():
             tokens[out_id] = token
