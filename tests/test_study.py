@@ -332,17 +332,20 @@ def test_interrupted_study_stops_its_training_with_a_checkpoint(tmp_path, make_m
 def test_study_accepts_new_methods_and_reports_averaged_models(tmp_path, make_model_dir, corpora, invoke):
     """Registered methods work as grid entries by name; a run's final-ema/ and final-lawa/ are evaluated as
     rows of their own (RUN-ema, RUN-lawa) with the run's facts."""
-    grid = [{"method": "fft", "name": "fft-avg", "train": {"averaging": {"ema_decay": 0.5, "lawa_k": 2}, "schedule": {"name": "wsd"}}},
-            {"method": "spectrum", "params": {"fraction": 0.5}},
+    grid = [{"method": "spectrum", "name": "fft", "params": {"fraction": 0.5}},  # a run whose name prefixes fft-avg-ema
+            {"method": "fft", "name": "fft-avg", "train": {"averaging": {"ema_decay": 0.5, "lawa_k": 2}, "schedule": {"name": "wsd"}}},
             {"method": "fft", "name": "bam", "bam": {"rounds": 1, "branches": 2, "merge": "linear"}}]
     path = study_yaml(tmp_path / "study.yaml", make_model_dir("llama"), corpora, grid, steps=4)
     result = invoke("study", path, "-o", tmp_path / "out", "--quiet")
     assert result.returncode == 0, result
     rows = {row["model"]: row for row in json.loads((tmp_path / "out" / "report" / "results.json").read_text())["models"]}
-    assert list(rows) == ["base", "fft-avg", "fft-avg-ema", "fft-avg-lawa", "spectrum", "bam"]
-    assert rows["fft-avg-ema"]["method"] == "fft (ema)" and rows["fft-avg-ema"]["trainable_fraction"] == 1.0
+    assert list(rows) == ["base", "fft", "fft-avg", "fft-avg-ema", "fft-avg-lawa", "bam"]
+    for kind in ("ema", "lawa"):  # the facts of fft-avg, not of the run "fft" whose name begins theirs
+        average = rows[f"fft-avg-{kind}"]
+        assert average["method"] == f"fft ({kind})" and average["trainable_fraction"] == 1.0
+        assert average["train_seconds"] == rows["fft-avg"]["train_seconds"] != rows["fft"]["train_seconds"]
     assert rows["fft-avg-ema"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
-    assert rows["spectrum"]["trainable_fraction"] < 1
+    assert rows["fft"]["method"] == "spectrum" and rows["fft"]["trainable_fraction"] < 1
     assert rows["bam"]["trainable_fraction"] == 1.0 and (tmp_path / "out" / "runs" / "bam" / "round-0" / "branch-1" / "final").is_dir()
     assert rows["bam"]["ha"]["ppl"] != rows["fft-avg"]["ha"]["ppl"]
 

@@ -41,11 +41,15 @@ def run_models(study: Study, output: Path) -> dict[str, Path]:
     """Each run's final model and, as RUN-ema / RUN-lawa, the averaged models it wrote beside it (final-ema/, final-lawa/)."""
     models = {}
     for run in study.runs:
-        run_dir = output / "runs" / run.name
-        models[run.name] = run_dir / "final"
-        for extra in sorted(p for p in run_dir.glob("final-*") if p.is_dir()):
-            models[f"{run.name}-{extra.name.removeprefix('final-')}"] = extra
+        models[run.name] = output / "runs" / run.name / "final"
+        models.update({f"{run.name}-{kind}": path for kind, path in averaged_models(output, run.name)})
     return models
+
+
+def averaged_models(output: Path, run_name: str) -> list[tuple[str, Path]]:
+    """(kind, directory) of the averaged models a run wrote beside final/: ('ema', RUN/final-ema), ..."""
+    run_dir = output / "runs" / run_name
+    return [(p.name.removeprefix("final-"), p) for p in sorted(run_dir.glob("final-*")) if p.is_dir()]
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -64,9 +68,8 @@ def study_rows(study: Study, output: Path, evaluation: dict[str, dict[str, Any]]
         record = result_record(output, run) or {}
         info[run.name] = {"method": run.method, "seed": run.seed, "params": {k: v for k, v in run.params.items() if v != CALIB_DIR},
                           "mixture": run.mixture, "trainable_fraction": record.get("trainable_fraction"), "train_seconds": record.get("seconds")}
-        for name in run_models(study, output):
-            if name.startswith(f"{run.name}-") and name not in info:  # an average of the run's weights: the run's facts
-                info[name] = {**info[run.name], "method": f"{run.method} ({name.removeprefix(run.name + '-')})"}
+        for kind, _ in averaged_models(output, run.name):  # an average of this run's weights: the run's facts
+            info[f"{run.name}-{kind}"] = {**info[run.name], "method": f"{run.method} ({kind})"}
     return model_rows(evaluation, [s.split("=", 1)[0] for s in study.evaluate], info)
 
 
