@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
     sys.modules["torch"].set_num_threads(1)
+# A harness started under `nohup` ignores SIGHUP, and an ignored signal stays ignored in every child: the
+# tests that hang up a command (and the commands under test) need SIGHUP's default, as in a terminal.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 if "ADAPTKIT_CACHE" not in os.environ:  # a private token cache, removed when the session ends
     _CACHE = tempfile.mkdtemp(prefix="adaptkit-test-cache-")
     atexit.register(shutil.rmtree, _CACHE, True)
