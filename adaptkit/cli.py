@@ -235,12 +235,12 @@ def main(argv: list[str] | None = None, nested: bool = False) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `adaptkit` or a bare group: its help, exit 0
             typer.echo(exc.ctx.get_help())
             sys.exit(0)
-        print(f"adaptkit: error: {one_line(exc.format_message())}", file=sys.stderr)
+        _error_line(f"adaptkit: error: {one_line(exc.format_message())}")
         sys.exit(2)
     except AdaptkitError as exc:
         if options.debug:
             raise
-        print(f"adaptkit: error: {one_line(str(exc))}", file=sys.stderr)
+        _error_line(f"adaptkit: error: {one_line(str(exc))}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # before the command ran (while its options were parsed)
         if nested:
@@ -250,10 +250,7 @@ def main(argv: list[str] | None = None, nested: bool = False) -> None:
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if options.debug:
             raise
-        print(
-            f"adaptkit: error: {type(exc).__name__}: {one_line(str(exc))} (run again with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        _error_line(f"adaptkit: error: {type(exc).__name__}: {one_line(str(exc))} (run again with --debug for the traceback)")
         sys.exit(1)
     finally:
         for signum, handler in handlers.items():
@@ -294,3 +291,10 @@ def _install_signal_handlers() -> dict[int, object]:
     if previous[signal.SIGHUP] != signal.SIG_IGN:  # under `nohup` a hang-up stays ignored
         signal.signal(signal.SIGHUP, _terminate)
     return previous
+
+
+def _error_line(text: str) -> None:
+    """One error line in one write: with several processes on one stderr (a launcher's ranks, unbuffered),
+    print's separate write of the newline could let another process's line start in the middle of it."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()

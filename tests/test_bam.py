@@ -125,6 +125,7 @@ def test_bam_under_fsdp_equals_one_process(tmp_path, llama_dir, corpora, invoke)
                    env_with(None, ADAPTKIT_CACHE=str(tmp_path / "cache")), timeout=300)
     errors = [line for line in other.stderr.splitlines() if line.startswith("adaptkit: error:")]
     assert other.returncode != 0 and len(errors) == 2 and all("holds a BaM run with other settings" in line for line in errors), other.stderr[-3000:]
+    assert all(line.count("adaptkit: error:") == 1 for line in errors)  # each rank's line whole, not run into the other's
     # torchrun's report: the first rank to exit did so with 2 (it may then stop the other before that one's own exit 2)
     assert "exitcode  : 2" in other.stderr, other.stderr[-3000:]
 
