@@ -1,12 +1,13 @@
 """Foundation benchmark: CLI cold start, and the engine's FFT step vs a plain HF Trainer.
 
-    python benchmarks/bench_engine.py [--steps 30] [--hidden 256] [--layers 4]
+    python benchmarks/bench_engine.py [--steps 40] [--hidden 256] [--layers 4] [--rounds 2]
 
 Prints (ratios are measured side by side in one run, since the machine is noisy):
 1. `adaptkit --help` cold start vs `python -c "import typer, rich"` (median of runs, interleaved);
 2. median FFT step time and tokens/s of adaptkit's engine vs transformers' Trainer on the same model,
    data, batch, schedule and steps, timed in one process (alternating which goes first), both logging
-   every 5 steps and neither saving checkpoints: the step time of a window of 5 steps between two logs;
+   every 5 steps and neither saving checkpoints, every step a full batch on both sides: the step time of a
+   window of 5 steps between two logs;
 3. peak RSS of each, measured in separate child processes (ru_maxrss).
 """
 
@@ -90,6 +91,7 @@ def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, 
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
         lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), weight_decay=0.01, max_grad_norm=1.0, logging_steps=LOG_STEPS,
         save_strategy="no", report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_drop_last=True,  # every step a full batch, as the engine's (an epoch's short last batch made a Trainer step cheaper)
     )
     Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Stamp()]).train()
     ends = stamps[LOG_STEPS - 1::LOG_STEPS]  # the ends of steps 5, 10, ...: the windows the engine's metrics rows give
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating which goes first")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -129,8 +132,8 @@ def main() -> None:
         n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
         print(f"== FFT: Llama {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, {args.steps} steps, torch threads {torch.get_num_threads()}")
         times: dict[str, list[float]] = {"adaptkit": [], "trainer": []}
-        for order in (("adaptkit", "trainer"), ("trainer", "adaptkit")):
-            for which in order:
+        for round_ in range(args.rounds):
+            for which in (("adaptkit", "trainer"), ("trainer", "adaptkit"))[round_ % 2]:
                 fn = run_engine if which == "adaptkit" else run_trainer
                 times[which] += fn(model_dir, text, root / f"out-{which}", args.steps, args.batch, args.seq)[1:]  # after the first window
         tokens = args.batch * args.seq
@@ -138,6 +141,10 @@ def main() -> None:
         for k, v in median.items():
             print(f"{k:9s} median step {v * 1000:.1f} ms  ({tokens / v:,.0f} tokens/s)")
         print(f"step-time ratio adaptkit / Trainer: {median['adaptkit'] / median['trainer']:.3f} (target <= 1.0)")
+        per_run = len(times["adaptkit"]) // args.rounds
+        ratios = [statistics.median(times["adaptkit"][i * per_run:(i + 1) * per_run]) / statistics.median(times["trainer"][i * per_run:(i + 1) * per_run])
+                  for i in range(args.rounds)]
+        print(f"ratio of each round (the two runs side by side): {', '.join(f'{r:.3f}' for r in ratios)}")
         rss = {k: child_peak_rss("engine" if k == "adaptkit" else "trainer", model_dir, text, root / f"rss-{k}", args.steps, args.batch, args.seq) for k in times}
         for k, v in rss.items():
             print(f"{k:9s} peak RSS {v:.0f} MiB")
