@@ -1,6 +1,6 @@
 """Foundation benchmark: CLI cold start, and the engine's FFT step vs a plain HF Trainer.
 
-    python benchmarks/bench_engine.py [--steps 40] [--hidden 256] [--layers 4] [--rounds 2]
+    python benchmarks/bench_engine.py [--steps 40] [--hidden 256] [--layers 4] [--rounds 2] [--lockstep-steps 100]
 
 Prints (ratios are measured side by side in one run, since the machine is noisy):
 1. `adaptkit --help` cold start vs `python -c "import typer, rich"` (median of runs, interleaved);
@@ -8,7 +8,12 @@ Prints (ratios are measured side by side in one run, since the machine is noisy)
    data, batch, schedule and steps, timed in one process (alternating which goes first), both logging
    every 5 steps and neither saving checkpoints, every step a full batch on both sides: the step time of a
    window of 5 steps between two logs;
-3. peak RSS of each, measured in separate child processes (ru_maxrss).
+3. the same two trainings in lockstep: one process, two threads, the engine's step and the Trainer's step
+   taken in turn (never both at once: a side keeps its turn through its logging after the step), so that
+   both see the same moments of a noisy machine; run twice, each side first once. A step's time is the
+   engine's `train_step` and the Trainer's fetch of the step's batches to its on_step_end (both with the
+   batch fetch, neither with the logging): the ratio of the medians and the median of the paired ratios;
+4. peak RSS of each, measured in separate child processes (VmHWM: see rss.py for why not ru_maxrss).
 """
 
 from __future__ import annotations
@@ -17,16 +22,18 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOG_STEPS = 5  # both log every 5 steps (the engine reads the device only then); step time = a window / 5
+TURN_TIMEOUT_S = 600  # lockstep: the longest wait for the other side's step (a failed side stops the other)
 
 
 def cold_start(runs: int = 7) -> dict:
@@ -56,7 +63,59 @@ def make_setup(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     return root / "base", text
 
 
-def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
+class Lockstep:
+    """Two trainings in one process taking one step each in turn, `first` first. A side holds its turn from
+    the start of its step through its work after the step (logging), and hands it over when its next step
+    starts or its training ends; only the step itself is timed."""
+
+    SIDES = ("adaptkit", "trainer")
+
+    def __init__(self, first: str = "adaptkit") -> None:
+        self.turn = {side: threading.Semaphore(1 if side == first else 0) for side in self.SIDES}
+        self.holding = {side: False for side in self.SIDES}
+        self.times: dict[str, list[float]] = {side: [] for side in self.SIDES}
+        self.started: dict[str, float] = {}
+
+    def begin(self, side: str) -> None:
+        self.hand_over(side)
+        if not self.turn[side].acquire(timeout=TURN_TIMEOUT_S):
+            raise RuntimeError(f"lockstep: {side} waited {TURN_TIMEOUT_S} s for the other side's step")
+        self.holding[side] = True
+        self.started[side] = time.perf_counter()
+
+    def end(self, side: str) -> None:
+        self.times[side].append(time.perf_counter() - self.started[side])
+
+    def hand_over(self, side: str) -> None:
+        if self.holding[side]:
+            self.holding[side] = False
+            self.turn[self.SIDES[1 - self.SIDES.index(side)]].release()
+
+
+@contextmanager
+def engine_steps_in(lockstep: "Lockstep | None"):
+    """The engine's train_step taking its turns in `lockstep` (None: as it is)."""
+    from adaptkit.engine import loop
+
+    original = loop.train_step
+
+    def in_turn(*args, **kwargs):
+        lockstep.begin("adaptkit")
+        result = original(*args, **kwargs)
+        lockstep.end("adaptkit")
+        return result
+
+    if lockstep is not None:
+        loop.train_step = in_turn
+    try:
+        yield
+    finally:
+        loop.train_step = original
+        if lockstep is not None:
+            lockstep.hand_over("adaptkit")
+
+
+def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int, lockstep: "Lockstep | None" = None) -> list[float]:
     from adaptkit.engine.config import TrainConfig
     from adaptkit.engine.loop import train
     from adaptkit.plugins.methods.fft import FullFineTuning, FullFineTuningParams
@@ -66,12 +125,13 @@ def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, s
         "max_steps": steps, "batch_size": batch, "log_steps": LOG_STEPS, "seed": 0,
         "save_steps": 0,  # no checkpoints during the run, as the Trainer's save_strategy="no" below
     })
-    train(config, FullFineTuning(FullFineTuningParams()), out, overwrite=True, log=lambda m: None)
+    with engine_steps_in(lockstep):
+        train(config, FullFineTuning(FullFineTuningParams()), out, overwrite=True, log=lambda m: None)
     elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [(b - a) / LOG_STEPS for a, b in zip(elapsed, elapsed[1:])]
 
 
-def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> list[float]:
+def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int, lockstep: "Lockstep | None" = None) -> list[float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
@@ -86,6 +146,8 @@ def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
+            if lockstep is not None:
+                lockstep.end("trainer")
 
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
@@ -93,21 +155,59 @@ def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, 
         save_strategy="no", report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
         dataloader_drop_last=True,  # every step a full batch, as the engine's (an epoch's short last batch made a Trainer step cheaper)
     )
-    Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Stamp()]).train()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Stamp()])
+    if lockstep is not None:  # a turn starts where the step's batches are fetched, as the engine's train_step does
+        fetch = trainer.get_batch_samples
+
+        def fetch_in_turn(*a, **k):
+            lockstep.begin("trainer")
+            return fetch(*a, **k)
+
+        trainer.get_batch_samples = fetch_in_turn
+    try:
+        trainer.train()
+    finally:
+        if lockstep is not None:
+            lockstep.hand_over("trainer")
     ends = stamps[LOG_STEPS - 1::LOG_STEPS]  # the ends of steps 5, 10, ...: the windows the engine's metrics rows give
     return [(b - a) / LOG_STEPS for a, b in zip(ends, ends[1:])]
 
 
+def lockstep_ratio(model_dir: Path, text: Path, root: Path, steps: int, batch: int, seq: int, first: str, skip: int = 3) -> dict:
+    """Both trainings in lockstep (see the module's docstring), `first` taking the first step; the first
+    `skip` steps of each are warm-up."""
+    lockstep, failed = Lockstep(first), []
+
+    def trainer_side() -> None:
+        try:
+            run_trainer(model_dir, text, root / "lock-trainer", steps, batch, seq, lockstep)
+        except BaseException as exc:  # reported below; the engine's next wait ends at its timeout
+            failed.append(exc)
+
+    thread = threading.Thread(target=trainer_side, daemon=True)
+    thread.start()
+    run_engine(model_dir, text, root / "lock-adaptkit", steps, batch, seq, lockstep)
+    thread.join(TURN_TIMEOUT_S)
+    if failed or thread.is_alive():
+        raise RuntimeError(f"lockstep: the Trainer's side failed: {failed[0] if failed else 'still running'}")
+    engine, trainer = (lockstep.times[side][skip:] for side in Lockstep.SIDES)
+    return {"first": first, "steps": len(engine), "adaptkit median step (ms)": round(statistics.median(engine) * 1000, 1),
+            "trainer median step (ms)": round(statistics.median(trainer) * 1000, 1),
+            "ratio of the medians": round(statistics.median(engine) / statistics.median(trainer), 3),
+            "median of the paired ratios": round(statistics.median(e / t for e, t in zip(engine, trainer)), 3)}
+
+
 def child_peak_rss(which: str, model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int) -> float:
     code = (
-        "import sys, resource; sys.path.insert(0, %r)\n"
+        "import sys; sys.path.insert(0, %r)\n"
         "from bench_engine import run_engine, run_trainer\n"
+        "from rss import peak_rss_mib\n"
         "from pathlib import Path\n"
         "run_%s(Path(%r), Path(%r), Path(%r), %d, %d, %d)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(peak_rss_mib())\n"
     ) % (str(HERE), which, str(model_dir), str(text), str(out), steps, batch, seq)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024  # MiB
+    return float(done.stdout.strip().splitlines()[-1])  # MiB
 
 
 def main() -> None:
@@ -118,6 +218,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating which goes first")
+    parser.add_argument("--lockstep-steps", type=int, default=100, help="steps of each side in the lockstep measurement")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -145,6 +246,9 @@ def main() -> None:
         ratios = [statistics.median(times["adaptkit"][i * per_run:(i + 1) * per_run]) / statistics.median(times["trainer"][i * per_run:(i + 1) * per_run])
                   for i in range(args.rounds)]
         print(f"ratio of each round (the two runs side by side): {', '.join(f'{r:.3f}' for r in ratios)}")
+        print("== the same, in lockstep (one process, the two steps in turn)")
+        for first in Lockstep.SIDES:  # each side first once: the order within a pair cancels out
+            print(json.dumps(lockstep_ratio(model_dir, text, root, args.lockstep_steps, args.batch, args.seq, first)))
         rss = {k: child_peak_rss("engine" if k == "adaptkit" else "trainer", model_dir, text, root / f"rss-{k}", args.steps, args.batch, args.seq) for k in times}
         for k, v in rss.items():
             print(f"{k:9s} peak RSS {v:.0f} MiB")

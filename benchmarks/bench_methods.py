@@ -29,13 +29,14 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rss import peak_rss_mib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,7 +73,7 @@ def peak_memory_mb(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()  # VmHWM: a child's ru_maxrss would include this benchmark's own peak (rss.py)
 
 
 def step_mark(device: str, baseline_mb: float) -> tuple[float, float, float, float]:

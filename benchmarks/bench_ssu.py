@@ -165,16 +165,17 @@ def engine_step_times(method: str, model_dir: Path, text: Path, calib: Path, out
 def child_peak_rss(method: str, model_dir: Path, text: Path, calib: Path, out: Path, steps: int, batch: int, seq: int) -> float:
     """Peak RSS (MiB) of one whole training run in a fresh process, counted from after the imports."""
     code = (
-        "import re, sys; sys.path.insert(0, %r)\n"
+        "import sys; sys.path.insert(0, %r)\n"
         "import torch, transformers, accelerate\n"
         "from bench_ssu import engine_step_times\n"
+        "from rss import peak_rss_mib, reset_peak_rss\n"
         "from pathlib import Path\n"
-        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS\n"
+        "reset_peak_rss()  # counted from after the imports\n"
         "engine_step_times(%r, Path(%r), Path(%r), Path(%r), Path(%r), %d, %d, %d)\n"
-        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "print(peak_rss_mib())\n"
     ) % (str(HERE), method, str(model_dir), str(text), str(calib), str(out), steps, batch, seq)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
