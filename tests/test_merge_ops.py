@@ -120,3 +120,30 @@ def test_slerp_in_place_gives_the_same_floats_as_the_textbook_expression(colline
         assert torch.allclose(expected, written_out, atol=1e-6, rtol=0)
     target = a.clone()
     assert torch.equal(slerp(target, b, 0.3, in_place=True), expected) and torch.equal(target, expected)
+
+
+@pytest.mark.parametrize("collinear", [False, True])
+def test_slerp_in_blocks_equals_the_whole_tensor_computation(monkeypatch, collinear):
+    """SLERP's passes go block by block (its temporaries are blocks, not tensors): with blocks of 100
+    elements (31 blocks, the last one short), a transposed input, and the angle computed independently
+    in float64, the result is the textbook expression within float32 rounding."""
+    import math
+
+    from adaptkit.merge import ops
+
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(61, 50, generator=generator)
+    b = a * 1.5 + 1e-4 * torch.randn(61, 50, generator=generator) if collinear else torch.randn(61, 50, generator=generator)
+    a64, b64 = a.double().reshape(-1), b.double().reshape(-1)
+    cos = float(torch.dot(a64 / a64.norm(), b64 / b64.norm()))
+    if collinear:
+        expected = a.double() + 0.3 * (b.double() - a.double())
+    else:
+        theta = math.acos(cos)
+        expected = a.double() * (math.sin(0.7 * theta) / math.sin(theta)) + b.double() * (math.sin(0.3 * theta) / math.sin(theta))
+    monkeypatch.setattr(ops, "SLERP_BLOCK", 100)
+    for first, second in ((a.clone(), b), (a.t().contiguous().t(), b)):  # contiguous, and a transposed view
+        target = first.clone() if first.is_contiguous() else first
+        merged = ops.slerp(target, second, 0.3, in_place=True)
+        assert merged is target and torch.allclose(merged.double(), expected, atol=1e-6, rtol=0)
+    assert abs(ops._unit_dot(a, b, 1e-8) - cos) < 1e-6

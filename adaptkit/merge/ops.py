@@ -151,32 +151,56 @@ def sign_consensus(deltas: list[torch.Tensor], weights: list[float], normalize: 
     return deltas[0]
 
 
+SLERP_BLOCK = 1 << 22  # elements per block of SLERP's passes (16 MiB of float32): its temporaries are blocks
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
           in_place: bool = False) -> torch.Tensor:
     """Spherical interpolation of two tensors seen as flat vectors (t=0 gives a, t=1 gives b).
 
     The angle comes from the normalized vectors; nearly collinear pairs (|cos| above
     `dot_threshold`) fall back to linear interpolation (Shoemake 1985, as in mergekit).
-    `in_place`: the result is written into `a` (the same floats; a merge's inputs are its own).
+    `in_place`: the result is written into `a` (the same floats; a merge's inputs are its own), and
+    every temporary is a block of SLERP_BLOCK elements: the merge holds its two inputs and two blocks.
     """
     dot = _unit_dot(a, b, eps)
     if abs(dot) > dot_threshold:
-        return a.lerp_(b, t) if in_place else torch.lerp(a, b, t)
+        return _blockwise(a, b, lambda x, y: x.lerp_(y, t)) if in_place else torch.lerp(a, b, t)
     theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
     sin_theta = torch.sin(theta)
     coef_a = float(torch.sin((1 - t) * theta) / sin_theta)
     coef_b = float(torch.sin(t * theta) / sin_theta)
     if not in_place:
         return a * coef_a + b * coef_b
-    return a.mul_(coef_a).add_(b * coef_b)  # the same floats as a * coef_a + b * coef_b, one temporary fewer
+    return _blockwise(a, b, lambda x, y: x.mul_(coef_a).add_(y * coef_b))  # the floats of a * coef_a + b * coef_b
+
+
+def _blocks(a: torch.Tensor, b: torch.Tensor):
+    """Matching blocks of SLERP_BLOCK elements of a and b seen as flat vectors (views of contiguous tensors)."""
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    for start in range(0, flat_a.numel(), SLERP_BLOCK):
+        yield flat_a[start:start + SLERP_BLOCK], flat_b[start:start + SLERP_BLOCK]
+
+
+def _blockwise(a: torch.Tensor, b: torch.Tensor, update) -> torch.Tensor:
+    """`update(block of a, block of b)` in place, block by block; returns a."""
+    if not a.is_contiguous():
+        a.copy_(update(a.contiguous(), b.contiguous()))
+        return a
+    for block_a, block_b in _blocks(a, b.contiguous()):
+        update(block_a, block_b)
+    return a
 
 
 def _unit_dot(a: torch.Tensor, b: torch.Tensor, eps: float) -> float:
-    """cos of the angle between a and b as flat vectors, from the normalized vectors (freed on return)."""
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    unit_a = flat_a / flat_a.norm().clamp_min(eps)
-    unit_b = flat_b / flat_b.norm().clamp_min(eps)
-    return float(torch.dot(unit_a, unit_b).clamp(-1.0, 1.0))
+    """cos of the angle between a and b as flat vectors, from the normalized vectors, as mergekit takes it,
+    block by block (the partial dot products summed in float64): two blocks' temporaries, not two tensors."""
+    norm_a = a.reshape(-1).norm().clamp_min(eps)
+    norm_b = b.reshape(-1).norm().clamp_min(eps)
+    total = 0.0
+    for block_a, block_b in _blocks(a, b):
+        total += float(torch.dot(block_a / norm_a, block_b / norm_b))
+    return min(1.0, max(-1.0, total))
 
 
 def expand_units(units: torch.Tensor, shape: tuple[int, ...], granularity: str | None, where: str) -> torch.Tensor:

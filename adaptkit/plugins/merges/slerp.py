@@ -30,7 +30,7 @@ class Slerp(MergeMethod):
     def merge_tensor(self, tensors, base, params: SlerpParams, ctx):
         from adaptkit.merge.ops import slerp
 
-        return slerp(tensors[0], tensors[1], params.t, in_place=True)  # the executor's copies: peak 4 tensors, not 7
+        return slerp(tensors[0], tensors[1], params.t, in_place=True)  # the executor's copies and two blocks: not 7 tensors
 
 
 SPEC = merge_spec(Slerp)
