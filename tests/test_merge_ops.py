@@ -126,7 +126,8 @@ def test_slerp_in_place_gives_the_same_floats_as_the_textbook_expression(colline
 def test_slerp_in_blocks_equals_the_whole_tensor_computation(monkeypatch, collinear):
     """SLERP's passes go block by block (its temporaries are blocks, not tensors): with blocks of 100
     elements (31 blocks, the last one short), a transposed input, and the angle computed independently
-    in float64, the result is the textbook expression within float32 rounding."""
+    in float64, the result is the textbook expression within float32 rounding and the cosine from the
+    summed statistics equals the independent one."""
     import math
 
     from adaptkit.merge import ops
@@ -146,4 +147,5 @@ def test_slerp_in_blocks_equals_the_whole_tensor_computation(monkeypatch, collin
         target = first.clone() if first.is_contiguous() else first
         merged = ops.slerp(target, second, 0.3, in_place=True)
         assert merged is target and torch.allclose(merged.double(), expected, atol=1e-6, rtol=0)
-    assert abs(ops._unit_dot(a, b, 1e-8) - cos) < 1e-6
+    squares_a, squares_b, dot = ops.slerp_statistics(a, b).tolist()
+    assert abs(dot / math.sqrt(squares_a * squares_b) - cos) < 1e-12

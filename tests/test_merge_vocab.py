@@ -116,6 +116,37 @@ def test_row_blocks_merge_as_whole_tensors_bit_for_bit(make_model_dir, hausa_dir
     assert hashes[0] == hashes[1] == hashes[2]
 
 
+@pytest.mark.slow  # two merges
+def test_row_statistics_merge_in_two_passes_as_whole_tensors(make_model_dir, hausa_dir, tmp_path, monkeypatch):
+    """SLERP (row statistics: the angle of the whole tensors) merges a union's vocabulary tensors in
+    two passes over blocks of rows, never rebuilding the inputs whole: the statistics summed over
+    the blocks, then each block merged; the same rows as SLERP on whole rebuilt tensors (float64 sums
+    in another order: within 1e-7), the same input hashes."""
+    from safetensors.torch import load_file
+
+    from adaptkit.merge import vocab_tensors
+    from adaptkit.merge.executor import Input, MergeOptions, run_merge
+    from adaptkit.plugins.merges.slerp import Slerp, SlerpParams
+
+    class WholeSlerp(Slerp):
+        row_statistics = False
+
+    passes = []
+    monkeypatch.setattr(vocab_tensors, "CHUNK", 64)  # several blocks of the union's rows
+    original = vocab_tensors.VocabTensors.blocks
+    monkeypatch.setattr(vocab_tensors.VocabTensors, "blocks", lambda self, *a, **k: passes.append(k.get("first_pass") is not None) or original(self, *a, **k))
+    models = [Input("model", make_model_dir("llama", 1), "--model"), Input("model", hausa_dir, "--model")]
+    two_pass = run_merge(Slerp(), SlerpParams(t=0.3), models, tmp_path / "blocks", options=MergeOptions(tokenizer_source="union"))
+    assert passes == [True] * len(VOCAB_TENSORS)
+    whole = run_merge(WholeSlerp(), SlerpParams(t=0.3), models, tmp_path / "whole", options=MergeOptions(tokenizer_source="union"))
+    assert len(passes) == len(VOCAB_TENSORS)  # the whole path took no blocks
+    ours, theirs = load_file(tmp_path / "blocks" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-7, rtol=0), (name, (ours[name] - theirs[name]).abs().max())
+    assert [i["weights_hash"] for i in two_pass["inputs"]] == [i["weights_hash"] for i in whole["inputs"]]
+
+
 @pytest.mark.slow  # mergekit's import and three merges
 def test_same_rows_per_token_as_mergekit(invoke, make_model_dir, hausa_dir, tmp_path_factory, tmp_path):
     """mergekit's tokenizer_source (union, a model, base) on the same YAML: the same row for every token string.

@@ -146,7 +146,10 @@ class MergeMethod(ABC):
     `row_separable`: every output row depends only on the same row of the inputs (base, aux
     included), computed by the same elementwise operations whatever the number of rows; the
     executor may then merge a large tensor a block of rows at a time (as it does across
-    vocabularies), with the same result.
+    vocabularies), with the same result. `row_statistics`: the same, given `statistics` of the whole
+    tensors that add up over blocks of rows (`statistics(inputs, ...)`), and `merge_tensor` is
+    `merge_rows(inputs, ..., statistics(inputs, ...))`: the executor then merges across vocabularies
+    in two passes over blocks of rows (SLERP's angle), never holding the rebuilt inputs.
     """
 
     name: ClassVar[str]
@@ -160,6 +163,7 @@ class MergeMethod(ABC):
     tensor_params: ClassVar[dict[str, str]] = {}
     base_model_is_first_model: ClassVar[bool] = False
     row_separable: ClassVar[bool] = False
+    row_statistics: ClassVar[bool] = False
 
     def check(self, params: Params, n_models: int, has_base: bool, num_layers: int) -> None:
         """Refuse inputs the method cannot use (counts, missing base) and run every parameter's
@@ -179,6 +183,15 @@ class MergeMethod(ABC):
     @abstractmethod
     def merge_tensor(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext) -> "torch.Tensor":
         """Implemented by each method."""
+
+    def statistics(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext) -> "torch.Tensor":
+        """A `row_statistics` method's sums over the rows of its inputs (those of blocks of rows add up)."""
+        raise NotImplementedError(f"{self.name} does not declare row_statistics")
+
+    def merge_rows(self, tensors: list["torch.Tensor"], base: "torch.Tensor | None", params: Any, ctx: TensorContext,
+                   statistics: "torch.Tensor") -> "torch.Tensor":
+        """A `row_statistics` method's merge of rows of its inputs, given the whole tensors' `statistics`."""
+        raise NotImplementedError(f"{self.name} does not declare row_statistics")
 
 
 def per_model(values: Optional[Sequence[float]], n_models: int, flag: str, default: float, broadcast: bool = False) -> list[float]:

@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -507,9 +507,10 @@ def _read_aux(aux_sources: list[_Source], name: str, members: bool) -> tuple[dic
     return aux, aux_meta
 
 
-def _checked(method: MergeMethod, inputs: list[torch.Tensor], base: torch.Tensor | None, params: Params, context: TensorContext) -> torch.Tensor:
+def _checked(method: MergeMethod, inputs: list[torch.Tensor], base: torch.Tensor | None, params: Params, context: TensorContext,
+             merge: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     shape = tuple(inputs[0].shape)
-    merged = method.merge_tensor(inputs, base, params, context)
+    merged = (merge or method.merge_tensor)(inputs, base, params, context)
     if tuple(merged.shape) != shape:
         raise RuntimeError(f"merge method {method.name} returned shape {tuple(merged.shape)} for '{context.name}', expected {shape}")
     return merged
@@ -519,19 +520,42 @@ def _merge_across(method, params, item, align, n_models: int, has_base: bool, ro
     """A vocabulary tensor of a merge across vocabularies: the method on every input's rows of the
     output vocabulary (model inputs, base, then the auxiliary model / vector inputs by `roles`).
     A row-separable method (declared by its class) merges a block of rows at a time, read and
-    merged while the writer writes them; otherwise whole rebuilt tensors."""
+    merged while the writer writes them; a method with row statistics the same after a first pass
+    over the blocks that sums its statistics; otherwise whole rebuilt tensors."""
     out_dtype = DTYPES[item.dtype]
     compute = torch.float64 if any(DTYPES[s.tensors[item.name].dtype] == torch.float64 for s in align.sources[:n_models]) else torch.float32
     others = dict(context.aux)  # mask / score files: as stored
 
-    def merged(tensors: list[torch.Tensor]) -> torch.Tensor:
+    def split(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None, TensorContext]:
         aux = dict(zip(roles, tensors[n_models + has_base:]))
         block = TensorContext(name=context.name, num_layers=context.num_layers, seed=context.seed, aux={**others, **aux}, aux_meta=context.aux_meta)
-        return _checked(method, tensors[:n_models], tensors[n_models] if has_base else None, params, block).to(out_dtype)
+        return tensors[:n_models], tensors[n_models] if has_base else None, block
 
-    if method.row_separable and align.vocab.init is None and all(v is None for v in others.values()):
-        return RowBlocks(out_dtype, tuple(item.shape), align.blocks(item.name, compute, merged))
+    def merged(tensors: list[torch.Tensor], merge: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        inputs, base, block = split(tensors)
+        return _checked(method, inputs, base, params, block, merge).to(out_dtype)
+
+    if align.vocab.init is None and all(v is None for v in others.values()):
+        if method.row_separable:
+            return RowBlocks(out_dtype, tuple(item.shape), align.blocks(item.name, compute, merged))
+        if method.row_statistics:
+            return RowBlocks(out_dtype, tuple(item.shape), _two_passes(method, params, item.name, align, compute, split, merged))
     return merged(align.whole(item.name, compute))
+
+
+def _two_passes(method, params, name: str, align, compute: torch.dtype, split, merged) -> Iterator[torch.Tensor]:
+    """A row-statistics method's merged blocks of rows: its statistics summed over every block, then each block merged with them."""
+    totals: list[torch.Tensor] = []
+
+    def add(tensors: list[torch.Tensor]) -> None:
+        inputs, base, block = split(tensors)
+        part = method.statistics(inputs, base, params, block)
+        totals[:] = [totals[0] + part] if totals else [part]
+
+    def rows(inputs, base, params_, context):
+        return method.merge_rows(inputs, base, params_, context, totals[0])
+
+    return align.blocks(name, compute, lambda tensors: merged(tensors, rows), first_pass=add)
 
 
 class _progress:

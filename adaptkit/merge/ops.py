@@ -7,6 +7,8 @@ peak memory near the inputs' size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from adaptkit.errors import InputError
@@ -151,25 +153,41 @@ def sign_consensus(deltas: list[torch.Tensor], weights: list[float], normalize: 
     return deltas[0]
 
 
-SLERP_BLOCK = 1 << 22  # elements per block of SLERP's passes (16 MiB of float32): its temporaries are blocks
+SLERP_BLOCK = 1 << 20  # elements per block of SLERP's passes (8 MiB in float64): its temporaries are blocks
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
           in_place: bool = False) -> torch.Tensor:
     """Spherical interpolation of two tensors seen as flat vectors (t=0 gives a, t=1 gives b).
 
-    The angle comes from the normalized vectors; nearly collinear pairs (|cos| above
-    `dot_threshold`) fall back to linear interpolation (Shoemake 1985, as in mergekit).
+    The angle is that of the normalized vectors; nearly collinear pairs (|cos| above `dot_threshold`)
+    fall back to linear interpolation (Shoemake 1985, as in mergekit). The cosine comes from
+    `slerp_statistics` (sums in float64; mergekit takes the float32 dot of the normalized vectors).
     `in_place`: the result is written into `a` (the same floats; a merge's inputs are its own), and
     every temporary is a block of SLERP_BLOCK elements: the merge holds its two inputs and two blocks.
     """
-    dot = _unit_dot(a, b, eps)
-    if abs(dot) > dot_threshold:
+    return slerp_from_statistics(a, b, t, slerp_statistics(a, b), dot_threshold, eps, in_place)
+
+
+def slerp_statistics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[sum of a^2, sum of b^2, sum of a*b] over a and b as flat vectors, in float64, block by block:
+    the statistics of any split of the rows add up to those of the whole."""
+    total = torch.zeros(3, dtype=torch.float64)
+    for block_a, block_b in _blocks(a, b):
+        x, y = block_a.double(), block_b.double()
+        total += torch.stack([torch.dot(x, x), torch.dot(y, y), torch.dot(x, y)])
+    return total
+
+
+def slerp_from_statistics(a: torch.Tensor, b: torch.Tensor, t: float, statistics: torch.Tensor, dot_threshold: float = 0.9995,
+                          eps: float = 1e-8, in_place: bool = False) -> torch.Tensor:
+    """SLERP of a and b (or of rows of them) with the angle of the whole tensors, from their `slerp_statistics`."""
+    squares_a, squares_b, dot = statistics.tolist()
+    cos = min(1.0, max(-1.0, dot / (max(math.sqrt(squares_a), eps) * max(math.sqrt(squares_b), eps))))
+    if abs(cos) > dot_threshold:
         return _blockwise(a, b, lambda x, y: x.lerp_(y, t)) if in_place else torch.lerp(a, b, t)
-    theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
-    sin_theta = torch.sin(theta)
-    coef_a = float(torch.sin((1 - t) * theta) / sin_theta)
-    coef_b = float(torch.sin(t * theta) / sin_theta)
+    theta = math.acos(cos)
+    coef_a, coef_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
     if not in_place:
         return a * coef_a + b * coef_b
     return _blockwise(a, b, lambda x, y: x.mul_(coef_a).add_(y * coef_b))  # the floats of a * coef_a + b * coef_b
@@ -190,17 +208,6 @@ def _blockwise(a: torch.Tensor, b: torch.Tensor, update) -> torch.Tensor:
     for block_a, block_b in _blocks(a, b.contiguous()):
         update(block_a, block_b)
     return a
-
-
-def _unit_dot(a: torch.Tensor, b: torch.Tensor, eps: float) -> float:
-    """cos of the angle between a and b as flat vectors, from the normalized vectors, as mergekit takes it,
-    block by block (the partial dot products summed in float64): two blocks' temporaries, not two tensors."""
-    norm_a = a.reshape(-1).norm().clamp_min(eps)
-    norm_b = b.reshape(-1).norm().clamp_min(eps)
-    total = 0.0
-    for block_a, block_b in _blocks(a, b):
-        total += float(torch.dot(block_a / norm_a, block_b / norm_b))
-    return min(1.0, max(-1.0, total))
 
 
 def expand_units(units: torch.Tensor, shape: tuple[int, ...], granularity: str | None, where: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ an initializer needs it), and the rows a model input lacks are then filled (`Voc
 For a method whose class declares `row_separable`, the merged tensor is produced a block of
 output rows at a time from the inputs' original tensors (`VocabMap.block`), and the executor
 writes each block as it comes: neither the rebuilt inputs nor the whole output exist at once.
+A method that declares `row_statistics` gets a first pass over the same blocks (its statistics).
 """
 
 from __future__ import annotations
@@ -70,11 +71,16 @@ class VocabTensors:
         [(_, original)] = list(self._read(member, name, self.sources[member].tensors[name].shape[0]))
         return original
 
-    def blocks(self, name: str, dtype: torch.dtype, merge: Callable[[list[torch.Tensor]], torch.Tensor]) -> Iterator[torch.Tensor]:
+    def blocks(self, name: str, dtype: torch.dtype, merge: Callable[[list[torch.Tensor]], torch.Tensor],
+               first_pass: Callable[[list[torch.Tensor]], None] | None = None) -> Iterator[torch.Tensor]:
         """merge(rows) for consecutive blocks of output rows (every input's rows, filled, in `dtype`);
-        the inputs are read when the first block is asked for. The rows live in buffers reused for
-        the next block: each merged block must be consumed (written) before the next is asked for."""
+        the inputs are read when the first block is asked for, and `first_pass(rows)` (if given) sees
+        every block before the first is merged. The rows live in buffers reused for the next block:
+        each merged block must be consumed (written) before the next is asked for."""
         originals = [self._original(i, name) for i in range(len(self.sources))]
         buffers = [torch.empty(min(CHUNK, self.vocab.size), original.shape[1], dtype=dtype) for original in originals]
-        for start in range(0, self.vocab.size, CHUNK):
+        starts = range(0, self.vocab.size, CHUNK)
+        for start in starts if first_pass is not None else ():
+            first_pass(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers))
+        for start in starts:
             yield merge(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers))

@@ -26,11 +26,20 @@ class Slerp(MergeMethod):
     min_models = 2
     max_models = 2
     base_model_is_first_model = True  # mergekit's slerp: base_model is the t = 0 end
+    row_statistics = True  # the angle of the whole tensors, then row by row
 
     def merge_tensor(self, tensors, base, params: SlerpParams, ctx):
-        from adaptkit.merge.ops import slerp
+        return self.merge_rows(tensors, base, params, ctx, self.statistics(tensors, base, params, ctx))
 
-        return slerp(tensors[0], tensors[1], params.t, in_place=True)  # the executor's copies and two blocks: not 7 tensors
+    def statistics(self, tensors, base, params: SlerpParams, ctx):
+        from adaptkit.merge.ops import slerp_statistics
+
+        return slerp_statistics(tensors[0], tensors[1])
+
+    def merge_rows(self, tensors, base, params: SlerpParams, ctx, statistics):
+        from adaptkit.merge.ops import slerp_from_statistics
+
+        return slerp_from_statistics(tensors[0], tensors[1], params.t, statistics, in_place=True)  # into the executor's copies: not 7 tensors
 
 
 SPEC = merge_spec(Slerp)
