@@ -66,19 +66,23 @@ def make_setup(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
 class Lockstep:
     """Two trainings in one process taking one step each in turn, `first` first. A side holds its turn from
     the start of its step through its work after the step (logging), and hands it over when its next step
-    starts or its training ends; only the step itself is timed."""
+    starts; only the step itself is timed. A side whose training ended (or failed) is waited for no more."""
 
     SIDES = ("adaptkit", "trainer")
 
     def __init__(self, first: str = "adaptkit") -> None:
         self.turn = {side: threading.Semaphore(1 if side == first else 0) for side in self.SIDES}
         self.holding = {side: False for side in self.SIDES}
+        self.finished = {side: False for side in self.SIDES}
         self.times: dict[str, list[float]] = {side: [] for side in self.SIDES}
         self.started: dict[str, float] = {}
 
+    def other(self, side: str) -> str:
+        return self.SIDES[1 - self.SIDES.index(side)]
+
     def begin(self, side: str) -> None:
         self.hand_over(side)
-        if not self.turn[side].acquire(timeout=TURN_TIMEOUT_S):
+        if not self.finished[self.other(side)] and not self.turn[side].acquire(timeout=TURN_TIMEOUT_S):
             raise RuntimeError(f"lockstep: {side} waited {TURN_TIMEOUT_S} s for the other side's step")
         self.holding[side] = True
         self.started[side] = time.perf_counter()
@@ -89,7 +93,12 @@ class Lockstep:
     def hand_over(self, side: str) -> None:
         if self.holding[side]:
             self.holding[side] = False
-            self.turn[self.SIDES[1 - self.SIDES.index(side)]].release()
+            self.turn[self.other(side)].release()
+
+    def finish(self, side: str) -> None:
+        """`side`'s training ended or failed: the other side goes on without waiting."""
+        self.finished[side], self.holding[side] = True, False
+        self.turn[self.other(side)].release()
 
 
 @contextmanager
@@ -112,7 +121,7 @@ def engine_steps_in(lockstep: "Lockstep | None"):
     finally:
         loop.train_step = original
         if lockstep is not None:
-            lockstep.hand_over("adaptkit")
+            lockstep.finish("adaptkit")
 
 
 def run_engine(model_dir: Path, text: Path, out: Path, steps: int, batch: int, seq: int, lockstep: "Lockstep | None" = None) -> list[float]:
@@ -168,7 +177,7 @@ def run_trainer(model_dir: Path, text: Path, out: Path, steps: int, batch: int, 
         trainer.train()
     finally:
         if lockstep is not None:
-            lockstep.hand_over("trainer")
+            lockstep.finish("trainer")
     ends = stamps[LOG_STEPS - 1::LOG_STEPS]  # the ends of steps 5, 10, ...: the windows the engine's metrics rows give
     return [(b - a) / LOG_STEPS for a, b in zip(ends, ends[1:])]
 
@@ -181,7 +190,7 @@ def lockstep_ratio(model_dir: Path, text: Path, root: Path, steps: int, batch: i
     def trainer_side() -> None:
         try:
             run_trainer(model_dir, text, root / "lock-trainer", steps, batch, seq, lockstep)
-        except BaseException as exc:  # reported below; the engine's next wait ends at its timeout
+        except BaseException as exc:  # reported below (run_trainer's finish lets the engine go on)
             failed.append(exc)
 
     thread = threading.Thread(target=trainer_side, daemon=True)
