@@ -80,7 +80,12 @@ class VocabTensors:
         originals = [self._original(i, name) for i in range(len(self.sources))]
         buffers = [torch.empty(min(CHUNK, self.vocab.size), original.shape[1], dtype=dtype) for original in originals]
         starts = range(0, self.vocab.size, CHUNK)
-        for start in starts if first_pass is not None else ():
-            first_pass(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers))
+
+        def rows(start: int) -> list[torch.Tensor]:
+            return self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers)
+
+        if first_pass is not None:
+            for start in starts:
+                first_pass(rows(start))
         for start in starts:
-            yield merge(self.vocab.block(originals, start, min(start + CHUNK, self.vocab.size), buffers))
+            yield merge(rows(start))
