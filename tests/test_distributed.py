@@ -227,3 +227,32 @@ def test_a_rank_killed_mid_training_ends_the_whole_launch_in_seconds(tmp_path, m
         end_group(launch)
     assert launch.returncode != 0
     assert_ended(everything)
+
+
+@pytest.mark.parametrize("argv, code", [(["--version"], 0), (["merge", "linear", "--no-such-flag"], 2)])
+def test_the_cli_leaves_its_gloo_process_group_before_the_process_exits(tmp_path, argv, code):
+    """A launched command's process group is torn down by the CLI on its way out, after a result and after
+    an error (left to the interpreter's exit, gloo's threads may abort the process when a peer has gone);
+    a nested command leaves it to the outer one."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "from adaptkit.cli import main\n"
+        "try:\n"
+        "    main(['--version'], nested=True)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "nested = dist.is_initialized()\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "    print('exit', 0)\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+        "print('kept by the nested command', nested, 'initialized after', dist.is_initialized())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"exit {code}" in done.stdout and "kept by the nested command True initialized after False" in done.stdout, done.stdout + done.stderr[-2000:]
