@@ -255,10 +255,6 @@ def main(argv: list[str] | None = None, nested: bool = False) -> None:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        if not nested and "torch.distributed" in sys.modules:  # a launched run: leave its process group before exiting
-            from adaptkit.engine.distributed import leave_process_group
-
-            leave_process_group()
 
 
 def run_in_process(argv: list[str]) -> tuple[int, str]:

@@ -229,30 +229,24 @@ def test_a_rank_killed_mid_training_ends_the_whole_launch_in_seconds(tmp_path, m
     assert_ended(everything)
 
 
-@pytest.mark.parametrize("argv, code", [(["--version"], 0), (["merge", "linear", "--no-such-flag"], 2)])
-def test_the_cli_leaves_its_gloo_process_group_before_the_process_exits(tmp_path, argv, code):
-    """A launched command's process group is torn down by the CLI on its way out, after a result and after
-    an error (left to the interpreter's exit, gloo's threads may abort the process when a peer has gone);
-    a nested command leaves it to the outer one."""
+@pytest.mark.parametrize("code", [0, 2])
+def test_a_joined_gloo_process_group_is_torn_down_when_the_process_exits(tmp_path, code):
+    """make_accelerator, having joined a process group, tears it down at the process's exit (after a
+    result and after an error: left to the interpreter, gloo's threads may abort the process when a peer
+    has gone) and not before: the group serves every run the process makes. An exit hook registered
+    first runs last and sees it."""
     import subprocess
     import sys
 
     program = (
-        "import sys, torch.distributed as dist\n"
+        "import atexit, sys, torch.distributed as dist\n"
+        "atexit.register(lambda: print('initialized at exit', dist.is_initialized(), flush=True))\n"
         f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
-        "from adaptkit.cli import main\n"
-        "try:\n"
-        "    main(['--version'], nested=True)\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "nested = dist.is_initialized()\n"
-        "try:\n"
-        f"    main({argv!r})\n"
-        "    print('exit', 0)\n"
-        "except SystemExit as exc:\n"
-        "    print('exit', exc.code)\n"
-        "print('kept by the nested command', nested, 'initialized after', dist.is_initialized())\n"
+        "from adaptkit.engine.distributed import make_accelerator\n"
+        "make_accelerator('cpu'); make_accelerator('cpu')\n"
+        "print('initialized after joining', dist.is_initialized(), flush=True)\n"
+        f"sys.exit({code})\n"
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"exit {code}" in done.stdout and "kept by the nested command True initialized after False" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["initialized after joining True", "initialized at exit False"], done.stdout + done.stderr[-2000:]

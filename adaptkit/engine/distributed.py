@@ -9,6 +9,7 @@ the trainable entries of that shard), so the optimizer state is sharded too.
 
 from __future__ import annotations
 
+import atexit
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Optional
@@ -50,16 +51,20 @@ def make_accelerator(device: str, log_with: Optional[list[str]] = None, logging_
     accelerator = Accelerator(cpu=cpu, log_with=log_with or None, project_config=project)  # trackers: engine/trackers.py
     if launched > 1 and accelerator.num_processes != launched:
         raise AdaptkitError(f"the launcher started {launched} processes but only {accelerator.num_processes} joined the process group")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.unregister(leave_process_group)  # once, however many runs this process makes in the group
+        atexit.register(leave_process_group)
     return accelerator
 
 
 def leave_process_group() -> None:
-    """Tear down the gloo process group this process joined, before it exits (the CLI's last step).
+    """Tear down the gloo process group this process joined, when the process exits (an atexit hook that
+    `make_accelerator` registers: the group stays for every run the process makes in it).
 
     Left to the interpreter's exit, gloo's threads can end the process in std::terminate (SIGABRT,
     "terminate called without an active exception") when a peer has already gone: measured with
-    `benchmarks/stress_pg_exit.py`, 4 of 12 two-process exits on the idle machine and 5 of 12 beside two
-    busy processes, 0 of 12 in both with this teardown. An NCCL group is left to the launcher: its
+    `benchmarks/stress_pg_exit.py`, 5 of 16 two-process exits on the idle machine and 1 of 12 beside two
+    busy processes (5 of 12 in another run), 0 of 16 and 0 of 12 with this exit hook. An NCCL group is left to the launcher: its
     teardown can wait on a peer stuck in a collective, and the exit must not wait.
     """
     import sys
