@@ -1,4 +1,4 @@
-from adaptkit.cli import main
+from adaptkit.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

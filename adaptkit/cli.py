@@ -257,6 +257,32 @@ def main(argv: list[str] | None = None, nested: bool = False) -> None:
             signal.signal(signum, handler)
 
 
+def run() -> None:
+    """The `adaptkit` program (its script and `python -m adaptkit`): `main`, then the end of the process. A
+    process of a launched run (one that joined a process group) ends with os._exit once every exit hook
+    has run (the group's teardown among them): left to the interpreter's own teardown, the group's C++
+    threads can abort the process (SIGABRT) when a peer has gone first, and a launch that should exit 2
+    exits -6."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        sys.exit(code)
+    import atexit
+
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    atexit._run_exitfuncs()  # what the interpreter's exit runs: the process group's teardown, child processes' cleanup
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_in_process(argv: list[str]) -> tuple[int, str]:
     """`adaptkit ARGV` run by `main` in this process: its exit code and its stdout (stderr passes through).
     For a command that runs other adaptkit commands without a fresh interpreter's imports for each.

@@ -250,3 +250,28 @@ def test_a_joined_gloo_process_group_is_torn_down_when_the_process_exits(tmp_pat
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == code, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["initialized after joining True", "initialized at exit False"], done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, code", [(["--version"], 0), (["merge", "linear", "--no-such-flag"], 2)])
+def test_a_launched_process_ends_with_its_exit_code_after_its_exit_hooks(tmp_path, argv, code):
+    """The `adaptkit` program, in a process that joined a process group, ends with the command's exit code
+    once every exit hook has run (the group's teardown among them), skipping the interpreter's own teardown
+    of the group's threads; the bad input's one line is on stderr."""
+    import subprocess
+    import sys
+
+    program = (
+        "import atexit, sys, torch.distributed as dist\n"
+        "atexit.register(lambda: print('hooks ran; group initialized', dist.is_initialized(), flush=True))\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "from adaptkit.engine.distributed import make_accelerator\n"
+        "make_accelerator('cpu')\n"
+        f"sys.argv = ['adaptkit', *{argv!r}]\n"
+        "from adaptkit.cli import run\n"
+        "run()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "hooks ran; group initialized False" and "not reached" not in done.stdout, done.stdout
+    assert (done.stderr.count("adaptkit: error:") == 1) == (code == 2) and "Traceback" not in done.stderr, done.stderr
